@@ -1,0 +1,261 @@
+"""The dream job: one typed, versioned model shared by the bots (which write it) and the workers (which read it).
+
+It travels through Redis as JSON, never pickle, so a bot host needs no torch. Every field is bounded, and
+every bad value raises JobError naming the field and what it allows. A payload written by another schema
+version, or garbage, is refused with a reason instead of crashing whoever reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+import unicodedata
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .styles import load_styles
+
+SCHEMA_VERSION = 1
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 1500
+
+# The SDXL-native sizes (about one megapixel each), keyed by what /dream offers.
+ASPECTS: dict[str, tuple[int, int]] = {
+    "1:1": (1024, 1024),
+    "9:7": (1152, 896),
+    "7:9": (896, 1152),
+    "19:13": (1216, 832),
+    "13:19": (832, 1216),
+    "7:4": (1344, 768),
+    "4:7": (768, 1344),
+    "12:5": (1536, 640),
+    "5:12": (640, 1536),
+}
+ASPECT_LABELS: dict[str, str] = {
+    "1:1": "Square 1:1 (1024x1024)",
+    "9:7": "Landscape 9:7 (1152x896)",
+    "7:9": "Portrait 7:9 (896x1152)",
+    "19:13": "Landscape 3:2 (1216x832)",
+    "13:19": "Portrait 2:3 (832x1216)",
+    "7:4": "Wide 16:9 (1344x768)",
+    "4:7": "Tall 9:16 (768x1344)",
+    "12:5": "Cinema 21:9 (1536x640)",
+    "5:12": "Banner 9:21 (640x1536)",
+}
+
+# Zero-width and bidi-control characters: invisible, and a way to hide words from the blocked-words list.
+_INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\u00ad]")
+
+
+class JobError(ValueError):
+    """A dream request or job payload that can't be run; `str()` is fit to show the member."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalise, drop invisible characters, turn control characters into spaces, squeeze spaces."""
+    text = unicodedata.normalize("NFC", text)
+    text = _INVISIBLE.sub("", text)
+    text = "".join(" " if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") else c for c in text)
+    return " ".join(text.split())
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def random_seed() -> int:
+    return secrets.randbelow(MAX_SEED + 1)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class DreamRequest(_Strict):
+    """What the member asked for."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    style: str = "none"
+    aspect: str = "1:1"
+    seed: int = Field(ge=0, le=MAX_SEED)
+    count: int = Field(1, ge=1, le=4)
+    steps: int = Field(40, ge=1, le=100)
+    guidance: float = Field(7.0, ge=0.0, le=30.0)
+    # Fraction of the steps the base model runs; the refiner does the rest. 1.0 = base only.
+    # Below 0.5 the refiner (trained on the low-noise end only) would start on noise it never saw.
+    split: float = Field(0.8, ge=0.5, le=1.0)
+    max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024 * 1024, le=500 * 1024 * 1024)
+
+    @field_validator("prompt", "negative_prompt", mode="before")
+    @classmethod
+    def _clean(cls, v: Any) -> Any:
+        return clean_text(v) if isinstance(v, str) else v
+
+    @field_validator("style")
+    @classmethod
+    def _known_style(cls, v: str) -> str:
+        styles = load_styles()
+        if v not in styles:
+            raise ValueError(f"unknown style; one of {', '.join(styles)}")
+        return v
+
+    @field_validator("aspect")
+    @classmethod
+    def _known_aspect(cls, v: str) -> str:
+        if v not in ASPECTS:
+            raise ValueError(f"unknown aspect; one of {', '.join(ASPECTS)}")
+        return v
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return ASPECTS[self.aspect]
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per image: seed, seed+1, ... so any single image can be made again alone."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.count)]
+
+    @property
+    def base_steps(self) -> int:
+        return round(self.steps * self.split)
+
+
+class Origin(_Strict):
+    """Where the request came from, so the result goes back there under the same bot."""
+
+    instance: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    guild_id: int | None = Field(None, ge=1, le=2**64 - 1)
+    channel_id: int = Field(ge=1, le=2**64 - 1)
+    user_id: int = Field(ge=1, le=2**64 - 1)
+    application_id: int | None = Field(None, ge=1, le=2**64 - 1)
+    interaction_id: int | None = Field(None, ge=1, le=2**64 - 1)
+    # The interaction token lets the result edit the member's deferred reply for 15 minutes. It is
+    # not a bot token: it is scoped to this one interaction and expires on its own.
+    interaction_token: str | None = Field(None, max_length=600, pattern=r"^[A-Za-z0-9_.\-]+$")
+    created_at: float = Field(ge=1.5e9, le=5e9)
+
+
+class DreamJob(_Strict):
+    v: Literal[1] = SCHEMA_VERSION
+    job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
+    request: DreamRequest
+    origin: Origin
+    priority: Literal["high", "default", "low"] = "default"
+    kind: Literal["dream"] = "dream"
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def _range_of(model: type[BaseModel], name: str) -> str | None:
+    info = model.model_fields.get(name)
+    if info is None:
+        return None
+    lo = hi = None
+    minlen = maxlen = None
+    for m in info.metadata:
+        lo = getattr(m, "ge", lo) if getattr(m, "ge", None) is not None else lo
+        hi = getattr(m, "le", hi) if getattr(m, "le", None) is not None else hi
+        minlen = getattr(m, "min_length", minlen) if getattr(m, "min_length", None) is not None else minlen
+        maxlen = getattr(m, "max_length", maxlen) if getattr(m, "max_length", None) is not None else maxlen
+    if lo is not None and hi is not None:
+        return f"allowed {lo} to {hi}"
+    if maxlen is not None:
+        return f"allowed {minlen or 0} to {maxlen} characters"
+    return None
+
+
+def describe_validation(err: ValidationError, model: type[BaseModel]) -> JobError:
+    """Turn pydantic's error list into one message that names each field and its allowed range."""
+    parts = []
+    first_field = None
+    for e in err.errors():
+        loc = [str(x) for x in e["loc"]]
+        field = ".".join(loc) or "job"
+        first_field = first_field or field
+        sub = model
+        for name in loc[:-1]:
+            ann = sub.model_fields.get(name)
+            sub = ann.annotation if ann is not None and isinstance(ann.annotation, type) else sub
+        rng = _range_of(sub, loc[-1]) if loc and isinstance(sub, type) and issubclass(sub, BaseModel) else None
+        msg = e["msg"].removeprefix("Value error, ")
+        got = e.get("input")
+        shown = repr(got)[:60] if not isinstance(got, dict) else "{...}"
+        parts.append(f"{field}: {msg}" + (f" ({rng})" if rng else "") + f", got {shown}")
+    return JobError("; ".join(parts), field=first_field)
+
+
+def make_request(**fields: Any) -> DreamRequest:
+    """Build a request from loose input (a slash command's options); missing seed means a random one."""
+    fields = {k: v for k, v in fields.items() if v is not None}
+    fields.setdefault("seed", random_seed())
+    try:
+        return DreamRequest(**fields)
+    except ValidationError as err:
+        raise describe_validation(err, DreamRequest) from None
+    except TypeError as err:  # e.g. an option name that is not a field
+        raise JobError(str(err)) from None
+
+
+def make_job(request: DreamRequest, origin: Origin, priority: str = "default", job_id: str | None = None) -> DreamJob:
+    try:
+        return DreamJob(job_id=job_id or new_job_id(), request=request, origin=origin, priority=priority)
+    except ValidationError as err:
+        raise describe_validation(err, DreamJob) from None
+
+
+def make_origin(**fields: Any) -> Origin:
+    fields.setdefault("created_at", time.time())
+    try:
+        return Origin(**fields)
+    except ValidationError as err:
+        raise describe_validation(err, Origin) from None
+
+
+def parse_job(raw: Any) -> DreamJob:
+    """Read a job payload from the queue; any problem becomes one JobError with the reason."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise JobError("job payload is not UTF-8 text") from None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise JobError(f"job payload is not JSON ({err.msg} at {err.pos})") from None
+    if not isinstance(raw, dict):
+        raise JobError(f"job payload must be a JSON object, got {type(raw).__name__}")
+    version = raw.get("v")
+    if version != SCHEMA_VERSION:
+        raise JobError(
+            f"job was written with schema version {version!r}; this worker reads version {SCHEMA_VERSION}"
+            " (a bot and worker of different releases share the queue)",
+            field="v",
+        )
+    try:
+        return DreamJob.model_validate(raw)
+    except ValidationError as err:
+        raise describe_validation(err, DreamJob) from None
+
+
+def origin_of(raw: Any) -> Origin | None:
+    """Best effort: where a broken payload came from, so its member can still be told."""
+    try:
+        if isinstance(raw, (bytes, str)):
+            raw = json.loads(raw)
+        return Origin.model_validate(raw["origin"])
+    except Exception:
+        return None

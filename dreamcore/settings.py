@@ -1,0 +1,140 @@
+"""Every setting of dreambot, read from the environment (or a `.env` file) in this one place.
+
+A bad value stops the process at start with a message that names the environment variable, the
+allowed range and the value it got; a secret (a bot token) is never echoed.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SDXL_BASE_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+SDXL_REFINER_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
+DISCORD_API_V10 = "https://discord.com/api/v10"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; the message names the environment variable."""
+
+
+def _env(name: str) -> dict:
+    return {"validation_alias": AliasChoices(name)}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # --- Redis and the queue -------------------------------------------------------------
+    redis_url: str = Field("redis://localhost:6379/0", **_env("REDIS_URL"))
+    job_timeout_s: int = Field(900, ge=30, le=86400, **_env("DREAMBOT_JOB_TIMEOUT"))
+    result_ttl_s: int = Field(3600, ge=60, le=7 * 86400, **_env("DREAMBOT_RESULT_TTL"))
+    failure_ttl_s: int = Field(86400, ge=60, le=30 * 86400, **_env("DREAMBOT_FAILURE_TTL"))
+    # How often a busy worker renews its lease; a worker that stops renewing for
+    # lease_s is taken as dead and its job is handed to another worker.
+    heartbeat_s: int = Field(10, ge=1, le=600, **_env("DREAMBOT_HEARTBEAT"))
+    lease_s: int = Field(60, ge=5, le=3600, **_env("DREAMBOT_LEASE"))
+    job_retries: int = Field(2, ge=0, le=10, **_env("DREAMBOT_JOB_RETRIES"))
+
+    # --- The worker -----------------------------------------------------------------------
+    base_model: str = Field(SDXL_BASE_ID, min_length=1, **_env("DREAMBOT_BASE_MODEL"))
+    refiner_model: str = Field(SDXL_REFINER_ID, min_length=1, **_env("DREAMBOT_REFINER_MODEL"))
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", **_env("DREAMBOT_DEVICE"))
+    max_upload_mb: float = Field(25.0, gt=0, le=500, **_env("DREAMBOT_MAX_UPLOAD_MB"))
+    output_dir: str = Field("dream-out", min_length=1, **_env("DREAMBOT_OUTPUT_DIR"))
+
+    # --- Dream defaults -------------------------------------------------------------------
+    default_steps: int = Field(40, ge=1, le=100, **_env("DREAMBOT_DEFAULT_STEPS"))
+    default_guidance: float = Field(7.0, ge=0.0, le=30.0, **_env("DREAMBOT_DEFAULT_GUIDANCE"))
+    default_split: float = Field(0.8, ge=0.5, le=1.0, **_env("DREAMBOT_DEFAULT_SPLIT"))
+
+    # --- One bot instance -----------------------------------------------------------------
+    discord_token: SecretStr | None = Field(None, **_env("DISCORD_TOKEN"))
+    instance: str = Field("dreambot", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", **_env("DREAMBOT_INSTANCE"))
+    discord_api_base: str = Field(DISCORD_API_V10, **_env("DISCORD_API_BASE"))
+    guild_ids: str = Field("", **_env("DISCORD_GUILD_IDS"))
+    channel_ids: str = Field("", **_env("DREAMBOT_CHANNEL_IDS"))
+
+    # --- Logs -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", **_env("DREAMBOT_LOG_LEVEL"))
+    log_format: Literal["json", "text"] = Field("json", **_env("DREAMBOT_LOG_FORMAT"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v
+
+    @field_validator("discord_api_base")
+    @classmethod
+    def _api_base(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as https://discord.com/api/v10")
+        return v.rstrip("/")
+
+    @field_validator("guild_ids", "channel_ids")
+    @classmethod
+    def _id_list(cls, v: str) -> str:
+        parse_id_list(v)
+        return v
+
+    @property
+    def guild_id_list(self) -> list[int]:
+        return parse_id_list(self.guild_ids)
+
+    @property
+    def channel_id_list(self) -> list[int]:
+        return parse_id_list(self.channel_ids)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def parse_id_list(raw: str) -> list[int]:
+    """Comma- or space-separated Discord snowflakes."""
+    out = []
+    for part in raw.replace(",", " ").split():
+        if not part.isdigit() or not 0 < int(part) < 2**64:
+            raise ValueError(f"{part!r} is not a Discord id (a positive integer)")
+        out.append(int(part))
+    return out
+
+
+def _alias_of(field: str) -> str:
+    info = Settings.model_fields[field]
+    return info.validation_alias.choices[0]  # type: ignore[union-attr]
+
+
+def describe_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        name = _alias_of(field) if field in Settings.model_fields else field
+        got = "" if name == "DISCORD_TOKEN" else f" (got {e.get('input')!r})"
+        lines.append(f"setting {name}: {e['msg']}{got}")
+    return "; ".join(lines)
+
+
+def load_settings(**overrides) -> Settings:
+    """Read the settings; raises SettingsError with every bad variable named."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise SettingsError(describe_errors(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()
+
+
+def env_snapshot() -> dict[str, str]:
+    """The dreambot variables that are set, for start-up logs (secrets left out)."""
+    keep = ("REDIS_URL", "DREAMBOT_", "DISCORD_API_BASE", "DISCORD_GUILD_IDS")
+    return {k: v for k, v in os.environ.items() if k.startswith(keep)}

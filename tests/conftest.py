@@ -1,0 +1,71 @@
+"""Shared fixtures: a real redis-server per test session, and the tiny SDXL model built once."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from dreamcore.localredis import LocalRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the session; tests that kill it restart it (see `restart_redis`)."""
+    server = LocalRedis().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def rconn(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """The tiny SDXL-architecture base + refiner, built in code and saved the way real weights are."""
+    from worker.tiny import make_tiny_model
+
+    out = tmp_path_factory.mktemp("tiny-sdxl")
+    make_tiny_model(out)
+    return out
+
+
+@pytest.fixture
+def tiny_env(tiny_model_dir, redis_url, monkeypatch, tmp_path):
+    """Environment for a worker or demo on the tiny model and the test Redis."""
+    env = {
+        "REDIS_URL": redis_url,
+        "DREAMBOT_BASE_MODEL": str(tiny_model_dir / "base"),
+        "DREAMBOT_REFINER_MODEL": str(tiny_model_dir / "refiner"),
+        "DREAMBOT_DEVICE": "cpu",
+        "DREAMBOT_OUTPUT_DIR": str(tmp_path / "out"),
+        "DREAMBOT_LOG_FORMAT": "json",
+        "HF_HUB_OFFLINE": "1",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    from dreamcore.settings import get_settings
+
+    get_settings.cache_clear()
+    yield {**os.environ, **env}
+    get_settings.cache_clear()

@@ -1,0 +1,75 @@
+"""`dreambot`: one console script, one subcommand per process kind.
+
+Subcommands import their side lazily, so `dreambot bot` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .job import ASPECTS
+from .settings import SettingsError, load_settings
+from .styles import style_names
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dreambot", description="Discord SDXL dream bot: bots, workers, demo.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    w = sub.add_parser("worker", help="serve the dream queues on this machine's GPU (or CPU)")
+    w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+
+    sub.add_parser("bot", help="run one Discord bot instance (DISCORD_TOKEN, DREAMBOT_INSTANCE)")
+
+    d = sub.add_parser("demo", help="make images locally: queue -> worker -> files, no Discord needed")
+    d.add_argument("prompt")
+    d.add_argument("--negative", default="", help="negative prompt")
+    d.add_argument("--style", default="none", choices=style_names())
+    d.add_argument("--aspect", default="1:1", choices=list(ASPECTS))
+    d.add_argument("--seed", type=int, default=None, help="0..4294967295; random when left out")
+    d.add_argument("--count", type=int, default=1, help="images, 1..4")
+    d.add_argument("--steps", type=int, default=None)
+    d.add_argument("--guidance", type=float, default=None)
+    d.add_argument("--split", type=float, default=None, help="fraction of steps on the base model (1.0 = no refiner)")
+    d.add_argument("--out", default=None, help="folder for the images (default: DREAMBOT_OUTPUT_DIR)")
+    d.add_argument("--tiny", nargs="?", const="", default=None, metavar="DIR",
+                   help="use the tiny offline test model (built into DIR, default ~/.cache/dreambot/tiny-sdxl)")
+
+    t = sub.add_parser("make-tiny-model", help="build the tiny SDXL-architecture base+refiner (random weights)")
+    t.add_argument("dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as err:
+        print(f"dreambot: {err}", file=sys.stderr)
+        return 2
+
+    if args.cmd == "worker":
+        from worker.runner import run
+
+        return run(settings, burst=args.burst, max_jobs=args.max_jobs)
+    if args.cmd == "bot":
+        from bot.main import run as run_bot
+
+        return run_bot(settings)
+    if args.cmd == "demo":
+        from worker.demo import run_demo
+
+        return run_demo(settings, args)
+    if args.cmd == "make-tiny-model":
+        from worker.tiny import make_tiny_model
+
+        path = make_tiny_model(args.dir)
+        print(f"tiny SDXL base and refiner written to {path}")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Results on their way back: the worker publishes, the owning bot (or the local demo) delivers.
+
+Bot tokens live only in the bot process that owns them, so a worker never posts to Discord itself: it
+stores the result in Redis and adds an entry to the outbox stream of the instance that took the command.
+That instance reads its outbox with a consumer group, so a result survives a bot restart, and records a
+delivery marker so a result is posted once even when a worker or a bot crashes half-way.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field
+
+from .job import DreamRequest, Origin
+
+
+class ImageInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filename: str
+    format: Literal["png", "webp", "jpeg"]
+    width: int
+    height: int
+    seed: int
+    size_bytes: int
+
+
+class DreamResult(BaseModel):
+    """What a finished (or failed) job hands back; `error` is fit to show the member."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+    job_id: str
+    status: Literal["done", "failed"]
+    origin: Origin | None
+    request: DreamRequest | None = None
+    images: list[ImageInfo] = Field(default_factory=list)
+    error: str | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    base_steps: int = 0
+    refiner_steps: int = 0
+    prompt_note: str | None = None
+    worker: str = ""
+    finished_at: float = Field(default_factory=time.time)
+
+
+def outbox_key(instance: str) -> str:
+    return f"dream:outbox:{instance}"
+
+
+def result_key(job_id: str) -> str:
+    return f"dream:result:{job_id}"
+
+
+def done_key(job_id: str) -> str:
+    """Set when a result is published: a retried job is not generated (or posted) a second time."""
+    return f"dream:done:{job_id}"
+
+
+def delivered_key(job_id: str) -> str:
+    return f"dream:delivered:{job_id}"
+
+
+GROUP = "deliver"
+OUTBOX_MAXLEN = 10_000
+
+
+def publish(conn: redis.Redis, result: DreamResult, images: list[bytes], ttl_s: int) -> bool:
+    """Store the result and tell its instance, atomically. False if this job was already published."""
+    instance = result.origin.instance if result.origin else None
+    if not conn.set(done_key(result.job_id), result.status, nx=True, ex=ttl_s):
+        return False
+    with conn.pipeline(transaction=True) as pipe:
+        key = result_key(result.job_id)
+        pipe.delete(key)
+        pipe.hset(key, "meta", result.model_dump_json())
+        for i, data in enumerate(images):
+            pipe.hset(key, f"img:{i}", data)
+        pipe.expire(key, ttl_s)
+        if instance:
+            pipe.xadd(outbox_key(instance), {"job_id": result.job_id, "status": result.status},
+                      maxlen=OUTBOX_MAXLEN, approximate=True)
+        pipe.execute()
+    return True
+
+
+def load(conn: redis.Redis, job_id: str) -> tuple[DreamResult, list[bytes]] | None:
+    raw = conn.hgetall(result_key(job_id))
+    if not raw or b"meta" not in raw:
+        return None
+    result = DreamResult.model_validate_json(raw[b"meta"])
+    images = [raw[f"img:{i}".encode()] for i in range(len(result.images))]
+    return result, images
+
+
+@dataclass
+class OutboxEntry:
+    entry_id: str
+    job_id: str
+    status: str
+
+
+class Outbox:
+    """One instance's results waiting to be posted, read through a Redis consumer group."""
+
+    def __init__(self, conn: redis.Redis, instance: str, consumer: str, claim_idle_ms: int = 60_000):
+        self.conn = conn
+        self.key = outbox_key(instance)
+        self.consumer = consumer
+        self.claim_idle_ms = claim_idle_ms
+
+    def ensure_group(self) -> None:
+        try:
+            self.conn.xgroup_create(self.key, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
+                raise
+
+    def read(self, block_ms: int = 1000, count: int = 10) -> list[OutboxEntry]:
+        """Entries a dead consumer left unacknowledged first, then new ones."""
+        entries = []
+        claimed = self.conn.xautoclaim(self.key, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=count)
+        entries.extend(claimed[1])
+        if not entries:
+            got = self.conn.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=count, block=block_ms)
+            for _stream, items in got or []:
+                entries.extend(items)
+        out = []
+        for entry_id, fields in entries:
+            if not fields:  # deleted by trimming while pending
+                self.ack(entry_id)
+                continue
+            out.append(OutboxEntry(_s(entry_id), _s(fields.get(b"job_id", b"")), _s(fields.get(b"status", b""))))
+        return out
+
+    def ack(self, entry_id) -> None:
+        self.conn.xack(self.key, GROUP, entry_id)
+
+    def delivered(self, job_id: str) -> bool:
+        return bool(self.conn.exists(delivered_key(job_id)))
+
+    def mark_delivered(self, job_id: str, where: str, ttl_s: int = 7 * 86400) -> None:
+        self.conn.set(delivered_key(job_id), where, ex=ttl_s)
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)

@@ -1,0 +1,59 @@
+"""The queue on a real Redis: JSON payloads, priorities, positions, fair order across members."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+from rq.serializers import JSONSerializer
+
+from dreamcore.job import make_job, make_origin, make_request
+from dreamcore.queue import DreamQueue
+from dreamcore.settings import load_settings
+
+
+def _job(user: int, priority: str = "default", guild: int = 1):
+    origin = make_origin(instance="bot1", guild_id=guild, channel_id=10, user_id=user)
+    return make_job(make_request(prompt=f"from {user}", seed=1), origin, priority=priority)
+
+
+def test_payload_is_json_not_pickle(rconn):
+    q = DreamQueue(rconn, load_settings())
+    job = _job(7)
+    q.enqueue(job)
+    data = rconn.hget(f"rq:job:{job.job_id}", "data")
+    decoded = JSONSerializer.loads(zlib.decompress(data))  # RQ compresses job data
+    assert decoded[0] == "worker.tasks.run_dream"
+    assert decoded[2][0]["request"]["prompt"] == "from 7"
+    assert json.loads(rconn.hget(f"rq:job:{job.job_id}", "meta"))["owner"] == "1:7"
+    assert int(rconn.hget(f"rq:job:{job.job_id}", "timeout")) == load_settings().job_timeout_s
+
+
+def test_positions_span_priorities(rconn):
+    q = DreamQueue(rconn, load_settings())
+    low = q.enqueue(_job(1, "low"))
+    d1 = q.enqueue(_job(2))
+    d2 = q.enqueue(_job(3))
+    high = q.enqueue(_job(4, "high"))
+    assert high.position == 0
+    assert q.position(d1.job_id) == 1
+    assert q.position(d2.job_id) == 2
+    assert q.position(low.job_id) == 3
+    assert q.position("0000000000000000") is None
+
+
+def test_fair_order_interleaves_members(rconn):
+    q = DreamQueue(rconn, load_settings())
+    a_jobs = [q.enqueue(_job(100)).job_id for _ in range(20)]
+    b = q.enqueue(_job(200)).job_id
+    c = q.enqueue(_job(300)).job_id
+    order = [x.decode() for x in rconn.lrange(q.queues["default"].key, 0, -1)]
+    # B's first job waits behind A's first job only; C's lands right behind it.
+    assert order.index(b) == 1
+    assert order.index(c) == 2
+    # A's own jobs keep their order.
+    assert [j for j in order if j in a_jobs] == a_jobs
+    b2 = q.enqueue(_job(200)).job_id
+    order = [x.decode() for x in rconn.lrange(q.queues["default"].key, 0, -1)]
+    # B's second job is in round 1: behind A's second job, ahead of A's third.
+    assert order.index(b2) == order.index(a_jobs[1]) + 1 < order.index(a_jobs[2])

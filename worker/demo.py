@@ -1,0 +1,120 @@
+"""`dreambot demo`: the whole dream path on one machine, with no Discord and no GPU needed.
+
+It enqueues through the same queue code the bots use, runs a worker on it, and takes the result from the
+same outbox a bot reads, writing files where a bot would post to a channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import redis
+
+from dreamcore import results
+from dreamcore.job import JobError, make_job, make_origin, make_request
+from dreamcore.localredis import LocalRedis
+from dreamcore.logs import setup_logging
+from dreamcore.present import result_text
+from dreamcore.queue import DreamQueue
+from dreamcore.settings import Settings
+
+from .pipeline import ModelLoadError
+from .runner import load_pipeline, make_worker
+
+DEMO_INSTANCE = "demo"
+
+
+def default_tiny_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dreambot" / "tiny-sdxl"
+
+
+def _tiny(settings: Settings, where: str) -> Settings:
+    from .tiny import make_tiny_model
+
+    folder = Path(where) if where else default_tiny_dir()
+    if not (folder / "base" / "model_index.json").exists() or not (folder / "refiner" / "model_index.json").exists():
+        t0 = time.perf_counter()
+        make_tiny_model(folder)
+        print(f"built the tiny test model in {folder} ({time.perf_counter() - t0:.1f}s)")
+    return settings.model_copy(update={"base_model": str(folder / "base"),
+                                       "refiner_model": str(folder / "refiner"), "device": "cpu"})
+
+
+def run_demo(settings: Settings, args) -> int:
+    setup_logging("WARNING", settings.log_format)
+    if args.tiny is not None:
+        settings = _tiny(settings, args.tiny)
+    out = Path(args.out or settings.output_dir)
+    try:
+        request = make_request(
+            prompt=args.prompt, negative_prompt=args.negative, style=args.style, aspect=args.aspect,
+            seed=args.seed, count=args.count, steps=args.steps or settings.default_steps,
+            guidance=args.guidance if args.guidance is not None else settings.default_guidance,
+            split=args.split if args.split is not None else settings.default_split,
+            max_upload_bytes=settings.max_upload_bytes,
+        )
+    except JobError as err:
+        print(f"dreambot demo: {err}")
+        return 2
+
+    private = None
+    if "REDIS_URL" in os.environ:
+        url = settings.redis_url
+    else:
+        private = LocalRedis(appendonly=False).start()
+        url = private.url
+        print(f"started a private redis-server on {url}")
+    try:
+        return _run(settings, url, request, out)
+    finally:
+        if private:
+            private.close()
+
+
+def _run(settings: Settings, url: str, request, out: Path) -> int:
+    conn = redis.Redis.from_url(url)
+    try:
+        pipeline = load_pipeline(settings)
+    except ModelLoadError as err:
+        print(f"dreambot demo: {err}")
+        return 2
+    origin = make_origin(instance=DEMO_INSTANCE, channel_id=1, user_id=1)
+    job = make_job(request, origin)
+    queued = DreamQueue(conn, settings).enqueue(job)
+    print(f"queued job {job.job_id} at position {queued.position + 1}")
+
+    outbox = results.Outbox(conn, DEMO_INSTANCE, consumer="demo")
+    outbox.ensure_group()
+    worker = make_worker(settings, conn, pipeline)
+    worker.work(burst=True, logging_level="WARNING")
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for entry in outbox.read(block_ms=500):
+            loaded = results.load(conn, entry.job_id)
+            outbox.ack(entry.entry_id)
+            if entry.job_id != job.job_id or loaded is None:
+                continue
+            result, images = loaded
+            return _write(result, images, out)
+    print(f"dreambot demo: no result for job {job.job_id} (see the worker log above)")
+    return 1
+
+
+def _write(result, images: list[bytes], out: Path) -> int:
+    print(result_text(result))
+    if result.status != "done":
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    for info, data in zip(result.images, images):
+        path = out / info.filename
+        path.write_bytes(data)
+        print(f"wrote {path} ({info.width}x{info.height} {info.format}, seed {info.seed}, {len(data) // 1024} KiB)")
+    meta = out / f"dream-{result.job_id}.json"
+    meta.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
+    per_image = result.timings.get("total_s", 0) / max(1, len(images))
+    print(f"wrote {meta}; {per_image:.2f}s per image")
+    return 0

@@ -1,0 +1,106 @@
+"""`dreambot worker`: load SDXL base + refiner once, then serve the dream queues until told to stop.
+
+RQ's default Worker forks a child per job, which would reload ~7 GB of weights for every job, so this
+worker runs jobs in-process (SimpleWorker). SimpleWorker sends no heartbeat while a job runs, so a thread
+renews the job's lease every `heartbeat_s`; a worker that dies stops renewing, and after `lease_s` its job
+counts as abandoned and RQ hands it to another worker (retries permitting).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+
+import redis
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker, WorkerStatus
+
+from dreamcore.logs import setup_logging
+from dreamcore.queue import FairQueue, queue_names
+from dreamcore.settings import Settings
+
+from . import tasks
+from .pipeline import DreamPipeline, ModelLoadError
+
+log = logging.getLogger("dreambot.worker")
+
+
+class DreamWorker(SimpleWorker):
+    queue_class = FairQueue
+
+    def __init__(self, *args, heartbeat_s: int = 10, lease_s: int = 60, **kwargs):
+        kwargs.setdefault("serializer", JSONSerializer)
+        # Clean registries (and so re-queue abandoned jobs) about once a lease, not every 10 min.
+        kwargs.setdefault("maintenance_interval", lease_s)
+        kwargs.setdefault("job_monitoring_interval", heartbeat_s)
+        super().__init__(*args, **kwargs)
+        self.heartbeat_s = heartbeat_s
+        self.lease_s = lease_s
+
+    def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
+        return self.lease_s
+
+    def bootstrap(self, *args, **kwargs):
+        super().bootstrap(*args, **kwargs)
+        # RQ installs its own plain-text handlers; ours are structured and redacting.
+        for name in ("rq.worker", "rq.job"):
+            logging.getLogger(name).handlers[:] = []
+
+    def execute_job(self, job, queue):
+        execution = self.prepare_execution(job)
+        stop = threading.Event()
+        beat = threading.Thread(target=self._renew_lease, args=(job, execution, stop), daemon=True,
+                                name="lease")
+        beat.start()
+        try:
+            self.perform_job(job, queue, execution)
+        finally:
+            stop.set()
+            beat.join()
+        self.set_state(WorkerStatus.IDLE)
+
+    def _renew_lease(self, job, execution, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            try:
+                self.maintain_heartbeats(job, execution)
+            except redis.RedisError as err:  # Redis away for a moment: try again next beat
+                log.warning("lease renewal failed", extra={"job_id": job.id, "error": str(err)})
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+
+
+def load_pipeline(settings: Settings) -> DreamPipeline:
+    t0 = time.perf_counter()
+    pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device)
+    log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),
+                                     "base": settings.base_model, "refiner": settings.refiner_model})
+    return pipe
+
+
+def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None) -> DreamWorker:
+    name = name or worker_name()
+    tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name))
+    queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
+    return DreamWorker(queues, connection=conn, name=name, heartbeat_s=settings.heartbeat_s,
+                       lease_s=settings.lease_s)
+
+
+def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
+    """Entry point of `dreambot worker`. Returns the process exit code."""
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        pipeline = load_pipeline(settings)
+    except ModelLoadError as err:
+        log.error("cannot start: %s", err)
+        print(f"dreambot worker: {err}", flush=True)
+        return 2
+    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
+    worker = make_worker(settings, conn, pipeline)
+    worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
+    return 0

@@ -1,0 +1,73 @@
+"""One bot instance: a discord.py client with the dream commands and the result relay.
+
+A plain Client with an app-command tree (discord.py's examples/app_commands layout): no message-content
+intent, no prefix commands, nothing privileged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+import redis
+from discord import app_commands
+
+from dreamcore.settings import Settings
+
+from .backend import Backend
+from .commands import NO_MENTIONS, DreamCommands
+from .discord_api import prepare_client
+from .relay import Relay
+
+log = logging.getLogger("dreambot.bot")
+
+
+class DreamTree(app_commands.CommandTree):
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """Every failure a member can hit ends in a message to them."""
+        log.error("command failed", exc_info=error, extra={"command": getattr(interaction.command, "name", None)})
+        text = "Something went wrong on my side; nothing was queued. Please try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException:
+            pass
+
+
+class DreamClient(discord.Client):
+    def __init__(self, settings: Settings, conn: redis.Redis | None = None):
+        super().__init__(intents=discord.Intents.none() | discord.Intents(guilds=True),
+                         allowed_mentions=NO_MENTIONS)
+        self.settings = settings
+        self.tree = DreamTree(self)
+        self.backend = Backend(settings, conn)
+        self.dream = DreamCommands(self, settings, self.backend)
+        self.dream.register(self.tree)
+        self.relay = Relay(self, settings, self.backend.conn)
+        self._relay_task: asyncio.Task | None = None
+
+    async def setup_hook(self) -> None:
+        await prepare_client(self, self.settings.discord_api_base)
+        guilds = self.settings.guild_id_list
+        if guilds:
+            # Guild commands show up at once: the choice while setting a server up.
+            for gid in guilds:
+                g = discord.Object(id=gid)
+                self.tree.copy_global_to(guild=g)
+                await self.tree.sync(guild=g)
+        else:
+            await self.tree.sync()
+        log.info("commands synced", extra={"scope": "guilds" if guilds else "global", "guilds": len(guilds)})
+        self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
+
+    async def on_ready(self) -> None:
+        log.info("connected", extra={"user_id": self.user.id if self.user else None,
+                                     "instance": self.settings.instance, "guilds": len(self.guilds)})
+
+    async def close(self) -> None:
+        if self._relay_task:
+            self._relay_task.cancel()
+        await super().close()

@@ -1,0 +1,135 @@
+"""The /dream slash command: validate, answer inside Discord's 3-second window, queue.
+
+Validation is pure Python and runs before the answer. The Redis work gets ACK_BUDGET_S to finish so the
+member sees one message ("queued, position N"); if Redis is slower than that, the interaction is
+deferred first, so the 3-second window holds even when Redis hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import discord
+from discord import app_commands
+
+from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, MAX_SEED, JobError, make_job, make_origin, make_request
+from dreamcore.present import settings_line
+from dreamcore.settings import Settings
+from dreamcore.styles import load_styles
+
+from .backend import UNAVAILABLE, Backend, Outcome
+
+log = logging.getLogger("dreambot.bot")
+NO_MENTIONS = discord.AllowedMentions.none()
+ACK_BUDGET_S = 1.0
+SUBMIT_TIMEOUT_S = 10.0
+
+
+def queued_text(job_id: str, position: int, prompt: str, settings: str) -> str:
+    where = "next in line" if position == 0 else f"position {position + 1} in the queue"
+    shown = prompt if len(prompt) <= 900 else prompt[:899] + "…"
+    return f"Queued: job `{job_id}`, {where}.\n**{shown}**\n-# {settings}"
+
+
+class DreamCommands:
+    def __init__(self, client: discord.Client, settings: Settings, backend: Backend):
+        self.client = client
+        self.settings = settings
+        self.backend = backend
+        self.ack_latencies: list[float] = []
+
+    def register(self, tree: app_commands.CommandTree) -> None:
+        styles = load_styles()
+        s = self.settings
+
+        @tree.command(name="dream", description="Dream up images with SDXL (base + refiner)")
+        @app_commands.describe(
+            prompt="What to dream: describe the picture",
+            negative="What to keep out of the picture",
+            style="A style preset wrapped around your prompt",
+            aspect="Picture shape (SDXL's native sizes, about one megapixel)",
+            seed="Seed, 0 to 4294967295: the same seed and settings make the same picture (random if left out)",
+            count="How many pictures, 1 to 4",
+            steps=f"Denoising steps, 1 to 100 (default {s.default_steps})",
+            guidance=f"How closely to follow the prompt, 0 to 30 (default {s.default_guidance:g})",
+            split=f"Share of steps on the base model, 0.5 to 1.0; the refiner does the rest (default {s.default_split:g}, 1.0 = no refiner)",
+        )
+        @app_commands.choices(
+            style=[app_commands.Choice(name=st.label, value=k) for k, st in styles.items()][:25],
+            aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
+        )
+        async def dream(
+            interaction: discord.Interaction,
+            prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+            negative: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+            style: str | None = None,
+            aspect: str | None = None,
+            seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
+            count: app_commands.Range[int, 1, 4] | None = None,
+            steps: app_commands.Range[int, 1, 100] | None = None,
+            guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
+            split: app_commands.Range[float, 0.5, 1.0] | None = None,
+        ):
+            await self.handle_dream(
+                interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
+                count=count, steps=steps if steps is not None else s.default_steps,
+                guidance=guidance if guidance is not None else s.default_guidance,
+                split=split if split is not None else s.default_split,
+            )
+
+    async def handle_dream(self, interaction: discord.Interaction, **options) -> None:
+        started = time.perf_counter()
+        served = self.settings.channel_id_list
+        if served and interaction.channel_id not in served:
+            where = ", ".join(f"<#{c}>" for c in served)
+            await self._reply(interaction, f"I dream only in {where}.", ephemeral=True, started=started)
+            return
+        try:
+            request = make_request(max_upload_bytes=self.settings.max_upload_bytes, **options)
+            origin = make_origin(
+                instance=self.settings.instance, guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id, user_id=interaction.user.id,
+                application_id=interaction.application_id, interaction_id=interaction.id,
+                interaction_token=interaction.token,
+            )
+            job = make_job(request, origin)
+        except JobError as err:
+            await self._reply(interaction, f"That request can't be dreamed: {err}", ephemeral=True, started=started)
+            return
+
+        submit = asyncio.ensure_future(asyncio.to_thread(self.backend.submit, job))
+        deferred = False
+        try:
+            outcome = await asyncio.wait_for(asyncio.shield(submit), ACK_BUDGET_S)
+        except asyncio.TimeoutError:
+            await interaction.response.defer(thinking=True)
+            self._note_ack(started)
+            deferred = True
+            try:
+                outcome = await asyncio.wait_for(submit, SUBMIT_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                outcome = Outcome(False, UNAVAILABLE, kind="unavailable")
+
+        if outcome.ok:
+            text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request))
+        else:
+            text = outcome.message
+        if not deferred:
+            await self._reply(interaction, text, ephemeral=not outcome.ok, started=started)
+        elif outcome.ok:
+            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+        else:
+            # The public "thinking" reply goes; the refusal is for the member's eyes only.
+            await interaction.delete_original_response()
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def _reply(self, interaction: discord.Interaction, text: str, *, ephemeral: bool, started: float) -> None:
+        await interaction.response.send_message(text, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+        self._note_ack(started)
+
+    def _note_ack(self, started: float) -> None:
+        ms = (time.perf_counter() - started) * 1000
+        self.ack_latencies.append(ms)
+        log.info("interaction acknowledged", extra={"ack_ms": round(ms, 2)})

@@ -1,0 +1,189 @@
+"""Posting results back: this instance reads its outbox and posts each result once, as itself.
+
+Where it posts: while the interaction token lives (15 minutes), the result replaces the member's own
+"queued" reply (an edit, so doing it twice shows the same message once); after that, a new channel message
+sent with the bot token and a nonce that Discord enforces, so a retry after a lost response is not a
+second message. A delivery marker in Redis then makes the result done for good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import socket
+import time
+
+import aiohttp
+import discord
+import redis
+
+from dreamcore import results
+from dreamcore.present import result_text
+from dreamcore.results import DreamResult, Outbox, OutboxEntry
+from dreamcore.settings import Settings
+
+log = logging.getLogger("dreambot.relay")
+NO_MENTIONS = discord.AllowedMentions.none()
+TOKEN_LIFETIME_S = 15 * 60
+TOKEN_MARGIN_S = 30
+RETRY_DELAYS_S = (1, 2, 4, 8, 16)
+MAX_ATTEMPTS = 8  # passes over one result (each with RETRY_DELAYS_S inside) before the member is told
+
+
+class Undeliverable(Exception):
+    """Discord will never take this post (channel gone, no permission): stop trying."""
+
+
+def nonce_for(job_id: str) -> str:
+    return f"dream{job_id}"[:25]
+
+
+class Relay:
+    def __init__(self, client: discord.Client, settings: Settings, conn: redis.Redis,
+                 token_lifetime_s: float = TOKEN_LIFETIME_S):
+        self.client = client
+        self.settings = settings
+        self.conn = conn
+        self.token_lifetime_s = token_lifetime_s
+        consumer = f"{settings.instance}-{socket.gethostname()}-{os.getpid()}"
+        self.outbox = Outbox(conn, settings.instance, consumer)
+        self.delivered = 0
+
+    async def run(self) -> None:
+        backoff = 0.5
+        first = True
+        while not self.client.is_closed():
+            try:
+                await asyncio.to_thread(self.outbox.ensure_group)
+                if first:
+                    # One process per instance: what is pending at start was left by our previous life.
+                    self.outbox.claim_idle_ms, saved = 0, self.outbox.claim_idle_ms
+                entries = await asyncio.to_thread(self.outbox.read, 1000)
+                if first:
+                    self.outbox.claim_idle_ms, first = saved, False
+                backoff = 0.5
+            except redis.RedisError as err:
+                log.warning("outbox unreachable, retrying", extra={"error": type(err).__name__, "in_s": backoff})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 15)
+                continue
+            for entry in entries:
+                await self.handle(entry)
+
+    async def handle(self, entry: OutboxEntry) -> None:
+        job_id = entry.job_id
+        try:
+            if await asyncio.to_thread(self.outbox.delivered, job_id):
+                await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+                return
+            loaded = await asyncio.to_thread(results.load, self.conn, job_id)
+        except redis.RedisError:
+            return  # stays pending; claimed again later
+        if loaded is None:
+            log.warning("result expired before delivery", extra={"job_id": job_id})
+            await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+            return
+        result, images = loaded
+        try:
+            where = await self.post(result, images)
+        except Undeliverable as err:
+            where = f"undeliverable: {err}"
+            log.warning("result undeliverable", extra={"job_id": job_id, "reason": str(err)})
+        except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            attempts = await asyncio.to_thread(self.conn.incr, f"dream:attempts:{job_id}")
+            log.warning("delivery failed, will retry", extra={"job_id": job_id, "attempt": attempts,
+                                                              "error": type(err).__name__})
+            if attempts < MAX_ATTEMPTS:
+                return  # left pending: the outbox hands it out again after its idle time
+            where = "gave up"
+            await self._tell_undelivered(result)
+        try:
+            await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)
+            await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+        except redis.RedisError:
+            log.warning("could not record delivery; a retry will find the post already made",
+                        extra={"job_id": job_id})
+        self.delivered += 1
+        log.info("result delivered", extra={"job_id": job_id, "where": where, "status": result.status})
+
+    def token_alive(self, result: DreamResult) -> bool:
+        o = result.origin
+        return bool(o and o.interaction_token and o.application_id
+                    and time.time() < o.created_at + self.token_lifetime_s - TOKEN_MARGIN_S)
+
+    async def post(self, result: DreamResult, images: list[bytes]) -> str:
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return await self._post_once(result, images)
+            except discord.DiscordServerError:
+                if delay is None:
+                    raise
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                if delay is None:
+                    raise
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _post_once(self, result: DreamResult, images: list[bytes]) -> str:
+        origin = result.origin
+        if origin is None:
+            raise Undeliverable("no origin recorded")
+        text = result_text(result)
+        if result.status != "done":
+            return await self._post_failure(result, text)
+        files = [discord.File(io.BytesIO(b), filename=i.filename) for i, b in zip(result.images, images)]
+        if self.token_alive(result):
+            hook = discord.Webhook.partial(origin.application_id, origin.interaction_token, client=self.client)
+            try:
+                await hook.edit_message("@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
+                return "interaction"
+            except (discord.NotFound, discord.Forbidden) as err:
+                # Token expired early, or the member deleted the reply: post to the channel instead.
+                log.info("interaction reply gone, posting to channel", extra={"job_id": result.job_id,
+                                                                             "status": err.status})
+                files = [discord.File(io.BytesIO(b), filename=i.filename) for i, b in zip(result.images, images)]
+        channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
+        mention = f"<@{origin.user_id}> " if origin.user_id else ""
+        try:
+            await channel.send(content=(mention + text)[:2000], files=files, allowed_mentions=NO_MENTIONS,
+                               nonce=nonce_for(result.job_id))
+        except (discord.NotFound, discord.Forbidden) as err:
+            raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
+        return "channel"
+
+    async def _post_failure(self, result: DreamResult, text: str) -> str:
+        origin = result.origin
+        if self.token_alive(result):
+            hook = discord.Webhook.partial(origin.application_id, origin.interaction_token, client=self.client)
+            # Ephemeral where possible: the public "queued" reply goes, the reason is for the member.
+            try:
+                await hook.delete_message("@original")
+            except discord.NotFound:
+                pass  # already gone (a retry, or the member deleted it)
+            try:
+                await hook.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+                return "interaction-ephemeral"
+            except (discord.NotFound, discord.Forbidden):
+                pass
+        channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
+        try:
+            await channel.send(content=f"<@{origin.user_id}> {text}"[:2000], allowed_mentions=NO_MENTIONS,
+                               nonce=nonce_for(result.job_id))
+        except (discord.NotFound, discord.Forbidden) as err:
+            raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
+        return "channel"
+
+    async def _tell_undelivered(self, result: DreamResult) -> None:
+        """Posting keeps failing: a short text-only notice, so the member is not left waiting in silence."""
+        origin = result.origin
+        if origin is None:
+            return
+        note = (f"<@{origin.user_id}> your dream `{result.job_id}` is done, but Discord kept refusing the upload. "
+                f"It is kept for {self.settings.result_ttl_s // 60} min; ask an admin if it doesn't show up.")
+        try:
+            await self.client.get_partial_messageable(origin.channel_id).send(
+                note, allowed_mentions=NO_MENTIONS, nonce=nonce_for("n" + result.job_id))
+        except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError):
+            log.error("could not tell member about undelivered result", extra={"job_id": result.job_id})

@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", **_env("DREAMBOT_LOG_LEVEL"))
     log_format: Literal["json", "text"] = Field("json", **_env("DREAMBOT_LOG_FORMAT"))
 
+    # --- Guild limit defaults ---
+    # What a guild gets until its admins change it (dreamcore/limits.py; ranges match GuildLimits).
+    limit_cooldown_s: int = Field(10, ge=0, le=3600, **_env("DREAMBOT_LIMIT_COOLDOWN_S"))
+    limit_user_max_active: int = Field(2, ge=1, le=50, **_env("DREAMBOT_LIMIT_USER_MAX_ACTIVE"))
+    limit_user_images_hour: int = Field(30, ge=1, le=1000, **_env("DREAMBOT_LIMIT_USER_IMAGES_HOUR"))
+    limit_user_images_day: int = Field(100, ge=1, le=5000, **_env("DREAMBOT_LIMIT_USER_IMAGES_DAY"))
+    limit_guild_images_hour: int = Field(300, ge=1, le=5000, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_HOUR"))
+    limit_guild_images_day: int = Field(1500, ge=1, le=20000, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_DAY"))
+    limit_max_images: int = Field(4, ge=1, le=4, **_env("DREAMBOT_LIMIT_MAX_IMAGES"))
+    limit_max_steps: int = Field(60, ge=1, le=100, **_env("DREAMBOT_LIMIT_MAX_STEPS"))
+    limit_guild_max_queued: int = Field(50, ge=1, le=1000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
+    # --- end of guild limit defaults ---
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: str) -> str:

@@ -1,0 +1,27 @@
+# One Discord bot instance: `dreambot bot`. Needs Redis and a DISCORD_TOKEN; no GPU, and no torch.
+# Build from the repository root:  docker build -f docker/bot.Dockerfile -t dreambot-bot .
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# Only the `bot` extra: discord.py and aiohttp on top of the shared core (pydantic, redis, rq).
+WORKDIR /src
+COPY . .
+RUN pip install ".[bot]" \
+ && cd / && rm -rf /src
+
+# The bot image must never carry torch (several GB): fail the build if anything pulled it in.
+RUN python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('torch') is not None)"
+# The console script is there and the bot side imports with just the `bot` extra.
+RUN dreambot --help >/dev/null && python -c "import bot.main, bot.client"
+
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dreambot
+USER dreambot
+WORKDIR /home/dreambot
+
+# Settings come from the environment (see .env.example). Python as PID 1 would ignore SIGTERM, so run it
+# under an init: compose sets `init: true`; by hand, `docker run --init ...`.
+CMD ["dreambot", "bot"]

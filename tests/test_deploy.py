@@ -1,0 +1,411 @@
+"""Deployment files: docker-compose.yml as `docker-compose config` sees it, the two Dockerfiles,
+.dockerignore and .env.example; and no real-looking secret anywhere in the repository.
+
+No Docker engine is needed: `docker-compose config` only reads and validates the file (.ci/run installs
+Debian's docker-compose 1.29). The Dockerfiles cannot be built here, so their invariants are read off
+the text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dreamcore.cli import _parser
+from dreamcore.settings import SDXL_BASE_ID, SDXL_REFINER_ID, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+BOT_DOCKERFILE = ROOT / "docker" / "bot.Dockerfile"
+WORKER_DOCKERFILE = ROOT / "docker" / "worker.Dockerfile"
+ENV_EXAMPLE = ROOT / ".env.example"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+BOTS = [f"bot{i}" for i in range(1, 11)]
+TORCH_MAX = (2, 14, 1)
+COMPOSE_REDIS_URL = "redis://redis:6379/0"
+# Set per service by docker-compose.yml itself, not passed through from .env.
+PER_SERVICE = {"REDIS_URL", "DISCORD_TOKEN", "DREAMBOT_INSTANCE"}
+
+
+def setting_env_names() -> list[str]:
+    return [f.validation_alias.choices[0] for f in Settings.model_fields.values()]  # type: ignore[union-attr]
+
+
+def setting_defaults() -> dict[str, object]:
+    return {f.validation_alias.choices[0]: f.default for f in Settings.model_fields.values()}  # type: ignore[union-attr]
+
+
+# ----------------------------------------------------------------------------------------------------
+# `docker-compose config`, parsed
+
+
+def _yaml_to_data(text: str, compose_exe: str) -> dict:
+    try:
+        import yaml
+    except ImportError:
+        pass
+    else:
+        return yaml.safe_load(text)
+    # Our environment may lack PyYAML; the Python that runs docker-compose 1.29 has it.
+    candidates = []
+    try:
+        first = Path(compose_exe).read_bytes()[:200].split(b"\n", 1)[0].decode()
+        if first.startswith("#!"):
+            candidates.append(first[2:].strip().split()[0])
+    except (OSError, UnicodeDecodeError):
+        pass
+    candidates.append("/usr/bin/python3")
+    for py in candidates:
+        if not Path(py).is_file():
+            continue
+        proc = subprocess.run(
+            [py, "-c", "import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)"],
+            input=text, capture_output=True, text=True, timeout=60,
+        )
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+    pytest.skip("no YAML parser: neither PyYAML here nor a Python with yaml next to docker-compose")
+
+
+def _compose_config(env_file: Path) -> dict:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs Debian's docker-compose 1.29)")
+    # A clean environment and an explicit env file: nothing from this shell or a developer's .env leaks in.
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL") if k in os.environ}
+    proc = subprocess.run(
+        [exe, "--env-file", str(env_file), "-f", str(COMPOSE), "config"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, f"docker-compose config failed:\n{proc.stderr}"
+    return _yaml_to_data(proc.stdout, exe)
+
+
+def _sentinel(name: str) -> str:
+    return f"from-env-file-{name.lower().replace('_', '-')}"
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> dict:
+    """The config of a clean clone: no .env, nothing set."""
+    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+    env_file.write_text("")
+    return _compose_config(env_file)
+
+
+@pytest.fixture(scope="module")
+def config_with_env(tmp_path_factory) -> dict:
+    """The config when .env sets every setting and every bot token (to placeholders)."""
+    env_file = tmp_path_factory.mktemp("compose") / "full.env"
+    lines = [f"{name}={_sentinel(name)}" for name in setting_env_names()]
+    lines += [f"DISCORD_TOKEN_{i}=placeholder-for-bot-{i}" for i in range(1, 11)]
+    env_file.write_text("\n".join(lines) + "\n")
+    return _compose_config(env_file)
+
+
+def _env(service: dict) -> dict:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return env
+
+
+def _mounts(service: dict) -> set[tuple[str, str]]:
+    out = set()
+    for v in service.get("volumes") or []:
+        if isinstance(v, str):
+            parts = v.split(":")
+            out.add((parts[0], parts[1]))
+        else:
+            out.add((v.get("source"), v.get("target")))
+    return out
+
+
+def _seconds(duration: str | int | float) -> float:
+    if isinstance(duration, (int, float)):
+        return float(duration)
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _waits_for_healthy_redis(service: dict) -> bool:
+    dep = service.get("depends_on")
+    return isinstance(dep, dict) and dep.get("redis", {}).get("condition") == "service_healthy"
+
+
+def _cli_subcommands() -> set[str]:
+    sub = next(a for a in _parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    return set(sub.choices)
+
+
+# ----------------------------------------------------------------------------------------------------
+# docker-compose.yml
+
+
+def test_compose_has_redis_the_ten_bots_and_a_worker(config):
+    services = config["services"]
+    assert {"redis", "worker", *BOTS} <= set(services)
+    extra = set(services) - {"redis", "worker", *BOTS}
+    assert all(re.fullmatch(r"worker\d+", s) for s in extra), f"unexpected services {sorted(extra)}"
+
+
+def test_ten_bots_share_one_image_with_distinct_instances_and_tokens(config, config_with_env):
+    services = config["services"]
+    instances, images = set(), set()
+    for i, name in enumerate(BOTS, start=1):
+        bot = services[name]
+        env = _env(bot)
+        assert bot["command"] == ["dreambot", "bot"]
+        assert env["DREAMBOT_INSTANCE"] == name
+        assert env["DISCORD_TOKEN"] == "", "a clean clone has no tokens"
+        assert env["REDIS_URL"] == COMPOSE_REDIS_URL
+        assert bot["restart"] == "unless-stopped"
+        assert bot.get("init") is True, "an init passes SIGTERM on to the bot (PID 1 would ignore it)"
+        assert _waits_for_healthy_redis(bot)
+        assert Path(bot["build"]["dockerfile"]).as_posix().endswith("docker/bot.Dockerfile")
+        assert "deploy" not in bot, "bots need no GPU"
+        instances.add(env["DREAMBOT_INSTANCE"])
+        images.add(bot["image"])
+        assert _env(config_with_env["services"][name])["DISCORD_TOKEN"] == f"placeholder-for-bot-{i}"
+    assert len(instances) == 10
+    assert len(images) == 1, "one bot image for all ten"
+    raw = COMPOSE.read_text()
+    assert re.search(r"^x-bot: &bot\b", raw, re.M), "the bots come from one `x-bot: &bot` anchor"
+    assert len(re.findall(r"^\s+<<: \*bot\s*$", raw, re.M)) == 10
+
+
+def test_redis_persists_and_has_a_healthcheck(config):
+    redis = config["services"]["redis"]
+    assert redis["image"].startswith("redis:7")
+    cmd = redis["command"]
+    cmd = cmd if isinstance(cmd, list) else cmd.split()
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert cmd[cmd.index("--appendfsync") + 1] == "everysec"
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    data = [src for src, dst in _mounts(redis) if dst == "/data"]
+    assert data and data[0] in config["volumes"], "Redis data on a named volume"
+    assert redis["restart"] == "unless-stopped"
+
+
+def test_worker_has_a_gpu_the_models_volume_and_time_to_drain(config):
+    worker = config["services"]["worker"]
+    assert worker["command"] == ["dreambot", "worker"]
+    assert Path(worker["build"]["dockerfile"]).as_posix().endswith("docker/worker.Dockerfile")
+    devices = worker["deploy"]["resources"]["reservations"]["devices"]
+    gpus = [d for d in devices if d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", [])]
+    assert gpus and ("count" in gpus[0] or gpus[0].get("device_ids")), devices
+    assert ("models", "/models") in _mounts(worker) and "models" in config["volumes"]
+    env = _env(worker)
+    assert env["REDIS_URL"] == COMPOSE_REDIS_URL
+    assert env["HF_HOME"] == "/models"
+    assert env["DREAMBOT_BASE_MODEL"] == SDXL_BASE_ID
+    assert env["DREAMBOT_REFINER_MODEL"] == SDXL_REFINER_ID
+    assert env["DREAMBOT_DEVICE"] == "cuda"
+    # SIGTERM makes the worker finish its job first: give it the longest a job may run.
+    assert _seconds(worker["stop_grace_period"]) >= Settings.model_fields["job_timeout_s"].default
+    assert worker.get("init") is True
+    assert worker["restart"] == "unless-stopped"
+    assert _waits_for_healthy_redis(worker)
+
+
+def test_every_setting_in_env_reaches_the_bots_and_the_worker(config_with_env):
+    services = config_with_env["services"]
+    for name in [*BOTS, "worker"]:
+        env = _env(services[name])
+        assert env["REDIS_URL"] == COMPOSE_REDIS_URL, name
+        missing = [s for s in setting_env_names() if s not in PER_SERVICE and env.get(s) != _sentinel(s)]
+        assert not missing, f"{name} does not get {missing} from .env"
+
+
+def test_services_run_the_dreambot_commands_the_tests_run(config):
+    subcommands = _cli_subcommands()
+    for name, service in config["services"].items():
+        if name == "redis":
+            continue
+        cmd = service["command"]
+        assert cmd[0] == "dreambot" and cmd[1] in subcommands, (name, cmd)
+        _parser().parse_args(cmd[1:])
+    assert 'dreambot = "dreamcore.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_compose_needs_no_env_file():
+    raw = COMPOSE.read_text()
+    assert not re.search(r"^\s*env_file:", raw, re.M), "docker-compose 1.29 fails on a missing env_file"
+    assert not re.search(r"^version:", raw, re.M)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dockerfiles
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out, buf = [], ""
+    for line in path.read_text().splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        buf += line
+        word, _, rest = buf.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def _pip_installs(path: Path) -> list[str]:
+    runs = [args for word, args in _instructions(path) if word == "RUN"]
+    return [seg for run in runs for seg in re.split(r"&&|;", run) if re.search(r"\bpip3? install\b", seg)]
+
+
+def _cmd(path: Path) -> list[str]:
+    cmds = [args for word, args in _instructions(path) if word == "CMD"]
+    assert len(cmds) == 1
+    return json.loads(cmds[0])
+
+
+def _user(path: Path) -> str:
+    users = [args for word, args in _instructions(path) if word == "USER"]
+    assert users, f"{path.name} runs as root"
+    return users[-1]
+
+
+def test_bot_image_installs_only_the_bot_extra_and_no_torch():
+    instr = _instructions(BOT_DOCKERFILE)
+    assert instr[0][0] == "FROM" and instr[0][1].startswith("python:3.11-slim")
+    installs = _pip_installs(BOT_DOCKERFILE)
+    assert len(installs) == 1, installs
+    assert re.search(r"""["']?\.\[bot\]["']?""", installs[0])
+    assert "worker" not in installs[0] and "torch" not in installs[0]
+    checks = " ".join(args for word, args in instr if word == "RUN")
+    assert "find_spec('torch') is not None" in checks, "the build must fail if torch got in"
+    assert _user(BOT_DOCKERFILE) not in ("root", "0")
+    assert _cmd(BOT_DOCKERFILE) == ["dreambot", "bot"]
+
+
+def test_worker_image_pins_a_cuda_torch_within_the_cap():
+    instr = _instructions(WORKER_DOCKERFILE)
+    assert instr[0][0] == "FROM"
+    base = instr[0][1]
+    assert ":" in base and not base.endswith(":latest") and "cuda" in base, f"pin a CUDA base tag: {base}"
+    installs = " ".join(_pip_installs(WORKER_DOCKERFILE))
+    assert re.search(r"""["']?\.\[worker\]["']?""", installs)
+    pins = re.findall(r"\btorch==(\d+)\.(\d+)\.(\d+)", installs)
+    assert len(pins) == 1, "pin exactly one torch version"
+    version = tuple(int(p) for p in pins[0])
+    assert (2, 4, 0) <= version <= TORCH_MAX
+    m = re.match(r"pytorch/pytorch:(\d+)\.(\d+)\.(\d+)-", base)
+    if m:
+        assert tuple(int(g) for g in m.groups()) == version, "the pin must be the base's own torch"
+    env = " ".join(args for word, args in instr if word == "ENV")
+    assert re.search(r"\bHF_HOME=/models\b", env)
+    assert _user(WORKER_DOCKERFILE) not in ("root", "0")
+    assert _cmd(WORKER_DOCKERFILE) == ["dreambot", "worker"]
+
+
+def test_dockerfiles_run_the_same_commands_as_compose(config):
+    services = config["services"]
+    assert _cmd(BOT_DOCKERFILE) == services["bot1"]["command"]
+    assert _cmd(WORKER_DOCKERFILE) == services["worker"]["command"]
+
+
+def test_dockerignore_keeps_env_and_git_out_of_images():
+    lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "*", "an allowlist"
+    assert not any(ln.startswith("!") and (".env" in ln or ".git" in ln) for ln in lines)
+    for needed in ("!pyproject.toml", "!dreamcore/", "!bot/", "!worker/"):
+        assert needed in lines
+
+
+# ----------------------------------------------------------------------------------------------------
+# .env.example
+
+
+def _env_example() -> dict[str, tuple[str, str]]:
+    """NAME -> (value, the comment just above it), for `NAME=value` and `#NAME=value` lines."""
+    out, comment = {}, []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        m = re.fullmatch(r"#?\s?([A-Z][A-Z0-9_]*)=(.*)", line)
+        if m:  # consecutive assignments (DISCORD_TOKEN_1..10) share the comment above them
+            out[m.group(1)] = (m.group(2), " ".join(comment))
+        elif line.startswith("#"):
+            comment.append(line.lstrip("# "))
+        elif not line.strip():
+            comment = []
+    return out
+
+
+def test_env_example_documents_every_setting_with_its_default():
+    documented = _env_example()
+    defaults = setting_defaults()
+    missing = [name for name in setting_env_names() if name not in documented]
+    assert not missing, f".env.example does not document {missing}"
+    for name, default in defaults.items():
+        value, comment = documented[name]
+        assert comment.strip(), f"{name} has no comment saying what it does"
+        assert value == ("" if default is None else str(default)), f"{name}: .env.example says {value!r}, default {default!r}"
+
+
+def test_env_example_has_the_ten_compose_tokens_empty():
+    documented = _env_example()
+    for i in range(1, 11):
+        assert documented[f"DISCORD_TOKEN_{i}"][0] == ""
+    assert documented["DISCORD_TOKEN"][0] == ""
+
+
+def test_every_variable_compose_reads_is_in_env_example(config):
+    documented = _env_example()
+    raw = COMPOSE.read_text()
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", raw))
+    passed = {k for s in config["services"].values() for k in _env(s)}
+    undocumented = (interpolated | passed) - set(documented) - {"HF_HOME"}
+    assert not undocumented, f"add {sorted(undocumented)} to .env.example"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Secrets
+
+# A Discord bot token (base64 user id . timestamp . HMAC), a Hugging Face token, a private key.
+SECRET_PATTERNS = [
+    re.compile(r"[A-Za-z0-9_-]{23,28}\.[A-Za-z0-9_-]{6,7}\.[A-Za-z0-9_-]{27,40}"),
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+]
+
+
+def _repo_files() -> list[Path]:
+    deploy = [COMPOSE, BOT_DOCKERFILE, WORKER_DOCKERFILE, ENV_EXAMPLE, DOCKERIGNORE]
+    if shutil.which("git") and (ROOT / ".git").exists():
+        proc = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                              cwd=ROOT, capture_output=True, timeout=60)
+        if proc.returncode == 0:
+            files = [ROOT / p for p in proc.stdout.decode().split("\0") if p]
+            return sorted(set(files) | set(deploy))
+    return deploy
+
+
+def test_no_real_looking_secret_in_the_repository():
+    found = []
+    for path in _repo_files():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for n, line in enumerate(text.splitlines(), start=1):
+            # Test fixtures name their made-up tokens as such.
+            if "fake" in line.lower():
+                continue
+            if any(p.search(line) for p in SECRET_PATTERNS):
+                found.append(f"{path.relative_to(ROOT)}:{n}")
+    assert not found, f"real-looking secrets in {found}"

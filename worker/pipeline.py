@@ -1,0 +1,323 @@
+"""SDXL base + refiner as one "ensemble of expert denoisers", the way the worker runs a DreamRequest.
+
+The base model denoises the first (high-noise) part of the schedule and hands over its latents, still
+noisy, to the refiner, which was trained only on the low-noise end and finishes them; the VAE decodes the
+result. (https://huggingface.co/docs/diffusers/using-diffusers/sdxl#refine-image-quality)
+
+Kept close to plain diffusers on purpose: two stock pipelines, loaded once, called with precomputed prompt
+embeddings (so long prompts are chunked, not cut; see prompts.py) and one seeded generator per image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from PIL import Image
+
+from dreamcore.job import DreamRequest
+from dreamcore.styles import load_styles
+
+from .prompts import EncodedPrompts, encode_prompts
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# diffusers renamed from_pretrained's `torch_dtype` to `dtype` (0.42 warns on the old name, older releases
+# know only the old one); use whichever this diffusers has.
+try:
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists where `dtype` is accepted)
+
+    _DTYPE_KW = "dtype"
+except ImportError:
+    _DTYPE_KW = "torch_dtype"
+
+
+class ModelLoadError(RuntimeError):
+    """The weights a setting points at can't be loaded; the message names the setting and its value."""
+
+    def __init__(self, setting: str, value: str, reason: str):
+        self.setting = setting
+        self.value = value
+        super().__init__(f"{setting}={value}: {reason}")
+
+
+@dataclass
+class StepEvent:
+    """One finished denoising step, for progress reports (and, by raising, for cancelling)."""
+
+    stage: str  # "base" or "refiner"
+    step: int  # 1-based within the stage
+    stage_total: int
+    done: int  # steps finished over both stages
+    total: int
+    latents: torch.Tensor  # the whole batch's latents after this step
+
+
+@dataclass
+class Generation:
+    images: list[Image.Image]  # RGB, in the order of `seeds`
+    seeds: list[int]
+    width: int
+    height: int
+    base_steps: int  # steps the base actually ran (counted in its step callback)
+    refiner_steps: int  # 0 when the refiner was skipped
+    timings: dict[str, float] = field(default_factory=dict)  # encode_s, base_s, refiner_s, decode_s, total_s
+    prompt_note: str | None = None  # e.g. "prompt is 131 tokens: encoded in 2 chunks of 75"
+    nan_detected: bool = False  # any image's latents or pixels non-finite, or the image all black
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            "DREAMBOT_DEVICE", device, "CUDA is not available on this machine (torch sees no GPU)"
+        )
+    return dev
+
+
+def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
+    """`pipeline_cls.from_pretrained(value)`, with every failure turned into a ModelLoadError naming the setting."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        # A local folder: never let a missing file there turn into a hub download attempt.
+        source, local = str(path), True
+    elif _HUB_ID.match(value) and not value.startswith((".", "~")):
+        # A hub id: diffusers resolves it through the HF cache (and honours HF_HUB_OFFLINE).
+        source, local = value, False
+    else:
+        raise ModelLoadError(
+            setting, value, "no model found there (not a folder, and not a hub id like org/name)"
+        )
+    try:
+        return pipeline_cls.from_pretrained(source, local_files_only=local, **kwargs)
+    # Broad on purpose: diffusers raises OSError, ValueError, KeyError, ... depending on what is off.
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        if local:
+            raise ModelLoadError(setting, value, f"no model found there ({reason})") from err
+        offline = (
+            " (HF_HUB_OFFLINE is set, so it must already be in the cache)"
+            if os.environ.get("HF_HUB_OFFLINE")
+            else ""
+        )
+        raise ModelLoadError(
+            setting, value, f"could not load it from the hub or its cache{offline} ({reason})"
+        ) from err
+
+
+_loaded: dict[tuple[str, str, str], DreamPipeline] = {}
+_load_lock = threading.Lock()
+
+
+class DreamPipeline:
+    def __init__(
+        self, base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, device: torch.device
+    ):
+        self.base = base
+        self.refiner = refiner
+        self.device = device
+        self._timesteps_cache: dict[tuple[str, int], list[int]] = {}
+
+    @classmethod
+    def load(cls, base: str, refiner: str, device: str = "auto") -> DreamPipeline:
+        """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance."""
+        key = (base, refiner, device)
+        with _load_lock:
+            if key not in _loaded:
+                _loaded[key] = cls._load(base, refiner, device)
+            return _loaded[key]
+
+    @classmethod
+    def _load(cls, base: str, refiner: str, device: str) -> DreamPipeline:
+        dev = resolve_device(device)
+        # bf16 on GPU: half the memory and bandwidth of fp32, and unlike fp16 it has fp32's range, so the
+        # SDXL VAE does not overflow into NaN (black images) and needs no fp32 upcast. CPUs get fp32.
+        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        base_pipe = _from_pretrained(
+            StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, **{_DTYPE_KW: dtype}
+        )
+        if base_pipe.text_encoder is None or base_pipe.text_encoder_2 is None:
+            raise ModelLoadError(
+                "DREAMBOT_BASE_MODEL",
+                base,
+                "that is not an SDXL base model (it lacks text_encoder; a refiner?)",
+            )
+        # The refiner uses the same OpenCLIP text encoder and VAE as the base: pass the base's objects so
+        # they are neither read from disk nor held in GPU memory twice (about 1.5 GB saved in bf16).
+        refiner_pipe = _from_pretrained(
+            StableDiffusionXLImg2ImgPipeline,
+            "DREAMBOT_REFINER_MODEL",
+            refiner,
+            **{_DTYPE_KW: dtype},
+            text_encoder_2=base_pipe.text_encoder_2,
+            vae=base_pipe.vae,
+        )
+        for pipe in (base_pipe, refiner_pipe):
+            # Attention stays diffusers' default for torch 2, AttnProcessor2_0, i.e. PyTorch's SDPA kernels.
+            pipe.to(dev)
+            pipe.set_progress_bar_config(disable=True)  # the worker reports progress itself
+        return cls(base_pipe, refiner_pipe, dev)
+
+    # -- the step split ---------------------------------------------------------------------------------
+
+    def split_steps(self, steps: int, base_steps: int) -> tuple[int, int, float | None]:
+        """(base steps, refiner steps, handover fraction), exact for the schedulers' actual timesteps.
+
+        diffusers turns `denoising_end=f` into "run the timesteps t >= round(1000 * (1 - f))" and the
+        refiner's `denoising_start=f` into "the timesteps t < that", so the number of base steps follows
+        the timestep grid rather than round(steps * f). With SDXL's "leading" spacing and 8 steps
+        (timesteps 876, 751, ..., 126, 1), f = 0.7 puts the cut at 300 and the base runs 5 steps where
+        round(8 * 0.7) = 6. So instead of passing req.split through, find the fraction whose cut falls
+        just above the first timestep the refiner should run: the base then runs exactly `base_steps`.
+
+        Returns a None fraction when the refiner has nothing to do (base_steps == steps).
+        """
+        base_steps = min(max(base_steps, 1), steps)  # round(1 * 0.5) == 0: the base always runs at least one
+        if base_steps == steps:
+            return steps, 0, None
+        timesteps = self._timesteps("base", steps)  # descending, one per step (Euler is first-order)
+        cut = timesteps[base_steps] + 1  # the base keeps t >= cut, the refiner takes t < cut
+        n_train = self.base.scheduler.config.num_train_timesteps
+        fraction = 1.0 - cut / n_train
+        # What the refiner's own scheduler will run from that fraction (the same grid for SDXL's pair).
+        ref_cut = int(round(n_train - fraction * n_train))
+        refiner_steps = sum(1 for t in self._timesteps("refiner", steps) if t < ref_cut)
+        return base_steps, refiner_steps, fraction
+
+    def _timesteps(self, stage: str, steps: int) -> list[int]:
+        """The timesteps a stage's scheduler runs for `steps`, from a fresh copy (the pipeline's own keeps its state)."""
+        cache = self._timesteps_cache
+        if (stage, steps) not in cache:
+            scheduler = getattr(self, stage).scheduler
+            fresh = type(scheduler).from_config(scheduler.config)
+            fresh.set_timesteps(steps)
+            cache[stage, steps] = [int(t) for t in fresh.timesteps]
+        return cache[stage, steps]
+
+    # -- generation ---------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, req: DreamRequest, on_step: Callable[[StepEvent], None] | None = None) -> Generation:
+        """Run one request: style, prompt encoding, base, refiner, decode. Exceptions from on_step propagate."""
+        t_start = time.perf_counter()
+        width, height = req.size
+        seeds = req.seeds
+        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+
+        base_steps, refiner_steps, fraction = self.split_steps(req.steps, req.base_steps)
+        use_refiner = fraction is not None
+        total = base_steps + refiner_steps
+
+        encoded: EncodedPrompts = encode_prompts(
+            self.base, self.refiner if use_refiner else None, prompt, negative
+        )
+        self._sync()
+        t_encoded = time.perf_counter()
+
+        # One generator per image, seeded with that image's seed: randn_tensor draws each image's starting
+        # noise from its own generator, so image i of a batch is the image its seed gives alone. CPU
+        # generators (diffusers moves the noise to the GPU) make a seed's starting noise the same on every
+        # machine, GPU or not; drawing 4x128x128 numbers on the CPU costs nothing.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        counted = {"base": 0, "refiner": 0}
+
+        def callback(stage: str, stage_total: int, offset: int):
+            def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
+                counted[stage] += 1
+                if on_step is not None:
+                    on_step(StepEvent(stage, i + 1, stage_total, offset + i + 1, total, tensors["latents"]))
+                return {}
+
+            return on_step_end
+
+        common = dict(
+            num_inference_steps=req.steps,
+            guidance_scale=req.guidance,
+            generator=generators,
+            output_type="latent",  # we decode ourselves: timed separately, checked for NaN
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        latents = self.base(
+            **encoded.base.pipeline_kwargs(req.count),
+            width=width,
+            height=height,
+            denoising_end=fraction,
+            callback_on_step_end=callback("base", base_steps, 0),
+            **common,
+        ).images
+        self._sync()
+        t_base = time.perf_counter()
+
+        if use_refiner:
+            latents = self.refiner(
+                **encoded.refiner.pipeline_kwargs(req.count),
+                image=latents,  # 4-channel latents go in as they are, no VAE encode
+                denoising_start=fraction,  # continue the same schedule: no fresh noise is added
+                callback_on_step_end=callback("refiner", refiner_steps, base_steps),
+                **common,
+            ).images
+        self._sync()
+        t_refined = time.perf_counter()
+
+        images, nan = self._decode(latents)
+        self._sync()
+        t_end = time.perf_counter()
+        return Generation(
+            images=images,
+            seeds=seeds,
+            width=width,
+            height=height,
+            base_steps=counted["base"],
+            refiner_steps=counted["refiner"],
+            timings={
+                "encode_s": t_encoded - t_start,
+                "base_s": t_base - t_encoded,
+                "refiner_s": t_refined - t_base,
+                "decode_s": t_end - t_refined,
+                "total_s": t_end - t_start,
+            },
+            prompt_note=encoded.note,
+            nan_detected=nan,
+        )
+
+    def _decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], bool]:
+        """VAE-decode one image at a time (a 1024px decode is the memory peak of the whole job)."""
+        vae = self.base.vae
+        nan = not bool(torch.isfinite(latents).all())
+        mean = getattr(vae.config, "latents_mean", None)
+        std = getattr(vae.config, "latents_std", None)
+        images = []
+        for i in range(latents.shape[0]):
+            z = latents[i : i + 1].to(vae.dtype)
+            # Undo the latent scaling the UNet works in (as the pipelines do before decoding).
+            if mean is not None and std is not None:
+                mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+                std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
+                z = z * std_t / vae.config.scaling_factor + mean_t
+            else:
+                z = z / vae.config.scaling_factor
+            pixels = vae.decode(z, return_dict=False)[0]
+            if not bool(torch.isfinite(pixels).all()):
+                nan = True
+                pixels = torch.nan_to_num(pixels, nan=-1.0)  # black, rather than numpy's cast warning
+            if self.base.watermark is not None:  # as diffusers does, when invisible-watermark is installed
+                pixels = self.base.watermark.apply_watermark(pixels)
+            image = self.base.image_processor.postprocess(pixels, output_type="pil")[0].convert("RGB")
+            nan = nan or int(np.asarray(image).max()) == 0  # all black: what a NaN decode turns into
+            images.append(image)
+        return images, nan
+
+    def _sync(self) -> None:
+        # CUDA runs asynchronously: wait for it so each stage's time is that stage's.
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

@@ -17,7 +17,7 @@ from dreamcore.settings import Settings
 
 from .backend import Backend
 from .commands import NO_MENTIONS, DreamCommands
-from .discord_api import prepare_client
+from .discord_api import prepare_client, use_api_base
 from .relay import Relay
 
 log = logging.getLogger("dreambot.bot")
@@ -39,6 +39,8 @@ class DreamTree(app_commands.CommandTree):
 
 class DreamClient(discord.Client):
     def __init__(self, settings: Settings, conn: redis.Redis | None = None):
+        # Before login: login itself already calls GET /users/@me on the API base.
+        use_api_base(settings.discord_api_base)
         super().__init__(intents=discord.Intents.none() | discord.Intents(guilds=True),
                          allowed_mentions=NO_MENTIONS)
         self.settings = settings

@@ -14,7 +14,15 @@ import time
 import discord
 from discord import app_commands
 
-from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, MAX_SEED, JobError, make_job, make_origin, make_request
+from dreamcore.job import (
+    ASPECT_LABELS,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    JobError,
+    make_job,
+    make_origin,
+    make_request,
+)
 from dreamcore.present import settings_line
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles

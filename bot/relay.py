@@ -36,6 +36,10 @@ class Undeliverable(Exception):
     """Discord will never take this post (channel gone, no permission): stop trying."""
 
 
+def _files(result: DreamResult, images: list[bytes]) -> list[discord.File]:
+    return [discord.File(io.BytesIO(b), filename=i.filename) for i, b in zip(result.images, images, strict=True)]
+
+
 def nonce_for(job_id: str) -> str:
     return f"dream{job_id}"[:25]
 
@@ -133,7 +137,7 @@ class Relay:
         text = result_text(result)
         if result.status != "done":
             return await self._post_failure(result, text)
-        files = [discord.File(io.BytesIO(b), filename=i.filename) for i, b in zip(result.images, images)]
+        files = _files(result, images)
         if self.token_alive(result):
             hook = discord.Webhook.partial(origin.application_id, origin.interaction_token, client=self.client)
             try:
@@ -143,7 +147,7 @@ class Relay:
                 # Token expired early, or the member deleted the reply: post to the channel instead.
                 log.info("interaction reply gone, posting to channel", extra={"job_id": result.job_id,
                                                                              "status": err.status})
-                files = [discord.File(io.BytesIO(b), filename=i.filename) for i, b in zip(result.images, images)]
+                files = _files(result, images)  # a File is spent once sent
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         mention = f"<@{origin.user_id}> " if origin.user_id else ""
         try:

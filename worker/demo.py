@@ -32,8 +32,10 @@ def default_tiny_dir() -> Path:
 
 
 def _tiny(settings: Settings, where: str) -> Settings:
+    from .runner import quiet_model_libraries
     from .tiny import make_tiny_model
 
+    quiet_model_libraries()
     folder = Path(where) if where else default_tiny_dir()
     if not (folder / "base" / "model_index.json").exists() or not (folder / "refiner" / "model_index.json").exists():
         t0 = time.perf_counter()
@@ -109,7 +111,7 @@ def _write(result, images: list[bytes], out: Path) -> int:
     if result.status != "done":
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    for info, data in zip(result.images, images):
+    for info, data in zip(result.images, images, strict=True):
         path = out / info.filename
         path.write_bytes(data)
         print(f"wrote {path} ({info.width}x{info.height} {info.format}, seed {info.seed}, {len(data) // 1024} KiB)")

@@ -75,7 +75,19 @@ def worker_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
 
+def quiet_model_libraries() -> None:
+    """diffusers/transformers print progress bars and advice to stderr; the worker logs its own timings."""
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.disable_progress_bar()
+    dlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+
+
 def load_pipeline(settings: Settings) -> DreamPipeline:
+    quiet_model_libraries()
     t0 = time.perf_counter()
     pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device)
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),

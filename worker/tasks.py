@@ -122,7 +122,7 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
         images=[
             ImageInfo(filename=e.filename, format=e.format, width=e.width, height=e.height, seed=s,
                       size_bytes=len(e.data))
-            for e, s in zip(encoded, gen.seeds)
+            for e, s in zip(encoded, gen.seeds, strict=True)
         ],
         timings={k: round(v, 4) for k, v in timings.items()},
         base_steps=gen.base_steps,

@@ -1,0 +1,151 @@
+"""The worker on a real Redis and the tiny model: queue in, outbox out, bad jobs fail alone."""
+
+from __future__ import annotations
+
+import io
+import zlib
+
+import pytest
+import redis
+from PIL import Image
+from rq.serializers import JSONSerializer
+
+from dreamcore import results
+from dreamcore.job import make_job, make_origin, make_request
+from dreamcore.queue import DreamQueue
+from dreamcore.settings import get_settings
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_dir):
+    from worker.pipeline import DreamPipeline
+
+    return DreamPipeline.load(str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner"), "cpu")
+
+
+def _job(prompt="a lighthouse at dusk", user=5, **kw):
+    kw.setdefault("steps", 4)
+    kw.setdefault("seed", 7)
+    origin = make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=user)
+    return make_job(make_request(prompt=prompt, aspect="12:5", **kw), origin)
+
+
+def _outbox(conn):
+    box = results.Outbox(conn, "bot1", "test")
+    box.ensure_group()
+    return box
+
+
+def _drain(conn):
+    box = _outbox(conn)
+    got = {}
+    for entry in box.read(block_ms=100, count=100):
+        got[entry.job_id] = results.load(conn, entry.job_id)
+        box.ack(entry.entry_id)
+    return got
+
+
+def _work(conn, pipeline):
+    from worker.runner import make_worker
+
+    worker = make_worker(get_settings(), conn, pipeline, name="test-worker")
+    worker.work(burst=True, logging_level="WARNING")
+    return worker
+
+
+def test_job_goes_through_queue_worker_and_outbox(tiny_env, rconn, pipeline):
+    _outbox(rconn)
+    job = _job(count=2)
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    _work(rconn, pipeline)
+    result, images = _drain(rconn)[job.job_id]
+    assert result.status == "done"
+    assert [i.seed for i in result.images] == [7, 8]
+    assert result.base_steps + result.refiner_steps == 4 and result.refiner_steps == 1
+    for data in images:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        assert img.size == (1536, 640) and img.format == "PNG"
+    assert images[0] != images[1]
+    assert {"base_s", "refiner_s", "decode_s", "total_s"} <= set(result.timings)
+
+
+def test_same_seed_same_bytes_through_the_queue(tiny_env, rconn, pipeline):
+    _outbox(rconn)
+    a, b = _job(seed=1234), _job(seed=1234)
+    q = DreamQueue(rconn, get_settings())
+    q.enqueue(a)
+    q.enqueue(b)
+    _work(rconn, pipeline)
+    got = _drain(rconn)
+    assert got[a.job_id][1] == got[b.job_id][1]
+
+
+def test_garbage_jobs_fail_alone_and_the_worker_goes_on(tiny_env, rconn, pipeline):
+    _outbox(rconn)
+    q = DreamQueue(rconn, get_settings())
+    good = _job()
+    # 1: a payload from a newer schema, 2: fields out of range, 3: not even a dict.
+    newer = good.to_dict() | {"v": 2, "job_id": "aaaaaaaaaaaaaaaa"}
+    broken = good.to_dict() | {"job_id": "bbbbbbbbbbbbbbbb"}
+    broken["request"] = dict(broken["request"], count=99)
+    rq_queue = q.queues["default"]
+    for payload, jid in ((newer, "aaaaaaaaaaaaaaaa"), (broken, "bbbbbbbbbbbbbbbb"), ("garbage", "cccccccccccccccc")):
+        rq_queue.enqueue("worker.tasks.run_dream", payload, job_id=jid)
+    # 4: a job hash RQ itself can't decode.
+    rq_queue.enqueue("worker.tasks.run_dream", {}, job_id="dddddddddddddddd")
+    rconn.hset("rq:job:dddddddddddddddd", "data", zlib.compress(b"\x00not json"))
+    q.enqueue(good)
+    worker = _work(rconn, pipeline)
+
+    got = _drain(rconn)
+    assert got[good.job_id][0].status == "done"
+    assert "schema version 2" in got["aaaaaaaaaaaaaaaa"][0].error
+    assert "count" in got["bbbbbbbbbbbbbbbb"][0].error and "allowed 1 to 4" in got["bbbbbbbbbbbbbbbb"][0].error
+    assert got["bbbbbbbbbbbbbbbb"][0].origin.user_id == 5  # the member can still be told
+    failed = set(rq_queue.failed_job_registry.get_job_ids())
+    # RQ itself refuses the undecodable hash: failed, logged, and the worker carries on.
+    assert {"aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc", "dddddddddddddddd"} <= failed
+    assert worker.get_state() != "busy"
+
+
+def test_prompt_too_long_is_told_not_cut(tiny_env, rconn, pipeline):
+    _outbox(rconn)
+    job = _job(prompt="lighthouse " * 120)  # far beyond 4 CLIP windows
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    _work(rconn, pipeline)
+    result, _ = _drain(rconn)[job.job_id]
+    assert result.status == "failed" and "tokens" in result.error and "300" in result.error
+
+
+def test_retried_job_is_not_generated_twice(tiny_env, rconn, pipeline):
+    _outbox(rconn)
+    job = _job()
+    q = DreamQueue(rconn, get_settings())
+    q.enqueue(job)
+    _work(rconn, pipeline)
+    # As if the worker died after publishing but before RQ recorded success: the job runs again.
+    q.queues["default"].enqueue("worker.tasks.run_dream", job.to_dict(), job_id=job.job_id)
+    _work(rconn, pipeline)
+    entries = rconn.xrange(results.outbox_key("bot1"))
+    assert [e[1][b"job_id"].decode() for e in entries].count(job.job_id) == 1
+
+
+def test_missing_weights_stop_the_worker_at_start(tiny_env, monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(tiny_env, DREAMBOT_BASE_MODEL=str(tmp_path / "nope"))
+    out = subprocess.run([sys.executable, "-m", "dreamcore.cli", "worker", "--burst"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "DREAMBOT_BASE_MODEL" in out.stdout and str(tmp_path / "nope") in out.stdout
+
+
+def test_json_serializer_everywhere(rconn):
+    # What the bot writes must be readable by a worker that does not trust pickle.
+    job = _job()
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    data = zlib.decompress(rconn.hget(f"rq:job:{job.job_id}", "data"))
+    assert JSONSerializer.loads(data)[2][0]["job_id"] == job.job_id
+    assert isinstance(rconn, redis.Redis)

@@ -19,7 +19,7 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import results
+from dreamcore import faults, results
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
@@ -29,7 +29,10 @@ NO_MENTIONS = discord.AllowedMentions.none()
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_MARGIN_S = 30
 RETRY_DELAYS_S = (1, 2, 4, 8, 16)
-MAX_ATTEMPTS = 8  # passes over one result (each with RETRY_DELAYS_S inside) before the member is told
+MAX_ATTEMPTS = 8
+# What Discord answers on an interaction webhook whose token is dead (401 "Invalid Webhook Token") or
+# whose message is gone: the post moves to the channel instead.
+TOKEN_GONE = (401, 403, 404)  # passes over one result (each with RETRY_DELAYS_S inside) before the member is told
 
 
 class Undeliverable(Exception):
@@ -103,6 +106,7 @@ class Relay:
                 return  # left pending: the outbox hands it out again after its idle time
             where = "gave up"
             await self._tell_undelivered(result)
+        faults.crash_here("bot-after-post")
         try:
             await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)
             await asyncio.to_thread(self.outbox.ack, entry.entry_id)
@@ -143,8 +147,10 @@ class Relay:
             try:
                 await hook.edit_message("@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
                 return "interaction"
-            except (discord.NotFound, discord.Forbidden) as err:
-                # Token expired early, or the member deleted the reply: post to the channel instead.
+            except discord.HTTPException as err:
+                if err.status not in TOKEN_GONE:
+                    raise
+                # Token expired (Discord answers 401), or the member deleted the reply: use the channel.
                 log.info("interaction reply gone, posting to channel", extra={"job_id": result.job_id,
                                                                              "status": err.status})
                 files = _files(result, images)  # a File is spent once sent
@@ -163,14 +169,15 @@ class Relay:
             hook = discord.Webhook.partial(origin.application_id, origin.interaction_token, client=self.client)
             # Ephemeral where possible: the public "queued" reply goes, the reason is for the member.
             try:
-                await hook.delete_message("@original")
-            except discord.NotFound:
-                pass  # already gone (a retry, or the member deleted it)
-            try:
+                try:
+                    await hook.delete_message("@original")
+                except discord.NotFound:
+                    pass  # already gone (a retry, or the member deleted it)
                 await hook.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
                 return "interaction-ephemeral"
-            except (discord.NotFound, discord.Forbidden):
-                pass
+            except discord.HTTPException as err:
+                if err.status not in TOKEN_GONE:
+                    raise
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         try:
             await channel.send(content=f"<@{origin.user_id}> {text}"[:2000], allowed_mentions=NO_MENTIONS,

@@ -18,6 +18,10 @@ _BOT_TOKEN = re.compile(r"[MNO][A-Za-z\d_-]{20,30}\.[A-Za-z\d_-]{4,8}\.[A-Za-z\d
 # Interaction / webhook tokens inside URLs.
 _WEBHOOK = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]{20,}")
 _AUTH = re.compile(r"(Bot|Bearer)\s+[A-Za-z0-9_.\-]{10,}")
+# Payload dumps (discord.py's DEBUG gateway log): any "token" field, and interaction tokens by their
+# prefix, which is base64 for "interaction:".
+_TOKEN_FIELD = re.compile(r"""((?:\\?['"])token(?:\\?['"])\s*:\s*(?:\\?['"]))[^'"\\]+""")
+_INTERACTION = re.compile(r"aW50ZXJhY3Rpb246[A-Za-z0-9_\-]+")
 
 _STD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 
@@ -33,6 +37,8 @@ def redact(text: str) -> str:
             text = text.replace(s, "[redacted]")
     text = _BOT_TOKEN.sub("[redacted-token]", text)
     text = _WEBHOOK.sub(r"\1[redacted]", text)
+    text = _TOKEN_FIELD.sub(r"\1[redacted]", text)
+    text = _INTERACTION.sub("[redacted-interaction-token]", text)
     return _AUTH.sub(r"\1 [redacted]", text)
 
 

@@ -29,3 +29,10 @@ def test_json_lines_with_extra_fields_and_no_tokens():
 def test_redact_patterns():
     assert FAKE_BOT_TOKEN not in redact(f"token={FAKE_BOT_TOKEN}")
     assert redact("/interactions/99/tok_abcdefghijklmnopqrstuvwxyz/callback") == "/interactions/99/[redacted]/callback"
+
+
+def test_payload_dumps_lose_their_tokens():
+    dumped = "{'type': 2, 'token': 'aW50ZXJhY3Rpb246MTIzOmFiY2RlZmdo', 'version': 1}"
+    out = redact(dumped)
+    assert "aW50ZXJhY3Rpb246" not in out and "'version': 1" in out
+    assert "aW50ZXJh" not in redact("see aW50ZXJhY3Rpb246MTIzOmFiY2RlZmdo here")

@@ -37,6 +37,9 @@ class DreamWorker(SimpleWorker):
         # Clean registries (and so re-queue abandoned jobs) about once a lease, not every 10 min.
         kwargs.setdefault("maintenance_interval", lease_s)
         kwargs.setdefault("job_monitoring_interval", heartbeat_s)
+        # An idle worker blocks in BLPOP for worker_ttl - 15 s; keep that near a lease so idle workers
+        # wake up to run maintenance and pick up abandoned jobs promptly.
+        kwargs.setdefault("worker_ttl", lease_s + 15)
         super().__init__(*args, **kwargs)
         self.heartbeat_s = heartbeat_s
         self.lease_s = lease_s

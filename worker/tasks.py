@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import redis
 from rq import get_current_job
 
-from dreamcore import results
+from dreamcore import faults, results
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
 from dreamcore.results import DreamResult, ImageInfo
 from dreamcore.settings import Settings
@@ -131,6 +131,7 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
         worker=rt.name,
     )
     published = results.publish(rt.conn, result, [e.data for e in encoded], rt.settings.result_ttl_s)
+    faults.crash_here("worker-after-publish")
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
                                  "published": published})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}

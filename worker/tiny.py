@@ -131,6 +131,9 @@ def _vae() -> AutoencoderKL:
 
 def make_tiny_model(out_dir: str | Path) -> Path:
     """Build the tiny base + refiner and save them to `out_dir/base` and `out_dir/refiner`; returns out_dir."""
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()  # one "Writing model shards" bar per component otherwise
     out = Path(out_dir)
     torch.manual_seed(SEED)
 

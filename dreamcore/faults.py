@@ -1,0 +1,20 @@
+"""Fault points for crash tests: a process dies exactly where a real crash would hurt most.
+
+Off unless DREAMBOT_TEST_FAULTS names a point (comma-separated). It is read from the environment and not
+from Settings on purpose: it is no setting an operator should ever find in .env.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def armed(point: str) -> bool:
+    return point in {p.strip() for p in os.environ.get("DREAMBOT_TEST_FAULTS", "").split(",") if p.strip()}
+
+
+def crash_here(point: str) -> None:
+    """SIGKILL this process at `point` when armed: nothing is flushed, no handler runs."""
+    if armed(point):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,119 @@
+"""A fleet for end-to-end tests: the Discord stand-in, N bot processes, worker processes, one real Redis.
+
+Every process is the real `dreambot` entry point, started exactly as docker-compose starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from standin import DiscordStandIn
+
+
+@dataclass
+class BotProc:
+    index: int
+    app: object
+    channel_id: int
+    instance: str
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+
+
+@dataclass
+class Fleet:
+    standin: DiscordStandIn
+    redis_url: str
+    model_dir: Path
+    tmp: Path
+    guild_id: int = 0
+    user_id: int = 0
+    bots: list[BotProc] = field(default_factory=list)
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    worker_logs: list[Path] = field(default_factory=list)
+
+    def base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DREAMBOT_", "DISCORD_", "REDIS_URL"))}
+        env.update({
+            "REDIS_URL": self.redis_url,
+            "DREAMBOT_BASE_MODEL": str(self.model_dir / "base"),
+            "DREAMBOT_REFINER_MODEL": str(self.model_dir / "refiner"),
+            "DREAMBOT_DEVICE": "cpu",
+            "DREAMBOT_DEFAULT_STEPS": "4",
+            "DREAMBOT_LOG_LEVEL": "DEBUG",
+            "DREAMBOT_HEARTBEAT": "1",
+            "DREAMBOT_LEASE": "5",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        return env
+
+    def setup(self, n_bots: int) -> None:
+        self.guild_id = self.standin.add_guild("dream guild")
+        self.user_id = self.standin.add_member(self.guild_id, "alice")
+        for i in range(1, n_bots + 1):
+            app = self.standin.add_application(f"dreambot{i}")
+            channel = self.standin.add_channel(self.guild_id, f"dreams-{i}")
+            self.bots.append(BotProc(i, app, channel, f"bot{i}"))
+
+    def start_bot(self, bot: BotProc, **extra: str) -> None:
+        env = self.base_env() | {
+            "DISCORD_TOKEN": bot.app.token,
+            "DREAMBOT_INSTANCE": bot.instance,
+            "DISCORD_API_BASE": self.standin.api_base,
+            "DISCORD_GUILD_IDS": str(self.guild_id),
+        } | extra
+        bot.log = self.tmp / f"{bot.instance}.log"
+        bot.proc = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "bot"], env=env,
+                                    stdout=open(bot.log, "ab"), stderr=subprocess.STDOUT)
+
+    def wait_bots_ready(self, bots: list[BotProc] | None = None, timeout: float = 60.0) -> None:
+        """Ready = connected to the gateway and commands synced (the relay starts right after sync)."""
+        deadline = time.monotonic() + timeout
+        for bot in bots or self.bots:
+            while not self.standin.commands(bot.app.id, self.guild_id):
+                if bot.proc.poll() is not None:
+                    raise RuntimeError(f"{bot.instance} exited: {bot.log.read_text()[-3000:]}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{bot.instance} never synced: {bot.log.read_text()[-3000:]}")
+                time.sleep(0.1)
+            self.standin.wait_for_gateway(bot.app.id, timeout=max(1.0, deadline - time.monotonic()))
+
+    def start_worker(self, name: str = "w", **extra: str) -> subprocess.Popen:
+        log = self.tmp / f"worker-{name}-{len(self.workers)}.log"
+        env = self.base_env() | extra
+        proc = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "worker"], env=env,
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        self.worker_logs.append(log)
+        return proc
+
+    def dream(self, bot: BotProc, **options):
+        options.setdefault("prompt", f"a lighthouse for bot {bot.index}")
+        return self.standin.send_slash(bot.app.id, self.guild_id, bot.channel_id, self.user_id, "dream", options)
+
+    def logs(self) -> str:
+        paths = [b.log for b in self.bots if b.log] + self.worker_logs
+        return "\n".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+    def stop(self) -> None:
+        procs = [b.proc for b in self.bots if b.proc] + self.workers
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+
+def image_messages(standin: DiscordStandIn, channel_id: int) -> list:
+    return [m for m in standin.messages(channel_id) if m.attachments]

@@ -1,6 +1,6 @@
-"""What a bot instance asks of Redis when a member types /dream: limits, then the queue.
+"""What a bot instance asks of Redis: limits, backpressure and the queue for /dream; views and cancels.
 
-Plain synchronous redis-py and RQ, called from the bot's event loop through a thread, so the bot and the
+Plain synchronous redis-py and RQ, called from the bot's event loop through a thread, so the bot, the
 tests and the demo share one implementation of "submit a job".
 """
 
@@ -10,9 +10,13 @@ import logging
 from dataclasses import dataclass
 
 import redis
+from rq.job import JobStatus
 
+from dreamcore import stats
+from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.job import DreamJob
-from dreamcore.queue import DreamQueue
+from dreamcore.limits import Limiter, LimitStore, human_duration
+from dreamcore.queue import PRIORITIES, DreamQueue
 from dreamcore.settings import Settings
 
 log = logging.getLogger("dreambot.bot")
@@ -26,7 +30,17 @@ class Outcome:
     message: str = ""
     job_id: str | None = None
     position: int | None = None
-    kind: str | None = None  # which limit refused it, or "unavailable"
+    eta_s: float | None = None
+    kind: str | None = None  # which limit refused it, "busy", or "unavailable"
+
+
+@dataclass
+class QueuedView:
+    job_id: str
+    state: str  # "waiting" or "running"
+    position: int | None
+    eta_s: float | None
+    images: int
 
 
 class Backend:
@@ -38,13 +52,73 @@ class Backend:
             retry_on_timeout=False,
         )
         self.queue = DreamQueue(self.conn, settings)
+        self.store = LimitStore(self.conn, settings)
+        self.limiter = Limiter(self.conn, self.store)
 
-    def submit(self, job: DreamJob) -> Outcome:
+    def submit(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = ()) -> Outcome:
+        o, r = job.origin, job.request
         try:
+            decision = self.limiter.acquire(
+                o.guild_id, o.user_id, job.job_id, r.count, r.steps, role_ids=role_ids, instance=o.instance,
+                channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt)
+            if not decision.ok:
+                return Outcome(False, decision.message, kind=decision.kind)
+            busy = self._too_busy(r.count)
+            if busy:
+                self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
+                return Outcome(False, busy, kind="busy")
+            if decision.priority != job.priority:
+                job = job.model_copy(update={"priority": decision.priority})
             queued = self.queue.enqueue(job)
         except redis.RedisError as err:
             log.warning("enqueue failed", extra={"job_id": job.job_id, "error": type(err).__name__})
+            try:
+                self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
+            except redis.RedisError:
+                pass  # the active slot frees itself after its TTL
             return Outcome(False, UNAVAILABLE, kind="unavailable")
-        log.info("job queued", extra={"job_id": job.job_id, "position": queued.position,
-                                      "guild_id": job.origin.guild_id, "user_id": job.origin.user_id})
-        return Outcome(True, job_id=job.job_id, position=queued.position)
+        eta = self._eta_for(queued.job_id, r.count)
+        log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,
+                                      "guild_id": o.guild_id, "user_id": o.user_id, "instance": o.instance})
+        return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
+
+    def _too_busy(self, images: int) -> str | None:
+        spi = stats.seconds_per_image(self.conn)
+        if spi is None:
+            return None  # nothing measured yet: no basis to refuse
+        ahead = sum(n for _, _, n in stats.waiting(self.queue))
+        wait = stats.eta_s(ahead, images, spi, stats.worker_count(self.conn))
+        if wait is not None and wait > self.settings.max_wait_min * 60:
+            return (f"busy: about {human_duration(wait - images * spi)} of work is queued already "
+                    f"(the limit is {self.settings.max_wait_min} min). Please try again later.")
+        return None
+
+    def _eta_for(self, job_id: str, images: int) -> float | None:
+        ahead = 0
+        for jid, _, n in stats.waiting(self.queue):
+            if jid == job_id:
+                break
+            ahead += n
+        return stats.eta_s(ahead, images, stats.seconds_per_image(self.conn), stats.worker_count(self.conn))
+
+    def my_jobs(self, guild_id: int | None, user_id: int) -> list[QueuedView]:
+        """The member's waiting and running dreams, with position and ETA."""
+        owner = f"{guild_id or 0}:{user_id}"
+        spi = stats.seconds_per_image(self.conn)
+        workers = stats.worker_count(self.conn)
+        out: list[QueuedView] = []
+        ahead = 0
+        for pos, (jid, who, n) in enumerate(stats.waiting(self.queue)):
+            if who == owner:
+                out.append(QueuedView(jid, "waiting", pos, stats.eta_s(ahead, n, spi, workers), n))
+            ahead += n
+        for p in PRIORITIES:
+            for jid in self.queue.queues[p].started_job_registry.get_job_ids():
+                job = self.queue.fetch(jid)
+                if job is not None and job.meta.get("owner") == owner and job.get_status() == JobStatus.STARTED:
+                    out.insert(0, QueuedView(jid, "running", None, None, int(job.meta.get("images", 1))))
+        return out
+
+    def cancel(self, job_id: str, actor_id: int, guild_id: int | None, is_admin: bool) -> CancelOutcome:
+        return cancel_job(self.conn, self.queue, self.limiter, job_id, actor_id, guild_id, is_admin,
+                          self.settings.failure_ttl_s)

@@ -15,6 +15,7 @@ from discord import app_commands
 
 from dreamcore.settings import Settings
 
+from .admin import register_admin
 from .backend import Backend
 from .commands import NO_MENTIONS, DreamCommands
 from .discord_api import prepare_client, use_api_base
@@ -48,6 +49,7 @@ class DreamClient(discord.Client):
         self.backend = Backend(settings, conn)
         self.dream = DreamCommands(self, settings, self.backend)
         self.dream.register(self.tree)
+        register_admin(self.tree, self)
         self.relay = Relay(self, settings, self.backend.conn)
         self._relay_task: asyncio.Task | None = None
 

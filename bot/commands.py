@@ -12,6 +12,7 @@ import logging
 import time
 
 import discord
+import redis
 from discord import app_commands
 
 from dreamcore.job import (
@@ -23,6 +24,7 @@ from dreamcore.job import (
     make_origin,
     make_request,
 )
+from dreamcore.limits import human_duration
 from dreamcore.present import settings_line
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
@@ -35,8 +37,10 @@ ACK_BUDGET_S = 1.0
 SUBMIT_TIMEOUT_S = 10.0
 
 
-def queued_text(job_id: str, position: int, prompt: str, settings: str) -> str:
+def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None) -> str:
     where = "next in line" if position == 0 else f"position {position + 1} in the queue"
+    if eta_s is not None:
+        where += f", ready in about {human_duration(eta_s)}"
     shown = prompt if len(prompt) <= 900 else prompt[:899] + "…"
     return f"Queued: job `{job_id}`, {where}.\n**{shown}**\n-# {settings}"
 
@@ -87,6 +91,46 @@ class DreamCommands:
                 split=split if split is not None else s.default_split,
             )
 
+        @tree.command(name="dreamqueue", description="Your dreams waiting or being made, with position and ETA")
+        async def dreamqueue(interaction: discord.Interaction):
+            await self.handle_queue(interaction)
+
+        @tree.command(name="cancel", description="Cancel one of your dreams (admins: anyone's in this server)")
+        @app_commands.describe(job="The job id shown when the dream was queued")
+        async def cancel(interaction: discord.Interaction, job: app_commands.Range[str, 1, 64]):
+            await self.handle_cancel(interaction, job)
+
+    async def handle_queue(self, interaction: discord.Interaction) -> None:
+        try:
+            jobs = await asyncio.wait_for(
+                asyncio.to_thread(self.backend.my_jobs, interaction.guild_id, interaction.user.id), 2.0)
+        except (asyncio.TimeoutError, redis.RedisError):
+            await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        if not jobs:
+            text = "You have no dreams waiting or being made."
+        else:
+            lines = []
+            for j in jobs:
+                if j.state == "running":
+                    lines.append(f"`{j.job_id}`: being made now ({j.images} image{'s' * (j.images > 1)})")
+                else:
+                    eta = f", ready in about {human_duration(j.eta_s)}" if j.eta_s is not None else ""
+                    lines.append(f"`{j.job_id}`: position {j.position + 1}{eta}")
+            text = "Your dreams:\n" + "\n".join(lines[:20])
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def handle_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
+        perms = interaction.permissions
+        is_admin = bool(interaction.guild_id and (perms.manage_guild or perms.administrator))
+        try:
+            outcome = await asyncio.wait_for(asyncio.to_thread(
+                self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), 2.0)
+            text = outcome.message
+        except (asyncio.TimeoutError, redis.RedisError):
+            text = UNAVAILABLE
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
     async def handle_dream(self, interaction: discord.Interaction, **options) -> None:
         started = time.perf_counter()
         served = self.settings.channel_id_list
@@ -107,7 +151,8 @@ class DreamCommands:
             await self._reply(interaction, f"That request can't be dreamed: {err}", ephemeral=True, started=started)
             return
 
-        submit = asyncio.ensure_future(asyncio.to_thread(self.backend.submit, job))
+        roles = [r.id for r in getattr(interaction.user, "roles", [])]
+        submit = asyncio.ensure_future(asyncio.to_thread(self.backend.submit, job, roles))
         deferred = False
         try:
             outcome = await asyncio.wait_for(asyncio.shield(submit), ACK_BUDGET_S)
@@ -121,7 +166,8 @@ class DreamCommands:
                 outcome = Outcome(False, UNAVAILABLE, kind="unavailable")
 
         if outcome.ok:
-            text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request))
+            text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),
+                               outcome.eta_s)
         else:
             text = outcome.message
         if not deferred:

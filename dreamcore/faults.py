@@ -18,3 +18,14 @@ def crash_here(point: str) -> None:
     """SIGKILL this process at `point` when armed: nothing is flushed, no handler runs."""
     if armed(point):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fired: set[str] = set()
+
+
+def once(point: str) -> bool:
+    """True the first time an armed point is reached in this process, False after (and when unarmed)."""
+    if not armed(point) or point in _fired:
+        return False
+    _fired.add(point)
+    return True

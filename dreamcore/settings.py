@@ -27,7 +27,8 @@ def _env(name: str) -> dict:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore",
+                                      populate_by_name=True)
 
     # --- Redis and the queue -------------------------------------------------------------
     redis_url: str = Field("redis://localhost:6379/0", **_env("REDIS_URL"))
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(10, ge=1, le=600, **_env("DREAMBOT_HEARTBEAT"))
     lease_s: int = Field(60, ge=5, le=3600, **_env("DREAMBOT_LEASE"))
     job_retries: int = Field(2, ge=0, le=10, **_env("DREAMBOT_JOB_RETRIES"))
+    # Backpressure: refuse new dreams once the measured work already queued passes this many minutes.
+    max_wait_min: int = Field(30, ge=1, le=1440, **_env("DREAMBOT_MAX_WAIT_MIN"))
 
     # --- The worker -----------------------------------------------------------------------
     base_model: str = Field(SDXL_BASE_ID, min_length=1, **_env("DREAMBOT_BASE_MODEL"))

@@ -49,6 +49,9 @@ class Fleet:
             "DREAMBOT_LOG_LEVEL": "DEBUG",
             "DREAMBOT_HEARTBEAT": "1",
             "DREAMBOT_LEASE": "5",
+            # Generous limits: the fleet tests are about delivery; limit tests set their own.
+            "DREAMBOT_LIMIT_COOLDOWN_S": "0",
+            "DREAMBOT_LIMIT_USER_MAX_ACTIVE": "50",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
         })

@@ -103,7 +103,7 @@ def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, 
     tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name))
     queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
     return DreamWorker(queues, connection=conn, name=name, heartbeat_s=settings.heartbeat_s,
-                       lease_s=settings.lease_s)
+                       lease_s=settings.lease_s, exception_handlers=[tasks.on_abandoned])
 
 
 def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import redis
 from rq import get_current_job
+from rq.timeouts import JobTimeoutException
 
-from dreamcore import faults, results
+from dreamcore import faults, results, stats
+from dreamcore.cancel import cancel_key
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
+from dreamcore.limits import Limiter
 from dreamcore.results import DreamResult, ImageInfo
 from dreamcore.settings import Settings
 
 from .encode import TooLargeError, encode_images
-from .pipeline import DreamPipeline, Generation
+from .pipeline import DreamPipeline, Generation, StepEvent
 
 log = logging.getLogger("dreambot.worker")
 
@@ -28,13 +31,21 @@ class JobRejected(Exception):
     """The job can't succeed however often it is tried; its member has been told why."""
 
 
+class JobCancelled(Exception):
+    """A member or an admin cancelled the job while it ran."""
+
+
 @dataclass
 class Runtime:
     settings: Settings
     conn: redis.Redis
     pipeline: DreamPipeline
     name: str = "worker"
-    stats: dict = field(default_factory=dict)
+    limiter: Limiter | None = None
+
+    def __post_init__(self):
+        if self.limiter is None:
+            self.limiter = Limiter(self.conn)
 
 
 _runtime: Runtime | None = None
@@ -56,14 +67,24 @@ def _no_retry() -> None:
     job = get_current_job()
     if job is not None and job.retries_left:
         job.retries_left = 0
-        job.save_meta()
         job.connection.hset(job.key, "retries_left", 0)
 
 
-def _fail(rt: Runtime, job_id: str, origin, request, reason: str) -> None:
+def _release(rt: Runtime, origin, job_id: str, refund: bool) -> None:
+    if origin is None:
+        return
+    try:
+        rt.limiter.release(origin.guild_id, origin.user_id, job_id, refund=refund)
+    except redis.RedisError as err:  # the slot frees itself after its TTL
+        log.warning("limit release failed", extra={"job_id": job_id, "error": type(err).__name__})
+
+
+def fail_job(rt: Runtime, job_id: str, origin, request, reason: str) -> None:
+    """Tell the member (through their bot's outbox) and give the job's images back to their quota."""
     result = DreamResult(job_id=job_id, status="failed", origin=origin, request=request, error=reason,
                          worker=rt.name)
     results.publish(rt.conn, result, [], rt.settings.failure_ttl_s)
+    _release(rt, origin, job_id, refund=True)
     log.warning("job failed", extra={"job_id": job_id, "reason": reason})
 
 
@@ -75,7 +96,7 @@ def run_dream(payload) -> dict:
         job = parse_job(payload)
     except JobError as err:
         job_id = payload.get("job_id") if isinstance(payload, dict) and isinstance(payload.get("job_id"), str) else None
-        _fail(rt, (job_id or fallback_id)[:64], origin_of(payload), None, f"this request could not be read ({err})")
+        fail_job(rt, (job_id or fallback_id)[:64], origin_of(payload), None, f"this request could not be read ({err})")
         _no_retry()
         raise JobRejected(str(err)) from None
 
@@ -89,26 +110,80 @@ def run_dream(payload) -> dict:
     except JobRejected:
         _no_retry()
         raise
+    except JobCancelled:
+        who = rt.conn.get(cancel_key(job.job_id))
+        by = "you" if who is None or who.decode() == str(job.origin.user_id) else f"<@{who.decode()}>"
+        fail_job(rt, job.job_id, job.origin, job.request, f"cancelled by {by}")
+        _no_retry()
+        return {"status": "cancelled"}
+    except Exception as err:
+        if isinstance(err, JobTimeoutException):
+            reason = f"it took longer than the {rt.settings.job_timeout_s} s limit for one dream"
+        elif _is_oom(err):
+            _free_gpu_memory()
+            reason = "the GPU ran out of memory on this one; try fewer images or another size"
+        else:
+            reason = f"the worker hit an internal error ({type(err).__name__}); nothing was posted"
+        log.exception("job crashed", extra={"job_id": job.job_id})
+        fail_job(rt, job.job_id, job.origin, job.request, reason)
+        _no_retry()
+        raise JobRejected(reason) from err
+
+
+def _is_oom(err: Exception) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _free_gpu_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _step_hook(rt: Runtime, job: DreamJob):
+    cancel = cancel_key(job.job_id)
+    poison = faults.once("worker-nan")
+
+    def on_step(event: StepEvent) -> None:
+        if poison:  # tests only: what a broken fp16 VAE or a bad driver produces
+            event.latents.mul_(float("nan"))
+        if rt.conn.exists(cancel):
+            raise JobCancelled(job.job_id)
+
+    return on_step
 
 
 def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     req = job.request
+    if rt.conn.exists(cancel_key(job.job_id)):
+        raise JobCancelled(job.job_id)
+    if faults.once("worker-oom"):
+        import torch
+
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by DREAMBOT_TEST_FAULTS)")
     t0 = time.perf_counter()
     try:
-        gen: Generation = rt.pipeline.generate(req)
+        gen: Generation = rt.pipeline.generate(req, on_step=_step_hook(rt, job))
     except ValueError as err:  # PromptTooLong and other input the model can't take
-        _fail(rt, job.job_id, job.origin, req, str(err))
+        fail_job(rt, job.job_id, job.origin, req, str(err))
         raise JobRejected(str(err)) from None
     if gen.nan_detected:
+        _free_gpu_memory()
         reason = "the model produced a blank (NaN) image; try another seed or fewer steps"
-        _fail(rt, job.job_id, job.origin, req, reason)
+        fail_job(rt, job.job_id, job.origin, req, reason)
         raise JobRejected(reason)
 
     t_enc = time.perf_counter()
     try:
         encoded = encode_images(gen.images, req.max_upload_bytes, stem=f"dream-{job.job_id}", seeds=gen.seeds)
     except TooLargeError as err:
-        _fail(rt, job.job_id, job.origin, req, str(err))
+        fail_job(rt, job.job_id, job.origin, req, str(err))
         raise JobRejected(str(err)) from None
     timings = dict(gen.timings)
     timings["png_s"] = time.perf_counter() - t_enc
@@ -132,6 +207,31 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     )
     published = results.publish(rt.conn, result, [e.data for e in encoded], rt.settings.result_ttl_s)
     faults.crash_here("worker-after-publish")
+    _release(rt, job.origin, job.job_id, refund=False)
+    stats.record_job(rt.conn, timings["total_s"], len(encoded))
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
                                  "published": published})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
+
+
+def on_abandoned(job, exc_type, exc_value, tb) -> bool:
+    """RQ exception handler, also called for jobs whose worker died. When no retry is left, the job goes to
+    RQ's failed registry (our dead letters), its member is told and its quota given back."""
+    if job.func_name != "worker.tasks.run_dream" or (job.retries_left or 0) > 0:
+        return True
+    rt = runtime()
+    if rt.conn.exists(results.done_key(job.id)):
+        return True  # already told (a failure the job published itself, or a result that went out)
+    try:
+        payload = job.args[0]
+    except Exception:
+        payload = None
+    origin = origin_of(payload)
+    try:
+        request = parse_job(payload).request
+    except JobError:
+        request = None
+    tries = rt.settings.job_retries + 1
+    fail_job(rt, job.id, origin, request,
+             f"the worker making it stopped responding {tries} time{'s' * (tries > 1)}; it was not retried again")
+    return True

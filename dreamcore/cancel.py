@@ -1,0 +1,62 @@
+"""Cancelling a dream: a waiting job leaves the queue at once, a running one stops at its next step.
+
+Only the member who asked, or an admin of the guild the job came from, may cancel it; a job id from
+another guild is answered as unknown, so ids can't be probed across servers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from rq.job import JobStatus
+
+from . import results
+from .job import JobError, parse_job
+from .limits import Limiter
+from .queue import DreamQueue
+from .results import DreamResult
+
+CANCEL_TTL_S = 3600
+
+
+def cancel_key(job_id: str) -> str:
+    return f"dream:cancel:{job_id}"
+
+
+@dataclass
+class CancelOutcome:
+    ok: bool
+    message: str
+
+
+def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: str, actor_id: int,
+               actor_guild_id: int | None, actor_is_admin: bool, ttl_s: int) -> CancelOutcome:
+    job_id = job_id.strip().strip("`")
+    rq_job = queue.fetch(job_id) if job_id.isalnum() and len(job_id) <= 64 else None
+    unknown = CancelOutcome(False, f"I know no dream `{job_id[:20]}` in this server.")
+    if rq_job is None:
+        return unknown
+    guild, _, user = str(rq_job.meta.get("owner", "")).partition(":")
+    if guild != str(actor_guild_id or 0):
+        return unknown
+    if user != str(actor_id) and not actor_is_admin:
+        return CancelOutcome(False, "Only the member who asked for this dream, or a server admin, can cancel it.")
+
+    status = rq_job.get_status()
+    if status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
+        return CancelOutcome(False, f"Dream `{job_id}` has already ended ({status}).")
+    if status == JobStatus.STARTED:
+        conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
+        return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
+
+    rq_job.cancel()
+    try:
+        job = parse_job(rq_job.args[0])
+    except (JobError, IndexError):
+        return CancelOutcome(True, f"Dream `{job_id}` cancelled.")
+    who = "you" if user == str(actor_id) else f"<@{actor_id}>"
+    results.publish(conn, DreamResult(job_id=job_id, status="failed", origin=job.origin, request=job.request,
+                                      error=f"cancelled by {who}"), [], ttl_s)
+    limiter.release(job.origin.guild_id, job.origin.user_id, job_id, refund=True)
+    return CancelOutcome(True, f"Dream `{job_id}` cancelled; its images went back to the quota.")

@@ -4,7 +4,6 @@ is what the admin (or the member who is not one) sees, and what ends up in Redis
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import re
@@ -260,14 +259,6 @@ def test_key_autocomplete_labels_say_what_and_range(env):
 # --- The limit an admin sets is the limit /dream enforces ---------------------------------------------------
 
 
-def _limits_wired() -> bool:
-    """Whether /dream goes through the Limiter (bot/backend.py, being wired in by another change)."""
-    from bot.backend import Backend
-
-    return "acquire" in inspect.getsource(Backend)
-
-
-@pytest.mark.xfail(not _limits_wired(), reason="waiting for limits wiring", strict=False)
 def test_user_max_active_set_by_command_is_enforced_on_dream(env):
     e = env
     boss = e.standin.add_member(e.guild_id, "enforcer", manage_guild=True)

@@ -217,7 +217,11 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
 def on_abandoned(job, exc_type, exc_value, tb) -> bool:
     """RQ exception handler, also called for jobs whose worker died. When no retry is left, the job goes to
     RQ's failed registry (our dead letters), its member is told and its quota given back."""
-    if job.func_name != "worker.tasks.run_dream" or (job.retries_left or 0) > 0:
+    try:
+        ours = job.func_name == "worker.tasks.run_dream"
+    except Exception:  # a job hash RQ itself can't decode: nobody to tell, RQ records the failure
+        return True
+    if not ours or (job.retries_left or 0) > 0:
         return True
     rt = runtime()
     if rt.conn.exists(results.done_key(job.id)):

@@ -221,6 +221,7 @@ class AdminCommands:
     # plumbing
 
     async def reply(self, interaction: discord.Interaction, text: str) -> None:
+        text = _clip(text, MAX_MESSAGE)  # past 2000 characters Discord refuses the whole reply
         if interaction.response.is_done():
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
         else:

@@ -77,7 +77,13 @@ class Relay:
                 backoff = min(backoff * 2, 15)
                 continue
             for entry in entries:
-                await self.handle(entry)
+                try:
+                    await self.handle(entry)
+                except Exception:
+                    # A bug on one result must not stop every later delivery: log it, leave the entry
+                    # pending (the outbox hands it out again after its idle time) and go on.
+                    log.exception("delivery crashed", extra={"job_id": entry.job_id})
+                    await self._give_up_after_repeats(entry)
 
     async def handle(self, entry: OutboxEntry) -> None:
         job_id = entry.job_id
@@ -116,6 +122,24 @@ class Relay:
         self.delivered += 1
         log.info("result delivered", extra={"job_id": job_id, "where": where, "status": result.status})
 
+    async def _give_up_after_repeats(self, entry: OutboxEntry) -> None:
+        """A result whose delivery keeps crashing is dropped from the outbox after MAX_ATTEMPTS tries
+        (it stays in Redis until its TTL), instead of being retried forever."""
+        try:
+            attempts = await asyncio.to_thread(self.conn.incr, f"dream:attempts:{entry.job_id}")
+            if attempts >= MAX_ATTEMPTS:
+                await asyncio.to_thread(self.outbox.mark_delivered, entry.job_id, "gave up: delivery crashed")
+                await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+        except redis.RedisError:
+            pass
+
+    def _interaction_webhook(self, result: DreamResult) -> discord.Webhook:
+        """The interaction's own webhook, built as discord.py builds `Interaction.followup` (an application
+        webhook: only those may send ephemeral messages), from what the job recorded."""
+        o = result.origin
+        data = {"id": o.application_id, "type": 3, "token": o.interaction_token}
+        return discord.Webhook.from_state(data=data, state=self.client._connection)
+
     def token_alive(self, result: DreamResult) -> bool:
         o = result.origin
         return bool(o and o.interaction_token and o.application_id
@@ -143,7 +167,7 @@ class Relay:
             return await self._post_failure(result, text)
         files = _files(result, images)
         if self.token_alive(result):
-            hook = discord.Webhook.partial(origin.application_id, origin.interaction_token, client=self.client)
+            hook = self._interaction_webhook(result)
             try:
                 await hook.edit_message("@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
                 return "interaction"
@@ -166,7 +190,7 @@ class Relay:
     async def _post_failure(self, result: DreamResult, text: str) -> str:
         origin = result.origin
         if self.token_alive(result):
-            hook = discord.Webhook.partial(origin.application_id, origin.interaction_token, client=self.client)
+            hook = self._interaction_webhook(result)
             # Ephemeral where possible: the public "queued" reply goes, the reason is for the member.
             try:
                 try:

@@ -61,8 +61,10 @@ class JobError(ValueError):
 
 def clean_text(text: str) -> str:
     """NFC-normalise, drop invisible characters, turn control characters into spaces, squeeze spaces."""
-    text = unicodedata.normalize("NFC", text)
+    # Invisible characters go before normalising: dropped after, one between a letter and its accent would
+    # leave text that is not NFC, so cleaning it again (the worker re-reads what the bot cleaned) changed it.
     text = _INVISIBLE.sub("", text)
+    text = unicodedata.normalize("NFC", text)
     text = "".join(" " if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn") else c for c in text)
     return " ".join(text.split())
 
@@ -236,6 +238,8 @@ def parse_job(raw: Any) -> DreamJob:
             raw = json.loads(raw)
         except json.JSONDecodeError as err:
             raise JobError(f"job payload is not JSON ({err.msg} at {err.pos})") from None
+        except (ValueError, RecursionError):  # a number past 4300 digits, or nesting past the recursion limit
+            raise JobError("job payload is not JSON this worker reads (a huge number or too deep nesting)") from None
     if not isinstance(raw, dict):
         raise JobError(f"job payload must be a JSON object, got {type(raw).__name__}")
     version = raw.get("v")

@@ -273,6 +273,13 @@ _CLEAR = {"", "none", "clear"}
 _MENTION = re.compile(r"<(?:@&|#)(\d+)>")
 
 
+def _shown(raw: Any, limit: int = 80) -> str:
+    """The value an admin typed, quoted for an error message and clipped: a 1500-character value of
+    zero-width characters is 9000 characters once escaped, past what one Discord message can carry."""
+    text = repr(raw)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _range_error(key: str, got: Any) -> LimitError:
     lo, hi = limit_range(key) or ("?", "?")
     return LimitError(f"{key} must be between {lo} and {hi}, got {got}", key=key)
@@ -282,7 +289,7 @@ def _ids(key: str, raw: str) -> list[int]:
     try:
         return parse_id_list(_MENTION.sub(r"\1", raw))
     except ValueError as err:
-        raise LimitError(f"{key}: {err}", key=key) from None
+        raise LimitError(f"{key}: {_shown(str(err), 200)}", key=key) from None
 
 
 def _edit_list(current: list, raw: str, parse) -> list:
@@ -305,7 +312,7 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
     if key in _INT_KEYS:
         if not re.fullmatch(r"[+-]?\d{1,18}", raw):
             lo, hi = limit_range(key) or ("?", "?")
-            raise LimitError(f"{key} must be a whole number between {lo} and {hi}, got {raw_value!r}", key=key)
+            raise LimitError(f"{key} must be a whole number between {lo} and {hi}, got {_shown(raw_value)}", key=key)
         value = int(raw)
         lo, hi = limit_range(key) or (None, None)
         if lo is not None and not lo <= value <= hi:
@@ -317,7 +324,7 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise LimitError(f"paused must be true/false (or on/off, yes/no), got {raw_value!r}", key=key)
+        raise LimitError(f"paused must be true/false (or on/off, yes/no), got {_shown(raw_value)}", key=key)
     if key in _ID_LIST_KEYS:
         return _edit_list(list(getattr(current, key)), raw, lambda s: _ids(key, s))
     if key == "blocked_words":

@@ -102,7 +102,8 @@ class DreamQueue:
             failure_ttl=self.settings.failure_ttl_s,
             ttl=self.settings.result_ttl_s,
             description=f"dream {job.job_id} for {owner} via {job.origin.instance}",
-            meta={"owner": owner, "instance": job.origin.instance, "images": job.request.count},
+            meta={"owner": owner, "instance": job.origin.instance, "images": job.request.count,
+                  "tries": self.settings.job_retries + 1},
             # Retries here are for abandoned jobs (a worker that died mid-job); a job that fails on
             # its own sets retries_left to 0 before raising, so bad input is never run twice.
             retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -106,8 +107,36 @@ def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, 
                        lease_s=settings.lease_s, exception_handlers=[tasks.on_abandoned])
 
 
+class _Stop:
+    """SIGTERM/SIGINT while no RQ work loop is running (waiting for Redis): exit at once, nothing is held."""
+
+    requested = False
+
+    def __call__(self, signum, frame):
+        self.requested = True
+
+
+def _wait_for_redis(conn: redis.Redis, stop: _Stop) -> bool:
+    """Back off until Redis answers; False when asked to stop meanwhile."""
+    delay = 0.5
+    while not stop.requested:
+        try:
+            conn.ping()
+            return True
+        except redis.RedisError as err:
+            log.warning("redis unreachable, retrying", extra={"error": type(err).__name__, "in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
+    return False
+
+
 def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) -> int:
-    """Entry point of `dreambot worker`. Returns the process exit code."""
+    """Entry point of `dreambot worker`. Returns the process exit code.
+
+    The models load once; RQ's work loop ends when Redis goes away (it quits on connection errors), so
+    this loop waits for Redis and starts a fresh work loop (a new worker registration) on the same models.
+    SIGTERM drains: RQ finishes the job in hand, takes no new one, and the loop exits.
+    """
     setup_logging(settings.log_level, settings.log_format)
     try:
         pipeline = load_pipeline(settings)
@@ -115,7 +144,20 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
         log.error("cannot start: %s", err)
         print(f"dreambot worker: {err}", flush=True)
         return 2
-    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30)
-    worker = make_worker(settings, conn, pipeline)
-    worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
-    return 0
+    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5,
+                                socket_keepalive=True)
+    stop = _Stop()
+    while True:
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if not _wait_for_redis(conn, stop):
+            return 0
+        worker = make_worker(settings, conn, pipeline)
+        try:
+            worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
+        except redis.RedisError as err:  # lost Redis while registering or tearing down
+            log.warning("work loop lost redis", extra={"error": type(err).__name__})
+        if burst or max_jobs is not None or worker._stop_requested or stop.requested:
+            log.info("worker stopped", extra={"worker": worker.name})
+            return 0
+        log.warning("work loop ended without a stop request; reconnecting", extra={"worker": worker.name})

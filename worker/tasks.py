@@ -83,7 +83,7 @@ def fail_job(rt: Runtime, job_id: str, origin, request, reason: str) -> None:
     """Tell the member (through their bot's outbox) and give the job's images back to their quota."""
     result = DreamResult(job_id=job_id, status="failed", origin=origin, request=request, error=reason,
                          worker=rt.name)
-    results.publish(rt.conn, result, [], rt.settings.failure_ttl_s)
+    _publish_patiently(rt, result, [], ttl_s=rt.settings.failure_ttl_s)
     _release(rt, origin, job_id, refund=True)
     log.warning("job failed", extra={"job_id": job_id, "reason": reason})
 
@@ -151,6 +151,7 @@ def _step_hook(rt: Runtime, job: DreamJob):
     poison = faults.once("worker-nan")
 
     def on_step(event: StepEvent) -> None:
+        faults.crash_here("worker-mid-job")
         if poison:  # tests only: what a broken fp16 VAE or a bad driver produces
             event.latents.mul_(float("nan"))
         if rt.conn.exists(cancel):
@@ -205,13 +206,30 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
         prompt_note=gen.prompt_note,
         worker=rt.name,
     )
-    published = results.publish(rt.conn, result, [e.data for e in encoded], rt.settings.result_ttl_s)
+    published = _publish_patiently(rt, result, [e.data for e in encoded])
     faults.crash_here("worker-after-publish")
     _release(rt, job.origin, job.job_id, refund=False)
     stats.record_job(rt.conn, timings["total_s"], len(encoded))
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
                                  "published": published})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
+
+
+def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl_s: int | None = None,
+                       patience_s: float = 120) -> bool:
+    """The images exist only in this process until published: ride out a Redis restart rather than lose them."""
+    delay = 0.5
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return results.publish(rt.conn, result, images, ttl_s or rt.settings.result_ttl_s)
+        except redis.RedisError as err:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("publish failed, retrying", extra={"job_id": result.job_id, "error": type(err).__name__,
+                                                          "in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
 
 
 def on_abandoned(job, exc_type, exc_value, tb) -> bool:
@@ -235,7 +253,7 @@ def on_abandoned(job, exc_type, exc_value, tb) -> bool:
         request = parse_job(payload).request
     except JobError:
         request = None
-    tries = rt.settings.job_retries + 1
+    tries = int(job.meta.get("tries") or rt.settings.job_retries + 1)
     fail_job(rt, job.id, origin, request,
              f"the worker making it stopped responding {tries} time{'s' * (tries > 1)}; it was not retried again")
     return True

@@ -13,6 +13,7 @@ import discord
 import redis
 from discord import app_commands
 
+from dreamcore.results import channel_gone_key
 from dreamcore.settings import Settings
 
 from .admin import register_admin
@@ -70,6 +71,13 @@ class DreamClient(discord.Client):
     async def on_ready(self) -> None:
         log.info("connected", extra={"user_id": self.user.id if self.user else None,
                                      "instance": self.settings.instance, "guilds": len(self.guilds)})
+
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        """Workers check this before generating, so a deleted channel's queued dreams cost no GPU time."""
+        try:
+            await asyncio.to_thread(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=7 * 86400)
+        except redis.RedisError:
+            log.warning("could not record a deleted channel", extra={"channel_id": channel.id})
 
     async def close(self) -> None:
         if self._relay_task:

@@ -167,7 +167,7 @@ class DreamCommands:
 
         if outcome.ok:
             text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),
-                               outcome.eta_s)
+                               outcome.eta_s) + self._permission_note(interaction)
         else:
             text = outcome.message
         if not deferred:
@@ -178,6 +178,20 @@ class DreamCommands:
             # The public "thinking" reply goes; the refusal is for the member's eyes only.
             await interaction.delete_original_response()
             await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @staticmethod
+    def _permission_note(interaction: discord.Interaction) -> str:
+        """Inside 15 minutes the images edit the member's reply, which needs no channel permission; after
+        that they go out as a channel message, which does. Say so now rather than fail silently later."""
+        if interaction.guild_id is None:
+            return ""
+        p = interaction.app_permissions
+        missing = [name for name, ok in (("View Channel", p.view_channel), ("Send Messages", p.send_messages),
+                                         ("Attach Files", p.attach_files)) if not ok]
+        if not missing:
+            return ""
+        return (f"\n-# I lack {', '.join(missing)} here: if this takes over 15 minutes, "
+                "I won't be able to post the images in this channel.")
 
     async def _reply(self, interaction: discord.Interaction, text: str, *, ephemeral: bool, started: float) -> None:
         await interaction.response.send_message(text, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)

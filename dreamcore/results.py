@@ -64,6 +64,11 @@ def delivered_key(job_id: str) -> str:
     return f"dream:delivered:{job_id}"
 
 
+def channel_gone_key(channel_id: int) -> str:
+    """Set by a bot when Discord says a channel was deleted: workers skip its queued jobs."""
+    return f"dream:gone:channel:{channel_id}"
+
+
 GROUP = "deliver"
 OUTBOX_MAXLEN = 10_000
 

@@ -164,6 +164,11 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     req = job.request
     if rt.conn.exists(cancel_key(job.job_id)):
         raise JobCancelled(job.job_id)
+    if rt.conn.exists(results.channel_gone_key(job.origin.channel_id)):
+        # Nowhere to post it: don't spend GPU time on it.
+        reason = "the channel it was asked in has been deleted"
+        fail_job(rt, job.job_id, job.origin, req, reason)
+        raise JobRejected(reason)
     if faults.once("worker-oom"):
         import torch
 

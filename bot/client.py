@@ -20,6 +20,7 @@ from .admin import register_admin
 from .backend import Backend
 from .commands import NO_MENTIONS, DreamCommands
 from .discord_api import prepare_client, use_api_base
+from .progress import Progress
 from .relay import Relay
 
 log = logging.getLogger("dreambot.bot")
@@ -52,7 +53,10 @@ class DreamClient(discord.Client):
         self.dream.register(self.tree)
         register_admin(self.tree, self)
         self.relay = Relay(self, settings, self.backend.conn)
-        self._relay_task: asyncio.Task | None = None
+        self.progress = Progress(self, self.backend)
+        self.relay.progress = self.progress
+        self.dream.progress = self.progress
+        self._tasks: list[asyncio.Task] = []
 
     async def setup_hook(self) -> None:
         await prepare_client(self, self.settings.discord_api_base)
@@ -66,7 +70,8 @@ class DreamClient(discord.Client):
         else:
             await self.tree.sync()
         log.info("commands synced", extra={"scope": "guilds" if guilds else "global", "guilds": len(guilds)})
-        self._relay_task = asyncio.create_task(self.relay.run(), name="relay")
+        self._tasks = [asyncio.create_task(self.relay.run(), name="relay"),
+                       asyncio.create_task(self.progress.run(), name="progress")]
 
     async def on_ready(self) -> None:
         log.info("connected", extra={"user_id": self.user.id if self.user else None,
@@ -80,6 +85,6 @@ class DreamClient(discord.Client):
             log.warning("could not record a deleted channel", extra={"channel_id": channel.id})
 
     async def close(self) -> None:
-        if self._relay_task:
-            self._relay_task.cancel()
+        for task in self._tasks:
+            task.cancel()
         await super().close()

@@ -51,6 +51,7 @@ class DreamCommands:
         self.settings = settings
         self.backend = backend
         self.ack_latencies: list[float] = []
+        self.progress = None  # set by the client: keeps the queued reply's position current
 
     def register(self, tree: app_commands.CommandTree) -> None:
         styles = load_styles()
@@ -170,6 +171,9 @@ class DreamCommands:
                                outcome.eta_s) + self._permission_note(interaction)
         else:
             text = outcome.message
+        if outcome.ok and self.progress is not None:
+            header = text.split("\n", 1)[1] if "\n" in text else ""
+            self.progress.track(job.job_id, interaction, header, outcome.position)
         if not deferred:
             await self._reply(interaction, text, ephemeral=not outcome.ok, started=started)
         elif outcome.ok:

@@ -57,6 +57,7 @@ class Relay:
         consumer = f"{settings.instance}-{socket.gethostname()}-{os.getpid()}"
         self.outbox = Outbox(conn, settings.instance, consumer)
         self.delivered = 0
+        self.progress = None  # set by the client: live status edits
 
     async def run(self) -> None:
         backoff = 0.5
@@ -87,6 +88,16 @@ class Relay:
 
     async def handle(self, entry: OutboxEntry) -> None:
         job_id = entry.job_id
+        if entry.status == "progress":
+            await asyncio.to_thread(self.outbox.ack, entry.entry_id)  # lossy: only the latest state matters
+            if self.progress is not None:
+                try:
+                    await self.progress.on_worker_progress(job_id, self)
+                except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError, redis.RedisError) as err:
+                    log.debug("progress edit skipped", extra={"job_id": job_id, "error": type(err).__name__})
+            return
+        if self.progress is not None:
+            self.progress.forget(job_id)
         try:
             if await asyncio.to_thread(self.outbox.delivered, job_id):
                 await asyncio.to_thread(self.outbox.ack, entry.entry_id)
@@ -133,17 +144,21 @@ class Relay:
         except redis.RedisError:
             pass
 
-    def _interaction_webhook(self, result: DreamResult) -> discord.Webhook:
+    def interaction_webhook(self, origin) -> discord.Webhook:
         """The interaction's own webhook, built as discord.py builds `Interaction.followup` (an application
         webhook: only those may send ephemeral messages), from what the job recorded."""
-        o = result.origin
-        data = {"id": o.application_id, "type": 3, "token": o.interaction_token}
+        data = {"id": origin.application_id, "type": 3, "token": origin.interaction_token}
         return discord.Webhook.from_state(data=data, state=self.client._connection)
 
-    def token_alive(self, result: DreamResult) -> bool:
-        o = result.origin
+    def _interaction_webhook(self, result: DreamResult) -> discord.Webhook:
+        return self.interaction_webhook(result.origin)
+
+    def token_alive_for(self, o) -> bool:
         return bool(o and o.interaction_token and o.application_id
                     and time.time() < o.created_at + self.token_lifetime_s - TOKEN_MARGIN_S)
+
+    def token_alive(self, result: DreamResult) -> bool:
+        return self.token_alive_for(result.origin)
 
     async def post(self, result: DreamResult, images: list[bytes]) -> str:
         for delay in (*RETRY_DELAYS_S, None):

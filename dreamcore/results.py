@@ -69,6 +69,32 @@ def channel_gone_key(channel_id: int) -> str:
     return f"dream:gone:channel:{channel_id}"
 
 
+def progress_key(job_id: str) -> str:
+    return f"dream:progress:{job_id}"
+
+
+PROGRESS_TTL_S = 3600
+
+
+def publish_progress(conn: redis.Redis, instance: str, job_id: str, fields: dict, preview: bytes | None) -> None:
+    """Latest progress of a running job, and a nudge to its instance (lossy: only the latest state matters)."""
+    with conn.pipeline(transaction=False) as pipe:
+        key = progress_key(job_id)
+        pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
+        if preview is not None:
+            pipe.hset(key, "preview", preview)
+        pipe.expire(key, PROGRESS_TTL_S)
+        pipe.xadd(outbox_key(instance), {"job_id": job_id, "status": "progress"},
+                  maxlen=OUTBOX_MAXLEN, approximate=True)
+        pipe.execute()
+
+
+def load_progress(conn: redis.Redis, job_id: str) -> tuple[dict[str, str], bytes | None]:
+    raw = conn.hgetall(progress_key(job_id))
+    preview = raw.pop(b"preview", None)
+    return {k.decode(): v.decode() for k, v in raw.items()}, preview
+
+
 GROUP = "deliver"
 OUTBOX_MAXLEN = 10_000
 

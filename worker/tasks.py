@@ -23,6 +23,7 @@ from dreamcore.settings import Settings
 
 from .encode import TooLargeError, encode_images
 from .pipeline import DreamPipeline, Generation, StepEvent
+from .preview import latent_preview_png
 
 log = logging.getLogger("dreambot.worker")
 
@@ -146,9 +147,13 @@ def _free_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+PROGRESS_INTERVAL_S = 2.0  # Discord takes about one edit per message every two seconds
+
+
 def _step_hook(rt: Runtime, job: DreamJob):
     cancel = cancel_key(job.job_id)
     poison = faults.once("worker-nan")
+    last = [0.0]
 
     def on_step(event: StepEvent) -> None:
         faults.crash_here("worker-mid-job")
@@ -156,6 +161,18 @@ def _step_hook(rt: Runtime, job: DreamJob):
             event.latents.mul_(float("nan"))
         if rt.conn.exists(cancel):
             raise JobCancelled(job.job_id)
+        now = time.monotonic()
+        final = event.done == event.total
+        if now - last[0] < PROGRESS_INTERVAL_S or final:
+            return  # the finished images follow at once: no progress edit for the last step
+        last[0] = now
+        try:
+            preview = latent_preview_png(event.latents)
+            results.publish_progress(rt.conn, job.origin.instance, job.job_id, {
+                "stage": event.stage, "step": event.step, "stage_total": event.stage_total,
+                "done": event.done, "total": event.total, "at": time.time()}, preview)
+        except redis.RedisError:
+            pass  # progress is a courtesy; never fail or slow a job for it
 
     return on_step
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 from rq.job import JobStatus
 
-from dreamcore import stats
+from dreamcore import metrics, stats
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.job import DreamJob
 from dreamcore.limits import Limiter, LimitStore, human_duration
@@ -62,10 +62,12 @@ class Backend:
                 o.guild_id, o.user_id, job.job_id, r.count, r.steps, role_ids=role_ids, instance=o.instance,
                 channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt)
             if not decision.ok:
+                metrics.refused(decision.kind)
                 return Outcome(False, decision.message, kind=decision.kind)
             busy = self._too_busy(r.count)
             if busy:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
+                metrics.refused("busy")
                 return Outcome(False, busy, kind="busy")
             if decision.priority != job.priority:
                 job = job.model_copy(update={"priority": decision.priority})
@@ -76,6 +78,7 @@ class Backend:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
             except redis.RedisError:
                 pass  # the active slot frees itself after its TTL
+            metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
         eta = self._eta_for(queued.job_id, r.count)
         log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,

@@ -15,6 +15,7 @@ import discord
 import redis
 from discord import app_commands
 
+from dreamcore import metrics
 from dreamcore.job import (
     ASPECT_LABELS,
     MAX_PROMPT_CHARS,
@@ -165,6 +166,7 @@ class DreamCommands:
                 outcome = await asyncio.wait_for(submit, SUBMIT_TIMEOUT_S)
             except asyncio.TimeoutError:
                 outcome = Outcome(False, UNAVAILABLE, kind="unavailable")
+                metrics.refused("unavailable")
 
         if outcome.ok:
             text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),
@@ -204,4 +206,5 @@ class DreamCommands:
     def _note_ack(self, started: float) -> None:
         ms = (time.perf_counter() - started) * 1000
         self.ack_latencies.append(ms)
+        metrics.observe_ack(ms / 1000)
         log.info("interaction acknowledged", extra={"ack_ms": round(ms, 2)})

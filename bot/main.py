@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from dreamcore import metrics
 from dreamcore.logs import register_secret, setup_logging
 from dreamcore.settings import Settings
 
@@ -21,6 +22,21 @@ def run(settings: Settings) -> int:
     from .client import DreamClient
 
     client = DreamClient(settings)
+    metrics.start_metrics_server(settings.metrics_port, bot_health(client), settings.redis_url, role="bot")
     log.info("starting bot instance", extra={"instance": settings.instance, "api_base": settings.discord_api_base})
     client.run(token, log_handler=None)
     return 0
+
+
+def bot_health(client) -> metrics.Health:
+    """/healthz of a bot: 200 while its gateway websocket is open (after READY) and its relay task runs.
+    Read from the metrics thread: plain attribute reads, nothing that touches the event loop."""
+
+    def gateway_connected() -> bool:
+        ws = client.ws
+        return client.is_ready() and not client.is_closed() and ws is not None and ws.open
+
+    def relay_running() -> bool:
+        return any(t.get_name() == "relay" and not t.done() for t in client._tasks)
+
+    return metrics.Health({"gateway connected": gateway_connected, "relay running": relay_running})

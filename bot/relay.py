@@ -19,7 +19,7 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import faults, results
+from dreamcore import faults, metrics, results
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
@@ -107,6 +107,7 @@ class Relay:
             return  # stays pending; claimed again later
         if loaded is None:
             log.warning("result expired before delivery", extra={"job_id": job_id})
+            metrics.delivered("expired")
             await asyncio.to_thread(self.outbox.ack, entry.entry_id)
             return
         result, images = loaded
@@ -120,6 +121,7 @@ class Relay:
             log.warning("delivery failed, will retry", extra={"job_id": job_id, "attempt": attempts,
                                                               "error": type(err).__name__})
             if attempts < MAX_ATTEMPTS:
+                metrics.delivery_retry()
                 return  # left pending: the outbox hands it out again after its idle time
             where = "gave up"
             await self._tell_undelivered(result)
@@ -131,6 +133,7 @@ class Relay:
             log.warning("could not record delivery; a retry will find the post already made",
                         extra={"job_id": job_id})
         self.delivered += 1
+        metrics.delivered(where)
         log.info("result delivered", extra={"job_id": job_id, "where": where, "status": result.status})
 
     async def _give_up_after_repeats(self, entry: OutboxEntry) -> None:
@@ -140,6 +143,7 @@ class Relay:
             attempts = await asyncio.to_thread(self.conn.incr, f"dream:attempts:{entry.job_id}")
             if attempts >= MAX_ATTEMPTS:
                 await asyncio.to_thread(self.outbox.mark_delivered, entry.job_id, "gave up: delivery crashed")
+                metrics.delivered("gave_up")
                 await asyncio.to_thread(self.outbox.ack, entry.entry_id)
         except redis.RedisError:
             pass
@@ -170,6 +174,7 @@ class Relay:
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 if delay is None:
                     raise
+            metrics.delivery_retry()
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 

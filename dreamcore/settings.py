@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     limit_guild_max_queued: int = Field(50, ge=1, le=1000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
     # --- end of guild limit defaults ---
 
+    # --- Metrics and health ---
+    # One port per process for Prometheus (/metrics) and the health check (/healthz); 0 turns both off.
+    metrics_port: int = Field(9100, ge=0, le=65535, **_env("DREAMBOT_METRICS_PORT"))
+    # --- end of metrics and health ---
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: str) -> str:

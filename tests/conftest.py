@@ -61,6 +61,7 @@ def tiny_env(tiny_model_dir, redis_url, monkeypatch, tmp_path):
         "DREAMBOT_OUTPUT_DIR": str(tmp_path / "out"),
         "DREAMBOT_LOG_FORMAT": "json",
         "HF_HUB_OFFLINE": "1",
+        "DREAMBOT_METRICS_PORT": "0",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -54,6 +54,8 @@ class Fleet:
             "DREAMBOT_LIMIT_USER_MAX_ACTIVE": "50",
             "HF_HUB_OFFLINE": "1",
             "PYTHONUNBUFFERED": "1",
+            # No /metrics port unless a test asks for one (tests/test_metrics.py passes free ports).
+            "DREAMBOT_METRICS_PORT": "0",
         })
         return env
 

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,10 @@ TORCH_MAX = (2, 14, 1)
 COMPOSE_REDIS_URL = "redis://redis:6379/0"
 # Set per service by docker-compose.yml itself, not passed through from .env.
 PER_SERVICE = {"REDIS_URL", "DISCORD_TOKEN", "DREAMBOT_INSTANCE"}
+# Monitoring beside the product: not dreambot processes.
+MONITORING = {"prometheus", "rq-dashboard"}
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+DASHBOARD_DOCKERFILE = ROOT / "docker" / "rq-dashboard.Dockerfile"
 
 
 def setting_env_names() -> list[str]:
@@ -154,8 +159,8 @@ def _cli_subcommands() -> set[str]:
 
 def test_compose_has_redis_the_ten_bots_and_a_worker(config):
     services = config["services"]
-    assert {"redis", "worker", *BOTS} <= set(services)
-    extra = set(services) - {"redis", "worker", *BOTS}
+    assert {"redis", "worker", *BOTS, *MONITORING} <= set(services)
+    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING}
     assert all(re.fullmatch(r"worker\d+", s) for s in extra), f"unexpected services {sorted(extra)}"
 
 
@@ -230,12 +235,78 @@ def test_every_setting_in_env_reaches_the_bots_and_the_worker(config_with_env):
 def test_services_run_the_dreambot_commands_the_tests_run(config):
     subcommands = _cli_subcommands()
     for name, service in config["services"].items():
-        if name == "redis":
+        if name == "redis" or name in MONITORING:
             continue
         cmd = service["command"]
         assert cmd[0] == "dreambot" and cmd[1] in subcommands, (name, cmd)
         _parser().parse_args(cmd[1:])
     assert 'dreambot = "dreamcore.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def _health_probe(service: dict) -> str:
+    test = service["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"], f"python's urllib: the images have no curl ({test})"
+    return test[3]
+
+
+def test_bots_and_worker_have_health_checks_on_healthz(config):
+    default = Settings.model_fields["metrics_port"].default
+    for name in [*BOTS, "worker"]:
+        service = config["services"][name]
+        code = _health_probe(service)
+        assert "/healthz" in code and "DREAMBOT_METRICS_PORT" in code and f"'{default}'" in code, name
+        hc = service["healthcheck"]
+        assert _seconds(hc["timeout"]) < _seconds(hc["interval"]) and hc["retries"] >= 2
+    # The first start downloads ~14 GB of weights: failures then must not count.
+    assert _seconds(config["services"]["worker"]["healthcheck"]["start_period"]) >= 600
+
+
+def test_the_health_probe_exits_0_on_200_and_nonzero_on_503(config):
+    """The compose one-liner, run for real against dreamcore.metrics' endpoint."""
+    from dreamcore import metrics
+    from dreamcore.localredis import free_port
+
+    code = _health_probe(config["services"]["bot1"])
+    state = {"ok": True}
+    port = free_port()
+    server = metrics.start_metrics_server(port, metrics.Health({"test": lambda: state["ok"]}))
+    assert server is not None
+    try:
+        env = {"PATH": os.environ.get("PATH", ""), "DREAMBOT_METRICS_PORT": str(port)}
+        assert subprocess.run([sys.executable, "-c", code], env=env, timeout=30).returncode == 0
+        state["ok"] = False
+        assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=30).returncode != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_prometheus_scrapes_every_bot_and_the_worker(config):
+    prom = config["services"]["prometheus"]
+    image = prom["image"]
+    assert image.startswith("prom/prometheus:v") and not image.endswith(":latest"), "pin a Prometheus tag"
+    assert any(dst == "/etc/prometheus/prometheus.yml" and Path(src).name == "prometheus.yml"
+               and Path(src).parent.name == "deploy" for src, dst in _mounts(prom))
+    assert any(p.get("host_ip") == "127.0.0.1" if isinstance(p, dict) else str(p).startswith("127.0.0.1:")
+               for p in prom.get("ports", []))
+    prom_config = _yaml_to_data(PROMETHEUS_CONFIG.read_text(), shutil.which("docker-compose") or "")
+    scrape = prom_config["scrape_configs"]
+    targets = {t for job in scrape for sc in job["static_configs"] for t in sc["targets"]}
+    port = Settings.model_fields["metrics_port"].default
+    workers = [n for n in config["services"] if re.fullmatch(r"worker\d*", n)]
+    assert {f"{n}:{port}" for n in [*BOTS, *workers]} <= targets
+
+
+def test_rq_dashboard_reads_the_queue_redis_on_loopback_only(config):
+    dash = config["services"]["rq-dashboard"]
+    assert _env(dash)["RQ_DASHBOARD_REDIS_URL"] == COMPOSE_REDIS_URL
+    assert _waits_for_healthy_redis(dash)
+    ports = dash.get("ports", [])
+    assert ports and all(p.get("host_ip") == "127.0.0.1" if isinstance(p, dict) else str(p).startswith("127.0.0.1:")
+                         for p in ports), "no login: keep it off public interfaces"
+    installs = " ".join(_pip_installs(DASHBOARD_DOCKERFILE))
+    assert re.search(r"rq-dashboard==\d+\.\d+", installs), "pin rq-dashboard"
+    assert _user(DASHBOARD_DOCKERFILE) not in ("root", "0")
 
 
 def test_compose_needs_no_env_file():
@@ -369,7 +440,7 @@ def test_every_variable_compose_reads_is_in_env_example(config):
     raw = COMPOSE.read_text()
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", raw))
     passed = {k for s in config["services"].values() for k in _env(s)}
-    undocumented = (interpolated | passed) - set(documented) - {"HF_HOME"}
+    undocumented = (interpolated | passed) - set(documented) - {"HF_HOME", "RQ_DASHBOARD_REDIS_URL"}
     assert not undocumented, f"add {sorted(undocumented)} to .env.example"
 
 

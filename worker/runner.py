@@ -20,6 +20,7 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker, WorkerStatus
 
+from dreamcore import metrics
 from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, queue_names
 from dreamcore.settings import Settings
@@ -138,12 +139,15 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
     SIGTERM drains: RQ finishes the job in hand, takes no new one, and the loop exits.
     """
     setup_logging(settings.log_level, settings.log_format)
+    # Up before the models load: /healthz says 503 "models loaded" meanwhile, and /metrics already answers.
+    models_loaded = metrics.start_worker_metrics(settings.metrics_port, settings.redis_url)
     try:
         pipeline = load_pipeline(settings)
     except ModelLoadError as err:
         log.error("cannot start: %s", err)
         print(f"dreambot worker: {err}", flush=True)
         return 2
+    models_loaded.set()
     conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5,
                                 socket_keepalive=True)
     stop = _Stop()

@@ -14,7 +14,7 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from dreamcore import faults, results, stats
+from dreamcore import faults, metrics, results, stats
 from dreamcore.cancel import cancel_key
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
 from dreamcore.limits import Limiter
@@ -24,6 +24,7 @@ from dreamcore.settings import Settings
 from .encode import TooLargeError, encode_images
 from .pipeline import DreamPipeline, Generation, StepEvent
 from .preview import latent_preview_png
+from .prompts import PromptTooLong
 
 log = logging.getLogger("dreambot.worker")
 
@@ -80,12 +81,14 @@ def _release(rt: Runtime, origin, job_id: str, refund: bool) -> None:
         log.warning("limit release failed", extra={"job_id": job_id, "error": type(err).__name__})
 
 
-def fail_job(rt: Runtime, job_id: str, origin, request, reason: str) -> None:
-    """Tell the member (through their bot's outbox) and give the job's images back to their quota."""
+def fail_job(rt: Runtime, job_id: str, origin, request, reason: str, kind: str = "internal") -> None:
+    """Tell the member (through their bot's outbox) and give the job's images back to their quota.
+    `kind` is the reason's metrics label (dreamcore.metrics.FAIL_REASONS)."""
     result = DreamResult(job_id=job_id, status="failed", origin=origin, request=request, error=reason,
                          worker=rt.name)
     _publish_patiently(rt, result, [], ttl_s=rt.settings.failure_ttl_s)
     _release(rt, origin, job_id, refund=True)
+    metrics.job_failed(kind)
     log.warning("job failed", extra={"job_id": job_id, "reason": reason})
 
 
@@ -97,7 +100,8 @@ def run_dream(payload) -> dict:
         job = parse_job(payload)
     except JobError as err:
         job_id = payload.get("job_id") if isinstance(payload, dict) and isinstance(payload.get("job_id"), str) else None
-        fail_job(rt, (job_id or fallback_id)[:64], origin_of(payload), None, f"this request could not be read ({err})")
+        fail_job(rt, (job_id or fallback_id)[:64], origin_of(payload), None, f"this request could not be read ({err})",
+                 kind="bad_input")
         _no_retry()
         raise JobRejected(str(err)) from None
 
@@ -114,19 +118,22 @@ def run_dream(payload) -> dict:
     except JobCancelled:
         who = rt.conn.get(cancel_key(job.job_id))
         by = "you" if who is None or who.decode() == str(job.origin.user_id) else f"<@{who.decode()}>"
-        fail_job(rt, job.job_id, job.origin, job.request, f"cancelled by {by}")
+        fail_job(rt, job.job_id, job.origin, job.request, f"cancelled by {by}", kind="cancelled")
         _no_retry()
         return {"status": "cancelled"}
     except Exception as err:
         if isinstance(err, JobTimeoutException):
             reason = f"it took longer than the {rt.settings.job_timeout_s} s limit for one dream"
+            kind = "timeout"
         elif _is_oom(err):
             _free_gpu_memory()
             reason = "the GPU ran out of memory on this one; try fewer images or another size"
+            kind = "oom"
         else:
             reason = f"the worker hit an internal error ({type(err).__name__}); nothing was posted"
+            kind = "internal"
         log.exception("job crashed", extra={"job_id": job.job_id})
-        fail_job(rt, job.job_id, job.origin, job.request, reason)
+        fail_job(rt, job.job_id, job.origin, job.request, reason, kind=kind)
         _no_retry()
         raise JobRejected(reason) from err
 
@@ -184,7 +191,7 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     if rt.conn.exists(results.channel_gone_key(job.origin.channel_id)):
         # Nowhere to post it: don't spend GPU time on it.
         reason = "the channel it was asked in has been deleted"
-        fail_job(rt, job.job_id, job.origin, req, reason)
+        fail_job(rt, job.job_id, job.origin, req, reason, kind="channel_gone")
         raise JobRejected(reason)
     if faults.once("worker-oom"):
         import torch
@@ -194,19 +201,20 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     try:
         gen: Generation = rt.pipeline.generate(req, on_step=_step_hook(rt, job))
     except ValueError as err:  # PromptTooLong and other input the model can't take
-        fail_job(rt, job.job_id, job.origin, req, str(err))
+        fail_job(rt, job.job_id, job.origin, req, str(err),
+                 kind="prompt_too_long" if isinstance(err, PromptTooLong) else "bad_input")
         raise JobRejected(str(err)) from None
     if gen.nan_detected:
         _free_gpu_memory()
         reason = "the model produced a blank (NaN) image; try another seed or fewer steps"
-        fail_job(rt, job.job_id, job.origin, req, reason)
+        fail_job(rt, job.job_id, job.origin, req, reason, kind="nan")
         raise JobRejected(reason)
 
     t_enc = time.perf_counter()
     try:
         encoded = encode_images(gen.images, req.max_upload_bytes, stem=f"dream-{job.job_id}", seeds=gen.seeds)
-    except TooLargeError as err:
-        fail_job(rt, job.job_id, job.origin, req, str(err))
+    except TooLargeError as err:  # no encoding fits one upload: the request asked for too much
+        fail_job(rt, job.job_id, job.origin, req, str(err), kind="bad_input")
         raise JobRejected(str(err)) from None
     timings = dict(gen.timings)
     timings["png_s"] = time.perf_counter() - t_enc
@@ -232,6 +240,8 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     faults.crash_here("worker-after-publish")
     _release(rt, job.origin, job.job_id, refund=False)
     stats.record_job(rt.conn, timings["total_s"], len(encoded))
+    metrics.observe_stages(timings, len(encoded), refiner_ran=gen.refiner_steps > 0)
+    metrics.job_done()
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
                                  "published": published})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
@@ -277,5 +287,6 @@ def on_abandoned(job, exc_type, exc_value, tb) -> bool:
         request = None
     tries = int(job.meta.get("tries") or rt.settings.job_retries + 1)
     fail_job(rt, job.id, origin, request,
-             f"the worker making it stopped responding {tries} time{'s' * (tries > 1)}; it was not retried again")
+             f"the worker making it stopped responding {tries} time{'s' * (tries > 1)}; it was not retried again",
+             kind="crashed")
     return True

@@ -1,0 +1,210 @@
+"""Chaos run: ten bots on the local Discord stand-in, several workers, a real Redis (AOF on), the tiny
+model; N dreams from many members while workers are SIGKILLed at random, Redis is restarted once and
+Discord answers bursts of 429 and 5xx. Every dream must end delivered once or with a clear message.
+
+    python bench/chaos.py --jobs 200 --workers 3
+    python bench/chaos.py --quick          # the short version the test suite runs
+
+Prints one line `jobs N, delivered D, told-failed F, lost L, duplicated X` and exits non-zero unless
+D + F = N, L = 0 and X = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+from fleet import Fleet  # noqa: E402
+from standin import DiscordStandIn  # noqa: E402
+
+from dreamcore.localredis import LocalRedis  # noqa: E402
+
+JOB_IN_NAME = re.compile(r"^dream-([0-9a-f]{16})-")
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--bots", type=int, default=10)
+    p.add_argument("--workers", type=int, default=3)
+    p.add_argument("--members", type=int, default=25)
+    p.add_argument("--rate", type=float, default=4.0, help="dreams per second sent")
+    p.add_argument("--kill-every", type=float, default=12.0, help="mean seconds between worker SIGKILLs")
+    p.add_argument("--deadline", type=float, default=1500.0, help="seconds to wait for every outcome")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="20 jobs, 3 bots, 2 workers: the test suite's version")
+    a = p.parse_args()
+    if a.quick:
+        a.jobs, a.bots, a.workers, a.members, a.rate, a.kill_every, a.deadline = 16, 3, 2, 6, 2.0, 20.0, 240.0
+    return a
+
+
+class Chaos:
+    def __init__(self, args, fleet: Fleet, redis: LocalRedis):
+        self.args = args
+        self.fleet = fleet
+        self.redis = redis
+        self.rng = random.Random(args.seed)
+        self.stop = threading.Event()
+        self.kills = 0
+        self.redis_restarts = 0
+        self.bursts = 0
+
+    def workers_loop(self) -> None:
+        """Keep args.workers workers alive, SIGKILLing one at random now and then (mid-job, mostly)."""
+        while not self.stop.wait(self.rng.expovariate(1 / self.args.kill_every)):
+            alive = [w for w in self.fleet.workers if w.poll() is None]
+            if alive:
+                victim = self.rng.choice(alive)
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(10)
+                self.kills += 1
+            while sum(w.poll() is None for w in self.fleet.workers) < self.args.workers:
+                self.fleet.start_worker(f"r{self.kills}")
+
+    def discord_loop(self) -> None:
+        routes = [r"PATCH /webhooks/.*/messages/@original", r"POST /interactions/.*/callback",
+                  r"POST /channels/\d+/messages", r"POST /webhooks/\d+/[^/]+$"]
+        while not self.stop.wait(self.rng.uniform(4, 9)):
+            route = self.rng.choice(routes[:1] + routes[2:])  # never the 3-second ack itself
+            if self.rng.random() < 0.5:
+                self.fleet.standin.inject(route, 429, count=self.rng.randint(1, 3), retry_after=0.5,
+                                          is_global=self.rng.random() < 0.3)
+            else:
+                self.fleet.standin.inject(route, self.rng.choice([500, 502, 504]), count=self.rng.randint(1, 3))
+            self.bursts += 1
+
+    def restart_redis_once(self, after_s: float) -> None:
+        if self.stop.wait(after_s):
+            return
+        self.redis.kill()
+        time.sleep(1.5)
+        self.redis.start()
+        self.redis_restarts += 1
+
+
+def outcome(fleet: Fleet, inter) -> tuple[str, str | None]:
+    """('delivered'|'told'|'pending', job id) for one interaction, from what the member can see."""
+    body = inter.response or {}
+    data = body.get("data") or {}
+    if body.get("type") == 4 and data.get("flags", 0) & 64:
+        return "told", None  # refused at once (e.g. Redis down): an ephemeral answer
+    channel = int(inter.payload["channel_id"])
+    job_id = None
+    for m in fleet.standin.messages(channel, include_deleted=True):
+        if m.interaction_id != inter.id:
+            continue
+        found = re.search(r"job `([0-9a-f]{16})`", m.content or "")
+        job_id = job_id or (found.group(1) if found else None)
+        if any(JOB_IN_NAME.match(a[0]) for a in m.attachments) and not m.deleted:
+            match = JOB_IN_NAME.match(next(a[0] for a in m.attachments if JOB_IN_NAME.match(a[0])))
+            return "delivered", match.group(1)
+        if m.ephemeral and (m.content or "").startswith(("Couldn't", "I can't")):
+            return "told", job_id
+    if job_id:  # after the token's life the images come as a channel message naming the job in files
+        for m in fleet.standin.messages(channel):
+            if any(a[0].startswith(f"dream-{job_id}-") for a in m.attachments):
+                return "delivered", job_id
+    return "pending", job_id
+
+
+def image_posts(fleet: Fleet, channels: list[int]) -> Counter:
+    """How many live messages carry each job's images (the same message edited counts once)."""
+    per_job: Counter = Counter()
+    for c in channels:
+        for m in fleet.standin.messages(c):
+            jobs = {JOB_IN_NAME.match(a[0]).group(1) for a in m.attachments if JOB_IN_NAME.match(a[0])}
+            per_job.update(jobs)
+    return per_job
+
+
+def diagnose(redis: LocalRedis, job_id: str | None) -> str:
+    """Where a lost job got stuck, for the report."""
+    if not job_id:
+        return "(no job id seen)"
+    import redis as redis_py
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    conn = redis_py.Redis.from_url(redis.url)
+    try:
+        status = Job.fetch(job_id, connection=conn, serializer=JSONSerializer).get_status()
+    except Exception as err:
+        status = f"? ({type(err).__name__})"
+    return (f"rq={status} done={conn.get(f'dream:done:{job_id}')} "
+            f"delivered={conn.get(f'dream:delivered:{job_id}')}")
+
+
+def main() -> int:
+    args = parse()
+    tmp = Path(tempfile.mkdtemp(prefix="dreambot-chaos-"))
+    from worker.tiny import make_tiny_model
+
+    model = make_tiny_model(tmp / "tiny")
+    redis = LocalRedis(appendonly=True).start()
+    standin = DiscordStandIn().start()
+    fleet = Fleet(standin, redis.url, model, tmp)
+    fleet.setup(args.bots)
+    members = [fleet.user_id] + [standin.add_member(fleet.guild_id, f"m{i}") for i in range(args.members - 1)]
+    chaos = Chaos(args, fleet, redis)
+    t0 = time.monotonic()
+    try:
+        for bot in fleet.bots:
+            fleet.start_bot(bot, DREAMBOT_LOG_LEVEL="INFO", DREAMBOT_JOB_RETRIES="3")
+        fleet.wait_bots_ready(timeout=120)
+        for i in range(args.workers):
+            fleet.start_worker(f"w{i}", DREAMBOT_LOG_LEVEL="INFO")
+        threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
+                   threading.Thread(target=chaos.discord_loop, daemon=True),
+                   threading.Thread(target=chaos.restart_redis_once, args=(args.jobs / args.rate / 2,), daemon=True)]
+        for t in threads:
+            t.start()
+        inters = []
+        for i in range(args.jobs):
+            bot = fleet.bots[i % len(fleet.bots)]
+            inters.append(standin.send_slash(bot.app.id, fleet.guild_id, bot.channel_id, members[i % len(members)],
+                                             "dream", {"prompt": f"chaos dream {i}", "aspect": "12:5",
+                                                       "steps": 2, "seed": i}))
+            time.sleep(1 / args.rate)
+        deadline = time.monotonic() + args.deadline
+        while time.monotonic() < deadline:
+            states = [outcome(fleet, x)[0] for x in inters]
+            if "pending" not in states:
+                break
+            time.sleep(1.0)
+        chaos.stop.set()
+        time.sleep(3.0)  # let anything that would be posted twice show up
+        results = [outcome(fleet, x) for x in inters]
+        counts = Counter(state for state, _ in results)
+        posts = image_posts(fleet, [b.channel_id for b in fleet.bots])
+        dupes = sum(1 for n in posts.values() if n > 1)
+        late = sum(1 for x in inters if x.late)
+        n, d, f, lost = args.jobs, counts["delivered"], counts["told"], counts["pending"]
+        print(f"chaos: {time.monotonic() - t0:.0f}s, {chaos.kills} worker SIGKILLs, "
+              f"{chaos.redis_restarts} Redis restart, {chaos.bursts} Discord 429/5xx bursts, {late} late acks")
+        for (state, job_id), x in zip(results, inters, strict=True):
+            if state == "pending":
+                print(f"  lost: interaction {x.id} job {job_id} ack {x.response_type} {diagnose(redis, job_id)}")
+        print(f"jobs {n}, delivered {d}, told-failed {f}, lost {lost}, duplicated {dupes}")
+        return 0 if d + f == n and lost == 0 and dupes == 0 and late == 0 else 1
+    finally:
+        chaos.stop.set()
+        fleet.stop()
+        standin.stop()
+        redis.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from .admin import register_admin
 from .backend import Backend
 from .commands import NO_MENTIONS, DreamCommands
 from .discord_api import prepare_client, use_api_base
+from .help import register_help
 from .progress import Progress
 from .relay import Relay
 
@@ -52,6 +53,7 @@ class DreamClient(discord.Client):
         self.dream = DreamCommands(self, settings, self.backend)
         self.dream.register(self.tree)
         register_admin(self.tree, self)
+        register_help(self.tree, self)
         self.relay = Relay(self, settings, self.backend.conn)
         self.progress = Progress(self, self.backend)
         self.relay.progress = self.progress

@@ -55,8 +55,10 @@ class DreamCommands:
         self.progress = None  # set by the client: keeps the queued reply's position current
 
     def register(self, tree: app_commands.CommandTree) -> None:
-        styles = load_styles()
         s = self.settings
+
+        async def style_choices(interaction: discord.Interaction, current: str):
+            return self.style_autocomplete(current)
 
         @tree.command(name="dream", description="Dream up images with SDXL (base + refiner)")
         @app_commands.describe(
@@ -71,9 +73,9 @@ class DreamCommands:
             split=f"Share of steps on the base model, 0.5 to 1.0; the refiner does the rest (default {s.default_split:g}, 1.0 = no refiner)",
         )
         @app_commands.choices(
-            style=[app_commands.Choice(name=st.label, value=k) for k, st in styles.items()][:25],
             aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
         )
+        @app_commands.autocomplete(style=style_choices)
         async def dream(
             interaction: discord.Interaction,
             prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
@@ -101,6 +103,17 @@ class DreamCommands:
         @app_commands.describe(job="The job id shown when the dream was queued")
         async def cancel(interaction: discord.Interaction, job: app_commands.Range[str, 1, 64]):
             await self.handle_cancel(interaction, job)
+
+    @staticmethod
+    def style_autocomplete(current: str) -> list[app_commands.Choice[str]]:
+        """Style presets matching what the member typed, by name or by words of their template."""
+        typed = current.strip().lower()
+        found = []
+        for key, st in load_styles().items():
+            hay = f"{key} {st.label} {st.prompt}".lower()
+            if not typed or typed in hay:
+                found.append((not st.label.lower().startswith(typed), st.label, key))
+        return [app_commands.Choice(name=label, value=key) for _, label, key in sorted(found)[:25]]
 
     async def handle_queue(self, interaction: discord.Interaction) -> None:
         try:

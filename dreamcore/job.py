@@ -195,6 +195,8 @@ def describe_validation(err: ValidationError, model: type[BaseModel]) -> JobErro
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
         shown = repr(got)[:60] if not isinstance(got, dict) else "{...}"
+        if loc and "token" in loc[-1]:  # a token is never echoed into a message or a log
+            shown = "a value that is not shown"
         parts.append(f"{field}: {msg}" + (f" ({rng})" if rng else "") + f", got {shown}")
     return JobError("; ".join(parts), field=first_field)
 

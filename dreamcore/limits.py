@@ -289,7 +289,8 @@ def _ids(key: str, raw: str) -> list[int]:
     try:
         return parse_id_list(_MENTION.sub(r"\1", raw))
     except ValueError as err:
-        raise LimitError(f"{key}: {_shown(str(err), 200)}", key=key) from None
+        text = str(err)  # names the bad part, which can be 1500 characters long
+        raise LimitError(f"{key}: {text if len(text) <= 200 else text[:199] + '…'}", key=key) from None
 
 
 def _edit_list(current: list, raw: str, parse) -> list:

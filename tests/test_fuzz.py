@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+import dreamcore.job as jobmod
 from dreamcore.job import (
     ASPECTS,
     MAX_PROMPT_CHARS,
@@ -91,7 +92,13 @@ def _paths(d: dict, prefix: tuple = ()) -> list[tuple]:
 
 
 BASE = valid_job().to_dict()
-FIELD_PATHS = _paths(BASE)  # every field, nested ones included
+BASES = [BASE]
+if hasattr(jobmod, "JobSource"):  # schema version 2: a variation names the image it starts from
+    _variation = make_job(make_request(prompt="a lighthouse, again", seed=43, steps=4),
+                          make_origin(instance="bot1", guild_id=11, channel_id=12, user_id=13),
+                          job_id="1123456789abcdef", kind="variation",
+                          source={"job_id": "0123456789abcdef", "index": 0, "strength": 0.55})
+    BASES.append(_variation.to_dict())
 
 
 def _at(doc: dict, path: tuple):
@@ -100,8 +107,12 @@ def _at(doc: dict, path: tuple):
     return doc
 
 
-DICT_PATHS = [()] + [p for p in FIELD_PATHS if isinstance(_at(BASE, p), dict)]  # where an extra key can go
-
+EXAMPLE: dict[tuple, object] = {}  # every field path of every base -> a valid value of it
+for _base in BASES:
+    for _path in _paths(_base):
+        EXAMPLE.setdefault(_path, _at(_base, _path))
+FIELD_PATHS = list(EXAMPLE)  # every field, nested ones included
+DICT_PATHS = [()] + [p for p in FIELD_PATHS if isinstance(EXAMPLE[p], dict)]  # where an extra key can go
 
 
 def _near(value: object) -> st.SearchStrategy:
@@ -119,8 +130,8 @@ def _near(value: object) -> st.SearchStrategy:
 
 
 def _set(path: tuple) -> st.SearchStrategy:
-    return st.tuples(st.just("set"), st.just(path), st.one_of(json_value, _near(_at(BASE, path)),
-                                                                 _near(_at(BASE, path))))
+    return st.tuples(st.just("set"), st.just(path), st.one_of(json_value, _near(EXAMPLE[path]),
+                                                                 _near(EXAMPLE[path])))
 
 
 mutation = st.one_of(
@@ -153,7 +164,7 @@ def mutate(base: dict, mutations: list) -> dict:
     return doc
 
 
-mutated_job = st.builds(mutate, st.just(BASE), st.lists(mutation, min_size=1, max_size=3))
+mutated_job = st.builds(mutate, st.sampled_from(BASES), st.lists(mutation, min_size=1, max_size=3))
 
 
 def _as_wire(doc: dict, how: str, cut: int) -> object:
@@ -179,8 +190,8 @@ garbage = st.one_of(
 wired_job = st.builds(_as_wire, mutated_job, st.sampled_from(["dict", "dict", "str", "bytes", "cut"]),
                       st.integers(0, 10**6))
 # Only values of each field's own type: what a bot of a slightly different release might write.
-gentle_job = st.builds(mutate, st.just(BASE), st.lists(
-    st.sampled_from(FIELD_PATHS).flatmap(lambda p: st.tuples(st.just("set"), st.just(p), _near(_at(BASE, p)))),
+gentle_job = st.builds(mutate, st.sampled_from(BASES), st.lists(
+    st.sampled_from(FIELD_PATHS).flatmap(lambda p: st.tuples(st.just("set"), st.just(p), _near(EXAMPLE[p]))),
     min_size=1, max_size=2))
 payloads = st.integers(0, 9).flatmap(lambda i: gentle_job if i < 4 else wired_job if i < 8 else garbage)
 
@@ -193,9 +204,13 @@ _TOKEN = re.compile(r"[A-Za-z0-9_.\-]{1,600}")
 
 def assert_within_bounds(job: DreamJob) -> None:
     """Every field of an accepted job is of its type and inside its bounds, and the job round-trips."""
-    assert job.v == 1 and type(job.v) is int
+    assert job.v in VERSIONS and type(job.v) is int
     assert re.fullmatch(r"[a-f0-9]{16}", job.job_id)
-    assert job.priority in ("high", "default", "low") and job.kind == "dream"
+    assert job.priority in ("high", "default", "low") and job.kind in KINDS
+    source = getattr(job, "source", None)  # variations and upscales start from an earlier image
+    if source is not None:
+        assert re.fullmatch(r"[a-f0-9]{16}", source.job_id) and type(source.index) is int
+        assert 0 <= source.index <= 3 and math.isfinite(source.strength) and 0 < source.strength <= 1
     r = job.request
     for text, lo in ((r.prompt, 1), (r.negative_prompt, 0)):
         assert isinstance(text, str) and lo <= len(text) <= MAX_PROMPT_CHARS
@@ -224,6 +239,8 @@ def assert_within_bounds(job: DreamJob) -> None:
 
 
 JOB_FIELDS = set(DreamJob.model_fields)
+VERSIONS = getattr(jobmod, "READABLE_VERSIONS", (jobmod.SCHEMA_VERSION,))
+KINDS = getattr(jobmod, "KINDS", ("dream",))
 
 
 def _decoded(payload: object) -> object:
@@ -239,8 +256,8 @@ def assert_clear_refusal(err: JobError, payload: object) -> None:
     text = str(err)
     assert text.strip(), "empty JobError message"
     if err.field is not None:
-        top = err.field.split(".")[0]
-        assert top in JOB_FIELDS or top == "job" or (isinstance(payload, dict) and top in payload), err.field
+        names = JOB_FIELDS | {"job"} | (set(payload) if isinstance(payload, dict) else set())
+        assert any(err.field == n or err.field.startswith(f"{n}.") for n in names), err.field
         assert err.field in text or (err.field == "v" and "schema version" in text), (err.field, text[:200])
     elif isinstance(payload, dict) and payload.get("v") == 1:
         pytest.fail(f"a JobError for a v1 object must name a field: {text[:200]}")
@@ -252,7 +269,7 @@ def assert_clear_refusal(err: JobError, payload: object) -> None:
 def test_parse_job_fuzz_gives_a_bounded_job_or_a_clear_job_error():
     counts: Counter[str] = Counter()
 
-    @settings(FUZZ, max_examples=1200)
+    @settings(FUZZ, max_examples=1000)
     @given(payloads)
     def check(payload):
         counts["examples"] += 1
@@ -320,7 +337,7 @@ def test_limit_store_set_fuzz_gives_valid_limits_or_a_limit_error(rconn):
     guild, actor = 4242, 77
     counts: Counter[str] = Counter()
 
-    @settings(FUZZ, max_examples=700)
+    @settings(FUZZ, max_examples=400)
     @given(st.sampled_from(KNOWN_KEYS).flatmap(lambda k: st.tuples(st.just(k), _admin_value(k))))
     def check(key_value):
         key, value = key_value
@@ -362,7 +379,7 @@ def test_dreamadmin_set_replies_fit_one_message(rconn):
     admin = AdminCommands(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
     counts: Counter[str] = Counter()
 
-    @settings(FUZZ, max_examples=150)
+    @settings(FUZZ, max_examples=100)
     @given(st.sampled_from(KNOWN_KEYS + ("nope", " cooldown_s ", "\u200bpaused")),
            st.one_of(fuzz_text, st.sampled_from(["\u200b" * 1500, "\x07" * 1500, "'" * 1500, "7" * 1500]))
            .map(lambda t: t[:1500] or "x"))
@@ -429,10 +446,13 @@ def expected_rq_failure(record: logging.LogRecord, corrupt_ids: set[str]) -> str
     m = re.search(r"job (\S+): exception raised while executing \(worker\.tasks\.run_dream\)", text)
     if not m or m.group(1) not in corrupt_ids:
         return None
-    last = text.rstrip().splitlines()[-1]
-    if not last.startswith("worker.tasks.JobRejected: ") or text.count(TRACEBACK) != 1:
+    if text.count(TRACEBACK) != 1:  # a second traceback: another exception was chained in
         return None
-    return m.group(1)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if TRACEBACK in line)
+    # The exception line is the first unindented line after the frames (the message may go on over lines).
+    exc_line = next((line for line in lines[start + 1:] if line and not line.startswith(" ")), "")
+    return m.group(1) if exc_line.startswith("worker.tasks.JobRejected: ") else None
 
 
 def _run_worker(rconn, pipeline):
@@ -444,11 +464,13 @@ def _run_worker(rconn, pipeline):
 
 
 def _published(rconn) -> dict[str, tuple]:
-    """Every result any outbox announces: job id -> (instance, DreamResult)."""
+    """Every result any outbox announces (progress nudges aside): job id -> (instance, DreamResult)."""
     out = {}
     for key in rconn.scan_iter("dream:outbox:*"):
         instance = key.decode().split(":", 2)[2]
         for _, fields in rconn.xrange(key):
+            if fields.get(b"status") == b"progress":
+                continue  # live progress of a running job, not a result
             jid = fields[b"job_id"].decode()
             assert jid not in out, f"job {jid} announced twice"
             loaded = results.load(rconn, jid)
@@ -469,7 +491,7 @@ def rq_logs(caplog, monkeypatch):
 def test_corrupt_jobs_through_a_real_worker_fail_alone_and_tell_their_member(tiny_env, rconn, pipeline, rq_logs):
     samples: list[object] = []
 
-    @settings(FUZZ, max_examples=25, phases=[Phase.generate])
+    @settings(FUZZ, max_examples=40, phases=[Phase.generate])
     @given(worker_payload)
     def collect(payload):
         payload = _own_id(payload, PLACEHOLDER_ID)
@@ -479,6 +501,7 @@ def test_corrupt_jobs_through_a_real_worker_fail_alone_and_tell_their_member(tin
             samples.append(payload)
 
     collect()
+    samples = samples[:25]
     assert len(samples) >= 15, len(samples)
     queue = DreamQueue(rconn, get_settings())
     rq_queue = queue.queues["default"]
@@ -551,3 +574,152 @@ def test_a_job_id_inside_a_corrupt_payload_is_not_trusted(tiny_env, rconn, pipel
         assert "could not be read" in result.error, result.error
     assert not published, sorted(published)
     assert all(expected_rq_failure(r, set(corrupt)) for r in exception_records(rq_logs.records))
+
+
+# --- /dream options through a real bot process on the Discord stand-in ---------------------------------------
+
+from fleet import Fleet  # noqa: E402
+from standin import DiscordStandIn  # noqa: E402
+
+STYLES = list(load_styles())
+
+
+@pytest.fixture(scope="module")
+def dream_bot(redis_server, tmp_path_factory):
+    """One stand-in and one real bot process for the module. No worker: jobs just wait in the queue."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    tmp = tmp_path_factory.mktemp("fuzz-bot")
+    standin = DiscordStandIn().start()
+    fleet = Fleet(standin, redis_server.url, tmp / "no-model", tmp)
+    try:
+        fleet.setup(1)
+        bot = fleet.bots[0]
+        # Quotas out of the way, so more of the fuzzed dreams get as far as the queue.
+        fleet.start_bot(bot, DREAMBOT_LIMIT_USER_IMAGES_HOUR="1000", DREAMBOT_LIMIT_USER_IMAGES_DAY="5000",
+                        DREAMBOT_LIMIT_GUILD_IMAGES_HOUR="5000", DREAMBOT_LIMIT_GUILD_IMAGES_DAY="20000",
+                        DREAMBOT_LIMIT_GUILD_MAX_QUEUED="1000", DREAMBOT_LIMIT_MAX_STEPS="100")
+        fleet.wait_bots_ready()
+        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot)
+    finally:
+        fleet.stop()
+        standin.stop()
+
+
+def _typed(good: st.SearchStrategy, *junk: st.SearchStrategy) -> st.SearchStrategy:
+    """Mostly values of the option's type (in range or out), sometimes anything at all."""
+    return st.one_of(good, good, good, *junk, json_leaf)
+
+
+# What Discord's client lets through (right types, in range, a listed choice) with the nastiest content it
+# allows: zero-width-only prompts, control characters, 1500 characters, the edges of each range.
+discord_text = st.one_of(fuzz_text, special_text, long_text).map(lambda t: t[:1500])
+allowed_options = st.fixed_dictionaries(
+    {"prompt": discord_text.filter(bool)},
+    optional={
+        "negative": discord_text,
+        "style": st.sampled_from(STYLES),
+        "aspect": st.sampled_from(list(ASPECTS)),
+        "seed": st.one_of(st.integers(0, MAX_SEED), st.sampled_from([0, MAX_SEED])),
+        "count": st.integers(1, 4),
+        "steps": st.integers(1, 100),
+        "guidance": st.one_of(st.floats(0, 30), st.sampled_from([0.0, 30.0])),
+        "split": st.one_of(st.floats(0.5, 1.0), st.sampled_from([0.5, 1.0])),
+    },
+)
+# Anything at all, as a crafted client could send it: Discord's checks (the stand-in's send_slash) refuse most.
+any_options = st.fixed_dictionaries(
+    {"prompt": _typed(st.one_of(fuzz_text, long_text))},
+    optional={
+        "negative": _typed(fuzz_text),
+        "style": _typed(st.sampled_from(STYLES), fuzz_text),
+        "aspect": _typed(st.sampled_from(list(ASPECTS)), fuzz_text),
+        "seed": _typed(st.integers(0, MAX_SEED), fuzz_int),
+        "count": _typed(st.integers(1, 4), fuzz_int),
+        "steps": _typed(st.integers(1, 100), fuzz_int),
+        "guidance": _typed(st.floats(0, 30), fuzz_float, fuzz_int),
+        "split": _typed(st.floats(0.5, 1.0), fuzz_float),
+        "bogus": json_leaf,
+    },
+)
+dream_options = st.integers(0, 9).flatmap(lambda i: allowed_options if i < 7 else any_options)
+
+
+def log_problems(text: str) -> list[str]:
+    """Lines of a bot log that show an exception: a record at ERROR or CRITICAL, a record with a traceback
+    ("exc"), a record above DEBUG whose text holds a traceback, or any non-JSON line (an uncaught exception
+    printed by Python, a library writing to stderr) mentioning Traceback or ERROR. DEBUG records are dumps
+    of what Discord sent, so a fuzzed prompt that says "Traceback" is not counted there."""
+    bad = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            if "Traceback" in line or "ERROR" in line:
+                bad.append(line)
+            continue
+        if not isinstance(rec, dict):
+            continue
+        level = rec.get("level")
+        if level in ("ERROR", "CRITICAL") or "exc" in rec or (level != "DEBUG" and TRACEBACK in line):
+            bad.append(line[:2000])
+    return bad
+
+
+def final_answer(standin: DiscordStandIn, inter, body: dict, timeout: float = 15.0) -> tuple[str, bool, dict | None]:
+    """What the member ends up seeing: (content, ephemeral, allowed_mentions). A deferred answer (type 5) is
+    followed by an edit of the "thinking" message or an ephemeral followup."""
+    if body["type"] == 4:
+        data = body["data"]
+        return data.get("content", ""), bool(data.get("flags", 0) & 64), data.get("allowed_mentions")
+    assert body["type"] == 5, body
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in standin.messages(inter.channel_id, include_deleted=False):
+            if m.interaction_id == inter.id and not m.loading and m.content:
+                return m.content, m.ephemeral, m.allowed_mentions
+        time.sleep(0.05)
+    raise TimeoutError(f"deferred /dream {inter.id} never answered")
+
+
+def test_dream_options_fuzz_through_a_real_bot(dream_bot):
+    e = dream_bot
+    start = e.bot.log.stat().st_size if e.bot.log.exists() else 0
+    counts: Counter[str] = Counter()
+
+    @settings(FUZZ, max_examples=40, phases=[Phase.generate])
+    @given(dream_options)
+    def check(options):
+        counts["examples"] += 1
+        if any(isinstance(v, float) and not math.isfinite(v) for v in options.values()):
+            # JSON has no NaN or infinity: Discord can't send one (the stand-in's encoder would, and discord.py's
+            # orjson gateway decoder would rightly choke on it). make_request's refusal of them is tested above.
+            counts["refused by Discord"] += 1
+            return
+        try:
+            inter = e.fleet.dream(e.bot, **options)
+        except (ValueError, LookupError):
+            counts["refused by Discord"] += 1  # the client never sends it: out of range, wrong type, no choice
+            return
+        body = inter.wait_ack(5)
+        assert not inter.late and inter.ack_latency_s < 3.0, inter.ack_latency_s
+        content, ephemeral, mentions = final_answer(e.standin, inter, body)
+        assert content and len(content) <= 2000
+        assert mentions is not None and mentions.get("parse") == [] and not mentions.get("users") \
+            and not mentions.get("roles"), mentions
+        if content.startswith("Queued: job `"):
+            assert not ephemeral
+            counts["accepted"] += 1
+        else:
+            assert ephemeral, f"a refusal shown to everyone: {content[:200]}"
+            counts["rejected"] += 1
+
+    check()
+    time.sleep(0.5)  # anything the bot logs after its last answer
+    log = e.bot.log.read_bytes()[start:].decode("utf-8", "replace")
+    problems = log_problems(log)
+    print(f"\nfuzz /dream (real bot): {counts['examples']} examples, {counts['accepted']} accepted, "
+          f"{counts['rejected']} rejected, {counts['refused by Discord']} refused by Discord's client")
+    assert not problems, "\n".join(problems[:10])
+    assert "interaction acknowledged" in log
+    assert counts["accepted"] + counts["rejected"] >= 5

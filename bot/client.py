@@ -18,6 +18,7 @@ from dreamcore.settings import Settings
 
 from .admin import register_admin
 from .backend import Backend
+from .buttons import DYNAMIC_ITEMS, Buttons
 from .commands import NO_MENTIONS, DreamCommands
 from .discord_api import prepare_client, use_api_base
 from .help import register_help
@@ -58,10 +59,14 @@ class DreamClient(discord.Client):
         self.progress = Progress(self, self.backend)
         self.relay.progress = self.progress
         self.dream.progress = self.progress
+        self.buttons = Buttons(self, settings, self.backend, self.dream)  # reached by clicks as client.buttons
         self._tasks: list[asyncio.Task] = []
 
     async def setup_hook(self) -> None:
         await prepare_client(self, self.settings.discord_api_base)
+        # The result buttons are matched on their custom id alone: any process of this bot, started any time
+        # after the result was posted, answers them (bot/buttons.py).
+        self.add_dynamic_items(*DYNAMIC_ITEMS)
         guilds = self.settings.guild_id_list
         if guilds:
             # Guild commands show up at once: the choice while setting a server up.

@@ -19,10 +19,12 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import faults, metrics, results
+from dreamcore import faults, metrics, params, results
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
+
+from .buttons import result_view
 
 log = logging.getLogger("dreambot.relay")
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -111,6 +113,13 @@ class Relay:
             await asyncio.to_thread(self.outbox.ack, entry.entry_id)
             return
         result, images = loaded
+        if result.status == "done" and result.origin is not None and result.request is not None:
+            # Before the post: every message that carries the buttons has the record they read.
+            try:
+                await asyncio.to_thread(params.save, self.conn, params.from_result(result),
+                                        self.settings.params_ttl_s)
+            except redis.RedisError:
+                return  # stays pending; claimed again later
         try:
             where = await self.post(result, images)
         except Undeliverable as err:
@@ -186,10 +195,12 @@ class Relay:
         if result.status != "done":
             return await self._post_failure(result, text)
         files = _files(result, images)
+        view = result_view(result)  # Reroll, Variations, Upscale, Info, Delete
         if self.token_alive(result):
             hook = self._interaction_webhook(result)
             try:
-                await hook.edit_message("@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
+                await hook.edit_message("@original", content=text, attachments=files, view=view,
+                                        allowed_mentions=NO_MENTIONS)
                 return "interaction"
             except discord.HTTPException as err:
                 if err.status not in TOKEN_GONE:
@@ -201,8 +212,8 @@ class Relay:
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         mention = f"<@{origin.user_id}> " if origin.user_id else ""
         try:
-            await channel.send(content=(mention + text)[:2000], files=files, allowed_mentions=NO_MENTIONS,
-                               nonce=nonce_for(result.job_id))
+            await channel.send(content=(mention + text)[:2000], files=files, view=view,
+                               allowed_mentions=NO_MENTIONS, nonce=nonce_for(result.job_id))
         except (discord.NotFound, discord.Forbidden) as err:
             raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
         return "channel"

@@ -11,15 +11,22 @@ import json
 import re
 import secrets
 import time
+import typing
 import unicodedata
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from .styles import load_styles
 
-SCHEMA_VERSION = 1
+# A job carries the oldest schema version that can express it: a plain dream is still version 1, which
+# workers of the previous release run; variations and upscales (a `source` image) are version 2, which an
+# older worker refuses with "written with schema version 2" (its member is told) instead of misreading.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+KINDS = ("dream", "variation", "upscale")
+VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2}
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1500
 
@@ -146,19 +153,51 @@ class Origin(_Strict):
     created_at: float = Field(ge=1.5e9, le=5e9)
 
 
+class JobSource(_Strict):
+    """The finished image a variation or an upscale starts from: image `index` of job `job_id`."""
+
+    job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
+    index: int = Field(ge=0, le=3)
+    # How far the image is pushed back into noise: 0.55 for a variation, about 0.3 for an upscale.
+    strength: float = Field(ge=0.05, le=1.0)
+
+
 class DreamJob(_Strict):
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1, 2] = 1
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
     request: DreamRequest
     origin: Origin
     priority: Literal["high", "default", "low"] = "default"
-    kind: Literal["dream"] = "dream"
+    kind: Literal["dream", "variation", "upscale"] = Field("dream", validate_default=True)
+    source: JobSource | None = Field(None, validate_default=True)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_matches_version(cls, v: str, info: ValidationInfo) -> str:
+        version = info.data.get("v")
+        if version is not None and VERSION_OF_KIND[v] != version:
+            raise ValueError(f"a {v} job is written as schema version {VERSION_OF_KIND[v]}, this one says {version}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source_matches_kind(cls, v: JobSource | None, info: ValidationInfo) -> JobSource | None:
+        kind = info.data.get("kind")
+        if kind == "dream" and v is not None:
+            raise ValueError("a dream job has no source image")
+        if kind in ("variation", "upscale") and v is None:
+            raise ValueError(f"a {kind} job needs its source (job_id, index, strength)")
+        return v
+
+    def _dump_exclude(self) -> set[str] | None:
+        # Version 1 jobs go out exactly as the previous release wrote them (it forbids unknown keys).
+        return {"source"} if self.source is None else None
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude=self._dump_exclude())
 
     def to_dict(self) -> dict:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", exclude=self._dump_exclude())
 
 
 def _range_of(model: type[BaseModel], name: str) -> str | None:
@@ -189,8 +228,11 @@ def describe_validation(err: ValidationError, model: type[BaseModel]) -> JobErro
         first_field = first_field or field
         sub = model
         for name in loc[:-1]:
-            ann = sub.model_fields.get(name)
-            sub = ann.annotation if ann is not None and isinstance(ann.annotation, type) else sub
+            ann = sub.model_fields.get(name) if isinstance(sub, type) and issubclass(sub, BaseModel) else None
+            # A model field, or an optional one (`JobSource | None`): the model inside.
+            found = [a for a in (ann.annotation, *typing.get_args(ann.annotation))
+                     if isinstance(a, type) and issubclass(a, BaseModel)] if ann is not None else []
+            sub = found[0] if found else sub
         rng = _range_of(sub, loc[-1]) if loc and isinstance(sub, type) and issubclass(sub, BaseModel) else None
         msg = e["msg"].removeprefix("Value error, ")
         got = e.get("input")
@@ -213,9 +255,11 @@ def make_request(**fields: Any) -> DreamRequest:
         raise JobError(str(err)) from None
 
 
-def make_job(request: DreamRequest, origin: Origin, priority: str = "default", job_id: str | None = None) -> DreamJob:
+def make_job(request: DreamRequest, origin: Origin, priority: str = "default", job_id: str | None = None,
+             kind: str = "dream", source: JobSource | dict | None = None) -> DreamJob:
     try:
-        return DreamJob(job_id=job_id or new_job_id(), request=request, origin=origin, priority=priority)
+        return DreamJob(v=VERSION_OF_KIND.get(kind, SCHEMA_VERSION), job_id=job_id or new_job_id(),
+                        request=request, origin=origin, priority=priority, kind=kind, source=source)
     except ValidationError as err:
         raise describe_validation(err, DreamJob) from None
 
@@ -245,10 +289,10 @@ def parse_job(raw: Any) -> DreamJob:
     if not isinstance(raw, dict):
         raise JobError(f"job payload must be a JSON object, got {type(raw).__name__}")
     version = raw.get("v")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise JobError(
-            f"job was written with schema version {version!r}; this worker reads version {SCHEMA_VERSION}"
-            " (a bot and worker of different releases share the queue)",
+            f"job was written with schema version {version!r}; this worker reads versions"
+            f" {' and '.join(map(str, READABLE_VERSIONS))} (a bot and worker of different releases share the queue)",
             field="v",
         )
     try:

@@ -7,9 +7,9 @@ from .results import DreamResult
 from .styles import load_styles
 
 
-def settings_line(req: DreamRequest) -> str:
+def settings_line(req: DreamRequest, size: tuple[int, int] | None = None) -> str:
     style = load_styles()[req.style].label
-    w, h = req.size
+    w, h = size or req.size
     refiner = "base only" if req.split >= 1.0 else f"refiner from {req.split:.0%}"
     return f"{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}"
 
@@ -20,17 +20,69 @@ def result_text(result: DreamResult, limit: int = 2000) -> str:
     req = result.request
     seeds = ", ".join(str(i.seed) for i in result.images)
     t = result.timings
+    size = (result.images[0].width, result.images[0].height) if result.images else None
     lines = [
         f"**{_clip(req.prompt, 900)}**",
-        f"seed {seeds} · {settings_line(req)}",
+        f"seed {seeds} · {settings_line(req, size)}",
     ]
     if req.negative_prompt:
         lines.insert(1, f"not: {_clip(req.negative_prompt, 300)}")
+    made = made_from(result.kind, result.source)
+    if made:
+        lines.insert(0, made)
     if t:
         stages = " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in t.items() if k != "total_s")
         lines.append(f"-# {t.get('total_s', 0):.1f}s ({stages})")
     if result.prompt_note:
         lines.append(f"-# {result.prompt_note}")
+    return "\n".join(lines)[:limit]
+
+
+def made_from(kind: str, source) -> str | None:
+    """The line that says what a variation or an upscale started from; None for a plain dream."""
+    if kind == "variation" and source is not None:
+        return f"🔀 Variations of image {source.index + 1} of `{source.job_id}` (strength {source.strength:g})"
+    if kind == "upscale" and source is not None:
+        return f"⬆️ Image {source.index + 1} of `{source.job_id}` upscaled 2x (strength {source.strength:g})"
+    return None
+
+
+def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
+    """Everything about one result (a dreamcore.params.JobParams), for the ephemeral Info answer."""
+    req = p.request
+    style = load_styles().get(req.style)
+    size = f"{p.images[0].width}x{p.images[0].height}" if p.images else "{}x{}".format(*req.size)
+    where = f" in <#{p.channel_id}>" if p.channel_id else ""
+    lines = [f"**Job `{p.job_id}`** ({p.kind}) by <@{p.user_id}>{where}"]
+    made = made_from(p.kind, p.source)
+    if made:
+        lines.append(made)
+    lines.append(f"prompt: **{_clip(req.prompt, 700)}**")
+    if req.negative_prompt:
+        lines.append(f"negative: {_clip(req.negative_prompt, 300)}")
+    lines.append(f"style: {style.label if style else req.style} (`{req.style}`) · aspect {req.aspect} · {size} · "
+                 f"{len(p.images) or req.count} image{'s' * ((len(p.images) or req.count) > 1)}")
+    seeds = ", ".join(str(i.seed) for i in p.images) or ", ".join(map(str, req.seeds))
+    lines.append(f"seeds: {seeds}")
+    if p.kind == "dream":
+        split = "base only" if req.split >= 1.0 else f"split {req.split:g}"
+        lines.append(f"steps: {req.steps} ({p.base_steps} base + {p.refiner_steps} refiner, {split}) · "
+                     f"guidance {req.guidance:g}")
+    else:
+        ran = p.base_steps + p.refiner_steps
+        on = "base" if p.kind == "variation" else "refiner, per tile"
+        lines.append(f"steps: {req.steps} at strength {p.source.strength:g} ({ran} run on the {on}) · "
+                     f"guidance {req.guidance:g}")
+    t = p.timings
+    if t:
+        stages = " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in t.items() if k != "total_s")
+        lines.append(f"timings: total {t.get('total_s', 0):.2f}s ({stages})")
+    if p.prompt_note:
+        lines.append(f"note: {p.prompt_note}")
+    if p.finished_at:
+        lines.append(f"made by `{p.worker or '?'}` <t:{int(p.finished_at)}:R>")
+    if images_kept_s:
+        lines.append(f"-# Variations and Upscale work while the images are kept ({images_kept_s // 60} min).")
     return "\n".join(lines)[:limit]
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
-from .job import DreamRequest, Origin
+from .job import DreamRequest, JobSource, Origin
 
 
 class ImageInfo(BaseModel):
@@ -45,6 +45,13 @@ class DreamResult(BaseModel):
     prompt_note: str | None = None
     worker: str = ""
     finished_at: float = Field(default_factory=time.time)
+    # What made it (a variation or an upscale names its source image). Left out of the stored JSON for a
+    # plain dream, so a bot of the previous release (which forbids unknown keys) still reads its results.
+    kind: Literal["dream", "variation", "upscale"] = "dream"
+    source: JobSource | None = None
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude={"kind", "source"} if self.kind == "dream" else None)
 
 
 def outbox_key(instance: str) -> str:
@@ -107,7 +114,7 @@ def publish(conn: redis.Redis, result: DreamResult, images: list[bytes], ttl_s: 
     with conn.pipeline(transaction=True) as pipe:
         key = result_key(result.job_id)
         pipe.delete(key)
-        pipe.hset(key, "meta", result.model_dump_json())
+        pipe.hset(key, "meta", result.to_json())
         for i, data in enumerate(images):
             pipe.hset(key, f"img:{i}", data)
         pipe.expire(key, ttl_s)
@@ -125,6 +132,15 @@ def load(conn: redis.Redis, job_id: str) -> tuple[DreamResult, list[bytes]] | No
     result = DreamResult.model_validate_json(raw[b"meta"])
     images = [raw[f"img:{i}".encode()] for i in range(len(result.images))]
     return result, images
+
+
+def load_image(conn: redis.Redis, job_id: str, index: int) -> bytes | None:
+    """One stored image of a finished job; None once the result has expired (or never existed)."""
+    return conn.hget(result_key(job_id), f"img:{index}")
+
+
+def has_image(conn: redis.Redis, job_id: str, index: int) -> bool:
+    return bool(conn.hexists(result_key(job_id), f"img:{index}"))
 
 
 @dataclass

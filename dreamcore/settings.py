@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     default_guidance: float = Field(7.0, ge=0.0, le=30.0, **_env("DREAMBOT_DEFAULT_GUIDANCE"))
     default_split: float = Field(0.8, ge=0.5, le=1.0, **_env("DREAMBOT_DEFAULT_SPLIT"))
 
+    # --- The buttons under each result (Reroll, Variations, Upscale, Delete, Info) --------
+    # How long a result's parameters stay for Reroll, Info and Delete (its images stay DREAMBOT_RESULT_TTL).
+    params_ttl_s: int = Field(7 * 86400, ge=3600, le=90 * 86400, **_env("DREAMBOT_PARAMS_TTL"))
+    variation_strength: float = Field(0.55, ge=0.05, le=1.0, **_env("DREAMBOT_VARIATION_STRENGTH"))
+    upscale_strength: float = Field(0.3, ge=0.05, le=1.0, **_env("DREAMBOT_UPSCALE_STRENGTH"))
+    # The refiner upscales in tiles of at most this many pixels a side, so GPU memory stays that of one tile.
+    upscale_tile: int = Field(1024, ge=256, le=2048, multiple_of=8, **_env("DREAMBOT_UPSCALE_TILE"))
+    upscale_overlap: int = Field(128, ge=16, le=512, multiple_of=8, **_env("DREAMBOT_UPSCALE_OVERLAP"))
+
     # --- One bot instance -----------------------------------------------------------------
     discord_token: SecretStr | None = Field(None, **_env("DISCORD_TOKEN"))
     instance: str = Field("dreambot", pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$", **_env("DREAMBOT_INSTANCE"))
@@ -83,6 +92,14 @@ class Settings(BaseSettings):
     # One port per process for Prometheus (/metrics) and the health check (/healthz); 0 turns both off.
     metrics_port: int = Field(9100, ge=0, le=65535, **_env("DREAMBOT_METRICS_PORT"))
     # --- end of metrics and health ---
+
+    @field_validator("upscale_overlap")
+    @classmethod
+    def _overlap_below_half_a_tile(cls, v: int, info) -> int:
+        tile = info.data.get("upscale_tile")
+        if tile is not None and v * 2 >= tile:
+            raise ValueError(f"must be under half of DREAMBOT_UPSCALE_TILE ({tile})")
+        return v
 
     @field_validator("redis_url")
     @classmethod

@@ -548,11 +548,6 @@ def test_corrupt_jobs_through_a_real_worker_fail_alone_and_tell_their_member(tin
           f"{len(corrupt)} failed alone, {told} members told why, good job done")
 
 
-@pytest.mark.xfail(reason="worker/tasks.py run_dream reports a corrupt job under the job_id written INSIDE the "
-                          "payload (unvalidated) instead of RQ's own job id: two corrupt jobs with the same bogus "
-                          "id tell one member only, a bogus id naming a waiting job marks that job done so its "
-                          "member never gets images, a lone surrogate crashes with UnicodeEncodeError; "
-                          "on_abandoned then adds a false 'stopped responding' message", strict=False)
 def test_a_job_id_inside_a_corrupt_payload_is_not_trusted(tiny_env, rconn, pipeline, rq_logs):
     queue = DreamQueue(rconn, get_settings())
     good = valid_job(job_id="600d000000000001")

@@ -10,6 +10,7 @@ embeddings (so long prompts are chunked, not cut; see prompts.py) and one seeded
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -127,6 +128,7 @@ class DreamPipeline:
         self.refiner = refiner
         self.device = device
         self._timesteps_cache: dict[tuple[str, int], list[int]] = {}
+        self._base_img2img: StableDiffusionXLImg2ImgPipeline | None = None
 
     @classmethod
     def load(cls, base: str, refiner: str, device: str = "auto") -> DreamPipeline:
@@ -290,6 +292,153 @@ class DreamPipeline:
             nan_detected=nan,
         )
 
+    # -- variations and upscales -------------------------------------------------------------------------
+
+    @property
+    def base_img2img(self) -> StableDiffusionXLImg2ImgPipeline:
+        """The base's own modules as an img2img pipeline: nothing loaded or held twice. Only the scheduler is
+        a fresh copy, so img2img's begin index never leaks into the next text-to-image run."""
+        if self._base_img2img is None:
+            components = dict(self.base.components)
+            scheduler = components["scheduler"]
+            components["scheduler"] = type(scheduler).from_config(scheduler.config)
+            pipe = StableDiffusionXLImg2ImgPipeline(**components)
+            pipe.set_progress_bar_config(disable=True)
+            self._base_img2img = pipe
+        return self._base_img2img
+
+    @torch.inference_mode()
+    def vary(
+        self,
+        req: DreamRequest,
+        source: Image.Image,
+        strength: float,
+        on_step: Callable[[StepEvent], None] | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> Generation:
+        """`req.count` variations of `source`: the base in img2img at `strength`, one seeded generator per
+        image (image i is what seed req.seeds[i] gives alone). The source is brought to the request's size
+        (an upscaled source is scaled back down), so a variation costs what a dream of that size costs."""
+        t_start = time.perf_counter()
+        width, height = size or req.size
+        image = source.convert("RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.Resampling.LANCZOS)
+        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+        encoded = encode_prompts(self.base, None, prompt, negative)
+        self._sync()
+        t_encoded = time.perf_counter()
+
+        n_steps, run_steps = img2img_steps(req.steps, strength)
+        generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
+        counted = [0]
+
+        def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
+            counted[0] += 1
+            if on_step is not None:
+                on_step(StepEvent("base", counted[0], run_steps, counted[0], run_steps, tensors["latents"]))
+            return {}
+
+        latents = self.base_img2img(
+            **encoded.base.pipeline_kwargs(req.count),
+            image=[image] * req.count,
+            strength=strength,
+            num_inference_steps=n_steps,
+            guidance_scale=req.guidance,
+            generator=generators,
+            output_type="latent",
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+        self._sync()
+        t_base = time.perf_counter()
+        images, nan = self._decode(latents)
+        self._sync()
+        t_end = time.perf_counter()
+        return Generation(
+            images=images, seeds=req.seeds, width=width, height=height, base_steps=counted[0], refiner_steps=0,
+            timings={"encode_s": t_encoded - t_start, "base_s": t_base - t_encoded, "decode_s": t_end - t_base,
+                     "total_s": t_end - t_start},
+            prompt_note=encoded.note, nan_detected=nan,
+        )
+
+    @torch.inference_mode()
+    def upscale(
+        self,
+        req: DreamRequest,
+        source: Image.Image,
+        strength: float,
+        on_step: Callable[[StepEvent], None] | None = None,
+        tile: int = 1024,
+        overlap: int = 128,
+    ) -> Generation:
+        """`source` at exactly twice its size: a Lanczos 2x, then the refiner in img2img at a low `strength`
+        redraws the detail, one tile (at most `tile` pixels a side) at a time, so GPU memory is that of one
+        tile at any output size. Neighbouring tiles share at least `overlap` pixels, blended with linear
+        ramps that add up to one (no seams, no dark bands). One generator, seeded with req.seed, runs
+        through the tiles in order: the same seed gives the same image."""
+        t_start = time.perf_counter()
+        image = source.convert("RGB")
+        width, height = image.width * 2, image.height * 2
+        big = image.resize((width, height), Image.Resampling.LANCZOS)
+        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+        encoded = encode_prompts(self.base, self.refiner, prompt, negative)
+        self._sync()
+        t_encoded = time.perf_counter()
+
+        xs, ys = tile_spans(width, tile, overlap), tile_spans(height, tile, overlap)
+        boxes = [(x0, y0, x1, y1) for y0, y1 in ys for x0, x1 in xs]
+        n_steps, run_steps = img2img_steps(req.steps, strength)
+        total = run_steps * len(boxes)
+        generator = torch.Generator("cpu").manual_seed(req.seed)
+        canvas = np.zeros((height, width, 3), dtype=np.float32)
+        weight = np.zeros((height, width, 1), dtype=np.float32)
+        counted = [0]
+        nan = False
+        t_refine = t_decode = 0.0
+
+        def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
+            counted[0] += 1
+            if on_step is not None:
+                on_step(StepEvent("refiner", counted[0], total, counted[0], total, tensors["latents"]))
+            return {}
+
+        for x0, y0, x1, y1 in boxes:
+            t0 = time.perf_counter()
+            latents = self.refiner(
+                **encoded.refiner.pipeline_kwargs(1),
+                image=big.crop((x0, y0, x1, y1)),
+                strength=strength,
+                num_inference_steps=n_steps,
+                guidance_scale=req.guidance,
+                generator=[generator],
+                output_type="latent",
+                callback_on_step_end=on_step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+            ).images
+            self._sync()
+            t1 = time.perf_counter()
+            (piece,), tile_nan = self._decode(latents)
+            nan = nan or tile_nan
+            if piece.size != (x1 - x0, y1 - y0):  # a side that is not a multiple of 8
+                piece = piece.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
+            w = np.outer(feather((y0, y1), ys), feather((x0, x1), xs))[..., None]
+            canvas[y0:y1, x0:x1] += np.asarray(piece, dtype=np.float32) * w
+            weight[y0:y1, x0:x1] += w
+            t_refine += t1 - t0
+            t_decode += time.perf_counter() - t1
+        out = Image.fromarray(np.clip(np.rint(canvas / weight), 0, 255).astype(np.uint8), "RGB")
+        t_end = time.perf_counter()
+        tw, th = xs[0][1] - xs[0][0], ys[0][1] - ys[0][0]
+        note = f"upscaled 2x in {len(boxes)} tile{'s' * (len(boxes) > 1)} of {tw}x{th}"
+        return Generation(
+            images=[out], seeds=[req.seed], width=width, height=height, base_steps=0,
+            refiner_steps=run_steps,
+            timings={"encode_s": t_encoded - t_start, "refiner_s": t_refine, "decode_s": t_decode,
+                     "total_s": t_end - t_start},
+            prompt_note="; ".join(n for n in (encoded.note, note) if n), nan_detected=nan,
+        )
+
     def _decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], bool]:
         """VAE-decode one image at a time (a 1024px decode is the memory peak of the whole job)."""
         vae = self.base.vae
@@ -321,3 +470,41 @@ class DreamPipeline:
         # CUDA runs asynchronously: wait for it so each stage's time is that stage's.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def img2img_steps(steps: int, strength: float) -> tuple[int, int]:
+    """(num_inference_steps to ask for, steps that will run): diffusers' img2img runs
+    int(num_inference_steps * strength) of them and refuses zero, so ask for enough that at least one runs."""
+    n = max(1, steps)
+    while int(n * strength) < 1:
+        n += 1
+    return n, min(int(n * strength), n)
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Equal spans (start, end) covering [0, length): each at most `tile` long and a multiple of 8 (the
+    VAE's factor), neighbours sharing at least `overlap` (less one for rounding). As few as the tile
+    allows, and no longer than needed, so the overlap is not wasted work."""
+    if length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = min(tile, math.ceil((length + (n - 1) * overlap) / n / 8) * 8)
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    return [(s, s + size) for s in starts]
+
+
+def feather(span: tuple[int, int], spans: list[tuple[int, int]]) -> np.ndarray:
+    """Blend weights along one axis for `span`: ramps up over the overlap with the span before it and down
+    over the overlap with the one after, flat elsewhere (and at the image's edges). Two overlapping
+    spans' ramps cover the same pixels in opposite directions, so the weights add up to exactly one."""
+    start, end = span
+    k = np.arange(end - start, dtype=np.float32) + 0.5
+    w = np.ones(end - start, dtype=np.float32)
+    i = spans.index(span)
+    if i > 0:
+        ramp = spans[i - 1][1] - start
+        w = np.minimum(w, k / ramp)
+    if i < len(spans) - 1:
+        ramp = end - spans[i + 1][0]
+        w = np.minimum(w, (end - start - k) / ramp)
+    return w

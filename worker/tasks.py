@@ -6,6 +6,7 @@ its Runtime (models, Redis, settings) once at start, so a job never loads a mode
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -95,13 +96,15 @@ def fail_job(rt: Runtime, job_id: str, origin, request, reason: str, kind: str =
 def run_dream(payload) -> dict:
     rt = runtime()
     current = get_current_job()
-    fallback_id = current.id if current is not None else "unknown"
+    # Failures are filed under RQ's own id, never under an id read from a payload that may be corrupt
+    # (a made-up id could mark another member's job as done).
+    rq_id = current.id if current is not None else "unknown"
     try:
         job = parse_job(payload)
+        if current is not None and job.job_id != current.id:
+            raise JobError(f"job_id {job.job_id} does not match the queued job {current.id}", field="job_id")
     except JobError as err:
-        job_id = payload.get("job_id") if isinstance(payload, dict) and isinstance(payload.get("job_id"), str) else None
-        fail_job(rt, (job_id or fallback_id)[:64], origin_of(payload), None, f"this request could not be read ({err})",
-                 kind="bad_input")
+        fail_job(rt, rq_id, origin_of(payload), None, f"this request could not be read ({err})", kind="bad_input")
         _no_retry()
         raise JobRejected(str(err)) from None
 
@@ -199,8 +202,8 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by DREAMBOT_TEST_FAULTS)")
     t0 = time.perf_counter()
     try:
-        gen: Generation = rt.pipeline.generate(req, on_step=_step_hook(rt, job))
-    except ValueError as err:  # PromptTooLong and other input the model can't take
+        gen: Generation = _make_images(rt, job)
+    except ValueError as err:  # PromptTooLong, a source image gone, other input the model can't take
         fail_job(rt, job.job_id, job.origin, req, str(err),
                  kind="prompt_too_long" if isinstance(err, PromptTooLong) else "bad_input")
         raise JobRejected(str(err)) from None
@@ -235,6 +238,8 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
         refiner_steps=gen.refiner_steps,
         prompt_note=gen.prompt_note,
         worker=rt.name,
+        kind=job.kind,
+        source=job.source,
     )
     published = _publish_patiently(rt, result, [e.data for e in encoded])
     faults.crash_here("worker-after-publish")
@@ -245,6 +250,46 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
                                  "published": published})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
+
+
+class SourceGone(ValueError):
+    """A variation's or an upscale's source image has expired (or can't be read): the member is told why."""
+
+
+def _make_images(rt: Runtime, job: DreamJob) -> Generation:
+    """Dispatch on the job's kind; every kind runs on the models this process already holds."""
+    hook = _step_hook(rt, job)
+    if job.kind == "dream":
+        return rt.pipeline.generate(job.request, on_step=hook)
+    src = job.source
+    data = results.load_image(rt.conn, src.job_id, src.index)
+    if data is None:
+        raise SourceGone(f"the image it starts from (job {src.job_id}, image {src.index + 1}) is too old: images "
+                         f"are kept {_human_s(rt.settings.result_ttl_s)}. Try Reroll instead")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as err:
+        raise SourceGone(f"the image it starts from can't be read ({type(err).__name__})") from None
+    if job.kind == "variation":
+        return rt.pipeline.vary(job.request, image, src.strength, on_step=hook)
+    from dreamcore.params import MAX_UPSCALED_SIDE
+
+    if max(image.size) * 2 > MAX_UPSCALED_SIDE:
+        raise SourceGone(f"that image is {image.width}x{image.height} already; upscales stop at "
+                         f"{MAX_UPSCALED_SIDE} pixels a side")
+    return rt.pipeline.upscale(job.request, image, src.strength, on_step=hook, tile=rt.settings.upscale_tile,
+                               overlap=rt.settings.upscale_overlap)
+
+
+def _human_s(seconds: int) -> str:
+    if seconds % 86400 == 0:
+        return f"{seconds // 86400} day{'s' * (seconds > 86400)}"
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} hour{'s' * (seconds > 3600)}"
+    return f"{seconds // 60} minutes"
 
 
 def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl_s: int | None = None,

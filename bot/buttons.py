@@ -1,0 +1,379 @@
+"""The buttons under every result: 🎲 Reroll, 🔀 Variations, ⬆️ Upscale, ℹ️ Info, 🗑 Delete.
+
+Each button's custom id carries all it needs (what to do, the job id, the image index), and the rest is
+read from Redis (dreamcore/params.py), so a click works on any process of the bot that posted the result,
+after any number of restarts, with nothing kept in memory: the classes below are discord.py DynamicItems,
+registered once per process with `client.add_dynamic_items`, and matched on the custom id alone.
+
+    dream:r:<job>        Reroll: the same request (and kind) with a new random seed
+    dream:v:<job>:<i>    Variations of image i: img2img on the base at DREAMBOT_VARIATION_STRENGTH, new seed
+    dream:u:<job>:<i>    Upscale image i 2x: the refiner in img2img at DREAMBOT_UPSCALE_STRENGTH, in tiles
+    dream:i:<job>        Info: every parameter, seeds and timings, ephemeral
+    dream:d:<job>        Delete the result message: its requester, or a member with Manage Server
+
+A job id is 16 hex digits and i one digit (0..9, so "no image 7" gets a clear refusal rather than silence);
+anything else that starts with "dream:" is answered by UnknownButton. With several images, Variations and
+Upscale are one button per image (V1..V4, U1..U4, as people know them from Midjourney): one click, no
+second step, and each button is self-contained, where a select menu would need a choice plus an action
+(and shows the last choice again on the next look). Four images make 4 + 4 + 3 buttons in three rows, well
+inside Discord's 5 x 5.
+
+Every follow-up (Reroll, Variations, Upscale) goes through Backend.submit, i.e. the same guild limits as
+/dream, and is acknowledged within Discord's 3-second window the way /dream is: answered with "Queued..."
+when Redis is quick, deferred first when it is not. The answer is a new message of the click's own
+interaction, and the relay later edits that interaction's @original with the images, so the result of a
+follow-up is a new message under the same bot, carrying buttons of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import discord
+import redis
+
+from dreamcore import params, results
+from dreamcore.job import DreamJob, JobError, JobSource, make_job, make_origin, make_request, random_seed
+from dreamcore.params import MAX_UPSCALED_SIDE, JobParams
+from dreamcore.present import info_text, made_from, settings_line
+from dreamcore.results import DreamResult
+from dreamcore.settings import Settings
+
+from .backend import UNAVAILABLE, Backend, Outcome
+from .commands import ACK_BUDGET_S, NO_MENTIONS, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
+
+log = logging.getLogger("dreambot.buttons")
+
+JOB = r"(?P<job>[0-9a-f]{16})"
+INDEX = r"(?P<i>[0-9])"
+READ_TIMEOUT_S = 2.0
+
+
+def _handler(interaction: discord.Interaction) -> Buttons | None:
+    handler = getattr(interaction.client, "buttons", None)
+    if handler is None:
+        log.error("button clicked on a client without button handlers")
+    return handler
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:r:{JOB}"):
+    def __init__(self, job_id: str, row: int | None = None):
+        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"dream:r:{job_id}", row=row))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if (h := _handler(interaction)) is not None:
+            await h.follow_up(interaction, self.job_id, "reroll")
+
+
+class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:v:{JOB}:{INDEX}"):
+    def __init__(self, job_id: str, index: int, label: str | None = None, row: int | None = None):
+        super().__init__(discord.ui.Button(label=label or f"V{index + 1}", emoji="🔀",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"dream:v:{job_id}:{index}", row=row))
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["job"], int(match["i"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if (h := _handler(interaction)) is not None:
+            await h.follow_up(interaction, self.job_id, "variation", self.index)
+
+
+class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:u:{JOB}:{INDEX}"):
+    def __init__(self, job_id: str, index: int, label: str | None = None, row: int | None = None):
+        super().__init__(discord.ui.Button(label=label or f"U{index + 1}", emoji="⬆️",
+                                           style=discord.ButtonStyle.secondary,
+                                           custom_id=f"dream:u:{job_id}:{index}", row=row))
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["job"], int(match["i"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if (h := _handler(interaction)) is not None:
+            await h.follow_up(interaction, self.job_id, "upscale", self.index)
+
+
+class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:i:{JOB}"):
+    def __init__(self, job_id: str, row: int | None = None):
+        super().__init__(discord.ui.Button(label="Info", emoji="ℹ️", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"dream:i:{job_id}", row=row))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if (h := _handler(interaction)) is not None:
+            await h.info(interaction, self.job_id)
+
+
+class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:d:{JOB}"):
+    def __init__(self, job_id: str, row: int | None = None):
+        super().__init__(discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
+                                           custom_id=f"dream:d:{job_id}", row=row))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if (h := _handler(interaction)) is not None:
+            await h.delete(interaction, self.job_id)
+
+
+# Every "dream:" id the classes above do not take (discord.py runs each class whose template matches, so
+# this one must exclude theirs): a crafted or damaged id still gets an answer, not "interaction failed".
+_KNOWN = r"(?:[rid]:[0-9a-f]{16}|[vu]:[0-9a-f]{16}:[0-9])"
+
+
+class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:(?!{_KNOWN}$).{{0,94}}"):
+    def __init__(self, custom_id: str):
+        super().__init__(discord.ui.Button(label="?", custom_id=custom_id))
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match.group(0))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        log.info("unknown button", extra={"custom_id": self.custom_id[:100], "user_id": interaction.user.id})
+        await interaction.response.send_message("That button isn't one I know; try /dream.", ephemeral=True,
+                                                allowed_mentions=NO_MENTIONS)
+
+
+DYNAMIC_ITEMS = (RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, UnknownButton)
+
+
+def result_view(result: DreamResult) -> discord.ui.View | None:
+    """The buttons for a finished result (None for a failure).
+
+    timeout=None matters: discord.py stores a sent view, and when a stored view times out or stops it
+    unregisters the templates of its dynamic items, which would silence every button of every result in
+    this process from then on.
+    """
+    if result.status != "done" or not result.images:
+        return None
+    job, n = result.job_id, len(result.images)
+    can_upscale = [max(i.width, i.height) * 2 <= MAX_UPSCALED_SIDE for i in result.images]
+    view = discord.ui.View(timeout=None)
+    if n == 1:
+        view.add_item(RerollButton(job, row=0))
+        view.add_item(VaryButton(job, 0, label="Variations", row=0))
+        if can_upscale[0]:
+            view.add_item(UpscaleButton(job, 0, label="Upscale", row=0))
+        view.add_item(InfoButton(job, row=0))
+        view.add_item(DeleteButton(job, row=0))
+        return view
+    for i in range(n):
+        view.add_item(VaryButton(job, i, row=0))
+    for i in range(n):
+        if can_upscale[i]:
+            view.add_item(UpscaleButton(job, i, row=1))
+    view.add_item(RerollButton(job, row=2))
+    view.add_item(InfoButton(job, row=2))
+    view.add_item(DeleteButton(job, row=2))
+    return view
+
+
+@dataclass
+class Refusal:
+    message: str
+
+
+class Buttons:
+    """What each button does; one per bot process, reached from the click through `client.buttons`."""
+
+    def __init__(self, client: discord.Client, settings: Settings, backend: Backend, commands: DreamCommands):
+        self.client = client
+        self.settings = settings
+        self.backend = backend
+        self.commands = commands
+
+    @property
+    def conn(self) -> redis.Redis:
+        return self.backend.conn
+
+    # --- the record behind a button ---------------------------------------------------------------------
+
+    def _record(self, job_id: str, guild_id: int | None) -> JobParams | Refusal:
+        p = params.load(self.conn, job_id)
+        if p is None:
+            days = self.settings.params_ttl_s // 86400
+            return Refusal(f"I don't know that result any more (I keep them {days} days), or it isn't one of mine.")
+        if p.guild_id != guild_id:
+            return Refusal("That result belongs to another server.")
+        return p
+
+    def _too_old(self, what: str) -> Refusal:
+        kept = self.settings.result_ttl_s // 60
+        return Refusal(f"That image is too old for {what} (images are kept {kept} min); try 🎲 Reroll.")
+
+    # --- Reroll, Variations, Upscale --------------------------------------------------------------------
+
+    def prepare(self, job_id: str, action: str, index: int | None,
+                origin_fields: dict) -> tuple[DreamJob, tuple[int, int] | None] | Refusal:
+        """The follow-up job for a click and its output size (None: the request's), or why not.
+        Runs in a thread: it reads Redis."""
+        p = self._record(job_id, origin_fields.get("guild_id"))
+        if isinstance(p, Refusal):
+            return p
+        if index is not None and not 0 <= index < len(p.images):
+            return Refusal(f"That result has no image {index + 1}.")
+        old = p.request
+        seed = random_seed()
+        while seed == old.seed:
+            seed = random_seed()
+        count = old.count
+        if action == "reroll":
+            kind, source = p.kind, p.source
+            if source is not None and not results.has_image(self.conn, source.job_id, source.index):
+                return self._too_old("another " + ("variation" if kind == "variation" else "upscale"))
+        elif action == "variation":
+            if not results.has_image(self.conn, job_id, index):
+                return self._too_old("Variations")
+            kind, source = "variation", JobSource(job_id=job_id, index=index,
+                                                  strength=self.settings.variation_strength)
+        else:
+            if not p.can_upscale(index):
+                return Refusal(f"That image is {p.images[index].width}x{p.images[index].height} already; "
+                               f"upscales stop at {MAX_UPSCALED_SIDE} pixels a side.")
+            if not results.has_image(self.conn, job_id, index):
+                return self._too_old("Upscale")
+            kind, source, count = "upscale", JobSource(job_id=job_id, index=index,
+                                                       strength=self.settings.upscale_strength), 1
+        try:
+            fields = old.model_dump() | {"seed": seed, "count": count,
+                                         "max_upload_bytes": self.settings.max_upload_bytes}
+            request = make_request(**fields)
+            job = make_job(request, make_origin(**origin_fields), kind=kind, source=source)
+        except JobError as err:
+            return Refusal(f"That can't be dreamed again: {err}")
+        size = None
+        if action == "upscale":
+            size = (p.images[index].width * 2, p.images[index].height * 2)
+        elif action == "reroll" and kind == "upscale" and p.images:
+            size = (p.images[0].width, p.images[0].height)
+        return job, size
+
+    def _prepare_and_submit(self, job_id: str, action: str, index: int | None, origin_fields: dict,
+                            roles: list[int]) -> tuple[DreamJob | None, tuple[int, int] | None, Outcome]:
+        prepared = self.prepare(job_id, action, index, origin_fields)
+        if isinstance(prepared, Refusal):
+            return None, None, Outcome(False, prepared.message, kind="button")
+        job, size = prepared
+        return job, size, self.backend.submit(job, roles)
+
+    async def follow_up(self, interaction: discord.Interaction, job_id: str, action: str,
+                        index: int | None = None) -> None:
+        started = time.perf_counter()
+        origin_fields = dict(
+            instance=self.settings.instance, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
+            user_id=interaction.user.id, application_id=interaction.application_id,
+            interaction_id=interaction.id, interaction_token=interaction.token)
+        roles = [r.id for r in getattr(interaction.user, "roles", [])]
+        work = asyncio.ensure_future(asyncio.to_thread(
+            self._prepare_and_submit, job_id, action, index, origin_fields, roles))
+        deferred = False
+        try:
+            job, size, outcome = await asyncio.wait_for(asyncio.shield(work), ACK_BUDGET_S)
+        except asyncio.TimeoutError:
+            # A "thinking..." message of this click: its @original is what the result will replace.
+            await interaction.response.defer(thinking=True)
+            self.commands._note_ack(started)
+            deferred = True
+            try:
+                job, size, outcome = await asyncio.wait_for(work, SUBMIT_TIMEOUT_S)
+            except (asyncio.TimeoutError, redis.RedisError):
+                job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
+        except redis.RedisError:
+            job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
+
+        if outcome.ok and job is not None:
+            req = job.request
+            text = queued_text(job.job_id, outcome.position or 0, req.prompt, settings_line(req, size),
+                               outcome.eta_s)
+            made = made_from(job.kind, job.source) if action != "reroll" else f"🎲 Reroll of `{job_id}`"
+            if made:
+                first, _, rest = text.partition("\n")
+                text = f"{first}\n{made}\n{rest}"
+            text += self.commands._permission_note(interaction)
+            if self.commands.progress is not None:
+                self.commands.progress.track(job.job_id, interaction, text.split("\n", 1)[1], outcome.position)
+            log.info("follow-up queued", extra={"job_id": job.job_id, "from_job": job_id, "action": action,
+                                                "user_id": interaction.user.id})
+        else:
+            text = outcome.message
+        if not deferred:
+            await interaction.response.send_message(text, ephemeral=not outcome.ok, allowed_mentions=NO_MENTIONS)
+            self.commands._note_ack(started)
+        elif outcome.ok:
+            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+        else:
+            await interaction.delete_original_response()
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # --- Info ---------------------------------------------------------------------------------------------
+
+    async def info(self, interaction: discord.Interaction, job_id: str) -> None:
+        try:
+            p = await asyncio.wait_for(asyncio.to_thread(self._record, job_id, interaction.guild_id),
+                                       READ_TIMEOUT_S)
+        except (asyncio.TimeoutError, redis.RedisError):
+            p = Refusal(UNAVAILABLE)
+        text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.result_ttl_s)
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # --- Delete -------------------------------------------------------------------------------------------
+
+    async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
+        try:
+            p = await asyncio.wait_for(asyncio.to_thread(params.load, self.conn, job_id), READ_TIMEOUT_S)
+        except (asyncio.TimeoutError, redis.RedisError):
+            await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        perms = interaction.permissions
+        is_admin = bool(interaction.guild_id and (perms.manage_guild or perms.administrator))
+        refusal = None
+        if p is not None and p.guild_id != interaction.guild_id:
+            refusal = "That result belongs to another server."
+        elif not _message_shows(interaction.message, job_id):
+            # Only the job's own message carries its id; anything else is a crafted click.
+            refusal = "That button doesn't belong to this message."
+        elif p is None and not is_admin:
+            refusal = ("I no longer know who asked for this one; a server admin (Manage Server) can delete it.")
+        elif p is not None and p.user_id != interaction.user.id and not is_admin:
+            refusal = "Only the member who asked for it, or a server admin (Manage Server), can delete this."
+        if refusal:
+            await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            return
+        # A deferred update: @original is now the message the button is on, and deleting it through the
+        # click's own webhook needs no channel permission.
+        await interaction.response.defer()
+        await interaction.delete_original_response()
+        try:
+            # The images go with the message: nobody can make variations of a deleted picture.
+            await asyncio.to_thread(self.conn.delete, results.result_key(job_id))
+        except redis.RedisError:
+            pass  # they expire on their own
+        log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id, "admin": is_admin})
+
+
+def _message_shows(message: discord.Message | None, job_id: str) -> bool:
+    if message is None:
+        return False
+    return any(a.filename.startswith(f"dream-{job_id}-") for a in message.attachments)

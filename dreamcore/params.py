@@ -1,0 +1,93 @@
+"""What the buttons under a result need to know about its job, kept in Redis after the images are gone.
+
+The relay writes one record per delivered result, right before it posts the message with the buttons, so
+every message that carries buttons has its record (whatever release the worker that made it runs). The
+record holds the request, where it came from (guild, channel, member; never a token), what made it (kind
+and source) and what came out (image sizes and seeds, steps, timings). It lives DREAMBOT_PARAMS_TTL (7
+days by default): long enough for Reroll, Info and Delete on anything still scrolled to, while the images
+themselves (needed by Variations and Upscale) live only as long as the result, DREAMBOT_RESULT_TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .job import DreamRequest, JobSource
+from .results import DreamResult
+
+log = logging.getLogger("dreambot.params")
+
+# An upscale doubles the source; past this many pixels a side the Upscale button is not offered.
+MAX_UPSCALED_SIDE = 4096
+
+
+class ImageParams(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    width: int = Field(ge=1, le=16384)
+    height: int = Field(ge=1, le=16384)
+    seed: int = Field(ge=0, le=2**32 - 1)
+    format: str = Field(max_length=8)
+
+
+class JobParams(BaseModel):
+    # Unknown keys are ignored: a record written by a newer release still reads here.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    v: Literal[1] = 1
+    job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
+    kind: Literal["dream", "variation", "upscale"] = "dream"
+    source: JobSource | None = None
+    request: DreamRequest
+    instance: str = Field(max_length=32)
+    guild_id: int | None = Field(None, ge=1, le=2**64 - 1)
+    channel_id: int = Field(ge=1, le=2**64 - 1)
+    user_id: int = Field(ge=1, le=2**64 - 1)
+    images: list[ImageParams] = Field(default_factory=list, max_length=4)
+    timings: dict[str, float] = Field(default_factory=dict, max_length=32)
+    base_steps: int = Field(0, ge=0, le=1000)
+    refiner_steps: int = Field(0, ge=0, le=1000)
+    prompt_note: str | None = Field(None, max_length=300)
+    worker: str = Field("", max_length=200)
+    finished_at: float = 0.0
+
+    def can_upscale(self, index: int) -> bool:
+        if not 0 <= index < len(self.images):
+            return False
+        img = self.images[index]
+        return max(img.width, img.height) * 2 <= MAX_UPSCALED_SIDE
+
+
+def params_key(job_id: str) -> str:
+    return f"dream:params:{job_id}"
+
+
+def from_result(result: DreamResult) -> JobParams:
+    """The record for a finished result (which must have its origin and request)."""
+    o = result.origin
+    return JobParams(
+        job_id=result.job_id, kind=result.kind, source=result.source, request=result.request,
+        instance=o.instance, guild_id=o.guild_id, channel_id=o.channel_id, user_id=o.user_id,
+        images=[ImageParams(width=i.width, height=i.height, seed=i.seed, format=i.format) for i in result.images],
+        timings=dict(list(result.timings.items())[:32]), base_steps=result.base_steps,
+        refiner_steps=result.refiner_steps, prompt_note=(result.prompt_note or None) and result.prompt_note[:300],
+        worker=result.worker[:200], finished_at=result.finished_at,
+    )
+
+
+def save(conn: redis.Redis, params: JobParams, ttl_s: int) -> None:
+    conn.set(params_key(params.job_id), params.model_dump_json(), ex=ttl_s)
+
+
+def load(conn: redis.Redis, job_id: str) -> JobParams | None:
+    """The record, or None when it never existed, has expired, or can't be read (logged)."""
+    raw = conn.get(params_key(job_id))
+    if raw is None:
+        return None
+    try:
+        return JobParams.model_validate_json(raw)
+    except ValidationError as err:
+        log.warning("unreadable params record", extra={"job_id": job_id, "error": str(err)[:300]})
+        return None

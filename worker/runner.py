@@ -161,7 +161,10 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
             worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
         except redis.RedisError as err:  # lost Redis while registering or tearing down
             log.warning("work loop lost redis", extra={"error": type(err).__name__})
-        if burst or max_jobs is not None or worker._stop_requested or stop.requested:
+        # An idle RQ worker told to stop raises StopRequested without setting _stop_requested (RQ 3):
+        # its shutdown date is the sign that the loop ended on a signal, not on a lost Redis.
+        shutdown = getattr(worker, "_shutdown_requested_date", None) is not None
+        if burst or max_jobs is not None or worker._stop_requested or shutdown or stop.requested:
             log.info("worker stopped", extra={"worker": worker.name})
             return 0
         log.warning("work loop ended without a stop request; reconnecting", extra={"worker": worker.name})

@@ -52,7 +52,9 @@ def start_redis() -> LocalRedis:
 
 
 def machine() -> str:
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, {platform.python_implementation()} {platform.python_version()}"
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{os.cpu_count()}-core {platform.machine()} CPU, {platform.python_implementation()} "
+            f"{platform.python_version()}, load average {load} at start")
 
 
 def pct(values: list[float], q: float) -> float:

@@ -51,6 +51,11 @@ _bare_marks: dict[str, float] = {}
 _bare_event = threading.Event()
 
 
+def _has_result(msg) -> bool:
+    """The member's reply carries the result's images (named dream-<job>-...), not a progress preview."""
+    return any(a[0].startswith("dream-") for a in msg.attachments)
+
+
 def bare_noop(i: int) -> int:
     """The bare RQ job: note when it started, nothing else."""
     job = get_current_job()
@@ -62,8 +67,9 @@ def bare_noop(i: int) -> int:
 class NoopPipeline:
     """Stands in for worker.pipeline.DreamPipeline: same `generate` contract, no model."""
 
-    def __init__(self, size: tuple[int, int] | None = None):
+    def __init__(self, size: tuple[int, int] | None = None, step_s: float = 0.0):
         self.size = size  # None: the requested size
+        self.step_s = step_s  # sleep per step, to stand in for GPU time (0: pure overhead)
         self.marks: dict[str, tuple[float, float]] = {}  # job id -> (entered, images ready), time.time()
         self._latents = torch.zeros(1, 4, 8, 8)
 
@@ -77,6 +83,8 @@ class NoopPipeline:
         base = max(1, min(total, req.base_steps))
         for i in range(total):  # what DreamPipeline's step callbacks do: progress + the cancel check
             stage, step, stage_total = ("base", i + 1, base) if i < base else ("refiner", i + 1 - base, total - base)
+            if self.step_s:
+                time.sleep(self.step_s)
             if on_step is not None:
                 on_step(StepEvent(stage, step, stage_total, i + 1, total, self._latents))
         t1 = time.time()
@@ -115,6 +123,19 @@ def make_dream_job(i: int, settings, steps: int, instance: str = "bench", user_b
     req = make_request(prompt=f"a lighthouse at dusk {i}", seed=i, steps=steps, max_upload_bytes=settings.max_upload_bytes)
     origin = make_origin(instance=instance, guild_id=424242, channel_id=77, user_id=user_base + i % 200)
     return make_job(req, origin)
+
+
+def wait_result_entry(conn: redis.Redis, outbox: str, last_id, job_id: str, timeout_s: float = 10.0):
+    """Read the outbox stream (plain XREAD, beside the bot's consumer group) until the result entry of
+    `job_id` shows up, passing over progress entries; returns (its entry id, the id to read on from)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = conn.xread({outbox: last_id}, block=int(timeout_s * 1000), count=10)
+        for entry_id, fields in (got[0][1] if got else []):
+            last_id = entry_id
+            if fields.get(b"job_id") == job_id.encode() and fields.get(b"status") != b"progress":
+                return entry_id, last_id
+    raise TimeoutError(f"no result published for job {job_id}")
 
 
 def realistic_png_ms(n: int = 3) -> tuple[float, int]:
@@ -208,12 +229,8 @@ def dream_worker(conn: redis.Redis, settings, n_lat: int, n_tp: int, steps: int,
                 t1 = time.time()
                 if not outcome.ok:
                     raise RuntimeError(f"submit refused: {outcome.message}")
-                got = conn.xread({outbox: last_id}, block=10_000, count=1)
+                entry_id, last_id = wait_result_entry(conn, outbox, last_id, job.job_id)
                 t_seen = time.time()
-                if not got:
-                    raise TimeoutError("no result published")
-                entry_id, _fields = got[0][1][0]
-                last_id = entry_id
                 xadd_s = int(entry_id.split(b"-")[0]) / 1000  # Redis's own clock, ms
                 rows.append({"job": job.job_id, "submit": t1 - t0, "t_submit": t0, "t_seen": t_seen, "xadd": xadd_s})
                 time.sleep(0.02)
@@ -293,12 +310,8 @@ def delivery(server_url: str, conn: redis.Redis, settings, n: int, steps: int, s
                     if not m:
                         raise RuntimeError(f"not queued: {body}")
                     job_id = m.group(1)
-                    got = conn.xread({outbox: last_id}, block=10_000, count=1)
-                    if not got:
-                        raise TimeoutError("no result published")
-                    entry_id = got[0][1][0][0]
-                    last_id = entry_id
-                    msg = standin.wait_for_message(lambda mm, _id=inter.id: mm.interaction_id == _id and bool(mm.attachments),
+                    entry_id, last_id = wait_result_entry(conn, outbox, last_id, job_id)
+                    msg = standin.wait_for_message(lambda mm, _id=inter.id: mm.interaction_id == _id and _has_result(mm),
                                                    timeout=10)
                     posted = msg.edit_times[-1] if msg.edit_times else msg.created_at
                     delivered = results.delivered_key(job_id)
@@ -380,7 +393,8 @@ def main() -> int:
     print(f"   enqueued -> pipeline entered  {summary(b['to_pipeline'])} ms")
     print(f"   images ready -> outbox XADD   {summary(b['publish'])} ms   (PNG encode + publish)")
     print(f"   images ready -> job ended     {summary(b['job_end'])} ms   (+ release, stats, RQ bookkeeping)")
-    print(f"   no-op generate itself         p50 {b['gen_ms']:.1f} ms (blank images + {args.steps} cancel checks)")
+    print(f"   no-op generate itself         p50 {b['gen_ms']:.1f} ms (blank images + {args.steps} step callbacks: "
+          "a cancel check each, one progress update with a latent preview)")
     print(f"C. delivery through a real bot process and the stand-in, {args.deliver} jobs")
     print(f"   /dream ack                    {summary(c['ack'])} ms")
     print(f"   images ready -> outbox XADD   {summary(c['ready_to_xadd'])} ms")

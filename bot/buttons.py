@@ -60,6 +60,23 @@ def _handler(interaction: discord.Interaction) -> Buttons | None:
     return handler
 
 
+async def _answering(interaction: discord.Interaction, work) -> None:
+    """Run one click's handler; if it fails, log it and still answer the member (as DreamTree.on_error does
+    for commands) rather than leave Discord's "This interaction failed"."""
+    try:
+        await work
+    except Exception:
+        log.exception("button failed", extra={"custom_id": (interaction.data or {}).get("custom_id")})
+        text = "Something went wrong on my side with that button. Please try again."
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except discord.HTTPException:
+            pass
+
+
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:r:{JOB}"):
     def __init__(self, job_id: str, row: int | None = None):
         super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", style=discord.ButtonStyle.secondary,
@@ -72,7 +89,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:
 
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is not None:
-            await h.follow_up(interaction, self.job_id, "reroll")
+            await _answering(interaction, h.follow_up(interaction, self.job_id, "reroll"))
 
 
 class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:v:{JOB}:{INDEX}"):
@@ -88,7 +105,7 @@ class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:v:
 
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is not None:
-            await h.follow_up(interaction, self.job_id, "variation", self.index)
+            await _answering(interaction, h.follow_up(interaction, self.job_id, "variation", self.index))
 
 
 class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:u:{JOB}:{INDEX}"):
@@ -104,7 +121,7 @@ class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream
 
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is not None:
-            await h.follow_up(interaction, self.job_id, "upscale", self.index)
+            await _answering(interaction, h.follow_up(interaction, self.job_id, "upscale", self.index))
 
 
 class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:i:{JOB}"):
@@ -119,7 +136,7 @@ class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:i:
 
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is not None:
-            await h.info(interaction, self.job_id)
+            await _answering(interaction, h.info(interaction, self.job_id))
 
 
 class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:d:{JOB}"):
@@ -134,15 +151,16 @@ class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:
 
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is not None:
-            await h.delete(interaction, self.job_id)
+            await _answering(interaction, h.delete(interaction, self.job_id))
 
 
 # Every "dream:" id the classes above do not take (discord.py runs each class whose template matches, so
 # this one must exclude theirs): a crafted or damaged id still gets an answer, not "interaction failed".
+# DOTALL and \Z: an id with a newline in it (which `$` and `.` would let through) is answered too.
 _KNOWN = r"(?:[rid]:[0-9a-f]{16}|[vu]:[0-9a-f]{16}:[0-9])"
 
 
-class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:(?!{_KNOWN}$).{{0,94}}"):
+class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s)dream:(?!{_KNOWN}\Z).{{0,94}}"):
     def __init__(self, custom_id: str):
         super().__init__(discord.ui.Button(label="?", custom_id=custom_id))
 
@@ -364,7 +382,15 @@ class Buttons:
         # A deferred update: @original is now the message the button is on, and deleting it through the
         # click's own webhook needs no channel permission.
         await interaction.response.defer()
-        await interaction.delete_original_response()
+        try:
+            await interaction.delete_original_response()
+        except discord.NotFound:
+            pass  # already gone (deleted by hand, or a second click)
+        except discord.HTTPException as err:
+            log.warning("delete failed", extra={"job_id": job_id, "status": err.status})
+            await interaction.followup.send(f"Discord wouldn't let me delete it ({err.status}).", ephemeral=True,
+                                            allowed_mentions=NO_MENTIONS)
+            return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.
             await asyncio.to_thread(self.conn.delete, results.result_key(job_id))

@@ -71,7 +71,8 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
     else:
         ran = p.base_steps + p.refiner_steps
         on = "base" if p.kind == "variation" else "refiner, per tile"
-        lines.append(f"steps: {req.steps} at strength {p.source.strength:g} ({ran} run on the {on}) · "
+        strength = f"{p.source.strength:g}" if p.source is not None else "?"
+        lines.append(f"steps: {req.steps} at strength {strength} ({ran} run on the {on}) · "
                      f"guidance {req.guidance:g}")
     t = p.timings
     if t:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import redis
 from rq.job import JobStatus
 
-from dreamcore import metrics, stats
+from dreamcore import metrics, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
-from dreamcore.job import DreamJob
+from dreamcore.job import DreamJob, make_job
 from dreamcore.limits import Limiter, LimitStore, human_duration
 from dreamcore.queue import PRIORITIES, DreamQueue
 from dreamcore.settings import Settings
@@ -32,6 +32,7 @@ class Outcome:
     position: int | None = None
     eta_s: float | None = None
     kind: str | None = None  # which limit refused it, "busy", or "unavailable"
+    vote: bool = False  # a vote round: job_id is the round, two candidates queued
 
 
 @dataclass
@@ -55,16 +56,20 @@ class Backend:
         self.store = LimitStore(self.conn, settings)
         self.limiter = Limiter(self.conn, self.store)
 
-    def submit(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = ()) -> Outcome:
+    def submit(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
+               companions: tuple[DreamJob, ...] = ()) -> Outcome:
+        """Limits, backpressure, queue. `companions` ride on `job`'s limit check (a vote round's second
+        candidate): their images count against the member's quota with it, and they are queued after it."""
         o, r = job.origin, job.request
+        images = r.count + sum(c.request.count for c in companions)
         try:
             decision = self.limiter.acquire(
-                o.guild_id, o.user_id, job.job_id, r.count, r.steps, role_ids=role_ids, instance=o.instance,
+                o.guild_id, o.user_id, job.job_id, images, r.steps, role_ids=role_ids, instance=o.instance,
                 channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt)
             if not decision.ok:
                 metrics.refused(decision.kind)
                 return Outcome(False, decision.message, kind=decision.kind)
-            busy = self._too_busy(r.count)
+            busy = self._too_busy(images)
             if busy:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
                 metrics.refused("busy")
@@ -72,6 +77,8 @@ class Backend:
             if decision.priority != job.priority:
                 job = job.model_copy(update={"priority": decision.priority})
             queued = self.queue.enqueue(job)
+            for c in companions:
+                self.queue.enqueue(c.model_copy(update={"priority": job.priority}))
         except redis.RedisError as err:
             log.warning("enqueue failed", extra={"job_id": job.job_id, "error": type(err).__name__})
             try:
@@ -80,10 +87,43 @@ class Backend:
                 pass  # the active slot frees itself after its TTL
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
-        eta = self._eta_for(queued.job_id, r.count)
+        eta = self._eta_for(companions[-1].job_id if companions else queued.job_id, images)
         log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,
                                       "guild_id": o.guild_id, "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
+
+    def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = ()) -> Outcome:
+        """/dream: a vote round in a vote channel, one job elsewhere."""
+        try:
+            vote = votes.is_vote_channel(self.conn, job.origin.guild_id, job.origin.channel_id)
+        except redis.RedisError:
+            metrics.refused("unavailable")
+            return Outcome(False, UNAVAILABLE, kind="unavailable")
+        if vote:
+            out = self.submit_vote(job, role_ids)
+            out.vote = out.ok
+            return out
+        return self.submit(job, role_ids)
+
+    def submit_vote(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = ()) -> Outcome:
+        """Vote mode: two candidates of the member's request that differ in one setting, one limit check."""
+        kind, a, b = votes.pick(job.request)
+        job_a = job.model_copy(update={"request": job.request.model_copy(update=a.overrides)})
+        job_b = make_job(job.request.model_copy(update=b.overrides), job.origin)
+        try:
+            # Recorded before queueing: a worker may finish candidate A before this function returns.
+            votes.create_round(self.conn, job_a.job_id, kind, a, b, job_a.job_id, job_b.job_id, job.request,
+                               job.origin.guild_id, job.origin.channel_id, job.origin.user_id)
+        except redis.RedisError:
+            metrics.refused("unavailable")
+            return Outcome(False, UNAVAILABLE, kind="unavailable")
+        outcome = self.submit(job_a, role_ids, companions=(job_b,))
+        if not outcome.ok:
+            try:
+                votes.drop_round(self.conn, job_a.job_id)
+            except redis.RedisError:
+                pass
+        return outcome
 
     def _too_busy(self, images: int) -> str | None:
         spi = stats.seconds_per_image(self.conn)

@@ -24,6 +24,7 @@ from .discord_api import prepare_client, use_api_base
 from .help import register_help
 from .progress import Progress
 from .relay import Relay
+from .vote import VoteButton, register_vote
 
 log = logging.getLogger("dreambot.bot")
 
@@ -55,6 +56,7 @@ class DreamClient(discord.Client):
         self.dream.register(self.tree)
         register_admin(self.tree, self)
         register_help(self.tree, self)
+        register_vote(self.tree, self)
         self.relay = Relay(self, settings, self.backend.conn)
         self.progress = Progress(self, self.backend)
         self.relay.progress = self.progress
@@ -66,7 +68,7 @@ class DreamClient(discord.Client):
         await prepare_client(self, self.settings.discord_api_base)
         # The result buttons are matched on their custom id alone: any process of this bot, started any time
         # after the result was posted, answers them (bot/buttons.py).
-        self.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, VoteButton)
         guilds = self.settings.guild_id_list
         if guilds:
             # Guild commands show up at once: the choice while setting a server up.

@@ -167,7 +167,7 @@ class DreamCommands:
             return
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
-        submit = asyncio.ensure_future(asyncio.to_thread(self.backend.submit, job, roles))
+        submit = asyncio.ensure_future(asyncio.to_thread(self.backend.submit_here, job, roles))
         deferred = False
         try:
             outcome = await asyncio.wait_for(asyncio.shield(submit), ACK_BUDGET_S)
@@ -184,6 +184,8 @@ class DreamCommands:
         if outcome.ok:
             text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),
                                outcome.eta_s) + self._permission_note(interaction)
+            if outcome.vote:
+                text = text.replace("Queued:", "Queued a vote round (two candidates to compare):", 1)
         else:
             text = outcome.message
         if outcome.ok and self.progress is not None:

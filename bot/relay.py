@@ -19,12 +19,13 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import faults, metrics, params, results
+from dreamcore import faults, metrics, params, results, votes
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
 
 from .buttons import result_view
+from .vote import vote_files, vote_text, vote_view
 
 log = logging.getLogger("dreambot.relay")
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -113,6 +114,13 @@ class Relay:
             await asyncio.to_thread(self.outbox.ack, entry.entry_id)
             return
         result, images = loaded
+        try:
+            in_round = await asyncio.to_thread(votes.round_of, self.conn, job_id)
+        except redis.RedisError:
+            return  # stays pending; claimed again later
+        if in_round is not None:
+            await self.handle_vote(entry, in_round, result, images)
+            return
         if result.status == "done" and result.origin is not None and result.request is not None:
             # Before the post: every message that carries the buttons has the record they read.
             try:
@@ -156,6 +164,69 @@ class Relay:
                 await asyncio.to_thread(self.outbox.ack, entry.entry_id)
         except redis.RedisError:
             pass
+
+    async def handle_vote(self, entry: OutboxEntry, in_round: tuple[str, str], result: DreamResult,
+                          images: list[bytes]) -> None:
+        """A vote round's candidate: hold the first to finish; post both together when the second lands."""
+        round_id, side = in_round
+        record = await asyncio.to_thread(votes.load_round, self.conn, round_id)
+        other = "b" if side == "a" else "a"
+        partner = None
+        if record is not None:
+            partner = await asyncio.to_thread(results.load, self.conn, record[other]["job_id"])
+        if record is not None and partner is None:
+            # The other candidate is still being made: this one waits in Redis for it.
+            await asyncio.to_thread(self.outbox.mark_delivered, result.job_id, f"vote {round_id}: held")
+            await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+            return
+        pair = {side: (result, images), other: partner} if partner else {side: (result, images)}
+        done = {k: v for k, v in pair.items() if v[0].status == "done"}
+        try:
+            if record is not None and len(done) == 2:
+                where = await self._post_vote(record, *done["a"], *done["b"])
+            else:  # a candidate failed: what there is goes out on its own, without a vote
+                shown = next(iter(done.values()), (result, images))
+                where = await self.post(*shown)
+        except Undeliverable as err:
+            where = f"undeliverable: {err}"
+        except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
+            log.warning("vote delivery failed, will retry", extra={"job_id": result.job_id, "error": type(err).__name__})
+            return  # left pending
+        for r, _ in pair.values():
+            await asyncio.to_thread(self.outbox.mark_delivered, r.job_id, where)
+        await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+        self.delivered += 1
+        metrics.delivered(where.split(":")[0])
+        log.info("vote round delivered", extra={"round": round_id, "where": where})
+
+    async def _post_vote(self, record: dict, a: DreamResult, a_images: list[bytes], b: DreamResult,
+                         b_images: list[bytes]) -> str:
+        text = vote_text(record, a, b)
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                if self.token_alive(a):
+                    try:
+                        await self._interaction_webhook(a).edit_message(
+                            "@original", content=text, attachments=vote_files(a, a_images, b, b_images),
+                            view=vote_view(record["round"]), allowed_mentions=NO_MENTIONS)
+                        return "interaction"
+                    except discord.HTTPException as err:
+                        if err.status not in TOKEN_GONE:
+                            raise
+                channel = self.client.get_partial_messageable(a.origin.channel_id, guild_id=a.origin.guild_id)
+                try:
+                    await channel.send(content=f"<@{a.origin.user_id}> {text}"[:2000],
+                                       files=vote_files(a, a_images, b, b_images), view=vote_view(record["round"]),
+                                       allowed_mentions=NO_MENTIONS, nonce=nonce_for("v" + record["round"]))
+                except (discord.NotFound, discord.Forbidden) as err:
+                    raise Undeliverable(f"channel {a.origin.channel_id}: {err.text or err.status}") from None
+                return "channel"
+            except (discord.DiscordServerError, aiohttp.ClientError, asyncio.TimeoutError):
+                if delay is None:
+                    raise
+            metrics.delivery_retry()
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     def interaction_webhook(self, origin) -> discord.Webhook:
         """The interaction's own webhook, built as discord.py builds `Interaction.followup` (an application

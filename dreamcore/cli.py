@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--tiny", nargs="?", const="", default=None, metavar="DIR",
                    help="use the tiny offline test model (built into DIR, default ~/.cache/dreambot/tiny-sdxl)")
 
+    v = sub.add_parser("export-votes", help="write every vote round (prompt, both settings, seeds, tallies) as JSON lines")
+    v.add_argument("--out", required=True, help="file to write, or - for standard output")
+
     t = sub.add_parser("make-tiny-model", help="build the tiny SDXL-architecture base+refiner (random weights)")
     t.add_argument("dir")
     return p
@@ -62,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         from worker.demo import run_demo
 
         return run_demo(settings, args)
+    if args.cmd == "export-votes":
+        import redis
+
+        from .votes import export_jsonl
+
+        conn = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+        try:
+            if args.out == "-":
+                n = export_jsonl(conn, sys.stdout)
+            else:
+                with open(args.out, "w", encoding="utf-8") as out:
+                    n = export_jsonl(conn, out)
+        except redis.RedisError as err:
+            print(f"dreambot export-votes: can't read Redis at REDIS_URL ({type(err).__name__}: {err})", file=sys.stderr)
+            return 1
+        print(f"exported {n} vote rounds" + (f" to {args.out}" if args.out != "-" else ""), file=sys.stderr)
+        return 0
     if args.cmd == "make-tiny-model":
         from worker.tiny import make_tiny_model
 

@@ -1,0 +1,117 @@
+"""Pairwise vote mode: /dreamvote turns it on for a channel; /dream there makes two candidates that
+differ in one setting, posted together with "A is better" / "B is better" buttons; /dreamstats shows
+win rates. Votes are one per member and changeable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+
+import discord
+import redis
+from discord import app_commands
+
+from dreamcore import votes
+from dreamcore.results import DreamResult
+
+log = logging.getLogger("dreambot.vote")
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<round>[0-9a-f]{16}):(?P<side>[ab])"):
+    """Custom id "vote:<round>:<a|b>": any process of the instance can count a click, after any restart."""
+
+    def __init__(self, round_id: str, side: str):
+        super().__init__(discord.ui.Button(label=f"{side.upper()} is better", style=discord.ButtonStyle.primary,
+                                           custom_id=f"vote:{round_id}:{side}"))
+        self.round_id, self.side = round_id, side
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        return cls(match["round"], match["side"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        conn = interaction.client.backend.conn
+        try:
+            record = await asyncio.to_thread(votes.load_round, conn, self.round_id)
+            if record is None or record["guild_id"] != interaction.guild_id:
+                text = "That vote round is unknown here."
+            else:
+                t = await asyncio.to_thread(votes.cast, conn, self.round_id, interaction.user.id, self.side)
+                text = (f"Your vote for **{self.side.upper()}** is counted (A {t['a']} · B {t['b']}). "
+                        "Click the other button to change it.")
+        except redis.RedisError:
+            text = "I can't count votes right now; please try again in a minute."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+def vote_view(round_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(VoteButton(round_id, "a"))
+    view.add_item(VoteButton(round_id, "b"))
+    return view
+
+
+def vote_text(record: dict, a: DreamResult, b: DreamResult) -> str:
+    seeds = ", ".join(str(i.seed) for i in a.images)
+    return (f"**{record['prompt'][:900]}**\nTwo candidates from the same seed ({seeds}), different in one setting. "
+            f"Which is better? Pictures marked A- and B-; the settings are revealed in /dreamstats.")[:2000]
+
+
+def vote_files(a: DreamResult, a_images: list[bytes], b: DreamResult, b_images: list[bytes]) -> list[discord.File]:
+    files = []
+    for side, result, images in (("A", a, a_images), ("B", b, b_images)):
+        for info, data in zip(result.images, images, strict=True):
+            files.append(discord.File(io.BytesIO(data), filename=f"{side}-{info.filename}"))
+    return files
+
+
+def stats_text(rates: dict) -> str:
+    if not rates:
+        return "No votes yet in this server."
+    lines = ["**Vote win rates** (rounds with at least one vote)"]
+    for kind, rows in sorted(rates.items()):
+        parts = []
+        for label, row in sorted(rows.items()):
+            if row["rounds"]:
+                parts.append(f"{label}: won {row['wins']}/{row['rounds']} ({100 * row['wins'] // row['rounds']}%), "
+                             f"{row['votes']} votes")
+        if parts:
+            lines.append(f"- {kind}: " + "; ".join(parts))
+    return "\n".join(lines)[:2000]
+
+
+def register_vote(tree: app_commands.CommandTree, client) -> None:
+    @tree.command(name="dreamvote", description="Admins: turn pairwise vote mode on or off in this channel")
+    @app_commands.describe(mode="on: /dream here makes two candidates to vote on; off: back to normal")
+    @app_commands.choices(mode=[app_commands.Choice(name="on", value="on"),
+                                app_commands.Choice(name="off", value="off")])
+    @app_commands.default_permissions(manage_guild=True)
+    @app_commands.guild_only()
+    async def dreamvote(interaction: discord.Interaction, mode: str):
+        perms = interaction.permissions
+        if interaction.guild_id is None or not (perms.manage_guild or perms.administrator):
+            text = "You need the Manage Server permission to change vote mode."
+        else:
+            try:
+                await asyncio.to_thread(votes.set_channel, client.backend.conn, interaction.guild_id,
+                                        interaction.channel_id, mode == "on")
+                log.info("vote mode changed", extra={"guild_id": interaction.guild_id, "actor_id": interaction.user.id,
+                                                     "channel_id": interaction.channel_id, "mode": mode})
+                text = (f"Vote mode is **{mode}** in <#{interaction.channel_id}>."
+                        + (" Each /dream here makes two candidates to vote on." if mode == "on" else ""))
+            except redis.RedisError:
+                text = "I can't reach the settings store right now; please try again in a minute."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @tree.command(name="dreamstats", description="Win rates of the settings compared in vote rounds here")
+    async def dreamstats(interaction: discord.Interaction):
+        try:
+            rates = await asyncio.to_thread(votes.win_rates, client.backend.conn, interaction.guild_id)
+            text = stats_text(rates)
+        except redis.RedisError:
+            text = "I can't reach the vote store right now; please try again in a minute."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

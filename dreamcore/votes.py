@@ -1,0 +1,158 @@
+"""Pairwise votes, as the Stable Foundation SDXL bot ran them: in a vote channel each /dream makes two
+candidates that differ in one setting, members pick the better one, and the tallies feed win rates.
+
+Everything lives in Redis. Rounds are small and kept (no TTL) so they can be exported; the side shown as
+"A" is chosen at random per round so position does not bias the result.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+
+import redis
+
+from .job import DreamRequest
+
+ROUNDS = "dream:vote:rounds"  # zset round id -> created time
+
+
+def channel_key(guild_id: int | None) -> str:
+    return f"dream:vote:channels:{guild_id or 0}"
+
+
+def round_key(round_id: str) -> str:
+    return f"dream:vote:round:{round_id}"
+
+
+def ballots_key(round_id: str) -> str:
+    return f"dream:vote:ballots:{round_id}"
+
+
+def job_round_key(job_id: str) -> str:
+    return f"dream:vote:job:{job_id}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    overrides: dict
+
+
+def comparisons(request: DreamRequest) -> dict[str, tuple[Variant, Variant]]:
+    """The settings a round may compare, each as (variant, variant) of the member's request."""
+    style = request.style if request.style != "none" else "cinematic"
+    return {
+        "refiner": (Variant("refiner on (split 0.8)", {"split": 0.8}), Variant("base only", {"split": 1.0})),
+        "split": (Variant("refiner from 70%", {"split": 0.7}), Variant("refiner from 90%", {"split": 0.9})),
+        "style": (Variant("no style", {"style": "none"}), Variant(f"style {style}", {"style": style})),
+    }
+
+
+def pick(request: DreamRequest, rng: random.Random | None = None) -> tuple[str, Variant, Variant]:
+    """One comparison, sides in random order."""
+    rng = rng or random.Random()
+    kind = rng.choice(sorted(comparisons(request)))
+    a, b = comparisons(request)[kind]
+    return (kind, a, b) if rng.random() < 0.5 else (kind, b, a)
+
+
+def set_channel(conn: redis.Redis, guild_id: int | None, channel_id: int, on: bool) -> None:
+    (conn.sadd if on else conn.srem)(channel_key(guild_id), channel_id)
+
+
+def is_vote_channel(conn: redis.Redis, guild_id: int | None, channel_id: int) -> bool:
+    return bool(conn.sismember(channel_key(guild_id), channel_id))
+
+
+def create_round(conn: redis.Redis, round_id: str, kind: str, a: Variant, b: Variant, job_a: str, job_b: str,
+                 request: DreamRequest, guild_id: int | None, channel_id: int, user_id: int) -> None:
+    record = {
+        "round": round_id, "kind": kind, "created": time.time(), "guild_id": guild_id, "channel_id": channel_id,
+        "user_id": user_id, "prompt": request.prompt, "negative_prompt": request.negative_prompt,
+        "seed": request.seed, "count": request.count, "steps": request.steps, "guidance": request.guidance,
+        "a": {"label": a.label, "settings": a.overrides, "job_id": job_a},
+        "b": {"label": b.label, "settings": b.overrides, "job_id": job_b},
+    }
+    with conn.pipeline() as pipe:
+        pipe.set(round_key(round_id), json.dumps(record))
+        pipe.zadd(ROUNDS, {round_id: record["created"]})
+        pipe.set(job_round_key(job_a), f"{round_id}:a", ex=7 * 86400)
+        pipe.set(job_round_key(job_b), f"{round_id}:b", ex=7 * 86400)
+        pipe.execute()
+
+
+def drop_round(conn: redis.Redis, round_id: str) -> None:
+    """A round whose candidates were never queued (refused by a limit)."""
+    record = load_round(conn, round_id)
+    with conn.pipeline() as pipe:
+        pipe.delete(round_key(round_id))
+        pipe.zrem(ROUNDS, round_id)
+        if record:
+            pipe.delete(job_round_key(record["a"]["job_id"]), job_round_key(record["b"]["job_id"]))
+        pipe.execute()
+
+
+def round_of(conn: redis.Redis, job_id: str) -> tuple[str, str] | None:
+    v = conn.get(job_round_key(job_id))
+    if v is None:
+        return None
+    rid, _, side = v.decode().partition(":")
+    return rid, side
+
+
+def load_round(conn: redis.Redis, round_id: str) -> dict | None:
+    raw = conn.get(round_key(round_id))
+    return json.loads(raw) if raw else None
+
+
+def cast(conn: redis.Redis, round_id: str, user_id: int, side: str) -> dict[str, int]:
+    """One vote per member, changeable: the latest choice counts."""
+    if side not in ("a", "b"):
+        raise ValueError("side must be 'a' or 'b'")
+    conn.hset(ballots_key(round_id), str(user_id), side)
+    return tallies(conn, round_id)
+
+
+def tallies(conn: redis.Redis, round_id: str) -> dict[str, int]:
+    votes = [v.decode() for v in conn.hvals(ballots_key(round_id))]
+    return {"a": votes.count("a"), "b": votes.count("b")}
+
+
+def iter_rounds(conn: redis.Redis, guild_id: int | None = None):
+    for rid in conn.zrange(ROUNDS, 0, -1):
+        record = load_round(conn, rid.decode())
+        if record is None or (guild_id is not None and record["guild_id"] != guild_id):
+            continue
+        record["tallies"] = tallies(conn, record["round"])
+        yield record
+
+
+def export_jsonl(conn: redis.Redis, out) -> int:
+    """Write one JSON line per round: prompt, both settings, seeds, tallies. Returns the count."""
+    n = 0
+    for record in iter_rounds(conn):
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def win_rates(conn: redis.Redis, guild_id: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
+    """Per comparison kind, per variant label: rounds it was in, rounds it won, votes it got."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for r in iter_rounds(conn, guild_id):
+        t = r["tallies"]
+        kind = out.setdefault(r["kind"], {})
+        for side, other in (("a", "b"), ("b", "a")):
+            label = r[side]["label"]
+            if r["kind"] == "style" and r[side]["settings"].get("style") != "none":
+                label = "styled"  # one row for every preset: styled vs no style
+            row = kind.setdefault(label, {"rounds": 0, "wins": 0, "votes": 0})
+            if t["a"] + t["b"] == 0:
+                continue
+            row["rounds"] += 1
+            row["votes"] += t[side]
+            row["wins"] += int(t[side] > t[other])
+    return out

@@ -121,4 +121,6 @@ class Fleet:
 
 
 def image_messages(standin: DiscordStandIn, channel_id: int) -> list:
-    return [m for m in standin.messages(channel_id) if m.attachments]
+    """Messages that carry finished dream images (not a progress preview)."""
+    return [m for m in standin.messages(channel_id)
+            if any(a[0].startswith(("dream-", "A-dream-", "B-dream-")) for a in m.attachments)]

@@ -72,7 +72,6 @@ def test_bot_killed_after_posting_does_not_post_twice(fleet, rconn):
 
 
 def inter_job(fleet, bot) -> str:
-    for m in fleet.standin.messages(bot.channel_id):
-        if m.attachments:
-            return m.attachments[0][0].split("-")[1]
+    for m in image_messages(fleet.standin, bot.channel_id):
+        return m.attachments[0][0].split("-")[1]
     raise AssertionError("no image message")

@@ -95,6 +95,17 @@ class Chaos:
         self.redis_restarts += 1
 
 
+def told_reason(fleet: Fleet, inter) -> str:
+    """The first words of what a told member read, to tell refusals at the door from failed jobs."""
+    data = (inter.response or {}).get("data") or {}
+    if data.get("flags", 0) & 64:
+        return data.get("content", "")[:40]
+    for m in fleet.standin.messages(int(inter.payload["channel_id"]), include_deleted=True):
+        if m.interaction_id == inter.id and m.ephemeral:
+            return (m.content or "")[:40]
+    return "?"
+
+
 def outcome(fleet: Fleet, inter) -> tuple[str, str | None]:
     """('delivered'|'told'|'pending', job id) for one interaction, from what the member can see."""
     body = inter.response or {}
@@ -162,7 +173,11 @@ def main() -> int:
     t0 = time.monotonic()
     try:
         for bot in fleet.bots:
-            fleet.start_bot(bot, DREAMBOT_LOG_LEVEL="INFO", DREAMBOT_JOB_RETRIES="3")
+            # Limits out of the way (they are tested elsewhere): every refusal here comes from the chaos.
+            fleet.start_bot(bot, DREAMBOT_LOG_LEVEL="INFO", DREAMBOT_JOB_RETRIES="3",
+                            DREAMBOT_LIMIT_GUILD_MAX_QUEUED="1000", DREAMBOT_LIMIT_USER_IMAGES_HOUR="1000",
+                            DREAMBOT_LIMIT_USER_IMAGES_DAY="5000", DREAMBOT_LIMIT_GUILD_IMAGES_HOUR="5000",
+                            DREAMBOT_LIMIT_GUILD_IMAGES_DAY="20000", DREAMBOT_MAX_WAIT_MIN="1440")
         fleet.wait_bots_ready(timeout=120)
         for i in range(args.workers):
             fleet.start_worker(f"w{i}", DREAMBOT_LOG_LEVEL="INFO")
@@ -197,6 +212,10 @@ def main() -> int:
         for (state, job_id), x in zip(results, inters, strict=True):
             if state == "pending":
                 print(f"  lost: interaction {x.id} job {job_id} ack {x.response_type} {diagnose(redis, job_id)}")
+        reasons = Counter(told_reason(fleet, x) for (state, _), x in zip(results, inters, strict=True)
+                          if state == "told")
+        for reason, count in reasons.most_common():
+            print(f"  told {count}x: {reason}...")
         print(f"jobs {n}, delivered {d}, told-failed {f}, lost {lost}, duplicated {dupes}")
         return 0 if d + f == n and lost == 0 and dupes == 0 and late == 0 else 1
     finally:

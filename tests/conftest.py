@@ -70,3 +70,18 @@ def tiny_env(tiny_model_dir, redis_url, monkeypatch, tmp_path):
     get_settings.cache_clear()
     yield {**os.environ, **env}
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def fleet(redis_url, tiny_model_dir, tmp_path):
+    """The Discord stand-in and one bot instance's setup (not yet started) on the test Redis.
+    Test modules that need more define their own `fleet`."""
+    from fleet import Fleet
+    from standin import DiscordStandIn
+
+    standin = DiscordStandIn().start()
+    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
+    f.setup(1)
+    yield f
+    f.stop()
+    standin.stop()

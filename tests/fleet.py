@@ -124,3 +124,14 @@ def image_messages(standin: DiscordStandIn, channel_id: int) -> list:
     """Messages that carry finished dream images (not a progress preview)."""
     return [m for m in standin.messages(channel_id)
             if any(a[0].startswith(("dream-", "A-dream-", "B-dream-")) for a in m.attachments)]
+
+
+def wait_until(pred, timeout: float, what: str):
+    """Poll `pred` until it returns something truthy (returned), or raise TimeoutError(what)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(what)

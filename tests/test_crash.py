@@ -6,31 +6,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from fleet import Fleet, image_messages
+from fleet import image_messages, wait_until
 from rq.job import Job
 from rq.serializers import JSONSerializer
-from standin import DiscordStandIn
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def fleet(redis_url, tiny_model_dir, tmp_path):
-    standin = DiscordStandIn().start()
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    f.setup(1)
-    yield f
-    f.stop()
-    standin.stop()
-
-
-def _wait(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(what)
 
 
 def test_worker_killed_after_generating_does_not_post_twice(fleet, rconn):
@@ -44,10 +24,10 @@ def test_worker_killed_after_generating_does_not_post_twice(fleet, rconn):
     doomed.wait(120)
     assert doomed.returncode == -9  # SIGKILL, right after the result went out
 
-    _wait(lambda: image_messages(fleet.standin, bot.channel_id), 60, "no images after the crash")
+    wait_until(lambda: image_messages(fleet.standin, bot.channel_id), 60, "no images after the crash")
     # The job is still STARTED in RQ: another worker must find it abandoned, retry it, and not redo it.
     fleet.start_worker("rescuer")
-    _wait(lambda: Job.fetch(job_id, connection=rconn, serializer=JSONSerializer).get_status() == "finished",
+    wait_until(lambda: Job.fetch(job_id, connection=rconn, serializer=JSONSerializer).get_status() == "finished",
           90, "abandoned job never finished")
     assert "already published" in fleet.logs()
     time.sleep(1.0)
@@ -66,7 +46,7 @@ def test_bot_killed_after_posting_does_not_post_twice(fleet, rconn):
     assert len(image_messages(fleet.standin, bot.channel_id)) == 1
 
     fleet.start_bot(bot)  # restarted without the fault: it finds the entry pending and delivers again
-    _wait(lambda: rconn.exists(f"dream:delivered:{inter_job(fleet, bot)}"), 60, "restarted bot never recorded it")
+    wait_until(lambda: rconn.exists(f"dream:delivered:{inter_job(fleet, bot)}"), 60, "restarted bot never recorded it")
     msgs = image_messages(fleet.standin, bot.channel_id)
     assert len(msgs) == 1, "the redelivery must edit the same reply, not post a second message"
 

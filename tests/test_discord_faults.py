@@ -6,32 +6,11 @@ import signal
 import time
 
 import pytest
-from fleet import Fleet, image_messages
-from standin import DiscordStandIn
+from fleet import image_messages, wait_until
 
 from dreamcore import results
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def _wait(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
-
-
-@pytest.fixture
-def fleet(redis_url, tiny_model_dir, tmp_path):
-    standin = DiscordStandIn().start()
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    f.setup(1)
-    yield f
-    f.stop()
-    standin.stop()
 
 
 def test_bot_restart_between_generation_and_delivery(fleet, rconn):
@@ -42,10 +21,10 @@ def test_bot_restart_between_generation_and_delivery(fleet, rconn):
     bot.proc.send_signal(signal.SIGTERM)
     bot.proc.wait(30)
     fleet.start_worker()
-    _wait(lambda: rconn.xlen(results.outbox_key(bot.instance)), 90, "worker never published")
+    wait_until(lambda: rconn.xlen(results.outbox_key(bot.instance)), 90, "worker never published")
     assert not image_messages(fleet.standin, bot.channel_id)  # nobody to post it yet
     fleet.start_bot(bot)
-    msg = _wait(lambda: image_messages(fleet.standin, bot.channel_id), 60, "restarted bot never delivered")[0]
+    msg = wait_until(lambda: image_messages(fleet.standin, bot.channel_id), 60, "restarted bot never delivered")[0]
     assert "seed 21" in msg.content
     time.sleep(1.0)
     assert len(image_messages(fleet.standin, bot.channel_id)) == 1
@@ -60,7 +39,7 @@ def test_global_429_on_the_channel_route_waits_and_posts_once(fleet):
     fleet.dream(bot, aspect="12:5").wait_ack(5)
     time.sleep(1.2)
     fleet.start_worker()
-    _wait(lambda: image_messages(fleet.standin, bot.channel_id), 90, "never delivered")
+    wait_until(lambda: image_messages(fleet.standin, bot.channel_id), 90, "never delivered")
     posts = fleet.standin.requests(r"POST /channels/\d+/messages")
     assert [r.status for r in posts][:1] == [429] and posts[-1].status == 200
     assert posts[-1].time - posts[0].time >= 1.2
@@ -79,7 +58,7 @@ def test_deleted_channel_is_not_retried_forever(fleet, rconn):
         fleet.standin.store.channels.pop(bot.channel_id)
     time.sleep(1.2)
     fleet.start_worker()
-    where = _wait(lambda: rconn.get(results.delivered_key(job_id)), 90, "delivery never settled")
+    where = wait_until(lambda: rconn.get(results.delivered_key(job_id)), 90, "delivery never settled")
     assert where.startswith(b"undeliverable")
     time.sleep(2.0)
     assert len(fleet.standin.requests(r"POST /channels/\d+/messages")) == 1  # asked once, then stopped
@@ -94,6 +73,6 @@ def test_worker_skips_jobs_for_a_deleted_channel(fleet, rconn):
     job_id = next(m.content for m in fleet.standin.messages(bot.channel_id)).split("`")[1]
     rconn.set(results.channel_gone_key(bot.channel_id), 1)  # what on_guild_channel_delete records
     fleet.start_worker()
-    _wait(lambda: results.load(rconn, job_id), 90, "job never settled")
+    wait_until(lambda: results.load(rconn, job_id), 90, "job never settled")
     result, images = results.load(rconn, job_id)
     assert result.status == "failed" and "deleted" in result.error and images == []

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import redis
-from fleet import Fleet, image_messages
+from fleet import Fleet, image_messages, wait_until
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
@@ -21,28 +21,8 @@ from dreamcore.settings import get_settings
 pytestmark = pytest.mark.timeout(300)
 
 
-def _wait(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(what)
-
-
-@pytest.fixture
-def fleet(redis_url, tiny_model_dir, tmp_path):
-    standin = DiscordStandIn().start()
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    f.setup(1)
-    yield f
-    f.stop()
-    standin.stop()
-
-
 def _job_id_of(fleet, bot) -> str:
-    text = _wait(lambda: next((m.content for m in fleet.standin.messages(bot.channel_id)
+    text = wait_until(lambda: next((m.content for m in fleet.standin.messages(bot.channel_id)
                                if (m.content or "").startswith("Queued")), None), 10, "no queued reply")
     return text.split("`")[1]
 
@@ -58,7 +38,7 @@ def test_worker_killed_mid_job_is_retaken_and_delivered_once(fleet, rconn):
     assert doomed.returncode == -signal.SIGKILL
     died = time.monotonic()
     fleet.start_worker("rescuer")
-    _wait(lambda: image_messages(fleet.standin, bot.channel_id), 90, "job never retaken")
+    wait_until(lambda: image_messages(fleet.standin, bot.channel_id), 90, "job never retaken")
     took = time.monotonic() - died
     print(f"\nabandoned job delivered {took:.1f}s after its worker was SIGKILLed (lease 5 s)")
     assert took < 90  # lease 5 s + maintenance + a fresh worker loading its models on a busy machine
@@ -79,7 +59,7 @@ def test_job_that_keeps_killing_workers_is_dead_lettered_and_member_told(fleet, 
         w.wait(120)
         assert w.returncode == -signal.SIGKILL
     fleet.start_worker("janitor", DREAMBOT_JOB_RETRIES="1")
-    told = _wait(lambda: next((m for m in fleet.standin.messages(bot.channel_id)
+    told = wait_until(lambda: next((m for m in fleet.standin.messages(bot.channel_id)
                                if "stopped responding" in (m.content or "")), None), 90, "member never told")
     assert told.ephemeral and told.interaction_id == inter.id
     assert "2 times" in told.content
@@ -96,7 +76,7 @@ def test_sigterm_drains_the_job_in_hand_and_takes_no_new_one(fleet, rconn):
     fleet.dream(bot, aspect="12:5", prompt="the second dream").wait_ack(5)
     worker = fleet.start_worker("draining")
     q = DreamQueue(rconn, get_settings())
-    _wait(lambda: q.fetch(first).get_status() == "started", 120, "job never started")
+    wait_until(lambda: q.fetch(first).get_status() == "started", 120, "job never started")
     worker.send_signal(signal.SIGTERM)
     assert worker.wait(120) == 0
     msgs = image_messages(fleet.standin, bot.channel_id)
@@ -152,12 +132,12 @@ def test_redis_restart_loses_no_queued_job_and_everyone_reconnects(tiny_model_di
         conn = redis.Redis.from_url(own.url)
         assert conn.lpos("rq:queue:dream-default", queued) == 0
         worker = fleet.start_worker("after-restart")
-        _wait(lambda: image_messages(standin, bot.channel_id), 90, "queued job lost in the restart")
+        wait_until(lambda: image_messages(standin, bot.channel_id), 90, "queued job lost in the restart")
         own.kill()
         time.sleep(2)
         own.start()
         fleet.dream(bot, aspect="12:5", seed=2).wait_ack(5)  # bot and worker both came back
-        _wait(lambda: len(image_messages(standin, bot.channel_id)) == 2, 120, "no delivery after 2nd restart")
+        wait_until(lambda: len(image_messages(standin, bot.channel_id)) == 2, 120, "no delivery after 2nd restart")
         assert worker.poll() is None
         texts = " ".join(m.content or "" for m in standin.messages(bot.channel_id, include_deleted=True))
         assert "can't queue dreams right now" in texts or "can't queue" in str(down.response)

@@ -8,21 +8,10 @@ import re
 import time
 
 import pytest
-from fleet import Fleet, image_messages
+from fleet import image_messages
 from PIL import Image
-from standin import DiscordStandIn
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def fleet(redis_url, tiny_model_dir, tmp_path):
-    standin = DiscordStandIn().start()
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    f.setup(1)
-    yield f
-    f.stop()
-    standin.stop()
 
 
 def _reply(fleet, bot, inter):

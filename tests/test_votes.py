@@ -10,20 +10,8 @@ import sys
 import time
 
 import pytest
-from fleet import Fleet
-from standin import DiscordStandIn
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@pytest.fixture
-def fleet(redis_url, tiny_model_dir, tmp_path):
-    standin = DiscordStandIn().start()
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    f.setup(1)
-    yield f
-    f.stop()
-    standin.stop()
 
 
 def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):

@@ -169,7 +169,11 @@ def _step_hook(rt: Runtime, job: DreamJob):
         faults.crash_here("worker-mid-job")
         if poison:  # tests only: what a broken fp16 VAE or a bad driver produces
             event.latents.mul_(float("nan"))
-        if rt.conn.exists(cancel):
+        try:
+            cancelled = rt.conn.exists(cancel)
+        except redis.RedisError:
+            cancelled = False  # Redis restarting: keep denoising; the result is published patiently
+        if cancelled:
             raise JobCancelled(job.job_id)
         now = time.monotonic()
         final = event.done == event.total

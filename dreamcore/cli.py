@@ -34,8 +34,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--guidance", type=float, default=None)
     d.add_argument("--split", type=float, default=None, help="fraction of steps on the base model (1.0 = no refiner)")
     d.add_argument("--out", default=None, help="folder for the images (default: DREAMBOT_OUTPUT_DIR)")
-    d.add_argument("--tiny", nargs="?", const="", default=None, metavar="DIR",
-                   help="use the tiny offline test model (built into DIR, default ~/.cache/dreambot/tiny-sdxl)")
+    # A plain flag: with an optional value, `--tiny "a prompt"` would take the prompt for the folder.
+    d.add_argument("--tiny", action="store_true",
+                   help="use the tiny offline test model (random weights; built on first use)")
+    d.add_argument("--tiny-dir", default=None, metavar="DIR",
+                   help="where the tiny model lives (default ~/.cache/dreambot/tiny-sdxl)")
 
     v = sub.add_parser("export-votes", help="write every vote round (prompt, both settings, seeds, tallies) as JSON lines")
     v.add_argument("--out", required=True, help="file to write, or - for standard output")

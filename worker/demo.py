@@ -47,8 +47,8 @@ def _tiny(settings: Settings, where: str) -> Settings:
 
 def run_demo(settings: Settings, args) -> int:
     setup_logging("WARNING", settings.log_format)
-    if args.tiny is not None:
-        settings = _tiny(settings, args.tiny)
+    if args.tiny:
+        settings = _tiny(settings, args.tiny_dir or "")
     out = Path(args.out or settings.output_dir)
     try:
         request = make_request(

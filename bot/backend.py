@@ -87,7 +87,7 @@ class Backend:
                 pass  # the active slot frees itself after its TTL
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
-        eta = self._eta_for(companions[-1].job_id if companions else queued.job_id, images)
+        eta = self._eta_for(companions[-1].job_id if companions else queued.job_id)
         log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,
                                       "guild_id": o.guild_id, "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
@@ -136,25 +136,14 @@ class Backend:
                     f"(the limit is {self.settings.max_wait_min} min). Please try again later.")
         return None
 
-    def _eta_for(self, job_id: str, images: int) -> float | None:
-        ahead = 0
-        for jid, _, n in stats.waiting(self.queue):
-            if jid == job_id:
-                break
-            ahead += n
-        return stats.eta_s(ahead, images, stats.seconds_per_image(self.conn), stats.worker_count(self.conn))
+    def _eta_for(self, job_id: str) -> float | None:
+        return next((p.eta_s for p in stats.places(self.queue) if p.job_id == job_id), None)
 
     def my_jobs(self, guild_id: int | None, user_id: int) -> list[QueuedView]:
         """The member's waiting and running dreams, with position and ETA."""
         owner = f"{guild_id or 0}:{user_id}"
-        spi = stats.seconds_per_image(self.conn)
-        workers = stats.worker_count(self.conn)
-        out: list[QueuedView] = []
-        ahead = 0
-        for pos, (jid, who, n) in enumerate(stats.waiting(self.queue)):
-            if who == owner:
-                out.append(QueuedView(jid, "waiting", pos, stats.eta_s(ahead, n, spi, workers), n))
-            ahead += n
+        out = [QueuedView(p.job_id, "waiting", p.position, p.eta_s, p.images)
+               for p in stats.places(self.queue) if p.owner == owner]
         for p in PRIORITIES:
             for jid in self.queue.queues[p].started_job_registry.get_job_ids():
                 job = self.queue.fetch(jid)

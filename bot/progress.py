@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import results
+from dreamcore import results, stats
 from dreamcore.job import JobError, parse_job
 from dreamcore.limits import human_duration
 
@@ -83,17 +83,8 @@ class Progress:
             self.edits += 1
 
     def _positions(self, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
-        from dreamcore import stats
-
         wanted = set(job_ids)
-        spi = stats.seconds_per_image(self.backend.conn)
-        workers = stats.worker_count(self.backend.conn)
-        out, ahead = {}, 0
-        for pos, (jid, _owner, n) in enumerate(stats.waiting(self.backend.queue)):
-            if jid in wanted:
-                out[jid] = (pos, stats.eta_s(ahead, n, spi, workers))
-            ahead += n
-        return out
+        return {p.job_id: (p.position, p.eta_s) for p in stats.places(self.backend.queue) if p.job_id in wanted}
 
     def _may_edit(self, job_id: str) -> bool:
         now = time.monotonic()

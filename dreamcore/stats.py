@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import redis
 from rq import Worker
@@ -61,3 +62,24 @@ def eta_s(images_ahead: int, own_images: int, s_per_image: float | None, workers
     if s_per_image is None:
         return None
     return (images_ahead + own_images) * s_per_image / max(1, workers)
+
+
+@dataclass(frozen=True)
+class Place:
+    job_id: str
+    owner: str
+    images: int
+    position: int  # 0 = next to run
+    eta_s: float | None  # until this job is done; None before anything was measured
+
+
+def places(queue: DreamQueue) -> list[Place]:
+    """Every waiting job with its position and ETA: the one walk that /dream, /dreamqueue and the live
+    queue updates all read from."""
+    spi = seconds_per_image(queue.connection)
+    workers = worker_count(queue.connection)
+    out, ahead = [], 0
+    for pos, (jid, owner, n) in enumerate(waiting(queue)):
+        out.append(Place(jid, owner, n, pos, eta_s(ahead, n, spi, workers)))
+        ahead += n
+    return out

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,3 +136,28 @@ def wait_until(pred, timeout: float, what: str):
             return value
         time.sleep(0.1)
     raise TimeoutError(what)
+
+
+def redis_blobs(r, key: bytes) -> list[bytes]:
+    """Every byte string stored under `key`, whatever its type; RQ's zlib-compressed fields decompressed too."""
+    kind = r.type(key)
+    out = [key]
+    if kind == b"string":
+        out.append(r.get(key))
+    elif kind == b"hash":
+        out.extend(x for kv in r.hgetall(key).items() for x in kv)
+    elif kind == b"list":
+        out.extend(r.lrange(key, 0, -1))
+    elif kind == b"set":
+        out.extend(r.smembers(key))
+    elif kind == b"zset":
+        out.extend(m for m, _ in r.zrange(key, 0, -1, withscores=True))
+    elif kind == b"stream":
+        out.extend(x for _, fields in r.xrange(key) for kv in fields.items() for x in kv)
+    for b in list(out):
+        if b:
+            try:
+                out.append(zlib.decompress(b))
+            except zlib.error:
+                pass
+    return [b for b in out if b]

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import redis
-from fleet import Fleet, image_messages
+from fleet import Fleet, image_messages, redis_blobs
 from PIL import Image
 from standin import DiscordStandIn
 
@@ -77,19 +77,7 @@ def test_ten_bots_one_worker_every_image_in_its_own_channel(fleet, standin, rcon
     tokens = [b.app.token for b in fleet.bots] + [i.token for i in interactions]
     bot_tokens = [b.app.token.encode() for b in fleet.bots]
     for key in rconn.scan_iter("*"):
-        kind = rconn.type(key)
-        blobs = [key]
-        if kind == b"string":
-            blobs.append(rconn.get(key))
-        elif kind == b"hash":
-            blobs.extend(v for kv in rconn.hgetall(key).items() for v in kv)
-        elif kind == b"list":
-            blobs.extend(rconn.lrange(key, 0, -1))
-        elif kind == b"stream":
-            blobs.extend(v for _, fields in rconn.xrange(key) for kv in fields.items() for v in kv)
-        elif kind in (b"zset", b"set"):
-            blobs.extend(rconn.zrange(key, 0, -1) if kind == b"zset" else rconn.smembers(key))
-        for blob in blobs:
+        for blob in redis_blobs(rconn, key):
             assert not any(t in blob for t in bot_tokens), f"bot token found in redis key {key!r}"
     logs = fleet.logs()
     assert "interaction acknowledged" in logs

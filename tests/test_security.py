@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import re
 import time
-import zlib
 from types import SimpleNamespace
 
 import pytest
 import redis
-from fleet import Fleet
+from fleet import Fleet, redis_blobs
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
@@ -257,31 +256,6 @@ def test_a_bad_interaction_token_is_never_echoed_in_an_error():
 # --- With a worker: tokens and mentions through a whole round trip ---------------------------------------------
 
 
-def _blobs(r: redis.Redis, key: bytes) -> list[bytes]:
-    """Every byte string stored under `key`, whatever its type; RQ's zlib-compressed fields decompressed too."""
-    kind = r.type(key)
-    out = [key]
-    if kind == b"string":
-        out.append(r.get(key))
-    elif kind == b"hash":
-        out.extend(x for kv in r.hgetall(key).items() for x in kv)
-    elif kind == b"list":
-        out.extend(r.lrange(key, 0, -1))
-    elif kind == b"set":
-        out.extend(r.smembers(key))
-    elif kind == b"zset":
-        out.extend(m for m, _ in r.zrange(key, 0, -1, withscores=True))
-    elif kind == b"stream":
-        out.extend(x for _, fields in r.xrange(key) for kv in fields.items() for x in kv)
-    for b in list(out):
-        if b:
-            try:
-                out.append(zlib.decompress(b))
-            except zlib.error:
-                pass
-    return [b for b in out if b]
-
-
 def _pieces(token: str) -> list[str]:
     """The token and both its ends, so a clipped or half-redacted copy counts too."""
     return [token, token[:40], token[-24:]]
@@ -373,7 +347,7 @@ class TestWithWorker:
         allowed_homes = {f"{prefix}{job}" for job in e.jobs for prefix in ("rq:job:", "dream:result:")}
         homes: dict[str, set[str]] = {}
         for key in e.r.scan_iter("*"):
-            for blob in _blobs(e.r, key):
+            for blob in redis_blobs(e.r, key):
                 assert bot_token.encode() not in blob and bot_token[-24:].encode() not in blob, \
                     f"bot token in redis key {key!r}"
                 for t in interaction_tokens:

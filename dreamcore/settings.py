@@ -49,6 +49,16 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "cpu"] = Field("auto", **_env("DREAMBOT_DEVICE"))
     max_upload_mb: float = Field(25.0, gt=0, le=500, **_env("DREAMBOT_MAX_UPLOAD_MB"))
     output_dir: str = Field("dream-out", min_length=1, **_env("DREAMBOT_OUTPUT_DIR"))
+    # Batching: a worker that takes a dream also takes waiting dreams it can denoise in the same batch
+    # (same size, steps, split and guidance), up to this many images in all; 1 turns batching off.
+    batch_images: int = Field(8, ge=1, le=32, **_env("DREAMBOT_BATCH_IMAGES"))
+    # How many waiting jobs, from the front of the queues, a worker looks through for batch companions.
+    batch_window: int = Field(32, ge=1, le=1000, **_env("DREAMBOT_BATCH_WINDOW"))
+    # Speed levers for the UNets and the VAE; each keeps a seed's image the same within bf16 tolerance.
+    fuse_qkv: bool = Field(True, **_env("DREAMBOT_FUSE_QKV"))
+    channels_last: bool = Field(True, **_env("DREAMBOT_CHANNELS_LAST"))
+    # torch.compile the UNets at worker start (minutes of warm-up on a GPU; a cache makes restarts quick).
+    compile: bool = Field(False, **_env("DREAMBOT_COMPILE"))
 
     # --- Dream defaults -------------------------------------------------------------------
     default_steps: int = Field(40, ge=1, le=100, **_env("DREAMBOT_DEFAULT_STEPS"))

@@ -189,6 +189,17 @@ class DreamJob(_Strict):
             raise ValueError(f"a {kind} job needs its source (job_id, index, strength)")
         return v
 
+    @property
+    def batch_key(self) -> str | None:
+        """Dreams with equal keys can share one denoising batch: the pipeline call takes one size, one step
+        count, one base/refiner cut and one guidance scale; prompts, styles, seeds and counts may differ.
+        None for variations and upscales, which start from their own source image."""
+        if self.kind != "dream":
+            return None
+        r = self.request
+        w, h = r.size
+        return f"{w}x{h}/{r.steps}/{r.base_steps}/{r.guidance:g}"
+
     def _dump_exclude(self) -> set[str] | None:
         # Version 1 jobs go out exactly as the previous release wrote them (it forbids unknown keys).
         return {"source"} if self.source is None else None

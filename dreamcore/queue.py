@@ -62,6 +62,56 @@ return #ids
 """
 
 
+# Batch claim. A worker that has taken a dream looks through the first `window` waiting jobs (high, then
+# default, then low priority) for dreams with the same batch key and takes them while their images fit
+# its budget. Each taken id moves, in this one atomic step, from its queue to that queue's RQ
+# intermediate list: if the worker dies before RQ's started registry holds the job, RQ's own maintenance
+# finds it there and requeues it (IntermediateQueue.cleanup), so a claim never loses a job.
+_CLAIM = """
+local prefix, key = ARGV[1], ARGV[2]
+local budget, window = tonumber(ARGV[3]), tonumber(ARGV[4])
+local claimed = {}
+local seen = 0
+for _, q in ipairs(KEYS) do
+  if budget <= 0 or seen >= window then break end
+  local ids = redis.call('LRANGE', q, 0, window - seen - 1)
+  for _, id in ipairs(ids) do
+    seen = seen + 1
+    local meta = redis.call('HGET', prefix .. id, 'meta')
+    if meta then
+      local ok, m = pcall(cjson.decode, meta)
+      if ok and type(m) == 'table' and m['batch'] == key then
+        local n = tonumber(m['images']) or 1
+        if n >= 1 and n <= budget and redis.call('LREM', q, 1, id) == 1 then
+          redis.call('RPUSH', q .. ':intermediate', id)
+          budget = budget - n
+          claimed[#claimed + 1] = q
+          claimed[#claimed + 1] = id
+          if budget <= 0 then break end
+        end
+      end
+    end
+  end
+end
+return claimed
+"""
+
+
+def claim_companions(connection: redis.Redis, batch_key: str, budget: int, window: int) -> list[tuple[str, str]]:
+    """Take waiting dreams that can join a batch with key `batch_key`: (queue name, job id) pairs, at most
+    `budget` images in all, found among the first `window` waiting jobs. See _CLAIM."""
+    if budget < 1 or window < 1:
+        return []
+    keys = [FairQueue(n, connection=connection, serializer=JSONSerializer).key for n in queue_names()]
+    script = connection.register_script(_CLAIM)
+    flat = script(keys=keys, args=[Job.redis_job_namespace_prefix, batch_key, budget, window])
+    out = []
+    for qkey, job_id in zip(flat[::2], flat[1::2], strict=True):
+        qkey, job_id = (x.decode() if isinstance(x, bytes) else x for x in (qkey, job_id))
+        out.append((qkey.removeprefix(Queue.redis_queue_namespace_prefix), job_id))
+    return out
+
+
 class FairQueue(Queue):
     """An RQ queue whose pushes interleave members round-robin (see _FAIR_PUSH)."""
 
@@ -103,7 +153,8 @@ class DreamQueue:
             ttl=self.settings.result_ttl_s,
             description=f"dream {job.job_id} for {owner} via {job.origin.instance}",
             meta={"owner": owner, "instance": job.origin.instance, "images": job.request.count,
-                  "tries": self.settings.job_retries + 1},
+                  "tries": self.settings.job_retries + 1,
+                  **({"batch": job.batch_key} if job.batch_key else {})},
             # Retries here are for abandoned jobs (a worker that died mid-job); a job that fails on
             # its own sets retries_left to 0 before raising, so bad input is never run twice.
             retry=Retry(max=self.settings.job_retries) if self.settings.job_retries else None,

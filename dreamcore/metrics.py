@@ -12,6 +12,8 @@ Series (one registry, the default one, so process_* and python_* come along):
 - dreambot_queue_depth{queue}               gauge: LLEN of each RQ queue, read at scrape time (any process)
 - dreambot_redis_up                         gauge: 1 when that scrape-time read reached Redis
 - dreambot_stage_seconds{stage}             histogram, once per image: encode, base, refiner, decode, png, total
+- dreambot_batch_images                     histogram: images per denoising batch of several jobs (worker)
+- dreambot_batch_jobs                       histogram: jobs per such batch (worker)
 - dreambot_jobs_total{outcome}              done, failed, cancelled (worker)
 - dreambot_jobs_failed_total{reason}        FAIL_REASONS below; cancelled jobs included (worker)
 - dreambot_deliveries_total{where}          interaction, interaction-ephemeral, channel, undeliverable,
@@ -57,6 +59,10 @@ STAGE_SECONDS = Histogram(
     ["stage"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
 )
+BATCH_IMAGES = Histogram("dreambot_batch_images", "Images in one denoising batch of several dream jobs",
+                         buckets=(2, 3, 4, 6, 8, 12, 16, 24, 32))
+BATCH_JOBS = Histogram("dreambot_batch_jobs", "Dream jobs sharing one denoising batch",
+                       buckets=(2, 3, 4, 6, 8, 12, 16, 24, 32))
 OUTCOMES = ("done", "failed", "cancelled")
 JOBS = Counter("dreambot_jobs_total", "Dream jobs a worker finished, by outcome", ["outcome"])
 FAIL_REASONS = ("bad_input", "prompt_too_long", "nan", "oom", "timeout", "cancelled", "crashed",
@@ -86,6 +92,11 @@ def observe_stages(timings: Mapping[str, float], images: int, refiner_ran: bool 
         child = STAGE_SECONDS.labels(stage)
         for _ in range(n):
             child.observe(seconds / n)
+
+
+def batch_ran(jobs: int, images: int) -> None:
+    BATCH_JOBS.observe(jobs)
+    BATCH_IMAGES.observe(images)
 
 
 def job_done() -> None:

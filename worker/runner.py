@@ -12,17 +12,21 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
 
 import redis
+from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import JobTimeoutException
+from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from dreamcore import metrics
 from dreamcore.logs import setup_logging
-from dreamcore.queue import FairQueue, queue_names
+from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
 
 from . import tasks
@@ -34,7 +38,8 @@ log = logging.getLogger("dreambot.worker")
 class DreamWorker(SimpleWorker):
     queue_class = FairQueue
 
-    def __init__(self, *args, heartbeat_s: int = 10, lease_s: int = 60, **kwargs):
+    def __init__(self, *args, heartbeat_s: int = 10, lease_s: int = 60, batch_images: int = 1,
+                 batch_window: int = 32, **kwargs):
         kwargs.setdefault("serializer", JSONSerializer)
         # Clean registries (and so re-queue abandoned jobs) about once a lease, not every 10 min.
         kwargs.setdefault("maintenance_interval", lease_s)
@@ -45,6 +50,8 @@ class DreamWorker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.heartbeat_s = heartbeat_s
         self.lease_s = lease_s
+        self.batch_images = batch_images
+        self.batch_window = batch_window
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return self.lease_s
@@ -56,24 +63,89 @@ class DreamWorker(SimpleWorker):
             logging.getLogger(name).handlers[:] = []
 
     def execute_job(self, job, queue):
-        execution = self.prepare_execution(job)
+        members = [(job, queue, self.prepare_execution(job))]
+        members += self._claim_companions(job)
         stop = threading.Event()
-        beat = threading.Thread(target=self._renew_lease, args=(job, execution, stop), daemon=True,
-                                name="lease")
+        beat = threading.Thread(target=self._renew_leases, args=(members, stop), daemon=True, name="lease")
         beat.start()
         try:
-            self.perform_job(job, queue, execution)
+            if len(members) == 1:
+                self.perform_job(job, queue, members[0][2])
+            else:
+                self.perform_batch(members)
         finally:
             stop.set()
             beat.join()
         self.set_state(WorkerStatus.IDLE)
 
-    def _renew_lease(self, job, execution, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat_s):
+    def _claim_companions(self, job) -> list[tuple[Job, FairQueue, object]]:
+        """Waiting dreams that can share this job's denoising batch, taken off their queues and registered as
+        started here, exactly as RQ registers the job it dequeued itself (see dreamcore.queue._CLAIM)."""
+        key = job.meta.get("batch") if isinstance(job.meta, dict) else None
+        budget = self.batch_images - int(job.meta.get("images") or 1) if key else 0
+        if not key or budget < 1:
+            return []
+        try:
+            claimed = claim_companions(self.connection, key, budget, self.batch_window)
+        except redis.RedisError as err:  # no companions this time; the job itself runs
+            log.warning("batch claim failed", extra={"job_id": job.id, "error": type(err).__name__})
+            return []
+        queues = {q.name: q for q in self.queues}
+        members = []
+        for qname, job_id in claimed:
+            queue = queues.get(qname) or FairQueue(qname, connection=self.connection, serializer=self.serializer)
             try:
-                self.maintain_heartbeats(job, execution)
-            except redis.RedisError as err:  # Redis away for a moment: try again next beat
-                log.warning("lease renewal failed", extra={"job_id": job.id, "error": str(err)})
+                companion = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            except Exception as err:  # deleted, or a hash RQ can't read: RQ's maintenance deals with its id
+                log.warning("claimed job unreadable", extra={"job_id": job_id, "error": type(err).__name__})
+                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+                continue
+            members.append((companion, queue, self.prepare_execution(companion)))
+        if members:
+            log.info("batch", extra={"job_id": job.id, "companions": [m[0].id for m in members]})
+        return members
+
+    def perform_batch(self, members) -> None:
+        """RQ's perform_job for several jobs denoised together: RQ's own bookkeeping for each job (started,
+        then finished or failed), with one time limit and one run of tasks.run_batch in between."""
+        leader = members[0][0]
+        for i, (job, _queue, _execution) in enumerate(members):
+            # The leader came off its queue the way RQ takes jobs; companions wait in the intermediate list.
+            self.prepare_job_execution(job, remove_from_intermediate_queue=i > 0)
+            job.started_at = now()
+        images = sum(int(job.meta.get("images") or 1) for job, _, _ in members)
+        timeout = tasks.batch_timeout([job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _, _ in members],
+                                      images)
+        claimed = [tasks.Claimed(job.id, _payload_of(job), job) for job, _, _ in members]
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=leader.id):
+                outcomes = tasks.run_batch(claimed)
+        except Exception:  # run_batch settles every job itself; this is a last resort so RQ still records them
+            exc_info = sys.exc_info()
+            outcomes = [tasks.Outcome(exc_info=exc_info)] * len(members)
+        for (job, queue, execution), outcome in zip(members, outcomes, strict=True):
+            try:
+                if outcome.failed:
+                    self._finalize_failure(job, queue, execution, outcome.exc_info)
+                else:
+                    self._finalize_success(job, queue, execution, outcome.value)
+            except redis.RedisError as err:  # RQ's own records; the member already has the result
+                log.warning("job bookkeeping failed", extra={"job_id": job.id, "error": type(err).__name__})
+
+    def _renew_leases(self, members, stop: threading.Event) -> None:
+        while not stop.wait(self.heartbeat_s):
+            for job, _queue, execution in members:
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except redis.RedisError as err:  # Redis away for a moment: try again next beat
+                    log.warning("lease renewal failed", extra={"job_id": job.id, "error": str(err)})
+
+
+def _payload_of(job: Job):
+    try:
+        return job.args[0]
+    except Exception:  # undecodable or missing arguments: the job is admitted as unreadable, its member told
+        return None
 
 
 def worker_name() -> str:
@@ -94,9 +166,13 @@ def quiet_model_libraries() -> None:
 def load_pipeline(settings: Settings) -> DreamPipeline:
     quiet_model_libraries()
     t0 = time.perf_counter()
-    pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device)
+    pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device,
+                              fuse_qkv=settings.fuse_qkv, channels_last=settings.channels_last,
+                              compile=settings.compile)
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),
-                                     "base": settings.base_model, "refiner": settings.refiner_model})
+                                     "base": settings.base_model, "refiner": settings.refiner_model,
+                                     "fuse_qkv": settings.fuse_qkv, "channels_last": settings.channels_last,
+                                     "compile": settings.compile})
     return pipe
 
 
@@ -105,7 +181,8 @@ def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, 
     tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name))
     queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
     return DreamWorker(queues, connection=conn, name=name, heartbeat_s=settings.heartbeat_s,
-                       lease_s=settings.lease_s, exception_handlers=[tasks.on_abandoned])
+                       lease_s=settings.lease_s, batch_images=settings.batch_images,
+                       batch_window=settings.batch_window, exception_handlers=[tasks.on_abandoned])
 
 
 class _Stop:

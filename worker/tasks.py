@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import io
 import logging
+import math
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from rq import get_current_job
@@ -65,9 +68,9 @@ def runtime() -> Runtime:
     return _runtime
 
 
-def _no_retry() -> None:
+def _no_retry(job=None) -> None:
     """A job that failed on its own merits is not retried (retries are for workers that died)."""
-    job = get_current_job()
+    job = job if job is not None else get_current_job()
     if job is not None and job.retries_left:
         job.retries_left = 0
         job.connection.hset(job.key, "retries_left", 0)
@@ -94,51 +97,64 @@ def fail_job(rt: Runtime, job_id: str, origin, request, reason: str, kind: str =
 
 
 def run_dream(payload) -> dict:
+    """RQ's entry point for one job run alone (a variation, an upscale, or a dream with no companions)."""
     rt = runtime()
     current = get_current_job()
     # Failures are filed under RQ's own id, never under an id read from a payload that may be corrupt
     # (a made-up id could mark another member's job as done).
-    rq_id = current.id if current is not None else "unknown"
+    job = _admit(rt, current.id if current is not None else "unknown", payload, current)
+    if isinstance(job, dict):
+        return job
+    try:
+        return _generate_and_publish(rt, job)
+    except Exception as err:
+        return _settle(rt, job, err, current)
+
+
+def _admit(rt: Runtime, rq_id: str, payload, rq_job) -> DreamJob | dict:
+    """The job to run, or a dict (RQ's return value) when there is nothing to do. Raises JobRejected for a
+    payload that can't be read (its member, if one can be found, has been told)."""
     try:
         job = parse_job(payload)
-        if current is not None and job.job_id != current.id:
-            raise JobError(f"job_id {job.job_id} does not match the queued job {current.id}", field="job_id")
+        if rq_job is not None and job.job_id != rq_job.id:
+            raise JobError(f"job_id {job.job_id} does not match the queued job {rq_job.id}", field="job_id")
     except JobError as err:
         fail_job(rt, rq_id, origin_of(payload), None, f"this request could not be read ({err})", kind="bad_input")
-        _no_retry()
+        _no_retry(rq_job)
         raise JobRejected(str(err)) from None
-
     if rt.conn.exists(results.done_key(job.job_id)):
         # A retry after a worker died between publishing and RQ's bookkeeping: the result is out.
         log.info("job already published, skipping", extra={"job_id": job.job_id})
         return {"status": "already-published"}
+    return job
 
-    try:
-        return _generate_and_publish(rt, job)
-    except JobRejected:
-        _no_retry()
-        raise
-    except JobCancelled:
+
+def _settle(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> dict:
+    """Turn an exception out of a job's run into what RQ records, after telling the member. Returns RQ's
+    return value (a cancelled job ends normally) or raises JobRejected. Call it inside `except`."""
+    if isinstance(err, JobRejected):
+        _no_retry(rq_job)
+        raise err
+    if isinstance(err, JobCancelled):
         who = rt.conn.get(cancel_key(job.job_id))
         by = "you" if who is None or who.decode() == str(job.origin.user_id) else f"<@{who.decode()}>"
         fail_job(rt, job.job_id, job.origin, job.request, f"cancelled by {by}", kind="cancelled")
-        _no_retry()
+        _no_retry(rq_job)
         return {"status": "cancelled"}
-    except Exception as err:
-        if isinstance(err, JobTimeoutException):
-            reason = f"it took longer than the {rt.settings.job_timeout_s} s limit for one dream"
-            kind = "timeout"
-        elif _is_oom(err):
-            _free_gpu_memory()
-            reason = "the GPU ran out of memory on this one; try fewer images or another size"
-            kind = "oom"
-        else:
-            reason = f"the worker hit an internal error ({type(err).__name__}); nothing was posted"
-            kind = "internal"
-        log.exception("job crashed", extra={"job_id": job.job_id})
-        fail_job(rt, job.job_id, job.origin, job.request, reason, kind=kind)
-        _no_retry()
-        raise JobRejected(reason) from err
+    if isinstance(err, JobTimeoutException):
+        reason = f"it took longer than the {rt.settings.job_timeout_s} s limit for one dream"
+        kind = "timeout"
+    elif _is_oom(err):
+        _free_gpu_memory()
+        reason = "the GPU ran out of memory on this one; try fewer images or another size"
+        kind = "oom"
+    else:
+        reason = f"the worker hit an internal error ({type(err).__name__}); nothing was posted"
+        kind = "internal"
+    log.error("job crashed", extra={"job_id": job.job_id}, exc_info=err)
+    fail_job(rt, job.job_id, job.origin, job.request, reason, kind=kind)
+    _no_retry(rq_job)
+    raise JobRejected(reason) from err
 
 
 def _is_oom(err: Exception) -> bool:
@@ -160,57 +176,88 @@ def _free_gpu_memory() -> None:
 PROGRESS_INTERVAL_S = 2.0  # Discord takes about one edit per message every two seconds
 
 
-def _step_hook(rt: Runtime, job: DreamJob):
-    cancel = cancel_key(job.job_id)
-    poison = faults.once("worker-nan")
-    last = [0.0]
+class StepHook:
+    """The step callback of one pipeline call, for the jobs whose images it denoises (one job, or a batch).
 
-    def on_step(event: StepEvent) -> None:
+    Each step it asks Redis, in one MGET, which of them were cancelled: a cancelled job alone stops the
+    call at once; in a batch the others carry on and the cancelled one is dropped at the end. About every
+    PROGRESS_INTERVAL_S it publishes each job's progress with a preview of that job's own latents.
+    """
+
+    def __init__(self, rt: Runtime, jobs: list[DreamJob]):
+        self.rt = rt
+        self.jobs = jobs
+        self.keys = [cancel_key(j.job_id) for j in jobs]
+        self.cancelled: set[str] = set()
+        self.poison = faults.once("worker-nan")
+        self.last = 0.0
+
+    def __call__(self, event: StepEvent) -> None:
         faults.crash_here("worker-mid-job")
-        if poison:  # tests only: what a broken fp16 VAE or a bad driver produces
-            event.latents.mul_(float("nan"))
+        if self.poison:  # tests only: what a broken fp16 VAE or a bad driver produces, to the first job here
+            event.latents[(getattr(event, "rows", None) or {}).get(0, slice(None))].mul_(float("nan"))
         try:
-            cancelled = rt.conn.exists(cancel)
+            flags = self.rt.conn.mget(self.keys)
         except redis.RedisError:
-            cancelled = False  # Redis restarting: keep denoising; the result is published patiently
-        if cancelled:
-            raise JobCancelled(job.job_id)
+            flags = [None] * len(self.keys)  # Redis restarting: keep denoising; the result is published patiently
+        self.cancelled.update(j.job_id for j, f in zip(self.jobs, flags, strict=True) if f is not None)
+        if len(self.cancelled) == len(self.jobs):
+            raise JobCancelled(",".join(sorted(self.cancelled)))
         now = time.monotonic()
-        final = event.done == event.total
-        if now - last[0] < PROGRESS_INTERVAL_S or final:
+        if now - self.last < PROGRESS_INTERVAL_S or event.done == event.total:
             return  # the finished images follow at once: no progress edit for the last step
-        last[0] = now
+        self.last = now
+        rows = getattr(event, "rows", None) or {0: slice(None)}
         try:
-            preview = latent_preview_png(event.latents)
-            results.publish_progress(rt.conn, job.origin.instance, job.job_id, {
-                "stage": event.stage, "step": event.step, "stage_total": event.stage_total,
-                "done": event.done, "total": event.total, "at": time.time()}, preview)
+            for k, sl in rows.items():
+                job = self.jobs[k]
+                if job.job_id in self.cancelled:
+                    continue
+                preview = latent_preview_png(event.latents[sl])
+                results.publish_progress(self.rt.conn, job.origin.instance, job.job_id, {
+                    "stage": event.stage, "step": event.step, "stage_total": event.stage_total,
+                    "done": event.done, "total": event.total, "at": time.time()}, preview)
         except redis.RedisError:
             pass  # progress is a courtesy; never fail or slow a job for it
 
-    return on_step
 
-
-def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
-    req = job.request
+def _precheck(rt: Runtime, job: DreamJob) -> None:
+    """Before spending GPU time: a job cancelled while it waited, or with nowhere to post, ends here."""
     if rt.conn.exists(cancel_key(job.job_id)):
         raise JobCancelled(job.job_id)
     if rt.conn.exists(results.channel_gone_key(job.origin.channel_id)):
-        # Nowhere to post it: don't spend GPU time on it.
         reason = "the channel it was asked in has been deleted"
-        fail_job(rt, job.job_id, job.origin, req, reason, kind="channel_gone")
+        fail_job(rt, job.job_id, job.origin, job.request, reason, kind="channel_gone")
         raise JobRejected(reason)
     if faults.once("worker-oom"):
         import torch
 
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected by DREAMBOT_TEST_FAULTS)")
+
+
+def _input_error(rt: Runtime, job: DreamJob, err: ValueError) -> JobRejected:
+    """PromptTooLong, a source image gone, other input the model can't take: the member is told why."""
+    fail_job(rt, job.job_id, job.origin, job.request, str(err),
+             kind="prompt_too_long" if isinstance(err, PromptTooLong) else "bad_input")
+    return JobRejected(str(err))
+
+
+def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
+    _precheck(rt, job)
     t0 = time.perf_counter()
     try:
         gen: Generation = _make_images(rt, job)
-    except ValueError as err:  # PromptTooLong, a source image gone, other input the model can't take
-        fail_job(rt, job.job_id, job.origin, req, str(err),
-                 kind="prompt_too_long" if isinstance(err, PromptTooLong) else "bad_input")
-        raise JobRejected(str(err)) from None
+    except ValueError as err:
+        raise _input_error(rt, job, err) from None
+    return _publish_generation(rt, job, gen, t0)
+
+
+def _publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, share: float = 1.0,
+                        record: bool = True) -> dict:
+    """Encode a job's images, publish them to its bot's outbox, settle its quota. `share` is the job's part of
+    a batch's images (stage times are the batch's; metrics get this job's share); `record` is False when the
+    batch records its seconds per image once for all its jobs."""
+    req = job.request
     if gen.nan_detected:
         _free_gpu_memory()
         reason = "the model produced a blank (NaN) image; try another seed or fewer steps"
@@ -248,12 +295,146 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
     published = _publish_patiently(rt, result, [e.data for e in encoded])
     faults.crash_here("worker-after-publish")
     _release(rt, job.origin, job.job_id, refund=False)
-    stats.record_job(rt.conn, timings["total_s"], len(encoded))
-    metrics.observe_stages(timings, len(encoded), refiner_ran=gen.refiner_steps > 0)
+    if record:
+        stats.record_job(rt.conn, timings["total_s"], len(encoded))
+    shared = {k: v * share if k.endswith("_s") and k not in ("png_s",) else v for k, v in timings.items()}
+    metrics.observe_stages(shared, len(encoded), refiner_ran=gen.refiner_steps > 0)
     metrics.job_done()
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
-                                 "published": published})
+                                 "published": published, "batch_images": timings.get("batch_images", len(encoded))})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
+
+
+# -- batches ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claimed:
+    """One RQ job of a batch, as the worker took it: RQ's id (trusted), the raw payload (not yet)."""
+
+    rq_id: str
+    payload: Any
+    rq_job: Any = None  # rq.job.Job, for retry bookkeeping
+
+
+@dataclass
+class Outcome:
+    """How one job of a batch ended, for RQ: a return value, or the exception with its traceback."""
+
+    value: dict | None = None
+    exc_info: tuple | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> bool:
+        return self.exc_info is not None
+
+
+def _capture(fn, *args) -> Outcome:
+    try:
+        return Outcome(value=fn(*args))
+    except Exception:
+        return Outcome(exc_info=sys.exc_info())
+
+
+def _settled(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> Outcome:
+    try:
+        raise err
+    except Exception as e:
+        return _capture(_settle, rt, job, e, rq_job)
+
+
+def run_batch(members: list[Claimed]) -> list[Outcome]:
+    """Run several dreams that share a batch key as one denoising batch; one Outcome per member, in order.
+
+    Each job is admitted, checked and has its prompts encoded on its own (a bad one fails alone); the rest
+    go through one base + refiner call (the pipeline splits it where prompt lengths differ) and each job's
+    images are encoded and published to its own bot. If the batch runs out of GPU memory its jobs are run
+    again one at a time. A timeout, or anything else that stops the call, fails every job in it, each
+    member told.
+    """
+    rt = runtime()
+    outcomes: list[Outcome | None] = [None] * len(members)
+    live: list[tuple[int, DreamJob, Any]] = []
+    try:
+        for i, m in enumerate(members):
+            outcomes[i] = _capture(_admit, rt, m.rq_id, m.payload, m.rq_job)
+            job = outcomes[i].value
+            if not isinstance(job, DreamJob):
+                continue
+            outcomes[i] = None
+            try:
+                _precheck(rt, job)
+                if job.kind != "dream":  # claimed by a batch key its payload does not bear out: run it alone
+                    outcomes[i] = _capture(_run_alone, rt, job, m.rq_job)
+                    continue
+                try:
+                    prepared = rt.pipeline.prepare(job.request)
+                except ValueError as err:
+                    raise _input_error(rt, job, err) from None
+            except Exception as err:
+                outcomes[i] = _settled(rt, job, err, m.rq_job)
+                continue
+            live.append((i, job, prepared))
+        if live:
+            _denoise_batch(rt, members, live, outcomes)
+    except JobTimeoutException as err:
+        for i, job, _ in live:
+            if outcomes[i] is None:
+                outcomes[i] = _settled(rt, job, err, members[i].rq_job)
+    for i, o in enumerate(outcomes):  # a member with no outcome would be a bug here: fail it loudly
+        if o is None:
+            outcomes[i] = Outcome(exc_info=(RuntimeError, RuntimeError("batch left this job unsettled"), None))
+    return outcomes  # type: ignore[return-value]
+
+
+def _run_alone(rt: Runtime, job: DreamJob, rq_job) -> dict:
+    try:
+        return _generate_and_publish(rt, job)
+    except Exception as err:
+        return _settle(rt, job, err, rq_job)
+
+
+def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list) -> None:
+    jobs = [job for _, job, _ in live]
+    hook = StepHook(rt, jobs)
+    t0 = time.perf_counter()
+    try:
+        gens = rt.pipeline.generate_prepared([p for _, _, p in live], on_step=hook)
+    except JobTimeoutException:
+        raise
+    except Exception as err:
+        if _is_oom(err) and len(live) > 1:
+            _free_gpu_memory()
+            log.warning("batch ran out of GPU memory; running its jobs one at a time",
+                        extra={"jobs": [j.job_id for j in jobs]})
+            for i, job, _ in live:
+                outcomes[i] = _capture(_run_alone, rt, job, members[i].rq_job)
+            return
+        for i, job, _ in live:
+            e = JobCancelled(job.job_id) if isinstance(err, JobCancelled) else err
+            outcomes[i] = _settled(rt, job, e, members[i].rq_job)
+        return
+    images = sum(len(g.images) for g in gens)
+    stats.record_job(rt.conn, time.perf_counter() - t0, images)
+    metrics.batch_ran(len(live), images)
+    for (i, job, _), gen in zip(live, gens, strict=True):
+        if job.job_id in hook.cancelled:
+            outcomes[i] = _settled(rt, job, JobCancelled(job.job_id), members[i].rq_job)
+            continue
+        outcomes[i] = _capture(_publish_or_settle, rt, job, gen, t0, len(gen.images) / images, members[i].rq_job)
+
+
+def _publish_or_settle(rt: Runtime, job: DreamJob, gen: Generation, t0: float, share: float, rq_job) -> dict:
+    try:
+        return _publish_generation(rt, job, gen, t0, share=share, record=False)
+    except Exception as err:
+        return _settle(rt, job, err, rq_job)
+
+
+def batch_timeout(timeouts: list[int], images: int) -> int:
+    """A batch's time limit: one job's limit (sized for up to four images) per four images it holds."""
+    return max(timeouts) * max(1, math.ceil(images / 4))
 
 
 class SourceGone(ValueError):
@@ -262,7 +443,7 @@ class SourceGone(ValueError):
 
 def _make_images(rt: Runtime, job: DreamJob) -> Generation:
     """Dispatch on the job's kind; every kind runs on the models this process already holds."""
-    hook = _step_hook(rt, job)
+    hook = StepHook(rt, [job])
     if job.kind == "dream":
         return rt.pipeline.generate(job.request, on_step=hook)
     src = job.source

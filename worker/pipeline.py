@@ -6,6 +6,11 @@ result. (https://huggingface.co/docs/diffusers/using-diffusers/sdxl#refine-image
 
 Kept close to plain diffusers on purpose: two stock pipelines, loaded once, called with precomputed prompt
 embeddings (so long prompts are chunked, not cut; see prompts.py) and one seeded generator per image.
+
+Several requests that share a size, step count, base/refiner cut and guidance scale (DreamJob.batch_key) can
+be denoised in one call: `prepare()` each, then `generate_prepared()`. Each image still comes from its own
+seeded generator and its own prompt's embeddings, so it is the image its request gives alone (up to the
+last float bit of a batched kernel); the GPU just does the work of many images per UNet pass.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from PIL import Image
 from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
-from .prompts import EncodedPrompts, encode_prompts
+from .prompts import EncodedPrompts, batch_kwargs, encode_prompts
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -59,7 +64,10 @@ class StepEvent:
     stage_total: int
     done: int  # steps finished over both stages
     total: int
-    latents: torch.Tensor  # the whole batch's latents after this step
+    latents: torch.Tensor  # the whole call's latents after this step
+    # Which rows of `latents` are whose: item index (its position in generate_prepared's `items`) -> that
+    # item's images, for the items in this call. generate(), vary() and upscale() give {0: slice(0, n)}.
+    rows: dict[int, slice] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,9 +78,30 @@ class Generation:
     height: int
     base_steps: int  # steps the base actually ran (counted in its step callback)
     refiner_steps: int  # 0 when the refiner was skipped
-    timings: dict[str, float] = field(default_factory=dict)  # encode_s, base_s, refiner_s, decode_s, total_s
+    # encode_s, base_s, refiner_s, decode_s, total_s; from generate_prepared() also batch_images and
+    # batch_jobs (the images and requests in the pipeline call this one shared; its base/refiner/decode
+    # times are that whole call's).
+    timings: dict[str, float] = field(default_factory=dict)
     prompt_note: str | None = None  # e.g. "prompt is 131 tokens: encoded in 2 chunks of 75"
     nan_detected: bool = False  # any image's latents or pixels non-finite, or the image all black
+
+
+@dataclass
+class Prepared:
+    """One request with its style applied and its prompts encoded, ready to be batched with others."""
+
+    req: DreamRequest
+    encoded: EncodedPrompts
+    use_refiner: bool
+    encode_s: float
+    base_steps: int  # what split_steps() gives for the request
+    refiner_steps: int
+    fraction: float | None  # the handover point; None when the refiner is skipped
+
+
+def batch_geometry(req: DreamRequest) -> tuple:
+    """What every request in one denoising call must share (what DreamJob.batch_key encodes)."""
+    return (req.size, req.steps, req.base_steps, float(req.guidance))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -211,20 +240,93 @@ class DreamPipeline:
     @torch.inference_mode()
     def generate(self, req: DreamRequest, on_step: Callable[[StepEvent], None] | None = None) -> Generation:
         """Run one request: style, prompt encoding, base, refiner, decode. Exceptions from on_step propagate."""
-        t_start = time.perf_counter()
-        width, height = req.size
-        seeds = req.seeds
-        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+        gen = self.generate_prepared([self.prepare(req)], on_step)[0]
+        # A call of its own: batch_images is req.count and batch_jobs 1, which says nothing; generate()'s
+        # timings keep the keys they always had.
+        gen.timings.pop("batch_images", None)
+        gen.timings.pop("batch_jobs", None)
+        return gen
 
+    @torch.inference_mode()
+    def prepare(self, req: DreamRequest) -> Prepared:
+        """Apply the request's style, work out its step split and encode its prompts (base and, when it runs,
+        refiner). Raises PromptTooLong (a ValueError) for a prompt past the chunk limit: that request alone
+        fails, before it is batched with others."""
+        t_start = time.perf_counter()
+        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
         base_steps, refiner_steps, fraction = self.split_steps(req.steps, req.base_steps)
         use_refiner = fraction is not None
-        total = base_steps + refiner_steps
-
-        encoded: EncodedPrompts = encode_prompts(
-            self.base, self.refiner if use_refiner else None, prompt, negative
-        )
+        encoded = encode_prompts(self.base, self.refiner if use_refiner else None, prompt, negative)
         self._sync()
-        t_encoded = time.perf_counter()
+        return Prepared(
+            req=req,
+            encoded=encoded,
+            use_refiner=use_refiner,
+            encode_s=time.perf_counter() - t_start,
+            base_steps=base_steps,
+            refiner_steps=refiner_steps,
+            fraction=fraction,
+        )
+
+    @torch.inference_mode()
+    def generate_prepared(
+        self, items: list[Prepared], on_step: Callable[[StepEvent], None] | None = None
+    ) -> list[Generation]:
+        """Denoise several prepared requests together; one Generation per item, in order.
+
+        All items must share size, steps, base steps and guidance (batch_geometry, i.e. DreamJob.batch_key),
+        else ValueError. Items whose prompts were encoded in the same number of chunks share one base (and
+        refiner) call; each other chunk count gets a call of its own, in the order the items come (their
+        embeddings can't be stacked, and padding with empty chunks would change the image). In a call every
+        image has its own generator seeded with its seed, and its own request's embeddings, so image i of
+        item k is what that seed gives alone. on_step sees each call's steps (`done`/`total` count within the
+        call) and `rows` says which latents are whose. An exception from on_step propagates and ends the
+        whole batch.
+        """
+        if not items:
+            return []
+        geometries = {batch_geometry(it.req) for it in items}
+        if len(geometries) > 1:
+            raise ValueError(
+                "requests in one batch must share size, steps, base steps and guidance; got "
+                + ", ".join(f"{w}x{h}/{s}/{b}/{g:g}" for (w, h), s, b, g in sorted(geometries))
+            )
+        groups: dict[tuple, list[int]] = {}
+        for i, it in enumerate(items):
+            shape = (
+                tuple(it.encoded.base.prompt_embeds.shape),
+                tuple(it.encoded.refiner.prompt_embeds.shape) if it.encoded.refiner is not None else None,
+            )
+            groups.setdefault(shape, []).append(i)
+        width, height = items[0].req.size
+        out: list[Generation | None] = [None] * len(items)
+        for indices in groups.values():
+            gens = self._denoise([items[i] for i in indices], indices, width, height, on_step)
+            for i, gen in zip(indices, gens, strict=True):
+                out[i] = gen
+        return out  # type: ignore[return-value]  (every index was filled)
+
+    def _denoise(
+        self,
+        items: list[Prepared],
+        indices: list[int],
+        width: int,
+        height: int,
+        on_step: Callable[[StepEvent], None] | None,
+    ) -> list[Generation]:
+        """One base (+ refiner) call for items of one geometry and one embedding shape; then the decode."""
+        first = items[0]
+        base_steps, refiner_steps, fraction = first.base_steps, first.refiner_steps, first.fraction
+        use_refiner = first.use_refiner
+        total = base_steps + refiner_steps
+        rows: dict[int, slice] = {}
+        n = 0
+        for index, it in zip(indices, items, strict=True):
+            rows[index] = slice(n, n + it.req.count)
+            n += it.req.count
+        seeds = [seed for it in items for seed in it.req.seeds]
+        self._sync()
+        t_start = time.perf_counter()
 
         # One generator per image, seeded with that image's seed: randn_tensor draws each image's starting
         # noise from its own generator, so image i of a batch is the image its seed gives alone. CPU
@@ -237,20 +339,21 @@ class DreamPipeline:
             def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
                 counted[stage] += 1
                 if on_step is not None:
-                    on_step(StepEvent(stage, i + 1, stage_total, offset + i + 1, total, tensors["latents"]))
+                    on_step(StepEvent(stage, i + 1, stage_total, offset + i + 1, total, tensors["latents"],
+                                      rows=dict(rows)))
                 return {}
 
             return on_step_end
 
         common = dict(
-            num_inference_steps=req.steps,
-            guidance_scale=req.guidance,
+            num_inference_steps=first.req.steps,
+            guidance_scale=first.req.guidance,
             generator=generators,
             output_type="latent",  # we decode ourselves: timed separately, checked for NaN
             callback_on_step_end_tensor_inputs=["latents"],
         )
         latents = self.base(
-            **encoded.base.pipeline_kwargs(req.count),
+            **batch_kwargs([(it.encoded.base, it.req.count) for it in items]),
             width=width,
             height=height,
             denoising_end=fraction,
@@ -262,7 +365,7 @@ class DreamPipeline:
 
         if use_refiner:
             latents = self.refiner(
-                **encoded.refiner.pipeline_kwargs(req.count),
+                **batch_kwargs([(it.encoded.refiner, it.req.count) for it in items]),
                 image=latents,  # 4-channel latents go in as they are, no VAE encode
                 denoising_start=fraction,  # continue the same schedule: no fresh noise is added
                 callback_on_step_end=callback("refiner", refiner_steps, base_steps),
@@ -271,26 +374,37 @@ class DreamPipeline:
         self._sync()
         t_refined = time.perf_counter()
 
-        images, nan = self._decode(latents)
+        decoded = self._decode_each(latents)
         self._sync()
         t_end = time.perf_counter()
-        return Generation(
-            images=images,
-            seeds=seeds,
-            width=width,
-            height=height,
-            base_steps=counted["base"],
-            refiner_steps=counted["refiner"],
-            timings={
-                "encode_s": t_encoded - t_start,
-                "base_s": t_base - t_encoded,
-                "refiner_s": t_refined - t_base,
-                "decode_s": t_end - t_refined,
-                "total_s": t_end - t_start,
-            },
-            prompt_note=encoded.note,
-            nan_detected=nan,
-        )
+        shared = {
+            "base_s": t_base - t_start,
+            "refiner_s": t_refined - t_base,
+            "decode_s": t_end - t_refined,
+        }
+        gens = []
+        for index, it in zip(indices, items, strict=True):
+            mine = decoded[rows[index]]
+            gens.append(
+                Generation(
+                    images=[image for image, _ in mine],
+                    seeds=it.req.seeds,
+                    width=width,
+                    height=height,
+                    base_steps=counted["base"],
+                    refiner_steps=counted["refiner"],
+                    timings={
+                        "encode_s": it.encode_s,
+                        **shared,
+                        "total_s": it.encode_s + (t_end - t_start),
+                        "batch_images": n,
+                        "batch_jobs": len(items),
+                    },
+                    prompt_note=it.encoded.note,
+                    nan_detected=any(nan for _, nan in mine),
+                )
+            )
+        return gens
 
     # -- variations and upscales -------------------------------------------------------------------------
 
@@ -336,7 +450,8 @@ class DreamPipeline:
         def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
             counted[0] += 1
             if on_step is not None:
-                on_step(StepEvent("base", counted[0], run_steps, counted[0], run_steps, tensors["latents"]))
+                on_step(StepEvent("base", counted[0], run_steps, counted[0], run_steps, tensors["latents"],
+                                  rows={0: slice(0, req.count)}))
             return {}
 
         latents = self.base_img2img(
@@ -400,7 +515,8 @@ class DreamPipeline:
         def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
             counted[0] += 1
             if on_step is not None:
-                on_step(StepEvent("refiner", counted[0], total, counted[0], total, tensors["latents"]))
+                on_step(StepEvent("refiner", counted[0], total, counted[0], total, tensors["latents"],
+                                  rows={0: slice(0, 1)}))
             return {}
 
         for x0, y0, x1, y1 in boxes:
@@ -440,14 +556,20 @@ class DreamPipeline:
         )
 
     def _decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], bool]:
-        """VAE-decode one image at a time (a 1024px decode is the memory peak of the whole job)."""
+        """The images, and whether any of them is broken (see _decode_each)."""
+        decoded = self._decode_each(latents)
+        return [image for image, _ in decoded], any(nan for _, nan in decoded)
+
+    def _decode_each(self, latents: torch.Tensor) -> list[tuple[Image.Image, bool]]:
+        """VAE-decode one image at a time (a 1024px decode is the memory peak of the whole job); for each,
+        whether its latents or pixels were non-finite or it came out all black."""
         vae = self.base.vae
-        nan = not bool(torch.isfinite(latents).all())
         mean = getattr(vae.config, "latents_mean", None)
         std = getattr(vae.config, "latents_std", None)
-        images = []
+        out = []
         for i in range(latents.shape[0]):
             z = latents[i : i + 1].to(vae.dtype)
+            nan = not bool(torch.isfinite(z).all())
             # Undo the latent scaling the UNet works in (as the pipelines do before decoding).
             if mean is not None and std is not None:
                 mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
@@ -463,8 +585,8 @@ class DreamPipeline:
                 pixels = self.base.watermark.apply_watermark(pixels)
             image = self.base.image_processor.postprocess(pixels, output_type="pil")[0].convert("RGB")
             nan = nan or int(np.asarray(image).max()) == 0  # all black: what a NaN decode turns into
-            images.append(image)
-        return images, nan
+            out.append((image, nan))
+        return out
 
     def _sync(self) -> None:
         # CUDA runs asynchronously: wait for it so each stage's time is that stage's.

@@ -58,6 +58,23 @@ class StageEmbeds:
         }
 
 
+def batch_kwargs(parts: list[tuple[StageEmbeds, int]]) -> dict[str, torch.Tensor]:
+    """Keyword arguments for one pipeline call that runs several prompts: each (embeds, count) repeated to
+    `count` images, stacked in order along the batch axis.
+
+    Every part must have the same sequence length (the same number of 75-token chunks): rows of one batch
+    can't differ in length, and padding a prompt with empty chunks would change its image (the UNet would
+    attend to them), so callers run prompts of different lengths as separate calls instead.
+    """
+    if not parts:
+        raise ValueError("no prompts to batch")
+    shapes = {tuple(e.prompt_embeds.shape[1:]) for e, _ in parts}
+    if len(shapes) > 1:
+        raise ValueError(f"prompt embeddings of different shapes can't share a batch: {sorted(shapes)}")
+    each = [e.pipeline_kwargs(count) for e, count in parts]
+    return {name: torch.cat([kw[name] for kw in each]) for name in each[0]}
+
+
 @dataclass
 class EncodedPrompts:
     base: StageEmbeds

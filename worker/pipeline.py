@@ -15,6 +15,7 @@ last float bit of a batched kernel); the GPU just does the work of many images p
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -33,6 +34,8 @@ from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
 from .prompts import EncodedPrompts, batch_kwargs, encode_prompts
+
+log = logging.getLogger("dreambot.worker")
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -145,7 +148,7 @@ def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
         ) from err
 
 
-_loaded: dict[tuple[str, str, str], DreamPipeline] = {}
+_loaded: dict[tuple[str, str, str, bool, bool, bool], DreamPipeline] = {}
 _load_lock = threading.Lock()
 
 
@@ -160,12 +163,30 @@ class DreamPipeline:
         self._base_img2img: StableDiffusionXLImg2ImgPipeline | None = None
 
     @classmethod
-    def load(cls, base: str, refiner: str, device: str = "auto") -> DreamPipeline:
-        """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance."""
-        key = (base, refiner, device)
+    def load(
+        cls,
+        base: str,
+        refiner: str,
+        device: str = "auto",
+        *,
+        fuse_qkv: bool = False,
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> DreamPipeline:
+        """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance.
+
+        The speed options change the loaded modules in place, so each combination is its own instance (and
+        its own copy of the weights: from_pretrained shares nothing between two loads).
+        fuse_qkv: one q/k/v (self-attention) or k/v (cross-attention) matmul instead of three or two, in
+            both UNets and the VAE. channels_last: NHWC memory layout for the UNets' and VAE's convolutions,
+            what cuDNN's fastest kernels want. compile: torch.compile both UNets, warmed up at load.
+        """
+        key = (base, refiner, device, fuse_qkv, channels_last, compile)
         with _load_lock:
             if key not in _loaded:
-                _loaded[key] = cls._load(base, refiner, device)
+                pipe = cls._load(base, refiner, device)
+                pipe._speed_up(fuse_qkv=fuse_qkv, channels_last=channels_last, compile=compile)
+                _loaded[key] = pipe
             return _loaded[key]
 
     @classmethod
@@ -194,10 +215,70 @@ class DreamPipeline:
             vae=base_pipe.vae,
         )
         for pipe in (base_pipe, refiner_pipe):
-            # Attention stays diffusers' default for torch 2, AttnProcessor2_0, i.e. PyTorch's SDPA kernels.
+            # Attention stays diffusers' default for torch 2, AttnProcessor2_0 (FusedAttnProcessor2_0 with
+            # fuse_qkv), i.e. torch's scaled_dot_product_attention. On CUDA SDPA already picks the fastest
+            # kernel that fits (FlashAttention for bf16 with these head sizes, else memory-efficient
+            # attention, else the math fallback), so no custom attention kernels or processors are needed.
             pipe.to(dev)
             pipe.set_progress_bar_config(disable=True)  # the worker reports progress itself
         return cls(base_pipe, refiner_pipe, dev)
+
+    # -- speed options ------------------------------------------------------------------------------------
+
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        """The UNets and the VAE, each once: the refiner's VAE is the base's object, so it is not listed twice
+        (a second fuse would redo the work and allocate its fused weights again for nothing)."""
+        named = {"base UNet": self.base.unet, "refiner UNet": self.refiner.unet, "VAE": self.base.vae}
+        if self.refiner.vae is not self.base.vae:
+            named["refiner VAE"] = self.refiner.vae
+        return named
+
+    def _speed_up(self, *, fuse_qkv: bool, channels_last: bool, compile: bool) -> None:
+        modules = self._modules()
+        if fuse_qkv:
+            for name, module in modules.items():
+                fuse = getattr(module, "fuse_qkv_projections", None)
+                if fuse is None:
+                    log.info("fuse_qkv skipped", extra={"module": name, "reason": "no fuse_qkv_projections()"})
+                    continue
+                try:
+                    # Concatenates the projections' weights into to_qkv / to_kv and switches the module to
+                    # FusedAttnProcessor2_0. diffusers keeps the original to_q/k/v (for unfusing), so those
+                    # weights are held twice: for SDXL's UNets, some extra GPU memory, not speed.
+                    fuse()
+                except ValueError as err:  # e.g. "not supported for models having added KV projections"
+                    log.info("fuse_qkv skipped", extra={"module": name, "reason": str(err)})
+        if channels_last:
+            for module in modules.values():
+                module.to(memory_format=torch.channels_last)
+        if compile:
+            self._compile()
+
+    def _compile(self) -> None:
+        """torch.compile both UNets and run one small generation so the first member's job doesn't pay for it.
+
+        Off by default (DREAMBOT_COMPILE): on a GPU, max-autotune spends minutes benchmarking kernels, and
+        with dynamic=False every new input shape (batch size, prompt chunk count, image size) compiles
+        again, each again for minutes, the first time a job of that shape comes; past dynamo's recompile
+        limit (8 per function) a shape silently runs uncompiled. Inductor's caches make later starts cheap:
+        point TORCHINDUCTOR_CACHE_DIR at a volume that outlives the container.
+        """
+        cuda = self.device.type == "cuda"
+        # No CUDA graphs: each batch shape would hold its own graph memory pool for little gain, the
+        # kernels of a 1024px UNet pass being long enough that launch overhead is small.
+        mode = "max-autotune-no-cudagraphs" if cuda else None
+        for pipe in (self.base, self.refiner):
+            pipe.unet.compile(mode=mode, dynamic=False)  # in place: the pipelines keep the same module
+        # Warm-up: SDXL's native size at 2 steps (base 1 + refiner 1), one image with guidance (a UNet batch
+        # of 2), the shape of the most common job. On a CPU (tests, the tiny model) a 64x64 image only
+        # proves the compiled graphs run.
+        side = self.base.default_sample_size * self.base.vae_scale_factor if cuda else 64
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            warm = self.prepare(DreamRequest(prompt="warm-up", seed=0, steps=2, split=0.5, guidance=7.0))
+            self._denoise([warm], [0], side, side, None)
+        log.info("UNets compiled", extra={"seconds": round(time.perf_counter() - t0, 2),
+                                           "mode": mode or "default", "warm_up": f"{side}x{side}"})
 
     # -- the step split ---------------------------------------------------------------------------------
 

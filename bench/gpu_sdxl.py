@@ -379,9 +379,11 @@ class WorkerBench:
         _free()
         _reset_peak(dev)
         worker = make_worker(settings, self.conn, self.pipe, name=f"bench-{os.getpid()}-{self.seq}")
+        graphs = _compiled_graphs()
         t = time.perf_counter()
         worker.work(burst=True, logging_level="WARNING")
         wall = time.perf_counter() - t
+        graphs = _compiled_graphs() - graphs  # torch.compile work inside the timed span (should be 0)
         _sync(dev)
         peak = _peak_gib(dev)
         starts, ends, images, errors, batches, png, steps_run = [], [], 0, [], [], [], set()
@@ -403,7 +405,7 @@ class WorkerBench:
             raise RuntimeError(f"{len(errors)} of {len(ids)} jobs failed: {errors[0]}")
         return {"seconds": max(ends) - min(starts), "wall": wall, "images": images, "peak": peak,
                 "batches": sorted(set(batches)), "png_s": statistics.mean(png) if png else 0.0,
-                "steps": sorted(steps_run)}
+                "steps": sorted(steps_run), "graphs": graphs}
 
     def close(self) -> None:
         """Drop every reference to the worker's pipeline (the load cache, the jobs' runtime, compiled graphs) so
@@ -424,6 +426,13 @@ class WorkerBench:
             progress(f"worker closed; GPU memory still allocated: {torch.cuda.memory_allocated(dev) / 2**30:.2f} GiB")
 
 
+def _compiled_graphs() -> int:
+    """Graphs torch.compile (dynamo) has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _warm_worker(wb: WorkerBench, warm_steps: int, batch_images: int) -> float:
     t = time.perf_counter()
     wb.run([1], steps=warm_steps)
@@ -437,6 +446,8 @@ def worker_rows(wb: WorkerBench, queues: list[int], reps_one: int, rows: list[Ro
 
     def add(name: str, r: dict) -> None:
         note = f"batches of {'/'.join(map(str, r['batches']))} images; PNG {r['png_s']:.2f} s/job"
+        if r["graphs"]:
+            note += f"; {r['graphs']} graphs compiled while timed"
         row = Row(name, r["images"], r["seconds"], r["peak"], note)
         rows.append(row)
         progress(f"{name}: {row.s_per_image:.3f} s/image, {row.per_min:.2f} images/min, peak "
@@ -623,9 +634,11 @@ def main() -> int:
         progress(f"worker pipeline loaded in {notes['worker_load_s']:.1f} s"
                  f"{' (DreamPipeline.load compiles and warms up the UNets: included)' if args.compile else ''} (levers: "
                  + (", ".join(f"{k}={v}" for k, v in wb.levers.items()) or "none") + f"); redis {wb.server.url}")
+        graphs = _compiled_graphs()
         warm = _warm_worker(wb, warm_steps, batch_images)
+        graphs = _compiled_graphs() - graphs
         progress(f"worker warm-up through the queue ({warm_steps} steps, batch 1 and {batch_images}"
-                 f"{', torch.compile included' if args.compile else ''}): "
+                 f"{f', torch.compile included: {graphs} graphs' if args.compile else ''}): "
                  f"{warm:.1f} s, not in the figures")
         worker_rows(wb, queues, reps_one, rows, notes)
         wb.close()
@@ -657,11 +670,12 @@ def main() -> int:
             tcol = (f"{tf:8.1f}" if tf >= 1 else f"{tf:8.4f}") + f" {100 * tf / peak_tflops:6.1f}%"
         say(f"{r.name:<46} {r.images:>6} {r.s_per_image:>9.3f} {r.per_min:>10.2f} {tcol} "
             f"{_fmt_peak(r.peak, dev):>14}  {r.note}")
-    say(f"(peak {peak_tflops:g} TFLOP/s dense bf16; FLOPs per image: "
-        f"{'the tiny model, counted over a real image' if args.smoke else 'the full model'}; worker rows time "
+    what = ("the full model" if not args.smoke else "the tiny model, counted over a real image" if flops
+            else "not counted (--no-flops)")
+    say(f"(peak {peak_tflops:g} TFLOP/s dense bf16; FLOPs per image: {what}; worker rows time "
         f"the first job's start to the last result published)")
 
-    # The verdict: the deepest queue >= QUEUE with batching, against vanilla's 1 image.
+    # The verdict: the best worker row at a queue of >= QUEUE 1-image jobs with batching, against vanilla's 1 image.
     queued = notes.get("queued", {})
     deep = [queued[n] for n in sorted(queued) if n >= QUEUE]
     best = max(deep, key=lambda r: r.per_min) if deep else None

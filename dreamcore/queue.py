@@ -66,7 +66,9 @@ return #ids
 # default, then low priority) for dreams with the same batch key and takes them while their images fit
 # its budget. Each taken id moves, in this one atomic step, from its queue to that queue's RQ
 # intermediate list: if the worker dies before RQ's started registry holds the job, RQ's own maintenance
-# finds it there and requeues it (IntermediateQueue.cleanup), so a claim never loses a job.
+# finds it there and requeues it (IntermediateQueue.cleanup), so a claim never loses a job. A job that is
+# being retried (its worker died while it ran) is never taken: if it is what kills workers, it must not take
+# a batch of other members' jobs down with it again, so it runs alone.
 _CLAIM = """
 local prefix, key = ARGV[1], ARGV[2]
 local budget, window = tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -80,7 +82,13 @@ for _, q in ipairs(KEYS) do
     local meta = redis.call('HGET', prefix .. id, 'meta')
     if meta then
       local ok, m = pcall(cjson.decode, meta)
+      local fresh = false
       if ok and type(m) == 'table' and m['batch'] == key then
+        local left = tonumber(redis.call('HGET', prefix .. id, 'retries_left'))
+        local tries = tonumber(m['tries'])
+        fresh = left == nil or tries == nil or left >= tries - 1
+      end
+      if fresh then
         local n = tonumber(m['images']) or 1
         if n >= 1 and n <= budget and redis.call('LREM', q, 1, id) == 1 then
           redis.call('RPUSH', q .. ':intermediate', id)

@@ -111,3 +111,15 @@ def test_a_claim_whose_worker_died_is_requeued_by_rq_maintenance(rconn):
     assert [x.decode() for x in rconn.lrange(q.key, 0, -1)] == [a.job_id], "job back in its queue"
     assert rconn.llen(q.intermediate_queue_key) == 0
     assert Job.fetch(a.job_id, connection=rconn, serializer=JSONSerializer).get_status() == "queued"
+
+
+def test_a_retried_job_is_never_claimed_into_a_batch(rconn):
+    """A job whose worker died while running it may be what kills workers: it runs alone from then on."""
+    from worker.runner import _is_retry
+
+    a, b = _enqueue(rconn, _job(1), _job(2))
+    rq_b = Job.fetch(b.job_id, connection=rconn, serializer=JSONSerializer)
+    assert not _is_retry(rq_b)
+    rconn.hset(rq_b.key, "retries_left", rq_b.meta["tries"] - 2)  # what RQ writes when it retries the job
+    assert _is_retry(Job.fetch(b.job_id, connection=rconn, serializer=JSONSerializer))
+    assert [j for _, j in claim_companions(rconn, a.batch_key, 8, 32)] == [a.job_id]

@@ -16,6 +16,8 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import redis
 from rq.job import Job
@@ -52,6 +54,8 @@ class DreamWorker(SimpleWorker):
         self.lease_s = lease_s
         self.batch_images = batch_images
         self.batch_window = batch_window
+        self._pending: _Pending | None = None
+        self._finisher: ThreadPoolExecutor | None = None
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return self.lease_s
@@ -63,28 +67,104 @@ class DreamWorker(SimpleWorker):
             logging.getLogger(name).handlers[:] = []
 
     def execute_job(self, job, queue):
+        """Denoise `job` (with the companions it can batch) here, then hand encoding and publishing to the
+        finisher thread and return, so the GPU starts on the next job while this one's PNGs are written.
+        RQ's bookkeeping for the job stays on this thread: it is settled before the next job's is, or
+        before the worker blocks waiting for work, or stops; until then the lease thread keeps it alive."""
         members = [(job, queue, self.prepare_execution(job))]
         members += self._claim_companions(job)
-        stop = threading.Event()
-        beat = threading.Thread(target=self._renew_leases, args=(members, stop), daemon=True, name="lease")
-        beat.start()
+        lease = _Lease(self, members)
         try:
-            if len(members) == 1:
-                self.perform_job(job, queue, members[0][2])
-            else:
-                self.perform_batch(members)
-        finally:
-            stop.set()
-            beat.join()
+            outcomes, made = self._denoise(members)
+        except BaseException:
+            lease.stop()
+            raise
+        self._settle_pending()  # the previous job's images are out by now, or nearly
+        if made:
+            if self._finisher is None:
+                # One thread: a job's images never overtake the previous job's, and memory holds at most
+                # two jobs' images.
+                self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
+            future = self._finisher.submit(tasks.finish, made, outcomes)
+        else:
+            future = Future()
+            future.set_result(tasks.finish([], outcomes))
+        self._pending = _Pending(members, future, lease)
         self.set_state(WorkerStatus.IDLE)
+
+    def _denoise(self, members):
+        """RQ's perform_job up to the job function, for one job or a batch: each job marked started (one that
+        RQ can't even read fails alone, as in perform_job), then tasks.denoise under one time limit."""
+        outcomes: list = [None] * len(members)
+        ready = []
+        for i, (job, _queue, _execution) in enumerate(members):
+            try:
+                # The leader came off its queue the way RQ takes jobs; companions wait in the intermediate list.
+                self.prepare_job_execution(job, remove_from_intermediate_queue=i > 0)
+                job.started_at = now()
+                ready.append(i)
+            except Exception:
+                outcomes[i] = tasks.Outcome(exc_info=sys.exc_info())
+        if not ready:
+            return outcomes, []
+        jobs = [members[i][0] for i in ready]
+        images = sum(int(job.meta.get("images") or 1) for job in jobs)
+        timeout = tasks.batch_timeout([job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in jobs], images)
+        claimed = [tasks.Claimed(job.id, _payload_of(job), job) for job in jobs]
+        try:
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
+                got, made = tasks.denoise(claimed)
+        except Exception:  # denoise settles every job itself; this is a last resort so RQ still records them
+            got, made = [tasks.Outcome(exc_info=sys.exc_info())] * len(ready), []
+        for k, i in enumerate(ready):
+            outcomes[i] = got[k]
+        for m in made:
+            m.index = ready[m.index]
+        return outcomes, made
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        if self._pending is not None and not self._pending.future.done():
+            # Images still encoding: take a waiting job at once if there is one (no blocking wait)...
+            got = super().dequeue_job_and_maintain_ttl(None)
+            if got is not None:
+                return got
+        self._settle_pending()  # ... else finish the last job's bookkeeping before waiting for work
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def teardown(self):
+        self._settle_pending()  # a stop request or a burst's end: publish and record the last job first
+        if self._finisher is not None:
+            self._finisher.shutdown(wait=True)
+            self._finisher = None
+        super().teardown()
+
+    def _settle_pending(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            outcomes = pending.future.result()
+        except Exception:  # finish settles every job itself; this is a last resort so RQ still records them
+            outcomes = [tasks.Outcome(exc_info=sys.exc_info())] * len(pending.members)
+        try:
+            for (job, queue, execution), outcome in zip(pending.members, outcomes, strict=True):
+                try:
+                    if outcome.failed:
+                        self._finalize_failure(job, queue, execution, outcome.exc_info)
+                    else:
+                        self._finalize_success(job, queue, execution, outcome.value)
+                except redis.RedisError as err:  # RQ's own records; the member already has the result
+                    log.warning("job bookkeeping failed", extra={"job_id": job.id, "error": type(err).__name__})
+        finally:
+            pending.lease.stop()
 
     def _claim_companions(self, job) -> list[tuple[Job, FairQueue, object]]:
         """Waiting dreams that can share this job's denoising batch, taken off their queues and registered as
         started here, exactly as RQ registers the job it dequeued itself (see dreamcore.queue._CLAIM)."""
         key = job.meta.get("batch") if isinstance(job.meta, dict) else None
         budget = self.batch_images - int(job.meta.get("images") or 1) if key else 0
-        if not key or budget < 1:
-            return []
+        if not key or budget < 1 or _is_retry(job):
+            return []  # a retried job runs alone: if it kills workers, it kills no batch
         try:
             claimed = claim_companions(self.connection, key, budget, self.batch_window)
         except redis.RedisError as err:  # no companions this time; the job itself runs
@@ -105,40 +185,43 @@ class DreamWorker(SimpleWorker):
             log.info("batch", extra={"job_id": job.id, "companions": [m[0].id for m in members]})
         return members
 
-    def perform_batch(self, members) -> None:
-        """RQ's perform_job for several jobs denoised together: RQ's own bookkeeping for each job (started,
-        then finished or failed), with one time limit and one run of tasks.run_batch in between."""
-        leader = members[0][0]
-        for i, (job, _queue, _execution) in enumerate(members):
-            # The leader came off its queue the way RQ takes jobs; companions wait in the intermediate list.
-            self.prepare_job_execution(job, remove_from_intermediate_queue=i > 0)
-            job.started_at = now()
-        images = sum(int(job.meta.get("images") or 1) for job, _, _ in members)
-        timeout = tasks.batch_timeout([job.timeout or self.queue_class.DEFAULT_TIMEOUT for job, _, _ in members],
-                                      images)
-        claimed = [tasks.Claimed(job.id, _payload_of(job), job) for job, _, _ in members]
-        try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=leader.id):
-                outcomes = tasks.run_batch(claimed)
-        except Exception:  # run_batch settles every job itself; this is a last resort so RQ still records them
-            exc_info = sys.exc_info()
-            outcomes = [tasks.Outcome(exc_info=exc_info)] * len(members)
-        for (job, queue, execution), outcome in zip(members, outcomes, strict=True):
-            try:
-                if outcome.failed:
-                    self._finalize_failure(job, queue, execution, outcome.exc_info)
-                else:
-                    self._finalize_success(job, queue, execution, outcome.value)
-            except redis.RedisError as err:  # RQ's own records; the member already has the result
-                log.warning("job bookkeeping failed", extra={"job_id": job.id, "error": type(err).__name__})
 
-    def _renew_leases(self, members, stop: threading.Event) -> None:
-        while not stop.wait(self.heartbeat_s):
-            for job, _queue, execution in members:
+
+class _Lease:
+    """Renews the leases of jobs this worker holds (RQ's SimpleWorker sends no heartbeat while it works)."""
+
+    def __init__(self, worker: DreamWorker, members):
+        self.worker, self.members = worker, members
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lease")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.worker.heartbeat_s):
+            for job, _queue, execution in self.members:
                 try:
-                    self.maintain_heartbeats(job, execution)
+                    self.worker.maintain_heartbeats(job, execution)
                 except redis.RedisError as err:  # Redis away for a moment: try again next beat
                     log.warning("lease renewal failed", extra={"job_id": job.id, "error": str(err)})
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class _Pending:
+    """A job (or batch) whose images are being encoded and published while the GPU moves on."""
+
+    members: list
+    future: Future
+    lease: _Lease
+
+
+def _is_retry(job: Job) -> bool:
+    """A job run again because a worker died while running it (RQ counts its retries down)."""
+    tries = job.meta.get("tries")
+    return job.retries_left is not None and isinstance(tries, int) and job.retries_left < tries - 1
 
 
 def _payload_of(job: Job):

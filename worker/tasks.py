@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import logging
 import math
+import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -344,18 +346,40 @@ def _settled(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> Outcome:
         return _capture(_settle, rt, job, e, rq_job)
 
 
+@dataclass
+class Made:
+    """A job whose images exist and wait to be encoded and published (the part that needs no GPU)."""
+
+    index: int  # its place among the members
+    job: DreamJob
+    gen: Generation
+    t0: float
+    share: float  # its part of its batch's images
+    record: bool  # fold its time into the seconds-per-image average (a batch does that once for all)
+    rq_job: Any = None
+
+
 def run_batch(members: list[Claimed]) -> list[Outcome]:
-    """Run several dreams that share a batch key as one denoising batch; one Outcome per member, in order.
+    """Run jobs start to finish: denoise (GPU), then finish (encode and publish). One Outcome per member."""
+    outcomes, made = denoise(members)
+    return finish(made, outcomes)
+
+
+def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
+    """The GPU half of running `members`: several dreams that share a batch key as one denoising batch, or
+    one job of any kind alone. Returns an Outcome for every member that ended here (failed, cancelled,
+    skipped) and a Made for every member whose images wait for `finish`.
 
     Each job is admitted, checked and has its prompts encoded on its own (a bad one fails alone); the rest
-    go through one base + refiner call (the pipeline splits it where prompt lengths differ) and each job's
-    images are encoded and published to its own bot. If the batch runs out of GPU memory its jobs are run
-    again one at a time. A timeout, or anything else that stops the call, fails every job in it, each
-    member told.
+    go through one base + refiner call (the pipeline splits it where prompt lengths differ). If the batch
+    runs out of GPU memory its jobs are run again one at a time. A timeout, or anything else that stops the
+    call, fails every job in it, each member told.
     """
     rt = runtime()
     outcomes: list[Outcome | None] = [None] * len(members)
+    made: list[Made] = []
     live: list[tuple[int, DreamJob, Any]] = []
+    admitted: dict[int, DreamJob] = {}  # whom a timeout must tell
     try:
         for i, m in enumerate(members):
             outcomes[i] = _capture(_admit, rt, m.rq_id, m.payload, m.rq_job)
@@ -363,10 +387,11 @@ def run_batch(members: list[Claimed]) -> list[Outcome]:
             if not isinstance(job, DreamJob):
                 continue
             outcomes[i] = None
+            admitted[i] = job
             try:
                 _precheck(rt, job)
-                if job.kind != "dream":  # claimed by a batch key its payload does not bear out: run it alone
-                    outcomes[i] = _capture(_run_alone, rt, job, m.rq_job)
+                if job.kind != "dream" or len(members) == 1:
+                    _make_alone(rt, i, job, m.rq_job, outcomes, made)
                     continue
                 try:
                     prepared = rt.pipeline.prepare(job.request)
@@ -377,25 +402,49 @@ def run_batch(members: list[Claimed]) -> list[Outcome]:
                 continue
             live.append((i, job, prepared))
         if live:
-            _denoise_batch(rt, members, live, outcomes)
+            _denoise_batch(rt, members, live, outcomes, made)
     except JobTimeoutException as err:
-        for i, job, _ in live:
-            if outcomes[i] is None:
+        done = {m.index for m in made}
+        for i, job in admitted.items():
+            if outcomes[i] is None and i not in done:
                 outcomes[i] = _settled(rt, job, err, members[i].rq_job)
+    return outcomes, made
+
+
+def finish(made: list[Made], outcomes: list[Outcome | None]) -> list[Outcome]:
+    """The CPU half: encode each made job's images and publish them to its bot, jobs side by side (Pillow's
+    encoders release the GIL). Fills in `outcomes` and returns it, every member settled."""
+    rt = runtime()
+    outcomes = list(outcomes)
+    if len(made) == 1:
+        m = made[0]
+        outcomes[m.index] = _capture(_publish_or_settle, rt, m)
+    elif made:
+        with ThreadPoolExecutor(max_workers=min(len(made), os.cpu_count() or 1), thread_name_prefix="finish") as ex:
+            for m, outcome in zip(made, ex.map(lambda m: _capture(_publish_or_settle, rt, m), made), strict=True):
+                outcomes[m.index] = outcome
     for i, o in enumerate(outcomes):  # a member with no outcome would be a bug here: fail it loudly
         if o is None:
-            outcomes[i] = Outcome(exc_info=(RuntimeError, RuntimeError("batch left this job unsettled"), None))
+            outcomes[i] = Outcome(exc_info=(RuntimeError, RuntimeError("this job was left unsettled"), None))
     return outcomes  # type: ignore[return-value]
 
 
-def _run_alone(rt: Runtime, job: DreamJob, rq_job) -> dict:
+def _make_alone(rt: Runtime, i: int, job: DreamJob, rq_job, outcomes: list, made: list[Made]) -> None:
+    t0 = time.perf_counter()
     try:
-        return _generate_and_publish(rt, job)
+        try:
+            gen = _make_images(rt, job)
+        except ValueError as err:
+            raise _input_error(rt, job, err) from None
+    except JobTimeoutException:
+        raise
     except Exception as err:
-        return _settle(rt, job, err, rq_job)
+        outcomes[i] = _settled(rt, job, err, rq_job)
+        return
+    made.append(Made(i, job, gen, t0, 1.0, True, rq_job))
 
 
-def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list) -> None:
+def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list, made: list[Made]) -> None:
     jobs = [job for _, job, _ in live]
     hook = StepHook(rt, jobs)
     t0 = time.perf_counter()
@@ -409,7 +458,7 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list) ->
             log.warning("batch ran out of GPU memory; running its jobs one at a time",
                         extra={"jobs": [j.job_id for j in jobs]})
             for i, job, _ in live:
-                outcomes[i] = _capture(_run_alone, rt, job, members[i].rq_job)
+                _make_alone(rt, i, job, members[i].rq_job, outcomes, made)
             return
         for i, job, _ in live:
             e = JobCancelled(job.job_id) if isinstance(err, JobCancelled) else err
@@ -422,14 +471,14 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list) ->
         if job.job_id in hook.cancelled:
             outcomes[i] = _settled(rt, job, JobCancelled(job.job_id), members[i].rq_job)
             continue
-        outcomes[i] = _capture(_publish_or_settle, rt, job, gen, t0, len(gen.images) / images, members[i].rq_job)
+        made.append(Made(i, job, gen, t0, len(gen.images) / images, False, members[i].rq_job))
 
 
-def _publish_or_settle(rt: Runtime, job: DreamJob, gen: Generation, t0: float, share: float, rq_job) -> dict:
+def _publish_or_settle(rt: Runtime, m: Made) -> dict:
     try:
-        return _publish_generation(rt, job, gen, t0, share=share, record=False)
+        return _publish_generation(rt, m.job, m.gen, m.t0, share=m.share, record=m.record)
     except Exception as err:
-        return _settle(rt, job, err, rq_job)
+        return _settle(rt, m.job, err, m.rq_job)
 
 
 def batch_timeout(timeouts: list[int], images: int) -> int:

@@ -150,3 +150,23 @@ def test_json_serializer_everywhere(rconn):
     data = zlib.decompress(rconn.hget(f"rq:job:{job.job_id}", "data"))
     assert JSONSerializer.loads(data)[2][0]["job_id"] == job.job_id
     assert isinstance(rconn, redis.Redis)
+
+
+def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn, pipeline):
+    """`worker.tasks.run_dream`, the function each job names, works under any RQ worker, not only under
+    DreamWorker (which splits it into denoise and finish): what an operator's `rq worker` would run."""
+    from rq import SimpleWorker
+
+    from worker import tasks
+
+    tasks.install(tasks.Runtime(settings=get_settings(), conn=rconn, pipeline=pipeline, name="plain-rq"))
+    _outbox(rconn)
+    q = DreamQueue(rconn, get_settings())
+    job = _job(seed=99)
+    q.enqueue(job)
+    SimpleWorker(list(q.queues.values()), connection=rconn, serializer=JSONSerializer).work(
+        burst=True, logging_level="WARNING")
+    result, images = _drain(rconn)[job.job_id]
+    assert result.status == "done" and result.worker == "plain-rq"
+    assert Image.open(io.BytesIO(images[0])).size == (1536, 640)
+    assert q.fetch(job.job_id).get_status() == "finished"

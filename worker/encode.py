@@ -16,7 +16,10 @@ from PIL import Image
 
 # (format, Pillow save options), tried in order until the set fits.
 LADDER: list[tuple[str, dict]] = [
-    ("png", {"optimize": False, "compress_level": 6}),
+    # zlib level 1, not Pillow's 6: measured here on a 1024x1024 photo-like frame, 12% less encoding time
+    # (170 vs 192 ms) for 3% more bytes; the time is CPU the worker spends per image, the bytes are not
+    # near Discord's limit.
+    ("png", {"optimize": False, "compress_level": 1}),
     ("webp", {"quality": 95, "method": 4}),
     ("webp", {"quality": 90, "method": 4}),
     ("webp", {"quality": 80, "method": 4}),
@@ -43,7 +46,7 @@ class EncodedImage:
 
 def _encode_one(image: Image.Image, fmt: str, options: dict) -> bytes:
     buf = io.BytesIO()
-    image.convert("RGB").save(buf, format=_PIL_FORMAT[fmt], **options)
+    (image if image.mode == "RGB" else image.convert("RGB")).save(buf, format=_PIL_FORMAT[fmt], **options)
     return buf.getvalue()
 
 

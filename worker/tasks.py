@@ -1,7 +1,10 @@
-"""The job function RQ runs: one dream job, start to finish, on the models this process already holds.
+"""What a worker does with dream jobs, on the models this process already holds.
 
-`run_dream` is named by string in each queued job ("worker.tasks.run_dream"); the worker process installs
-its Runtime (models, Redis, settings) once at start, so a job never loads a model.
+`run_dream` is named by string in each queued job ("worker.tasks.run_dream") and runs one job start to
+finish, as any RQ worker would call it. `dreambot worker` (runner.DreamWorker) splits the same work in two:
+`denoise` (the GPU half, for one job or a batch of compatible dreams) and `finish` (encode and publish,
+in a finisher thread while the GPU takes the next job). The worker process installs its Runtime (models,
+Redis, settings) once at start, so a job never loads a model.
 """
 
 from __future__ import annotations
@@ -357,12 +360,6 @@ class Made:
     share: float  # its part of its batch's images
     record: bool  # fold its time into the seconds-per-image average (a batch does that once for all)
     rq_job: Any = None
-
-
-def run_batch(members: list[Claimed]) -> list[Outcome]:
-    """Run jobs start to finish: denoise (GPU), then finish (encode and publish). One Outcome per member."""
-    outcomes, made = denoise(members)
-    return finish(made, outcomes)
 
 
 def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:

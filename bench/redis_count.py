@@ -13,7 +13,8 @@ commands twice (in EVALSHA/EXEC and under their own names).
      (the relay's blocking outbox read, once a second) is measured first and subtracted.
   2. the bot's submit alone (`bot.backend.Backend.submit`: limits, fair enqueue, position, ETA) at several
      queue depths: its cost grows with the number of jobs waiting.
-  3. the worker alone: N queued jobs run back to back (an empty worker run's commands subtracted).
+  3. the worker alone: N queued jobs run back to back, one at a time and then batched (an empty worker
+     run's commands subtracted).
   The relay's share is 1 minus 2 (at the depth 1 ran at) minus 3.
 
 Then: the Redis command ceiling measured here with redis-benchmark, and what one Redis can feed.
@@ -180,12 +181,18 @@ def worker_only(conn: redis.Redis, settings, n: int) -> dict:
     s0 = snap(conn)
     make_worker(settings, conn, pipeline=pipe, name=f"bench-empty-{os.getpid()}").work(burst=True, logging_level="WARNING")
     empty = diff(snap(conn), s0)
-    for i in range(n):
-        if not backend.submit(make_dream_job(90_000 + i, settings, STEPS, user_base=20_000)).ok:
-            raise RuntimeError("submit refused")
-    s1 = snap(conn)
-    make_worker(settings, conn, pipeline=pipe, name=f"bench-burst-{os.getpid()}").work(burst=True, logging_level="WARNING")
-    run = diff(snap(conn), s1)
+    runs = {}
+    # One job at a time (comparable with the end-to-end jobs above, which run one by one), then with the
+    # worker's batching (these jobs all share a batch key).
+    for label, batch in (("run", 1), ("batched", settings.batch_images)):
+        for i in range(n):
+            if not backend.submit(make_dream_job(90_000 + 1000 * batch + i, settings, STEPS, user_base=20_000)).ok:
+                raise RuntimeError("submit refused")
+        s1 = snap(conn)
+        make_worker(settings.model_copy(update={"batch_images": batch}), conn, pipeline=pipe,
+                    name=f"bench-burst-{label}-{os.getpid()}").work(burst=True, logging_level="WARNING")
+        runs[label] = diff(snap(conn), s1)
+    run = runs["run"]
     # Bare RQ for scale: a no-op function, plain Queue and SimpleWorker, same serializer.
     q = Queue("bench-bare", connection=conn, serializer=JSONSerializer)
     SimpleWorker([q], connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
@@ -198,7 +205,8 @@ def worker_only(conn: redis.Redis, settings, n: int) -> dict:
         q.enqueue(func, i)
     SimpleWorker([q], connection=conn, serializer=JSONSerializer).work(burst=True, logging_level="WARNING")
     bare = diff(snap(conn), s3)
-    return {"empty": empty, "run": run, "bare": bare, "bare_empty": bare_empty}
+    return {"empty": empty, "run": run, "batched": runs["batched"], "bare": bare, "bare_empty": bare_empty,
+            "batch_images": settings.batch_images}
 
 
 def redis_benchmark(port: int, quick: bool) -> float | None:
@@ -286,8 +294,12 @@ def main() -> int:
     for depth, c, u in by_depth:
         print(f"   {depth:>6} {c:>9.1f} {u:>12.0f}")
     print()
-    print(f"3. worker alone, {n} queued jobs back to back: {worker_c:.1f} commands/job, {worker_u:.0f} Redis us/job "
-          f"(of which {STEPS} EXISTS for the per-step cancel check)")
+    print(f"3. worker alone, {n} queued jobs back to back, one at a time: {worker_c:.1f} commands/job, {worker_u:.0f} "
+          f"Redis us/job (of which {STEPS} MGET for the per-step cancel check)")
+    w_b, w_b_cpu, _ = wk["batched"]
+    print(f"   the same with batching (DREAMBOT_BATCH_IMAGES={wk['batch_images']}): "
+          f"{(total(w_b) - total(w_empty)) / n:.1f} commands/job, {(w_b_cpu - w_empty_cpu) * 1e6 / n:.0f} Redis us/job "
+          f"(one cancel MGET per step for the whole batch)")
     bare_c = (total(wk["bare"][0]) - total(wk["bare_empty"][0])) / n
     print(f"   for scale, bare RQ (enqueue + SimpleWorker run of a no-op function): {bare_c:.1f} commands/job")
     relay_c, relay_u = per_job_c - submit_c - worker_c, per_job_u - submit_u - worker_u

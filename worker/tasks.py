@@ -119,6 +119,13 @@ def run_dream(payload) -> dict:
 def _admit(rt: Runtime, rq_id: str, payload, rq_job) -> DreamJob | dict:
     """The job to run, or a dict (RQ's return value) when there is nothing to do. Raises JobRejected for a
     payload that can't be read (its member, if one can be found, has been told)."""
+    job = _parse(rt, rq_id, payload, rq_job)
+    if rt.conn.exists(results.done_key(job.job_id)):
+        return _already_published(job)
+    return job
+
+
+def _parse(rt: Runtime, rq_id: str, payload, rq_job) -> DreamJob:
     try:
         job = parse_job(payload)
         if rq_job is not None and job.job_id != rq_job.id:
@@ -127,11 +134,26 @@ def _admit(rt: Runtime, rq_id: str, payload, rq_job) -> DreamJob | dict:
         fail_job(rt, rq_id, origin_of(payload), None, f"this request could not be read ({err})", kind="bad_input")
         _no_retry(rq_job)
         raise JobRejected(str(err)) from None
-    if rt.conn.exists(results.done_key(job.job_id)):
-        # A retry after a worker died between publishing and RQ's bookkeeping: the result is out.
-        log.info("job already published, skipping", extra={"job_id": job.job_id})
-        return {"status": "already-published"}
     return job
+
+
+def _already_published(job: DreamJob) -> dict:
+    # A retry after a worker died between publishing and RQ's bookkeeping: the result is out.
+    log.info("job already published, skipping", extra={"job_id": job.job_id})
+    return {"status": "already-published"}
+
+
+def _flags(rt: Runtime, jobs: list[DreamJob]) -> list[tuple[bool, bool, bool]]:
+    """(published already, cancelled, channel gone) for each job, in one round trip to Redis."""
+    if not jobs:
+        return []
+    with rt.conn.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.exists(results.done_key(job.job_id))
+            pipe.exists(cancel_key(job.job_id))
+            pipe.exists(results.channel_gone_key(job.origin.channel_id))
+        got = [bool(x) for x in pipe.execute()]
+    return [tuple(got[k:k + 3]) for k in range(0, len(got), 3)]  # type: ignore[misc]
 
 
 def _settle(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> dict:
@@ -226,11 +248,12 @@ class StepHook:
             pass  # progress is a courtesy; never fail or slow a job for it
 
 
-def _precheck(rt: Runtime, job: DreamJob) -> None:
-    """Before spending GPU time: a job cancelled while it waited, or with nowhere to post, ends here."""
-    if rt.conn.exists(cancel_key(job.job_id)):
+def _precheck(rt: Runtime, job: DreamJob, cancelled: bool | None = None, gone: bool | None = None) -> None:
+    """Before spending GPU time: a job cancelled while it waited, or with nowhere to post, ends here.
+    `cancelled` and `gone` when already read (see _flags); else they are read here."""
+    if cancelled if cancelled is not None else rt.conn.exists(cancel_key(job.job_id)):
         raise JobCancelled(job.job_id)
-    if rt.conn.exists(results.channel_gone_key(job.origin.channel_id)):
+    if gone if gone is not None else rt.conn.exists(results.channel_gone_key(job.origin.channel_id)):
         reason = "the channel it was asked in has been deleted"
         fail_job(rt, job.job_id, job.origin, job.request, reason, kind="channel_gone")
         raise JobRejected(reason)
@@ -378,15 +401,21 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
     live: list[tuple[int, DreamJob, Any]] = []
     admitted: dict[int, DreamJob] = {}  # whom a timeout must tell
     try:
+        parsed: list[tuple[int, DreamJob]] = []
         for i, m in enumerate(members):
-            outcomes[i] = _capture(_admit, rt, m.rq_id, m.payload, m.rq_job)
-            job = outcomes[i].value
-            if not isinstance(job, DreamJob):
+            outcome = _capture(_parse, rt, m.rq_id, m.payload, m.rq_job)
+            if outcome.failed:
+                outcomes[i] = outcome
+            else:
+                parsed.append((i, outcome.value))
+        for (i, job), (published, cancelled, gone) in zip(parsed, _flags(rt, [j for _, j in parsed]), strict=True):
+            m = members[i]
+            if published:
+                outcomes[i] = Outcome(value=_already_published(job))
                 continue
-            outcomes[i] = None
             admitted[i] = job
             try:
-                _precheck(rt, job)
+                _precheck(rt, job, cancelled, gone)
                 if job.kind != "dream" or len(members) == 1:
                     _make_alone(rt, i, job, m.rq_job, outcomes, made)
                     continue

@@ -8,10 +8,21 @@ from .styles import load_styles
 
 
 def settings_line(req: DreamRequest, size: tuple[int, int] | None = None) -> str:
-    style = load_styles()[req.style].label
+    style = "no style" if req.style == "none" else load_styles()[req.style].label
     w, h = size or req.size
     refiner = "base only" if req.split >= 1.0 else f"refiner from {req.split:.0%}"
     return f"{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}"
+
+
+def stages_text(timings: dict[str, float]) -> str:
+    """'encode 0.01s · base 2.87s · ...', and the batch it was made in when it shared one (a batch's stage
+    times are the whole batch's)."""
+    text = " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in timings.items()
+                      if k.endswith("_s") and k != "total_s")
+    jobs, images = int(timings.get("batch_jobs", 1)), int(timings.get("batch_images", 0))
+    if jobs > 1:
+        text += f" · in a batch of {images} images from {jobs} dreams"
+    return text
 
 
 def result_text(result: DreamResult, limit: int = 2000) -> str:
@@ -31,8 +42,7 @@ def result_text(result: DreamResult, limit: int = 2000) -> str:
     if made:
         lines.insert(0, made)
     if t:
-        stages = " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in t.items() if k != "total_s")
-        lines.append(f"-# {t.get('total_s', 0):.1f}s ({stages})")
+        lines.append(f"-# {t.get('total_s', 0):.1f}s ({stages_text(t)})")
     if result.prompt_note:
         lines.append(f"-# {result.prompt_note}")
     return "\n".join(lines)[:limit]
@@ -76,8 +86,7 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
                      f"guidance {req.guidance:g}")
     t = p.timings
     if t:
-        stages = " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in t.items() if k != "total_s")
-        lines.append(f"timings: total {t.get('total_s', 0):.2f}s ({stages})")
+        lines.append(f"timings: total {t.get('total_s', 0):.2f}s ({stages_text(t)})")
     if p.prompt_note:
         lines.append(f"note: {p.prompt_note}")
     if p.finished_at:

@@ -83,6 +83,13 @@ def test_compatible_dreams_share_one_batch_and_match_their_solo_images(tiny_env,
         timings = batched[j.job_id][0].timings
         assert (timings["batch_jobs"], timings["batch_images"]) == (3, 4), timings
     assert batched[jobs[3].job_id][0].timings.get("batch_images", 1) == 1
+    # What the member reads under their images says it shared a batch (the stage times are the batch's).
+    from dreamcore.present import result_text
+
+    text = result_text(batched[jobs[1].job_id][0])
+    assert "in a batch of 4 images from 3 dreams" in text and "batch_images" not in text, text
+    assert "1536x640 · no style · 4 steps" in text, text
+    assert "in a batch" not in result_text(batched[jobs[3].job_id][0])
 
     # The same requests again, one at a time (fresh ids, batching off): every image is the same picture.
     rconn.flushall()

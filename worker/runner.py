@@ -176,7 +176,7 @@ class DreamWorker(SimpleWorker):
             queue = queues.get(qname) or FairQueue(qname, connection=self.connection, serializer=self.serializer)
             try:
                 companion = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
-            except Exception as err:  # deleted, or a hash RQ can't read: RQ's maintenance deals with its id
+            except Exception as err:  # deleted meanwhile, or a hash RQ can't read: nothing here can run it
                 log.warning("claimed job unreadable", extra={"job_id": job_id, "error": type(err).__name__})
                 self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
                 continue
@@ -184,7 +184,6 @@ class DreamWorker(SimpleWorker):
         if members:
             log.info("batch", extra={"job_id": job.id, "companions": [m[0].id for m in members]})
         return members
-
 
 
 class _Lease:

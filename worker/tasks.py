@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -107,25 +107,20 @@ def run_dream(payload) -> dict:
     current = get_current_job()
     # Failures are filed under RQ's own id, never under an id read from a payload that may be corrupt
     # (a made-up id could mark another member's job as done).
-    job = _admit(rt, current.id if current is not None else "unknown", payload, current)
-    if isinstance(job, dict):
-        return job
+    job = _parse(rt, current.id if current is not None else "unknown", payload, current)
+    ((published, cancelled, gone),) = _flags(rt, [job])
+    if published:
+        return _already_published(job)
     try:
+        _precheck(rt, job, cancelled, gone)
         return _generate_and_publish(rt, job)
     except Exception as err:
         return _settle(rt, job, err, current)
 
 
-def _admit(rt: Runtime, rq_id: str, payload, rq_job) -> DreamJob | dict:
-    """The job to run, or a dict (RQ's return value) when there is nothing to do. Raises JobRejected for a
-    payload that can't be read (its member, if one can be found, has been told)."""
-    job = _parse(rt, rq_id, payload, rq_job)
-    if rt.conn.exists(results.done_key(job.job_id)):
-        return _already_published(job)
-    return job
-
-
 def _parse(rt: Runtime, rq_id: str, payload, rq_job) -> DreamJob:
+    """The job in `payload`. Raises JobRejected for a payload that can't be read (its member, if one can be
+    found, has been told)."""
     try:
         job = parse_job(payload)
         if rq_job is not None and job.job_id != rq_job.id:
@@ -158,7 +153,7 @@ def _flags(rt: Runtime, jobs: list[DreamJob]) -> list[tuple[bool, bool, bool]]:
 
 def _settle(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> dict:
     """Turn an exception out of a job's run into what RQ records, after telling the member. Returns RQ's
-    return value (a cancelled job ends normally) or raises JobRejected. Call it inside `except`."""
+    return value (a cancelled job ends normally) or raises JobRejected."""
     if isinstance(err, JobRejected):
         _no_retry(rq_job)
         raise err
@@ -248,12 +243,12 @@ class StepHook:
             pass  # progress is a courtesy; never fail or slow a job for it
 
 
-def _precheck(rt: Runtime, job: DreamJob, cancelled: bool | None = None, gone: bool | None = None) -> None:
-    """Before spending GPU time: a job cancelled while it waited, or with nowhere to post, ends here.
-    `cancelled` and `gone` when already read (see _flags); else they are read here."""
-    if cancelled if cancelled is not None else rt.conn.exists(cancel_key(job.job_id)):
+def _precheck(rt: Runtime, job: DreamJob, cancelled: bool, gone: bool) -> None:
+    """Before spending GPU time: a job cancelled while it waited, or with nowhere to post, ends here
+    (`cancelled` and `gone` as _flags read them)."""
+    if cancelled:
         raise JobCancelled(job.job_id)
-    if gone if gone is not None else rt.conn.exists(results.channel_gone_key(job.origin.channel_id)):
+    if gone:
         reason = "the channel it was asked in has been deleted"
         fail_job(rt, job.job_id, job.origin, job.request, reason, kind="channel_gone")
         raise JobRejected(reason)
@@ -271,7 +266,6 @@ def _input_error(rt: Runtime, job: DreamJob, err: ValueError) -> JobRejected:
 
 
 def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
-    _precheck(rt, job)
     t0 = time.perf_counter()
     try:
         gen: Generation = _make_images(rt, job)
@@ -351,7 +345,6 @@ class Outcome:
 
     value: dict | None = None
     exc_info: tuple | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -363,13 +356,6 @@ def _capture(fn, *args) -> Outcome:
         return Outcome(value=fn(*args))
     except Exception:
         return Outcome(exc_info=sys.exc_info())
-
-
-def _settled(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> Outcome:
-    try:
-        raise err
-    except Exception as e:
-        return _capture(_settle, rt, job, e, rq_job)
 
 
 @dataclass
@@ -424,7 +410,7 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
                 except ValueError as err:
                     raise _input_error(rt, job, err) from None
             except Exception as err:
-                outcomes[i] = _settled(rt, job, err, m.rq_job)
+                outcomes[i] = _capture(_settle, rt, job, err, m.rq_job)
                 continue
             live.append((i, job, prepared))
         if live:
@@ -433,7 +419,7 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
         done = {m.index for m in made}
         for i, job in admitted.items():
             if outcomes[i] is None and i not in done:
-                outcomes[i] = _settled(rt, job, err, members[i].rq_job)
+                outcomes[i] = _capture(_settle, rt, job, err, members[i].rq_job)
     return outcomes, made
 
 
@@ -465,7 +451,7 @@ def _make_alone(rt: Runtime, i: int, job: DreamJob, rq_job, outcomes: list, made
     except JobTimeoutException:
         raise
     except Exception as err:
-        outcomes[i] = _settled(rt, job, err, rq_job)
+        outcomes[i] = _capture(_settle, rt, job, err, rq_job)
         return
     made.append(Made(i, job, gen, t0, 1.0, True, rq_job))
 
@@ -488,14 +474,14 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list, ma
             return
         for i, job, _ in live:
             e = JobCancelled(job.job_id) if isinstance(err, JobCancelled) else err
-            outcomes[i] = _settled(rt, job, e, members[i].rq_job)
+            outcomes[i] = _capture(_settle, rt, job, e, members[i].rq_job)
         return
     images = sum(len(g.images) for g in gens)
     stats.record_job(rt.conn, time.perf_counter() - t0, images)
     metrics.batch_ran(len(live), images)
     for (i, job, _), gen in zip(live, gens, strict=True):
         if job.job_id in hook.cancelled:
-            outcomes[i] = _settled(rt, job, JobCancelled(job.job_id), members[i].rq_job)
+            outcomes[i] = _capture(_settle, rt, job, JobCancelled(job.job_id), members[i].rq_job)
             continue
         made.append(Made(i, job, gen, t0, len(gen.images) / images, False, members[i].rq_job))
 

@@ -33,13 +33,14 @@ from dreamcore.limits import (
     limit_range,
 )
 
+# ACK_BUDGET_S: Redis normally answers in a millisecond; past this, defer so Discord's 3 s window holds.
+from .commands import ACK_BUDGET_S, answer_privately
+
 log = logging.getLogger("dreambot.admin")
 
-NO_MENTIONS = discord.AllowedMentions.none()
 NO_PERMISSION = "You need the Manage Server permission to change dream limits."
 NOT_IN_GUILD = "Dream limits belong to a server: use /dreamadmin in the server whose limits you want."
 STORE_DOWN = "I can't reach the limits store right now. Please try again in a minute."
-ACK_BUDGET_S = 1.0  # Redis normally answers in a millisecond; past this, defer so the 3 s window holds
 STORE_TIMEOUT_S = 10.0
 AUDIT_SHOWN = 10
 MAX_MESSAGE = 2000
@@ -221,11 +222,7 @@ class AdminCommands:
     # plumbing
 
     async def reply(self, interaction: discord.Interaction, text: str) -> None:
-        text = _clip(text, MAX_MESSAGE)  # past 2000 characters Discord refuses the whole reply
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        else:
-            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await answer_privately(interaction, _clip(text, MAX_MESSAGE))  # past 2000 characters Discord refuses it
 
     async def allowed(self, interaction: discord.Interaction, command: str) -> bool:
         """The server-side check every subcommand runs first; refuses with an ephemeral message."""

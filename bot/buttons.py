@@ -44,7 +44,14 @@ from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
 from .backend import UNAVAILABLE, Backend, Outcome
-from .commands import ACK_BUDGET_S, NO_MENTIONS, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
+from .commands import (
+    ACK_BUDGET_S,
+    NO_MENTIONS,
+    SUBMIT_TIMEOUT_S,
+    DreamCommands,
+    answer_privately,
+    queued_text,
+)
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -69,10 +76,7 @@ async def _answering(interaction: discord.Interaction, work) -> None:
         log.exception("button failed", extra={"custom_id": (interaction.data or {}).get("custom_id")})
         text = "Something went wrong on my side with that button. Please try again."
         try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            else:
-                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await answer_privately(interaction, text)
         except discord.HTTPException:
             pass
 

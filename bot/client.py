@@ -19,7 +19,7 @@ from dreamcore.settings import Settings
 from .admin import register_admin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
-from .commands import NO_MENTIONS, DreamCommands
+from .commands import NO_MENTIONS, DreamCommands, answer_privately
 from .discord_api import prepare_client, use_api_base
 from .help import register_help
 from .progress import Progress
@@ -35,10 +35,7 @@ class DreamTree(app_commands.CommandTree):
         log.error("command failed", exc_info=error, extra={"command": getattr(interaction.command, "name", None)})
         text = "Something went wrong on my side; nothing was queued. Please try again."
         try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-            else:
-                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await answer_privately(interaction, text)
         except discord.HTTPException:
             pass
 

@@ -38,6 +38,14 @@ ACK_BUDGET_S = 1.0
 SUBMIT_TIMEOUT_S = 10.0
 
 
+async def answer_privately(interaction: discord.Interaction, text: str) -> None:
+    """An ephemeral answer: the interaction's response if it has none yet, else a follow-up."""
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
 def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None) -> str:
     where = "next in line" if position == 0 else f"position {position + 1} in the queue"
     if eta_s is not None:

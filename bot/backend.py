@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import redis
 from rq.job import JobStatus
 
-from dreamcore import metrics, stats, votes
+from dreamcore import fairq, metrics, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.job import DreamJob, make_job
 from dreamcore.limits import Limiter, LimitStore, human_duration
-from dreamcore.queue import PRIORITIES, DreamQueue
+from dreamcore.queue import PRIORITIES, DreamQueue, queue_names
 from dreamcore.settings import Settings
 
 log = logging.getLogger("dreambot.bot")
@@ -129,7 +129,7 @@ class Backend:
         spi = stats.seconds_per_image(self.conn)
         if spi is None:
             return None  # nothing measured yet: no basis to refuse
-        ahead = sum(n for _, _, n in stats.waiting(self.queue))
+        ahead = fairq.totals(self.conn, queue_names()).images
         wait = stats.eta_s(ahead, images, spi, stats.worker_count(self.conn))
         if wait is not None and wait > self.settings.max_wait_min * 60:
             return (f"busy: about {human_duration(wait - images * spi)} of work is queued already "
@@ -137,13 +137,17 @@ class Backend:
         return None
 
     def _eta_for(self, job_id: str) -> float | None:
-        return next((p.eta_s for p in stats.places(self.queue) if p.job_id == job_id), None)
+        got = stats.eta_for(self.queue, [job_id]).get(job_id)
+        return None if got is None else got[1]
 
     def my_jobs(self, guild_id: int | None, user_id: int) -> list[QueuedView]:
         """The member's waiting and running dreams, with position and ETA."""
         owner = f"{guild_id or 0}:{user_id}"
-        out = [QueuedView(p.job_id, "waiting", p.position, p.eta_s, p.images)
-               for p in stats.places(self.queue) if p.owner == owner]
+        ids = self.queue.mine(owner)
+        places = self.queue.places(ids)
+        etas = stats.eta_for(self.queue, ids)
+        out = sorted((QueuedView(jid, "waiting", places[jid].ahead, etas[jid][1], places[jid].images)
+                      for jid in ids if jid in places and jid in etas), key=lambda v: v.position or 0)
         for p in PRIORITIES:
             for jid in self.queue.queues[p].started_job_registry.get_job_ids():
                 job = self.queue.fetch(jid)

@@ -83,8 +83,7 @@ class Progress:
             self.edits += 1
 
     def _positions(self, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
-        wanted = set(job_ids)
-        return {p.job_id: (p.position, p.eta_s) for p in stats.places(self.backend.queue) if p.job_id in wanted}
+        return stats.eta_for(self.backend.queue, job_ids)
 
     def _may_edit(self, job_id: str) -> bool:
         now = time.monotonic()

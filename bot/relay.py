@@ -19,7 +19,7 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import faults, metrics, params, results, votes
+from dreamcore import faults, keys, metrics, params, results, votes
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
@@ -134,7 +134,7 @@ class Relay:
             where = f"undeliverable: {err}"
             log.warning("result undeliverable", extra={"job_id": job_id, "reason": str(err)})
         except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
-            attempts = await asyncio.to_thread(self.conn.incr, f"dream:attempts:{job_id}")
+            attempts = await asyncio.to_thread(_count_attempt, self.conn, job_id)
             log.warning("delivery failed, will retry", extra={"job_id": job_id, "attempt": attempts,
                                                               "error": type(err).__name__})
             if attempts < MAX_ATTEMPTS:
@@ -157,7 +157,7 @@ class Relay:
         """A result whose delivery keeps crashing is dropped from the outbox after MAX_ATTEMPTS tries
         (it stays in Redis until its TTL), instead of being retried forever."""
         try:
-            attempts = await asyncio.to_thread(self.conn.incr, f"dream:attempts:{entry.job_id}")
+            attempts = await asyncio.to_thread(_count_attempt, self.conn, entry.job_id)
             if attempts >= MAX_ATTEMPTS:
                 await asyncio.to_thread(self.outbox.mark_delivered, entry.job_id, "gave up: delivery crashed")
                 metrics.delivered("gave_up")
@@ -324,3 +324,11 @@ class Relay:
                 note, allowed_mentions=NO_MENTIONS, nonce=nonce_for("n" + result.job_id))
         except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError):
             log.error("could not tell member about undelivered result", extra={"job_id": result.job_id})
+
+
+def _count_attempt(conn: redis.Redis, job_id: str) -> int:
+    """One more delivery attempt of a job's result; the count goes a day after the last attempt."""
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.incr(keys.attempts(job_id))
+        pipe.expire(keys.attempts(job_id), keys.ATTEMPTS_TTL_S)
+        return int(pipe.execute()[0])

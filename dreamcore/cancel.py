@@ -6,6 +6,7 @@ another guild is answered as unknown, so ids can't be probed across servers.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import redis
@@ -18,6 +19,7 @@ from .queue import DreamQueue
 from .results import DreamResult
 
 CANCEL_TTL_S = 3600
+log = logging.getLogger(__name__)
 
 
 def cancel_key(job_id: str) -> str:
@@ -50,7 +52,15 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
         conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
         return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
 
-    rq_job.cancel()
+    if not queue.remove(job_id):
+        # A worker took it between the status read and now: stop it at its next step instead.
+        if rq_job.get_status() in (JobStatus.STARTED, JobStatus.QUEUED):
+            conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
+            return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
+    try:
+        rq_job.cancel()
+    except Exception as err:  # RQ refuses a job it already counts as cancelled; it is out of the queue
+        log.info("rq cancel skipped", extra={"job_id": job_id, "error": type(err).__name__})
     try:
         job = parse_job(rq_job.args[0])
     except (JobError, IndexError):

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from . import fairq
 from .queue import queue_names
 
 log = logging.getLogger("dreambot.metrics")
@@ -165,17 +166,15 @@ class QueueDepthCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         up = GaugeMetricFamily("dreambot_redis_up", "1 when this process reached Redis while being scraped")
         try:
-            with self.conn.pipeline(transaction=False) as pipe:
-                for name in self.queues:
-                    pipe.llen(f"rq:queue:{name}")
-                lengths = pipe.execute()
+            per_queue = fairq.totals(self.conn, self.queues).per_queue
+            lengths = [per_queue[n] for n in self.queues]
         except redis.RedisError:
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("dreambot_queue_depth", "Jobs waiting in each RQ queue (LLEN at scrape time)",
+        depth = GaugeMetricFamily("dreambot_queue_depth", "Jobs waiting in each queue at scrape time",
                                   labels=["queue"])
         for name, n in zip(self.queues, lengths, strict=True):
             depth.add_metric([name], int(n))

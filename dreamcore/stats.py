@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-
 import redis
 from rq import Worker
 
-from .queue import PRIORITIES, DreamQueue
+from .queue import DreamQueue
 
 STATS_KEY = "dream:stats"
 EWMA_ALPHA = 0.2  # about the last ten jobs
@@ -35,28 +32,6 @@ def worker_count(conn: redis.Redis) -> int:
     return Worker.count(connection=conn)
 
 
-def waiting(queue: DreamQueue) -> list[tuple[str, str, int]]:
-    """(job id, owner, images) of every waiting job, in the order workers will take them."""
-    conn = queue.connection
-    ids: list[str] = []
-    for p in PRIORITIES:
-        ids.extend(x.decode() for x in conn.lrange(queue.queues[p].key, 0, -1))
-    if not ids:
-        return []
-    with conn.pipeline(transaction=False) as pipe:
-        for jid in ids:
-            pipe.hget(f"rq:job:{jid}", "meta")
-        metas = pipe.execute()
-    out = []
-    for jid, raw in zip(ids, metas, strict=True):
-        try:
-            meta = json.loads(raw) if raw else {}
-        except ValueError:
-            meta = {}
-        out.append((jid, str(meta.get("owner", "")), int(meta.get("images", 1) or 1)))
-    return out
-
-
 def eta_s(images_ahead: int, own_images: int, s_per_image: float | None, workers: int) -> float | None:
     """Seconds until a job with `images_ahead` waiting before it is done; None before anything was measured."""
     if s_per_image is None:
@@ -64,22 +39,11 @@ def eta_s(images_ahead: int, own_images: int, s_per_image: float | None, workers
     return (images_ahead + own_images) * s_per_image / max(1, workers)
 
 
-@dataclass(frozen=True)
-class Place:
-    job_id: str
-    owner: str
-    images: int
-    position: int  # 0 = next to run
-    eta_s: float | None  # until this job is done; None before anything was measured
-
-
-def places(queue: DreamQueue) -> list[Place]:
-    """Every waiting job with its position and ETA: the one walk that /dream, /dreamqueue and the live
-    queue updates all read from."""
+def eta_for(queue: DreamQueue, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
+    """(position, ETA) of each waiting job in `job_ids`: O(log n) each, one round trip for all."""
+    if not job_ids:
+        return {}
     spi = seconds_per_image(queue.connection)
     workers = worker_count(queue.connection)
-    out, ahead = [], 0
-    for pos, (jid, owner, n) in enumerate(waiting(queue)):
-        out.append(Place(jid, owner, n, pos, eta_s(ahead, n, spi, workers)))
-        ahead += n
-    return out
+    return {jid: (p.ahead, eta_s(p.images_ahead, p.images, spi, workers))
+            for jid, p in queue.places(job_ids).items()}

@@ -120,6 +120,11 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
     dream = make_job(_req(steps=1, aspect="12:5"), _origin())  # what a new bot writes for /dream and Reroll
     q.enqueue(follow_up)
     q.enqueue(dream)
+    # An older worker reads RQ's own list only (workers are upgraded before bots; the new worker drains
+    # that list too, see tests/test_upgrade.py): put the jobs where it looks.
+    for job in (follow_up, dream):
+        assert q.remove(job.job_id)
+        rconn.rpush(q.queues["default"].key, job.job_id)
     env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
     # The old release's own entry point, started as docker-compose starts it.
     run = subprocess.run([sys.executable, "-m", "dreamcore.cli", "worker", "--burst"], env=env, cwd=old,

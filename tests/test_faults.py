@@ -12,7 +12,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
 
-from dreamcore import faults, results
+from dreamcore import fairq, faults, results
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.localredis import LocalRedis
 from dreamcore.queue import DreamQueue
@@ -130,7 +130,7 @@ def test_redis_restart_loses_no_queued_job_and_everyone_reconnects(tiny_model_di
         assert not down.late
         own.start()
         conn = redis.Redis.from_url(own.url)
-        assert conn.lpos("rq:queue:dream-default", queued) == 0
+        assert fairq.waiting_ids(conn, "dream-default")[:1] == [queued]
         worker = fleet.start_worker("after-restart")
         wait_until(lambda: image_messages(standin, bot.channel_id), 90, "queued job lost in the restart")
         own.kill()

@@ -7,7 +7,9 @@ import pytest
 from fleet import Fleet
 from standin import DiscordStandIn
 
+from dreamcore import fairq
 from dreamcore.limits import LimitStore
+from dreamcore.queue import queue_names
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -74,5 +76,5 @@ def test_ten_instances_cannot_be_raced_past_a_limit(ten_bots, rconn, limit, valu
     assert accepted == expect
     assert len(refused) == 10 - expect
     assert all(says in text for text in refused), refused
-    queued = sum(rconn.llen(k) for k in rconn.scan_iter("rq:queue:dream-*") if rconn.type(k) == b"list")
+    queued = fairq.totals(rconn, queue_names()).jobs
     assert queued == expect

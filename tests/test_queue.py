@@ -7,6 +7,7 @@ import zlib
 
 from rq.serializers import JSONSerializer
 
+from dreamcore import fairq
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.queue import DreamQueue
 from dreamcore.settings import load_settings
@@ -47,13 +48,13 @@ def test_fair_order_interleaves_members(rconn):
     a_jobs = [q.enqueue(_job(100)).job_id for _ in range(20)]
     b = q.enqueue(_job(200)).job_id
     c = q.enqueue(_job(300)).job_id
-    order = [x.decode() for x in rconn.lrange(q.queues["default"].key, 0, -1)]
+    order = fairq.waiting_ids(rconn, "dream-default")
     # B's first job waits behind A's first job only; C's lands right behind it.
     assert order.index(b) == 1
     assert order.index(c) == 2
     # A's own jobs keep their order.
     assert [j for j in order if j in a_jobs] == a_jobs
     b2 = q.enqueue(_job(200)).job_id
-    order = [x.decode() for x in rconn.lrange(q.queues["default"].key, 0, -1)]
+    order = fairq.waiting_ids(rconn, "dream-default")
     # B's second job is in round 1: behind A's second job, ahead of A's third.
     assert order.index(b2) == order.index(a_jobs[1]) + 1 < order.index(a_jobs[2])

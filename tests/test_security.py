@@ -23,8 +23,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
 
+from dreamcore import fairq
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.limits import LimitStore
+from dreamcore.queue import queue_names
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -400,7 +402,7 @@ class TestWithWorker:
         # bob's in alice's guild.
         carol_inter, _ = dream(e, p.carol, guild=e.g2, prompt="a lighthouse elsewhere", seed=10)
         bob_inter, _ = dream(e, p.bob, prompt="a lighthouse of bob's", seed=11)
-        waiting_before = sum(e.r.llen(f"rq:queue:dream-{q}") for q in ("high", "default", "low"))
+        waiting_before = fairq.totals(e.r, queue_names()).jobs
 
         def click(who, guild, channel, inter_of_message, custom_id):
             """A modified client's click: the custom_id of its choice on a message it can see. The message as
@@ -439,7 +441,7 @@ class TestWithWorker:
         text, eph = answer(real)
         assert eph and text.startswith("Only the member who asked for it, or a server admin"), text
         assert not e.standin.message(result.id).deleted
-        waiting_after = sum(e.r.llen(f"rq:queue:dream-{q}") for q in ("high", "default", "low"))
+        waiting_after = fairq.totals(e.r, queue_names()).jobs
         assert waiting_after <= waiting_before, "a crafted click queued a job"
 
         # An admin of the job's guild can delete it: the message goes, and its images with it.

@@ -154,7 +154,8 @@ def test_json_serializer_everywhere(rconn):
 
 def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn, pipeline):
     """`worker.tasks.run_dream`, the function each job names, works under any RQ worker, not only under
-    DreamWorker (which splits it into denoise and finish): what an operator's `rq worker` would run."""
+    DreamWorker (which splits it into denoise and finish): what an operator's
+    `rq worker --queue-class dreamcore.queue.FairQueue` would run (the class that takes jobs in fair order)."""
     from rq import SimpleWorker
 
     from worker import tasks
@@ -164,7 +165,9 @@ def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn
     q = DreamQueue(rconn, get_settings())
     job = _job(seed=99)
     q.enqueue(job)
-    SimpleWorker(list(q.queues.values()), connection=rconn, serializer=JSONSerializer).work(
+    from dreamcore.queue import FairQueue
+
+    SimpleWorker(list(q.queues.values()), connection=rconn, serializer=JSONSerializer, queue_class=FairQueue).work(
         burst=True, logging_level="WARNING")
     result, images = _drain(rconn)[job.job_id]
     assert result.status == "done" and result.worker == "plain-rq"

@@ -99,8 +99,8 @@ class DreamWorker(SimpleWorker):
         ready = []
         for i, (job, _queue, _execution) in enumerate(members):
             try:
-                # The leader came off its queue the way RQ takes jobs; companions wait in the intermediate list.
-                self.prepare_job_execution(job, remove_from_intermediate_queue=i > 0)
+                # Every claim (fairq's CLAIM_NEXT and CLAIM_BATCH) parks the id in RQ's intermediate list.
+                self.prepare_job_execution(job, remove_from_intermediate_queue=True)
                 job.started_at = now()
                 ready.append(i)
             except Exception:
@@ -160,7 +160,7 @@ class DreamWorker(SimpleWorker):
 
     def _claim_companions(self, job) -> list[tuple[Job, FairQueue, object]]:
         """Waiting dreams that can share this job's denoising batch, taken off their queues and registered as
-        started here, exactly as RQ registers the job it dequeued itself (see dreamcore.queue._CLAIM)."""
+        started here, exactly as RQ registers the job it dequeued itself (see dreamcore.fairq_lua.CLAIM_BATCH)."""
         key = job.meta.get("batch") if isinstance(job.meta, dict) else None
         budget = self.batch_images - int(job.meta.get("images") or 1) if key else 0
         if not key or budget < 1 or _is_retry(job):

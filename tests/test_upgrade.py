@@ -1,0 +1,97 @@
+"""A release upgrade with dreams still waiting: the previous release's bots queued them in RQ's plain lists
+(its own fair-push script); the new worker serves every one of them, then the new queue's jobs."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dreamcore import fairq, results
+from dreamcore.job import make_job, make_origin, make_request
+from dreamcore.queue import DreamQueue, queue_names
+from dreamcore.settings import get_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model_dir):
+    from worker.pipeline import DreamPipeline
+
+    return DreamPipeline.load(str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner"), "cpu")
+
+ENQUEUE_WITH_THE_OLD_RELEASE = """
+import json, sys
+import redis
+from dreamcore.job import make_job, make_origin, make_request
+from dreamcore.queue import DreamQueue
+from dreamcore.settings import load_settings
+conn = redis.Redis.from_url(sys.argv[1])
+q = DreamQueue(conn, load_settings())
+ids = []
+for user in (1, 1, 1, 2, 3):
+    origin = make_origin(instance="bot1", guild_id=7, channel_id=10, user_id=user)
+    job = make_job(make_request(prompt=f"old release, member {user}", seed=user, steps=2, aspect="1:1"), origin)
+    q.enqueue(job)
+    ids.append(job.job_id)
+print(json.dumps(ids))
+"""
+
+
+def _release_before_the_fair_sorted_set(tmp_path) -> str:
+    """The newest commit whose queue kept waiting jobs in RQ's lists (its _FAIR_PUSH script), unpacked."""
+    try:
+        revs = subprocess.run(["git", "log", "--format=%H", "-n", "50", "--", "dreamcore/queue.py"], cwd=ROOT,
+                              capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError) as err:
+        pytest.fail(f"this test needs the project's git history (a full clone): {err}")
+    for rev in revs:
+        text = subprocess.run(["git", "show", f"{rev}:dreamcore/queue.py"], cwd=ROOT, capture_output=True,
+                              text=True).stdout
+        if "_FAIR_PUSH" in text:
+            tar = subprocess.run(["git", "archive", rev, "dreamcore"], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+            out = tmp_path / "previous"
+            out.mkdir()
+            with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+                t.extractall(out, filter="data")
+            return str(out)
+    pytest.fail("no commit with the list-based queue in the last 50 changes of dreamcore/queue.py: "
+                "run .ci/run on a full clone")
+
+
+def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(tiny_env, rconn, pipeline,
+                                                                                 tmp_path, redis_url):
+    from worker.runner import make_worker
+
+    old = _release_before_the_fair_sorted_set(tmp_path)
+    env = dict(tiny_env, PYTHONPATH=old)
+    run = subprocess.run([sys.executable, "-c", ENQUEUE_WITH_THE_OLD_RELEASE, redis_url], env=env, cwd=old,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    old_ids = json.loads(run.stdout)
+    assert rconn.llen("rq:queue:dream-default") == 5 and fairq.totals(rconn, queue_names()).jobs == 5
+    # ... and a new bot queues one more after the upgrade.
+    new = make_job(make_request(prompt="new release", seed=9, steps=2, aspect="1:1"),
+                   make_origin(instance="bot1", guild_id=7, channel_id=10, user_id=4))
+    DreamQueue(rconn, get_settings()).enqueue(new)
+    assert DreamQueue(rconn, get_settings()).position(new.job_id) == 5  # behind the old list
+
+    box = results.Outbox(rconn, "bot1", "test")
+    box.ensure_group()
+    make_worker(get_settings(), rconn, pipeline, name="upgraded").work(burst=True, logging_level="WARNING")
+    for jid in [*old_ids, new.job_id]:
+        result, images = results.load(rconn, jid)
+        assert result is not None and result.status == "done", (jid, result)
+        assert Image.open(io.BytesIO(images[0])).size[0] > 0
+    assert fairq.totals(rconn, queue_names()).jobs == 0
+    # The old release's fair order held: members 2 and 3 before member 1's second and third dreams.
+    order = [e.job_id for e in box.read(count=200, block_ms=100) if e.status in ("done", "failed")]
+    assert order.index(old_ids[3]) < order.index(old_ids[1]) and order.index(old_ids[4]) < order.index(old_ids[1])

@@ -87,7 +87,12 @@ class Backend:
                 pass  # the active slot frees itself after its TTL
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
-        eta = self._eta_for(companions[-1].job_id if companions else queued.job_id)
+        if companions:
+            eta = self._eta_for(companions[-1].job_id)
+        else:
+            eta = None if queued.place is None else stats.eta_s(
+                queued.place.images_ahead, queued.place.images, stats.seconds_per_image(self.conn),
+                stats.worker_count(self.conn))
         log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,
                                       "guild_id": o.guild_id, "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)

@@ -176,7 +176,7 @@ return 1
 
 # ARGV: 3 RQ's queue-key prefix, 4 job id, 5.. queue names in priority order. Returns {jobs ahead, images
 # ahead, own images}, or nil when the job is not waiting in the fair queue. Images ahead in the job's own
-# queue are summed for the 32 jobs nearest the head; past those, that queue's mean images per job.
+# queue are summed exactly for a job within 32 of the head; further back, rank x that queue's mean.
 POSITION = _PRELUDE + r"""
 local EXACT_AHEAD = 32
 local QP, job_id = ARGV[3], ARGV[4]
@@ -193,7 +193,8 @@ for k = 5, #ARGV do
     local rank = redis.call('ZRANK', FQ .. name, i.member) or 0
     -- Exact for the jobs nearest the head (where an ETA is short and read closely), the queue's mean
     -- images per job for the rest.
-    local exact = math.min(rank, EXACT_AHEAD)
+    local exact = 0
+    if rank <= EXACT_AHEAD then exact = rank end
     local mine = 0
     if exact > 0 then
       for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, exact - 1)) do

@@ -88,7 +88,7 @@ class GuildLimits(BaseModel):
                             description="images per dream")
     max_steps: int = Field(default_factory=_default("max_steps"), ge=1, le=100,
                            description="steps per dream")
-    guild_max_queued: int = Field(default_factory=_default("guild_max_queued"), ge=1, le=1000,
+    guild_max_queued: int = Field(default_factory=_default("guild_max_queued"), ge=1, le=100000,
                                   description="dreams the whole server may have queued or running")
     channels: dict[InstanceName, Annotated[list[Snowflake], Field(max_length=100)]] = Field(
         default_factory=dict, max_length=50,

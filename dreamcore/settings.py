@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     limit_guild_images_day: int = Field(1500, ge=1, le=20000, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_DAY"))
     limit_max_images: int = Field(4, ge=1, le=4, **_env("DREAMBOT_LIMIT_MAX_IMAGES"))
     limit_max_steps: int = Field(60, ge=1, le=100, **_env("DREAMBOT_LIMIT_MAX_STEPS"))
-    limit_guild_max_queued: int = Field(50, ge=1, le=1000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
+    limit_guild_max_queued: int = Field(50, ge=1, le=100000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
     # --- end of guild limit defaults ---
 
     # --- Metrics and health ---

@@ -26,7 +26,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from dreamcore import metrics
+from dreamcore import fairq, metrics
 from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
@@ -56,6 +56,15 @@ class DreamWorker(SimpleWorker):
         self.batch_window = batch_window
         self._pending: _Pending | None = None
         self._finisher: ThreadPoolExecutor | None = None
+
+    def run_maintenance_tasks(self):
+        super().run_maintenance_tasks()
+        # The fair queue's counters are kept in step by its scripts; this repairs any that drifted (a hand
+        # edit, an older release's leftovers). One worker at a time does it (a lock), in short steps.
+        try:
+            fairq.reconcile(self.connection, queue_names())
+        except redis.RedisError as err:
+            log.warning("fair-queue reconcile failed", extra={"error": type(err).__name__})
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return self.lease_s

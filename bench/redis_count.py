@@ -12,7 +12,7 @@ commands twice (in EVALSHA/EXEC and under their own names).
      no Redis command inside the measured window (it waits on the stand-in), and the idle background
      (the relay's blocking outbox read, once a second) is measured first and subtracted.
   2. the bot's submit alone (`bot.backend.Backend.submit`: limits, fair enqueue, position, ETA) at several
-     queue depths: its cost grows with the number of jobs waiting.
+     queue depths (constant since the fair sorted-set queue; it grew with every job waiting before).
   3. the worker alone: N queued jobs run back to back, one at a time and then batched (an empty worker
      run's commands subtracted).
   The relay's share is 1 minus 2 (at the depth 1 ran at) minus 3.
@@ -138,37 +138,34 @@ def end_to_end(server_url: str, conn: redis.Redis, settings, n: int, idle_s: flo
 
 
 def submit_by_depth(conn: redis.Redis, settings, depths: list[int], k: int) -> list[tuple[int, float, float]]:
-    """(depth, commands per submit, Redis CPU us per submit) with exactly `depth` jobs waiting: each measured
-    job is taken out of the queue again right after (LREM, which the submit path never uses, is left out)."""
+    """(depth, commands per submit, Redis CPU us per submit) with `depth` jobs waiting when the k measured
+    submits start (they stay queued, so the last sees depth + k - 1; the cost no longer depends on depth)."""
     from bot.backend import Backend
-    from dreamcore.queue import queue_name, queue_names
-
     backend = Backend(settings)
     rows = []
     n = 50_000
-    qkey = f"rq:queue:{queue_name('default')}"
+    def empty_queues():
+        for pattern in ("dream:fq:*", "rq:queue:dream-*"):
+            for key in conn.scan_iter(pattern, count=1000):
+                conn.delete(key)
+
     for depth in depths:
-        for key in [f"rq:queue:{q}" for q in queue_names()]:
-            conn.delete(key)
+        empty_queues()
         for key in conn.scan_iter("dream:limits:*", count=1000):
             conn.delete(key)
         for _ in range(depth + 2):  # fill the queue, and warm the connection and scripts (not measured)
             n += 1
             if not backend.submit(make_dream_job(n, settings, STEPS, user_base=10_000)).ok:
                 raise RuntimeError("fill refused")
-        for _ in range(2):
-            conn.rpop(qkey)
         s0 = snap(conn)
         for _ in range(k):
             n += 1
             job = make_dream_job(n, settings, STEPS, user_base=10_000)
             if not backend.submit(job).ok:
                 raise RuntimeError("submit refused")
-            conn.lrem(qkey, 1, job.job_id)
-        delta, cpu, _wall = diff(snap(conn), s0, EXCLUDE + ("lrem",))
+        delta, cpu, _wall = diff(snap(conn), s0, EXCLUDE)
         rows.append((depth, total(delta) / k, cpu * 1e6 / k))
-    for key in [f"rq:queue:{q}" for q in queue_names()]:
-        conn.delete(key)
+    empty_queues()
     return rows
 
 

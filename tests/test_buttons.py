@@ -10,13 +10,13 @@ import json
 import os
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 
 import numpy as np
 import pytest
 from fleet import Fleet
+from history import NoHistory, unpack_newest
 from PIL import Image
 from standin import DiscordStandIn
 
@@ -90,22 +90,9 @@ def test_a_dreams_result_is_stored_as_the_previous_release_wrote_it():
 def _previous_release(tmp_path) -> str | None:
     """The newest commit whose worker reads only schema version 1, unpacked (dreamcore + worker)."""
     try:
-        revs = subprocess.run(["git", "log", "--format=%H", "-n", "50", "--", "dreamcore/job.py"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
+        return unpack_newest("dreamcore/job.py", "SCHEMA_VERSION = 1", ["dreamcore", "worker"], tmp_path / "previous")
+    except NoHistory:
         return None
-    for rev in revs:
-        text = subprocess.run(["git", "show", f"{rev}:dreamcore/job.py"], cwd=ROOT, capture_output=True,
-                              text=True).stdout
-        if "SCHEMA_VERSION = 1" in text:
-            tar = subprocess.run(["git", "archive", rev, "dreamcore", "worker"], cwd=ROOT, capture_output=True,
-                                 check=True).stdout
-            out = tmp_path / "previous"
-            out.mkdir()
-            with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-                t.extractall(out, filter="data")
-            return str(out)
-    return None
 
 
 def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_runs_dreams(tiny_env, rconn,

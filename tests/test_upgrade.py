@@ -7,10 +7,10 @@ import io
 import json
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
+from history import NoHistory, unpack_newest
 from PIL import Image
 
 from dreamcore import fairq, results
@@ -48,23 +48,13 @@ print(json.dumps(ids))
 def _release_before_the_fair_sorted_set(tmp_path) -> str:
     """The newest commit whose queue kept waiting jobs in RQ's lists (its _FAIR_PUSH script), unpacked."""
     try:
-        revs = subprocess.run(["git", "log", "--format=%H", "-n", "50", "--", "dreamcore/queue.py"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.split()
-    except (OSError, subprocess.CalledProcessError) as err:
+        out = unpack_newest("dreamcore/queue.py", "_FAIR_PUSH", ["dreamcore"], tmp_path / "previous")
+    except NoHistory as err:
         pytest.fail(f"this test needs the project's git history (a full clone): {err}")
-    for rev in revs:
-        text = subprocess.run(["git", "show", f"{rev}:dreamcore/queue.py"], cwd=ROOT, capture_output=True,
-                              text=True).stdout
-        if "_FAIR_PUSH" in text:
-            tar = subprocess.run(["git", "archive", rev, "dreamcore"], cwd=ROOT, capture_output=True,
-                                 check=True).stdout
-            out = tmp_path / "previous"
-            out.mkdir()
-            with tarfile.open(fileobj=io.BytesIO(tar)) as t:
-                t.extractall(out, filter="data")
-            return str(out)
-    pytest.fail("no commit with the list-based queue in the last 50 changes of dreamcore/queue.py: "
-                "run .ci/run on a full clone")
+    if out is None:
+        pytest.fail("no commit with the list-based queue in the last 50 changes of dreamcore/queue.py: "
+                    "run .ci/run on a full clone")
+    return out
 
 
 def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(tiny_env, rconn, pipeline,

@@ -90,9 +90,7 @@ class Backend:
         if companions:
             eta = self._eta_for(companions[-1].job_id)
         else:
-            eta = None if queued.place is None else stats.eta_s(
-                queued.place.images_ahead, queued.place.images, stats.seconds_per_image(self.conn),
-                stats.worker_count(self.conn))
+            eta = stats.etas(self.conn, {job.job_id: queued.place}).get(job.job_id) if queued.place else None
         log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,
                                       "guild_id": o.guild_id, "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
@@ -150,9 +148,9 @@ class Backend:
         owner = f"{guild_id or 0}:{user_id}"
         ids = self.queue.mine(owner)
         places = self.queue.places(ids)
-        etas = stats.eta_for(self.queue, ids)
-        out = sorted((QueuedView(jid, "waiting", places[jid].ahead, etas[jid][1], places[jid].images)
-                      for jid in ids if jid in places and jid in etas), key=lambda v: v.position or 0)
+        etas = stats.etas(self.conn, places)
+        out = sorted((QueuedView(jid, "waiting", p.ahead, etas[jid], p.images) for jid, p in places.items()),
+                     key=lambda v: v.position or 0)
         for p in PRIORITIES:
             for jid in self.queue.queues[p].started_job_registry.get_job_ids():
                 job = self.queue.fetch(jid)

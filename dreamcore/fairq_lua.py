@@ -23,8 +23,10 @@ end
 
 -- A reconcile in progress tallies every job it has walked past; a change to such a job updates the tally
 -- too, so the tally is exact when the walk ends however busy the queue was meanwhile.
-local function fence(i, sign)
-  local st = redis.call('HMGET', REC, 'done:' .. i.q, 'at', 'cursor')
+-- st: the reconcile's state as seen from queue i.q (recount_state), read once by each script.
+local function recount_state(q) return redis.call('HMGET', REC, 'done:' .. q, 'at', 'cursor') end
+
+local function fence(i, sign, st)
   if not st[2] then return end
   local passed = st[1] ~= false
   if not passed and st[2] == i.q and st[3] and st[3] ~= '' then
@@ -42,9 +44,9 @@ local function fence(i, sign)
 end
 
 local function take(job_id, i)
-  fence(i, -1)
-  local st = redis.call('HMGET', REC, 'at', 'cursor')
-  if st[1] == i.q and st[2] == i.member then
+  local st = recount_state(i.q)
+  fence(i, -1, st)
+  if st[2] == i.q and st[3] == i.member then
     -- The reconcile's cursor is leaving: step it back to the member before it.
     local r = redis.call('ZRANK', FQ .. i.q, i.member)
     local prev = ''
@@ -99,7 +101,7 @@ local i = {q = qname, member = member, owner = owner, guild = guild, images = im
 redis.call('HSET', IDX, job_id, table.concat({qname, member, owner, guild, images, batch, tries}, '\t'))
 redis.call('HINCRBY', CNT, 'images:' .. qname, images)
 redis.call('HINCRBY', CNT, 'guild:' .. guild, 1)
-fence(i, 1)
+fence(i, 1, recount_state(qname))
 redis.call('LPUSH', FQ .. 'bell', '1')
 redis.call('LTRIM', FQ .. 'bell', 0, 63)
 return redis.call('ZRANK', q, member)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import redis
 from rq import Worker
 
+from .fairq import Place
 from .queue import DreamQueue
 
 STATS_KEY = "dream:stats"
@@ -39,11 +40,15 @@ def eta_s(images_ahead: int, own_images: int, s_per_image: float | None, workers
     return (images_ahead + own_images) * s_per_image / max(1, workers)
 
 
+def etas(conn: redis.Redis, places: dict[str, Place]) -> dict[str, float | None]:
+    """ETA of each job from its place in the queue (one read of the measured speed and workers for all)."""
+    if not places:
+        return {}
+    spi, workers = seconds_per_image(conn), worker_count(conn)
+    return {jid: eta_s(p.images_ahead, p.images, spi, workers) for jid, p in places.items()}
+
+
 def eta_for(queue: DreamQueue, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
     """(position, ETA) of each waiting job in `job_ids`: O(log n) each, one round trip for all."""
-    if not job_ids:
-        return {}
-    spi = seconds_per_image(queue.connection)
-    workers = worker_count(queue.connection)
-    return {jid: (p.ahead, eta_s(p.images_ahead, p.images, spi, workers))
-            for jid, p in queue.places(job_ids).items()}
+    places = queue.places(job_ids)
+    return {jid: (places[jid].ahead, eta) for jid, eta in etas(queue.connection, places).items()}

@@ -32,7 +32,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from .job import clean_text
-from .limits_lua import ACQUIRE_LUA, RELEASE_LUA
+from .limits_lua import ACQUIRE_LUA, DAY_BUCKET_S, HOUR_BUCKET_S, RELEASE_LUA
 from .settings import Settings, get_settings, parse_id_list
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def _default(name: str):
 
 
 class GuildLimits(BaseModel):
-    """One guild's limits. Quotas count images, not requests; windows roll (the last hour, the last 24 h)."""
+    """One guild's limits. Quotas count images, not requests; windows roll (the last hour, the last 24 h, in
+    1-minute / 10-minute buckets: see limits_lua)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,9 +81,9 @@ class GuildLimits(BaseModel):
                                   description="images one member may get per rolling hour")
     user_images_day: int = Field(default_factory=_default("user_images_day"), ge=1, le=5000,
                                  description="images one member may get per rolling 24 h")
-    guild_images_hour: int = Field(default_factory=_default("guild_images_hour"), ge=1, le=5000,
+    guild_images_hour: int = Field(default_factory=_default("guild_images_hour"), ge=1, le=1_000_000,
                                    description="images the whole server may get per rolling hour")
-    guild_images_day: int = Field(default_factory=_default("guild_images_day"), ge=1, le=20000,
+    guild_images_day: int = Field(default_factory=_default("guild_images_day"), ge=1, le=10_000_000,
                                   description="images the whole server may get per rolling 24 h")
     max_images: int = Field(default_factory=_default("max_images"), ge=1, le=4,
                             description="images per dream")
@@ -245,12 +246,33 @@ class LimitKeys:
         return f"{PREFIX}:{{{_g(g)}}}:cooldown:{int(u)}"
 
     @staticmethod
-    def user_usage(g: int | None, u: int) -> str:  # zset "<images>:<job>" scored by time, 24 h
+    def user_hour(g: int | None, u: int) -> str:  # hash minute bucket -> images; TTL 1 h + 1 bucket + slack
+        return f"{PREFIX}:{{{_g(g)}}}:uh:{int(u)}"
+
+    @staticmethod
+    def user_day(g: int | None, u: int) -> str:  # hash 10-minute bucket -> images; TTL 24 h + 1 bucket
+        return f"{PREFIX}:{{{_g(g)}}}:ud:{int(u)}"
+
+    @staticmethod
+    def guild_hour(g: int | None) -> str:  # as user_hour, for the whole guild
+        return f"{PREFIX}:{{{_g(g)}}}:gh"
+
+    @staticmethod
+    def guild_day(g: int | None) -> str:  # as user_day, for the whole guild
+        return f"{PREFIX}:{{{_g(g)}}}:gd"
+
+    @staticmethod
+    def old_user_usage(g: int | None, u: int) -> str:  # an older release's zset; folded into buckets, deleted
         return f"{PREFIX}:{{{_g(g)}}}:usage:{int(u)}"
 
     @staticmethod
-    def guild_usage(g: int | None) -> str:  # zset "<images>:<job>" scored by time, 24 h
+    def old_guild_usage(g: int | None) -> str:  # as old_user_usage, for the guild
         return f"{PREFIX}:{{{_g(g)}}}:usage"
+
+    @staticmethod
+    def usage_keys(g: int | None, u: int) -> list[str]:
+        """The four bucket hashes, in the scripts' KEYS order."""
+        return [LimitKeys.user_hour(g, u), LimitKeys.user_day(g, u), LimitKeys.guild_hour(g), LimitKeys.guild_day(g)]
 
     @staticmethod
     def user_active(g: int | None, u: int) -> str:  # zset job id scored by acceptance time
@@ -495,7 +517,8 @@ class LimitStore:
     def reset_user(self, guild_id: int | None, user_id: int, actor_id: int | None = None) -> None:
         """Forget a member's cooldown, hourly/daily usage and active jobs here (the server's totals keep
         their images: they were really made). A job reset away can still be released later."""
-        self.r.delete(LimitKeys.cooldown(guild_id, user_id), LimitKeys.user_usage(guild_id, user_id),
+        self.r.delete(LimitKeys.cooldown(guild_id, user_id), LimitKeys.user_hour(guild_id, user_id),
+                      LimitKeys.user_day(guild_id, user_id), LimitKeys.old_user_usage(guild_id, user_id),
                       LimitKeys.user_active(guild_id, user_id))
         extra = {"guild_id": guild_id, "user_id": int(user_id), "actor_id": actor_id}
         log.info("guild member's limits reset", extra=extra)
@@ -514,25 +537,33 @@ class LimitStore:
         member's cooldown left (seconds), as of `now` (default: the Redis server's clock)."""
         now = _server_now(self.r) if now is None else float(now)
         limits = self.get(guild_id)
-        day_from, active_from = f"({now - DAY!r}", f"({now - self.active_ttl_s!r}"
+        active_from = f"({now - self.active_ttl_s!r}"
         with self.r.pipeline(transaction=True) as pipe:
-            pipe.zrangebyscore(LimitKeys.user_usage(guild_id, user_id), day_from, "+inf", withscores=True)
-            pipe.zrangebyscore(LimitKeys.guild_usage(guild_id), day_from, "+inf", withscores=True)
+            for key in LimitKeys.usage_keys(guild_id, user_id):
+                pipe.hgetall(key)
+            pipe.zrangebyscore(LimitKeys.old_user_usage(guild_id, user_id), f"({now - DAY!r}", "+inf",
+                               withscores=True)
+            pipe.zrangebyscore(LimitKeys.old_guild_usage(guild_id), f"({now - DAY!r}", "+inf", withscores=True)
             pipe.zcount(LimitKeys.user_active(guild_id, user_id), active_from, "+inf")
             pipe.zcount(LimitKeys.guild_active(guild_id), active_from, "+inf")
             pipe.get(LimitKeys.cooldown(guild_id, user_id))
-            uu, gu, ua, ga, cd = pipe.execute()
+            uh, ud, gh, gd, old_u, old_g, ua, ga, cd = pipe.execute()
 
-        def images(entries, span):
-            return sum(int(_decode(m).split(":", 1)[0]) for m, score in entries if score > now - span)
-
+        def images(buckets: dict, width: int, span: int, old: list) -> int:
+            # The script's rule (limits_lua): bucket b counts until (b + 1) * width + span. An older
+            # release's entries not folded in yet count as the script will count them once it has.
+            live = sum(int(n) for b, n in buckets.items() if (int(b) + 1) * width + span > now)
+            return live + sum(int(_decode(m).split(":", 1)[0]) for m, t in old
+                              if (t // width + 1) * width + span > now)
         cooldown_left = 0.0
         if cd is not None and limits.cooldown_s > 0:
             cooldown_left = max(0.0, float(cd) + limits.cooldown_s - now)
         return {
-            "user_images_hour": images(uu, HOUR), "user_images_day": images(uu, DAY),
+            "user_images_hour": images(uh, HOUR_BUCKET_S, HOUR, old_u),
+            "user_images_day": images(ud, DAY_BUCKET_S, DAY, old_u),
             "user_active": int(ua), "cooldown_remaining_s": cooldown_left,
-            "guild_images_hour": images(gu, HOUR), "guild_images_day": images(gu, DAY),
+            "guild_images_hour": images(gh, HOUR_BUCKET_S, HOUR, old_g),
+            "guild_images_day": images(gd, DAY_BUCKET_S, DAY, old_g),
             "guild_active": int(ga),
         }
 
@@ -609,8 +640,9 @@ class Limiter:
                                        f"(you asked for {steps})")
 
         g, u = guild_id, int(user_id)
-        keys = [LimitKeys.cooldown(g, u), LimitKeys.user_usage(g, u), LimitKeys.guild_usage(g),
-                LimitKeys.user_active(g, u), LimitKeys.guild_active(g), LimitKeys.job(g, job_id)]
+        keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u), LimitKeys.user_active(g, u),
+                LimitKeys.guild_active(g), LimitKeys.job(g, job_id), LimitKeys.old_user_usage(g, u),
+                LimitKeys.old_guild_usage(g)]
         args = ["" if now is None else repr(float(now)), job_id, str(images), "1" if exempt else "0",
                 limits.cooldown_s, limits.user_max_active, limits.user_images_hour, limits.user_images_day,
                 limits.guild_images_hour, limits.guild_images_day, limits.guild_max_queued,
@@ -640,8 +672,8 @@ class Limiter:
         """The job ended: free its active slots; `refund=True` (cancelled or failed) also gives its images
         back to the quotas. Idempotent: True the first time, False for a job already released or unknown."""
         g, u = guild_id, int(user_id)
-        keys = [LimitKeys.job(g, job_id), LimitKeys.user_usage(g, u), LimitKeys.guild_usage(g),
-                LimitKeys.user_active(g, u), LimitKeys.guild_active(g)]
+        keys = [LimitKeys.job(g, job_id), *LimitKeys.usage_keys(g, u), LimitKeys.user_active(g, u),
+                LimitKeys.guild_active(g), LimitKeys.old_user_usage(g, u), LimitKeys.old_guild_usage(g)]
         res = int(self._release(keys=keys, args=[job_id, "1" if refund else "0", u]))
         if res == -1:
             log.warning("release for a job that belongs to another member; ignored",

@@ -7,12 +7,26 @@ Time: ARGV now is the caller's clock (seconds, a float; the tests drive it) or "
 TIME, which every bot host then shares. All scores and bounds are written with %.17g so a double survives
 the trip to and from Redis exactly.
 
-Usage sorted sets hold one member per accepted job, "<images>:<job_id>", scored by the time it was
-accepted; a rolling window of `span` seconds counts the members scored > now - span, so the member
-accepted at t stops counting at t + span. Active sets hold job ids scored by acceptance time.
+Image quotas are bucket counters, so a submit costs the same for a guild that made 20,000 images today as
+for one that made none: a hash per (window, member or guild) maps a bucket number (floor(t / width)) to
+the images accepted in it, 1-minute buckets for the hour window and 10-minute buckets for the day window,
+at most 61 and 145 live fields. A bucket b counts until (b + 1) * width + span, the end of its bucket plus
+the window: never earlier than any of its images would in an exact rolling window, so no span-long window
+ever holds more than the quota; the price is a wait up to one bucket (1 min / 10 min) longer than exact.
+Active sets hold job ids scored by acceptance time.
 """
 
-# KEYS: 1 cooldown, 2 user usage, 3 guild usage, 4 user active, 5 guild active, 6 job record
+HOUR_BUCKET_S = 60  # bucket width of the hour window's counters
+DAY_BUCKET_S = 600  # and of the day window's
+
+
+def _widths(script: str) -> str:
+    return script.replace("@HW@", str(HOUR_BUCKET_S)).replace("@DW@", str(DAY_BUCKET_S))
+
+
+# KEYS: 1 cooldown, 2 user hour buckets, 3 user day buckets, 4 guild hour buckets, 5 guild day buckets,
+#       6 user active, 7 guild active, 8 job record, 9 user usage zset and 10 guild usage zset of an older
+#       release (folded into the buckets once, then deleted)
 # ARGV: 1 now ("" = server TIME), 2 job_id, 3 images, 4 exempt ("1"/"0"), 5 cooldown_s,
 #       6 user_max_active, 7 user_images_hour, 8 user_images_day, 9 guild_images_hour,
 #       10 guild_images_day, 11 guild_max_queued, 12 active_ttl_s (an active job older than this is
@@ -28,22 +42,56 @@ if not now then
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
 local HOUR, DAY, INF = 3600, 86400, math.huge
+local HW, DW = @HW@, @DW@
 local job_id = ARGV[2]
 local images = tonumber(ARGV[3])
 local exempt = ARGV[4] == '1'
 local cooldown = tonumber(ARGV[5])
 local active_ttl = tonumber(ARGV[12])
 local slack = tonumber(ARGV[13])
+local function bucket(t, width) return string.format('%d', math.floor(t / width)) end
 
-if redis.call('EXISTS', KEYS[6]) == 1 then
+if redis.call('EXISTS', KEYS[8]) == 1 then
   return {'dup', '', '', '', '', fmt(now)}
 end
 
--- Forget what no window can see any more (and active jobs a crashed bot never released).
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', fmt(now - DAY))
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(now - DAY))
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', fmt(now - active_ttl))
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', fmt(now - active_ttl))
+-- An older release kept one zset entry per job; fold what a window can still see into the buckets, once.
+local function migrate(old, hkey, dkey)
+  if redis.call('EXISTS', old) == 0 then return end
+  local raw = redis.call('ZRANGEBYSCORE', old, '(' .. fmt(now - DAY), '+inf', 'WITHSCORES')
+  for i = 1, #raw, 2 do
+    local n = tonumber(string.match(raw[i], '^(%d+):')) or 0
+    local t = tonumber(raw[i + 1])
+    if (math.floor(t / HW) + 1) * HW + HOUR > now then redis.call('HINCRBY', hkey, bucket(t, HW), n) end
+    redis.call('HINCRBY', dkey, bucket(t, DW), n)
+  end
+  redis.call('DEL', old)
+end
+migrate(KEYS[9], KEYS[2], KEYS[3])
+migrate(KEYS[10], KEYS[4], KEYS[5])
+
+-- The buckets a window still sees, soonest to expire first, as {expires_at, images}; the dead ones go.
+local function live(key, width, span)
+  local raw = redis.call('HGETALL', key)
+  local out, dead = {}, {}
+  for i = 1, #raw, 2 do
+    local e = (tonumber(raw[i]) + 1) * width + span
+    local n = tonumber(raw[i + 1])
+    if e > now and n > 0 then out[#out + 1] = {e, n} else dead[#dead + 1] = raw[i] end
+  end
+  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
+  table.sort(out, function(a, b) return a[1] < b[1] end)
+  return out
+end
+-- Every member's buckets are pruned, exempt ones too: their images still count for the guild.
+local windows = {
+  {'user_hour', live(KEYS[2], HW, HOUR), tonumber(ARGV[7])},
+  {'user_day', live(KEYS[3], DW, DAY), tonumber(ARGV[8])},
+  {'guild_hour', live(KEYS[4], HW, HOUR), tonumber(ARGV[9])},
+  {'guild_day', live(KEYS[5], DW, DAY), tonumber(ARGV[10])},
+}
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now - active_ttl))
+redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', fmt(now - active_ttl))
 
 if not exempt then
   -- The refusal reported is the one that lasts longest: never > the longest timed wait > "a job must
@@ -58,30 +106,16 @@ if not exempt then
     end
   end
 
-  local function load(key)
-    local raw = redis.call('ZRANGEBYSCORE', key, '(' .. fmt(now - DAY), '+inf', 'WITHSCORES')
-    local items = {}
-    for i = 1, #raw, 2 do
-      items[#items + 1] = {tonumber(string.match(raw[i], '^(%d+):')) or 0, tonumber(raw[i + 1])}
-    end
-    return items
-  end
-
   -- Returns nil when this request fits, else (seconds until enough has expired, images used).
-  local function quota(items, span, limit)
-    local since = now - span
+  local function quota(items, limit)
     local used = 0
-    for _, it in ipairs(items) do
-      if it[2] > since then used = used + it[1] end
-    end
+    for _, it in ipairs(items) do used = used + it[2] end
     if used + images <= limit then return nil, used end
     if images > limit then return INF, used end
     local need, freed = used + images - limit, 0
     for _, it in ipairs(items) do
-      if it[2] > since then
-        freed = freed + it[1]
-        if freed >= need then return it[2] + span - now, used end
-      end
+      freed = freed + it[2]
+      if freed >= need then return it[1] - now, used end
     end
     return INF, used
   end
@@ -91,24 +125,16 @@ if not exempt then
     consider('cooldown', at + cooldown - now, '', cooldown)
   end
 
-  local active = redis.call('ZCARD', KEYS[4])
+  local active = redis.call('ZCARD', KEYS[6])
   local max_active = tonumber(ARGV[6])
   if active >= max_active then consider('user_active', nil, active, max_active) end
 
-  local uitems = load(KEYS[2])
-  local checks = {
-    {'user_hour', uitems, HOUR, tonumber(ARGV[7])},
-    {'user_day', uitems, DAY, tonumber(ARGV[8])},
-  }
-  local gitems = load(KEYS[3])
-  checks[3] = {'guild_hour', gitems, HOUR, tonumber(ARGV[9])}
-  checks[4] = {'guild_day', gitems, DAY, tonumber(ARGV[10])}
-  for _, c in ipairs(checks) do
-    local retry, used = quota(c[2], c[3], c[4])
-    if retry then consider(c[1], retry, used, c[4]) end
+  for _, w in ipairs(windows) do
+    local retry, used = quota(w[2], w[3])
+    if retry then consider(w[1], retry, used, w[3]) end
   end
 
-  local queued = redis.call('ZCARD', KEYS[5])
+  local queued = redis.call('ZCARD', KEYS[7])
   local max_queued = tonumber(ARGV[11])
   if queued >= max_queued then consider('guild_queued', nil, queued, max_queued) end
 
@@ -118,41 +144,61 @@ if not exempt then
 end
 
 -- Everything passed: consume it all.
-local member = ARGV[3] .. ':' .. job_id
 local t = fmt(now)
-redis.call('ZADD', KEYS[2], t, member)
-redis.call('ZADD', KEYS[3], t, member)
-redis.call('ZADD', KEYS[4], t, job_id)
-redis.call('ZADD', KEYS[5], t, job_id)
-redis.call('HSET', KEYS[6], 'user', ARGV[14], 'images', ARGV[3], 'at', t, 'exempt', ARGV[4])
-local keep = DAY + slack
-redis.call('EXPIRE', KEYS[2], keep)
-redis.call('EXPIRE', KEYS[3], keep)
-redis.call('EXPIRE', KEYS[6], keep)
-redis.call('EXPIRE', KEYS[4], math.ceil(active_ttl + slack))
-redis.call('EXPIRE', KEYS[5], math.ceil(active_ttl + slack))
+local hb, db = bucket(now, HW), bucket(now, DW)
+redis.call('HINCRBY', KEYS[2], hb, images)
+redis.call('HINCRBY', KEYS[3], db, images)
+redis.call('HINCRBY', KEYS[4], hb, images)
+redis.call('HINCRBY', KEYS[5], db, images)
+redis.call('ZADD', KEYS[6], t, job_id)
+redis.call('ZADD', KEYS[7], t, job_id)
+redis.call('HSET', KEYS[8], 'user', ARGV[14], 'images', ARGV[3], 'at', t, 'exempt', ARGV[4])
+local keep_hour, keep_day = HOUR + HW + slack, DAY + DW + slack
+redis.call('EXPIRE', KEYS[2], keep_hour)
+redis.call('EXPIRE', KEYS[3], keep_day)
+redis.call('EXPIRE', KEYS[4], keep_hour)
+redis.call('EXPIRE', KEYS[5], keep_day)
+redis.call('EXPIRE', KEYS[8], keep_day)
+redis.call('EXPIRE', KEYS[6], math.ceil(active_ttl + slack))
+redis.call('EXPIRE', KEYS[7], math.ceil(active_ttl + slack))
 if not exempt and cooldown > 0 then
   redis.call('SET', KEYS[1], t, 'EX', tonumber(ARGV[15]))
 end
 return {'ok', '', '', '', '', t}
 """
 
-# KEYS: 1 job record, 2 user usage, 3 guild usage, 4 user active, 5 guild active
+# KEYS: 1 job record, 2 user hour buckets, 3 user day buckets, 4 guild hour buckets, 5 guild day buckets,
+#       6 user active, 7 guild active, 8 / 9 an older release's user / guild usage zset
 # ARGV: 1 job_id, 2 refund ("1"/"0"), 3 user_id
 # Returns 0: unknown job (never accepted, already released, or long expired): nothing done;
 # -1: the job belongs to another user: nothing done; 1: released; 2: released and its images refunded.
 RELEASE_LUA = r"""
-local rec = redis.call('HMGET', KEYS[1], 'images', 'user')
+local rec = redis.call('HMGET', KEYS[1], 'images', 'user', 'at')
 if not rec[1] then return 0 end
 if rec[2] ~= ARGV[3] then return -1 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('ZREM', KEYS[6], ARGV[1])
+redis.call('ZREM', KEYS[7], ARGV[1])
 if ARGV[2] == '1' then
+  local images, at = tonumber(rec[1]), tonumber(rec[3]) or 0
+  -- A bucket already gone (its window moved past it) has nothing left to refund.
+  local function refund(key, width)
+    local field = string.format('%d', math.floor(at / width))
+    local n = tonumber(redis.call('HGET', key, field) or '')
+    if not n then return end
+    if n > images then redis.call('HINCRBY', key, field, -images) else redis.call('HDEL', key, field) end
+  end
+  refund(KEYS[2], @HW@)
+  refund(KEYS[3], @DW@)
+  refund(KEYS[4], @HW@)
+  refund(KEYS[5], @DW@)
   local member = rec[1] .. ':' .. ARGV[1]
-  redis.call('ZREM', KEYS[2], member)
-  redis.call('ZREM', KEYS[3], member)
+  redis.call('ZREM', KEYS[8], member)
+  redis.call('ZREM', KEYS[9], member)
   return 2
 end
 return 1
 """
+
+ACQUIRE_LUA = _widths(ACQUIRE_LUA)
+RELEASE_LUA = _widths(RELEASE_LUA)

@@ -29,6 +29,7 @@ from dreamcore.limits import (
     human_duration,
     limit_range,
 )
+from dreamcore.limits_lua import DAY_BUCKET_S, HOUR_BUCKET_S
 from dreamcore.settings import Settings, SettingsError, load_settings
 
 T0 = 1_700_000_000.0
@@ -217,6 +218,12 @@ def test_quotas_hold_under_concurrency(rconn, quotas, reqs):
         assert total == min(len(reqs), *quota.values())
 
 
+def counts_until(t: float, span: int) -> float:
+    """An image accepted at t counts in a span-long window until the end of its bucket plus the span."""
+    width = HOUR_BUCKET_S if span == HOUR else DAY_BUCKET_S
+    return (math.floor(t / width) + 1) * width + span
+
+
 class Model:
     """The limits in plain Python, one request at a time, to hold the Lua script to."""
 
@@ -232,7 +239,7 @@ class Model:
     def acquire(self, user, job, images, exempt, now):
         lim = self.lim
         for entries in [*self.usage.values(), self.gusage]:
-            entries[:] = [e for e in entries if e[0] > now - DAY]
+            entries[:] = [e for e in entries if counts_until(e[0], DAY) > now]
         for act in [*self.active.values(), self.gactive]:
             for j in [j for j, t in act.items() if t <= now - self.ttl]:
                 del act[j]
@@ -250,7 +257,7 @@ class Model:
                 ("guild_hour", self.gusage, HOUR, lim.guild_images_hour),
                 ("guild_day", self.gusage, DAY, lim.guild_images_day),
             ):
-                inside = sorted(e for e in entries if e[0] > now - span)
+                inside = sorted((counts_until(e[0], span), e[1]) for e in entries if counts_until(e[0], span) > now)
                 used = sum(e[1] for e in inside)
                 if used + images <= q:
                     continue
@@ -258,10 +265,10 @@ class Model:
                     fails.append((kind, math.inf))
                     continue
                 need, freed = used + images - q, 0
-                for t, im, _ in inside:
+                for until, im in inside:
                     freed += im
                     if freed >= need:
-                        fails.append((kind, t + span - now))
+                        fails.append((kind, until - now))
                         break
             if len(self.gactive) >= lim.guild_max_queued:
                 fails.append(("guild_queued", None))
@@ -358,12 +365,16 @@ def test_daily_quota_message(store, limiter):
     configure(store, guild, **{**LOOSE, "user_images_day": 40})
     for i in range(10):
         assert ask(limiter, guild, 1, f"j{i}", images=4, now=T0 + i).ok
-    later = T0 + DAY - (5 * HOUR + 12 * 60)
-    d = ask(limiter, guild, 1, "x", images=1, now=later)
+    # All ten fell in one 10-minute bucket, which counts until its end (T0 + 400 s) plus a day.
+    resets = counts_until(T0, DAY)
+    assert resets == T0 + 400 + DAY
+    d = ask(limiter, guild, 1, "x", images=1, now=resets - (5 * HOUR + 12 * 60))
     assert d.kind == "user_day"
     assert d.retry_after_s == pytest.approx(5 * HOUR + 12 * 60)
     assert d.message == "daily quota 40/40 images, resets in 5 h 12 min"
-    assert ask(limiter, guild, 1, "y", images=4, now=T0 + DAY).ok  # the first 4 images expired
+    assert not ask(limiter, guild, 1, "y", images=1, now=resets - 0.001).ok
+    assert store.usage(guild, 1, now=resets)["user_images_day"] == 0  # the whole bucket expired at once
+    assert ask(limiter, guild, 1, "y", images=4, now=resets).ok
 
 
 def test_hourly_partial_and_never_fitting_messages(store, limiter):
@@ -372,9 +383,9 @@ def test_hourly_partial_and_never_fitting_messages(store, limiter):
     assert ask(limiter, guild, 1, "a", images=3, now=T0).ok
     assert ask(limiter, guild, 1, "b", images=2, now=T0 + 600).ok
     d = ask(limiter, guild, 1, "c", images=3, now=T0 + 900)
-    # 5/6 used, needs 3: the first dream (3 images) must expire, at T0 + 3600.
-    assert (d.kind, d.retry_after_s) == ("user_hour", 2700.0)
-    assert d.message == "hourly quota 5/6 images and this dream needs 3; enough frees up in 45 min"
+    # 5/6 used, needs 3: the first dream (3 images) must expire, at the end of its minute (T0 + 40 s) + 1 h.
+    assert (d.kind, d.retry_after_s) == ("user_hour", 2740.0)
+    assert d.message == "hourly quota 5/6 images and this dream needs 3; enough frees up in 45 min 40 s"
     configure(store, guild, user_images_hour=2)
     d = ask(limiter, guild, 2, "big", images=4, now=T0)
     assert (d.kind, d.retry_after_s) == ("user_hour", None)
@@ -394,7 +405,8 @@ def test_active_and_guild_messages(store, limiter):
     configure(store, guild, user_max_active=50, guild_images_hour=5)
     d = ask(limiter, guild, 2, "g", images=4, now=T0 + 60)
     assert d.kind == "guild_hour"
-    assert d.message == "this server's hourly quota 3/5 images and this dream needs 4; enough frees up in 59 min"
+    assert d.message == ("this server's hourly quota 3/5 images and this dream needs 4; "
+                         "enough frees up in 59 min 40 s")
     configure(store, guild, guild_images_hour=5000, guild_max_queued=2)  # "b" and "c" are active
     d = ask(limiter, guild, 3, "q", now=T0 + 60)
     assert d.kind == "guild_queued"
@@ -405,8 +417,8 @@ def test_longest_wait_is_reported(store, limiter):
     guild = new_guild()
     configure(store, guild, **{**LOOSE, "cooldown_s": 60, "user_images_hour": 1})
     assert ask(limiter, guild, 1, "a", now=T0).ok
-    d = ask(limiter, guild, 1, "b", now=T0 + 10)  # both cooldown (50 s) and hourly (3590 s) refuse
-    assert (d.kind, d.retry_after_s) == ("user_hour", 3590.0)
+    d = ask(limiter, guild, 1, "b", now=T0 + 10)  # both cooldown (50 s) and hourly (3630 s) refuse
+    assert (d.kind, d.retry_after_s) == ("user_hour", 3630.0)
 
 
 def test_human_duration():
@@ -479,7 +491,7 @@ def test_usage_report(store, limiter):
     configure(store, guild, **{**LOOSE, "cooldown_s": 10})
     assert ask(limiter, guild, 1, "a", images=3, now=T0).ok
     assert ask(limiter, guild, 2, "b", images=2, now=T0 + HOUR).ok
-    assert store.usage(guild, 1, now=T0 + HOUR + 4) == {
+    assert store.usage(guild, 1, now=T0 + HOUR + 60) == {
         "user_images_hour": 0, "user_images_day": 3, "user_active": 1, "cooldown_remaining_s": 0.0,
         "guild_images_hour": 2, "guild_images_day": 5, "guild_active": 2,
     }
@@ -501,7 +513,7 @@ def test_keys_expire_except_config(rconn, store, limiter):
     assert ask(limiter, guild, 1, "a").ok
     keys = {k.decode() for k in rconn.keys(f"dream:limits:{{{guild}}}:*")}
     assert keys == {LimitKeys.config(guild), LimitKeys.audit(guild), LimitKeys.cooldown(guild, 1),
-                    LimitKeys.user_usage(guild, 1), LimitKeys.guild_usage(guild), LimitKeys.user_active(guild, 1),
+                    *LimitKeys.usage_keys(guild, 1), LimitKeys.user_active(guild, 1),
                     LimitKeys.guild_active(guild), LimitKeys.job(guild, "a")}
     for k in keys - {LimitKeys.config(guild)}:
         assert 0 < rconn.ttl(k) <= 400 * DAY, k
@@ -744,3 +756,46 @@ def test_survives_script_cache_flush(rconn, store, limiter):
     assert ask(limiter, g, 1, "a").ok
     rconn.script_flush()  # as after a Redis restart: EVALSHA misses, the script is loaded again
     assert ask(limiter, g, 2, "b").ok
+
+
+# --- Buckets: the cost of a submit does not grow with the day's usage --------------------------------------
+
+
+def test_bucket_fields_stay_bounded_over_a_busy_day(rconn, store, limiter):
+    """A guild making a dream every 20 s all day keeps at most 61 + 145 live bucket fields, so every submit
+    reads the same handful whatever the day's total; the quota still counts every image."""
+    guild = new_guild()
+    configure(store, guild, **{**LOOSE, "guild_images_day": 10_000_000, "guild_images_hour": 1_000_000})
+    n = 0
+    for i in range(0, DAY + 2 * HOUR, 20):
+        assert ask(limiter, guild, 1 + n % 7, f"busy{n}", now=T0 + i).ok
+        limiter.release(guild, 1 + n % 7, f"busy{n}")
+        n += 1
+    assert rconn.hlen(LimitKeys.guild_hour(guild)) <= HOUR // HOUR_BUCKET_S + 1
+    assert rconn.hlen(LimitKeys.guild_day(guild)) <= DAY // DAY_BUCKET_S + 1
+    now = T0 + DAY + 2 * HOUR - 20
+    u = store.usage(guild, 1, now=now)
+    made = [T0 + i for i in range(0, DAY + 2 * HOUR, 20)]
+    assert u["guild_images_hour"] == sum(1 for t in made if counts_until(t, HOUR) > now)
+    assert u["guild_images_day"] == sum(1 for t in made if counts_until(t, DAY) > now)
+
+
+def test_an_older_releases_usage_is_folded_into_buckets(rconn, store, limiter):
+    """The previous release kept one zset entry per dream ("<images>:<job>" scored by time). After an
+    upgrade that usage still counts, once, and a job it accepted is still refunded on cancel."""
+    guild = new_guild()
+    configure(store, guild, **{**LOOSE, "user_images_hour": 10})
+    pipe = rconn.pipeline()
+    for key in (LimitKeys.old_user_usage(guild, 1), LimitKeys.old_guild_usage(guild)):
+        pipe.zadd(key, {"4:old1": T0 - 100, "3:old2": T0 - 50, "9:gone": T0 - 2 * DAY})
+    pipe.hset(LimitKeys.job(guild, "old2"), mapping={"user": 1, "images": 3, "at": repr(T0 - 50), "exempt": 0})
+    pipe.execute()
+    assert store.usage(guild, 1, now=T0)["user_images_hour"] == 7
+    d = ask(limiter, guild, 1, "new", images=4, now=T0)
+    assert d.kind == "user_hour"  # 7 + 4 > 10
+    assert not rconn.exists(LimitKeys.old_user_usage(guild, 1), LimitKeys.old_guild_usage(guild))
+    u = store.usage(guild, 1, now=T0)
+    assert (u["user_images_hour"], u["user_images_day"], u["guild_images_day"]) == (7, 7, 7)
+    assert limiter.release(guild, 1, "old2", refund=True)
+    assert store.usage(guild, 1, now=T0)["user_images_hour"] == 4
+    assert ask(limiter, guild, 1, "new", images=4, now=T0).ok

@@ -13,7 +13,7 @@ import discord
 import redis
 from discord import app_commands
 
-from dreamcore.results import channel_gone_key
+from dreamcore.keys import CHANNEL_GONE_TTL_S, channel_gone_key
 from dreamcore.settings import Settings
 
 from .admin import register_admin
@@ -86,7 +86,7 @@ class DreamClient(discord.Client):
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         """Workers check this before generating, so a deleted channel's queued dreams cost no GPU time."""
         try:
-            await asyncio.to_thread(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=7 * 86400)
+            await asyncio.to_thread(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=CHANNEL_GONE_TTL_S)
         except redis.RedisError:
             log.warning("could not record a deleted channel", extra={"channel_id": channel.id})
 

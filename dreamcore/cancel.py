@@ -14,16 +14,12 @@ from rq.job import JobStatus
 
 from . import results
 from .job import JobError, parse_job
+from .keys import CANCEL_TTL_S, cancel_key  # noqa: F401  (re-exported)
 from .limits import Limiter
 from .queue import DreamQueue
 from .results import DreamResult
 
-CANCEL_TTL_S = 3600
 log = logging.getLogger(__name__)
-
-
-def cancel_key(job_id: str) -> str:
-    return f"dream:cancel:{job_id}"
 
 
 @dataclass

@@ -1,9 +1,12 @@
-"""Where the fair queue keeps its state in Redis. Every key here is owned by `dreamcore.fairq`'s scripts:
-each is written and deleted by them alone, and empties itself as the jobs in it are claimed or cancelled
-(a sorted set or hash with no members is gone in Redis), so none carries a TTL.
+"""Every Redis key dreambot writes, with its type, its lifetime and the module that owns it.
 
 RQ's own keys (job hashes, queue lists, registries) are always named through RQ (`Job.key`,
-`Queue.key`, `Queue.intermediate_queue_key`), never spelled out here.
+`Queue.key`, `Queue.intermediate_queue_key`), never spelled out here. Every key below either expires on its
+own (TTL) or has an owner that deletes it; the few kept on purpose (admin configuration, the vote
+dataset, the pool's speed) say so.
+
+Fair queue (owner `dreamcore.fairq`'s scripts: each key empties itself as its jobs are claimed or
+cancelled, a sorted set or hash with no members is gone in Redis, so none carries a TTL):
 
 | key | type | what |
 |---|---|---|
@@ -11,14 +14,47 @@ RQ's own keys (job hashes, queue lists, registries) are always named through RQ 
 | `dream:fq:<queue>:o:<owner>` | zset | one member's waiting jobs in that queue (its round counter) |
 | `dream:fq:jobs` | hash | job id -> "queue, member, owner, guild, images, batch key, tries" |
 | `dream:fq:count` | hash | `images:<queue>` waiting images, `guild:<id>` waiting dreams |
-| `dream:fq:seq` | string | arrival sequence |
+| `dream:fq:seq` | string | arrival sequence (one integer, kept) |
 | `dream:fq:bell` | list | wakes idle workers (at most 64 tokens, trimmed on every push) |
 | `dream:fq:recount` | hash | a reconcile in progress: its cursor and tallies (deleted when it ends) |
 | `dream:fq:recount:lock` | string | one reconcile at a time (TTL RECONCILE_LOCK_S) |
-| `dream:attempts:<job>` | string | relay delivery attempts (TTL ATTEMPTS_TTL_S) |
+
+Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
+
+| key | type | TTL | what |
+|---|---|---|---|
+| `dream:outbox:<instance>` | stream | capped at OUTBOX_MAXLEN | finished and progress events for one bot instance |
+| `dream:result:<job>` | hash | DREAMBOT_RESULT_TTL (failures: DREAMBOT_FAILURE_TTL) | result meta and image bytes |
+| `dream:done:<job>` | string | as the result | a job's result was published: a retry does not run it again |
+| `dream:delivered:<job>` | string | DELIVERED_TTL_S | where the relay posted it (exactly-once delivery) |
+| `dream:attempts:<job>` | string | ATTEMPTS_TTL_S | relay delivery attempts |
+| `dream:progress:<job>` | hash | PROGRESS_TTL_S | a running job's latest step and preview |
+| `dream:gone:channel:<id>` | string | CHANNEL_GONE_TTL_S | Discord deleted the channel: workers skip its jobs |
+| `dream:params:<job>` | string | DREAMBOT_PARAMS_TTL | what was asked and what came out (Info, Variations) |
+| `dream:cancel:<job>` | string | CANCEL_TTL_S | a running job was cancelled: its worker stops |
+
+Limits (owner `dreamcore.limits` and its scripts; see `LimitKeys`): `dream:limits:{<guild>}:*`. Admin
+configuration (`:config`) is kept until an admin changes it; the audit trail expires AUDIT_TTL_S after its
+last entry; every counter expires once no window can see it.
+
+Votes (owner `dreamcore.votes`): `dream:vote:channels:<guild>` (set, admin configuration, kept);
+`dream:vote:round:<id>` (JSON) and `dream:vote:ballots:<id>` (hash), indexed by `dream:vote:rounds`
+(zset), are the preference dataset and are kept on purpose; `dream:vote:job:<job>` (string, VOTE_JOB_TTL_S)
+links a candidate job to its round.
+
+Pool speed (owner `dreamcore.stats`): `dream:stats` (hash of a few moving averages, overwritten, kept).
 """
 
 from __future__ import annotations
+
+# Keys with no TTL on purpose (fnmatch patterns), each with its owner above; every other dream:* key expires.
+KEPT = (
+    "dream:fq:*",  # the fair queue's scripts: empty when nothing waits (only the arrival sequence stays)
+    "dream:outbox:*",  # streams capped at OUTBOX_MAXLEN, read by the relay's consumer group
+    "dream:limits:{*}:config",  # what admins set
+    "dream:vote:channels:*", "dream:vote:rounds", "dream:vote:round:*", "dream:vote:ballots:*",  # the dataset
+    "dream:stats",  # a few moving averages, overwritten
+)
 
 FQ = "dream:fq:"  # the prefix the scripts build every fair-queue key from
 FQ_JOBS = FQ + "jobs"
@@ -40,3 +76,138 @@ def fair_owner(queue_name: str, owner: str) -> str:
 
 def attempts(job_id: str) -> str:
     return f"dream:attempts:{job_id}"
+
+
+# --- results and delivery ---------------------------------------------------------------------------------
+
+PROGRESS_TTL_S = 3600
+DELIVERED_TTL_S = 7 * 86400
+CHANNEL_GONE_TTL_S = 7 * 86400
+CANCEL_TTL_S = 3600
+VOTE_JOB_TTL_S = 7 * 86400
+
+
+def outbox_key(instance: str) -> str:
+    return f"dream:outbox:{instance}"
+
+
+def result_key(job_id: str) -> str:
+    return f"dream:result:{job_id}"
+
+
+def done_key(job_id: str) -> str:
+    """Set when a result is published: a retried job is not generated (or posted) a second time."""
+    return f"dream:done:{job_id}"
+
+
+def delivered_key(job_id: str) -> str:
+    return f"dream:delivered:{job_id}"
+
+
+def channel_gone_key(channel_id: int) -> str:
+    """Set by a bot when Discord says a channel was deleted: workers skip its queued jobs."""
+    return f"dream:gone:channel:{channel_id}"
+
+
+def progress_key(job_id: str) -> str:
+    return f"dream:progress:{job_id}"
+
+
+def params_key(job_id: str) -> str:
+    return f"dream:params:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    return f"dream:cancel:{job_id}"
+
+
+# --- votes ------------------------------------------------------------------------------------------------
+
+VOTE_ROUNDS = "dream:vote:rounds"  # zset round id -> created time
+
+
+def vote_channel_key(guild_id: int | None) -> str:
+    return f"dream:vote:channels:{guild_id or 0}"
+
+
+def vote_round_key(round_id: str) -> str:
+    return f"dream:vote:round:{round_id}"
+
+
+def vote_ballots_key(round_id: str) -> str:
+    return f"dream:vote:ballots:{round_id}"
+
+
+def vote_job_key(job_id: str) -> str:
+    return f"dream:vote:job:{job_id}"
+
+
+# --- pool speed -------------------------------------------------------------------------------------------
+
+STATS_KEY = "dream:stats"
+
+
+# --- limits -----------------------------------------------------------------------------------------------
+
+LIMITS_PREFIX = "dream:limits"
+
+
+def _g(guild_id: int | None) -> str:
+    return "dm" if guild_id is None else str(int(guild_id))
+
+
+class LimitKeys:
+    """Every Redis key this module uses (g = guild id or "dm", u = user id)."""
+
+    @staticmethod
+    def config(g: int | None) -> str:  # hash: limit name -> JSON value (only what admins set); no TTL
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:config"
+
+    @staticmethod
+    def audit(g: int | None) -> str:  # list of JSON entries, newest first, capped, TTL AUDIT_TTL_S
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:audit"
+
+    @staticmethod
+    def cooldown(g: int | None, u: int) -> str:  # string: when the last dream was accepted
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:cooldown:{int(u)}"
+
+    @staticmethod
+    def user_hour(g: int | None, u: int) -> str:  # hash minute bucket -> images; TTL 1 h + 1 bucket + slack
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:uh:{int(u)}"
+
+    @staticmethod
+    def user_day(g: int | None, u: int) -> str:  # hash 10-minute bucket -> images; TTL 24 h + 1 bucket
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:ud:{int(u)}"
+
+    @staticmethod
+    def guild_hour(g: int | None) -> str:  # as user_hour, for the whole guild
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:gh"
+
+    @staticmethod
+    def guild_day(g: int | None) -> str:  # as user_day, for the whole guild
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:gd"
+
+    @staticmethod
+    def old_user_usage(g: int | None, u: int) -> str:  # an older release's zset; folded into buckets, deleted
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:usage:{int(u)}"
+
+    @staticmethod
+    def old_guild_usage(g: int | None) -> str:  # as old_user_usage, for the guild
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:usage"
+
+    @staticmethod
+    def usage_keys(g: int | None, u: int) -> list[str]:
+        """The four bucket hashes, in the scripts' KEYS order."""
+        return [LimitKeys.user_hour(g, u), LimitKeys.user_day(g, u), LimitKeys.guild_hour(g), LimitKeys.guild_day(g)]
+
+    @staticmethod
+    def user_active(g: int | None, u: int) -> str:  # zset job id scored by acceptance time
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:active:{int(u)}"
+
+    @staticmethod
+    def guild_active(g: int | None) -> str:  # zset job id scored by acceptance time
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:active"
+
+    @staticmethod
+    def job(g: int | None, job_id: str) -> str:  # hash user, images, at, exempt; 24 h
+        return f"{LIMITS_PREFIX}:{{{_g(g)}}}:job:{job_id}"

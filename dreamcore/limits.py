@@ -32,6 +32,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from .job import clean_text
+from .keys import LimitKeys
 from .limits_lua import ACQUIRE_LUA, DAY_BUCKET_S, HOUR_BUCKET_S, RELEASE_LUA
 from .settings import Settings, get_settings, parse_id_list
 
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 HOUR = 3600
 DAY = 86400
-PREFIX = "dream:limits"
 AUDIT_KEEP = 500  # newest audit entries kept per guild
 AUDIT_TTL_S = 400 * DAY  # an audit trail nobody has added to for this long goes
 KEY_SLACK_S = 120  # added to every TTL, so a key never expires while its window can still see it
@@ -224,67 +224,6 @@ def _quota_message(kind: str, used: int, limit: int, images: int, retry: float |
 
 
 # --- Keys ---------------------------------------------------------------------------------------------
-
-
-def _g(guild_id: int | None) -> str:
-    return "dm" if guild_id is None else str(int(guild_id))
-
-
-class LimitKeys:
-    """Every Redis key this module uses (g = guild id or "dm", u = user id)."""
-
-    @staticmethod
-    def config(g: int | None) -> str:  # hash: limit name -> JSON value (only what admins set); no TTL
-        return f"{PREFIX}:{{{_g(g)}}}:config"
-
-    @staticmethod
-    def audit(g: int | None) -> str:  # list of JSON entries, newest first, capped, TTL AUDIT_TTL_S
-        return f"{PREFIX}:{{{_g(g)}}}:audit"
-
-    @staticmethod
-    def cooldown(g: int | None, u: int) -> str:  # string: when the last dream was accepted
-        return f"{PREFIX}:{{{_g(g)}}}:cooldown:{int(u)}"
-
-    @staticmethod
-    def user_hour(g: int | None, u: int) -> str:  # hash minute bucket -> images; TTL 1 h + 1 bucket + slack
-        return f"{PREFIX}:{{{_g(g)}}}:uh:{int(u)}"
-
-    @staticmethod
-    def user_day(g: int | None, u: int) -> str:  # hash 10-minute bucket -> images; TTL 24 h + 1 bucket
-        return f"{PREFIX}:{{{_g(g)}}}:ud:{int(u)}"
-
-    @staticmethod
-    def guild_hour(g: int | None) -> str:  # as user_hour, for the whole guild
-        return f"{PREFIX}:{{{_g(g)}}}:gh"
-
-    @staticmethod
-    def guild_day(g: int | None) -> str:  # as user_day, for the whole guild
-        return f"{PREFIX}:{{{_g(g)}}}:gd"
-
-    @staticmethod
-    def old_user_usage(g: int | None, u: int) -> str:  # an older release's zset; folded into buckets, deleted
-        return f"{PREFIX}:{{{_g(g)}}}:usage:{int(u)}"
-
-    @staticmethod
-    def old_guild_usage(g: int | None) -> str:  # as old_user_usage, for the guild
-        return f"{PREFIX}:{{{_g(g)}}}:usage"
-
-    @staticmethod
-    def usage_keys(g: int | None, u: int) -> list[str]:
-        """The four bucket hashes, in the scripts' KEYS order."""
-        return [LimitKeys.user_hour(g, u), LimitKeys.user_day(g, u), LimitKeys.guild_hour(g), LimitKeys.guild_day(g)]
-
-    @staticmethod
-    def user_active(g: int | None, u: int) -> str:  # zset job id scored by acceptance time
-        return f"{PREFIX}:{{{_g(g)}}}:active:{int(u)}"
-
-    @staticmethod
-    def guild_active(g: int | None) -> str:  # zset job id scored by acceptance time
-        return f"{PREFIX}:{{{_g(g)}}}:active"
-
-    @staticmethod
-    def job(g: int | None, job_id: str) -> str:  # hash user, images, at, exempt; 24 h
-        return f"{PREFIX}:{{{_g(g)}}}:job:{job_id}"
 
 
 # --- Parsing what an admin typed ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .job import DreamRequest, JobSource
+from .keys import params_key  # noqa: F401  (re-exported)
 from .results import DreamResult
 
 log = logging.getLogger("dreambot.params")
@@ -58,10 +59,6 @@ class JobParams(BaseModel):
             return False
         img = self.images[index]
         return max(img.width, img.height) * 2 <= MAX_UPSCALED_SIDE
-
-
-def params_key(job_id: str) -> str:
-    return f"dream:params:{job_id}"
 
 
 def from_result(result: DreamResult) -> JobParams:

@@ -16,6 +16,16 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from .job import DreamRequest, JobSource, Origin
+from .keys import (  # noqa: F401  (re-exported: callers name keys through results)
+    DELIVERED_TTL_S,
+    PROGRESS_TTL_S,
+    channel_gone_key,
+    delivered_key,
+    done_key,
+    outbox_key,
+    progress_key,
+    result_key,
+)
 
 
 class ImageInfo(BaseModel):
@@ -54,33 +64,6 @@ class DreamResult(BaseModel):
         return self.model_dump_json(exclude={"kind", "source"} if self.kind == "dream" else None)
 
 
-def outbox_key(instance: str) -> str:
-    return f"dream:outbox:{instance}"
-
-
-def result_key(job_id: str) -> str:
-    return f"dream:result:{job_id}"
-
-
-def done_key(job_id: str) -> str:
-    """Set when a result is published: a retried job is not generated (or posted) a second time."""
-    return f"dream:done:{job_id}"
-
-
-def delivered_key(job_id: str) -> str:
-    return f"dream:delivered:{job_id}"
-
-
-def channel_gone_key(channel_id: int) -> str:
-    """Set by a bot when Discord says a channel was deleted: workers skip its queued jobs."""
-    return f"dream:gone:channel:{channel_id}"
-
-
-def progress_key(job_id: str) -> str:
-    return f"dream:progress:{job_id}"
-
-
-PROGRESS_TTL_S = 3600
 
 
 def publish_progress(conn: redis.Redis, instance: str, job_id: str, fields: dict, preview: bytes | None) -> None:
@@ -189,7 +172,7 @@ class Outbox:
     def delivered(self, job_id: str) -> bool:
         return bool(self.conn.exists(delivered_key(job_id)))
 
-    def mark_delivered(self, job_id: str, where: str, ttl_s: int = 7 * 86400) -> None:
+    def mark_delivered(self, job_id: str, where: str, ttl_s: int = DELIVERED_TTL_S) -> None:
         self.conn.set(delivered_key(job_id), where, ex=ttl_s)
 
 

@@ -6,9 +6,9 @@ import redis
 from rq import Worker
 
 from .fairq import Place
+from .keys import STATS_KEY  # noqa: F401  (re-exported)
 from .queue import DreamQueue
 
-STATS_KEY = "dream:stats"
 EWMA_ALPHA = 0.2  # about the last ten jobs
 
 

@@ -15,24 +15,12 @@ from dataclasses import dataclass
 import redis
 
 from .job import DreamRequest
-
-ROUNDS = "dream:vote:rounds"  # zset round id -> created time
-
-
-def channel_key(guild_id: int | None) -> str:
-    return f"dream:vote:channels:{guild_id or 0}"
-
-
-def round_key(round_id: str) -> str:
-    return f"dream:vote:round:{round_id}"
-
-
-def ballots_key(round_id: str) -> str:
-    return f"dream:vote:ballots:{round_id}"
-
-
-def job_round_key(job_id: str) -> str:
-    return f"dream:vote:job:{job_id}"
+from .keys import VOTE_JOB_TTL_S
+from .keys import VOTE_ROUNDS as ROUNDS
+from .keys import vote_ballots_key as ballots_key
+from .keys import vote_channel_key as channel_key
+from .keys import vote_job_key as job_round_key
+from .keys import vote_round_key as round_key
 
 
 @dataclass(frozen=True)
@@ -79,8 +67,8 @@ def create_round(conn: redis.Redis, round_id: str, kind: str, a: Variant, b: Var
     with conn.pipeline() as pipe:
         pipe.set(round_key(round_id), json.dumps(record))
         pipe.zadd(ROUNDS, {round_id: record["created"]})
-        pipe.set(job_round_key(job_a), f"{round_id}:a", ex=7 * 86400)
-        pipe.set(job_round_key(job_b), f"{round_id}:b", ex=7 * 86400)
+        pipe.set(job_round_key(job_a), f"{round_id}:a", ex=VOTE_JOB_TTL_S)
+        pipe.set(job_round_key(job_b), f"{round_id}:b", ex=VOTE_JOB_TTL_S)
         pipe.execute()
 
 

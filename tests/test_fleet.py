@@ -3,11 +3,13 @@ the tiny model. What is asserted is what a member would see in the channel."""
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import time
 
 import pytest
 import redis
+from dreamcore import keys
 from fleet import Fleet, image_messages, redis_blobs
 from PIL import Image
 from standin import DiscordStandIn
@@ -72,6 +74,13 @@ def test_ten_bots_one_worker_every_image_in_its_own_channel(fleet, standin, rcon
     dupes = sum(len(image_messages(standin, b.channel_id)) - 1 for b in fleet.bots)
     print(f"images delivered {delivered}/10, duplicates {dupes}")
     assert delivered == 10 and dupes == 0
+
+    # Every key the product wrote expires, or is kept on purpose by a documented owner (dreamcore.keys);
+    # RQ's own keys follow RQ's lifetimes.
+    for key in rconn.scan_iter("dream:*"):
+        name = key.decode()
+        if not any(fnmatch.fnmatchcase(name, p) for p in keys.KEPT):
+            assert rconn.ttl(key) > 0, f"{name} has no TTL and no owner in dreamcore.keys.KEPT"
 
     # Tokens never reach Redis or the logs.
     tokens = [b.app.token for b in fleet.bots] + [i.token for i in interactions]

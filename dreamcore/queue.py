@@ -96,7 +96,10 @@ class DreamQueue:
             timeout=self.settings.job_timeout_s,
             result_ttl=self.settings.result_ttl_s,
             failure_ttl=self.settings.failure_ttl_s,
-            ttl=self.settings.result_ttl_s,
+            # No queued-time limit: a dream that waits past the result TTL (a deep queue, a pool that was
+            # down) is still run and posted, to the channel once its interaction token has lapsed. With a
+            # TTL its hash would expire while it waited and the member would never hear of it.
+            ttl=None,
             description=f"dream {job.job_id} for {owner} via {job.origin.instance}",
             meta={"owner": owner, "instance": job.origin.instance, "images": job.request.count,
                   "tries": self.settings.job_retries + 1,

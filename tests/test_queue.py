@@ -58,3 +58,14 @@ def test_fair_order_interleaves_members(rconn):
     order = fairq.waiting_ids(rconn, "dream-default")
     # B's second job is in round 1: behind A's second job, ahead of A's third.
     assert order.index(b2) == order.index(a_jobs[1]) + 1 < order.index(a_jobs[2])
+
+
+def test_a_waiting_dream_never_expires_unrun(rconn, monkeypatch):
+    """However long the queue, a waiting job's hash stays until a worker takes it: with a queued-time TTL
+    (it used to be the result TTL) a dream that waited past it vanished and its member never heard."""
+    monkeypatch.setenv("DREAMBOT_RESULT_TTL", "60")
+    q = DreamQueue(rconn, load_settings())
+    job = _job(8)
+    q.enqueue(job)
+    assert rconn.ttl(f"rq:job:{job.job_id}") == -1
+    assert q.position(job.job_id) == 0

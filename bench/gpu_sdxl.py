@@ -355,6 +355,7 @@ class WorkerBench:
         from rq.serializers import JSONSerializer
 
         from dreamcore import results
+        from dreamcore.images import open_store
         from dreamcore.job import make_job, make_origin, make_request
         from dreamcore.queue import DreamQueue
         from worker.runner import make_worker
@@ -391,7 +392,7 @@ class WorkerBench:
             rq_job = Job.fetch(jid, connection=self.conn, serializer=JSONSerializer)
             if rq_job.started_at is not None:
                 starts.append(_ts(rq_job.started_at))
-            got = results.load(self.conn, jid)
+            got = results.load(self.conn, open_store(self.settings), jid)
             if got is None or got[0].status != "done":
                 errors.append(got[0].error if got else f"no result for job {jid} (RQ: {rq_job.get_status()})")
                 continue

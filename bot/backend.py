@@ -14,6 +14,7 @@ from rq.job import JobStatus
 
 from dreamcore import fairq, metrics, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
+from dreamcore.images import open_store
 from dreamcore.job import DreamJob, make_job
 from dreamcore.limits import Limiter, LimitStore, human_duration
 from dreamcore.queue import PRIORITIES, DreamQueue, queue_names
@@ -53,6 +54,7 @@ class Backend:
             retry_on_timeout=False,
         )
         self.queue = DreamQueue(self.conn, settings)
+        self.images = open_store(settings)  # read to post results and to check a button's source image
         self.store = LimitStore(self.conn, settings)
         self.limiter = Limiter(self.conn, self.store)
 

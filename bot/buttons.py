@@ -37,6 +37,8 @@ import discord
 import redis
 
 from dreamcore import params, results
+from dreamcore.images import ImageStoreError, image_key
+from dreamcore.images import params_key as images_params_key
 from dreamcore.job import DreamJob, JobError, JobSource, make_job, make_origin, make_request, random_seed
 from dreamcore.params import MAX_UPSCALED_SIDE, JobParams
 from dreamcore.present import info_text, made_from, settings_line
@@ -233,17 +235,21 @@ class Buttons:
     # --- the record behind a button ---------------------------------------------------------------------
 
     def _record(self, job_id: str, guild_id: int | None) -> JobParams | Refusal:
-        p = params.load(self.conn, job_id)
+        p = params.load(self.conn, job_id, self.backend.images)
         if p is None:
-            days = self.settings.params_ttl_s // 86400
+            days = self.settings.image_retention_days
             return Refusal(f"I don't know that result any more (I keep them {days} days), or it isn't one of mine.")
         if p.guild_id != guild_id:
             return Refusal("That result belongs to another server.")
         return p
 
     def _too_old(self, what: str) -> Refusal:
-        kept = self.settings.result_ttl_s // 60
-        return Refusal(f"That image is too old for {what} (images are kept {kept} min); try 🎲 Reroll.")
+        days = self.settings.image_retention_days
+        return Refusal(f"That image is no longer kept, so {what} can't start from it (images are kept "
+                       f"{days} day{'s' * (days > 1)}); try 🎲 Reroll.")
+
+    def _has(self, job_id: str, index: int, fmt: str) -> bool:
+        return results.has_image(self.backend.images, job_id, index, fmt)
 
     # --- Reroll, Variations, Upscale --------------------------------------------------------------------
 
@@ -263,20 +269,22 @@ class Buttons:
         count = old.count
         if action == "reroll":
             kind, source = p.kind, p.source
-            if source is not None and not results.has_image(self.conn, source.job_id, source.index):
+            if source is not None and not self._has(source.job_id, source.index, source.format):
                 return self._too_old("another " + ("variation" if kind == "variation" else "upscale"))
         elif action == "variation":
-            if not results.has_image(self.conn, job_id, index):
+            fmt = p.images[index].format
+            if not self._has(job_id, index, fmt):
                 return self._too_old("Variations")
-            kind, source = "variation", JobSource(job_id=job_id, index=index,
+            kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt,
                                                   strength=self.settings.variation_strength)
         else:
             if not p.can_upscale(index):
                 return Refusal(f"That image is {p.images[index].width}x{p.images[index].height} already; "
                                f"upscales stop at {MAX_UPSCALED_SIDE} pixels a side.")
-            if not results.has_image(self.conn, job_id, index):
+            fmt = p.images[index].format
+            if not self._has(job_id, index, fmt):
                 return self._too_old("Upscale")
-            kind, source, count = "upscale", JobSource(job_id=job_id, index=index,
+            kind, source, count = "upscale", JobSource(job_id=job_id, index=index, format=fmt,
                                                        strength=self.settings.upscale_strength), 1
         try:
             fields = old.model_dump() | {"seed": seed, "count": count,
@@ -320,9 +328,9 @@ class Buttons:
             deferred = True
             try:
                 job, size, outcome = await asyncio.wait_for(work, SUBMIT_TIMEOUT_S)
-            except (asyncio.TimeoutError, redis.RedisError):
+            except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
                 job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
-        except redis.RedisError:
+        except (redis.RedisError, ImageStoreError):
             job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
 
         if outcome.ok and job is not None:
@@ -355,17 +363,18 @@ class Buttons:
         try:
             p = await asyncio.wait_for(asyncio.to_thread(self._record, job_id, interaction.guild_id),
                                        READ_TIMEOUT_S)
-        except (asyncio.TimeoutError, redis.RedisError):
+        except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             p = Refusal(UNAVAILABLE)
-        text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.result_ttl_s)
+        text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # --- Delete -------------------------------------------------------------------------------------------
 
     async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p = await asyncio.wait_for(asyncio.to_thread(params.load, self.conn, job_id), READ_TIMEOUT_S)
-        except (asyncio.TimeoutError, redis.RedisError):
+            p = await asyncio.wait_for(asyncio.to_thread(params.load, self.conn, job_id, self.backend.images),
+                                       READ_TIMEOUT_S)
+        except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         perms = interaction.permissions
@@ -397,9 +406,11 @@ class Buttons:
             return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.
-            await asyncio.to_thread(self.conn.delete, results.result_key(job_id))
-        except redis.RedisError:
-            pass  # they expire on their own
+            await asyncio.to_thread(self.conn.delete, results.result_key(job_id), params.params_key(job_id))
+            keys = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
+            await asyncio.to_thread(self.backend.images.delete, [*keys, images_params_key(job_id)])
+        except (redis.RedisError, ImageStoreError) as err:  # they expire on their own
+            log.warning("deleted result's images left to expire", extra={"job_id": job_id, "error": str(err)})
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id, "admin": is_admin})
 
 

@@ -54,7 +54,7 @@ class DreamClient(discord.Client):
         register_admin(self.tree, self)
         register_help(self.tree, self)
         register_vote(self.tree, self)
-        self.relay = Relay(self, settings, self.backend.conn)
+        self.relay = Relay(self, settings, self.backend.conn, self.backend.images)
         self.progress = Progress(self, self.backend)
         self.relay.progress = self.progress
         self.dream.progress = self.progress

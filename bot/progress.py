@@ -113,7 +113,7 @@ class Progress:
         text = (f"{stage.capitalize()}: job `{job_id}` {bar(done, total)} {100 * done // max(1, total)}% "
                 f"(step {fields['step']}/{fields['stage_total']} on the {fields.get('stage')})\n"
                 f"**{job.request.prompt[:900]}**")
-        files = [discord.File(io.BytesIO(preview), filename="preview.png")] if preview else []
+        files = [discord.File(io.BytesIO(preview), filename="preview.jpg")] if preview else []
         await relay.interaction_webhook(job.origin).edit_message(
             "@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
         self.edits += 1

@@ -20,6 +20,7 @@ import discord
 import redis
 
 from dreamcore import faults, keys, metrics, params, results, votes
+from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
@@ -51,11 +52,12 @@ def nonce_for(job_id: str) -> str:
 
 
 class Relay:
-    def __init__(self, client: discord.Client, settings: Settings, conn: redis.Redis,
+    def __init__(self, client: discord.Client, settings: Settings, conn: redis.Redis, store: ImageStore,
                  token_lifetime_s: float = TOKEN_LIFETIME_S):
         self.client = client
         self.settings = settings
         self.conn = conn
+        self.store = store
         self.token_lifetime_s = token_lifetime_s
         consumer = f"{settings.instance}-{socket.gethostname()}-{os.getpid()}"
         self.outbox = Outbox(conn, settings.instance, consumer)
@@ -74,6 +76,11 @@ class Relay:
                 entries = await asyncio.to_thread(self.outbox.read, 1000)
                 if first:
                     self.outbox.claim_idle_ms, first = saved, False
+                    # Published but never delivered, whatever became of their stream entries.
+                    swept = await asyncio.to_thread(self.outbox.sweep, self.settings.failure_ttl_s)
+                    if swept:
+                        log.info("undelivered results found at start", extra={"results": len(swept)})
+                    entries = [*entries, *swept]
                 backoff = 0.5
             except redis.RedisError as err:
                 log.warning("outbox unreachable, retrying", extra={"error": type(err).__name__, "in_s": backoff})
@@ -92,7 +99,7 @@ class Relay:
     async def handle(self, entry: OutboxEntry) -> None:
         job_id = entry.job_id
         if entry.status == "progress":
-            await asyncio.to_thread(self.outbox.ack, entry.entry_id)  # lossy: only the latest state matters
+            await asyncio.to_thread(self.outbox.ack, entry)  # lossy: only the latest state matters
             if self.progress is not None:
                 try:
                     await self.progress.on_worker_progress(job_id, self)
@@ -103,15 +110,16 @@ class Relay:
             self.progress.forget(job_id)
         try:
             if await asyncio.to_thread(self.outbox.delivered, job_id):
-                await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+                await asyncio.to_thread(self.outbox.ack, entry)
                 return
-            loaded = await asyncio.to_thread(results.load, self.conn, job_id)
-        except redis.RedisError:
+            loaded = await asyncio.to_thread(results.load, self.conn, self.store, job_id)
+        except (redis.RedisError, ImageStoreError) as err:
+            log.warning("result unreadable for now, will retry", extra={"job_id": job_id, "error": str(err)})
             return  # stays pending; claimed again later
         if loaded is None:
             log.warning("result expired before delivery", extra={"job_id": job_id})
             metrics.delivered("expired")
-            await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+            await asyncio.to_thread(self.outbox.ack, entry)
             return
         result, images = loaded
         try:
@@ -145,7 +153,7 @@ class Relay:
         faults.crash_here("bot-after-post")
         try:
             await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)
-            await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+            await asyncio.to_thread(self.outbox.ack, entry)
         except redis.RedisError:
             log.warning("could not record delivery; a retry will find the post already made",
                         extra={"job_id": job_id})
@@ -161,7 +169,7 @@ class Relay:
             if attempts >= MAX_ATTEMPTS:
                 await asyncio.to_thread(self.outbox.mark_delivered, entry.job_id, "gave up: delivery crashed")
                 metrics.delivered("gave_up")
-                await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+                await asyncio.to_thread(self.outbox.ack, entry)
         except redis.RedisError:
             pass
 
@@ -173,11 +181,16 @@ class Relay:
         other = "b" if side == "a" else "a"
         partner = None
         if record is not None:
-            partner = await asyncio.to_thread(results.load, self.conn, record[other]["job_id"])
+            try:
+                partner = await asyncio.to_thread(results.load, self.conn, self.store, record[other]["job_id"])
+            except ImageStoreError as err:
+                log.warning("vote partner unreadable for now, will retry", extra={"job_id": result.job_id,
+                                                                                  "error": str(err)})
+                return  # left pending
         if record is not None and partner is None:
             # The other candidate is still being made: this one waits in Redis for it.
             await asyncio.to_thread(self.outbox.mark_delivered, result.job_id, f"vote {round_id}: held")
-            await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+            await asyncio.to_thread(self.outbox.ack, entry)
             return
         pair = {side: (result, images), other: partner} if partner else {side: (result, images)}
         done = {k: v for k, v in pair.items() if v[0].status == "done"}
@@ -194,7 +207,7 @@ class Relay:
             return  # left pending
         for r, _ in pair.values():
             await asyncio.to_thread(self.outbox.mark_delivered, r.job_id, where)
-        await asyncio.to_thread(self.outbox.ack, entry.entry_id)
+        await asyncio.to_thread(self.outbox.ack, entry)
         self.delivered += 1
         metrics.delivered(where.split(":")[0])
         log.info("vote round delivered", extra={"round": round_id, "where": where})

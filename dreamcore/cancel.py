@@ -63,6 +63,6 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
         return CancelOutcome(True, f"Dream `{job_id}` cancelled.")
     who = "you" if user == str(actor_id) else f"<@{actor_id}>"
     results.publish(conn, DreamResult(job_id=job_id, status="failed", origin=job.origin, request=job.request,
-                                      error=f"cancelled by {who}"), [], ttl_s)
+                                      error=f"cancelled by {who}"), ttl_s)
     limiter.release(job.origin.guild_id, job.origin.user_id, job_id, refund=True)
     return CancelOutcome(True, f"Dream `{job_id}` cancelled; its images went back to the quota.")

@@ -160,6 +160,8 @@ class JobSource(_Strict):
     index: int = Field(ge=0, le=3)
     # How far the image is pushed back into noise: 0.55 for a variation, about 0.3 for an upscale.
     strength: float = Field(ge=0.05, le=1.0)
+    # How the source was encoded: with the job and index, its key in the image store.
+    format: Literal["png", "webp", "jpeg"] = "png"
 
 
 class DreamJob(_Strict):

@@ -23,15 +23,20 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 
 | key | type | TTL | what |
 |---|---|---|---|
-| `dream:outbox:<instance>` | stream | capped at OUTBOX_MAXLEN | finished and progress events for one bot instance |
-| `dream:result:<job>` | hash | DREAMBOT_RESULT_TTL (failures: DREAMBOT_FAILURE_TTL) | result meta and image bytes |
+| `dream:outbox:<instance>` | stream | none: an entry is deleted once handled | finished results for one bot instance |
+| `dream:outbox:<instance>:progress` | stream | capped at DREAMBOT_PROGRESS_STREAM_LEN | progress nudges (lossy) |
+| `dream:published:<instance>` | zset | as the result | published, not yet delivered (the bot's start-up sweep) |
+| `dream:result:<job>` | hash | DREAMBOT_RESULT_TTL (failures: DREAMBOT_FAILURE_TTL) | result meta; image store keys, no bytes |
 | `dream:done:<job>` | string | as the result | a job's result was published: a retry does not run it again |
 | `dream:delivered:<job>` | string | DELIVERED_TTL_S | where the relay posted it (exactly-once delivery) |
 | `dream:attempts:<job>` | string | ATTEMPTS_TTL_S | relay delivery attempts |
-| `dream:progress:<job>` | hash | PROGRESS_TTL_S | a running job's latest step and preview |
+| `dream:progress:<job>` | hash | PROGRESS_TTL_S, deleted at publish | a running job's latest step, small preview |
 | `dream:gone:channel:<id>` | string | CHANNEL_GONE_TTL_S | Discord deleted the channel: workers skip its jobs |
 | `dream:params:<job>` | string | DREAMBOT_PARAMS_TTL | what was asked and what came out (Info, Variations) |
 | `dream:cancel:<job>` | string | CANCEL_TTL_S | a running job was cancelled: its worker stops |
+| `dream:images:sweep` | string | IMAGE_SWEEP_EVERY_S | one worker sweeps the image store per hour |
+
+Image bytes are never in Redis: they live in the image store (`dreamcore.images`); results carry keys.
 
 Limits (owner `dreamcore.limits` and its scripts; see `LimitKeys`): `dream:limits:{<guild>}:*`. Admin
 configuration (`:config`) is kept until an admin changes it; the audit trail expires AUDIT_TTL_S after its
@@ -50,7 +55,7 @@ from __future__ import annotations
 # Keys with no TTL on purpose (fnmatch patterns), each with its owner above; every other dream:* key expires.
 KEPT = (
     "dream:fq:*",  # the fair queue's scripts: empty when nothing waits (only the arrival sequence stays)
-    "dream:outbox:*",  # streams capped at OUTBOX_MAXLEN, read by the relay's consumer group
+    "dream:outbox:*",  # results: entries deleted once handled; progress: capped (the relay's consumer group)
     "dream:limits:{*}:config",  # what admins set
     "dream:vote:channels:*", "dream:vote:rounds", "dream:vote:round:*", "dream:vote:ballots:*",  # the dataset
     "dream:stats",  # a few moving averages, overwritten
@@ -91,6 +96,15 @@ def outbox_key(instance: str) -> str:
     return f"dream:outbox:{instance}"
 
 
+def progress_stream_key(instance: str) -> str:
+    return f"dream:outbox:{instance}:progress"
+
+
+def published_key(instance: str) -> str:
+    """Jobs published for an instance and not yet delivered (the start-up sweep's list)."""
+    return f"dream:published:{instance}"
+
+
 def result_key(job_id: str) -> str:
     return f"dream:result:{job_id}"
 
@@ -119,6 +133,10 @@ def params_key(job_id: str) -> str:
 
 def cancel_key(job_id: str) -> str:
     return f"dream:cancel:{job_id}"
+
+
+IMAGE_SWEEP_LOCK = "dream:images:sweep"  # one worker sweeps the image store at a time
+IMAGE_SWEEP_EVERY_S = 3600
 
 
 # --- votes ------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ BATCH_JOBS = Histogram("dreambot_batch_jobs", "Dream jobs sharing one denoising 
 OUTCOMES = ("done", "failed", "cancelled")
 JOBS = Counter("dreambot_jobs_total", "Dream jobs a worker finished, by outcome", ["outcome"])
 FAIL_REASONS = ("bad_input", "prompt_too_long", "nan", "oom", "timeout", "cancelled", "crashed",
-                "channel_gone", "internal")
+                "channel_gone", "store", "internal")
 JOBS_FAILED = Counter("dreambot_jobs_failed_total", "Dream jobs that ended without images, by reason", ["reason"])
 DELIVERY_WHERE = ("interaction", "interaction-ephemeral", "channel", "undeliverable", "gave_up", "expired")
 DELIVERIES = Counter("dreambot_deliveries_total", "Results a bot finished with, by where they went", ["where"])

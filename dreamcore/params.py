@@ -1,11 +1,11 @@
-"""What the buttons under a result need to know about its job, kept in Redis after the images are gone.
+"""What the buttons under a result need to know about its job.
 
-The relay writes one record per delivered result, right before it posts the message with the buttons, so
-every message that carries buttons has its record (whatever release the worker that made it runs). The
-record holds the request, where it came from (guild, channel, member; never a token), what made it (kind
-and source) and what came out (image sizes and seeds, steps, timings). It lives DREAMBOT_PARAMS_TTL (7
-days by default): long enough for Reroll, Info and Delete on anything still scrolled to, while the images
-themselves (needed by Variations and Upscale) live only as long as the result, DREAMBOT_RESULT_TTL.
+The record holds the request, where it came from (guild, channel, member; never a token), what made it
+(kind and source) and what came out (image sizes, formats and seeds, steps, timings). It is kept twice:
+the worker writes it to the image store beside the images (`<job>/params.json`, kept as long as they are,
+DREAMBOT_IMAGE_RETENTION_DAYS), and the relay writes it to Redis right before it posts the message with
+the buttons (DREAMBOT_PARAMS_TTL, the quick path for recent results). `load` reads Redis first, then the
+store, so Reroll, Variations, Upscale, Info and Delete work for as long as the images are kept.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import images
+from .images import ImageStore
 from .job import DreamRequest, JobSource
 from .keys import params_key  # noqa: F401  (re-exported)
 from .results import DreamResult
@@ -78,13 +80,27 @@ def save(conn: redis.Redis, params: JobParams, ttl_s: int) -> None:
     conn.set(params_key(params.job_id), params.model_dump_json(), ex=ttl_s)
 
 
-def load(conn: redis.Redis, job_id: str) -> JobParams | None:
-    """The record, or None when it never existed, has expired, or can't be read (logged)."""
-    raw = conn.get(params_key(job_id))
-    if raw is None:
-        return None
+def save_to_store(store: ImageStore, params: JobParams) -> None:
+    """The same record beside the job's images, kept as long as they are (DREAMBOT_IMAGE_RETENTION_DAYS),
+    so the buttons outlive the Redis copy and any Redis restart or loss."""
+    store.put(images.params_key(params.job_id), params.model_dump_json().encode())
+
+
+def _parse(raw: bytes, job_id: str, where: str) -> JobParams | None:
     try:
         return JobParams.model_validate_json(raw)
     except ValidationError as err:
-        log.warning("unreadable params record", extra={"job_id": job_id, "error": str(err)[:300]})
+        log.warning("unreadable params record", extra={"job_id": job_id, "where": where, "error": str(err)[:300]})
         return None
+
+
+def load(conn: redis.Redis, job_id: str, store: ImageStore | None = None) -> JobParams | None:
+    """The record (Redis first, then the image store); None when it never existed, is no longer kept, or
+    can't be read (logged). Raises ImageStoreError when Redis has none and the store can't be reached."""
+    raw = conn.get(params_key(job_id))
+    if raw is not None:
+        return _parse(raw, job_id, "redis")
+    if store is None:
+        return None
+    raw = store.get(images.params_key(job_id))
+    return None if raw is None else _parse(raw, job_id, "store")

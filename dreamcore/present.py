@@ -92,7 +92,9 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
     if p.finished_at:
         lines.append(f"made by `{p.worker or '?'}` <t:{int(p.finished_at)}:R>")
     if images_kept_s:
-        lines.append(f"-# Variations and Upscale work while the images are kept ({images_kept_s // 60} min).")
+        days = images_kept_s // 86400
+        kept = f"{days} day{'s' * (days > 1)}" if days else f"{images_kept_s // 60} min"
+        lines.append(f"-# Variations and Upscale work while the images are kept ({kept}).")
     return "\n".join(lines)[:limit]
 
 

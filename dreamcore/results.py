@@ -15,6 +15,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from .images import ImageStore, image_key
 from .job import DreamRequest, JobSource, Origin
 from .keys import (  # noqa: F401  (re-exported: callers name keys through results)
     DELIVERED_TTL_S,
@@ -24,6 +25,8 @@ from .keys import (  # noqa: F401  (re-exported: callers name keys through resul
     done_key,
     outbox_key,
     progress_key,
+    progress_stream_key,
+    published_key,
     result_key,
 )
 
@@ -36,6 +39,8 @@ class ImageInfo(BaseModel):
     height: int
     seed: int
     size_bytes: int
+    # Where the bytes are in the image store; None only in a result an older worker published inline.
+    key: str | None = Field(None, max_length=200)
 
 
 class DreamResult(BaseModel):
@@ -66,16 +71,19 @@ class DreamResult(BaseModel):
 
 
 
-def publish_progress(conn: redis.Redis, instance: str, job_id: str, fields: dict, preview: bytes | None) -> None:
-    """Latest progress of a running job, and a nudge to its instance (lossy: only the latest state matters)."""
+def publish_progress(conn: redis.Redis, instance: str, job_id: str, fields: dict, preview: bytes | None,
+                     stream_len: int = 1000) -> None:
+    """Latest progress of a running job, and a nudge to its instance (lossy: only the latest state matters,
+    so the nudges have their own stream, capped at `stream_len`; results never share it). The preview is a
+    small JPEG (at most 256 px a side, ~10 KB), one per running job, deleted when the job publishes."""
     with conn.pipeline(transaction=False) as pipe:
         key = progress_key(job_id)
         pipe.hset(key, mapping={k: str(v) for k, v in fields.items()})
         if preview is not None:
             pipe.hset(key, "preview", preview)
         pipe.expire(key, PROGRESS_TTL_S)
-        pipe.xadd(outbox_key(instance), {"job_id": job_id, "status": "progress"},
-                  maxlen=OUTBOX_MAXLEN, approximate=True)
+        pipe.xadd(progress_stream_key(instance), {"job_id": job_id, "status": "progress"},
+                  maxlen=stream_len, approximate=True)
         pipe.execute()
 
 
@@ -86,44 +94,86 @@ def load_progress(conn: redis.Redis, job_id: str) -> tuple[dict[str, str], bytes
 
 
 GROUP = "deliver"
-OUTBOX_MAXLEN = 10_000
 
 
-def publish(conn: redis.Redis, result: DreamResult, images: list[bytes], ttl_s: int) -> bool:
-    """Store the result and tell its instance, atomically. False if this job was already published."""
+def store_images(store: ImageStore, result: DreamResult, images: list[bytes]) -> None:
+    """Write a finished job's images to the image store and point its result at them (claim check: the
+    result that travels through Redis carries keys, never bytes)."""
+    for i, (info, data) in enumerate(zip(result.images, images, strict=True)):
+        info.key = image_key(result.job_id, i, info.format)
+        store.put(info.key, data)
+
+
+def publish(conn: redis.Redis, result: DreamResult, ttl_s: int) -> bool:
+    """Record the result and tell its instance, atomically. False if this job was already published.
+
+    The result's images must already be in the image store (`store_images`). The result entry goes to
+    the instance's result stream, which is never trimmed: an entry leaves it only when a bot has posted it
+    and acknowledged it. The job's progress hash (and its preview) goes now: nothing reads it any more."""
+    if any(i.key is None for i in result.images):
+        raise ValueError("publish a result only after store_images: its images have no store keys")
     instance = result.origin.instance if result.origin else None
     if not conn.set(done_key(result.job_id), result.status, nx=True, ex=ttl_s):
         return False
     with conn.pipeline(transaction=True) as pipe:
         key = result_key(result.job_id)
-        pipe.delete(key)
+        pipe.delete(key, progress_key(result.job_id))
         pipe.hset(key, "meta", result.to_json())
-        for i, data in enumerate(images):
-            pipe.hset(key, f"img:{i}", data)
         pipe.expire(key, ttl_s)
         if instance:
-            pipe.xadd(outbox_key(instance), {"job_id": result.job_id, "status": result.status},
-                      maxlen=OUTBOX_MAXLEN, approximate=True)
+            pipe.xadd(outbox_key(instance), {"job_id": result.job_id, "status": result.status})
+            pipe.zadd(published_key(instance), {result.job_id: result.finished_at})
+            pipe.expire(published_key(instance), ttl_s)
         pipe.execute()
     return True
 
 
-def load(conn: redis.Redis, job_id: str) -> tuple[DreamResult, list[bytes]] | None:
+def load_meta(conn: redis.Redis, job_id: str) -> DreamResult | None:
+    raw = conn.hget(result_key(job_id), "meta")
+    return None if raw is None else DreamResult.model_validate_json(raw)
+
+
+def load(conn: redis.Redis, store: ImageStore, job_id: str) -> tuple[DreamResult, list[bytes]] | None:
+    """A published result and its images' bytes (from the store); None when the result has expired or an
+    image is no longer kept. Raises ImageStoreError when the store can't be reached."""
     raw = conn.hgetall(result_key(job_id))
     if not raw or b"meta" not in raw:
         return None
     result = DreamResult.model_validate_json(raw[b"meta"])
-    images = [raw[f"img:{i}".encode()] for i in range(len(result.images))]
+    images = []
+    for i, info in enumerate(result.images):
+        # A result an older worker published still carries its bytes inline.
+        data = raw.get(f"img:{i}".encode()) if info.key is None else store.get(info.key)
+        if data is None:
+            return None
+        images.append(data)
     return result, images
 
 
-def load_image(conn: redis.Redis, job_id: str, index: int) -> bytes | None:
-    """One stored image of a finished job; None once the result has expired (or never existed)."""
-    return conn.hget(result_key(job_id), f"img:{index}")
+def load_image(store: ImageStore, job_id: str, index: int, fmt: str = "png") -> bytes | None:
+    """One image of a finished job, for as long as the store keeps it (DREAMBOT_IMAGE_RETENTION_DAYS)."""
+    return store.get(image_key(job_id, index, fmt))
 
 
-def has_image(conn: redis.Redis, job_id: str, index: int) -> bool:
-    return bool(conn.hexists(result_key(job_id), f"img:{index}"))
+def has_image(store: ImageStore, job_id: str, index: int, fmt: str = "png") -> bool:
+    return store.exists(image_key(job_id, index, fmt))
+
+
+def undelivered(conn: redis.Redis, instance: str, older_than_s: float = 0.0) -> list[str]:
+    """Jobs published for `instance` and not yet marked delivered (oldest first), published at least
+    `older_than_s` ago: what a bot sweeps for at start, whatever happened to its result stream."""
+    key = published_key(instance)
+    ids = [_s(j) for j in conn.zrangebyscore(key, "-inf", time.time() - older_than_s)]
+    if not ids:
+        return []
+    with conn.pipeline(transaction=False) as pipe:
+        for j in ids:
+            pipe.exists(delivered_key(j))
+        done = pipe.execute()
+    gone = [j for j, d in zip(ids, done, strict=True) if d]
+    if gone:
+        conn.zrem(key, *gone)
+    return [j for j, d in zip(ids, done, strict=True) if not d]
 
 
 @dataclass
@@ -131,49 +181,75 @@ class OutboxEntry:
     entry_id: str
     job_id: str
     status: str
+    stream: str = ""  # the stream it came from; "" for a result found by the start-up sweep
 
 
 class Outbox:
-    """One instance's results waiting to be posted, read through a Redis consumer group."""
+    """One instance's two streams, read through one Redis consumer group: results (lossless: an entry
+    leaves only when acknowledged, then it is deleted) and progress nudges (lossy, capped)."""
 
     def __init__(self, conn: redis.Redis, instance: str, consumer: str, claim_idle_ms: int = 60_000):
         self.conn = conn
+        self.instance = instance
         self.key = outbox_key(instance)
+        self.progress_key = progress_stream_key(instance)
         self.consumer = consumer
         self.claim_idle_ms = claim_idle_ms
 
     def ensure_group(self) -> None:
-        try:
-            self.conn.xgroup_create(self.key, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as err:
-            if "BUSYGROUP" not in str(err):
-                raise
+        for key in (self.key, self.progress_key):
+            try:
+                self.conn.xgroup_create(key, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise
 
     def read(self, block_ms: int = 1000, count: int = 10) -> list[OutboxEntry]:
         """Entries a dead consumer left unacknowledged first, then new ones."""
         entries = []
-        claimed = self.conn.xautoclaim(self.key, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=count)
-        entries.extend(claimed[1])
+        for key in (self.key, self.progress_key):
+            claimed = self.conn.xautoclaim(key, GROUP, self.consumer, self.claim_idle_ms, "0-0", count=count)
+            entries.extend((key, e) for e in claimed[1])
         if not entries:
-            got = self.conn.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=count, block=block_ms)
-            for _stream, items in got or []:
-                entries.extend(items)
+            got = self.conn.xreadgroup(GROUP, self.consumer, {self.key: ">", self.progress_key: ">"},
+                                       count=count, block=block_ms)
+            for stream, items in got or []:
+                entries.extend((_s(stream), e) for e in items)
         out = []
-        for entry_id, fields in entries:
-            if not fields:  # deleted by trimming while pending
-                self.ack(entry_id)
+        for stream, (entry_id, fields) in entries:
+            entry = OutboxEntry(_s(entry_id), _s((fields or {}).get(b"job_id", b"")),
+                                _s((fields or {}).get(b"status", b"")), stream)
+            if not fields:  # a progress nudge trimmed away while pending: nothing left to read
+                self.ack(entry)
                 continue
-            out.append(OutboxEntry(_s(entry_id), _s(fields.get(b"job_id", b"")), _s(fields.get(b"status", b""))))
+            out.append(entry)
         return out
 
-    def ack(self, entry_id) -> None:
-        self.conn.xack(self.key, GROUP, entry_id)
+    def ack(self, entry: OutboxEntry) -> None:
+        if not entry.stream:
+            return
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.xack(entry.stream, GROUP, entry.entry_id)
+            pipe.xdel(entry.stream, entry.entry_id)  # handled: the stream keeps only what is not
+            pipe.execute()
 
     def delivered(self, job_id: str) -> bool:
         return bool(self.conn.exists(delivered_key(job_id)))
 
     def mark_delivered(self, job_id: str, where: str, ttl_s: int = DELIVERED_TTL_S) -> None:
-        self.conn.set(delivered_key(job_id), where, ex=ttl_s)
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.set(delivered_key(job_id), where, ex=ttl_s)
+            pipe.zrem(published_key(self.instance), job_id)
+            pipe.execute()
+
+    def sweep(self, max_age_s: float, settle_s: float = 5.0) -> list[OutboxEntry]:
+        """Results published for this instance but never marked delivered, whatever became of their
+        stream entries (a Redis that lost its stream in a failover, an entry deleted by hand): handed to
+        the relay like stream entries (the delivered marker keeps them exactly-once). `settle_s` leaves
+        the results of the last moments to their stream entries."""
+        key = published_key(self.instance)
+        self.conn.zremrangebyscore(key, "-inf", time.time() - max_age_s)
+        return [OutboxEntry("", j, "swept") for j in undelivered(self.conn, self.instance, settle_s)]
 
 
 def _s(v) -> str:

@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SDXL_BASE_ID = "stabilityai/stable-diffusion-xl-base-1.0"
@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     base_model: str = Field(SDXL_BASE_ID, min_length=1, **_env("DREAMBOT_BASE_MODEL"))
     refiner_model: str = Field(SDXL_REFINER_ID, min_length=1, **_env("DREAMBOT_REFINER_MODEL"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", **_env("DREAMBOT_DEVICE"))
-    max_upload_mb: float = Field(25.0, gt=0, le=500, **_env("DREAMBOT_MAX_UPLOAD_MB"))
+    max_upload_mb: float = Field(10.0, gt=0, le=500, **_env("DREAMBOT_MAX_UPLOAD_MB"))
     output_dir: str = Field("dream-out", min_length=1, **_env("DREAMBOT_OUTPUT_DIR"))
     # Batching: a worker that takes a dream also takes waiting dreams it can denoise in the same batch
     # (same size, steps, split and guidance), up to this many images in all; 1 turns batching off.
@@ -98,6 +98,22 @@ class Settings(BaseSettings):
     limit_guild_max_queued: int = Field(50, ge=1, le=100000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
     # --- end of guild limit defaults ---
 
+    # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---
+    image_store: Literal["folder", "s3"] = Field("folder", **_env("DREAMBOT_IMAGE_STORE"))
+    image_dir: str = Field("dream-images", min_length=1, **_env("DREAMBOT_IMAGE_DIR"))
+    image_retention_days: int = Field(30, ge=1, le=3650, **_env("DREAMBOT_IMAGE_RETENTION_DAYS"))
+    s3_endpoint_url: str | None = Field(None, **_env("DREAMBOT_S3_ENDPOINT_URL"))
+    s3_bucket: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", **_env("DREAMBOT_S3_BUCKET"))
+    s3_prefix: str = Field("dreambot/", max_length=200, pattern=r"^([A-Za-z0-9._-]+/)*$",
+                           **_env("DREAMBOT_S3_PREFIX"))
+    s3_region: str | None = Field(None, **_env("DREAMBOT_S3_REGION"))
+    s3_access_key_id: str | None = Field(None, **_env("DREAMBOT_S3_ACCESS_KEY_ID"))
+    s3_secret_access_key: SecretStr | None = Field(None, **_env("DREAMBOT_S3_SECRET_ACCESS_KEY"))
+    s3_set_lifecycle: bool = Field(False, **_env("DREAMBOT_S3_SET_LIFECYCLE"))
+    # Progress nudges go to their own lossy stream, capped at this many entries per bot instance;
+    # results have a stream of their own that is never trimmed before the bot acknowledges them.
+    progress_stream_len: int = Field(1000, ge=10, le=1_000_000, **_env("DREAMBOT_PROGRESS_STREAM_LEN"))
+
     # --- Metrics and health ---
     # One port per process for Prometheus (/metrics) and the health check (/healthz); 0 turns both off.
     metrics_port: int = Field(9100, ge=0, le=65535, **_env("DREAMBOT_METRICS_PORT"))
@@ -110,6 +126,24 @@ class Settings(BaseSettings):
         if tile is not None and v * 2 >= tile:
             raise ValueError(f"must be under half of DREAMBOT_UPSCALE_TILE ({tile})")
         return v
+
+    @field_validator("s3_endpoint_url", "s3_bucket", "s3_region", "s3_access_key_id", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v):
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as https://<account>.r2.cloudflarestorage.com")
+        return v
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self):
+        if self.image_store == "s3" and not self.s3_bucket:
+            raise ValueError("DREAMBOT_IMAGE_STORE=s3 needs DREAMBOT_S3_BUCKET")
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -154,6 +188,10 @@ def parse_id_list(raw: str) -> list[int]:
     return out
 
 
+# Never echoed in an error or a start-up log.
+SECRETS = frozenset({"DISCORD_TOKEN", "DREAMBOT_S3_SECRET_ACCESS_KEY", "DREAMBOT_S3_ACCESS_KEY_ID"})
+
+
 def _alias_of(field: str) -> str:
     info = Settings.model_fields[field]
     return info.validation_alias.choices[0]  # type: ignore[union-attr]
@@ -164,7 +202,10 @@ def describe_errors(err: ValidationError) -> str:
     for e in err.errors():
         field = str(e["loc"][0]) if e["loc"] else "?"
         name = _alias_of(field) if field in Settings.model_fields else field
-        got = "" if name == "DISCORD_TOKEN" else f" (got {e.get('input')!r})"
+        got = "" if name in SECRETS or not e["loc"] else f" (got {e.get('input')!r})"
+        if not e["loc"]:  # a check across settings: its message names them
+            lines.append(f"settings: {e['msg'].removeprefix('Value error, ')}")
+            continue
         lines.append(f"setting {name}: {e['msg']}{got}")
     return "; ".join(lines)
 
@@ -185,4 +226,4 @@ def get_settings() -> Settings:
 def env_snapshot() -> dict[str, str]:
     """The dreambot variables that are set, for start-up logs (secrets left out)."""
     keep = ("REDIS_URL", "DREAMBOT_", "DISCORD_API_BASE", "DISCORD_GUILD_IDS")
-    return {k: v for k, v in os.environ.items() if k.startswith(keep)}
+    return {k: v for k, v in os.environ.items() if k.startswith(keep) and k not in SECRETS}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from dreamcore.localredis import LocalRedis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+# One image store folder per test process, shared with the bots and workers it starts (tests/fleet.py), so
+# nothing lands in the checkout; keys are job ids, so tests never see each other's images.
+os.environ["DREAMBOT_IMAGE_DIR"] = tempfile.mkdtemp(prefix="dreambot-images-")
 
 
 @pytest.fixture(scope="session")

@@ -57,6 +57,7 @@ class Fleet:
             "PYTHONUNBUFFERED": "1",
             # No /metrics port unless a test asks for one (tests/test_metrics.py passes free ports).
             "DREAMBOT_METRICS_PORT": "0",
+            "DREAMBOT_IMAGE_DIR": os.environ["DREAMBOT_IMAGE_DIR"],  # the test process's (tests/conftest.py)
         })
         return env
 
@@ -161,3 +162,12 @@ def redis_blobs(r, key: bytes) -> list[bytes]:
             except zlib.error:
                 pass
     return [b for b in out if b]
+
+
+def image_store():
+    """The image store the bots and workers of this test process write to and read from."""
+    from dreamcore.images import open_store
+    from dreamcore.settings import load_settings
+
+    return open_store(load_settings())
+

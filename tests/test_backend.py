@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from fleet import image_store
 
 from dreamcore import results, stats
 from dreamcore.job import make_job, make_origin, make_request
@@ -84,7 +85,7 @@ def test_cancel_rules_and_refund(backend, rconn):
     assert "know no dream" in backend.cancel("../../etc", actor_id=1, guild_id=10, is_admin=False).message
     done = backend.cancel(out.job_id, actor_id=1, guild_id=10, is_admin=False)
     assert done.ok and backend.queue.position(out.job_id) is None
-    result, _ = results.load(rconn, out.job_id)
+    result, _ = results.load(rconn, image_store(), out.job_id)
     assert result.status == "failed" and result.error == "cancelled by you"
     assert backend.submit(_job(user=1, count=2)).ok  # quota came back
     again = backend.cancel(out.job_id, actor_id=1, guild_id=10, is_admin=False)
@@ -94,7 +95,7 @@ def test_cancel_rules_and_refund(backend, rconn):
 def test_admin_cancels_anyones(backend, rconn):
     out = backend.submit(_job(user=1))
     assert backend.cancel(out.job_id, actor_id=2, guild_id=10, is_admin=True).ok
-    assert results.load(rconn, out.job_id)[0].error == "cancelled by <@2>"
+    assert results.load(rconn, image_store(), out.job_id)[0].error == "cancelled by <@2>"
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,6 @@ def test_running_job_stops_at_the_next_step_and_refunds(backend, rconn, tiny_env
     t.join(5)
     assert said["msg"].ok and "next step" in said["msg"].message
     assert time.monotonic() - t0 < 20  # 60 steps would take far longer than stopping at the next one
-    result, _ = results.load(rconn, out.job_id)
+    result, _ = results.load(rconn, image_store(), out.job_id)
     assert result.status == "failed" and result.error == "cancelled by you"
     assert backend.submit(_job(user=3)).ok  # the day's one image came back

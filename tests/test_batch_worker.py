@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from fleet import wait_until
+from fleet import image_store, wait_until
 from PIL import Image
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -52,8 +52,8 @@ def _run(conn, pipeline, jobs, batch_images: int = 8, name: str = "batcher"):
         burst=True, logging_level="WARNING")
     got = {}
     for entry in box.read(block_ms=100, count=100):
-        got[entry.job_id] = results.load(conn, entry.job_id)
-        box.ack(entry.entry_id)
+        got[entry.job_id] = results.load(conn, image_store(), entry.job_id)
+        box.ack(entry)
     return got
 
 
@@ -201,7 +201,7 @@ def test_worker_killed_mid_batch_every_job_is_retaken_and_delivered_once(tiny_en
         entries = [e for e in box.read(block_ms=100, count=100) if e.status != "progress"]
         assert sorted(e.job_id for e in entries) == sorted(j.job_id for j in jobs), "each published once"
         for j in jobs:
-            result, images = results.load(rconn, j.job_id)
+            result, images = results.load(rconn, image_store(), j.job_id)
             assert result.status == "done" and len(images) == 1
     finally:
         rescuer.send_signal(signal.SIGTERM)

@@ -12,10 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
-from fleet import Fleet
+from fleet import Fleet, image_store
 from history import NoHistory, unpack_newest
 from PIL import Image
 from standin import DiscordStandIn
@@ -56,7 +57,7 @@ def test_dreams_stay_version_1_and_follow_ups_are_version_2():
     for kind in ("variation", "upscale"):
         job = make_job(_req(), _origin(), kind=kind, source=SRC)
         wire = job.to_dict()
-        assert wire["v"] == 2 and wire["kind"] == kind and wire["source"] == SRC
+        assert wire["v"] == 2 and wire["kind"] == kind and wire["source"] == SRC | {"format": "png"}
         assert parse_job(json.dumps(wire)) == job
 
 
@@ -117,10 +118,10 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
     run = subprocess.run([sys.executable, "-m", "dreamcore.cli", "worker", "--burst"], env=env, cwd=old,
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    failed, _ = results.load(rconn, follow_up.job_id)
+    failed, _ = results.load(rconn, image_store(), follow_up.job_id)
     assert failed.status == "failed" and failed.origin.user_id == 5  # its member is told
     assert "schema version 2; this worker reads version 1" in failed.error
-    done, images = results.load(rconn, dream.job_id)
+    done, images = results.load(rconn, image_store(), dream.job_id)
     assert done.status == "done" and Image.open(io.BytesIO(images[0])).size == (1536, 640)
     assert "Traceback" not in run.stdout.split("job failed")[0]  # no crash before the clean refusal
 
@@ -191,8 +192,8 @@ def test_a_source_image_gone_before_the_job_runs_is_told_not_crashed(tiny_env, r
     job = make_job(_req(), _origin(), kind="upscale", source=SRC | {"strength": 0.3})
     DreamQueue(rconn, get_settings()).enqueue(job)
     make_worker(get_settings(), rconn, pipe, name="test-worker").work(burst=True, logging_level="WARNING")
-    failed, _ = results.load(rconn, job.job_id)
-    assert failed.status == "failed" and "too old" in failed.error and "Reroll" in failed.error
+    failed, _ = results.load(rconn, image_store(), job.job_id)
+    assert failed.status == "failed" and "no longer kept" in failed.error and "Reroll" in failed.error
 
 
 # --- the view -------------------------------------------------------------------------------------------------
@@ -282,6 +283,50 @@ def _restart(fleet, bot, **env):
         time.sleep(0.1)
 
 
+def _age_images(job_id, days):
+    """Turn the clock of a job's files in the folder image store back `days` days."""
+    then = time.time() - days * 86400
+    for f in (Path(os.environ["DREAMBOT_IMAGE_DIR"]) / job_id).iterdir():
+        os.utime(f, (then, then))
+
+
+def test_buttons_outlive_the_result_ttl(fleet, rconn):
+    """The result's Redis copy lasts DREAMBOT_RESULT_TTL and the record's DREAMBOT_PARAMS_TTL; the image
+    store keeps both for DREAMBOT_IMAGE_RETENTION_DAYS. Every per-job key in Redis gone (as when all their
+    TTLs have passed) and the bot restarted: Info and Upscale still work, from the store."""
+    standin, bot = fleet.standin, fleet.bots[0]
+    fleet.start_bot(bot)
+    fleet.wait_bots_ready()
+    fleet.start_worker()
+    inter = fleet.dream(bot, prompt="a red kite", aspect="12:5", count=1, steps=2, seed=77)
+    inter.wait_ack(5)
+    first = _result_of(standin, inter)
+    job = _job_of(first)
+    assert 0 < rconn.ttl(results.result_key(job)) <= get_settings().result_ttl_s
+    # No image byte in Redis: the result names its store key, the bytes are in the store.
+    meta = results.load_meta(rconn, job)
+    assert [i.key for i in meta.images] == [f"{job}/0.png"]
+    assert rconn.hkeys(results.result_key(job)) == [b"meta"]
+    assert image_store().get(f"{job}/0.png") == first.attachments[0].data
+
+    for pattern in ("dream:result:*", "dream:params:*", "dream:done:*", "dream:delivered:*", "dream:progress:*"):
+        for key in rconn.scan_iter(pattern):
+            rconn.delete(key)
+    _restart(fleet, bot)
+    _, body = _click(fleet, bot, first, f"dream:i:{job}", fleet.user_id)
+    assert "a red kite" in _ephemeral(body) and "seeds: 77" in _ephemeral(body)
+    up, body = _click(fleet, bot, first, f"dream:u:{job}:0", fleet.user_id)
+    assert "upscaled 2x" in body["data"]["content"], body
+    upscaled = _result_of(standin, up, timeout=180)
+    assert [im.size for im in _images(upscaled)] == [(3072, 1280)]
+
+    # Past retention, the member is told, not left waiting.
+    _age_images(job, days=get_settings().image_retention_days + 1)
+    rconn.delete(params.params_key(job))
+    _, body = _click(fleet, bot, first, f"dream:u:{job}:0", fleet.user_id)
+    assert "don't know that result any more" in _ephemeral(body), body
+
+
 def _post_as_bot(fleet, bot, custom_ids):
     """A message of the bot's own app that carries crafted custom ids (what a tampered client could click)."""
     body = {"content": "crafted", "components": [{"type": 1, "components": [
@@ -364,10 +409,11 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     assert not any(c.startswith("dream:u:") for c in upscaled.custom_ids())  # 6144 px would be next
     t_follow = time.monotonic()
 
-    # The source images expired: Variations says so and points at Reroll.
-    rconn.delete(results.result_key(_job_of(rerolled)))
+    # The source images are past retention (their files' clock turned back): Variations says so and points
+    # at Reroll.
+    _age_images(_job_of(rerolled), days=31)
     _, body = _click(fleet, bot, rerolled, f"dream:v:{_job_of(rerolled)}:0", alice)
-    assert "too old" in _ephemeral(body) and "Reroll" in _ephemeral(body)
+    assert "no longer kept" in _ephemeral(body) and "Reroll" in _ephemeral(body)
 
     # Crafted ids: an unknown job, a job of another server, an image the result doesn't have, garbage.
     other = params.from_result(_result(1, job_id="ffeeddccbbaa9988").model_copy(

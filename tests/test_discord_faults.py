@@ -6,7 +6,7 @@ import signal
 import time
 
 import pytest
-from fleet import image_messages, wait_until
+from fleet import image_messages, image_store, wait_until
 
 from dreamcore import results
 
@@ -62,7 +62,7 @@ def test_deleted_channel_is_not_retried_forever(fleet, rconn):
     assert where.startswith(b"undeliverable")
     time.sleep(2.0)
     assert len(fleet.standin.requests(r"POST /channels/\d+/messages")) == 1  # asked once, then stopped
-    assert results.load(rconn, job_id) is not None  # the images stay in Redis until their TTL
+    assert results.load(rconn, image_store(), job_id) is not None  # the images stay in Redis until their TTL
 
 
 def test_worker_skips_jobs_for_a_deleted_channel(fleet, rconn):
@@ -73,6 +73,6 @@ def test_worker_skips_jobs_for_a_deleted_channel(fleet, rconn):
     job_id = next(m.content for m in fleet.standin.messages(bot.channel_id)).split("`")[1]
     rconn.set(results.channel_gone_key(bot.channel_id), 1)  # what on_guild_channel_delete records
     fleet.start_worker()
-    wait_until(lambda: results.load(rconn, job_id), 90, "job never settled")
-    result, images = results.load(rconn, job_id)
+    wait_until(lambda: results.load(rconn, image_store(), job_id), 90, "job never settled")
+    result, images = results.load(rconn, image_store(), job_id)
     assert result.status == "failed" and "deleted" in result.error and images == []

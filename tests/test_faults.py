@@ -7,7 +7,7 @@ import time
 
 import pytest
 import redis
-from fleet import Fleet, image_messages, wait_until
+from fleet import Fleet, image_messages, image_store, wait_until
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
@@ -106,7 +106,7 @@ def test_oom_and_nan_fail_only_their_job(tiny_env, rconn, pipeline, monkeypatch)
         q.enqueue(job)
     make_worker(get_settings(), rconn, pipeline, name="faulty").work(burst=True, logging_level="WARNING")
     faults._fired.clear()
-    got = {e.job_id: results.load(rconn, e.job_id)[0] for e in box.read(block_ms=100, count=10)}
+    got = {e.job_id: results.load(rconn, image_store(), e.job_id)[0] for e in box.read(block_ms=100, count=10)}
     oom, nan, ok = (got[j.job_id] for j in jobs)
     assert oom.status == "failed" and "ran out of memory" in oom.error
     assert nan.status == "failed" and "blank (NaN) image" in nan.error

@@ -9,10 +9,11 @@ import time
 
 import pytest
 import redis
-from dreamcore import keys
 from fleet import Fleet, image_messages, redis_blobs
 from PIL import Image
 from standin import DiscordStandIn
+
+from dreamcore import keys
 
 pytestmark = pytest.mark.timeout(300)
 

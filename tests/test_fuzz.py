@@ -22,6 +22,7 @@ from unittest.mock import AsyncMock, MagicMock
 
 import discord
 import pytest
+from fleet import image_store
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -467,13 +468,15 @@ def _published(rconn) -> dict[str, tuple]:
     """Every result any outbox announces (progress nudges aside): job id -> (instance, DreamResult)."""
     out = {}
     for key in rconn.scan_iter("dream:outbox:*"):
+        if key.endswith(b":progress"):
+            continue  # live progress of running jobs, not results
         instance = key.decode().split(":", 2)[2]
         for _, fields in rconn.xrange(key):
             if fields.get(b"status") == b"progress":
                 continue  # live progress of a running job, not a result
             jid = fields[b"job_id"].decode()
             assert jid not in out, f"job {jid} announced twice"
-            loaded = results.load(rconn, jid)
+            loaded = results.load(rconn, image_store(), jid)
             assert loaded is not None, jid
             out[jid] = (instance, loaded[0])
     return out
@@ -573,7 +576,7 @@ def test_a_job_id_inside_a_corrupt_payload_is_not_trusted(tiny_env, rconn, pipel
 
 # --- /dream options through a real bot process on the Discord stand-in ---------------------------------------
 
-from fleet import Fleet  # noqa: E402
+from fleet import Fleet  # noqa: E402, image_store
 from standin import DiscordStandIn  # noqa: E402
 
 STYLES = list(load_styles())

@@ -31,21 +31,21 @@ def test_progress_edits_climb_with_a_preview_and_respect_the_interval(fleet):
         msg = _reply(fleet, bot, inter)
         m = re.search(r"(\d+)% \(step", msg.content or "")
         if m and (not seen or seen[-1][0] != int(m.group(1))):
-            preview = [a for a in msg.attachments if a[0] == "preview.png"]
+            preview = [a for a in msg.attachments if a[0] == "preview.jpg"]
             if preview:
                 img = Image.open(io.BytesIO(preview[0][1]))
                 img.load()
                 assert max(img.size) <= 256
             seen.append((int(m.group(1)), bool(preview)))
         if image_messages(fleet.standin, bot.channel_id) and any(
-                a[0] != "preview.png" for a in _reply(fleet, bot, inter).attachments):
+                a[0] != "preview.jpg" for a in _reply(fleet, bot, inter).attachments):
             break
         time.sleep(0.05)
     print(f"\nprogress seen: {seen}")
     assert len(seen) >= 2, seen
     assert [p for p, _ in seen] == sorted(p for p, _ in seen) and all(has for _, has in seen)
     final = _reply(fleet, bot, inter)
-    assert [a[0] for a in final.attachments] != ["preview.png"] and "seed" in final.content
+    assert [a[0] for a in final.attachments] != ["preview.jpg"] and "seed" in final.content
     gaps = [b - a for a, b in zip(final.edit_times, final.edit_times[1:], strict=False)]
     # Every edit but the last (the result, which goes out at once) is at least two seconds after the one before.
     assert all(g >= 1.9 for g in gaps[:-1]), gaps

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from fleet import image_store
 from history import NoHistory, unpack_newest
 from PIL import Image
 
@@ -78,7 +79,7 @@ def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(
     box.ensure_group()
     make_worker(get_settings(), rconn, pipeline, name="upgraded").work(burst=True, logging_level="WARNING")
     for jid in [*old_ids, new.job_id]:
-        result, images = results.load(rconn, jid)
+        result, images = results.load(rconn, image_store(), jid)
         assert result is not None and result.status == "done", (jid, result)
         assert Image.open(io.BytesIO(images[0])).size[0] > 0
     assert fairq.totals(rconn, queue_names()).jobs == 0

@@ -7,6 +7,7 @@ import zlib
 
 import pytest
 import redis
+from fleet import image_store
 from PIL import Image
 from rq.serializers import JSONSerializer
 
@@ -40,8 +41,8 @@ def _drain(conn):
     box = _outbox(conn)
     got = {}
     for entry in box.read(block_ms=100, count=100):
-        got[entry.job_id] = results.load(conn, entry.job_id)
-        box.ack(entry.entry_id)
+        got[entry.job_id] = results.load(conn, image_store(), entry.job_id)
+        box.ack(entry)
     return got
 
 

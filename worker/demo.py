@@ -14,6 +14,7 @@ from pathlib import Path
 import redis
 
 from dreamcore import results
+from dreamcore.images import open_store
 from dreamcore.job import JobError, make_job, make_origin, make_request
 from dreamcore.localredis import LocalRedis
 from dreamcore.logs import setup_logging
@@ -88,6 +89,7 @@ def _run(settings: Settings, url: str, request, out: Path) -> int:
     queued = DreamQueue(conn, settings).enqueue(job)
     print(f"queued job {job.job_id} at position {queued.position + 1}")
 
+    store = open_store(settings)
     outbox = results.Outbox(conn, DEMO_INSTANCE, consumer="demo")
     outbox.ensure_group()
     worker = make_worker(settings, conn, pipeline)
@@ -96,8 +98,8 @@ def _run(settings: Settings, url: str, request, out: Path) -> int:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         for entry in outbox.read(block_ms=500):
-            loaded = results.load(conn, entry.job_id)
-            outbox.ack(entry.entry_id)
+            loaded = results.load(conn, store, entry.job_id)
+            outbox.ack(entry)
             if entry.job_id != job.job_id or loaded is None:
                 continue
             result, images = loaded

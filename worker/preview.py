@@ -20,8 +20,9 @@ SDXL_LATENT_RGB = torch.tensor([
 SDXL_LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 
 
-def latent_preview_png(latents: torch.Tensor, max_side: int = 256) -> bytes:
-    """PNG bytes of the first image of a (batch, 4, h, w) latent tensor, at most max_side pixels a side."""
+def latent_preview_jpeg(latents: torch.Tensor, max_side: int = 256) -> bytes:
+    """JPEG bytes (~10 KB) of the first image of a (batch, 4, h, w) latent tensor, at most max_side pixels
+    a side: small, because it sits in Redis while its job runs (results.publish_progress)."""
     lat = latents[0].detach().float().cpu()
     rgb = torch.einsum("chw,cr->hwr", lat, SDXL_LATENT_RGB) + SDXL_LATENT_RGB_BIAS
     rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
@@ -32,5 +33,5 @@ def latent_preview_png(latents: torch.Tensor, max_side: int = 256) -> bytes:
     else:  # latents are 1/8 of the image: show them at up to max_side, blocky is fine for a preview
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, "PNG", optimize=False)
+    img.save(buf, "JPEG", quality=75)
     return buf.getvalue()

@@ -26,7 +26,8 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from dreamcore import fairq, metrics
+from dreamcore import fairq, keys, metrics
+from dreamcore.images import ImageStoreError, S3Store, open_store
 from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
@@ -65,6 +66,18 @@ class DreamWorker(SimpleWorker):
             fairq.reconcile(self.connection, queue_names())
         except redis.RedisError as err:
             log.warning("fair-queue reconcile failed", extra={"error": type(err).__name__})
+        self.sweep_images()
+
+    def sweep_images(self) -> int:
+        """Delete images past retention, at most once an hour across the whole pool (a lock in Redis): a
+        folder store walks every kept job's folder, which is too much to do on every maintenance round."""
+        try:
+            if not self.connection.set(keys.IMAGE_SWEEP_LOCK, self.name, nx=True, ex=keys.IMAGE_SWEEP_EVERY_S):
+                return 0
+            return tasks.runtime().store.sweep()
+        except (redis.RedisError, ImageStoreError) as err:
+            log.warning("image store sweep failed", extra={"error": str(err)})
+            return 0
 
     def get_heartbeat_ttl(self, job, working_time: float = 0.0) -> int:
         return self.lease_s
@@ -269,7 +282,11 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
 
 def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None) -> DreamWorker:
     name = name or worker_name()
-    tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name))
+    store = open_store(settings)
+    log.info("image store", extra={"store": store.describe(), "retention_days": settings.image_retention_days})
+    if isinstance(store, S3Store) and settings.s3_set_lifecycle:
+        store.set_lifecycle()
+    tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name, store=store))
     queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
     return DreamWorker(queues, connection=conn, name=name, heartbeat_s=settings.heartbeat_s,
                        lease_s=settings.lease_s, batch_images=settings.batch_images,

@@ -23,8 +23,9 @@ import redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from dreamcore import faults, metrics, results, stats
+from dreamcore import faults, metrics, params, results, stats
 from dreamcore.cancel import cancel_key
+from dreamcore.images import ImageStore, ImageStoreError, open_store
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
 from dreamcore.limits import Limiter
 from dreamcore.results import DreamResult, ImageInfo
@@ -32,7 +33,7 @@ from dreamcore.settings import Settings
 
 from .encode import TooLargeError, encode_images
 from .pipeline import DreamPipeline, Generation, StepEvent
-from .preview import latent_preview_png
+from .preview import latent_preview_jpeg
 from .prompts import PromptTooLong
 
 log = logging.getLogger("dreambot.worker")
@@ -53,10 +54,13 @@ class Runtime:
     pipeline: DreamPipeline
     name: str = "worker"
     limiter: Limiter | None = None
+    store: ImageStore | None = None
 
     def __post_init__(self):
         if self.limiter is None:
             self.limiter = Limiter(self.conn)
+        if self.store is None:
+            self.store = open_store(self.settings)
 
 
 _runtime: Runtime | None = None
@@ -166,6 +170,9 @@ def _settle(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> dict:
     if isinstance(err, JobTimeoutException):
         reason = f"it took longer than the {rt.settings.job_timeout_s} s limit for one dream"
         kind = "timeout"
+    elif isinstance(err, ImageStoreError):
+        reason = "the image store could not be reached, so nothing was posted; please try again in a minute"
+        kind = "store"
     elif _is_oom(err):
         _free_gpu_memory()
         reason = "the GPU ran out of memory on this one; try fewer images or another size"
@@ -235,10 +242,11 @@ class StepHook:
                 job = self.jobs[k]
                 if job.job_id in self.cancelled:
                     continue
-                preview = latent_preview_png(event.latents[sl])
+                preview = latent_preview_jpeg(event.latents[sl])
                 results.publish_progress(self.rt.conn, job.origin.instance, job.job_id, {
                     "stage": event.stage, "step": event.step, "stage_total": event.stage_total,
-                    "done": event.done, "total": event.total, "at": time.time()}, preview)
+                    "done": event.done, "total": event.total, "at": time.time()}, preview,
+                    stream_len=self.rt.settings.progress_stream_len)
         except redis.RedisError:
             pass  # progress is a courtesy; never fail or slow a job for it
 
@@ -508,10 +516,14 @@ def _make_images(rt: Runtime, job: DreamJob) -> Generation:
     if job.kind == "dream":
         return rt.pipeline.generate(job.request, on_step=hook)
     src = job.source
-    data = results.load_image(rt.conn, src.job_id, src.index)
+    try:
+        data = results.load_image(rt.store, src.job_id, src.index, src.format)
+    except ImageStoreError as err:
+        raise SourceGone(f"the image it starts from can't be read from the image store just now ({err}); "
+                         "try again in a minute") from None
     if data is None:
-        raise SourceGone(f"the image it starts from (job {src.job_id}, image {src.index + 1}) is too old: images "
-                         f"are kept {_human_s(rt.settings.result_ttl_s)}. Try Reroll instead")
+        raise SourceGone(f"that image is no longer kept (job {src.job_id}, image {src.index + 1}): images are kept "
+                         f"{_human_s(rt.settings.image_retention_days * 86400)}. Try Reroll instead")
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -538,14 +550,40 @@ def _human_s(seconds: int) -> str:
     return f"{seconds // 60} minutes"
 
 
-def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl_s: int | None = None,
-                       patience_s: float = 120) -> bool:
-    """The images exist only in this process until published: ride out a Redis restart rather than lose them."""
+STORE_PATIENCE_S = 30.0
+
+
+def _store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patience_s: float = STORE_PATIENCE_S):
+    """Write the images (and the buttons' record) to the image store, riding out a short outage; past
+    `patience_s` the ImageStoreError goes up and the job fails alone, its member told (nothing is posted:
+    the result is published only after every image is stored)."""
     delay = 0.5
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            return results.publish(rt.conn, result, images, ttl_s or rt.settings.result_ttl_s)
+            results.store_images(rt.store, result, images)
+            if result.origin is not None and result.request is not None:
+                params.save_to_store(rt.store, params.from_result(result))
+            return
+        except ImageStoreError as err:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("image store write failed, retrying", extra={"job_id": result.job_id, "error": str(err),
+                                                                     "in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl_s: int | None = None,
+                       patience_s: float = 120) -> bool:
+    """The images exist only in this process until published: ride out a Redis restart rather than lose them."""
+    if images:
+        _store_patiently(rt, result, images)
+    delay = 0.5
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s)
         except redis.RedisError as err:
             if time.monotonic() > deadline:
                 raise

@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     def _s3_needs_a_bucket(self):
         if self.image_store == "s3" and not self.s3_bucket:
             raise ValueError("DREAMBOT_IMAGE_STORE=s3 needs DREAMBOT_S3_BUCKET")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both DREAMBOT_S3_ACCESS_KEY_ID and DREAMBOT_S3_SECRET_ACCESS_KEY, or neither "
+                             "(then boto3 finds credentials itself: AWS_* variables, an instance role)")
         return self
 
     @field_validator("redis_url")

@@ -553,12 +553,12 @@ def _human_s(seconds: int) -> str:
 STORE_PATIENCE_S = 30.0
 
 
-def _store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patience_s: float = STORE_PATIENCE_S):
+def _store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patience_s: float | None = None):
     """Write the images (and the buttons' record) to the image store, riding out a short outage; past
     `patience_s` the ImageStoreError goes up and the job fails alone, its member told (nothing is posted:
     the result is published only after every image is stored)."""
     delay = 0.5
-    deadline = time.monotonic() + patience_s
+    deadline = time.monotonic() + (STORE_PATIENCE_S if patience_s is None else patience_s)
     while True:
         try:
             results.store_images(rt.store, result, images)

@@ -13,7 +13,7 @@ from fleet import Fleet, image_messages, redis_blobs
 from PIL import Image
 from standin import DiscordStandIn
 
-from dreamcore import keys
+from dreamcore import keys, results
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -180,3 +180,53 @@ def test_redis_down_still_answers_inside_the_window(fleet, standin, redis_server
     finally:
         redis_server.start()
     assert redis.Redis.from_url(redis_server.url).ping()
+
+
+def test_results_survive_a_bot_down_through_a_flood_of_progress(fleet, standin, rconn):
+    """Progress nudges have their own capped stream (10 entries here); results have one that is never
+    trimmed. The bot is down while three dreams finish and a thousand progress nudges go by, one result's
+    stream entry is even lost by hand (what a failover can do): back up, the bot posts every result exactly
+    once, the lost one found by its start-up sweep."""
+    env = {"DREAMBOT_PROGRESS_STREAM_LEN": "10"}
+    fleet.setup(1)
+    bot = fleet.bots[0]
+    fleet.start_bot(bot, **env)
+    fleet.wait_bots_ready()
+    inters = [fleet.dream(bot, aspect="12:5", seed=300 + i, steps=2) for i in range(3)]
+    for inter in inters:
+        inter.wait_ack(5)
+    bot.proc.kill()
+    bot.proc.wait(10)
+    jobs = [j.decode() for j in rconn.zrange(b"dream:fq:dream-default", 0, -1)]
+    jobs = [m.split(":", 1)[1] for m in jobs]
+    assert len(jobs) == 3
+    fleet.start_worker(**env)
+
+    def published():
+        return all(rconn.exists(keys.done_key(j)) for j in jobs)
+
+    deadline = time.monotonic() + 180
+    while not published():
+        assert time.monotonic() < deadline, "the worker never finished"
+        time.sleep(0.2)
+    for n in range(1000):  # other jobs' progress, while the bot is away
+        results.publish_progress(rconn, bot.instance, f"{n:016x}", {"step": n}, None, stream_len=10)
+    assert rconn.xlen(keys.progress_stream_key(bot.instance)) < 200  # capped (approximately, as Redis trims)
+    assert rconn.xlen(keys.outbox_key(bot.instance)) == 3  # results: all still there
+    lost = jobs[1]
+    for entry_id, fields in rconn.xrange(keys.outbox_key(bot.instance)):
+        if fields[b"job_id"].decode() == lost:
+            rconn.xdel(keys.outbox_key(bot.instance), entry_id)
+    time.sleep(5.5)  # the sweep leaves the newest few seconds to their stream entries
+
+    fleet.start_bot(bot, **env)
+    deadline = time.monotonic() + 60
+    while len(image_messages(standin, bot.channel_id)) < 3:
+        assert time.monotonic() < deadline, fleet.logs()[-3000:]
+        time.sleep(0.2)
+    time.sleep(2.0)  # a second post of anything would show up now
+    posted = image_messages(standin, bot.channel_id)
+    assert sorted(m.attachments[0][0].split("-")[1] for m in posted) == sorted(jobs)
+    assert rconn.xlen(keys.outbox_key(bot.instance)) == 0  # handled entries leave the stream
+    assert rconn.zcard(keys.published_key(bot.instance)) == 0
+    assert "undelivered results found at start" in bot.log.read_text()

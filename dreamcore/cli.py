@@ -6,6 +6,7 @@ Subcommands import their side lazily, so `dreambot bot` never loads torch.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .job import ASPECTS
@@ -40,8 +41,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--tiny-dir", default=None, metavar="DIR",
                    help="where the tiny model lives (default ~/.cache/dreambot/tiny-sdxl)")
 
-    v = sub.add_parser("export-votes", help="write every vote round (prompt, both settings, seeds, tallies) as JSON lines")
-    v.add_argument("--out", required=True, help="file to write, or - for standard output")
+    v = sub.add_parser("export-votes", help="write every vote round: JSON lines (prompt, settings, seeds, tallies) "
+                                            "or a Parquet preference dataset with both images")
+    v.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    v.add_argument("--out", required=True, help="jsonl: a file, or - for standard output; parquet: a folder")
 
     t = sub.add_parser("make-tiny-model", help="build the tiny SDXL-architecture base+refiner (random weights)")
     t.add_argument("dir")
@@ -69,22 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_demo(settings, args)
     if args.cmd == "export-votes":
-        import redis
-
-        from .votes import export_jsonl
-
-        conn = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
-        try:
-            if args.out == "-":
-                n = export_jsonl(conn, sys.stdout)
-            else:
-                with open(args.out, "w", encoding="utf-8") as out:
-                    n = export_jsonl(conn, out)
-        except redis.RedisError as err:
-            print(f"dreambot export-votes: can't read Redis at REDIS_URL ({type(err).__name__}: {err})", file=sys.stderr)
-            return 1
-        print(f"exported {n} vote rounds" + (f" to {args.out}" if args.out != "-" else ""), file=sys.stderr)
-        return 0
+        return _export_votes(settings, args)
     if args.cmd == "make-tiny-model":
         from worker.tiny import make_tiny_model
 
@@ -92,6 +80,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiny SDXL base and refiner written to {path}")
         return 0
     return 2
+
+
+def _export_votes(settings, args) -> int:
+    import redis
+
+    from .images import ImageStoreError, open_store
+    from .votes import export_jsonl, export_parquet
+
+    conn = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    note = ""
+    try:
+        if args.format == "parquet":
+            if args.out == "-":
+                print("dreambot export-votes: --format parquet writes a folder; give --out DIR", file=sys.stderr)
+                return 2
+            salt = settings.export_salt.get_secret_value().encode() if settings.export_salt else os.urandom(32)
+            if not settings.export_salt:
+                note = (" (member ids hashed with a one-off salt: set DREAMBOT_EXPORT_SALT to keep them the same "
+                        "across exports)")
+            n, missing = export_parquet(conn, open_store(settings), args.out, salt)
+            if missing:
+                note += f"; {missing} rounds have an image no longer kept (written as null)"
+        elif args.out == "-":
+            n = export_jsonl(conn, sys.stdout)
+        else:
+            with open(args.out, "w", encoding="utf-8") as out:
+                n = export_jsonl(conn, out)
+    except redis.RedisError as err:
+        print(f"dreambot export-votes: can't read Redis at REDIS_URL ({type(err).__name__}: {err})", file=sys.stderr)
+        return 1
+    except ImageStoreError as err:
+        print(f"dreambot export-votes: can't read the image store ({err})", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"dreambot export-votes: can't write {args.out} ({err.strerror or err})", file=sys.stderr)
+        return 1
+    print(f"exported {n} vote rounds" + (f" to {args.out}" if args.out != "-" else "") + note, file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

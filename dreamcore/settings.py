@@ -110,6 +110,8 @@ class Settings(BaseSettings):
     s3_access_key_id: str | None = Field(None, **_env("DREAMBOT_S3_ACCESS_KEY_ID"))
     s3_secret_access_key: SecretStr | None = Field(None, **_env("DREAMBOT_S3_SECRET_ACCESS_KEY"))
     s3_set_lifecycle: bool = Field(False, **_env("DREAMBOT_S3_SET_LIFECYCLE"))
+    # Key for hashing member ids in `dreambot export-votes --format parquet` (unset: a new one per export).
+    export_salt: SecretStr | None = Field(None, **_env("DREAMBOT_EXPORT_SALT"))
     # Progress nudges go to their own lossy stream, capped at this many entries per bot instance;
     # results have a stream of their own that is never trimmed before the bot acknowledges them.
     progress_stream_len: int = Field(1000, ge=10, le=1_000_000, **_env("DREAMBOT_PROGRESS_STREAM_LEN"))
@@ -192,7 +194,8 @@ def parse_id_list(raw: str) -> list[int]:
 
 
 # Never echoed in an error or a start-up log.
-SECRETS = frozenset({"DISCORD_TOKEN", "DREAMBOT_S3_SECRET_ACCESS_KEY", "DREAMBOT_S3_ACCESS_KEY_ID"})
+SECRETS = frozenset({"DISCORD_TOKEN", "DREAMBOT_S3_SECRET_ACCESS_KEY", "DREAMBOT_S3_ACCESS_KEY_ID",
+                     "DREAMBOT_EXPORT_SALT"})
 
 
 def _alias_of(field: str) -> str:

@@ -7,6 +7,8 @@ Everything lives in Redis. Rounds are small and kept (no TTL) so they can be exp
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import time
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import redis
 
+from .images import ImageStore, image_key
 from .job import DreamRequest
 from .keys import VOTE_JOB_TTL_S
 from .keys import VOTE_ROUNDS as ROUNDS
@@ -125,6 +128,99 @@ def export_jsonl(conn: redis.Redis, out) -> int:
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         n += 1
     return n
+
+
+PARQUET_ROWS_PER_FILE = 2000  # images make rows heavy: files of a bounded size, written one at a time
+PARQUET_ROWS_PER_GROUP = 100
+
+
+def _hasher(salt: bytes):
+    def h(member_id) -> str | None:
+        if member_id is None:
+            return None
+        return hmac.new(salt, str(int(member_id)).encode(), hashlib.sha256).hexdigest()[:32]
+    return h
+
+
+def _side(conn: redis.Redis, store: ImageStore, job_id: str) -> tuple[bytes | None, str | None, int | None]:
+    """(first image's bytes, its format, its seed) of one candidate, from the image store."""
+    from .params import load as load_params
+
+    p = load_params(conn, job_id, store)
+    if p is None or not p.images:
+        return None, None, None
+    return store.get(image_key(job_id, 0, p.images[0].format)), p.images[0].format, p.images[0].seed
+
+
+def parquet_schema():
+    import pyarrow as pa
+
+    side = [("label", pa.string()), ("settings", pa.string()), ("job_id", pa.string()), ("seed", pa.int64()),
+            ("image", pa.binary()), ("image_format", pa.string()), ("votes", pa.int32()),
+            ("voters", pa.list_(pa.string()))]
+    return pa.schema([
+        ("round", pa.string()), ("kind", pa.string()), ("created", pa.timestamp("ms", tz="UTC")),
+        ("guild_id", pa.uint64()), ("channel_id", pa.uint64()), ("user", pa.string()),
+        ("prompt", pa.string()), ("negative_prompt", pa.string()), ("steps", pa.int32()),
+        ("guidance", pa.float32()), ("count", pa.int32()),
+        *[(f"{k}_{s}", t) for s in ("a", "b") for k, t in side],
+        ("tie", pa.bool_()), ("preferred", pa.string()),
+    ])
+
+
+def export_parquet(conn: redis.Redis, store: ImageStore, out_dir, salt: bytes) -> tuple[int, int]:
+    """One row per round (a Pick-a-Pic-shaped preference dataset): prompt, negative, both candidates'
+    first image (bytes, from the image store), settings, seeds and votes, whether it tied and which side
+    was preferred, guild and time. Member ids (the asker and every voter) are HMAC-SHA256 hashed with
+    `salt`: stable across exports with the same salt, not reversible without it. Returns (rounds, rounds
+    with an image no longer kept, written with a null image)."""
+    import datetime as dt
+    from pathlib import Path
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    schema, h = parquet_schema(), _hasher(salt)
+    rows: list[dict] = []
+    n = missing = files = 0
+
+    def flush():
+        nonlocal rows, files
+        if rows:
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), out / f"votes-{files:05d}.parquet",
+                           row_group_size=PARQUET_ROWS_PER_GROUP, compression="zstd")
+            files, rows = files + 1, []
+
+    for r in iter_rounds(conn):
+        ballots = {k.decode(): v.decode() for k, v in conn.hgetall(ballots_key(r["round"])).items()}
+        row = {
+            "round": r["round"], "kind": r["kind"],
+            "created": dt.datetime.fromtimestamp(r["created"], dt.timezone.utc),
+            "guild_id": r.get("guild_id"), "channel_id": r.get("channel_id"), "user": h(r.get("user_id")),
+            "prompt": r["prompt"], "negative_prompt": r.get("negative_prompt") or "", "steps": r.get("steps"),
+            "guidance": r.get("guidance"), "count": r.get("count"),
+        }
+        lost = False
+        for s in ("a", "b"):
+            image, fmt, seed = _side(conn, store, r[s]["job_id"])
+            lost = lost or image is None
+            row |= {f"label_{s}": r[s]["label"], f"settings_{s}": json.dumps(r[s]["settings"], sort_keys=True),
+                    f"job_id_{s}": r[s]["job_id"], f"seed_{s}": seed if seed is not None else r.get("seed"),
+                    f"image_{s}": image, f"image_format_{s}": fmt, f"votes_{s}": r["tallies"][s],
+                    f"voters_{s}": sorted(h(u) for u, side in ballots.items() if side == s)}
+        a, b = r["tallies"]["a"], r["tallies"]["b"]
+        row["tie"] = a == b and a > 0
+        row["preferred"] = None if a + b == 0 else "tie" if a == b else ("a" if a > b else "b")
+        rows.append(row)
+        n, missing = n + 1, missing + lost
+        if len(rows) >= PARQUET_ROWS_PER_FILE:
+            flush()
+    flush()
+    if not files:  # an empty dataset still loads: one file with the schema and no rows
+        pq.write_table(schema.empty_table(), out / "votes-00000.parquet")
+    return n, missing
 
 
 def win_rates(conn: redis.Redis, guild_id: int | None = None) -> dict[str, dict[str, dict[str, int]]]:

@@ -3,6 +3,7 @@ export and win rates."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -69,3 +70,32 @@ def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):
     assert record["tallies"] == {"a": 1, "b": 2}
     assert record["a"]["settings"] != record["b"]["settings"]
     assert {record["a"]["job_id"], record["b"]["job_id"]} and record["kind"] in ("refiner", "split", "style")
+
+    # The preference dataset: one row per round, both images, hashed member ids; loads with pyarrow and
+    # with Hugging Face datasets.
+    import datasets
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    folder = tmp_path / "dataset"
+    env["DREAMBOT_EXPORT_SALT"] = "pepper"
+    proc = subprocess.run([sys.executable, "-m", "dreamcore.cli", "export-votes", "--format", "parquet", "--out",
+                           str(folder)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "exported 1 vote rounds" in proc.stderr, proc.stderr
+    (row,) = pq.read_table(folder).to_pylist()
+    assert row["prompt"] == "a lighthouse for bot 1" and (row["votes_a"], row["votes_b"]) == (1, 2)
+    assert row["preferred"] == "b" and row["tie"] is False and row["guild_id"] == fleet.guild_id
+    assert row["seed_a"] == row["seed_b"] == 77 and row["settings_a"] != row["settings_b"]
+    assert {row["image_a"], row["image_b"]} == {a[1] for a in msg.attachments}  # the very images posted
+    for side in "ab":
+        image = Image.open(io.BytesIO(row[f"image_{side}"]))
+        image.load()
+        assert image.size == (1536, 640) and row[f"image_format_{side}"] == "png"
+    everyone = [str(u) for u in (fleet.user_id, *voters)]
+    hashed = [row["user"], *row["voters_a"], *row["voters_b"]]
+    assert len(set(hashed)) == 4 and not any(u in h for u in everyone for h in hashed)
+    assert len(row["voters_a"]) == 1 and len(row["voters_b"]) == 2
+    ds = datasets.load_dataset("parquet", data_dir=str(folder), split="train",
+                               cache_dir=str(tmp_path / "hf-cache"))
+    assert ds.num_rows == 1 and ds[0]["image_a"] == row["image_a"] and ds[0]["preferred"] == "b"
+

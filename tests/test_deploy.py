@@ -35,6 +35,8 @@ COMPOSE_REDIS_URL = "redis://redis:6379/0"
 PER_SERVICE = {"REDIS_URL", "DISCORD_TOKEN", "DREAMBOT_INSTANCE"}
 # Monitoring beside the product: not dreambot processes.
 MONITORING = {"prometheus", "rq-dashboard"}
+# Object storage for many hosts, under the `s3` profile: not dreambot processes either.
+OBJECT_STORE = {"minio", "minio-init"}
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
 DASHBOARD_DOCKERFILE = ROOT / "docker" / "rq-dashboard.Dockerfile"
 
@@ -159,8 +161,8 @@ def _cli_subcommands() -> set[str]:
 
 def test_compose_has_redis_the_ten_bots_and_a_worker(config):
     services = config["services"]
-    assert {"redis", "worker", *BOTS, *MONITORING} <= set(services)
-    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING}
+    assert {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE} <= set(services)
+    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE}
     assert all(re.fullmatch(r"worker\d+", s) for s in extra), f"unexpected services {sorted(extra)}"
 
 
@@ -235,7 +237,7 @@ def test_every_setting_in_env_reaches_the_bots_and_the_worker(config_with_env):
 def test_services_run_the_dreambot_commands_the_tests_run(config):
     subcommands = _cli_subcommands()
     for name, service in config["services"].items():
-        if name == "redis" or name in MONITORING:
+        if name == "redis" or name in MONITORING | OBJECT_STORE:
             continue
         cmd = service["command"]
         assert cmd[0] == "dreambot" and cmd[1] in subcommands, (name, cmd)
@@ -440,7 +442,8 @@ def test_every_variable_compose_reads_is_in_env_example(config):
     raw = COMPOSE.read_text()
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", raw))
     passed = {k for s in config["services"].values() for k in _env(s)}
-    undocumented = (interpolated | passed) - set(documented) - {"HF_HOME", "RQ_DASHBOARD_REDIS_URL"}
+    undocumented = (interpolated | passed) - set(documented) - {"HF_HOME", "RQ_DASHBOARD_REDIS_URL"} - {
+        "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_USER", "S3_PASSWORD", "S3_BUCKET", "S3_PREFIX", "RETENTION_DAYS"}
     assert not undocumented, f"add {sorted(undocumented)} to .env.example"
 
 
@@ -480,3 +483,16 @@ def test_no_real_looking_secret_in_the_repository():
             if any(p.search(line) for p in SECRET_PATTERNS):
                 found.append(f"{path.relative_to(ROOT)}:{n}")
     assert not found, f"real-looking secrets in {found}"
+
+
+def test_bots_and_workers_share_the_image_folder_and_minio_makes_its_bucket(config):
+    services = config["services"]
+    for name in [*BOTS, "worker"]:
+        assert any(str(v).startswith("images:/images") or (isinstance(v, dict) and v.get("source") == "images"
+                   and v.get("target") == "/images") for v in services[name]["volumes"]), name
+        assert _env(services[name])["DREAMBOT_IMAGE_DIR"] == "/images"
+    assert services["minio"]["profiles"] == ["s3"] and services["minio-init"]["profiles"] == ["s3"]
+    init = " ".join(services["minio-init"]["command"])
+    assert "mc mb --ignore-existing" in init and "--expire-days" in init
+    assert all(p.startswith("127.0.0.1:") for p in services["minio"]["ports"])
+

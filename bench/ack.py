@@ -37,53 +37,93 @@ FLAG_EPHEMERAL = 64
 
 def reset_queue(conn: redis.Redis) -> None:
     """Forget every queued job and every limit counter (between steps; bench only)."""
-    for pattern in ("rq:queue:dream-*", "rq:job:*", "dream:limits:*", "rq:wip:*", "rq:scheduled:*"):
+    for pattern in ("dream:fq:*", "rq:queue:dream-*", "rq:job:*", "dream:limits:*", "rq:wip:*", "rq:scheduled:*"):
         keys = list(conn.scan_iter(pattern, count=1000))
         for i in range(0, len(keys), 500):
             conn.unlink(*keys[i:i + 500])
 
 
 def waiting(conn: redis.Redis) -> int:
-    return sum(conn.llen(f"rq:queue:dream-{p}") for p in ("high", "default", "low"))
+    """Dreams waiting in the fair queue (and in RQ's own lists, where an older release left any)."""
+    from dreamcore import fairq
+    from dreamcore.queue import queue_names
+    return fairq.totals(conn, queue_names()).jobs
 
 
-def run_step(fleet: Fleet, members: list[int], rate: float, count: int, offset: int) -> dict:
-    """Dispatch `count` /dream interactions at `rate`/s; wait for every callback (or the 3 s deadline)."""
+def start_bots(fleet: Fleet, env: dict[str, str], timeout: float = 180) -> None:
+    """Start every bot of the fleet with `env` on top of the fleet's own, and wait until all are on the
+    gateway with their commands synced."""
+    for bot in fleet.bots:
+        fleet.start_bot(bot, **env)
+    fleet.wait_bots_ready(timeout=timeout)
+
+
+def warm_up(fleet: Fleet, guild_id: int, channel_id: int, user_id: int) -> list:
+    """One /dream per bot, not measured: first-call costs (imports, connection setup, script loads) are not
+    the steady state."""
+    warm = [fleet.standin.send_slash(b.app.id, guild_id, channel_id, user_id, "dream", {"prompt": "warm-up"})
+            for b in fleet.bots]
+    wait_until(lambda: all(x.callbacks or x.timed_out for x in warm), 10)
+    return warm
+
+
+def send_dreams(fleet: Fleet, target, rate: float, count: int, offset: int) -> tuple[list, list[str], float]:
+    """Dispatch `count` /dream interactions at `rate`/s, number n going where `target(n)` says
+    ((bot, guild_id, channel_id, user_id)); wait for every callback (or the 3 s deadline).
+    Returns (interactions, send errors, seconds from the first send to the last)."""
     sent: list = []
     errors: list[str] = []
     interval = 1.0 / rate
     t0 = time.monotonic() + 0.05
     for i in range(count):
-        target = t0 + i * interval
-        delay = target - time.monotonic()
+        target_t = t0 + i * interval
+        delay = target_t - time.monotonic()
         if delay > 0:
             time.sleep(delay)
         n = offset + i
-        bot = fleet.bots[n % len(fleet.bots)]
-        user = members[n % len(members)]
+        bot, guild_id, channel_id, user = target(n)
         try:
-            inter = fleet.standin.send_slash(bot.app.id, fleet.guild_id, bot.channel_id, user, "dream",
+            inter = fleet.standin.send_slash(bot.app.id, guild_id, channel_id, user, "dream",
                                              {"prompt": f"a lighthouse at dusk, number {n}"})
             sent.append(inter)
         except Exception as err:  # noqa: BLE001 - counted and shown
             errors.append(f"{type(err).__name__}: {err}")
-    t_last = time.monotonic()
-    span = t_last - t0
+    span = time.monotonic() - t0
     # Every interaction gets its callback or passes its deadline within LATE_S (+ slack for the stand-in).
     wait_until(lambda: all(x.callbacks or x.timed_out for x in sent), LATE_S + 5.0, 0.05)
+    return sent, errors, span
+
+
+def is_queued(x) -> bool:
+    """The bot answered at once with its public "Queued: job ..." reply (accepted, not refused)."""
+    return (x.acked and x.response_type == 4
+            and str((x.response or {}).get("data", {}).get("content", "")).startswith("Queued"))
+
+
+def tally(sent: list) -> dict:
+    """Ack latency percentiles and what each interaction got back."""
     lat_ms = [x.ack_latency_s * 1000 for x in sent if x.ack_latency_s is not None]
-    late = sum(1 for x in sent if x.late or not x.acked)  # refused as late, or no callback at all
-    deferred = sum(1 for x in sent if x.acked and x.response_type == 5)
-    refused = sum(1 for x in sent if x.acked and x.response_type == 4
-                  and int((x.response or {}).get("data", {}).get("flags") or 0) & FLAG_EPHEMERAL)
-    queued = sum(1 for x in sent if x.acked and x.response_type == 4
-                 and str((x.response or {}).get("data", {}).get("content", "")).startswith("Queued"))
     return {
-        "rate": rate, "sent": len(sent), "errors": errors, "achieved": (len(sent) - 1) / span if span > 0 else rate,
-        "p50": pct(lat_ms, 50), "p99": pct(lat_ms, 99), "max": max(lat_ms) if lat_ms else math.nan,
-        "late": late, "deferred": deferred, "refused": refused, "queued": queued,
+        "sent": len(sent), "p50": pct(lat_ms, 50), "p99": pct(lat_ms, 99), "max": max(lat_ms) if lat_ms else math.nan,
+        "late": sum(1 for x in sent if x.late or not x.acked),  # refused as late, or no callback at all
+        "deferred": sum(1 for x in sent if x.acked and x.response_type == 5),
+        "refused": sum(1 for x in sent if x.acked and x.response_type == 4
+                       and int((x.response or {}).get("data", {}).get("flags") or 0) & FLAG_EPHEMERAL),
+        "queued": sum(1 for x in sent if is_queued(x)),
         "over_100ms": sum(1 for v in lat_ms if v > 100),
     }
+
+
+def run_step(fleet: Fleet, members: list[int], rate: float, count: int, offset: int) -> dict:
+    """Dispatch `count` /dream interactions at `rate`/s round-robin over the bots and `members`."""
+    def target(n: int):
+        bot = fleet.bots[n % len(fleet.bots)]
+        return bot, fleet.guild_id, bot.channel_id, members[n % len(members)]
+
+    sent, errors, span = send_dreams(fleet, target, rate, count, offset)
+    res = tally(sent)
+    res.update(rate=rate, errors=errors, achieved=(len(sent) - 1) / span if span > 0 else rate)
+    return res
 
 
 def main() -> int:
@@ -108,15 +148,10 @@ def main() -> int:
     try:
         fleet.setup(N_BOTS)
         members = [standin.add_member(fleet.guild_id, f"member{i}") for i in range(args.members)]
-        for bot in fleet.bots:
-            fleet.start_bot(bot, **GENEROUS_LIMITS)
-        fleet.wait_bots_ready(timeout=180)
+        start_bots(fleet, GENEROUS_LIMITS)
         print(f"{N_BOTS} bots ready in {time.monotonic() - t_start:.1f} s; members {len(members)}; "
               f"queue emptied between steps: {not args.keep_backlog}")
-        # One warm-up interaction per bot: first-call costs (imports, connection setup) are not the steady state.
-        warm = [fleet.standin.send_slash(b.app.id, fleet.guild_id, b.channel_id, members[0], "dream",
-                                         {"prompt": "warm-up"}) for b in fleet.bots]
-        wait_until(lambda: all(x.callbacks or x.timed_out for x in warm), 10)
+        warm_up(fleet, fleet.guild_id, fleet.bots[0].channel_id, members[0])
         reset_queue(conn)
 
         offset = 0

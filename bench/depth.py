@@ -335,7 +335,8 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
 def acquire_by_guild_usage(conn: redis.Redis, backend, shas: dict[str, str], sizes: list[int],
                            k: int = 100) -> list[dict]:
     """The limits' acquire script (every /dream runs it once) against a guild that already accepted `size`
-    one-image dreams in the last day: it reads and walks that guild's whole usage set each time."""
+    one-image dreams in the last day (it used to read and walk that guild's whole usage set each time; the
+    bucket counters keep it flat)."""
     limiter = backend.limiter
     user = 5_000_000
     out = []
@@ -423,7 +424,8 @@ def report_fleet(rows: list[dict], scan: list[dict], args) -> None:
         print(f"(SLOWLOG in the quiet spell after depth {depth}'s window: {slow_text(entries)})")
     print()
     print("the limits' acquire script (once per /dream) by the guild's usage in the last day (dreams it accepted, "
-          "one image each; the script reads and walks them all), 100 acquires each, bots stopped")
+          "one image each; the quotas are bucket counters, at most 61 + 145 fields per member and guild), 100 acquires "
+          "each, bots stopped")
     h4 = f"{'guild usage':>11} {'script us/call':>14} {'Redis CPU us/acquire':>20} {'round trip us':>13} {'>1ms':>4}"
     print(h4)
     print("-" * len(h4))

@@ -2,11 +2,20 @@
 model; N dreams from many members while workers are SIGKILLed at random, Redis is restarted once and
 Discord answers bursts of 429 and 5xx. Every dream must end delivered once or with a clear message.
 
+With --failover, Redis is highly available instead: a primary, a replica and three sentinels (all real
+redis-server processes on loopback), every bot and worker connected through the sentinels; the primary is
+SIGKILLed twice (the second time the one promoted after the first kill), each killed node brought back a
+few seconds later to rejoin as a replica. A dream counts as lost if it was acknowledged "queued" and was
+neither delivered nor told a failure. It also prints the failover time clients saw (a probe writing through
+the sentinels every 50 ms: last failed write to first good one).
+
     python bench/chaos.py --jobs 200 --workers 3
     python bench/chaos.py --quick          # the short version the test suite runs
+    python bench/chaos.py --failover       # ten bots, three workers, two primary kills
+    python bench/chaos.py --failover --quick
 
 Prints one line `jobs N, delivered D, told-failed F, lost L, duplicated X` and exits non-zero unless
-D + F = N, L = 0 and X = 0.
+D + F = N, L = 0, X = 0 and no ack came after 3 s.
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ sys.path.insert(0, str(ROOT))
 from fleet import Fleet  # noqa: E402
 from standin import DiscordStandIn  # noqa: E402
 
+from dreamcore import redisconn  # noqa: E402
 from dreamcore.localredis import LocalRedis  # noqa: E402
+from dreamcore.settings import load_settings  # noqa: E402
 
 JOB_IN_NAME = re.compile(r"^dream-([0-9a-f]{16})-")
 
@@ -45,9 +56,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=1500.0, help="seconds to wait for every outcome")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="20 jobs, 3 bots, 2 workers: the test suite's version")
+    p.add_argument("--failover", action="store_true",
+                   help="Redis Sentinel (primary, replica, three sentinels); SIGKILL the primary twice")
     a = p.parse_args()
     if a.quick:
         a.jobs, a.bots, a.workers, a.members, a.rate, a.kill_every, a.deadline = 16, 3, 2, 6, 2.0, 20.0, 240.0
+        if a.failover:
+            a.jobs, a.rate = 30, 1.5
     return a
 
 
@@ -61,6 +76,8 @@ class Chaos:
         self.kills = 0
         self.redis_restarts = 0
         self.bursts = 0
+        self.promotions: list[float] = []
+        self.worker_env: dict[str, str] = {}
 
     def workers_loop(self) -> None:
         """Keep args.workers workers alive, SIGKILLing one at random now and then (mid-job, mostly)."""
@@ -72,7 +89,7 @@ class Chaos:
                 victim.wait(10)
                 self.kills += 1
             while sum(w.poll() is None for w in self.fleet.workers) < self.args.workers:
-                self.fleet.start_worker(f"r{self.kills}")
+                self.fleet.start_worker(f"r{self.kills}", **self.worker_env)
 
     def discord_loop(self) -> None:
         routes = [r"PATCH /webhooks/.*/messages/@original", r"POST /interactions/.*/callback",
@@ -93,6 +110,46 @@ class Chaos:
         time.sleep(1.5)
         self.redis.start()
         self.redis_restarts += 1
+
+    def kill_primary_twice(self, first_s: float, second_s: float) -> None:
+        """SIGKILL the primary at first_s and again (the promoted one) at second_s; each killed node comes
+        back 3 s after its kill and rejoins as a replica."""
+        t0 = time.monotonic()
+        for at in (first_s, second_s):
+            if self.stop.wait(max(0.0, t0 + at - time.monotonic())):
+                return
+            old = self.redis.primary_port()
+            node = self.redis.kill_primary()
+            self.redis_restarts += 1
+            try:
+                self.promotions.append(self.redis.wait_promoted(old))
+            except TimeoutError:
+                self.promotions.append(float("nan"))
+            self.stop.wait(max(0.0, 3.0 - self.promotions[-1]))
+            node.start()
+
+
+class WriteProbe:
+    """Writes through the sentinels every 50 ms, as a client does: how long did the outages last?"""
+
+    def __init__(self, env: dict[str, str]):
+        self.conn = redisconn.connect(load_settings(**env), timeout_s=0.5, connect_timeout_s=0.3)
+        self.stop = threading.Event()
+        self.outages: list[float] = []
+
+    def run(self) -> None:
+        last_ok, failing = time.monotonic(), False
+        while not self.stop.wait(0.05):
+            try:
+                self.conn.set("dream:bench:probe", time.time(), ex=60)
+            except Exception:  # noqa: BLE001 - any failure of the write is an outage
+                failing = True
+                continue
+            now = time.monotonic()
+            if failing:
+                self.outages.append(now - last_ok)
+                failing = False
+            last_ok = now
 
 
 def told_reason(fleet: Fleet, inter) -> str:
@@ -149,7 +206,7 @@ def diagnose(redis: LocalRedis, job_id: str | None) -> str:
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
-    conn = redis_py.Redis.from_url(redis.url)
+    conn = redis.client() if hasattr(redis, "client") else redis_py.Redis.from_url(redis.url)
     try:
         status = Job.fetch(job_id, connection=conn, serializer=JSONSerializer).get_status()
     except Exception as err:
@@ -164,9 +221,18 @@ def main() -> int:
     from worker.tiny import make_tiny_model
 
     model = make_tiny_model(tmp / "tiny")
-    redis = LocalRedis(appendonly=True).start()
+    ha_env: dict[str, str] = {}
+    if args.failover:
+        from ha import HaRedis
+
+        redis = HaRedis().start()
+        ha_env = redis.env
+        url = f"redis://127.0.0.1:{redis.primary_port()}/0"  # unused: the sentinels name the primary
+    else:
+        redis = LocalRedis(appendonly=True).start()
+        url = redis.url
     standin = DiscordStandIn().start()
-    fleet = Fleet(standin, redis.url, model, tmp)
+    fleet = Fleet(standin, url, model, tmp)
     fleet.setup(args.bots)
     members = [fleet.user_id] + [standin.add_member(fleet.guild_id, f"m{i}") for i in range(args.members - 1)]
     chaos = Chaos(args, fleet, redis)
@@ -177,13 +243,22 @@ def main() -> int:
             fleet.start_bot(bot, DREAMBOT_LOG_LEVEL="INFO", DREAMBOT_JOB_RETRIES="3",
                             DREAMBOT_LIMIT_GUILD_MAX_QUEUED="1000", DREAMBOT_LIMIT_USER_IMAGES_HOUR="1000",
                             DREAMBOT_LIMIT_USER_IMAGES_DAY="5000", DREAMBOT_LIMIT_GUILD_IMAGES_HOUR="5000",
-                            DREAMBOT_LIMIT_GUILD_IMAGES_DAY="20000", DREAMBOT_MAX_WAIT_MIN="1440")
+                            DREAMBOT_LIMIT_GUILD_IMAGES_DAY="20000", DREAMBOT_MAX_WAIT_MIN="1440", **ha_env)
         fleet.wait_bots_ready(timeout=120)
         for i in range(args.workers):
-            fleet.start_worker(f"w{i}", DREAMBOT_LOG_LEVEL="INFO")
-        threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
-                   threading.Thread(target=chaos.discord_loop, daemon=True),
-                   threading.Thread(target=chaos.restart_redis_once, args=(args.jobs / args.rate / 2,), daemon=True)]
+            fleet.start_worker(f"w{i}", DREAMBOT_LOG_LEVEL="INFO", **ha_env)
+        chaos.worker_env = ha_env
+        span = args.jobs / args.rate
+        if args.failover:
+            probe = WriteProbe(ha_env)
+            threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
+                       threading.Thread(target=probe.run, daemon=True),
+                       threading.Thread(target=chaos.kill_primary_twice, args=(span * 0.25, span * 0.6), daemon=True)]
+        else:
+            probe = None
+            threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
+                       threading.Thread(target=chaos.discord_loop, daemon=True),
+                       threading.Thread(target=chaos.restart_redis_once, args=(span / 2,), daemon=True)]
         for t in threads:
             t.start()
         inters = []
@@ -200,6 +275,8 @@ def main() -> int:
                 break
             time.sleep(1.0)
         chaos.stop.set()
+        if probe is not None:
+            probe.stop.set()
         time.sleep(3.0)  # let anything that would be posted twice show up
         results = [outcome(fleet, x) for x in inters]
         counts = Counter(state for state, _ in results)
@@ -207,8 +284,18 @@ def main() -> int:
         dupes = sum(1 for n in posts.values() if n > 1)
         late = sum(1 for x in inters if x.late)
         n, d, f, lost = args.jobs, counts["delivered"], counts["told"], counts["pending"]
-        print(f"chaos: {time.monotonic() - t0:.0f}s, {chaos.kills} worker SIGKILLs, "
-              f"{chaos.redis_restarts} Redis restart, {chaos.bursts} Discord 429/5xx bursts, {late} late acks")
+        acked = sum(1 for x in inters if (x.response or {}).get("type") in (4, 5))
+        queued = sum(1 for state, job_id in results if job_id)
+        if args.failover:
+            seen = ", ".join(f"{o:.2f} s" for o in probe.outages) or "none"
+            promoted = ", ".join(f"{p:.2f} s" for p in chaos.promotions)
+            print(f"failover: {time.monotonic() - t0:.0f}s, {chaos.redis_restarts} primary SIGKILLs, replica promoted "
+                  f"after {promoted}; writes failed for {seen} (client-side, last failed to first good write); "
+                  f"{chaos.kills} worker SIGKILLs, {late} acks over 3 s")
+            print(f"sent {n}, acknowledged {acked}, queued {queued}")
+        else:
+            print(f"chaos: {time.monotonic() - t0:.0f}s, {chaos.kills} worker SIGKILLs, "
+                  f"{chaos.redis_restarts} Redis restart, {chaos.bursts} Discord 429/5xx bursts, {late} late acks")
         for (state, job_id), x in zip(results, inters, strict=True):
             if state == "pending":
                 print(f"  lost: interaction {x.id} job {job_id} ack {x.response_type} {diagnose(redis, job_id)}")
@@ -222,7 +309,10 @@ def main() -> int:
         chaos.stop.set()
         fleet.stop()
         standin.stop()
-        redis.close()
+        if args.failover:
+            redis.stop()
+        else:
+            redis.close()
 
 
 if __name__ == "__main__":

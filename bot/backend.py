@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 from rq.job import JobStatus
 
-from dreamcore import fairq, metrics, stats, votes
+from dreamcore import fairq, metrics, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.images import open_store
 from dreamcore.job import DreamJob, make_job
@@ -49,10 +49,8 @@ class Backend:
     def __init__(self, settings: Settings, conn: redis.Redis | None = None):
         self.settings = settings
         # Short timeouts: the member's 3-second window matters more than one slow Redis call.
-        self.conn = conn or redis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0, health_check_interval=15,
-            retry_on_timeout=False,
-        )
+        self.conn = conn or redisconn.connect(settings, timeout_s=2.0, connect_timeout_s=1.0,
+                                              health_check_interval=15, retry_on_timeout=False)
         self.queue = DreamQueue(self.conn, settings)
         self.images = open_store(settings)  # read to post results and to check a button's source image
         self.store = LimitStore(self.conn, settings)

@@ -22,7 +22,7 @@ def run(settings: Settings) -> int:
     from .client import DreamClient
 
     client = DreamClient(settings)
-    metrics.start_metrics_server(settings.metrics_port, bot_health(client), settings.redis_url, role="bot")
+    metrics.start_metrics_server(settings.metrics_port, bot_health(client), settings, role="bot")
     log.info("starting bot instance", extra={"instance": settings.instance, "api_base": settings.discord_api_base})
     client.run(token, log_handler=None)
     return 0

@@ -86,9 +86,10 @@ def _export_votes(settings, args) -> int:
     import redis
 
     from .images import ImageStoreError, open_store
+    from .redisconn import connect
     from .votes import export_jsonl, export_parquet
 
-    conn = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    conn = connect(settings, connect_timeout_s=5)
     note = ""
     try:
         if args.format == "parquet":

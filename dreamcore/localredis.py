@@ -28,7 +28,8 @@ def free_port() -> int:
 class LocalRedis:
     """Start with `start()`, stop with `stop()`; `kill()` + `start()` restarts on the same port and data dir."""
 
-    def __init__(self, port: int | None = None, appendonly: bool = True, data_dir: str | None = None):
+    def __init__(self, port: int | None = None, appendonly: bool = True, data_dir: str | None = None,
+                 extra_args: tuple[str, ...] = ()):
         binary = shutil.which("redis-server")
         if binary is None:
             raise RedisNotInstalled(
@@ -38,6 +39,7 @@ class LocalRedis:
         self.binary = binary
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = tuple(extra_args)  # e.g. ("--replicaof", "127.0.0.1", "6379")
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="dreambot-redis-")
         self.data_dir = Path(data_dir or self._tmp.name)
         self.proc: subprocess.Popen | None = None
@@ -50,7 +52,7 @@ class LocalRedis:
         args = [
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
             "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning",
+            "--appendfsync", "always", "--protected-mode", "no", "--loglevel", "warning", *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)

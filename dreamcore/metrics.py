@@ -144,10 +144,15 @@ def _preset(role: str) -> None:
 # Queue depth, read at scrape time
 
 
-def _quick_redis(url: str, timeout_s: float) -> redis.Redis:
-    """A client that fails fast: no retries, short timeouts (a scrape or a probe must never hang)."""
-    return redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+def _quick_redis(target, timeout_s: float) -> redis.Redis:
+    """A client that fails fast: no retries, short timeouts (a scrape or a probe must never hang).
+    `target`: a redis:// URL, or the settings (then Sentinel too, through dreamcore.redisconn)."""
+    if isinstance(target, str):
+        return redis.Redis.from_url(target, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                    retry=Retry(NoBackoff(), 0), retry_on_timeout=False)
+    from .redisconn import connect
+
+    return connect(target, timeout_s=timeout_s, connect_timeout_s=timeout_s, fail_fast=True)
 
 
 class QueueDepthCollector(Collector):
@@ -155,7 +160,7 @@ class QueueDepthCollector(Collector):
     shows the live depth. With Redis away the scrape still answers, quickly: dreambot_redis_up 0 and no
     depth (a stale number would look like a real one)."""
 
-    def __init__(self, redis_url: str, timeout_s: float = 0.5):
+    def __init__(self, redis_url, timeout_s: float = 0.5):
         self.conn = _quick_redis(redis_url, timeout_s)
         self.queues = queue_names()
 
@@ -185,7 +190,7 @@ _collector: QueueDepthCollector | None = None
 _collector_lock = threading.Lock()
 
 
-def register_queue_depth(redis_url: str) -> None:
+def register_queue_depth(redis_url) -> None:
     global _collector
     with _collector_lock:
         if _collector is None:
@@ -224,7 +229,7 @@ class RedisProbe:
     """Pings Redis every `every_s` from a daemon thread and remembers when it last answered, so /healthz
     reads a timestamp instead of waiting on the network."""
 
-    def __init__(self, redis_url: str, every_s: float = 2.0, timeout_s: float = 1.0):
+    def __init__(self, redis_url, every_s: float = 2.0, timeout_s: float = 1.0):
         self.conn = _quick_redis(redis_url, timeout_s)
         self.every_s = every_s
         self.last_ok: float | None = None
@@ -279,7 +284,7 @@ def make_app(health: Health | None, registry=REGISTRY) -> Callable:
     return app
 
 
-def start_metrics_server(port: int, health: Health | None = None, redis_url: str | None = None,
+def start_metrics_server(port: int, health: Health | None = None, redis_url=None,
                          role: str = "", addr: str = "0.0.0.0") -> WSGIServer | None:
     """Serve /metrics (any path) and /healthz on addr:port from a daemon thread; port 0: nothing.
 
@@ -301,7 +306,7 @@ def start_metrics_server(port: int, health: Health | None = None, redis_url: str
     return server
 
 
-def start_worker_metrics(port: int, redis_url: str) -> threading.Event:
+def start_worker_metrics(port: int, redis_url) -> threading.Event:
     """The worker's endpoint, started before the models load. Healthy once the returned event is set
     (models loaded) and while Redis answers the probe."""
     loaded = threading.Event()

@@ -16,7 +16,7 @@ from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from . import fairq
+from . import fairq, redisconn
 from .job import DreamJob
 from .settings import Settings
 
@@ -111,8 +111,19 @@ class DreamQueue:
         return rq_job
 
     def enqueue(self, job: DreamJob) -> Enqueued:
+        """Queue one job. With replicas (dreamcore.redisconn), only once a replica has it too: raises
+        NotReplicated (the job taken back out, as far as the primary still answers) when none has it in
+        time, so the member is never told "queued" about a dream a failover could lose."""
         q, rq_job = self.queues[job.priority], self._rq_job(job)
-        q.enqueue_job(rq_job)
+        try:
+            redisconn.transaction(self.connection, self.settings, lambda pipe: q.enqueue_job(rq_job, pipeline=pipe))
+        except redisconn.NotReplicated:
+            try:
+                self.remove(job.job_id)
+                self.connection.delete(rq_job.key)
+            except redis.RedisError:
+                pass  # the primary is gone too: the job went with it
+            raise
         place = self.place(job.job_id)
         return Enqueued(job.job_id, job.priority, place.ahead if place else 0, place)
 

@@ -15,6 +15,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import redisconn
 from .images import ImageStore, image_key
 from .job import DreamRequest, JobSource, Origin
 from .keys import (  # noqa: F401  (re-exported: callers name keys through results)
@@ -29,6 +30,7 @@ from .keys import (  # noqa: F401  (re-exported: callers name keys through resul
     published_key,
     result_key,
 )
+from .settings import Settings, get_settings
 
 
 class ImageInfo(BaseModel):
@@ -104,18 +106,19 @@ def store_images(store: ImageStore, result: DreamResult, images: list[bytes]) ->
         store.put(info.key, data)
 
 
-def publish(conn: redis.Redis, result: DreamResult, ttl_s: int) -> bool:
+def publish(conn: redis.Redis, result: DreamResult, ttl_s: int, settings: Settings | None = None) -> bool:
     """Record the result and tell its instance, atomically. False if this job was already published.
 
     The result's images must already be in the image store (`store_images`). The result entry goes to
     the instance's result stream, which is never trimmed: an entry leaves it only when a bot has posted it
-    and acknowledged it. The job's progress hash (and its preview) goes now: nothing reads it any more."""
+    and acknowledged it. The job's progress hash (and its preview) goes now: nothing reads it any more.
+    With replicas, it returns only once one has the result (redisconn.transaction; NotReplicated else)."""
     if any(i.key is None for i in result.images):
         raise ValueError("publish a result only after store_images: its images have no store keys")
     instance = result.origin.instance if result.origin else None
     if not conn.set(done_key(result.job_id), result.status, nx=True, ex=ttl_s):
         return False
-    with conn.pipeline(transaction=True) as pipe:
+    def write(pipe):
         key = result_key(result.job_id)
         pipe.delete(key, progress_key(result.job_id))
         pipe.hset(key, "meta", result.to_json())
@@ -124,7 +127,8 @@ def publish(conn: redis.Redis, result: DreamResult, ttl_s: int) -> bool:
             pipe.xadd(outbox_key(instance), {"job_id": result.job_id, "status": result.status})
             pipe.zadd(published_key(instance), {result.job_id: result.finished_at})
             pipe.expire(published_key(instance), ttl_s)
-        pipe.execute()
+
+    redisconn.transaction(conn, settings or get_settings(), write)
     return True
 
 

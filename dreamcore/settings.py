@@ -7,6 +7,7 @@ allowed range and the value it got; a secret (a bot token) is never echoed.
 from __future__ import annotations
 
 import os
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -32,6 +33,16 @@ class Settings(BaseSettings):
 
     # --- Redis and the queue -------------------------------------------------------------
     redis_url: str = Field("redis://localhost:6379/0", **_env("REDIS_URL"))
+    # Redis Sentinel (high availability): host:port of each sentinel; set, REDIS_URL's host is not used
+    # (its database number still is not either: Sentinel deployments use database 0).
+    redis_sentinels: str = Field("", **_env("REDIS_SENTINELS"))
+    redis_sentinel_master: str = Field("dreambot", pattern=r"^[A-Za-z0-9._-]{1,64}$", **_env("REDIS_SENTINEL_MASTER"))
+    redis_password: SecretStr | None = Field(None, **_env("REDIS_PASSWORD"))
+    redis_sentinel_password: SecretStr | None = Field(None, **_env("REDIS_SENTINEL_PASSWORD"))
+    # A queued dream and a published result must reach this many replicas (WAIT) before the member hears
+    # of them; unset: 1 with sentinels, 0 without. REDIS_WAIT_MS bounds the wait.
+    redis_wait_replicas: int | None = Field(None, ge=0, le=10, **_env("REDIS_WAIT_REPLICAS"))
+    redis_wait_ms: int = Field(500, ge=10, le=2500, **_env("REDIS_WAIT_MS"))
     job_timeout_s: int = Field(900, ge=30, le=86400, **_env("DREAMBOT_JOB_TIMEOUT"))
     result_ttl_s: int = Field(3600, ge=60, le=7 * 86400, **_env("DREAMBOT_RESULT_TTL"))
     failure_ttl_s: int = Field(86400, ge=60, le=30 * 86400, **_env("DREAMBOT_FAILURE_TTL"))
@@ -164,6 +175,21 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL such as https://discord.com/api/v10")
         return v.rstrip("/")
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinels(cls, v: str) -> str:
+        parse_host_ports(v)
+        return v
+
+    @field_validator("redis_wait_replicas", mode="before")
+    @classmethod
+    def _wait_blank(cls, v):
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @property
+    def sentinel_list(self) -> list[tuple[str, int]]:
+        return parse_host_ports(self.redis_sentinels)
+
     @field_validator("guild_ids", "channel_ids")
     @classmethod
     def _id_list(cls, v: str) -> str:
@@ -183,6 +209,17 @@ class Settings(BaseSettings):
         return int(self.max_upload_mb * 1024 * 1024)
 
 
+def parse_host_ports(raw: str) -> list[tuple[str, int]]:
+    """Comma- or space-separated host:port pairs."""
+    out = []
+    for part in raw.replace(",", " ").split():
+        host, _, port = part.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{part!r} is not host:port")
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
 def parse_id_list(raw: str) -> list[int]:
     """Comma- or space-separated Discord snowflakes."""
     out = []
@@ -195,7 +232,7 @@ def parse_id_list(raw: str) -> list[int]:
 
 # Never echoed in an error or a start-up log.
 SECRETS = frozenset({"DISCORD_TOKEN", "DREAMBOT_S3_SECRET_ACCESS_KEY", "DREAMBOT_S3_ACCESS_KEY_ID",
-                     "DREAMBOT_EXPORT_SALT"})
+                     "DREAMBOT_EXPORT_SALT", "REDIS_PASSWORD", "REDIS_SENTINEL_PASSWORD"})
 
 
 def _alias_of(field: str) -> str:
@@ -231,5 +268,10 @@ def get_settings() -> Settings:
 
 def env_snapshot() -> dict[str, str]:
     """The dreambot variables that are set, for start-up logs (secrets left out)."""
-    keep = ("REDIS_URL", "DREAMBOT_", "DISCORD_API_BASE", "DISCORD_GUILD_IDS")
-    return {k: v for k, v in os.environ.items() if k.startswith(keep) and k not in SECRETS}
+    keep = ("REDIS_", "DREAMBOT_", "DISCORD_API_BASE", "DISCORD_GUILD_IDS")
+    return {k: _no_userinfo(v) for k, v in os.environ.items() if k.startswith(keep) and k not in SECRETS}
+
+
+def _no_userinfo(value: str) -> str:
+    """redis://user:password@host -> redis://user:***@host: a URL's password never reaches a log."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", value)

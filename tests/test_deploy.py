@@ -37,6 +37,8 @@ PER_SERVICE = {"REDIS_URL", "DISCORD_TOKEN", "DREAMBOT_INSTANCE"}
 MONITORING = {"prometheus", "rq-dashboard"}
 # Object storage for many hosts, under the `s3` profile: not dreambot processes either.
 OBJECT_STORE = {"minio", "minio-init"}
+# Redis high availability, under the `ha` profile: redis-server processes, as `redis` is.
+HA = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
 DASHBOARD_DOCKERFILE = ROOT / "docker" / "rq-dashboard.Dockerfile"
 
@@ -161,8 +163,8 @@ def _cli_subcommands() -> set[str]:
 
 def test_compose_has_redis_the_ten_bots_and_a_worker(config):
     services = config["services"]
-    assert {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE} <= set(services)
-    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE}
+    assert {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE, *HA} <= set(services)
+    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE, *HA}
     assert all(re.fullmatch(r"worker\d+", s) for s in extra), f"unexpected services {sorted(extra)}"
 
 
@@ -237,7 +239,7 @@ def test_every_setting_in_env_reaches_the_bots_and_the_worker(config_with_env):
 def test_services_run_the_dreambot_commands_the_tests_run(config):
     subcommands = _cli_subcommands()
     for name, service in config["services"].items():
-        if name == "redis" or name in MONITORING | OBJECT_STORE:
+        if name == "redis" or name in MONITORING | OBJECT_STORE | HA:
             continue
         cmd = service["command"]
         assert cmd[0] == "dreambot" and cmd[1] in subcommands, (name, cmd)
@@ -495,4 +497,17 @@ def test_bots_and_workers_share_the_image_folder_and_minio_makes_its_bucket(conf
     init = " ".join(services["minio-init"]["command"])
     assert "mc mb --ignore-existing" in init and "--expire-days" in init
     assert all(p.startswith("127.0.0.1:") for p in services["minio"]["ports"])
+
+
+def test_ha_profile_has_a_replica_and_three_sentinels_watching_the_primary(config):
+    services = config["services"]
+    replica = services["redis-replica"]
+    assert replica["profiles"] == ["ha"] and replica["command"][:1] == ["redis-server"]
+    assert replica["command"][replica["command"].index("--replicaof") + 1:][:2] == ["redis", "6379"]
+    for name in ("sentinel1", "sentinel2", "sentinel3"):
+        sentinel = services[name]
+        assert sentinel["profiles"] == ["ha"]
+        script = " ".join(sentinel["command"])
+        assert "sentinel monitor dreambot redis 6379 2" in script and "--sentinel" in script
+    assert "profiles" not in services["redis"]  # the primary runs in every setup
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from dreamcore import results
+from dreamcore import redisconn, results
 from dreamcore.images import open_store
 from dreamcore.job import JobError, make_job, make_origin, make_request
 from dreamcore.localredis import LocalRedis
@@ -64,21 +64,20 @@ def run_demo(settings: Settings, args) -> int:
         return 2
 
     private = None
-    if "REDIS_URL" in os.environ:
-        url = settings.redis_url
+    if "REDIS_URL" in os.environ or settings.sentinel_list:
+        conn = redisconn.connect(settings)
     else:
         private = LocalRedis(appendonly=False).start()
-        url = private.url
-        print(f"started a private redis-server on {url}")
+        conn = redis.Redis.from_url(private.url)
+        print(f"started a private redis-server on {private.url}")
     try:
-        return _run(settings, url, request, out)
+        return _run(settings, conn, request, out)
     finally:
         if private:
             private.close()
 
 
-def _run(settings: Settings, url: str, request, out: Path) -> int:
-    conn = redis.Redis.from_url(url)
+def _run(settings: Settings, conn: redis.Redis, request, out: Path) -> int:
     try:
         pipeline = load_pipeline(settings)
     except ModelLoadError as err:

@@ -26,7 +26,7 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from dreamcore import fairq, keys, metrics
+from dreamcore import fairq, keys, metrics, redisconn
 from dreamcore.images import ImageStoreError, S3Store, open_store
 from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
@@ -325,7 +325,7 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
     """
     setup_logging(settings.log_level, settings.log_format)
     # Up before the models load: /healthz says 503 "models loaded" meanwhile, and /metrics already answers.
-    models_loaded = metrics.start_worker_metrics(settings.metrics_port, settings.redis_url)
+    models_loaded = metrics.start_worker_metrics(settings.metrics_port, settings)
     try:
         pipeline = load_pipeline(settings)
     except ModelLoadError as err:
@@ -333,8 +333,7 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
         print(f"dreambot worker: {err}", flush=True)
         return 2
     models_loaded.set()
-    conn = redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_connect_timeout=5,
-                                socket_keepalive=True)
+    conn = redisconn.connect(settings, connect_timeout_s=5, health_check_interval=30, socket_keepalive=True)
     stop = _Stop()
     while True:
         signal.signal(signal.SIGTERM, stop)

@@ -28,6 +28,7 @@ from dreamcore.cancel import cancel_key
 from dreamcore.images import ImageStore, ImageStoreError, open_store
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
 from dreamcore.limits import Limiter
+from dreamcore.redisconn import NotReplicated
 from dreamcore.results import DreamResult, ImageInfo
 from dreamcore.settings import Settings
 
@@ -583,7 +584,13 @@ def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], tt
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            return results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s)
+            return results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
+        except NotReplicated as err:
+            # On the primary, not yet on a replica: publishing again would find its own done marker.
+            # Should the primary die before it replicates, the job's lease runs out and it is run again.
+            log.warning("result published but not yet replicated", extra={"job_id": result.job_id,
+                                                                           "error": str(err)})
+            return True
         except redis.RedisError as err:
             if time.monotonic() > deadline:
                 raise

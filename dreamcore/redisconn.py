@@ -1,0 +1,72 @@
+"""One way for every process to reach Redis: a plain REDIS_URL, or Redis Sentinel.
+
+With REDIS_SENTINELS (host:port,host:port) the client asks the sentinels which server is the primary of
+REDIS_SENTINEL_MASTER and asks again whenever its connection breaks or the server it reaches turns out
+to be a replica (redis-py's SentinelConnectionPool), so bots and workers follow a failover without a
+restart; the reconnect backoff each caller already has stays as it is.
+
+Acknowledged means replicated: Redis replicates asynchronously, so with a replica a write acknowledged
+a moment before the primary dies can vanish. `transaction` makes the write a member is told about (the
+enqueue, the published result) and then WAITs on the same connection. WAIT covers everything this
+connection wrote, and, since the replication stream is one ordered log, every write made before it on
+any connection (the limit acquire before the enqueue).
+"""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from .settings import Settings
+
+
+class NotReplicated(redis.RedisError):
+    """A write reached the primary but no replica within REDIS_WAIT_MS: it could still be lost."""
+
+
+def connect(settings: Settings, *, timeout_s: float | None = None, connect_timeout_s: float | None = None,
+            fail_fast: bool = False, **extra) -> redis.Redis:
+    """A client for the primary. `fail_fast`: no retries (a scrape or a probe must never hang)."""
+    kw: dict = {"socket_timeout": timeout_s, "socket_connect_timeout": connect_timeout_s, **extra}
+    if fail_fast:
+        kw |= {"retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
+    if settings.redis_password is not None:
+        kw["password"] = settings.redis_password.get_secret_value()
+    if not settings.sentinel_list:
+        return redis.Redis.from_url(settings.redis_url, **kw)
+    sentinel_kw = {"socket_timeout": timeout_s or 2.0, "socket_connect_timeout": connect_timeout_s or 2.0}
+    if settings.redis_sentinel_password is not None:
+        sentinel_kw["password"] = settings.redis_sentinel_password.get_secret_value()
+    sentinel = Sentinel(settings.sentinel_list, sentinel_kwargs=sentinel_kw, **kw)
+    return sentinel.master_for(settings.redis_sentinel_master, **kw)
+
+
+def replicas_to_wait(settings: Settings) -> int:
+    """How many replicas a member-facing write must reach: REDIS_WAIT_REPLICAS, by default 1 with
+    sentinels (there is a replica to lose it to) and 0 without."""
+    if settings.redis_wait_replicas is not None:
+        return settings.redis_wait_replicas
+    return 1 if settings.sentinel_list else 0
+
+
+def transaction(conn: redis.Redis, settings: Settings, fn) -> list:
+    """Run `fn(pipe)`'s commands as one MULTI/EXEC transaction and, with replicas to wait for, WAIT after it
+    on the same connection (inside MULTI, WAIT returns at once without waiting). Returns EXEC's replies;
+    raises NotReplicated when too few replicas acknowledged within REDIS_WAIT_MS."""
+    n = replicas_to_wait(settings)
+    if n <= 0:
+        with conn.pipeline(transaction=True) as pipe:
+            fn(pipe)
+            return pipe.execute()
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.execute_command("MULTI")
+        fn(pipe)
+        pipe.execute_command("EXEC")
+        pipe.execute_command("WAIT", n, settings.redis_wait_ms)
+        replies = pipe.execute()
+    reached = int(replies[-1])
+    if reached < n:
+        raise NotReplicated(f"the write reached {reached} of {n} replicas within {settings.redis_wait_ms} ms")
+    return replies[-2]

@@ -198,11 +198,9 @@ class S3Store(ImageStore):
                 obj["Body"].close()
                 return None
             return obj["Body"].read()
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        except (BotoCoreError, ClientError) as err:
+            if _not_found(err):
                 return None
-            raise ImageStoreError(f"can't read {key} from {self.describe()}: {_why(err)}") from err
-        except BotoCoreError as err:
             raise ImageStoreError(f"can't read {key} from {self.describe()}: {_why(err)}") from err
 
     def exists(self, key: str) -> bool:
@@ -210,11 +208,9 @@ class S3Store(ImageStore):
 
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        except (BotoCoreError, ClientError) as err:
+            if _not_found(err):
                 return False
-            raise ImageStoreError(f"can't read {key} from {self.describe()}: {_why(err)}") from err
-        except BotoCoreError as err:
             raise ImageStoreError(f"can't read {key} from {self.describe()}: {_why(err)}") from err
         return time.time() - head["LastModified"].timestamp() <= self.retention_s
 
@@ -251,6 +247,10 @@ class S3Store(ImageStore):
     def describe(self) -> str:
         where = f" at {self.endpoint_url}" if self.endpoint_url else ""
         return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+def _not_found(err: Exception) -> bool:
+    return _why(err) in ("NoSuchKey", "404", "NotFound")
 
 
 def _why(err: Exception) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import time
 
 import boto3
@@ -16,28 +15,28 @@ from dreamcore import images as images_mod
 from dreamcore import results
 from dreamcore.images import FolderStore, ImageStoreError, S3Store, open_store
 from dreamcore.job import make_job, make_origin, make_request
+from dreamcore.localredis import free_port
 from dreamcore.queue import DreamQueue
 from dreamcore.settings import SettingsError, get_settings, load_settings
 
 BUCKET = "dreams"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _raw_s3(url):
+    """boto3 itself, beside the store: to make buckets and read what the store left."""
+    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
+                        aws_secret_access_key="test-secret")
 
 
 @pytest.fixture(scope="module")
 def s3_server():
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test-secret").create_bucket(Bucket=BUCKET)
+    _raw_s3(url).create_bucket(Bucket=BUCKET)
     yield server, url
     server.stop()
 
@@ -106,8 +105,7 @@ def test_s3_lifecycle_rule_is_set(s3_server):
     _, url = s3_server
     store = _s3(url, retention_days=9)
     assert store.set_lifecycle()
-    rules = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                         aws_secret_access_key="test-secret").get_bucket_lifecycle_configuration(Bucket=BUCKET)
+    rules = _raw_s3(url).get_bucket_lifecycle_configuration(Bucket=BUCKET)
     assert [(r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules["Rules"]] == [("t/", 9)]
 
 
@@ -150,7 +148,7 @@ def test_s3_store_gone_mid_job_fails_that_job_alone_and_tells_its_member(tiny_en
     from worker import tasks
     from worker.runner import make_worker
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
@@ -162,8 +160,7 @@ def test_s3_store_gone_mid_job_fails_that_job_alone_and_tells_its_member(tiny_en
     get_settings.cache_clear()
     settings = get_settings()
     monkeypatch.setattr(tasks, "STORE_PATIENCE_S", 1.0)
-    boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test-secret").create_bucket(Bucket=BUCKET)
+    _raw_s3(url).create_bucket(Bucket=BUCKET)
     store = open_store(settings)
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()
@@ -191,8 +188,7 @@ def test_s3_store_gone_mid_job_fails_that_job_alone_and_tells_its_member(tiny_en
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                     aws_secret_access_key="test-secret").create_bucket(Bucket=BUCKET)
+        _raw_s3(url).create_bucket(Bucket=BUCKET)
         assert store.get(f"{lost.job_id}/0.png") is None and store.get(f"{lost.job_id}/1.png") is None
         ok = _job(user=6)
         queue.enqueue(ok)

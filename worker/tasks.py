@@ -554,25 +554,34 @@ def _human_s(seconds: int) -> str:
 STORE_PATIENCE_S = 30.0
 
 
+def _patiently(fn, errors: tuple[type[Exception], ...], patience_s: float, job_id: str, what: str):
+    """`fn()`, tried again with a doubling back-off (0.5 s up to 10 s) while it raises one of `errors`;
+    past `patience_s` the error goes up."""
+    delay = 0.5
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return fn()
+        except errors as err:
+            if time.monotonic() > deadline:
+                raise
+            log.warning(f"{what} failed, retrying", extra={"job_id": job_id, "error": str(err) or type(err).__name__,
+                                                           "in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
 def _store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patience_s: float | None = None):
     """Write the images (and the buttons' record) to the image store, riding out a short outage; past
     `patience_s` the ImageStoreError goes up and the job fails alone, its member told (nothing is posted:
     the result is published only after every image is stored)."""
-    delay = 0.5
-    deadline = time.monotonic() + (STORE_PATIENCE_S if patience_s is None else patience_s)
-    while True:
-        try:
-            results.store_images(rt.store, result, images)
-            if result.origin is not None and result.request is not None:
-                params.save_to_store(rt.store, params.from_result(result))
-            return
-        except ImageStoreError as err:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("image store write failed, retrying", extra={"job_id": result.job_id, "error": str(err),
-                                                                     "in_s": delay})
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
+    def store():
+        results.store_images(rt.store, result, images)
+        if result.origin is not None and result.request is not None:
+            params.save_to_store(rt.store, params.from_result(result))
+
+    _patiently(store, (ImageStoreError,), STORE_PATIENCE_S if patience_s is None else patience_s,
+               result.job_id, "image store write")
 
 
 def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl_s: int | None = None,
@@ -580,9 +589,7 @@ def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], tt
     """The images exist only in this process until published: ride out a Redis restart rather than lose them."""
     if images:
         _store_patiently(rt, result, images)
-    delay = 0.5
-    deadline = time.monotonic() + patience_s
-    while True:
+    def publish() -> bool:
         try:
             return results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
         except NotReplicated as err:
@@ -591,13 +598,8 @@ def _publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], tt
             log.warning("result published but not yet replicated", extra={"job_id": result.job_id,
                                                                            "error": str(err)})
             return True
-        except redis.RedisError as err:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("publish failed, retrying", extra={"job_id": result.job_id, "error": type(err).__name__,
-                                                          "in_s": delay})
-            time.sleep(delay)
-            delay = min(delay * 2, 10)
+
+    return _patiently(publish, (redis.RedisError,), patience_s, result.job_id, "publish")
 
 
 def on_abandoned(job, exc_type, exc_value, tb) -> bool:

@@ -7,12 +7,14 @@ redis-server processes on loopback), every bot and worker connected through the 
 SIGKILLed twice (the second time the one promoted after the first kill), each killed node brought back a
 few seconds later to rejoin as a replica. A dream counts as lost if it was acknowledged "queued" and was
 neither delivered nor told a failure. It also prints the failover time clients saw (a probe writing through
-the sentinels every 50 ms: last failed write to first good one).
+the sentinels every 50 ms: last failed write to first good one), and how long a replicated write (what "queued"
+waits for) kept failing: with one replica, until the killed node is back as a replica of the new primary.
 
     python bench/chaos.py --jobs 200 --workers 3
     python bench/chaos.py --quick          # the short version the test suite runs
     python bench/chaos.py --failover       # ten bots, three workers, two primary kills
     python bench/chaos.py --failover --quick
+    python bench/chaos.py --failover --replicas 2   # a second replica: open again as soon as one is promoted
 
 Prints one line `jobs N, delivered D, told-failed F, lost L, duplicated X` and exits non-zero unless
 D + F = N, L = 0, X = 0 and no ack came after 3 s.
@@ -58,11 +60,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="20 jobs, 3 bots, 2 workers: the test suite's version")
     p.add_argument("--failover", action="store_true",
                    help="Redis Sentinel (primary, replica, three sentinels); SIGKILL the primary twice")
+    p.add_argument("--rejoin-s", type=float, default=3.0, help="--failover: seconds until a killed node is back")
+    p.add_argument("--replicas", type=int, default=1, help="--failover: replicas besides the primary")
     a = p.parse_args()
     if a.quick:
         a.jobs, a.bots, a.workers, a.members, a.rate, a.kill_every, a.deadline = 16, 3, 2, 6, 2.0, 20.0, 240.0
         if a.failover:
-            a.jobs, a.rate = 30, 1.5
+            a.jobs, a.rate, a.rejoin_s = 40, 1.5, 1.0
     return a
 
 
@@ -113,7 +117,7 @@ class Chaos:
 
     def kill_primary_twice(self, first_s: float, second_s: float) -> None:
         """SIGKILL the primary at first_s and again (the promoted one) at second_s; each killed node comes
-        back 3 s after its kill and rejoins as a replica."""
+        back rejoin_s after its kill and rejoins as a replica."""
         t0 = time.monotonic()
         for at in (first_s, second_s):
             if self.stop.wait(max(0.0, t0 + at - time.monotonic())):
@@ -125,23 +129,32 @@ class Chaos:
                 self.promotions.append(self.redis.wait_promoted(old))
             except TimeoutError:
                 self.promotions.append(float("nan"))
-            self.stop.wait(max(0.0, 3.0 - self.promotions[-1]))
+            self.stop.wait(max(0.0, self.args.rejoin_s - self.promotions[-1]))
             node.start()
 
 
 class WriteProbe:
-    """Writes through the sentinels every 50 ms, as a client does: how long did the outages last?"""
+    """Writes through the sentinels every 50 ms, as a client does: how long did the outages last? With
+    `replicated`, a write counts only once a replica has it too (what an enqueue needs before "queued")."""
 
-    def __init__(self, env: dict[str, str]):
-        self.conn = redisconn.connect(load_settings(**env), timeout_s=0.5, connect_timeout_s=0.3)
+    def __init__(self, env: dict[str, str], replicated: bool = False):
+        self.settings = load_settings(**env)
+        self.conn = redisconn.connect(self.settings, timeout_s=0.5, connect_timeout_s=0.3)
+        self.replicated = replicated
         self.stop = threading.Event()
         self.outages: list[float] = []
+
+    def write(self) -> None:
+        if self.replicated:
+            redisconn.transaction(self.conn, self.settings, lambda pipe: pipe.set("dream:bench:probe", time.time(), ex=60))
+        else:
+            self.conn.set("dream:bench:probe", time.time(), ex=60)
 
     def run(self) -> None:
         last_ok, failing = time.monotonic(), False
         while not self.stop.wait(0.05):
             try:
-                self.conn.set("dream:bench:probe", time.time(), ex=60)
+                self.write()
             except Exception:  # noqa: BLE001 - any failure of the write is an outage
                 failing = True
                 continue
@@ -225,7 +238,7 @@ def main() -> int:
     if args.failover:
         from ha import HaRedis
 
-        redis = HaRedis().start()
+        redis = HaRedis(replicas=args.replicas).start()
         ha_env = redis.env
         url = f"redis://127.0.0.1:{redis.primary_port()}/0"  # unused: the sentinels name the primary
     else:
@@ -250,12 +263,13 @@ def main() -> int:
         chaos.worker_env = ha_env
         span = args.jobs / args.rate
         if args.failover:
-            probe = WriteProbe(ha_env)
+            probe, replicated = WriteProbe(ha_env), WriteProbe(ha_env, replicated=True)
             threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
                        threading.Thread(target=probe.run, daemon=True),
-                       threading.Thread(target=chaos.kill_primary_twice, args=(span * 0.25, span * 0.6), daemon=True)]
+                       threading.Thread(target=replicated.run, daemon=True),
+                       threading.Thread(target=chaos.kill_primary_twice, args=(span * 0.2, span * 0.7), daemon=True)]
         else:
-            probe = None
+            probe = replicated = None
             threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
                        threading.Thread(target=chaos.discord_loop, daemon=True),
                        threading.Thread(target=chaos.restart_redis_once, args=(span / 2,), daemon=True)]
@@ -275,8 +289,9 @@ def main() -> int:
                 break
             time.sleep(1.0)
         chaos.stop.set()
-        if probe is not None:
-            probe.stop.set()
+        for p in (probe, replicated):
+            if p is not None:
+                p.stop.set()
         time.sleep(3.0)  # let anything that would be posted twice show up
         results = [outcome(fleet, x) for x in inters]
         counts = Counter(state for state, _ in results)
@@ -287,12 +302,14 @@ def main() -> int:
         acked = sum(1 for x in inters if (x.response or {}).get("type") in (4, 5))
         queued = sum(1 for state, job_id in results if job_id)
         if args.failover:
-            seen = ", ".join(f"{o:.2f} s" for o in probe.outages) or "none"
-            promoted = ", ".join(f"{p:.2f} s" for p in chaos.promotions)
+            def spans(xs):
+                return ", ".join(f"{x:.2f} s" for x in xs) or "none"
             print(f"failover: {time.monotonic() - t0:.0f}s, {chaos.redis_restarts} primary SIGKILLs, replica promoted "
-                  f"after {promoted}; writes failed for {seen} (client-side, last failed to first good write); "
+                  f"after {spans(chaos.promotions)}; writes failed for {spans(probe.outages)} (client-side, last "
+                  f"failed to first good write), replicated writes for {spans(replicated.outages)} (until a "
+                  f"replica is back: the killed node rejoins {args.rejoin_s:.0f} s after its kill); "
                   f"{chaos.kills} worker SIGKILLs, {late} acks over 3 s")
-            print(f"sent {n}, acknowledged {acked}, queued {queued}")
+            print(f"sent {n}, answered {acked}, acknowledged queued {queued}, refused at the door {n - queued}")
         else:
             print(f"chaos: {time.monotonic() - t0:.0f}s, {chaos.kills} worker SIGKILLs, "
                   f"{chaos.redis_restarts} Redis restart, {chaos.bursts} Discord 429/5xx bursts, {late} late acks")

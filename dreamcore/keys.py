@@ -36,6 +36,9 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 | `dream:cancel:<job>` | string | CANCEL_TTL_S | a running job was cancelled: its worker stops |
 | `dream:images:sweep` | string | IMAGE_SWEEP_EVERY_S | one worker sweeps the image store per hour |
 
+Replication (owner `dreamcore.redisconn`): `dream:replicated` (string, REPLICATED_MARK_TTL_S) is written after
+each member-facing transaction so WAIT, on that one connection, says whether a replica has it.
+
 Image bytes are never in Redis: they live in the image store (`dreamcore.images`); results carry keys.
 
 Limits (owner `dreamcore.limits` and its scripts; see `LimitKeys`): `dream:limits:{<guild>}:*`. Admin
@@ -69,6 +72,8 @@ FQ_RECOUNT = FQ + "recount"
 FQ_RECOUNT_LOCK = FQ + "recount:lock"
 RECONCILE_LOCK_S = 120
 ATTEMPTS_TTL_S = 86400
+REPLICATED_MARK = "dream:replicated"
+REPLICATED_MARK_TTL_S = 60
 
 
 def fair(queue_name: str) -> str:

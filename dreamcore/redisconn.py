@@ -7,9 +7,9 @@ restart; the reconnect backoff each caller already has stays as it is.
 
 Acknowledged means replicated: Redis replicates asynchronously, so with a replica a write acknowledged
 a moment before the primary dies can vanish. `transaction` makes the write a member is told about (the
-enqueue, the published result) and then WAITs on the same connection. WAIT covers everything this
-connection wrote, and, since the replication stream is one ordered log, every write made before it on
-any connection (the limit acquire before the enqueue).
+enqueue, the published result), then a marker, and WAITs for the marker. Since the replication stream is one
+ordered log, a replica that has the marker has every write made before it on any connection (the limit
+acquire before the enqueue, the transaction itself).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from . import keys
 from .settings import Settings
 
 
@@ -52,21 +53,24 @@ def replicas_to_wait(settings: Settings) -> int:
 
 
 def transaction(conn: redis.Redis, settings: Settings, fn) -> list:
-    """Run `fn(pipe)`'s commands as one MULTI/EXEC transaction and, with replicas to wait for, WAIT after it
-    on the same connection (inside MULTI, WAIT returns at once without waiting). Returns EXEC's replies;
-    raises NotReplicated when too few replicas acknowledged within REDIS_WAIT_MS."""
-    n = replicas_to_wait(settings)
-    if n <= 0:
-        with conn.pipeline(transaction=True) as pipe:
-            fn(pipe)
-            return pipe.execute()
-    with conn.pipeline(transaction=False) as pipe:
-        pipe.execute_command("MULTI")
+    """Run `fn(pipe)`'s commands as one MULTI/EXEC transaction and, with replicas to wait for, make sure a
+    replica has it before returning. Returns EXEC's replies; raises NotReplicated when too few replicas
+    acknowledged within REDIS_WAIT_MS.
+
+    WAIT counts the writes of the connection it is sent on, and inside MULTI it returns at once, so it
+    can't ride in the transaction. Nor can it follow EXEC in the same pipeline: callers such as RQ's
+    enqueue_job call `pipe.multi()` themselves, which refuses commands queued before it. So after the
+    transaction one pipeline, on one connection, writes a small marker and WAITs for it: the replication
+    stream is one ordered log, so a replica that has the marker has the transaction before it."""
+    with conn.pipeline(transaction=True) as pipe:
         fn(pipe)
-        pipe.execute_command("EXEC")
-        pipe.execute_command("WAIT", n, settings.redis_wait_ms)
         replies = pipe.execute()
-    reached = int(replies[-1])
-    if reached < n:
-        raise NotReplicated(f"the write reached {reached} of {n} replicas within {settings.redis_wait_ms} ms")
-    return replies[-2]
+    n = replicas_to_wait(settings)
+    if n > 0:
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.set(keys.REPLICATED_MARK, "1", ex=keys.REPLICATED_MARK_TTL_S)
+            pipe.execute_command("WAIT", n, settings.redis_wait_ms)
+            reached = int(pipe.execute()[-1])
+        if reached < n:
+            raise NotReplicated(f"the write reached {reached} of {n} replicas within {settings.redis_wait_ms} ms")
+    return replies

@@ -57,7 +57,8 @@ class Fleet:
             "PYTHONUNBUFFERED": "1",
             # No /metrics port unless a test asks for one (tests/test_metrics.py passes free ports).
             "DREAMBOT_METRICS_PORT": "0",
-            "DREAMBOT_IMAGE_DIR": os.environ["DREAMBOT_IMAGE_DIR"],  # the test process's (tests/conftest.py)
+            # The test process's (tests/conftest.py); a bench run outside pytest keeps its images in its tmp.
+            "DREAMBOT_IMAGE_DIR": os.environ.get("DREAMBOT_IMAGE_DIR") or str(self.tmp / "images"),
         })
         return env
 

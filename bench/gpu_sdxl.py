@@ -314,6 +314,8 @@ class WorkerBench:
                       refiner_model=str(model_dir / "refiner"), device=device, metrics_port=0,
                       log_level="WARNING", job_timeout_s=3600, job_retries=0,
                       fuse_qkv=levers, channels_last=levers, compile=compile_)
+        if (model_dir / "safety").is_dir():  # the tiny model's classifier; real weights use DREAMBOT_SAFETY_MODEL
+            common["safety_model"] = str(model_dir / "safety")
         self.settings = self._settings(batch_images=batch_images, **common)
         self.settings_off = self._settings(batch_images=1, **common)
         self.pipe = None

@@ -266,7 +266,7 @@ def dream_worker(conn: redis.Redis, settings, n_lat: int, n_tp: int, steps: int,
         except Exception as err:  # noqa: BLE001
             errors.append(err)
 
-    w = make_worker(settings, conn, pipeline=pipe, name=f"bench-noop-{os.getpid()}")
+    w = make_worker(settings, conn, pipeline=pipe, checker=None, name=f"bench-noop-{os.getpid()}")
     th = threading.Thread(target=driver, daemon=True)
     th.start()
     w.work(max_jobs=n_lat, logging_level=settings.log_level)
@@ -305,7 +305,7 @@ def dream_throughput(conn: redis.Redis, settings, n_tp: int, steps: int, size, b
         if not out.ok:
             raise RuntimeError(f"submit refused: {out.message}")
         prompts.append((job.job_id, job.request.prompt))
-    make_worker(settings.model_copy(update={"batch_images": batch}), conn, pipeline=pipe,
+    make_worker(settings.model_copy(update={"batch_images": batch}), conn, pipeline=pipe, checker=None,
                 name=f"bench-burst-{batch}-{round_}-{os.getpid()}").work(burst=True, logging_level=settings.log_level)
     marks = [pipe.marks[p] for _, p in prompts]
     starts = sorted(m[0] for m in marks)
@@ -392,7 +392,7 @@ def delivery(server_url: str, conn: redis.Redis, settings, n: int, steps: int, s
             except Exception as err:  # noqa: BLE001
                 errors.append(err)
 
-        w = make_worker(settings, conn, pipeline=pipe, name=f"bench-relay-{os.getpid()}")
+        w = make_worker(settings, conn, pipeline=pipe, checker=None, name=f"bench-relay-{os.getpid()}")
         th = threading.Thread(target=driver, daemon=True)
         th.start()
         w.work(max_jobs=n, logging_level=settings.log_level)

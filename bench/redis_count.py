@@ -124,7 +124,7 @@ def end_to_end(server_url: str, conn: redis.Redis, settings, n: int, idle_s: flo
             except Exception as err:  # noqa: BLE001
                 errors.append(err)
 
-        w = make_worker(settings, conn, pipeline=pipe, name=f"bench-count-{os.getpid()}")
+        w = make_worker(settings, conn, pipeline=pipe, checker=None, name=f"bench-count-{os.getpid()}")
         th = threading.Thread(target=driver, daemon=True)
         th.start()
         w.work(max_jobs=n + n_slow, logging_level=settings.log_level)
@@ -176,7 +176,7 @@ def worker_only(conn: redis.Redis, settings, n: int) -> dict:
     backend = Backend(settings)
     pipe = NoopPipeline()
     s0 = snap(conn)
-    make_worker(settings, conn, pipeline=pipe, name=f"bench-empty-{os.getpid()}").work(burst=True, logging_level="WARNING")
+    make_worker(settings, conn, pipeline=pipe, checker=None, name=f"bench-empty-{os.getpid()}").work(burst=True, logging_level="WARNING")
     empty = diff(snap(conn), s0)
     runs = {}
     # One job at a time (comparable with the end-to-end jobs above, which run one by one), then with the
@@ -186,7 +186,7 @@ def worker_only(conn: redis.Redis, settings, n: int) -> dict:
             if not backend.submit(make_dream_job(90_000 + 1000 * batch + i, settings, STEPS, user_base=20_000)).ok:
                 raise RuntimeError("submit refused")
         s1 = snap(conn)
-        make_worker(settings.model_copy(update={"batch_images": batch}), conn, pipeline=pipe,
+        make_worker(settings.model_copy(update={"batch_images": batch}), conn, pipeline=pipe, checker=None,
                     name=f"bench-burst-{label}-{os.getpid()}").work(burst=True, logging_level="WARNING")
         runs[label] = diff(snap(conn), s1)
     run = runs["run"]

@@ -114,7 +114,7 @@ def main() -> int:
             except Exception as err:  # noqa: BLE001
                 errors.append(err)
 
-        w = make_worker(settings, conn, pipeline=pipe, name=f"bench-memory-{os.getpid()}")
+        w = make_worker(settings, conn, pipeline=pipe, checker=None, name=f"bench-memory-{os.getpid()}")
         th = threading.Thread(target=driver, daemon=True)
         th.start()
         w.work(max_jobs=n + WARM_UP, logging_level="WARNING")

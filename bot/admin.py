@@ -24,6 +24,7 @@ import redis
 from discord import app_commands
 from discord.utils import escape_markdown
 
+from dreamcore import safety
 from dreamcore.limits import (
     KNOWN_KEYS,
     GuildLimits,
@@ -53,9 +54,11 @@ _SHAPES = {
     "exempt_roles": "roles (ids or @mentions), +add / -remove / clear; up to 100",
     "priority_roles": "roles (ids or @mentions), +add / -remove / clear; up to 100",
     "blocked_words": "words or phrases, comma-separated, +add / -remove / clear; up to 500",
+    "adult_words": "words or phrases, comma-separated, +add / -remove / clear; up to 500",
+    "nsfw_action": "withhold / spoiler / age_restricted",
 }
 
-_LIST_KEYS = ("exempt_roles", "priority_roles", "blocked_words")
+_LIST_KEYS = ("exempt_roles", "priority_roles", "blocked_words", "adult_words")
 
 T = TypeVar("T")
 
@@ -97,8 +100,10 @@ def render(key: str, value: Any) -> str:
     elif key == "channels":
         text = "; ".join(f"{escape_markdown(str(inst))}: " + " ".join(f"<#{int(c)}>" for c in ids)
                          for inst, ids in dict(value).items()) or "every channel"
-    elif key == "blocked_words":
+    elif key in ("blocked_words", "adult_words"):
         text = ", ".join(f"||{escape_markdown(str(w))}||" for w in value) or "none"
+    elif isinstance(value, float):
+        text = f"{value:g}"
     elif isinstance(value, (list, tuple)):
         text = ", ".join(escape_markdown(str(v)) for v in value) or "none"
     else:
@@ -131,7 +136,21 @@ def show_text(limits: GuildLimits, overrides: dict[str, Any]) -> str:
     return _fit(lines)
 
 
-def usage_text(user: discord.abc.User, usage: dict[str, Any], limits: GuildLimits, exempt: bool) -> str:
+def flags_text(flags: dict[str, dict[str, int]], limits: GuildLimits) -> list[str]:
+    """The content filter's lines of /dreamadmin usage: flagged images today and this week, by outcome."""
+    def line(counts: dict[str, int]) -> str:
+        parts = [f"{counts.get(k, 0)} {label}" for k, label in
+                 (("withheld", "withheld"), ("spoilered", "spoilered"),
+                  ("shown_age_restricted", "shown in age-restricted channels"))]
+        return f"{sum(counts.values())} flagged: " + ", ".join(parts)
+    policy = f"threshold {limits.nsfw_threshold:g}, {limits.nsfw_action.replace('_', ' ')}"
+    return [f"**Content filter** ({policy})",
+            f"today (UTC): {line(flags.get('today', {}))}",
+            f"last 7 days: {line(flags.get('week', {}))}"]
+
+
+def usage_text(user: discord.abc.User, usage: dict[str, Any], limits: GuildLimits, exempt: bool,
+               flags: dict[str, dict[str, int]] | None = None) -> str:
     cd = float(usage.get("cooldown_remaining_s") or 0.0)
     if limits.cooldown_s <= 0:
         cooldown = "none on this server"
@@ -151,6 +170,8 @@ def usage_text(user: discord.abc.User, usage: dict[str, Any], limits: GuildLimit
         f"images in the last 24 h: {usage['guild_images_day']} / {limits.guild_images_day}",
         f"dreams queued or running: {usage['guild_active']} / {limits.guild_max_queued}",
     ]
+    if flags is not None:
+        lines += flags_text(flags, limits)
     return _fit(lines)
 
 
@@ -319,12 +340,12 @@ class AdminCommands:
         async def body() -> str:
             gid = interaction.guild_id
 
-            def read() -> tuple[dict[str, Any], GuildLimits]:
-                return self.store.usage(gid, user.id), self.store.get(gid)
+            def read() -> tuple[dict[str, Any], GuildLimits, dict]:
+                return self.store.usage(gid, user.id), self.store.get(gid), safety.flag_counts(self.store.r, gid)
 
-            usage, limits = await self.redis(interaction, read)
+            usage, limits, flags = await self.redis(interaction, read)
             roles = {r.id for r in getattr(user, "roles", ())}
-            return usage_text(user, usage, limits, exempt=bool(roles & set(limits.exempt_roles)))
+            return usage_text(user, usage, limits, exempt=bool(roles & set(limits.exempt_roles)), flags=flags)
 
         await self.run(interaction, "usage", body)
 

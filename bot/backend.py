@@ -65,7 +65,8 @@ class Backend:
         try:
             decision = self.limiter.acquire(
                 o.guild_id, o.user_id, job.job_id, images, r.steps, role_ids=role_ids, instance=o.instance,
-                channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt)
+                channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt,
+                channel_nsfw=o.channel_nsfw)
             if not decision.ok:
                 metrics.refused(decision.kind)
                 return Outcome(False, decision.message, kind=decision.kind)

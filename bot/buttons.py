@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import params, results
+from dreamcore import params, results, safety
 from dreamcore.images import ImageStoreError, image_key
 from dreamcore.images import params_key as images_params_key
 from dreamcore.job import DreamJob, JobError, JobSource, make_job, make_origin, make_request, random_seed
@@ -54,6 +54,7 @@ from .commands import (
     answer_privately,
     queued_text,
 )
+from .safety import channel_is_nsfw
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -183,8 +184,9 @@ class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s)d
 DYNAMIC_ITEMS = (RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, UnknownButton)
 
 
-def result_view(result: DreamResult) -> discord.ui.View | None:
-    """The buttons for a finished result (None for a failure).
+def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.ui.View | None:
+    """The buttons for a finished result (None for a failure). `shown`: the images the post carries (the
+    content filter may hold some back, dreamcore.safety); no Variations or Upscale starts from another.
 
     timeout=None matters: discord.py stores a sent view, and when a stored view times out or stops it
     unregisters the templates of its dynamic items, which would silence every button of every result in
@@ -193,20 +195,23 @@ def result_view(result: DreamResult) -> discord.ui.View | None:
     if result.status != "done" or not result.images:
         return None
     job, n = result.job_id, len(result.images)
+    shown_set = set(range(n) if shown is None else shown)
     can_upscale = [max(i.width, i.height) * 2 <= MAX_UPSCALED_SIDE for i in result.images]
     view = discord.ui.View(timeout=None)
     if n == 1:
         view.add_item(RerollButton(job, row=0))
-        view.add_item(VaryButton(job, 0, label="Variations", row=0))
-        if can_upscale[0]:
-            view.add_item(UpscaleButton(job, 0, label="Upscale", row=0))
+        if 0 in shown_set:
+            view.add_item(VaryButton(job, 0, label="Variations", row=0))
+            if can_upscale[0]:
+                view.add_item(UpscaleButton(job, 0, label="Upscale", row=0))
         view.add_item(InfoButton(job, row=0))
         view.add_item(DeleteButton(job, row=0))
         return view
     for i in range(n):
-        view.add_item(VaryButton(job, i, row=0))
+        if i in shown_set:
+            view.add_item(VaryButton(job, i, row=0))
     for i in range(n):
-        if can_upscale[i]:
+        if can_upscale[i] and i in shown_set:
             view.add_item(UpscaleButton(job, i, row=1))
     view.add_item(RerollButton(job, row=2))
     view.add_item(InfoButton(job, row=2))
@@ -276,7 +281,8 @@ class Buttons:
             if not self._has(job_id, index, fmt):
                 return self._too_old("Variations")
             kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt,
-                                                  strength=self.settings.variation_strength)
+                                                  strength=self.settings.variation_strength,
+                                                  nsfw_score=p.source_score(index))
         else:
             if not p.can_upscale(index):
                 return Refusal(f"That image is {p.images[index].width}x{p.images[index].height} already; "
@@ -285,7 +291,8 @@ class Buttons:
             if not self._has(job_id, index, fmt):
                 return self._too_old("Upscale")
             kind, source, count = "upscale", JobSource(job_id=job_id, index=index, format=fmt,
-                                                       strength=self.settings.upscale_strength), 1
+                                                       strength=self.settings.upscale_strength,
+                                                       nsfw_score=p.source_score(index)), 1
         try:
             fields = old.model_dump() | {"seed": seed, "count": count,
                                          "max_upload_bytes": self.settings.max_upload_bytes}
@@ -314,7 +321,8 @@ class Buttons:
         origin_fields = dict(
             instance=self.settings.instance, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             user_id=interaction.user.id, application_id=interaction.application_id,
-            interaction_id=interaction.id, interaction_token=interaction.token)
+            interaction_id=interaction.id, interaction_token=interaction.token,
+            channel_nsfw=channel_is_nsfw(interaction.channel))
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
         work = asyncio.ensure_future(asyncio.to_thread(
             self._prepare_and_submit, job_id, action, index, origin_fields, roles))
@@ -415,6 +423,10 @@ class Buttons:
 
 
 def _message_shows(message: discord.Message | None, job_id: str) -> bool:
+    """The message is job_id's own post: it carries the job's images (behind a spoiler or not), or, when the
+    content filter held all of them back, the note that names the job (dreamcore.safety)."""
     if message is None:
         return False
-    return any(a.filename.startswith(f"dream-{job_id}-") for a in message.attachments)
+    if any(a.filename.removeprefix("SPOILER_").startswith(f"dream-{job_id}-") for a in message.attachments):
+        return True
+    return safety.withheld_marker(job_id) in (message.content or "")

@@ -31,6 +31,7 @@ from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
 from .backend import UNAVAILABLE, Backend, Outcome
+from .safety import channel_is_nsfw
 
 log = logging.getLogger("dreambot.bot")
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -167,7 +168,7 @@ class DreamCommands:
                 instance=self.settings.instance, guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id, user_id=interaction.user.id,
                 application_id=interaction.application_id, interaction_id=interaction.id,
-                interaction_token=interaction.token,
+                interaction_token=interaction.token, channel_nsfw=channel_is_nsfw(interaction.channel),
             )
             job = make_job(request, origin)
         except JobError as err:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import results, stats
+from dreamcore import results, safety, stats
 from dreamcore.job import JobError, parse_job
 from dreamcore.limits import human_duration
+
+from .safety import post_is_age_restricted
 
 log = logging.getLogger("dreambot.progress")
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -113,7 +115,19 @@ class Progress:
         text = (f"{stage.capitalize()}: job `{job_id}` {bar(done, total)} {100 * done // max(1, total)}% "
                 f"(step {fields['step']}/{fields['stage_total']} on the {fields.get('stage')})\n"
                 f"**{job.request.prompt[:900]}**")
-        files = [discord.File(io.BytesIO(preview), filename="preview.jpg")] if preview else []
+        files = []
+        if preview:
+            # The preview is judged like the finished images (its own score, and its source's for a
+            # variation or upscale): what a guild holds back is not shown half-denoised either.
+            limits = await asyncio.to_thread(self.backend.store.get, job.origin.guild_id)
+            score = float(fields["nsfw_score"]) if fields.get("nsfw_score") else None
+            source = job.source.nsfw_score if job.source is not None else None
+            verdict = safety.verdict(safety.effective_score(score, source), limits.nsfw_threshold,
+                                     limits.nsfw_action, post_is_age_restricted(self.client, job.origin))
+            if verdict == "withhold":
+                text += "\n-# 🛡️ Preview hidden by this server's content filter."
+            else:
+                files = [discord.File(io.BytesIO(preview), filename="preview.jpg", spoiler=verdict == "spoiler")]
         await relay.interaction_webhook(job.origin).edit_message(
             "@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
         self.edits += 1

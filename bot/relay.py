@@ -9,7 +9,6 @@ second message. A delivery marker in Redis then makes the result done for good.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import socket
@@ -19,12 +18,14 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import faults, keys, metrics, params, results, votes
+from dreamcore import faults, keys, metrics, params, results, safety, votes
 from dreamcore.images import ImageStore, ImageStoreError
+from dreamcore.limits import LimitStore
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
 
+from . import safety as bot_safety
 from .buttons import result_view
 from .vote import vote_files, vote_text, vote_view
 
@@ -43,10 +44,6 @@ class Undeliverable(Exception):
     """Discord will never take this post (channel gone, no permission): stop trying."""
 
 
-def _files(result: DreamResult, images: list[bytes]) -> list[discord.File]:
-    return [discord.File(io.BytesIO(b), filename=i.filename) for i, b in zip(result.images, images, strict=True)]
-
-
 def nonce_for(job_id: str) -> str:
     return f"dream{job_id}"[:25]
 
@@ -61,6 +58,7 @@ class Relay:
         self.token_lifetime_s = token_lifetime_s
         consumer = f"{settings.instance}-{socket.gethostname()}-{os.getpid()}"
         self.outbox = Outbox(conn, settings.instance, consumer)
+        self.limits = LimitStore(conn, settings)
         self.delivered = 0
         self.progress = None  # set by the client: live status edits
 
@@ -137,7 +135,11 @@ class Relay:
             except redis.RedisError:
                 return  # stays pending; claimed again later
         try:
-            where = await self.post(result, images)
+            mod = await asyncio.to_thread(self.moderate, result)
+        except redis.RedisError:
+            return  # stays pending; claimed again later
+        try:
+            where = await self.post(result, images, mod)
         except Undeliverable as err:
             where = f"undeliverable: {err}"
             log.warning("result undeliverable", extra={"job_id": job_id, "reason": str(err)})
@@ -151,6 +153,7 @@ class Relay:
             where = "gave up"
             await self._tell_undelivered(result)
         faults.crash_here("bot-after-post")
+        await self._count_flags(result, mod)
         try:
             await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)
             await asyncio.to_thread(self.outbox.ack, entry)
@@ -160,6 +163,41 @@ class Relay:
         self.delivered += 1
         metrics.delivered(where)
         log.info("result delivered", extra={"job_id": job_id, "where": where, "status": result.status})
+
+    def moderate(self, result: DreamResult) -> safety.Moderated | None:
+        """The guild's verdict on each image of a finished result (reads the guild's policy: Redis)."""
+        if result.status != "done" or result.origin is None or not result.images:
+            return None
+        limits = self.limits.get(result.origin.guild_id)
+        return bot_safety.moderate(result, limits, bot_safety.post_is_age_restricted(self.client, result.origin))
+
+    async def _count_flags(self, result: DreamResult, mod: safety.Moderated | None) -> None:
+        if mod is None or result.origin is None:
+            return
+        counts = bot_safety.count(result.origin.guild_id, mod)
+        if counts:
+            log.info("images flagged", extra={"job_id": result.job_id, "guild_id": result.origin.guild_id, **counts})
+            try:
+                await asyncio.to_thread(safety.record, self.conn, result.origin.guild_id, counts)
+            except redis.RedisError:
+                pass  # a count for /dreamadmin usage; the metrics have it too
+
+    async def _tell_privately(self, result: DreamResult, mod: safety.Moderated | None) -> None:
+        """The member learns which images were held back and why: an ephemeral follow-up while the
+        interaction token lives, else a direct message; if Discord takes neither, the public note stands."""
+        note = mod.private_note(result.job_id) if mod is not None else None
+        if not note:
+            return
+        origin = result.origin
+        try:
+            if self.token_alive(result):
+                await self._interaction_webhook(result).send(note, ephemeral=True, allowed_mentions=NO_MENTIONS)
+                return
+            user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
+            await user.send(note, allowed_mentions=NO_MENTIONS)
+        except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError) as err:
+            log.info("could not tell the member privately about held-back images",
+                     extra={"job_id": result.job_id, "error": type(err).__name__})
 
     async def _give_up_after_repeats(self, entry: OutboxEntry) -> None:
         """A result whose delivery keeps crashing is dropped from the outbox after MAX_ATTEMPTS tries
@@ -195,16 +233,28 @@ class Relay:
         pair = {side: (result, images), other: partner} if partner else {side: (result, images)}
         done = {k: v for k, v in pair.items() if v[0].status == "done"}
         try:
-            if record is not None and len(done) == 2:
-                where = await self._post_vote(record, *done["a"], *done["b"])
-            else:  # a candidate failed: what there is goes out on its own, without a vote
-                shown = next(iter(done.values()), (result, images))
-                where = await self.post(*shown)
+            mods = {k: await asyncio.to_thread(self.moderate, r) for k, (r, _) in done.items()}
+        except redis.RedisError:
+            return  # left pending
+        try:
+            if record is not None and len(done) == 2 and not any(m and m.withheld for m in mods.values()):
+                where = await self._post_vote(record, *done["a"], *done["b"], mods["a"], mods["b"])
+                posted = ["a", "b"]
+            else:
+                # A candidate failed, or the content filter holds back some of its images (a vote between
+                # one picture and a gap is no vote): the candidate with the most to show goes out alone.
+                side = min(done, key=lambda k: len(mods[k].withheld) if mods[k] else 0) if done else side
+                shown = done.get(side, (result, images))
+                where = await self.post(*shown, mods.get(side))
+                posted = [side] if side in done else []
         except Undeliverable as err:
             where = f"undeliverable: {err}"
         except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError, OSError) as err:
             log.warning("vote delivery failed, will retry", extra={"job_id": result.job_id, "error": type(err).__name__})
             return  # left pending
+        if not where.startswith("undeliverable"):
+            for k in posted:
+                await self._count_flags(done[k][0], mods[k])
         for r, _ in pair.values():
             await asyncio.to_thread(self.outbox.mark_delivered, r.job_id, where)
         await asyncio.to_thread(self.outbox.ack, entry)
@@ -213,14 +263,17 @@ class Relay:
         log.info("vote round delivered", extra={"round": round_id, "where": where})
 
     async def _post_vote(self, record: dict, a: DreamResult, a_images: list[bytes], b: DreamResult,
-                         b_images: list[bytes]) -> str:
+                         b_images: list[bytes], a_mod: safety.Moderated | None = None,
+                         b_mod: safety.Moderated | None = None) -> str:
         text = vote_text(record, a, b)
+        for m in (a_mod, b_mod):
+            text = bot_safety.with_note(text, m)
         for delay in (*RETRY_DELAYS_S, None):
             try:
                 if self.token_alive(a):
                     try:
                         await self._interaction_webhook(a).edit_message(
-                            "@original", content=text, attachments=vote_files(a, a_images, b, b_images),
+                            "@original", content=text, attachments=vote_files(a, a_images, b, b_images, a_mod, b_mod),
                             view=vote_view(record["round"]), allowed_mentions=NO_MENTIONS)
                         return "interaction"
                     except discord.HTTPException as err:
@@ -229,7 +282,8 @@ class Relay:
                 channel = self.client.get_partial_messageable(a.origin.channel_id, guild_id=a.origin.guild_id)
                 try:
                     await channel.send(content=f"<@{a.origin.user_id}> {text}"[:2000],
-                                       files=vote_files(a, a_images, b, b_images), view=vote_view(record["round"]),
+                                       files=vote_files(a, a_images, b, b_images, a_mod, b_mod),
+                                       view=vote_view(record["round"]),
                                        allowed_mentions=NO_MENTIONS, nonce=nonce_for("v" + record["round"]))
                 except (discord.NotFound, discord.Forbidden) as err:
                     raise Undeliverable(f"channel {a.origin.channel_id}: {err.text or err.status}") from None
@@ -257,10 +311,12 @@ class Relay:
     def token_alive(self, result: DreamResult) -> bool:
         return self.token_alive_for(result.origin)
 
-    async def post(self, result: DreamResult, images: list[bytes]) -> str:
+    async def post(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None = None) -> str:
         for delay in (*RETRY_DELAYS_S, None):
             try:
-                return await self._post_once(result, images)
+                where = await self._post_once(result, images, mod)
+                await self._tell_privately(result, mod)
+                return where
             except discord.DiscordServerError:
                 if delay is None:
                     raise
@@ -271,15 +327,17 @@ class Relay:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _post_once(self, result: DreamResult, images: list[bytes]) -> str:
+    async def _post_once(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None) -> str:
         origin = result.origin
         if origin is None:
             raise Undeliverable("no origin recorded")
         text = result_text(result)
         if result.status != "done":
             return await self._post_failure(result, text)
-        files = _files(result, images)
-        view = result_view(result)  # Reroll, Variations, Upscale, Info, Delete
+        text = bot_safety.with_note(text, mod, result.job_id)
+        files = bot_safety.files(result, images, mod)
+        # Reroll, Variations, Upscale, Info, Delete; none that would start from a withheld image.
+        view = result_view(result, shown=mod.shown if mod is not None else None)
         if self.token_alive(result):
             hook = self._interaction_webhook(result)
             try:
@@ -292,7 +350,7 @@ class Relay:
                 # Token expired (Discord answers 401), or the member deleted the reply: use the channel.
                 log.info("interaction reply gone, posting to channel", extra={"job_id": result.job_id,
                                                                              "status": err.status})
-                files = _files(result, images)  # a File is spent once sent
+                files = bot_safety.files(result, images, mod)  # a File is spent once sent
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         mention = f"<@{origin.user_id}> " if origin.user_id else ""
         try:

@@ -6,7 +6,6 @@ win rates. Votes are one per member and changeable.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import re
 
@@ -61,12 +60,13 @@ def vote_text(record: dict, a: DreamResult, b: DreamResult) -> str:
             f"Which is better? Pictures marked A- and B-; the settings are revealed in /dreamstats.")[:2000]
 
 
-def vote_files(a: DreamResult, a_images: list[bytes], b: DreamResult, b_images: list[bytes]) -> list[discord.File]:
-    files = []
-    for side, result, images in (("A", a, a_images), ("B", b, b_images)):
-        for info, data in zip(result.images, images, strict=True):
-            files.append(discord.File(io.BytesIO(data), filename=f"{side}-{info.filename}"))
-    return files
+def vote_files(a: DreamResult, a_images: list[bytes], b: DreamResult, b_images: list[bytes],
+               a_mod=None, b_mod=None) -> list[discord.File]:
+    """Both candidates' pictures, marked A- and B-; spoilered where the content filter says so (a round
+    with a withheld picture is not posted as a vote: bot.relay)."""
+    from .safety import files
+
+    return [*files(a, a_images, a_mod, prefix="A-"), *files(b, b_images, b_mod, prefix="B-")]
 
 
 def stats_text(rates: dict) -> str:

@@ -151,6 +151,8 @@ class Origin(_Strict):
     # not a bot token: it is scoped to this one interaction and expires on its own.
     interaction_token: str | None = Field(None, max_length=600, pattern=r"^[A-Za-z0-9_.\-]+$")
     created_at: float = Field(ge=1.5e9, le=5e9)
+    # Discord marks the channel age-restricted (its `nsfw` flag), as the bot saw it when the dream came in.
+    channel_nsfw: bool = False
 
 
 class JobSource(_Strict):
@@ -162,6 +164,9 @@ class JobSource(_Strict):
     strength: float = Field(ge=0.05, le=1.0)
     # How the source was encoded: with the job and index, its key in the image store.
     format: Literal["png", "webp", "jpeg"] = "png"
+    # The output classifier's score of the source image: what is made from it is judged by the higher of
+    # this and its own score, so a button never shows a flagged image unmarked (dreamcore.safety).
+    nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class DreamJob(_Strict):
@@ -202,9 +207,17 @@ class DreamJob(_Strict):
         w, h = r.size
         return f"{w}x{h}/{r.steps}/{r.base_steps}/{r.guidance:g}"
 
-    def _dump_exclude(self) -> set[str] | None:
-        # Version 1 jobs go out exactly as the previous release wrote them (it forbids unknown keys).
-        return {"source"} if self.source is None else None
+    def _dump_exclude(self) -> dict:
+        # Jobs go out exactly as the previous release wrote them (it forbids unknown keys): no source for a
+        # version 1 job, and the content filter's fields only when they say something.
+        out: dict = {}
+        if self.source is None:
+            out["source"] = True
+        elif self.source.nsfw_score is None:
+            out["source"] = {"nsfw_score"}
+        if not self.origin.channel_nsfw:
+            out["origin"] = {"channel_nsfw"}
+        return out
 
     def to_json(self) -> str:
         return self.model_dump_json(exclude=self._dump_exclude())

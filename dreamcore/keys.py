@@ -39,6 +39,10 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 Replication (owner `dreamcore.redisconn`): `dream:replicated` (string, REPLICATED_MARK_TTL_S) is written after
 each member-facing transaction so WAIT, on that one connection, says whether a replica has it.
 
+Output safety (owner `dreamcore.safety`): `dream:safety:{<guild>}:<yyyymmdd>` (hash, SAFETY_FLAGS_TTL_S) counts a
+guild's flagged images per UTC day by what became of them (withheld, spoilered, shown_age_restricted), for
+/dreamadmin usage. The policy itself (threshold, action, adult words) is kept with the limits' config.
+
 Image bytes are never in Redis: they live in the image store (`dreamcore.images`); results carry keys.
 
 Limits (owner `dreamcore.limits` and its scripts; see `LimitKeys`): `dream:limits:{<guild>}:*`. Admin
@@ -72,6 +76,7 @@ FQ_RECOUNT = FQ + "recount"
 FQ_RECOUNT_LOCK = FQ + "recount:lock"
 RECONCILE_LOCK_S = 120
 ATTEMPTS_TTL_S = 86400
+SAFETY_FLAGS_TTL_S = 8 * 86400  # /dreamadmin usage shows the last 7 days
 REPLICATED_MARK = "dream:replicated"
 REPLICATED_MARK_TTL_S = 60
 
@@ -82,6 +87,10 @@ def fair(queue_name: str) -> str:
 
 def fair_owner(queue_name: str, owner: str) -> str:
     return f"{FQ}{queue_name}:o:{owner}"
+
+
+def safety_flags(guild_id: int | None, day: str) -> str:
+    return f"dream:safety:{{{guild_id or 0}}}:{day}"
 
 
 def attempts(job_id: str) -> str:

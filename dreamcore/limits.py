@@ -50,7 +50,7 @@ Word = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 InstanceName = Annotated[str, StringConstraints(pattern=INSTANCE_PATTERN)]
 
 Kind = Literal[
-    "paused", "channel", "blocked_word", "max_images", "max_steps", "cooldown", "user_active",
+    "paused", "channel", "blocked_word", "adult_word", "max_images", "max_steps", "cooldown", "user_active",
     "user_hour", "user_day", "guild_hour", "guild_day", "guild_queued",
 ]
 
@@ -103,8 +103,19 @@ class GuildLimits(BaseModel):
         default_factory=list, max_length=500,
         description="whole words (or phrases) refused in prompts, any case")
     paused: bool = Field(False, description="refuse every dream on this server")
+    # Output safety (dreamcore/safety.py): what the bot does with an image the worker's classifier flagged.
+    nsfw_threshold: float = Field(default_factory=_default("nsfw_threshold"), ge=0.0, le=1.0,
+                                  description="images scoring at least this are flagged (0 flags all, 1 none)")
+    nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(
+        default_factory=_default("nsfw_action"),
+        description="a flagged image: withhold, spoiler, or age_restricted (shown only in age-restricted "
+                    "channels, withheld elsewhere)")
+    adult_words: list[Word] = Field(
+        default_factory=list, max_length=500,
+        description="whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "
+                    "channels")
 
-    @field_validator("blocked_words", mode="before")
+    @field_validator("blocked_words", "adult_words", mode="before")
     @classmethod
     def _clean_words(cls, v: Any) -> Any:
         if not isinstance(v, list):
@@ -134,7 +145,10 @@ class GuildLimits(BaseModel):
 KNOWN_KEYS: tuple[str, ...] = tuple(GuildLimits.model_fields)
 _INT_KEYS = {k for k, f in GuildLimits.model_fields.items() if f.annotation is int}
 _ID_LIST_KEYS = {"exempt_roles", "priority_roles"}
-_DEFAULTED_KEYS = tuple(k for k in KNOWN_KEYS if k in _INT_KEYS)  # the ones the settings provide
+_FLOAT_KEYS = {k for k, f in GuildLimits.model_fields.items() if f.annotation is float}
+_WORD_LIST_KEYS = ("blocked_words", "adult_words")
+# The ones the settings provide (DREAMBOT_LIMIT_*).
+_DEFAULTED_KEYS = tuple(k for k in KNOWN_KEYS if k in _INT_KEYS | _FLOAT_KEYS or k == "nsfw_action")
 
 
 def limit_range(key: str) -> tuple[int, int] | None:
@@ -280,6 +294,23 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         if lo is not None and not lo <= value <= hi:
             raise _range_error(key, value)
         return value
+    if key in _FLOAT_KEYS:
+        lo, hi = limit_range(key) or ("?", "?")
+        try:
+            value = float(raw) if re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", raw) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise LimitError(f"{key} must be a number between {lo} and {hi}, got {_shown(raw_value)}", key=key)
+        if not lo <= value <= hi:
+            raise _range_error(key, raw)
+        return value
+    if key == "nsfw_action":
+        low = raw.lower().replace("-", "_").replace(" ", "_")
+        if low not in ("withhold", "spoiler", "age_restricted"):
+            raise LimitError(f"nsfw_action must be withhold, spoiler or age_restricted, got {_shown(raw_value)}",
+                             key=key)
+        return low
     if key == "paused":
         low = raw.lower()
         if low in _TRUE:
@@ -289,8 +320,8 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         raise LimitError(f"paused must be true/false (or on/off, yes/no), got {_shown(raw_value)}", key=key)
     if key in _ID_LIST_KEYS:
         return _edit_list(list(getattr(current, key)), raw, lambda s: _ids(key, s))
-    if key == "blocked_words":
-        return _edit_list(list(current.blocked_words), raw,
+    if key in _WORD_LIST_KEYS:
+        return _edit_list(list(getattr(current, key)), raw,
                           lambda s: [w for w in (clean_text(p) for p in s.split(",")) if w])
     if key == "channels":
         channels = {k: list(v) for k, v in current.channels.items()}
@@ -538,7 +569,8 @@ class Limiter:
 
     def acquire(self, guild_id: int | None, user_id: int, job_id: str, images: int, steps: int,
                 role_ids: Iterable[int] = (), instance: str = "", channel_id: int | None = None,
-                prompt: str = "", negative_prompt: str = "", now: float | None = None) -> Decision:
+                prompt: str = "", negative_prompt: str = "", now: float | None = None,
+                channel_nsfw: bool = False) -> Decision:
         """Check every limit; if all pass, record the job (call `release` when it ends) and return ok.
 
         Calling it again with an already accepted job id returns ok without consuming anything twice.
@@ -571,6 +603,12 @@ class Limiter:
             which = "prompt" if hit[0] == 0 else "negative prompt"
             return refuse("blocked_word",
                           f"your {which} contains a word this server has blocked ({_mask(hit[1])})")
+        adult = None if channel_nsfw else find_blocked_word(limits.adult_words, prompt, negative_prompt)
+        if adult:
+            which = "prompt" if adult[0] == 0 else "negative prompt"
+            return refuse("adult_word",
+                          f"your {which} has a word this server keeps to age-restricted channels "
+                          f"({_mask(adult[1])}); try it in an age-restricted channel")
         if not exempt and images > limits.max_images:
             return refuse("max_images", f"this server allows at most {limits.max_images} images per dream "
                                         f"(you asked for {images})")

@@ -53,7 +53,7 @@ ACK_SECONDS = Histogram(
     "Seconds from a /dream interaction reaching the bot to its first answer (reply or defer); Discord allows 3",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0),
 )
-STAGES = ("encode", "base", "refiner", "decode", "png", "total")
+STAGES = ("encode", "base", "refiner", "decode", "safety", "png", "total")
 STAGE_SECONDS = Histogram(
     "dreambot_stage_seconds",
     "Seconds per image spent in each stage of a dream job (the job's stage time over its image count)",
@@ -67,15 +67,22 @@ BATCH_JOBS = Histogram("dreambot_batch_jobs", "Dream jobs sharing one denoising 
 OUTCOMES = ("done", "failed", "cancelled")
 JOBS = Counter("dreambot_jobs_total", "Dream jobs a worker finished, by outcome", ["outcome"])
 FAIL_REASONS = ("bad_input", "prompt_too_long", "nan", "oom", "timeout", "cancelled", "crashed",
-                "channel_gone", "store", "internal")
+                "channel_gone", "store", "safety", "internal")
 JOBS_FAILED = Counter("dreambot_jobs_failed_total", "Dream jobs that ended without images, by reason", ["reason"])
 DELIVERY_WHERE = ("interaction", "interaction-ephemeral", "channel", "undeliverable", "gave_up", "expired")
 DELIVERIES = Counter("dreambot_deliveries_total", "Results a bot finished with, by where they went", ["where"])
 DELIVERY_RETRIES = Counter("dreambot_delivery_retries_total", "Result posts tried again after a failure")
 LIMITS_REFUSED = Counter("dreambot_limits_refused_total", "/dream requests refused, by the limit that refused",
                          ["kind"])
-REFUSAL_KINDS = ("paused", "channel", "blocked_word", "max_images", "max_steps", "cooldown", "user_active",
+IMAGES_FLAGGED = Counter("dreambot_images_flagged_total",
+                         "Images the output classifier flagged, by guild and what became of them "
+                         "(withheld, spoilered, shown_age_restricted)", ["guild", "action"])
+REFUSAL_KINDS = ("paused", "channel", "blocked_word", "adult_word", "max_images", "max_steps", "cooldown", "user_active",
                  "user_hour", "user_day", "guild_hour", "guild_day", "guild_queued", "busy", "unavailable")
+
+
+def image_flagged(guild_id: int | None, action: str, n: int = 1) -> None:
+    IMAGES_FLAGGED.labels(str(guild_id or "dm"), action).inc(n)
 
 
 def observe_ack(seconds: float) -> None:

@@ -34,6 +34,7 @@ class ImageParams(BaseModel):
     height: int = Field(ge=1, le=16384)
     seed: int = Field(ge=0, le=2**32 - 1)
     format: str = Field(max_length=8)
+    nsfw_score: float | None = Field(None, ge=0.0, le=1.0)  # the output classifier's (dreamcore.safety)
 
 
 class JobParams(BaseModel):
@@ -56,6 +57,13 @@ class JobParams(BaseModel):
     worker: str = Field("", max_length=200)
     finished_at: float = 0.0
 
+    def source_score(self, index: int) -> float | None:
+        """What a variation or upscale of image `index` carries as its source's score: the image's own, or
+        its own source's when higher (a variation of a variation of a flagged image stays flagged)."""
+        from .safety import effective_score
+
+        return effective_score(self.images[index].nsfw_score, self.source.nsfw_score if self.source else None)
+
     def can_upscale(self, index: int) -> bool:
         if not 0 <= index < len(self.images):
             return False
@@ -69,7 +77,8 @@ def from_result(result: DreamResult) -> JobParams:
     return JobParams(
         job_id=result.job_id, kind=result.kind, source=result.source, request=result.request,
         instance=o.instance, guild_id=o.guild_id, channel_id=o.channel_id, user_id=o.user_id,
-        images=[ImageParams(width=i.width, height=i.height, seed=i.seed, format=i.format) for i in result.images],
+        images=[ImageParams(width=i.width, height=i.height, seed=i.seed, format=i.format, nsfw_score=i.nsfw_score)
+                for i in result.images],
         timings=dict(list(result.timings.items())[:32]), base_steps=result.base_steps,
         refiner_steps=result.refiner_steps, prompt_note=(result.prompt_note or None) and result.prompt_note[:300],
         worker=result.worker[:200], finished_at=result.finished_at,

@@ -43,6 +43,8 @@ class ImageInfo(BaseModel):
     size_bytes: int
     # Where the bytes are in the image store; None only in a result an older worker published inline.
     key: str | None = Field(None, max_length=200)
+    # The output classifier's score (worker/safety.py); None when the worker runs without it.
+    nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class DreamResult(BaseModel):

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     channels_last: bool = Field(True, **_env("DREAMBOT_CHANNELS_LAST"))
     # torch.compile the UNets at worker start (minutes of warm-up on a GPU; a cache makes restarts quick).
     compile: bool = Field(False, **_env("DREAMBOT_COMPILE"))
+    # The output classifier (worker/safety.py) scores every image before it is published; each guild's
+    # policy decides what a flagged one becomes (dreamcore/safety.py). false: images are posted unscored.
+    safety_check: bool = Field(True, **_env("DREAMBOT_SAFETY_CHECK"))
+    # A transformers image classifier: a hub id (from the HF cache) or a local folder.
+    safety_model: str = Field("Falconsai/nsfw_image_detection", min_length=1, **_env("DREAMBOT_SAFETY_MODEL"))
+    # Its labels whose probability is the score, comma-separated (e.g. "porn,hentai,sexy" for other models).
+    safety_labels: str = Field("nsfw", min_length=1, max_length=500, **_env("DREAMBOT_SAFETY_LABELS"))
 
     # --- Dream defaults -------------------------------------------------------------------
     default_steps: int = Field(40, ge=1, le=100, **_env("DREAMBOT_DEFAULT_STEPS"))
@@ -107,6 +114,11 @@ class Settings(BaseSettings):
     limit_max_images: int = Field(4, ge=1, le=4, **_env("DREAMBOT_LIMIT_MAX_IMAGES"))
     limit_max_steps: int = Field(60, ge=1, le=100, **_env("DREAMBOT_LIMIT_MAX_STEPS"))
     limit_guild_max_queued: int = Field(50, ge=1, le=100000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
+    # Output safety (dreamcore/safety.py): an image scoring at least this is flagged (1: none is), and
+    # what becomes of it: withhold, spoiler, or age_restricted (shown only in age-restricted channels).
+    limit_nsfw_threshold: float = Field(0.5, ge=0.0, le=1.0, **_env("DREAMBOT_LIMIT_NSFW_THRESHOLD"))
+    limit_nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(
+        "withhold", **_env("DREAMBOT_LIMIT_NSFW_ACTION"))
     # --- end of guild limit defaults ---
 
     # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---
@@ -195,6 +207,10 @@ class Settings(BaseSettings):
     def _id_list(cls, v: str) -> str:
         parse_id_list(v)
         return v
+
+    @property
+    def safety_label_list(self) -> list[str]:
+        return [x.strip() for x in self.safety_labels.split(",") if x.strip()]
 
     @property
     def guild_id_list(self) -> list[int]:

@@ -45,6 +45,7 @@ class Fleet:
             "REDIS_URL": self.redis_url,
             "DREAMBOT_BASE_MODEL": str(self.model_dir / "base"),
             "DREAMBOT_REFINER_MODEL": str(self.model_dir / "refiner"),
+            "DREAMBOT_SAFETY_MODEL": str(self.model_dir / "safety"),
             "DREAMBOT_DEVICE": "cpu",
             "DREAMBOT_DEFAULT_STEPS": "4",
             "DREAMBOT_LOG_LEVEL": "DEBUG",

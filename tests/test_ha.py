@@ -46,6 +46,14 @@ def _patient(fn, timeout: float = 20.0):
             time.sleep(0.1)
 
 
+def _wait_replica_online(conn: redis.Redis, timeout: float = 30.0) -> None:
+    """Until a replica has finished its initial sync and acknowledges writes (what WAIT counts)."""
+    deadline = time.monotonic() + timeout
+    while conn.info("replication").get("slave0", {}).get("state") != "online" or conn.wait(1, 1000) < 1:
+        assert time.monotonic() < deadline, "no replica came back online"
+        time.sleep(0.1)
+
+
 def _replica(ha: HaRedis) -> redis.Redis:
     primary = ha.primary_port()
     node = next(n for n in ha.nodes if n.port != primary and n.proc is not None and n.proc.poll() is None)
@@ -65,7 +73,7 @@ def test_a_queued_dream_is_on_the_replica_when_the_member_hears_of_it(ha):
 def test_no_replica_means_not_queued_and_the_quota_back(ha):
     from bot.backend import UNAVAILABLE, Backend
 
-    settings = load_settings(**ha.env, redis_wait_ms=300, limit_cooldown_s=0, limit_user_images_hour=2)
+    settings = load_settings(**ha.env, redis_wait_ms=2000, limit_cooldown_s=0, limit_user_images_hour=2)
     conn = redisconn.connect(settings)
     backend = Backend(settings, conn)
     for node in ha.nodes:
@@ -77,9 +85,7 @@ def test_no_replica_means_not_queued_and_the_quota_back(ha):
     # The refused dream did not count: both of this hour's two images are still there once a replica is.
     restarted = next(n for n in ha.nodes if n.port != ha.primary_port())
     restarted.start()
-    deadline = time.monotonic() + 20
-    while conn.info("replication").get("connected_slaves", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_replica_online(conn)
     assert backend.submit(_job(user=7)).ok and backend.submit(_job(user=7)).ok
     assert backend.submit(_job(user=7)).kind == "user_hour"
 
@@ -115,9 +121,7 @@ def test_clients_and_scripts_follow_a_failover_without_a_restart(ha):
         q.enqueue(after)
     assert q.position(after.job_id) is None
     killed.start()  # the old primary's machine comes back and the sentinels make it the new one's replica
-    deadline = time.monotonic() + 20
-    while new.info("replication").get("connected_slaves", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _wait_replica_online(new)
     assert q.enqueue(after).position == 1
     assert all(new.script_exists(fairq._scripts(conn)["POSITION"].sha))
 

@@ -20,10 +20,12 @@ from dreamcore.localredis import LocalRedis
 from dreamcore.logs import setup_logging
 from dreamcore.present import result_text
 from dreamcore.queue import DreamQueue
+from dreamcore.safety import is_flagged
 from dreamcore.settings import Settings
 
 from .pipeline import ModelLoadError
 from .runner import load_pipeline, make_worker
+from .safety import load_checker
 
 DEMO_INSTANCE = "demo"
 
@@ -34,7 +36,7 @@ def default_tiny_dir() -> Path:
 
 def _tiny(settings: Settings, where: str) -> Settings:
     from .runner import quiet_model_libraries
-    from .tiny import make_tiny_model
+    from .tiny import make_tiny_classifier, make_tiny_model
 
     quiet_model_libraries()
     folder = Path(where) if where else default_tiny_dir()
@@ -42,8 +44,10 @@ def _tiny(settings: Settings, where: str) -> Settings:
         t0 = time.perf_counter()
         make_tiny_model(folder)
         print(f"built the tiny test model in {folder} ({time.perf_counter() - t0:.1f}s)")
-    return settings.model_copy(update={"base_model": str(folder / "base"),
-                                       "refiner_model": str(folder / "refiner"), "device": "cpu"})
+    elif not (folder / "safety" / "config.json").exists():  # a folder an older release built
+        make_tiny_classifier(folder / "safety")
+    return settings.model_copy(update={"base_model": str(folder / "base"), "refiner_model": str(folder / "refiner"),
+                                       "safety_model": str(folder / "safety"), "device": "cpu"})
 
 
 def run_demo(settings: Settings, args) -> int:
@@ -80,6 +84,7 @@ def run_demo(settings: Settings, args) -> int:
 def _run(settings: Settings, conn: redis.Redis, request, out: Path) -> int:
     try:
         pipeline = load_pipeline(settings)
+        checker = load_checker(settings, pipeline.device)
     except ModelLoadError as err:
         print(f"dreambot demo: {err}")
         return 2
@@ -91,7 +96,7 @@ def _run(settings: Settings, conn: redis.Redis, request, out: Path) -> int:
     store = open_store(settings)
     outbox = results.Outbox(conn, DEMO_INSTANCE, consumer="demo")
     outbox.ensure_group()
-    worker = make_worker(settings, conn, pipeline)
+    worker = make_worker(settings, conn, pipeline, checker=checker)
     worker.work(burst=True, logging_level="WARNING")
 
     deadline = time.monotonic() + 30
@@ -102,12 +107,12 @@ def _run(settings: Settings, conn: redis.Redis, request, out: Path) -> int:
             if entry.job_id != job.job_id or loaded is None:
                 continue
             result, images = loaded
-            return _write(result, images, out)
+            return _write(result, images, out, settings)
     print(f"dreambot demo: no result for job {job.job_id} (see the worker log above)")
     return 1
 
 
-def _write(result, images: list[bytes], out: Path) -> int:
+def _write(result, images: list[bytes], out: Path, settings: Settings) -> int:
     print(result_text(result))
     if result.status != "done":
         return 1
@@ -115,7 +120,15 @@ def _write(result, images: list[bytes], out: Path) -> int:
     for info, data in zip(result.images, images, strict=True):
         path = out / info.filename
         path.write_bytes(data)
-        print(f"wrote {path} ({info.width}x{info.height} {info.format}, seed {info.seed}, {len(data) // 1024} KiB)")
+        if info.nsfw_score is None:
+            verdict = "not checked: DREAMBOT_SAFETY_CHECK=false"
+        else:
+            flagged = is_flagged(info.nsfw_score, settings.limit_nsfw_threshold)
+            verdict = (f"content filter {info.nsfw_score:.2f}"
+                       + (f", FLAGGED (a guild on the defaults would {settings.limit_nsfw_action.replace('_', ' ')} it)"
+                          if flagged else ""))
+        print(f"wrote {path} ({info.width}x{info.height} {info.format}, seed {info.seed}, {len(data) // 1024} KiB, "
+              f"{verdict})")
     meta = out / f"dream-{result.job_id}.json"
     meta.write_text(json.dumps(result.model_dump(mode="json"), indent=2))
     per_image = result.timings.get("total_s", 0) / max(1, len(images))

@@ -20,9 +20,8 @@ SDXL_LATENT_RGB = torch.tensor([
 SDXL_LATENT_RGB_BIAS = torch.tensor([0.1084, -0.0175, -0.0011])
 
 
-def latent_preview_jpeg(latents: torch.Tensor, max_side: int = 256) -> bytes:
-    """JPEG bytes (~10 KB) of the first image of a (batch, 4, h, w) latent tensor, at most max_side pixels
-    a side: small, because it sits in Redis while its job runs (results.publish_progress)."""
+def latent_preview_image(latents: torch.Tensor, max_side: int = 256) -> Image.Image:
+    """The first image of a (batch, 4, h, w) latent tensor, at most max_side pixels a side."""
     lat = latents[0].detach().float().cpu()
     rgb = torch.einsum("chw,cr->hwr", lat, SDXL_LATENT_RGB) + SDXL_LATENT_RGB_BIAS
     rgb = ((rgb.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
@@ -32,6 +31,13 @@ def latent_preview_jpeg(latents: torch.Tensor, max_side: int = 256) -> bytes:
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
     else:  # latents are 1/8 of the image: show them at up to max_side, blocky is fine for a preview
         img = img.resize((round(img.width * scale), round(img.height * scale)), Image.NEAREST)
+    return img
+
+
+def jpeg(img: Image.Image) -> bytes:
+    """JPEG bytes (~10 KB for a preview): small, because it sits in Redis while its job runs
+    (results.publish_progress)."""
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=75)
     return buf.getvalue()
+

@@ -34,6 +34,7 @@ from dreamcore.settings import Settings
 
 from . import tasks
 from .pipeline import DreamPipeline, ModelLoadError
+from .safety import load_checker
 
 log = logging.getLogger("dreambot.worker")
 
@@ -280,13 +281,15 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
     return pipe
 
 
-def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None) -> DreamWorker:
+def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None,
+                checker=tasks.LOAD) -> DreamWorker:
     name = name or worker_name()
     store = open_store(settings)
     log.info("image store", extra={"store": store.describe(), "retention_days": settings.image_retention_days})
     if isinstance(store, S3Store) and settings.s3_set_lifecycle:
         store.set_lifecycle()
-    tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name, store=store))
+    tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name, store=store,
+                                checker=checker))
     queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
     return DreamWorker(queues, connection=conn, name=name, heartbeat_s=settings.heartbeat_s,
                        lease_s=settings.lease_s, batch_images=settings.batch_images,
@@ -328,6 +331,7 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
     models_loaded = metrics.start_worker_metrics(settings.metrics_port, settings)
     try:
         pipeline = load_pipeline(settings)
+        checker = load_checker(settings, pipeline.device)  # once: a Redis reconnect below reuses it
     except ModelLoadError as err:
         log.error("cannot start: %s", err)
         print(f"dreambot worker: {err}", flush=True)
@@ -340,7 +344,7 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
         signal.signal(signal.SIGINT, stop)
         if not _wait_for_redis(conn, stop):
             return 0
-        worker = make_worker(settings, conn, pipeline)
+        worker = make_worker(settings, conn, pipeline, checker=checker)
         try:
             worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
         except redis.RedisError as err:  # lost Redis while registering or tearing down

@@ -34,8 +34,9 @@ from dreamcore.settings import Settings
 
 from .encode import TooLargeError, encode_images
 from .pipeline import DreamPipeline, Generation, StepEvent
-from .preview import latent_preview_jpeg
+from .preview import jpeg, latent_preview_image
 from .prompts import PromptTooLong
+from .safety import load_checker
 
 log = logging.getLogger("dreambot.worker")
 
@@ -48,6 +49,39 @@ class JobCancelled(Exception):
     """A member or an admin cancelled the job while it ran."""
 
 
+LOAD = object()  # Runtime.checker's default: load the classifier the settings name
+
+
+class SafetyCheckFailed(RuntimeError):
+    """The output classifier could not score a job's images: nothing unscored is posted."""
+
+
+@dataclass
+class Scored:
+    scores: list[float | None]
+    seconds: float  # the classifier's time for the call these images were in (a batch's, like its stages)
+
+
+def score_images(rt: Runtime, gens: list[Generation]) -> list[Scored]:
+    """Every image of `gens` through the classifier in one batched call, before anything is published."""
+    if rt.checker is None:
+        return [Scored([None] * len(g.images), 0.0) for g in gens]
+    images = [im for g in gens for im in g.images]
+    try:
+        scores, seconds = rt.checker.timed_scores(images)
+    except JobTimeoutException:
+        raise
+    except Exception as err:
+        if _is_oom(err):
+            raise
+        raise SafetyCheckFailed(f"{type(err).__name__}: {err}") from err
+    out, k = [], 0
+    for g in gens:
+        out.append(Scored(scores[k:k + len(g.images)], seconds))
+        k += len(g.images)
+    return out
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -56,12 +90,17 @@ class Runtime:
     name: str = "worker"
     limiter: Limiter | None = None
     store: ImageStore | None = None
+    # The output classifier every image passes before it is published; by default loaded from the settings
+    # (None there only when DREAMBOT_SAFETY_CHECK=false), so no way of building a worker skips it.
+    checker: Any = LOAD
 
     def __post_init__(self):
         if self.limiter is None:
             self.limiter = Limiter(self.conn)
         if self.store is None:
             self.store = open_store(self.settings)
+        if self.checker is LOAD:
+            self.checker = load_checker(self.settings, getattr(self.pipeline, "device", None))
 
 
 _runtime: Runtime | None = None
@@ -178,6 +217,9 @@ def _settle(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> dict:
         _free_gpu_memory()
         reason = "the GPU ran out of memory on this one; try fewer images or another size"
         kind = "oom"
+    elif isinstance(err, SafetyCheckFailed):
+        reason = "the content filter could not check the images, so nothing was posted; please try again"
+        kind = "safety"
     else:
         reason = f"the worker hit an internal error ({type(err).__name__}); nothing was posted"
         kind = "internal"
@@ -243,11 +285,18 @@ class StepHook:
                 job = self.jobs[k]
                 if job.job_id in self.cancelled:
                     continue
-                preview = latent_preview_jpeg(event.latents[sl])
-                results.publish_progress(self.rt.conn, job.origin.instance, job.job_id, {
-                    "stage": event.stage, "step": event.step, "stage_total": event.stage_total,
-                    "done": event.done, "total": event.total, "at": time.time()}, preview,
-                    stream_len=self.rt.settings.progress_stream_len)
+                fields = {"stage": event.stage, "step": event.step, "stage_total": event.stage_total,
+                          "done": event.done, "total": event.total, "at": time.time()}
+                image = latent_preview_image(event.latents[sl])
+                preview: bytes | None = jpeg(image)
+                if self.rt.checker is not None:
+                    try:  # judged like the finished images (bot.progress): a preview is an image too
+                        fields["nsfw_score"] = self.rt.checker.scores([image])[0]
+                    except Exception as err:  # noqa: BLE001 - no score, no preview; the job goes on
+                        log.warning("preview not scored", extra={"job_id": job.job_id, "error": type(err).__name__})
+                        preview = None
+                results.publish_progress(self.rt.conn, job.origin.instance, job.job_id, fields, preview,
+                                         stream_len=self.rt.settings.progress_stream_len)
         except redis.RedisError:
             pass  # progress is a courtesy; never fail or slow a job for it
 
@@ -280,15 +329,19 @@ def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
         gen: Generation = _make_images(rt, job)
     except ValueError as err:
         raise _input_error(rt, job, err) from None
-    return _publish_generation(rt, job, gen, t0)
+    (scored,) = score_images(rt, [gen])
+    return _publish_generation(rt, job, gen, t0, scored=scored)
 
 
 def _publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, share: float = 1.0,
-                        record: bool = True) -> dict:
+                        record: bool = True, scored: Scored | None = None) -> dict:
     """Encode a job's images, publish them to its bot's outbox, settle its quota. `share` is the job's part of
     a batch's images (stage times are the batch's; metrics get this job's share); `record` is False when the
-    batch records its seconds per image once for all its jobs."""
+    batch records its seconds per image once for all its jobs; `scored` is what the output classifier made
+    of its images (scored here when the caller has not)."""
     req = job.request
+    if scored is None:
+        (scored,) = score_images(rt, [gen])
     if gen.nan_detected:
         _free_gpu_memory()
         reason = "the model produced a blank (NaN) image; try another seed or fewer steps"
@@ -302,6 +355,8 @@ def _publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, 
         fail_job(rt, job.job_id, job.origin, req, str(err), kind="bad_input")
         raise JobRejected(str(err)) from None
     timings = dict(gen.timings)
+    if rt.checker is not None:
+        timings["safety_s"] = scored.seconds
     timings["png_s"] = time.perf_counter() - t_enc
     timings["total_s"] = time.perf_counter() - t0
 
@@ -312,8 +367,8 @@ def _publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, 
         request=req,
         images=[
             ImageInfo(filename=e.filename, format=e.format, width=e.width, height=e.height, seed=s,
-                      size_bytes=len(e.data))
-            for e, s in zip(encoded, gen.seeds, strict=True)
+                      size_bytes=len(e.data), nsfw_score=score)
+            for e, s, score in zip(encoded, gen.seeds, scored.scores, strict=True)
         ],
         timings={k: round(v, 4) for k, v in timings.items()},
         base_steps=gen.base_steps,
@@ -378,6 +433,7 @@ class Made:
     share: float  # its part of its batch's images
     record: bool  # fold its time into the seconds-per-image average (a batch does that once for all)
     rq_job: Any = None
+    scored: Scored | None = None  # the output classifier's verdict, from one call for the whole batch
 
 
 def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
@@ -424,12 +480,29 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
             live.append((i, job, prepared))
         if live:
             _denoise_batch(rt, members, live, outcomes, made)
+        _score_made(rt, members, outcomes, made)
     except JobTimeoutException as err:
         done = {m.index for m in made}
         for i, job in admitted.items():
             if outcomes[i] is None and i not in done:
                 outcomes[i] = _capture(_settle, rt, job, err, members[i].rq_job)
     return outcomes, made
+
+
+def _score_made(rt: Runtime, members: list[Claimed], outcomes: list, made: list[Made]) -> None:
+    """Every image made in this call through the classifier at once, on the worker's device, while the
+    GPU half still runs; a failure fails those jobs (each member told) rather than post unscored images."""
+    if not made:
+        return
+    try:
+        for m, scored in zip(made, score_images(rt, [m.gen for m in made]), strict=True):
+            m.scored = scored
+    except JobTimeoutException:
+        raise
+    except Exception as err:
+        for m in made:
+            outcomes[m.index] = _capture(_settle, rt, m.job, err, members[m.index].rq_job)
+        made.clear()
 
 
 def finish(made: list[Made], outcomes: list[Outcome | None]) -> list[Outcome]:
@@ -497,7 +570,7 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live, outcomes: list, ma
 
 def _publish_or_settle(rt: Runtime, m: Made) -> dict:
     try:
-        return _publish_generation(rt, m.job, m.gen, m.t0, share=m.share, record=m.record)
+        return _publish_generation(rt, m.job, m.gen, m.t0, share=m.share, record=m.record, scored=m.scored)
     except Exception as err:
         return _settle(rt, m.job, err, m.rq_job)
 

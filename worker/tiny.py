@@ -8,6 +8,9 @@ refiner), an 8x AutoencoderKL, and SDXL's Euler scheduler config. Both pipelines
 `save_pretrained`, so the worker loads them through `from_pretrained(folder)` exactly as it loads real
 weights, and the code under test is the production code path. The images are noise-like, of course.
 
+`make_tiny_classifier` adds a tiny ViT with a real NSFW classifier's labels for the output check
+(worker/safety.py), written to `safety/` beside them.
+
 Nothing is downloaded: the tokenizer's vocabulary is the 256 byte characters of byte-level BPE (plain and
 end-of-word) plus CLIP's two specials, so any unicode prompt tokenizes, one token per UTF-8 byte.
 """
@@ -173,4 +176,27 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     )
     base.save_pretrained(out / "base")
     refiner.save_pretrained(out / "refiner")
+    make_tiny_classifier(out / "safety")
+    return out
+
+
+def make_tiny_classifier(out_dir: str | Path) -> Path:
+    """A tiny ViT image classifier with the labels of a real NSFW one (`normal`, `nsfw`), saved with its
+    image processor the way a hub model is, so the worker loads it through the same from_pretrained path.
+
+    Random weights, except that the head leans to `normal` (bias +3 / -3): its score sits near 0.003 for
+    any image, below every threshold but 0, so dreams are posted as usual and a test flags them by moving
+    a guild's threshold (0 flags everything, 1 nothing)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    out = Path(out_dir)
+    torch.manual_seed(SEED)
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, id2label={0: "normal", 1: "nsfw"},
+                       label2id={"normal": 0, "nsfw": 1})
+    model = ViTForImageClassification(config).eval()
+    with torch.no_grad():
+        model.classifier.bias.copy_(torch.tensor([3.0, -3.0]))
+    model.save_pretrained(out)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
     return out

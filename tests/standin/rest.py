@@ -33,6 +33,7 @@ from aiohttp import web
 
 from .store import (
     ATTACHMENT_SIZE_LIMIT,
+    CHANNEL_DM,
     FLAG_EPHEMERAL,
     FLAG_LOADING,
     FLAG_SUPPRESS_EMBEDS,
@@ -40,6 +41,7 @@ from .store import (
     App,
     Attachment,
     CallbackAttempt,
+    Channel,
     Interaction,
     Message,
     Store,
@@ -234,6 +236,7 @@ class RestApi:
         r("GET", "/gateway/bot", self.get_gateway_bot)
         r("GET", "/users/@me", self.get_me)
         r("GET", "/users/{user_id}", self.get_user)
+        r("POST", "/users/@me/channels", self.create_dm)
         r("GET", "/applications/@me", self.get_application)
         r("GET", "/oauth2/applications/@me", self.get_application)
         r("GET", "/applications/{app_id}/commands", self.get_commands)
@@ -475,6 +478,23 @@ class RestApi:
             if uid not in self.store.users:
                 raise ApiError(404, 10013, "Unknown User")
             return json_response(self.store.user_payload(uid))
+
+    async def create_dm(self, request, app):
+        body = await read_body(request)
+        payload = body.payload or {}
+        try:
+            uid = int(payload.get("recipient_id"))
+        except (TypeError, ValueError):
+            raise ApiError(400, 50035, "Invalid Form Body") from None
+        with self.store.lock:
+            if uid not in self.store.users:
+                raise ApiError(404, 10013, "Unknown User")
+            ch = next((c for c in self.store.channels.values() if c.recipient_id == uid), None)
+            if ch is None:
+                ch = Channel(id=self.store.snowflakes.next(), guild_id=0, name="", position=0, type=CHANNEL_DM,
+                             recipient_id=uid)
+                self.store.channels[ch.id] = ch
+            return json_response(self.store.channel_payload(ch))
 
     async def get_application(self, request, app):
         with self.store.lock:
@@ -777,7 +797,8 @@ class RestApi:
             msg = self._new_message(channel_id=ch.id, app=app, payload=payload, attachments=attachments)
             out = self.store.message_payload(msg)
         self.store.notify()
-        await self._broadcast("MESSAGE_CREATE", msg)
+        if ch.type != CHANNEL_DM:  # a DM goes to its member, not to the guild's bots
+            await self._broadcast("MESSAGE_CREATE", msg)
         return json_response(out)
 
     def _channel_message(self, channel_id: str, message_id: str) -> Message:

@@ -244,11 +244,13 @@ class DiscordStandIn:
                 self._call(self.hub.dispatch(app.id, "GUILD_CREATE", payload, guild_id=gid))
         return gid
 
-    def add_channel(self, guild_id: int, name: str) -> int:
+    def add_channel(self, guild_id: int, name: str, nsfw: bool = False) -> int:
+        """A text channel; `nsfw`: Discord's age-restricted flag, in every payload that carries the channel."""
         st = self.store
         with st.lock:
             guild = st.guilds[guild_id]
-            ch = Channel(id=st.snowflakes.next(), guild_id=guild_id, name=name, position=len(guild.channels))
+            ch = Channel(id=st.snowflakes.next(), guild_id=guild_id, name=name, position=len(guild.channels),
+                         nsfw=nsfw)
             guild.channels[ch.id] = ch
             st.channels[ch.id] = ch
             payload = st.channel_payload(ch)
@@ -256,6 +258,23 @@ class DiscordStandIn:
             for app in list(st.apps.values()):
                 self._call(self.hub.dispatch(app.id, "CHANNEL_CREATE", payload, guild_id=guild_id))
         return ch.id
+
+    def set_channel_nsfw(self, channel_id: int, nsfw: bool) -> None:
+        """An admin ticks (or unticks) "Age-Restricted Channel": every bot gets CHANNEL_UPDATE."""
+        st = self.store
+        with st.lock:
+            ch = st.channels[channel_id]
+            ch.nsfw = nsfw
+            payload = st.channel_payload(ch)
+        if self._loop is not None:
+            for app in list(st.apps.values()):
+                self._call(self.hub.dispatch(app.id, "CHANNEL_UPDATE", payload, guild_id=ch.guild_id))
+
+    def direct_messages(self, user_id: int) -> list[Message]:
+        """What bots sent this member in direct messages, oldest first."""
+        with self.store.lock:
+            dm = {c.id for c in self.store.channels.values() if c.recipient_id == user_id}
+            return [m for m in self.store.messages.values() if m.channel_id in dm and not m.deleted]
 
     def add_role(self, guild_id: int, name: str, permissions: int = 0) -> int:
         st = self.store

@@ -121,10 +121,12 @@ class Role:
 @dataclass
 class Channel:
     id: int
-    guild_id: int
+    guild_id: int  # 0 for a direct-message channel
     name: str
     position: int
-    type: int = 0  # GUILD_TEXT
+    type: int = 0  # GUILD_TEXT; 1 is DM
+    nsfw: bool = False  # Discord's age-restricted flag
+    recipient_id: int | None = None  # a DM channel's member
 
 
 @dataclass
@@ -153,6 +155,10 @@ class Guild:
     members: dict[int, Member] = field(default_factory=dict)
 
 
+CHANNEL_DM = 1
+ATTACHMENT_IS_SPOILER = 1 << 3
+
+
 class Attachment(tuple):
     """A stored attachment. Unpacks and compares as ``(filename, bytes, content_type)``; also has ``.id``,
     ``.filename``, ``.data``, ``.content_type``, ``.size``, ``.url``, ``.sent_content_type`` (what the client put
@@ -175,10 +181,17 @@ class Attachment(tuple):
     def size(self) -> int:
         return len(self.data)
 
+    @property
+    def spoiler(self) -> bool:
+        """Discord shows an attachment behind a spoiler cover when its name starts SPOILER_ and says so
+        in the attachment's flags (IS_SPOILER)."""
+        return self.filename.startswith("SPOILER_")
+
     def to_payload(self) -> dict:
         out = {
             "id": str(self.id),
             "filename": self.filename,
+            "flags": ATTACHMENT_IS_SPOILER if self.spoiler else 0,
             "size": self.size,
             "url": self.url,
             "proxy_url": self.url,
@@ -403,6 +416,9 @@ class Store:
         }
 
     def channel_payload(self, ch: Channel, *, with_permissions_for: int | None = None) -> dict:
+        if ch.type == CHANNEL_DM:
+            return {"id": str(ch.id), "type": CHANNEL_DM, "last_message_id": None, "flags": 0,
+                    "recipients": [self.user_payload(ch.recipient_id)]}
         out: dict[str, Any] = {
             "id": str(ch.id),
             "type": ch.type,
@@ -412,7 +428,7 @@ class Store:
             "permission_overwrites": [],
             "parent_id": None,
             "topic": None,
-            "nsfw": False,
+            "nsfw": ch.nsfw,
             "last_message_id": None,
             "rate_limit_per_user": 0,
             "flags": 0,
@@ -506,7 +522,7 @@ class Store:
         out: dict[str, Any] = {
             "id": str(msg.id),
             "channel_id": str(msg.channel_id),
-            "guild_id": str(msg.guild_id),
+            **({"guild_id": str(msg.guild_id)} if msg.guild_id else {}),
             "author": self.user_payload(msg.author_user_id),
             "content": msg.content,
             "timestamp": iso(msg.created_at),

@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,8 @@ for p in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(p))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# One image store for the bench's own worker and the bots it starts (tests/fleet.py passes this on).
+os.environ.setdefault("DREAMBOT_IMAGE_DIR", tempfile.mkdtemp(prefix="dreambot-bench-images-"))
 
 import redis  # noqa: E402
 

@@ -230,6 +230,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.idle, args.depths, args.slow_jobs = 8, 2.0, [0, 50], 1
+    from worker.tasks import CANCEL_CHECK_S
+
     t_start = time.monotonic()
     print(f"machine: {machine()}")
     server = start_redis()
@@ -275,7 +277,7 @@ def main() -> int:
     # XADDs per job: the result's outbox entry, RQ's own rq:results stream entry, and the progress updates.
     updates = (slow.get("xadd", (0, 0))[0] - 2 * m) / m if m else 0.0
     fast_updates = (e2e.get("xadd", (0, 0))[0] - 2 * n) / n  # a job's first step always publishes one
-    print(f"   progress updates per job at these speeds: {fast_updates:.1f} (every job publishes one at its first step)")
+    print(f"   progress updates per job at these speeds: {fast_updates:.1f} (the first comes after 2 s of denoising)")
     if m and updates > fast_updates:
         slow_c = (total(slow) - rate_c * slow_s) / m
         slow_u = (slow_cpu * 1e6 - rate_u * slow_s) / m
@@ -291,12 +293,21 @@ def main() -> int:
     for depth, c, u in by_depth:
         print(f"   {depth:>6} {c:>9.1f} {u:>12.0f}")
     print()
+    mgets = (w_run.get("mget", (0, 0))[0] - w_empty.get("mget", (0, 0))[0]) / n
     print(f"3. worker alone, {n} queued jobs back to back, one at a time: {worker_c:.1f} commands/job, {worker_u:.0f} "
-          f"Redis us/job (of which {STEPS} MGET for the per-step cancel check)")
+          f"Redis us/job ({mgets:.1f} MGET: one for the job's done/cancelled/channel-gone flags before it runs, "
+          f"the rest the cancel check at the first and last step and every {CANCEL_CHECK_S:g} s between; these "
+          f"steps take no time, a GPU's {STEPS} take ~3 s, ~12 checks)")
     w_b, w_b_cpu, _ = wk["batched"]
+    print("   by command, per job (the empty worker run's subtracted): one at a time, batched")
+    for name, (c, _u) in sorted(w_run.items(), key=lambda kv: -kv[1][0]):
+        per = (c - w_empty.get(name, (0, 0))[0]) / n
+        per_b = (w_b.get(name, (0, 0))[0] - w_empty.get(name, (0, 0))[0]) / n
+        if abs(per) >= 0.05 or abs(per_b) >= 0.05:
+            print(f"     {name:<16} {per:7.2f} {per_b:7.2f}")
     print(f"   the same with batching (DREAMBOT_BATCH_IMAGES={wk['batch_images']}): "
           f"{(total(w_b) - total(w_empty)) / n:.1f} commands/job, {(w_b_cpu - w_empty_cpu) * 1e6 / n:.0f} Redis us/job "
-          f"(one cancel MGET per step for the whole batch)")
+          f"(one cancel MGET per check for the whole batch)")
     bare_c = (total(wk["bare"][0]) - total(wk["bare_empty"][0])) / n
     print(f"   for scale, bare RQ (enqueue + SimpleWorker run of a no-op function): {bare_c:.1f} commands/job")
     relay_c, relay_u = per_job_c - submit_c - worker_c, per_job_u - submit_u - worker_u
@@ -309,9 +320,8 @@ def main() -> int:
         print(f"   -> {ops / per_job_c:,.0f} jobs/s by command count (measured ops/s / {per_job_c:.0f} commands per job)")
     print(f"   published conservative figure ~100,000 simple ops/s per core -> {100_000 / per_job_c:,.0f} jobs/s")
     print(f"   by Redis CPU time: {1e6 / per_job_u:,.0f} jobs/s per fully busy Redis core ({per_job_u:.0f} us per job)")
-    print("   image payload (not in the counts): a 4-image 1024x1024 job is ~4 x 1.5 MB PNG = ~6 MB written once "
-          "(worker HSET) and read once (relay HGETALL): ~12 MB of Redis traffic per job, and kept in memory "
-          f"for DREAMBOT_RESULT_TTL ({settings.result_ttl_s} s)")
+    print("   image bytes: none through Redis (the image store has them; a result carries their keys, "
+          "bench/redis_memory.py measures what a job leaves in Redis)")
     print(f"total wall time {time.monotonic() - t_start:.1f} s")
     return 0
 

@@ -100,7 +100,8 @@ def script_names() -> dict[str, str]:
         for name in dir(mod):
             if name.isupper() and not name.startswith("_"):
                 text = getattr(mod, name)
-                out[hashlib.sha1(text.encode()).hexdigest()] = f"{prefix}.{name}"
+                if isinstance(text, str):  # the modules' constants (bucket widths) are numbers
+                    out[hashlib.sha1(text.encode()).hexdigest()] = f"{prefix}.{name}"
     return out
 
 

@@ -274,3 +274,21 @@ def test_style_is_applied(pipe):
     assert styled.prompt_note is not None and styled.prompt_note.startswith("prompt is ")
     assert plain.prompt_note is None
     assert _png(plain.images[0]) != _png(styled.images[0])
+
+
+def test_the_worker_makes_what_diffusers_own_recipe_makes(pipe):
+    """The ensemble-of-experts recipe as diffusers documents it (base to latents with denoising_end, refiner
+    from them with denoising_start, the refiner's own decode to PIL), against the worker's generate: the
+    same seed gives the same pixels, so the worker decodes as diffusers does (un-scaling, VAE, post-processing)
+    and a diffusers upgrade that changes the decode changes both alike."""
+    req = _req(steps=5, seed=123, count=1)
+    ours = pipe.generate(req).images[0]
+    w, h = req.size
+    gen = [torch.Generator("cpu").manual_seed(123)]
+    common = dict(prompt=req.prompt, negative_prompt=None, num_inference_steps=5, guidance_scale=req.guidance,
+                  generator=gen)
+    with torch.inference_mode():
+        latents = pipe.base(**common, width=w, height=h, denoising_end=req.split, output_type="latent").images
+        theirs = pipe.refiner(**common, image=latents, denoising_start=req.split, output_type="pil").images[0]
+    assert ours.size == theirs.size
+    assert np.abs(_pixels(ours).astype(int) - _pixels(theirs).astype(int)).max() <= 1

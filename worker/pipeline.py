@@ -148,7 +148,7 @@ def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
         ) from err
 
 
-_loaded: dict[tuple[str, str, str, bool, bool, bool], DreamPipeline] = {}
+_loaded: dict[tuple, DreamPipeline] = {}
 _load_lock = threading.Lock()
 
 
@@ -172,6 +172,7 @@ class DreamPipeline:
         fuse_qkv: bool = False,
         channels_last: bool = False,
         compile: bool = False,
+        dtype: torch.dtype | None = None,
     ) -> DreamPipeline:
         """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance.
 
@@ -180,21 +181,24 @@ class DreamPipeline:
         fuse_qkv: one q/k/v (self-attention) or k/v (cross-attention) matmul instead of three or two, in
             both UNets and the VAE. channels_last: NHWC memory layout for the UNets' and VAE's convolutions,
             what cuDNN's fastest kernels want. compile: torch.compile both UNets, warmed up at load.
+        dtype: the weights' dtype; None is bf16 on a GPU and fp32 on a CPU (bench/fullsize.py loads the
+            full-size pair in bf16 on a CPU, where fp32 would need ~23 GB).
         """
-        key = (base, refiner, device, fuse_qkv, channels_last, compile)
+        key = (base, refiner, device, fuse_qkv, channels_last, compile, dtype)
         with _load_lock:
             if key not in _loaded:
-                pipe = cls._load(base, refiner, device)
+                pipe = cls._load(base, refiner, device, dtype)
                 pipe._speed_up(fuse_qkv=fuse_qkv, channels_last=channels_last, compile=compile)
                 _loaded[key] = pipe
             return _loaded[key]
 
     @classmethod
-    def _load(cls, base: str, refiner: str, device: str) -> DreamPipeline:
+    def _load(cls, base: str, refiner: str, device: str, dtype: torch.dtype | None = None) -> DreamPipeline:
         dev = resolve_device(device)
         # bf16 on GPU: half the memory and bandwidth of fp32, and unlike fp16 it has fp32's range, so the
         # SDXL VAE does not overflow into NaN (black images) and needs no fp32 upcast. CPUs get fp32.
-        dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+        if dtype is None:
+            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
         base_pipe = _from_pretrained(
             StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, **{_DTYPE_KW: dtype}
         )
@@ -214,6 +218,9 @@ class DreamPipeline:
             text_encoder_2=base_pipe.text_encoder_2,
             vae=base_pipe.vae,
         )
+        # diffusers decodes the last stage's latents itself (output_type="pt"); sliced, one image at a time,
+        # so a batch's decode needs the memory of one 1024 px decode (the peak of a whole job), not eight.
+        base_pipe.vae.enable_slicing()
         for pipe in (base_pipe, refiner_pipe):
             # Attention stays diffusers' default for torch 2, AttnProcessor2_0 (FusedAttnProcessor2_0 with
             # fuse_qkv), i.e. torch's scaled_dot_product_attention. On CUDA SDPA already picks the fastest
@@ -416,12 +423,15 @@ class DreamPipeline:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         counted = {"base": 0, "refiner": 0}
 
+        last_step = _LastStep(self)
+
         def callback(stage: str, stage_total: int, offset: int):
             def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
                 counted[stage] += 1
                 if on_step is not None:
                     on_step(StepEvent(stage, i + 1, stage_total, offset + i + 1, total, tensors["latents"],
                                       rows=dict(rows)))
+                last_step.mark(i + 1 == stage_total)
                 return {}
 
             return on_step_end
@@ -430,34 +440,35 @@ class DreamPipeline:
             num_inference_steps=first.req.steps,
             guidance_scale=first.req.guidance,
             generator=generators,
-            output_type="latent",  # we decode ourselves: timed separately, checked for NaN
             callback_on_step_end_tensor_inputs=["latents"],
         )
-        latents = self.base(
+        # The base hands latents to the refiner; the last stage decodes them the pipelines' own way
+        # (un-scaling, VAE, watermark, post-processing: DECODED), timed from its last step.
+        out = self.base(
             **batch_kwargs([(it.encoded.base, it.req.count) for it in items]),
             width=width,
             height=height,
             denoising_end=fraction,
             callback_on_step_end=callback("base", base_steps, 0),
+            output_type="latent" if use_refiner else DECODED,
             **common,
         ).images
         self._sync()
-        t_base = time.perf_counter()
+        t_base = last_step.at if not use_refiner else time.perf_counter()
 
         if use_refiner:
-            latents = self.refiner(
+            out = self.refiner(
                 **batch_kwargs([(it.encoded.refiner, it.req.count) for it in items]),
-                image=latents,  # 4-channel latents go in as they are, no VAE encode
+                image=out,  # 4-channel latents go in as they are, no VAE encode
                 denoising_start=fraction,  # continue the same schedule: no fresh noise is added
                 callback_on_step_end=callback("refiner", refiner_steps, base_steps),
+                output_type=DECODED,
                 **common,
             ).images
         self._sync()
-        t_refined = time.perf_counter()
-
-        decoded = self._decode_each(latents)
-        self._sync()
         t_end = time.perf_counter()
+        t_refined = last_step.at if use_refiner else t_base
+        decoded = _checked_images(out)
         shared = {
             "base_s": t_base - t_start,
             "refiner_s": t_refined - t_base,
@@ -528,29 +539,32 @@ class DreamPipeline:
         generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
         counted = [0]
 
+        last_step = _LastStep(self)
+
         def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
             counted[0] += 1
             if on_step is not None:
                 on_step(StepEvent("base", counted[0], run_steps, counted[0], run_steps, tensors["latents"],
                                   rows={0: slice(0, req.count)}))
+            last_step.mark(counted[0] == run_steps)
             return {}
 
-        latents = self.base_img2img(
+        out = self.base_img2img(
             **encoded.base.pipeline_kwargs(req.count),
             image=[image] * req.count,
             strength=strength,
             num_inference_steps=n_steps,
             guidance_scale=req.guidance,
             generator=generators,
-            output_type="latent",
+            output_type=DECODED,
             callback_on_step_end=on_step_end,
             callback_on_step_end_tensor_inputs=["latents"],
         ).images
         self._sync()
-        t_base = time.perf_counter()
-        images, nan = self._decode(latents)
-        self._sync()
         t_end = time.perf_counter()
+        t_base = last_step.at
+        decoded = _checked_images(out)
+        images, nan = [im for im, _ in decoded], any(bad for _, bad in decoded)
         return Generation(
             images=images, seeds=req.seeds, width=width, height=height, base_steps=counted[0], refiner_steps=0,
             timings={"encode_s": t_encoded - t_start, "base_s": t_base - t_encoded, "decode_s": t_end - t_base,
@@ -593,29 +607,32 @@ class DreamPipeline:
         nan = False
         t_refine = t_decode = 0.0
 
+        last_step = _LastStep(self)
+
         def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
             counted[0] += 1
             if on_step is not None:
                 on_step(StepEvent("refiner", counted[0], total, counted[0], total, tensors["latents"],
                                   rows={0: slice(0, 1)}))
+            last_step.mark(counted[0] % run_steps == 0)  # a tile's last step
             return {}
 
         for x0, y0, x1, y1 in boxes:
             t0 = time.perf_counter()
-            latents = self.refiner(
+            out = self.refiner(
                 **encoded.refiner.pipeline_kwargs(1),
                 image=big.crop((x0, y0, x1, y1)),
                 strength=strength,
                 num_inference_steps=n_steps,
                 guidance_scale=req.guidance,
                 generator=[generator],
-                output_type="latent",
+                output_type=DECODED,
                 callback_on_step_end=on_step_end,
                 callback_on_step_end_tensor_inputs=["latents"],
             ).images
             self._sync()
-            t1 = time.perf_counter()
-            (piece,), tile_nan = self._decode(latents)
+            t1 = last_step.at
+            ((piece, tile_nan),) = _checked_images(out)
             nan = nan or tile_nan
             if piece.size != (x1 - x0, y1 - y0):  # a side that is not a multiple of 8
                 piece = piece.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
@@ -636,43 +653,45 @@ class DreamPipeline:
             prompt_note="; ".join(n for n in (encoded.note, note) if n), nan_detected=nan,
         )
 
-    def _decode(self, latents: torch.Tensor) -> tuple[list[Image.Image], bool]:
-        """The images, and whether any of them is broken (see _decode_each)."""
-        decoded = self._decode_each(latents)
-        return [image for image, _ in decoded], any(nan for _, nan in decoded)
-
-    def _decode_each(self, latents: torch.Tensor) -> list[tuple[Image.Image, bool]]:
-        """VAE-decode one image at a time (a 1024px decode is the memory peak of the whole job); for each,
-        whether its latents or pixels were non-finite or it came out all black."""
-        vae = self.base.vae
-        mean = getattr(vae.config, "latents_mean", None)
-        std = getattr(vae.config, "latents_std", None)
-        out = []
-        for i in range(latents.shape[0]):
-            z = latents[i : i + 1].to(vae.dtype)
-            nan = not bool(torch.isfinite(z).all())
-            # Undo the latent scaling the UNet works in (as the pipelines do before decoding).
-            if mean is not None and std is not None:
-                mean_t = torch.tensor(mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-                std_t = torch.tensor(std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1)
-                z = z * std_t / vae.config.scaling_factor + mean_t
-            else:
-                z = z / vae.config.scaling_factor
-            pixels = vae.decode(z, return_dict=False)[0]
-            if not bool(torch.isfinite(pixels).all()):
-                nan = True
-                pixels = torch.nan_to_num(pixels, nan=-1.0)  # black, rather than numpy's cast warning
-            if self.base.watermark is not None:  # as diffusers does, when invisible-watermark is installed
-                pixels = self.base.watermark.apply_watermark(pixels)
-            image = self.base.image_processor.postprocess(pixels, output_type="pil")[0].convert("RGB")
-            nan = nan or int(np.asarray(image).max()) == 0  # all black: what a NaN decode turns into
-            out.append((image, nan))
-        return out
-
     def _sync(self) -> None:
         # CUDA runs asynchronously: wait for it so each stage's time is that stage's.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+# What the last pipeline call of a job returns: its images decoded by diffusers itself (the latents
+# un-scaled with the VAE's latents_mean/std or scaling factor, the VAE's own upcast rule, the watermark when
+# installed, the image processor's post-processing) as float tensors in [0, 1], so a NaN survives to be seen.
+DECODED = "pt"
+
+
+class _LastStep:
+    """When the last denoising step of a pipeline call ended (synced on a GPU): what comes after it is the
+    pipeline's decode."""
+
+    def __init__(self, pipe: DreamPipeline):
+        self.pipe = pipe
+        self.at = time.perf_counter()
+
+    def mark(self, last: bool) -> None:
+        if last:
+            self.pipe._sync()
+            self.at = time.perf_counter()
+
+
+def _checked_images(images: torch.Tensor) -> list[tuple[Image.Image, bool]]:
+    """PIL images from a DECODED batch and, for each, whether it is broken: non-finite pixels (a NaN in the
+    latents or the VAE) or all black (what such a decode turns into)."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    out = []
+    for x in images:
+        bad = not bool(torch.isfinite(x).all())
+        x = torch.nan_to_num(x, nan=0.0)  # black, rather than numpy's cast warning
+        image = VaeImageProcessor.numpy_to_pil(VaeImageProcessor.pt_to_numpy(x[None].float().cpu()))[0]
+        image = image.convert("RGB")
+        out.append((image, bad or int(np.asarray(image).max()) == 0))
+    return out
 
 
 def img2img_steps(steps: int, strength: float) -> tuple[int, int]:

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     base_model: str = Field(SDXL_BASE_ID, min_length=1, **_env("DREAMBOT_BASE_MODEL"))
     refiner_model: str = Field(SDXL_REFINER_ID, min_length=1, **_env("DREAMBOT_REFINER_MODEL"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", **_env("DREAMBOT_DEVICE"))
+    # The weights' dtype; auto: bf16 on GPUs of compute capability 8.0+, fp16 on older ones, fp32 on a CPU
+    # (bf16 there for full-size models). worker/pipeline.py choose_dtype.
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", **_env("DREAMBOT_DTYPE"))
     max_upload_mb: float = Field(10.0, gt=0, le=500, **_env("DREAMBOT_MAX_UPLOAD_MB"))
     output_dir: str = Field("dream-out", min_length=1, **_env("DREAMBOT_OUTPUT_DIR"))
     # Batching: a worker that takes a dream also takes waiting dreams it can denoise in the same batch

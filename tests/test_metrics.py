@@ -167,12 +167,18 @@ def test_queue_depth_is_read_at_scrape_time_and_survives_a_dead_redis(rconn, red
 
 
 def test_labels_stay_in_small_fixed_sets():
+    # Process-wide counters: each call must add exactly one to the folded label, whatever ran before.
+    before = (metrics.LIMITS_REFUSED.labels("other")._value.get(),
+              metrics.DELIVERIES.labels("undeliverable")._value.get(),
+              metrics.JOBS_FAILED.labels("internal")._value.get())
     metrics.refused("something new")
     metrics.delivered("undeliverable: channel 123: Unknown Channel")
     metrics.job_failed("who knows")
-    assert metrics.LIMITS_REFUSED.labels("other")._value.get() >= 1
-    assert metrics.DELIVERIES.labels("undeliverable")._value.get() >= 1
-    assert metrics.JOBS_FAILED.labels("internal")._value.get() >= 1
+    after = (metrics.LIMITS_REFUSED.labels("other")._value.get(),
+             metrics.DELIVERIES.labels("undeliverable")._value.get(),
+             metrics.JOBS_FAILED.labels("internal")._value.get())
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+    assert "something new" not in {s.labels.get("kind") for m in metrics.LIMITS_REFUSED.collect() for s in m.samples}
 
 
 def test_port_zero_serves_nothing_and_a_taken_port_is_not_fatal():

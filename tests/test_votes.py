@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -69,7 +70,10 @@ def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):
     assert record["prompt"] == "a lighthouse for bot 1" and record["seed"] == 77
     assert record["tallies"] == {"a": 1, "b": 2}
     assert record["a"]["settings"] != record["b"]["settings"]
-    assert {record["a"]["job_id"], record["b"]["job_id"]} and record["kind"] in ("refiner", "split", "style")
+    # Two distinct candidate jobs, each a job id, and a known kind of difference.
+    ids = [record["a"]["job_id"], record["b"]["job_id"]]
+    assert len(set(ids)) == 2 and all(re.fullmatch(r"[0-9a-f]{16}", i) for i in ids)
+    assert record["kind"] in ("refiner", "split", "style")
 
     # The preference dataset: one row per round, both images, hashed member ids; loads with pyarrow and
     # with Hugging Face datasets.

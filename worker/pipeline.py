@@ -118,6 +118,48 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+FP16_VARIANT = "fp16"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# A base UNet past this many parameters is a full-size SDXL (2.6 B); on a CPU it is loaded in bf16, since
+# base + refiner in fp32 need ~23 GB of RAM. The tiny test model has well under a million.
+FULL_SIZE_PARAMS = 1_000_000_000
+
+
+def choose_dtype(setting: str, dev: torch.device, capability: tuple[int, int] | None = None,
+                 full_size: bool = False) -> tuple[torch.dtype, str]:
+    """(the weights' dtype, why) for DREAMBOT_DTYPE=`setting` on `dev`. auto: bf16 on a GPU that runs it fast
+    (compute capability 8.0 and up: A100, L4, H100, RTX 30xx/40xx), fp16 on older ones (T4, V100), whose
+    SDXL VAE then decodes in fp32 (its config's force_upcast, honoured by diffusers' own decode); on a CPU
+    fp32, or bf16 for a full-size model."""
+    if setting != "auto":
+        return DTYPES[setting], f"DREAMBOT_DTYPE={setting}"
+    if dev.type == "cuda":
+        major, minor = capability or torch.cuda.get_device_capability(dev)
+        if major >= 8:
+            return torch.bfloat16, f"bf16: compute capability {major}.{minor} runs bf16 at full speed"
+        return torch.float16, (f"fp16: compute capability {major}.{minor} has no fast bf16; the VAE decodes "
+                               "in fp32 (force_upcast)")
+    if full_size:
+        return torch.bfloat16, "bf16 on the CPU: a full-size base + refiner would need ~23 GB in fp32"
+    return torch.float32, "fp32 on the CPU"
+
+
+def is_full_size(base: str) -> bool:
+    """Whether the base model's UNet, as its config describes it, is full-size (counted on meta tensors: no
+    weights are read). False when the config can't be read: the load reports that itself."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(base).expanduser()
+    try:
+        config = UNet2DConditionModel.load_config(str(path) if path.is_dir() else base, subfolder="unet",
+                                                  local_files_only=path.is_dir())
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+        return sum(p.numel() for p in unet.parameters()) > FULL_SIZE_PARAMS
+    except Exception:  # noqa: BLE001 - a missing or odd config is _from_pretrained's to report
+        return False
+
+
 def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
     """`pipeline_cls.from_pretrained(value)`, with every failure turned into a ModelLoadError naming the setting."""
     path = Path(value).expanduser()
@@ -132,6 +174,16 @@ def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
             setting, value, "no model found there (not a folder, and not a hub id like org/name)"
         )
     try:
+        # The published fp16 files first: half the download and disk of the full-precision ones, and the
+        # same weights at the precision a GPU runs them in. A folder or repo without them loads its plain files.
+        try:
+            pipe = pipeline_cls.from_pretrained(source, local_files_only=local, variant=FP16_VARIANT, **kwargs)
+            log.info("weights loaded", extra={"setting": setting, "variant": FP16_VARIANT})
+            return pipe
+        except ValueError as err:
+            if "variant" not in str(err):
+                raise
+            log.info("no fp16 variant; loading the plain weights", extra={"setting": setting})
         return pipeline_cls.from_pretrained(source, local_files_only=local, **kwargs)
     # Broad on purpose: diffusers raises OSError, ValueError, KeyError, ... depending on what is off.
     except Exception as err:
@@ -196,9 +248,10 @@ class DreamPipeline:
     def _load(cls, base: str, refiner: str, device: str, dtype: torch.dtype | None = None) -> DreamPipeline:
         dev = resolve_device(device)
         # bf16 on GPU: half the memory and bandwidth of fp32, and unlike fp16 it has fp32's range, so the
-        # SDXL VAE does not overflow into NaN (black images) and needs no fp32 upcast. CPUs get fp32.
+        # SDXL VAE does not overflow into NaN (black images) and needs no fp32 upcast (choose_dtype).
         if dtype is None:
-            dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+            dtype, why = choose_dtype("auto", dev, full_size=dev.type == "cpu" and is_full_size(base))
+            log.info("dtype chosen", extra={"dtype": str(dtype).removeprefix("torch."), "why": why})
         base_pipe = _from_pretrained(
             StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, **{_DTYPE_KW: dtype}
         )

@@ -33,7 +33,7 @@ from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
 
 from . import tasks
-from .pipeline import DreamPipeline, ModelLoadError
+from .pipeline import DreamPipeline, ModelLoadError, choose_dtype, is_full_size, resolve_device
 from .safety import load_checker
 
 log = logging.getLogger("dreambot.worker")
@@ -271,10 +271,14 @@ def quiet_model_libraries() -> None:
 def load_pipeline(settings: Settings) -> DreamPipeline:
     quiet_model_libraries()
     t0 = time.perf_counter()
+    dev = resolve_device(settings.device)
+    full = dev.type == "cpu" and settings.dtype == "auto" and is_full_size(settings.base_model)
+    dtype, why = choose_dtype(settings.dtype, dev, full_size=full)
     pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device,
                               fuse_qkv=settings.fuse_qkv, channels_last=settings.channels_last,
-                              compile=settings.compile)
+                              compile=settings.compile, dtype=dtype)
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),
+                                     "dtype": str(dtype).removeprefix("torch."), "why": why,
                                      "base": settings.base_model, "refiner": settings.refiner_model,
                                      "fuse_qkv": settings.fuse_qkv, "channels_last": settings.channels_last,
                                      "compile": settings.compile})

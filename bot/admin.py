@@ -35,7 +35,8 @@ from dreamcore.limits import (
 )
 
 # ACK_BUDGET_S: Redis normally answers in a millisecond; past this, defer so Discord's 3 s window holds.
-from .commands import ACK_BUDGET_S, answer_privately
+from .commands import ACK_BUDGET_S
+from .toolkit import answer_privately, is_guild_admin
 
 log = logging.getLogger("dreambot.admin")
 
@@ -220,11 +221,6 @@ def key_choices(current: str) -> list[app_commands.Choice[str]]:
 # --- The commands -----------------------------------------------------------------------------------------
 
 
-def may_administer(interaction: discord.Interaction) -> bool:
-    perms = interaction.permissions
-    return bool(perms.manage_guild or perms.administrator)
-
-
 class AdminCommands:
     def __init__(self, client: Any):
         self.client = client
@@ -250,7 +246,7 @@ class AdminCommands:
         if interaction.guild_id is None:
             await self.reply(interaction, NOT_IN_GUILD)
             return False
-        if not may_administer(interaction):
+        if not is_guild_admin(interaction):
             log.info("dreamadmin refused: no Manage Server permission", extra={
                 "guild_id": interaction.guild_id, "actor_id": interaction.user.id, "command": command})
             await self.reply(interaction, NO_PERMISSION)
@@ -367,7 +363,7 @@ class AdminCommands:
         await self.run(interaction, "audit", body)
 
     async def autocomplete_key(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None or not may_administer(interaction):
+        if interaction.guild_id is None or not is_guild_admin(interaction):
             return []
         return key_choices(current)
 

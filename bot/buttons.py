@@ -46,15 +46,9 @@ from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
 from .backend import UNAVAILABLE, Backend, Outcome
-from .commands import (
-    ACK_BUDGET_S,
-    NO_MENTIONS,
-    SUBMIT_TIMEOUT_S,
-    DreamCommands,
-    answer_privately,
-    queued_text,
-)
+from .commands import ACK_BUDGET_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
 from .safety import channel_is_nsfw
+from .toolkit import NO_MENTIONS, answer_privately, is_guild_admin
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -385,8 +379,7 @@ class Buttons:
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
-        perms = interaction.permissions
-        is_admin = bool(interaction.guild_id and (perms.manage_guild or perms.administrator))
+        is_admin = is_guild_admin(interaction)
         refusal = None
         if p is not None and p.guild_id != interaction.guild_id:
             refusal = "That result belongs to another server."

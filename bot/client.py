@@ -19,11 +19,12 @@ from dreamcore.settings import Settings
 from .admin import register_admin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
-from .commands import NO_MENTIONS, DreamCommands, answer_privately
+from .commands import DreamCommands
 from .discord_api import prepare_client, use_api_base
 from .help import register_help
 from .progress import Progress
 from .relay import Relay
+from .toolkit import NO_MENTIONS, answer_privately
 from .vote import VoteButton, register_vote
 
 log = logging.getLogger("dreambot.bot")

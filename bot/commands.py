@@ -32,19 +32,11 @@ from dreamcore.styles import load_styles
 
 from .backend import UNAVAILABLE, Backend, Outcome
 from .safety import channel_is_nsfw
+from .toolkit import NO_MENTIONS, is_guild_admin
 
 log = logging.getLogger("dreambot.bot")
-NO_MENTIONS = discord.AllowedMentions.none()
 ACK_BUDGET_S = 1.0
 SUBMIT_TIMEOUT_S = 10.0
-
-
-async def answer_privately(interaction: discord.Interaction, text: str) -> None:
-    """An ephemeral answer: the interaction's response if it has none yet, else a follow-up."""
-    if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-    else:
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None) -> str:
@@ -145,8 +137,7 @@ class DreamCommands:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def handle_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        perms = interaction.permissions
-        is_admin = bool(interaction.guild_id and (perms.manage_guild or perms.administrator))
+        is_admin = is_guild_admin(interaction)
         try:
             outcome = await asyncio.wait_for(asyncio.to_thread(
                 self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), 2.0)

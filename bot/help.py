@@ -12,7 +12,7 @@ from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS
 from dreamcore.limits import human_duration
 from dreamcore.styles import load_styles
 
-NO_MENTIONS = discord.AllowedMentions.none()
+from .toolkit import NO_MENTIONS
 
 
 def help_text(settings, limits, usage: dict | None) -> str:

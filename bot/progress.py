@@ -19,9 +19,9 @@ from dreamcore.job import JobError, parse_job
 from dreamcore.limits import human_duration
 
 from .safety import post_is_age_restricted
+from .toolkit import NO_MENTIONS
 
 log = logging.getLogger("dreambot.progress")
-NO_MENTIONS = discord.AllowedMentions.none()
 EDIT_EVERY_S = 2.0
 QUEUE_POLL_S = 5.0
 

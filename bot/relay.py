@@ -27,10 +27,10 @@ from dreamcore.settings import Settings
 
 from . import safety as bot_safety
 from .buttons import result_view
+from .toolkit import NO_MENTIONS
 from .vote import vote_files, vote_text, vote_view
 
 log = logging.getLogger("dreambot.relay")
-NO_MENTIONS = discord.AllowedMentions.none()
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_MARGIN_S = 30
 RETRY_DELAYS_S = (1, 2, 4, 8, 16)

@@ -16,8 +16,9 @@ from discord import app_commands
 from dreamcore import votes
 from dreamcore.results import DreamResult
 
+from .toolkit import NO_MENTIONS, is_guild_admin
+
 log = logging.getLogger("dreambot.vote")
-NO_MENTIONS = discord.AllowedMentions.none()
 
 
 class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<round>[0-9a-f]{16}):(?P<side>[ab])"):
@@ -92,8 +93,7 @@ def register_vote(tree: app_commands.CommandTree, client) -> None:
     @app_commands.default_permissions(manage_guild=True)
     @app_commands.guild_only()
     async def dreamvote(interaction: discord.Interaction, mode: str):
-        perms = interaction.permissions
-        if interaction.guild_id is None or not (perms.manage_guild or perms.administrator):
+        if not is_guild_admin(interaction):
             text = "You need the Manage Server permission to change vote mode."
         else:
             try:

@@ -137,6 +137,12 @@ class DreamRequest(_Strict):
     def base_steps(self) -> int:
         return round(self.steps * self.split)
 
+    @property
+    def batch_geometry(self) -> tuple:
+        """What every request in one denoising call must share (the batching rule, here alone): one size,
+        one step count, one base/refiner cut, one guidance scale; prompts, styles, seeds and counts may differ."""
+        return (self.size, self.steps, self.base_steps, float(self.guidance))
+
 
 class Origin(_Strict):
     """Where the request came from, so the result goes back there under the same bot."""
@@ -203,9 +209,8 @@ class DreamJob(_Strict):
         None for variations and upscales, which start from their own source image."""
         if self.kind != "dream":
             return None
-        r = self.request
-        w, h = r.size
-        return f"{w}x{h}/{r.steps}/{r.base_steps}/{r.guidance:g}"
+        (w, h), steps, base_steps, guidance = self.request.batch_geometry
+        return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}"
 
     def _dump_exclude(self) -> dict:
         # Jobs go out exactly as the previous release wrote them (it forbids unknown keys): no source for a

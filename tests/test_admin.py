@@ -22,9 +22,9 @@ from bot.admin import (
     AdminCommands,
     audit_text,
     key_choices,
-    may_administer,
     show_text,
 )
+from bot.toolkit import is_guild_admin
 from dreamcore.limits import KNOWN_KEYS, GuildLimits, Limiter, LimitKeys, LimitStore, default_limits
 from dreamcore.settings import load_settings
 
@@ -304,9 +304,10 @@ def test_outside_a_guild_every_subcommand_is_refused():
 
 
 def test_permission_rule():
-    assert may_administer(_fake_interaction(1, discord.Permissions(manage_guild=True)))
-    assert may_administer(_fake_interaction(1, discord.Permissions(administrator=True)))
-    assert not may_administer(_fake_interaction(1, discord.Permissions(manage_messages=True, ban_members=True)))
+    assert is_guild_admin(_fake_interaction(1, discord.Permissions(manage_guild=True)))
+    assert is_guild_admin(_fake_interaction(1, discord.Permissions(administrator=True)))
+    assert not is_guild_admin(_fake_interaction(1, discord.Permissions(manage_messages=True, ban_members=True)))
+    assert not is_guild_admin(_fake_interaction(None, discord.Permissions.all()))  # never in a DM
 
 
 def test_long_values_stay_inside_one_message():

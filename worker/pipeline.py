@@ -103,8 +103,9 @@ class Prepared:
 
 
 def batch_geometry(req: DreamRequest) -> tuple:
-    """What every request in one denoising call must share (what DreamJob.batch_key encodes)."""
-    return (req.size, req.steps, req.base_steps, float(req.guidance))
+    """What every request in one denoising call must share: DreamRequest.batch_geometry, which
+    DreamJob.batch_key is also built from (one rule for the queue's batch claim and the pipeline's check)."""
+    return req.batch_geometry
 
 
 def resolve_device(device: str = "auto") -> torch.device:

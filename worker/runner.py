@@ -32,7 +32,7 @@ from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
 
-from . import tasks
+from . import rq_private, tasks
 from .pipeline import DreamPipeline, ModelLoadError, choose_dtype, is_full_size, resolve_device
 from .safety import load_checker
 
@@ -173,9 +173,9 @@ class DreamWorker(SimpleWorker):
             for (job, queue, execution), outcome in zip(pending.members, outcomes, strict=True):
                 try:
                     if outcome.failed:
-                        self._finalize_failure(job, queue, execution, outcome.exc_info)
+                        rq_private.finalize_failure(self, job, queue, execution, outcome.exc_info)
                     else:
-                        self._finalize_success(job, queue, execution, outcome.value)
+                        rq_private.finalize_success(self, job, queue, execution, outcome.value)
                 except redis.RedisError as err:  # RQ's own records; the member already has the result
                     log.warning("job bookkeeping failed", extra={"job_id": job.id, "error": type(err).__name__})
         finally:
@@ -353,10 +353,7 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
             worker.work(burst=burst, max_jobs=max_jobs, logging_level=settings.log_level)
         except redis.RedisError as err:  # lost Redis while registering or tearing down
             log.warning("work loop lost redis", extra={"error": type(err).__name__})
-        # An idle RQ worker told to stop raises StopRequested without setting _stop_requested (RQ 3):
-        # its shutdown date is the sign that the loop ended on a signal, not on a lost Redis.
-        shutdown = getattr(worker, "_shutdown_requested_date", None) is not None
-        if burst or max_jobs is not None or worker._stop_requested or shutdown or stop.requested:
+        if burst or max_jobs is not None or rq_private.stop_was_requested(worker) or stop.requested:
             log.info("worker stopped", extra={"worker": worker.name})
             return 0
         log.warning("work loop ended without a stop request; reconnecting", extra={"worker": worker.name})

@@ -1,0 +1,67 @@
+"""worker/rq_private.py against the installed RQ: every private member it calls exists with the shape it
+assumes, and each wrapper does on a real Redis what the worker relies on. A new RQ release that breaks one
+fails here, by name (pyproject.toml bounds rq to the release these run against)."""
+
+from __future__ import annotations
+
+import inspect
+import sys
+
+import pytest
+import rq.worker.base
+from rq import Queue, SimpleWorker
+from rq.exceptions import StopRequested
+from rq.job import JobStatus
+from rq.serializers import JSONSerializer
+from rq.worker import Worker
+
+from worker import rq_private
+
+
+def test_the_private_members_exist_with_the_shapes_the_adapter_calls():
+    for name, params in (("_finalize_success", ["self", "job", "queue", "execution", "return_value"]),
+                         ("_finalize_failure", ["self", "job", "queue", "execution", "exc_info"])):
+        assert list(inspect.signature(getattr(Worker, name)).parameters) == params, name
+    source = inspect.getsource(rq.worker.base)  # set in BaseWorker, read by the adapter
+    assert "self._stop_requested" in source and "self._shutdown_requested_date" in source
+
+
+def _started(rconn, name: str):
+    """A job taken by a real SimpleWorker up to the point where the worker would run it."""
+    q = Queue(name, connection=rconn, serializer=JSONSerializer)
+    job = q.enqueue("builtins.len", [1, 2, 3])
+    w = SimpleWorker([q], connection=rconn, serializer=JSONSerializer)
+    w.register_birth()
+    execution = w.prepare_execution(job)
+    w.prepare_job_execution(job)
+    return w, q, job, execution
+
+
+def test_finalize_success_records_a_finished_job_with_its_value(rconn):
+    w, q, job, execution = _started(rconn, "adapter-ok")
+    rq_private.finalize_success(w, job, q, execution, 3)
+    job.refresh()
+    assert job.get_status() == JobStatus.FINISHED and job.return_value() == 3
+    assert job.id in q.finished_job_registry.get_job_ids()
+
+
+def test_finalize_failure_records_a_failed_job_with_its_traceback(rconn):
+    w, q, job, execution = _started(rconn, "adapter-fail")
+    try:
+        raise ValueError("the job said no")
+    except ValueError:
+        rq_private.finalize_failure(w, job, q, execution, sys.exc_info())
+    job.refresh()
+    assert job.get_status() == JobStatus.FAILED and "the job said no" in (job.latest_result().exc_string or "")
+    assert job.id in q.failed_job_registry.get_job_ids()
+
+
+def test_stop_was_requested_reads_both_of_rqs_stop_marks(rconn):
+    q = Queue("adapter-stop", connection=rconn, serializer=JSONSerializer)
+    w = SimpleWorker([q], connection=rconn, serializer=JSONSerializer)
+    assert not rq_private.stop_was_requested(w)
+    w.work(burst=True)  # an empty burst ends without a stop request
+    assert not rq_private.stop_was_requested(w)
+    with pytest.raises(StopRequested):  # what SIGTERM does to an idle worker (RQ 3)
+        w.request_stop(15, None)
+    assert rq_private.stop_was_requested(w)

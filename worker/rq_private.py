@@ -1,0 +1,28 @@
+"""Every use of RQ's private API, in one place (rq is pinned to the release tests/test_rq_private.py checks).
+
+DreamWorker runs RQ's job bookkeeping itself, after the fact, so the GPU can start the next job while the
+last one's images are still being encoded (worker/runner.py): RQ's public API has no way to say "this job
+finished, record it" from outside `perform_job`. These wrappers are the only places that reach past it, and
+each has a test that fails on an RQ release that renamed or reshaped what it calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def finalize_success(worker, job, queue, execution, return_value: Any) -> None:
+    """What RQ does after a job function returned: results, registries, callbacks."""
+    worker._finalize_success(job, queue, execution, return_value)
+
+
+def finalize_failure(worker, job, queue, execution, exc_info) -> None:
+    """What RQ does after a job function raised: retries, the failed registry, exception handlers."""
+    worker._finalize_failure(job, queue, execution, exc_info)
+
+
+def stop_was_requested(worker) -> bool:
+    """Whether the work loop ended on a stop signal rather than on a lost Redis. A busy worker sets
+    `_stop_requested`; an idle one told to stop raises StopRequested without it (RQ 3) but records its
+    shutdown date."""
+    return bool(getattr(worker, "_stop_requested", False)) or getattr(worker, "_shutdown_requested_date", None) is not None

@@ -50,10 +50,9 @@ def _rss() -> tuple[float, float]:
 
 def build(out: Path) -> dict:
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
-    from gpu_sdxl import PUBLISHED_PARAMS, build_components
+    from gpu_sdxl import PUBLISHED_PARAMS, build_components, sdxl_pipelines
 
-    from worker.tiny import SCHEDULER_CONFIG, make_tiny_classifier
+    from worker.tiny import make_tiny_classifier
 
     t0 = time.perf_counter()
     torch.set_default_dtype(torch.bfloat16)  # weights are made in bf16: no fp32 copy ever exists
@@ -62,14 +61,7 @@ def build(out: Path) -> dict:
     finally:
         torch.set_default_dtype(torch.float32)
     counts = {k: sum(x.numel() for x in p[k].parameters()) for k in PUBLISHED_PARAMS}
-    base = StableDiffusionXLPipeline(
-        vae=p["vae"], text_encoder=p["text_encoder"], text_encoder_2=p["text_encoder_2"], tokenizer=p["tokenizer"],
-        tokenizer_2=p["tokenizer_2"], unet=p["base unet"], scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
-        force_zeros_for_empty_prompt=True, add_watermarker=False)
-    refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=p["vae"], text_encoder=None, text_encoder_2=p["text_encoder_2"], tokenizer=None,
-        tokenizer_2=p["tokenizer_2"], unet=p["refiner unet"], scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
-        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
+    base, refiner = sdxl_pipelines(p)
     t_built = time.perf_counter()
     base.save_pretrained(out / "base")
     refiner.save_pretrained(out / "refiner")

@@ -163,13 +163,13 @@ def build_components(device: str, dtype: torch.dtype, tokenizer=None, tokenizer_
     return parts
 
 
-def save_full_model(out: Path, device: str, dtype: torch.dtype) -> Path:
-    """Write out/base and out/refiner as diffusers pipeline folders (about 11 GB in bf16)."""
+def sdxl_pipelines(p: dict):
+    """The base and refiner pipelines over `build_components`' modules, wired as the published ones are: the
+    refiner shares text_encoder_2 and the VAE, takes the aesthetic score, and does not zero empty prompts."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
     from worker.tiny import SCHEDULER_CONFIG
 
-    p = build_components(device, dtype)
     base = StableDiffusionXLPipeline(
         vae=p["vae"], text_encoder=p["text_encoder"], text_encoder_2=p["text_encoder_2"], tokenizer=p["tokenizer"],
         tokenizer_2=p["tokenizer_2"], unet=p["base unet"], scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
@@ -178,6 +178,13 @@ def save_full_model(out: Path, device: str, dtype: torch.dtype) -> Path:
         vae=p["vae"], text_encoder=None, text_encoder_2=p["text_encoder_2"], tokenizer=None,
         tokenizer_2=p["tokenizer_2"], unet=p["refiner unet"], scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
+    return base, refiner
+
+
+def save_full_model(out: Path, device: str, dtype: torch.dtype) -> Path:
+    """Write out/base and out/refiner as diffusers pipeline folders (about 11 GB in bf16)."""
+    p = build_components(device, dtype)
+    base, refiner = sdxl_pipelines(p)
     base.save_pretrained(out / "base")
     refiner.save_pretrained(out / "refiner")
     del base, refiner, p

@@ -296,10 +296,7 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         return value
     if key in _FLOAT_KEYS:
         lo, hi = limit_range(key) or ("?", "?")
-        try:
-            value = float(raw) if re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", raw) else None
-        except ValueError:
-            value = None
+        value = float(raw) if re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", raw) else None  # no inf, nan, 1e9
         if value is None:
             raise LimitError(f"{key} must be a number between {lo} and {hi}, got {_shown(raw_value)}", key=key)
         if not lo <= value <= hi:

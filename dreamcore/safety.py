@@ -162,10 +162,9 @@ def flag_counts(conn: redis.Redis, guild_id: int | None, days: int = 7, now: flo
         for s in stamps:
             pipe.hgetall(keys.safety_flags(guild_id, s))
         raw = pipe.execute()
+    days_counts = [{(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in h.items()} for h in raw]
     total: dict[str, int] = {}
-    for h in raw:
-        for k, v in h.items():
-            name = k.decode() if isinstance(k, bytes) else str(k)
-            total[name] = total.get(name, 0) + int(v)
-    today = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in raw[0].items()}
-    return {"today": today, "week": total}
+    for day in days_counts:
+        for name, n in day.items():
+            total[name] = total.get(name, 0) + n
+    return {"today": days_counts[0], "week": total}

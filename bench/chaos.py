@@ -13,7 +13,7 @@ waits for) kept failing: with one replica, until the killed node is back as a re
     python bench/chaos.py --jobs 200 --workers 3
     python bench/chaos.py --quick          # the short version the test suite runs
     python bench/chaos.py --failover       # ten bots, three workers, two primary kills
-    python bench/chaos.py --failover --quick
+    python bench/chaos.py --failover --quick --replicas 2   # the test suite's failover run
     python bench/chaos.py --failover --replicas 2   # a second replica: open again as soon as one is promoted
 
 Prints one line `jobs N, delivered D, told-failed F, lost L, duplicated X` and exits non-zero unless
@@ -66,7 +66,7 @@ def parse() -> argparse.Namespace:
     if a.quick:
         a.jobs, a.bots, a.workers, a.members, a.rate, a.kill_every, a.deadline = 16, 3, 2, 6, 2.0, 20.0, 240.0
         if a.failover:
-            a.jobs, a.rate, a.rejoin_s = 40, 1.5, 1.0
+            a.jobs, a.rate, a.rejoin_s = 30, 1.5, 1.0
     return a
 
 

@@ -128,7 +128,12 @@ def test_clients_and_scripts_follow_a_failover_without_a_restart(ha):
 
 @pytest.mark.timeout(600)
 def test_quick_failover_chaos_run_loses_nothing_and_posts_nothing_twice():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--failover", "--quick"],
+    # Two replicas: dreams are queued again as soon as one is promoted (the other follows the new primary
+    # within the failover itself), so the run does not hang on how long the sentinels take to demote a
+    # returning primary, which on a loaded CI machine was longer than the whole run (8 of 40 queued).
+    # The one-replica refusal and its end when a replica is back are tested above, without timing.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--failover", "--quick",
+                           "--replicas", "2"],
                           capture_output=True, text=True, timeout=560, cwd=ROOT)
     print("\n" + proc.stdout[-1200:])
     line = next((x for x in proc.stdout.splitlines() if x.startswith("jobs ")), "")
@@ -136,8 +141,8 @@ def test_quick_failover_chaos_run_loses_nothing_and_posts_nothing_twice():
     assert m, proc.stdout[-3000:] + proc.stderr[-3000:]
     n, d, f, lost, dup = map(int, m.groups())
     assert d + f == n and lost == 0 and dup == 0
-    # With one replica, dreams are refused from each kill until a replica is back (~12 s, most of it the
-    # sentinels' own wait before they demote a returning primary): a run where all were refused proves nothing.
-    assert d >= n // 4
+    # Refused only while a promotion is under way (~2.3 s of each kill, ~4 of the 30 dreams each): a run where
+    # most were refused would prove nothing about queued dreams surviving a failover.
+    assert d >= n // 2
     assert "2 primary SIGKILLs" in proc.stdout
     assert proc.returncode == 0

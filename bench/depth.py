@@ -7,7 +7,7 @@ dreams each bot queued in that window, refreshed every 5 s by bot/progress.py):
 
   1. fill: the bench queues dreams of ~400 guilds and ~20,000 members (`DreamQueue.enqueue_many`, no limits)
      until the fair queue holds `depth` dreams; the bots are stopped meanwhile.
-  2. start the ten `python -m dreamcore.cli bot` processes (limits as generous as the settings allow, guild
+  2. start the ten `python -m dreambot bot` processes (limits as generous as the settings allow, guild
      cap 100,000), one warm-up /dream each (not measured), then a quiet spell (no /dream) that measures the
      bots' background: the relay's idle reads and the live-status refresh of the dreams they track.
   3. the window: /dream at `--rate`/s for `--seconds`, round-robin over the bots, from fresh guilds and

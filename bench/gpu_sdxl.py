@@ -489,7 +489,7 @@ def vanilla_rows(model_dir: Path, dev: torch.device, side: int, steps: int, batc
                  count_flops: bool, rows: list[Row], notes: dict) -> None:
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    from worker.pipeline import _DTYPE_KW
+    from worker.weights import _DTYPE_KW
 
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     t = time.perf_counter()

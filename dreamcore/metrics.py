@@ -214,6 +214,8 @@ class Health:
 
     def __init__(self, checks: Mapping[str, Callable[[], bool]] | None = None):
         self.checks: dict[str, Callable[[], bool]] = dict(checks or {})
+        # "name: value" lines /healthz adds under its verdict (the worker's dtype and memory tier, once chosen).
+        self.details: dict[str, str] = {}
 
     def failing(self) -> list[str]:
         out = []
@@ -281,7 +283,10 @@ def make_app(health: Health | None, registry=REGISTRY) -> Callable:
     def app(environ, start_response):
         if environ.get("PATH_INFO", "").rstrip("/") in ("/healthz", "/health"):
             failing = health.failing() if health is not None else []
-            body = ("ok\n" if not failing else "unhealthy: " + ", ".join(failing) + "\n").encode()
+            text = "ok\n" if not failing else "unhealthy: " + ", ".join(failing) + "\n"
+            if health is not None:
+                text += "".join(f"{k}: {v}\n" for k, v in health.details.items())
+            body = text.encode()
             status = "200 OK" if not failing else "503 Service Unavailable"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
                                     ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
@@ -313,12 +318,15 @@ def start_metrics_server(port: int, health: Health | None = None, redis_url=None
     return server
 
 
-def start_worker_metrics(port: int, redis_url) -> threading.Event:
+def start_worker_metrics(port: int, redis_url) -> tuple[threading.Event, dict[str, str]]:
     """The worker's endpoint, started before the models load. Healthy once the returned event is set
-    (models loaded) and while Redis answers the probe."""
+    (models loaded) and while Redis answers the probe; what the worker puts in the returned dict (its dtype,
+    its memory tier) is shown under the verdict."""
     loaded = threading.Event()
+    details: dict[str, str] = {}
     if port:
         probe = RedisProbe(redis_url).start()
         health = Health({"models loaded": loaded.is_set, "redis reachable": probe.fresh})
+        health.details = details
         start_metrics_server(port, health, redis_url, role="worker")
-    return loaded
+    return loaded, details

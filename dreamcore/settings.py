@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # The weights' dtype; auto: bf16 on GPUs of compute capability 8.0+, fp16 on older ones, fp32 on a CPU
     # (bf16 there for full-size models). worker/pipeline.py choose_dtype.
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", **_env("DREAMBOT_DTYPE"))
+    # Where the weights live: none keeps all on the device; model is diffusers' model CPU offload (one model on
+    # the device at a time, for 12-16 GB cards); auto measures the device's free memory and takes the fastest
+    # that fits (worker/memory.py).
+    offload: Literal["auto", "none", "model"] = Field("auto", **_env("DREAMBOT_OFFLOAD"))
     max_upload_mb: float = Field(10.0, gt=0, le=500, **_env("DREAMBOT_MAX_UPLOAD_MB"))
     output_dir: str = Field("dream-out", min_length=1, **_env("DREAMBOT_OUTPUT_DIR"))
     # Batching: a worker that takes a dream also takes waiting dreams it can denoise in the same batch

@@ -79,7 +79,7 @@ class Fleet:
             "DISCORD_GUILD_IDS": str(self.guild_id),
         } | extra
         bot.log = self.tmp / f"{bot.instance}.log"
-        bot.proc = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "bot"], env=env,
+        bot.proc = subprocess.Popen([sys.executable, "-m", "dreambot", "bot"], env=env,
                                     stdout=open(bot.log, "ab"), stderr=subprocess.STDOUT)
 
     def wait_bots_ready(self, bots: list[BotProc] | None = None, timeout: float = 60.0) -> None:
@@ -97,7 +97,7 @@ class Fleet:
     def start_worker(self, name: str = "w", **extra: str) -> subprocess.Popen:
         log = self.tmp / f"worker-{name}-{len(self.workers)}.log"
         env = self.base_env() | extra
-        proc = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "worker"], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "dreambot", "worker"], env=env,
                                 stdout=open(log, "ab"), stderr=subprocess.STDOUT)
         self.workers.append(proc)
         self.worker_logs.append(log)

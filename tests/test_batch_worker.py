@@ -184,14 +184,14 @@ def test_worker_killed_mid_batch_every_job_is_retaken_and_delivered_once(tiny_en
     for j in jobs:
         q.enqueue(j)
     env = {**tiny_env, "DREAMBOT_LEASE": "5", "DREAMBOT_HEARTBEAT": "1", "DREAMBOT_LOG_FORMAT": "text"}
-    doomed = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "worker"],
+    doomed = subprocess.Popen([sys.executable, "-m", "dreambot", "worker"],
                               env={**env, "DREAMBOT_TEST_FAULTS": "worker-mid-job"},
                               stdout=open(tmp_path / "doomed.log", "ab"), stderr=subprocess.STDOUT)
     assert doomed.wait(120) == -signal.SIGKILL
     started = set(q.queues["default"].started_job_registry.get_job_ids())
     assert started == {j.job_id for j in jobs}, "the whole batch was registered as started"
     assert q.waiting() == 0
-    rescuer = subprocess.Popen([sys.executable, "-m", "dreamcore.cli", "worker"], env=env,
+    rescuer = subprocess.Popen([sys.executable, "-m", "dreambot", "worker"], env=env,
                                stdout=open(tmp_path / "rescuer.log", "ab"), stderr=subprocess.STDOUT)
     try:
         def finished():

@@ -16,7 +16,7 @@ def test_demo_writes_images_of_the_asked_size(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(
         # The README's order: --tiny straight before the prompt.
-        [sys.executable, "-m", "dreamcore.cli", "demo", "--tiny", "a lighthouse at dusk", "--tiny-dir", str(tiny_model_dir),
+        [sys.executable, "-m", "dreambot", "demo", "--tiny", "a lighthouse at dusk", "--tiny-dir", str(tiny_model_dir),
          "--aspect", "7:9", "--count", "2", "--seed", "3", "--steps", "5", "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -37,7 +37,7 @@ def test_demo_writes_images_of_the_asked_size(tiny_model_dir, tmp_path):
 def test_demo_reports_bad_options(tiny_model_dir, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "DREAMBOT_"))}
     proc = subprocess.run(
-        [sys.executable, "-m", "dreamcore.cli", "demo", "x", "--tiny", "--tiny-dir", str(tiny_model_dir), "--count", "9"],
+        [sys.executable, "-m", "dreambot", "demo", "x", "--tiny", "--tiny-dir", str(tiny_model_dir), "--count", "9"],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dreamcore.cli import _parser
+from dreambot.cli import _parser
 from dreamcore.settings import SDXL_BASE_ID, SDXL_REFINER_ID, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +39,7 @@ MONITORING = {"prometheus", "rq-dashboard"}
 OBJECT_STORE = {"minio", "minio-init"}
 # Redis high availability, under the `ha` profile: redis-server processes, as `redis` is.
 HA = {"redis-replica", "sentinel1", "sentinel2", "sentinel3"}
+FETCH = {"fetch-models"}
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
 DASHBOARD_DOCKERFILE = ROOT / "docker" / "rq-dashboard.Dockerfile"
 
@@ -163,8 +164,8 @@ def _cli_subcommands() -> set[str]:
 
 def test_compose_has_redis_the_ten_bots_and_a_worker(config):
     services = config["services"]
-    assert {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE, *HA} <= set(services)
-    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE, *HA}
+    assert {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE, *HA, *FETCH} <= set(services)
+    extra = set(services) - {"redis", "worker", *BOTS, *MONITORING, *OBJECT_STORE, *HA, *FETCH}
     assert all(re.fullmatch(r"worker\d+", s) for s in extra), f"unexpected services {sorted(extra)}"
 
 
@@ -227,6 +228,21 @@ def test_worker_has_a_gpu_the_models_volume_and_time_to_drain(config):
     assert _waits_for_healthy_redis(worker)
 
 
+def test_the_worker_waits_for_a_one_shot_model_fetch_into_the_same_cache(config):
+    """`dreambot fetch-models` (tests/test_fetch.py runs the same command) downloads into the volume and
+    HF_HOME the worker reads, with the worker's model settings, and the worker starts only once it exited 0."""
+    services = config["services"]
+    fetch, worker = services["fetch-models"], services["worker"]
+    assert fetch["command"] == ["dreambot", "fetch-models"]
+    assert fetch["image"] == worker["image"] and fetch["restart"] == "no" and "deploy" not in fetch
+    assert worker["depends_on"]["fetch-models"]["condition"] == "service_completed_successfully"
+    assert ("models", "/models") in _mounts(fetch)
+    env, wenv = _env(fetch), _env(worker)
+    for key in ("HF_HOME", "HF_TOKEN", "DREAMBOT_BASE_MODEL", "DREAMBOT_REFINER_MODEL", "DREAMBOT_SAFETY_MODEL",
+                "DREAMBOT_SAFETY_CHECK"):
+        assert env.get(key) == wenv.get(key), key
+
+
 def test_every_setting_in_env_reaches_the_bots_and_the_worker(config_with_env):
     services = config_with_env["services"]
     for name in [*BOTS, "worker"]:
@@ -244,7 +260,7 @@ def test_services_run_the_dreambot_commands_the_tests_run(config):
         cmd = service["command"]
         assert cmd[0] == "dreambot" and cmd[1] in subcommands, (name, cmd)
         _parser().parse_args(cmd[1:])
-    assert 'dreambot = "dreamcore.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'dreambot = "dreambot.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 def _health_probe(service: dict) -> str:

@@ -16,7 +16,7 @@ def _modules_after(imports: str) -> set[str]:
 
 @pytest.mark.parametrize("imports", [
     "import dreamcore, dreamcore.job, dreamcore.queue, dreamcore.results, dreamcore.settings, dreamcore.limits",
-    "import dreamcore.cli, dreamcore.present, dreamcore.logs, dreamcore.localredis",
+    "import dreambot.cli, dreamcore.present, dreamcore.logs, dreamcore.localredis",
     "import bot.main, bot.client, bot.commands, bot.relay, bot.backend",
 ])
 def test_bot_and_core_never_import_torch(imports):
@@ -27,6 +27,21 @@ def test_bot_and_core_never_import_torch(imports):
 
 
 def test_worker_never_imports_discord():
-    loaded = _modules_after("import worker.runner, worker.tasks, worker.demo, worker.pipeline")
+    loaded = _modules_after("import worker.runner, worker.tasks, worker.demo, worker.pipeline, worker.fetch")
     assert "discord" not in loaded
     assert "discord.gateway" not in loaded
+
+
+def test_the_core_never_reaches_up_into_the_rooms_that_use_it():
+    """dreamcore is shared by both sides: it imports neither of them, nor the `dreambot` command above them."""
+    import ast
+    from pathlib import Path
+
+    outer = {"bot", "worker", "dreambot"}
+    found = []
+    for path in sorted((Path(__file__).resolve().parent.parent / "dreamcore").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            found += [f"{path.name}: {n}" for n in names if n.split(".")[0] in outer]
+    assert found == []

@@ -74,7 +74,9 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
     bot = fleet.bots[0]
     bot_port, worker_port = free_port(), free_port()
     fleet.start_bot(bot, DREAMBOT_METRICS_PORT=str(bot_port), DREAMBOT_LIMIT_MAX_STEPS="10")
-    fleet.start_worker(DREAMBOT_METRICS_PORT=str(worker_port))
+    # Model offload on the CPU: accelerate's hooks move nothing here, but the dream below runs through them
+    # in a real worker process, and /healthz says which tier was taken.
+    fleet.start_worker(DREAMBOT_METRICS_PORT=str(worker_port), DREAMBOT_OFFLOAD="model")
     fleet.wait_bots_ready()
     _, body = _wait_status(f"http://127.0.0.1:{bot_port}/healthz", 200, 15)
     assert body.strip() == "ok"
@@ -90,7 +92,11 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
     body = refusal.wait_ack(5)
     assert body["type"] == 4 and body["data"]["flags"] & 64
 
-    _wait_status(f"http://127.0.0.1:{worker_port}/healthz", 200, 30)
+    _, worker_health = _wait_status(f"http://127.0.0.1:{worker_port}/healthz", 200, 30)
+    lines = worker_health.splitlines()
+    assert lines[0] == "ok" and "device: cpu" in lines and "dtype: float32" in lines, worker_health
+    assert any(x.startswith("memory: offload model, batches of up to 8: DREAMBOT_OFFLOAD=model on the CPU")
+               for x in lines), worker_health
     deadline = time.monotonic() + 10  # the delivery is counted once it is recorded, just after the post
     while not (_value(_scrape(bot_port), "dreambot_deliveries_total", where="interaction") or 0) >= 1:
         assert time.monotonic() < deadline, "delivery never counted"

@@ -14,8 +14,9 @@ torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 
 from dreamcore.job import make_request  # noqa: E402
-from worker.pipeline import DreamPipeline, ModelLoadError, StepEvent  # noqa: E402
+from worker.pipeline import DreamPipeline, StepEvent  # noqa: E402
 from worker.prompts import CHUNK_TOKENS, MAX_CHUNKS, PromptTooLong, count_tokens, encode_prompts  # noqa: E402
+from worker.weights import ModelLoadError  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +309,7 @@ def test_the_worker_makes_what_diffusers_own_recipe_makes(pipe):
     ("fp16", "cpu", None, False, torch.float16),
 ])
 def test_dtype_follows_the_device(setting, kind, capability, full, expect):
-    from worker.pipeline import choose_dtype
+    from worker.weights import choose_dtype
 
     dtype, why = choose_dtype(setting, torch.device(kind), capability, full_size=full)
     assert dtype == expect and why
@@ -319,7 +320,7 @@ def test_full_size_is_read_from_the_unet_config(tiny_model_dir, tmp_path):
 
     from diffusers import UNet2DConditionModel
 
-    from worker.pipeline import is_full_size
+    from worker.weights import is_full_size
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
     from gpu_sdxl import BASE_UNET

@@ -78,8 +78,8 @@ def test_the_policy_is_a_guild_setting_with_clear_errors(rconn):
 
 
 def test_the_classifier_loads_like_a_hub_model_and_scores_a_batch(tiny_model_dir, tmp_path):
-    from worker.pipeline import ModelLoadError
     from worker.safety import SafetyChecker
+    from worker.weights import ModelLoadError
 
     checker = SafetyChecker.load(str(tiny_model_dir / "safety"), ["nsfw"], "cpu")
     images = [Image.new("RGB", (64, 48), c) for c in ("white", "black", "red")] + [Image.new("L", (1024, 1024))]

@@ -62,7 +62,7 @@ def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):
 
     out = tmp_path / "votes.jsonl"
     env = {**os.environ, "REDIS_URL": redis_url}
-    proc = subprocess.run([sys.executable, "-m", "dreamcore.cli", "export-votes", "--out", str(out)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "dreambot", "export-votes", "--out", str(out)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "exported 1 vote rounds" in proc.stderr
     (line,) = out.read_text().splitlines()
@@ -83,7 +83,7 @@ def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):
 
     folder = tmp_path / "dataset"
     env["DREAMBOT_EXPORT_SALT"] = "pepper"
-    proc = subprocess.run([sys.executable, "-m", "dreamcore.cli", "export-votes", "--format", "parquet", "--out",
+    proc = subprocess.run([sys.executable, "-m", "dreambot", "export-votes", "--format", "parquet", "--out",
                            str(folder)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "exported 1 vote rounds" in proc.stderr, proc.stderr
     (row,) = pq.read_table(folder).to_pylist()

@@ -138,7 +138,7 @@ def test_missing_weights_stop_the_worker_at_start(tiny_env, monkeypatch, tmp_pat
     import sys
 
     env = dict(tiny_env, DREAMBOT_BASE_MODEL=str(tmp_path / "nope"))
-    out = subprocess.run([sys.executable, "-m", "dreamcore.cli", "worker", "--burst"], env=env,
+    out = subprocess.run([sys.executable, "-m", "dreambot", "worker", "--burst"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "DREAMBOT_BASE_MODEL" in out.stdout and str(tmp_path / "nope") in out.stdout

@@ -23,9 +23,9 @@ from dreamcore.queue import DreamQueue
 from dreamcore.safety import is_flagged
 from dreamcore.settings import Settings
 
-from .pipeline import ModelLoadError
 from .runner import load_pipeline, make_worker
 from .safety import load_checker
+from .weights import ModelLoadError
 
 DEMO_INSTANCE = "demo"
 

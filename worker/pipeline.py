@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,30 +30,11 @@ from PIL import Image
 from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
+from . import memory
 from .prompts import EncodedPrompts, batch_kwargs, encode_prompts
+from .weights import choose_dtype, is_full_size, load_pipelines, resolve_device
 
 log = logging.getLogger("dreambot.worker")
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-# diffusers renamed from_pretrained's `torch_dtype` to `dtype` (0.42 warns on the old name, older releases
-# know only the old one); use whichever this diffusers has.
-try:
-    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists where `dtype` is accepted)
-
-    _DTYPE_KW = "dtype"
-except ImportError:
-    _DTYPE_KW = "torch_dtype"
-
-
-class ModelLoadError(RuntimeError):
-    """The weights a setting points at can't be loaded; the message names the setting and its value."""
-
-    def __init__(self, setting: str, value: str, reason: str):
-        self.setting = setting
-        self.value = value
-        super().__init__(f"{setting}={value}: {reason}")
-
 
 @dataclass
 class StepEvent:
@@ -108,99 +86,6 @@ def batch_geometry(req: DreamRequest) -> tuple:
     return req.batch_geometry
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            "DREAMBOT_DEVICE", device, "CUDA is not available on this machine (torch sees no GPU)"
-        )
-    return dev
-
-
-FP16_VARIANT = "fp16"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# A base UNet past this many parameters is a full-size SDXL (2.6 B); on a CPU it is loaded in bf16, since
-# base + refiner in fp32 need ~23 GB of RAM. The tiny test model has well under a million.
-FULL_SIZE_PARAMS = 1_000_000_000
-
-
-def choose_dtype(setting: str, dev: torch.device, capability: tuple[int, int] | None = None,
-                 full_size: bool = False) -> tuple[torch.dtype, str]:
-    """(the weights' dtype, why) for DREAMBOT_DTYPE=`setting` on `dev`. auto: bf16 on a GPU that runs it fast
-    (compute capability 8.0 and up: A100, L4, H100, RTX 30xx/40xx), fp16 on older ones (T4, V100), whose
-    SDXL VAE then decodes in fp32 (its config's force_upcast, honoured by diffusers' own decode); on a CPU
-    fp32, or bf16 for a full-size model."""
-    if setting != "auto":
-        return DTYPES[setting], f"DREAMBOT_DTYPE={setting}"
-    if dev.type == "cuda":
-        major, minor = capability or torch.cuda.get_device_capability(dev)
-        if major >= 8:
-            return torch.bfloat16, f"bf16: compute capability {major}.{minor} runs bf16 at full speed"
-        return torch.float16, (f"fp16: compute capability {major}.{minor} has no fast bf16; the VAE decodes "
-                               "in fp32 (force_upcast)")
-    if full_size:
-        return torch.bfloat16, "bf16 on the CPU: a full-size base + refiner would need ~23 GB in fp32"
-    return torch.float32, "fp32 on the CPU"
-
-
-def is_full_size(base: str) -> bool:
-    """Whether the base model's UNet, as its config describes it, is full-size (counted on meta tensors: no
-    weights are read). False when the config can't be read: the load reports that itself."""
-    from diffusers import UNet2DConditionModel
-
-    path = Path(base).expanduser()
-    try:
-        config = UNet2DConditionModel.load_config(str(path) if path.is_dir() else base, subfolder="unet",
-                                                  local_files_only=path.is_dir())
-        with torch.device("meta"):
-            unet = UNet2DConditionModel.from_config(config)
-        return sum(p.numel() for p in unet.parameters()) > FULL_SIZE_PARAMS
-    except Exception:  # noqa: BLE001 - a missing or odd config is _from_pretrained's to report
-        return False
-
-
-def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
-    """`pipeline_cls.from_pretrained(value)`, with every failure turned into a ModelLoadError naming the setting."""
-    path = Path(value).expanduser()
-    if path.is_dir():
-        # A local folder: never let a missing file there turn into a hub download attempt.
-        source, local = str(path), True
-    elif _HUB_ID.match(value) and not value.startswith((".", "~")):
-        # A hub id: diffusers resolves it through the HF cache (and honours HF_HUB_OFFLINE).
-        source, local = value, False
-    else:
-        raise ModelLoadError(
-            setting, value, "no model found there (not a folder, and not a hub id like org/name)"
-        )
-    try:
-        # The published fp16 files first: half the download and disk of the full-precision ones, and the
-        # same weights at the precision a GPU runs them in. A folder or repo without them loads its plain files.
-        try:
-            pipe = pipeline_cls.from_pretrained(source, local_files_only=local, variant=FP16_VARIANT, **kwargs)
-            log.info("weights loaded", extra={"setting": setting, "variant": FP16_VARIANT})
-            return pipe
-        except ValueError as err:
-            if "variant" not in str(err):
-                raise
-            log.info("no fp16 variant; loading the plain weights", extra={"setting": setting})
-        return pipeline_cls.from_pretrained(source, local_files_only=local, **kwargs)
-    # Broad on purpose: diffusers raises OSError, ValueError, KeyError, ... depending on what is off.
-    except Exception as err:
-        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-        if local:
-            raise ModelLoadError(setting, value, f"no model found there ({reason})") from err
-        offline = (
-            " (HF_HUB_OFFLINE is set, so it must already be in the cache)"
-            if os.environ.get("HF_HUB_OFFLINE")
-            else ""
-        )
-        raise ModelLoadError(
-            setting, value, f"could not load it from the hub or its cache{offline} ({reason})"
-        ) from err
-
-
 _loaded: dict[tuple, DreamPipeline] = {}
 _load_lock = threading.Lock()
 
@@ -214,6 +99,7 @@ class DreamPipeline:
         self.device = device
         self._timesteps_cache: dict[tuple[str, int], list[int]] = {}
         self._base_img2img: StableDiffusionXLImg2ImgPipeline | None = None
+        self.memory: memory.MemoryPlan | None = None  # set when placed on the device (_place)
 
     @classmethod
     def load(
@@ -226,6 +112,8 @@ class DreamPipeline:
         channels_last: bool = False,
         compile: bool = False,
         dtype: torch.dtype | None = None,
+        offload: str = "auto",
+        batch_images: int = 32,
     ) -> DreamPipeline:
         """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance.
 
@@ -236,42 +124,28 @@ class DreamPipeline:
             what cuDNN's fastest kernels want. compile: torch.compile both UNets, warmed up at load.
         dtype: the weights' dtype; None is bf16 on a GPU and fp32 on a CPU (bench/fullsize.py loads the
             full-size pair in bf16 on a CPU, where fp32 would need ~23 GB).
+        offload: DREAMBOT_OFFLOAD, auto|none|model (memory.plan); batch_images: the most images one
+            denoising call may hold (DREAMBOT_BATCH_IMAGES); the plan keeps their working memory free, and
+            may allow fewer (`.memory.batch_images`) on a device with less room.
         """
-        key = (base, refiner, device, fuse_qkv, channels_last, compile, dtype)
+        key = (base, refiner, device, fuse_qkv, channels_last, compile, dtype, offload, batch_images)
         with _load_lock:
             if key not in _loaded:
                 pipe = cls._load(base, refiner, device, dtype)
-                pipe._speed_up(fuse_qkv=fuse_qkv, channels_last=channels_last, compile=compile)
+                pipe._speed_up(fuse_qkv=fuse_qkv, channels_last=channels_last)
+                pipe._place(offload, batch_images)
+                if compile:
+                    pipe._compile()
                 _loaded[key] = pipe
             return _loaded[key]
 
     @classmethod
     def _load(cls, base: str, refiner: str, device: str, dtype: torch.dtype | None = None) -> DreamPipeline:
         dev = resolve_device(device)
-        # bf16 on GPU: half the memory and bandwidth of fp32, and unlike fp16 it has fp32's range, so the
-        # SDXL VAE does not overflow into NaN (black images) and needs no fp32 upcast (choose_dtype).
         if dtype is None:
             dtype, why = choose_dtype("auto", dev, full_size=dev.type == "cpu" and is_full_size(base))
             log.info("dtype chosen", extra={"dtype": str(dtype).removeprefix("torch."), "why": why})
-        base_pipe = _from_pretrained(
-            StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, **{_DTYPE_KW: dtype}
-        )
-        if base_pipe.text_encoder is None or base_pipe.text_encoder_2 is None:
-            raise ModelLoadError(
-                "DREAMBOT_BASE_MODEL",
-                base,
-                "that is not an SDXL base model (it lacks text_encoder; a refiner?)",
-            )
-        # The refiner uses the same OpenCLIP text encoder and VAE as the base: pass the base's objects so
-        # they are neither read from disk nor held in GPU memory twice (about 1.5 GB saved in bf16).
-        refiner_pipe = _from_pretrained(
-            StableDiffusionXLImg2ImgPipeline,
-            "DREAMBOT_REFINER_MODEL",
-            refiner,
-            **{_DTYPE_KW: dtype},
-            text_encoder_2=base_pipe.text_encoder_2,
-            vae=base_pipe.vae,
-        )
+        base_pipe, refiner_pipe = load_pipelines(base, refiner, dtype)
         # diffusers decodes the last stage's latents itself (output_type="pt"); sliced, one image at a time,
         # so a batch's decode needs the memory of one 1024 px decode (the peak of a whole job), not eight.
         base_pipe.vae.enable_slicing()
@@ -280,9 +154,27 @@ class DreamPipeline:
             # fuse_qkv), i.e. torch's scaled_dot_product_attention. On CUDA SDPA already picks the fastest
             # kernel that fits (FlashAttention for bf16 with these head sizes, else memory-efficient
             # attention, else the math fallback), so no custom attention kernels or processors are needed.
-            pipe.to(dev)
             pipe.set_progress_bar_config(disable=True)  # the worker reports progress itself
         return cls(base_pipe, refiner_pipe, dev)
+
+    def _place(self, offload: str, batch_images: int) -> None:
+        """Move the weights to the device, or hand them to diffusers' model CPU offload (memory.plan says
+        which; a device too small for either raises ModelLoadError). Done after the speed options, so the
+        plan counts what fuse_qkv added."""
+        sizes = memory.module_bytes(self.modules_once())
+        self.memory = memory.plan(offload, self.device, sizes,
+                                  lambda n: memory.working_bytes(self.base.unet, n), batch_images,
+                                  memory.free_bytes(self.device))
+        if self.memory.offload == "model":
+            # One whole model on the device at a time, moved there when its forward runs. Each pipeline
+            # offloads its own models again at the end of its call (maybe_free_model_hooks), so the base's
+            # UNet has left the device before the refiner's arrives; the shared text_encoder_2 and VAE carry
+            # the hook of whichever pipeline ran last, which moves them just the same.
+            for pipe in (self.base, self.refiner):
+                pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            for pipe in (self.base, self.refiner):
+                pipe.to(self.device)
 
     # -- speed options ------------------------------------------------------------------------------------
 
@@ -294,7 +186,16 @@ class DreamPipeline:
             named["refiner VAE"] = self.refiner.vae
         return named
 
-    def _speed_up(self, *, fuse_qkv: bool, channels_last: bool, compile: bool) -> None:
+    def modules_once(self) -> dict[str, torch.nn.Module]:
+        """Every model of both pipelines, a shared one (text_encoder_2, the VAE) once."""
+        named: dict[str, torch.nn.Module] = {}
+        for prefix, pipe in (("", self.base), ("refiner ", self.refiner)):
+            for name, module in pipe.components.items():
+                if isinstance(module, torch.nn.Module) and all(module is not m for m in named.values()):
+                    named[prefix + name] = module
+        return named
+
+    def _speed_up(self, *, fuse_qkv: bool, channels_last: bool) -> None:
         modules = self._modules()
         if fuse_qkv:
             for name, module in modules.items():
@@ -312,8 +213,6 @@ class DreamPipeline:
         if channels_last:
             for module in modules.values():
                 module.to(memory_format=torch.channels_last)
-        if compile:
-            self._compile()
 
     def _compile(self) -> None:
         """torch.compile both UNets and run one small generation so the first member's job doesn't pay for it.
@@ -564,6 +463,8 @@ class DreamPipeline:
             components["scheduler"] = type(scheduler).from_config(scheduler.config)
             pipe = StableDiffusionXLImg2ImgPipeline(**components)
             pipe.set_progress_bar_config(disable=True)
+            if self.memory is not None and self.memory.offload == "model":
+                pipe.enable_model_cpu_offload(device=self.device)  # its own hooks, ending each of its calls
             self._base_img2img = pipe
         return self._base_img2img
 

@@ -32,9 +32,10 @@ from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
 
-from . import rq_private, tasks
-from .pipeline import DreamPipeline, ModelLoadError, choose_dtype, is_full_size, resolve_device
+from . import memory, rq_private, tasks
+from .pipeline import DreamPipeline
 from .safety import load_checker
+from .weights import ModelLoadError, choose_dtype, is_full_size, resolve_device
 
 log = logging.getLogger("dreambot.worker")
 
@@ -276,13 +277,23 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
     dtype, why = choose_dtype(settings.dtype, dev, full_size=full)
     pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device,
                               fuse_qkv=settings.fuse_qkv, channels_last=settings.channels_last,
-                              compile=settings.compile, dtype=dtype)
+                              compile=settings.compile, dtype=dtype, offload=settings.offload,
+                              batch_images=settings.batch_images)
+    plan = pipe.memory
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),
                                      "dtype": str(dtype).removeprefix("torch."), "why": why,
+                                     "offload": plan.offload, "offload_why": plan.why,
+                                     "device_memory_gib": round(plan.resident_bytes / memory.GIB, 2),
                                      "base": settings.base_model, "refiner": settings.refiner_model,
                                      "fuse_qkv": settings.fuse_qkv, "channels_last": settings.channels_last,
                                      "compile": settings.compile})
     return pipe
+
+
+def describe_models(pipe: DreamPipeline) -> dict[str, str]:
+    """What /healthz shows under its verdict: the device, the weights' dtype and the memory tier with why."""
+    dtype = str(next(pipe.base.unet.parameters()).dtype).removeprefix("torch.")
+    return {"device": str(pipe.device), "dtype": dtype, "memory": pipe.memory.describe()}
 
 
 def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None,
@@ -295,8 +306,11 @@ def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, 
     tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name, store=store,
                                 checker=checker))
     queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
+    # A device with less room than the setting's batches asks for takes smaller ones (memory.plan).
+    plan = getattr(pipeline, "memory", None)  # the benches' no-op pipelines have none
+    batch_images = min(settings.batch_images, plan.batch_images) if plan else settings.batch_images
     return DreamWorker(queues, connection=conn, name=name, heartbeat_s=settings.heartbeat_s,
-                       lease_s=settings.lease_s, batch_images=settings.batch_images,
+                       lease_s=settings.lease_s, batch_images=batch_images,
                        batch_window=settings.batch_window, exception_handlers=[tasks.on_abandoned])
 
 
@@ -332,9 +346,10 @@ def run(settings: Settings, burst: bool = False, max_jobs: int | None = None) ->
     """
     setup_logging(settings.log_level, settings.log_format)
     # Up before the models load: /healthz says 503 "models loaded" meanwhile, and /metrics already answers.
-    models_loaded = metrics.start_worker_metrics(settings.metrics_port, settings)
+    models_loaded, health_details = metrics.start_worker_metrics(settings.metrics_port, settings)
     try:
         pipeline = load_pipeline(settings)
+        health_details.update(describe_models(pipeline))
         checker = load_checker(settings, pipeline.device)  # once: a Redis reconnect below reuses it
     except ModelLoadError as err:
         log.error("cannot start: %s", err)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from dreamcore.settings import Settings
 
-from .pipeline import ModelLoadError, resolve_device
+from .weights import ModelLoadError, resolve_device
 
 log = logging.getLogger("dreambot.safety")
 

@@ -1,4 +1,5 @@
-"""`dreambot`: one console script, one subcommand per process kind.
+"""`dreambot`: one console script, one subcommand per process kind; the top of the tree, above the shared
+core (dreamcore) and the two sides it starts (bot, worker).
 
 Subcommands import their side lazily, so `dreambot bot` never loads torch.
 """
@@ -9,9 +10,9 @@ import argparse
 import os
 import sys
 
-from .job import ASPECTS
-from .settings import SettingsError, load_settings
-from .styles import style_names
+from dreamcore.job import ASPECTS
+from dreamcore.settings import SettingsError, load_settings
+from dreamcore.styles import style_names
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -21,6 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="serve the dream queues on this machine's GPU (or CPU)")
     w.add_argument("--burst", action="store_true", help="exit when the queues are empty")
     w.add_argument("--max-jobs", type=int, default=None, help="exit after this many jobs")
+
+    f = sub.add_parser("fetch-models", help="download the model files the worker will load (fp16 where published), "
+                                            "with progress; printing the bytes first")
+    f.add_argument("--dry-run", action="store_true", help="print what would be downloaded, and stop")
 
     sub.add_parser("bot", help="run one Discord bot instance (DISCORD_TOKEN, DREAMBOT_INSTANCE)")
 
@@ -63,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker.runner import run
 
         return run(settings, burst=args.burst, max_jobs=args.max_jobs)
+    if args.cmd == "fetch-models":
+        from worker.fetch import run as fetch
+
+        return fetch(settings, dry_run=args.dry_run)
     if args.cmd == "bot":
         from bot.main import run as run_bot
 
@@ -85,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 def _export_votes(settings, args) -> int:
     import redis
 
-    from .images import ImageStoreError, open_store
-    from .redisconn import connect
-    from .votes import export_jsonl, export_parquet
+    from dreamcore.images import ImageStoreError, open_store
+    from dreamcore.redisconn import connect
+    from dreamcore.votes import export_jsonl, export_parquet
 
     conn = connect(settings, connect_timeout_s=5)
     note = ""

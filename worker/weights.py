@@ -1,0 +1,153 @@
+"""Which weights the worker loads, and in what precision: the device, the dtype for it, and each pipeline's
+`from_pretrained` (a hub id or a local folder, the published fp16 files first), with every failure turned
+into a message that names the setting at fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("dreambot.worker")
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# diffusers renamed from_pretrained's `torch_dtype` to `dtype` (0.42 warns on the old name, older releases
+# know only the old one); use whichever this diffusers has.
+try:
+    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists where `dtype` is accepted)
+
+    _DTYPE_KW = "dtype"
+except ImportError:
+    _DTYPE_KW = "torch_dtype"
+
+
+class ModelLoadError(RuntimeError):
+    """The weights a setting points at can't be loaded; the message names the setting and its value."""
+
+    def __init__(self, setting: str, value: str, reason: str):
+        self.setting = setting
+        self.value = value
+        super().__init__(f"{setting}={value}: {reason}")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(
+            "DREAMBOT_DEVICE", device, "CUDA is not available on this machine (torch sees no GPU)"
+        )
+    return dev
+
+
+FP16_VARIANT = "fp16"
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# A base UNet past this many parameters is a full-size SDXL (2.6 B); on a CPU it is loaded in bf16, since
+# base + refiner in fp32 need ~23 GB of RAM. The tiny test model has well under a million.
+FULL_SIZE_PARAMS = 1_000_000_000
+
+
+def choose_dtype(setting: str, dev: torch.device, capability: tuple[int, int] | None = None,
+                 full_size: bool = False) -> tuple[torch.dtype, str]:
+    """(the weights' dtype, why) for DREAMBOT_DTYPE=`setting` on `dev`. auto: bf16 on a GPU that runs it fast
+    (compute capability 8.0 and up: A100, L4, H100, RTX 30xx/40xx), fp16 on older ones (T4, V100), whose
+    SDXL VAE then decodes in fp32 (its config's force_upcast, honoured by diffusers' own decode); on a CPU
+    fp32, or bf16 for a full-size model."""
+    if setting != "auto":
+        return DTYPES[setting], f"DREAMBOT_DTYPE={setting}"
+    if dev.type == "cuda":
+        major, minor = capability or torch.cuda.get_device_capability(dev)
+        if major >= 8:
+            return torch.bfloat16, f"bf16: compute capability {major}.{minor} runs bf16 at full speed"
+        return torch.float16, (f"fp16: compute capability {major}.{minor} has no fast bf16; the VAE decodes "
+                               "in fp32 (force_upcast)")
+    if full_size:
+        return torch.bfloat16, "bf16 on the CPU: a full-size base + refiner would need ~23 GB in fp32"
+    return torch.float32, "fp32 on the CPU"
+
+
+def is_full_size(base: str) -> bool:
+    """Whether the base model's UNet, as its config describes it, is full-size (counted on meta tensors: no
+    weights are read). False when the config can't be read: the load reports that itself."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(base).expanduser()
+    try:
+        config = UNet2DConditionModel.load_config(str(path) if path.is_dir() else base, subfolder="unet",
+                                                  local_files_only=path.is_dir())
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+        return sum(p.numel() for p in unet.parameters()) > FULL_SIZE_PARAMS
+    except Exception:  # noqa: BLE001 - a missing or odd config is _from_pretrained's to report
+        return False
+
+
+def hub_id_or_folder(setting: str, value: str) -> str:
+    """"folder" for a local folder (a missing file there must never turn into a hub download attempt), "hub"
+    for a hub id (resolved through the HF cache, honouring HF_HUB_OFFLINE); ModelLoadError for neither."""
+    if Path(value).expanduser().is_dir():
+        return "folder"
+    if _HUB_ID.match(value) and not value.startswith((".", "~")):
+        return "hub"
+    raise ModelLoadError(setting, value, "no model found there (not a folder, and not a hub id like org/name)")
+
+
+def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):
+    """`pipeline_cls.from_pretrained(value)`, with every failure turned into a ModelLoadError naming the setting."""
+    local = hub_id_or_folder(setting, value) == "folder"
+    source = str(Path(value).expanduser()) if local else value
+    try:
+        # The published fp16 files first: half the download and disk of the full-precision ones, and the
+        # same weights at the precision a GPU runs them in. A folder or repo without them loads its plain files.
+        try:
+            pipe = pipeline_cls.from_pretrained(source, local_files_only=local, variant=FP16_VARIANT, **kwargs)
+            log.info("weights loaded", extra={"setting": setting, "variant": FP16_VARIANT})
+            return pipe
+        except ValueError as err:
+            if "variant" not in str(err):
+                raise
+            log.info("no fp16 variant; loading the plain weights", extra={"setting": setting})
+        return pipeline_cls.from_pretrained(source, local_files_only=local, **kwargs)
+    # Broad on purpose: diffusers raises OSError, ValueError, KeyError, ... depending on what is off.
+    except Exception as err:
+        reason = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+        if local:
+            raise ModelLoadError(setting, value, f"no model found there ({reason})") from err
+        offline = (
+            " (HF_HUB_OFFLINE is set, so it must already be in the cache)"
+            if os.environ.get("HF_HUB_OFFLINE")
+            else ""
+        )
+        raise ModelLoadError(
+            setting, value, f"could not load it from the hub or its cache{offline} ({reason})"
+        ) from err
+
+
+def load_pipelines(base: str, refiner: str, dtype: torch.dtype):
+    """(base, refiner) pipelines in `dtype`, on the CPU (where from_pretrained puts them; the caller places
+    them). The refiner reuses the base's text_encoder_2 and VAE."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base_pipe = _from_pretrained(StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, **{_DTYPE_KW: dtype})
+    if base_pipe.text_encoder is None or base_pipe.text_encoder_2 is None:
+        raise ModelLoadError(
+            "DREAMBOT_BASE_MODEL", base, "that is not an SDXL base model (it lacks text_encoder; a refiner?)"
+        )
+    # The refiner uses the same OpenCLIP text encoder and VAE as the base: pass the base's objects so they are
+    # neither read from disk nor held in memory twice (about 1.5 GB saved in bf16). diffusers also leaves
+    # their files out of a hub download (fetch.py downloads only what this loads).
+    refiner_pipe = _from_pretrained(
+        StableDiffusionXLImg2ImgPipeline,
+        "DREAMBOT_REFINER_MODEL",
+        refiner,
+        **{_DTYPE_KW: dtype},
+        text_encoder_2=base_pipe.text_encoder_2,
+        vae=base_pipe.vae,
+    )
+    return base_pipe, refiner_pipe

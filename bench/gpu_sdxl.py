@@ -164,21 +164,12 @@ def build_components(device: str, dtype: torch.dtype, tokenizer=None, tokenizer_
 
 
 def sdxl_pipelines(p: dict):
-    """The base and refiner pipelines over `build_components`' modules, wired as the published ones are: the
-    refiner shares text_encoder_2 and the VAE, takes the aesthetic score, and does not zero empty prompts."""
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+    """The base and refiner pipelines over `build_components`' modules, wired as the published ones are
+    (worker.tiny.sdxl_pipelines, the tiny model's own wiring)."""
+    from worker.tiny import sdxl_pipelines as wire
 
-    from worker.tiny import SCHEDULER_CONFIG
-
-    base = StableDiffusionXLPipeline(
-        vae=p["vae"], text_encoder=p["text_encoder"], text_encoder_2=p["text_encoder_2"], tokenizer=p["tokenizer"],
-        tokenizer_2=p["tokenizer_2"], unet=p["base unet"], scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
-        force_zeros_for_empty_prompt=True, add_watermarker=False)
-    refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=p["vae"], text_encoder=None, text_encoder_2=p["text_encoder_2"], tokenizer=None,
-        tokenizer_2=p["tokenizer_2"], unet=p["refiner unet"], scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
-        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
-    return base, refiner
+    return wire(p["vae"], p["text_encoder"], p["text_encoder_2"], p["tokenizer"], p["tokenizer_2"],
+                p["base unet"], p["refiner unet"])
 
 
 def save_full_model(out: Path, device: str, dtype: torch.dtype) -> Path:
@@ -421,12 +412,12 @@ class WorkerBench:
         """Drop every reference to the worker's pipeline (the load cache, the jobs' runtime, compiled graphs) so
         its GPU memory is free before vanilla diffusers loads and measures its own peak."""
         from worker import pipeline as wp
-        from worker import tasks
+        from worker import runtime as worker_runtime
 
         dev = self.pipe.device if self.pipe is not None else torch.device("cpu")
         self.pipe = None
         wp._loaded.clear()
-        tasks._runtime = None
+        worker_runtime._runtime = None
         if self.settings.compile:
             torch._dynamo.reset()
         self.conn.close()

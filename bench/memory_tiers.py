@@ -26,7 +26,7 @@ import torch
 from diffusers.utils import logging as dlog
 from gpu_sdxl import PUBLISHED_PARAMS, build_components, sdxl_pipelines
 
-from worker import memory
+from worker import memory, speed
 from worker.pipeline import DreamPipeline
 
 GIB = memory.GIB
@@ -36,7 +36,7 @@ FETCHED = {"base": ["text_encoder", "text_encoder_2", "base unet", "vae"], "refi
 def _pipeline(dtype: torch.dtype, fuse: bool) -> DreamPipeline:
     base, refiner = sdxl_pipelines(build_components("meta", dtype))
     pipe = DreamPipeline(base, refiner, torch.device("meta"))
-    pipe._speed_up(fuse_qkv=fuse, channels_last=True)
+    speed.speed_up(pipe, fuse_qkv=fuse, channels_last=True)
     return pipe
 
 

@@ -230,7 +230,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.jobs, args.idle, args.depths, args.slow_jobs = 8, 2.0, [0, 50], 1
-    from worker.tasks import CANCEL_CHECK_S
+    from worker.steps import CANCEL_CHECK_S
 
     t_start = time.monotonic()
     print(f"machine: {machine()}")

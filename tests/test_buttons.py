@@ -141,7 +141,7 @@ def pipe(tiny_model_dir):
 
 
 def test_tiles_cover_the_image_and_blend_weights_add_up_to_one():
-    from worker.pipeline import feather, tile_spans
+    from worker.img2img import feather, tile_spans
 
     for length, tile, overlap in ((3072, 1024, 128), (1280, 1024, 128), (4096, 1024, 128), (640, 256, 32),
                                   (1024, 1024, 128), (200, 1024, 128), (2688, 2048, 512)):
@@ -168,20 +168,22 @@ def _px(image):
 
 
 def test_variations_one_generator_per_image_and_upscale_exactly_twice_in_tiles(pipe):
+    from worker.img2img import upscale, vary
+
     src = _noise_image(192, 128)
-    batch = pipe.vary(_req(seed=50, count=2, guidance=1.0), src, 0.55, size=(256, 192))
+    batch = vary(pipe, _req(seed=50, count=2, guidance=1.0), src, 0.55, size=(256, 192))
     assert [im.size for im in batch.images] == [(256, 192)] * 2 and batch.seeds == [50, 51]
     assert batch.base_steps == 2  # int(4 * 0.55)
-    alone = pipe.vary(_req(seed=51, count=1, guidance=1.0), src, 0.55, size=(256, 192))
+    alone = vary(pipe, _req(seed=51, count=1, guidance=1.0), src, 0.55, size=(256, 192))
     # Seed 51 alone is image 2 of the batch (batched convolutions may round one level apart).
     assert np.abs(_px(alone.images[0]) - _px(batch.images[1])).max() <= 2
     assert np.abs(_px(batch.images[0]) - _px(batch.images[1])).mean() > 5
 
-    up = pipe.upscale(_req(seed=9, guidance=1.0), src, 0.3, tile=160, overlap=32)
+    up = upscale(pipe, _req(seed=9, guidance=1.0), src, 0.3, tile=160, overlap=32)
     assert up.images[0].size == (384, 256) and up.width == 384 and up.height == 256
     assert "6 tiles of 152x144" in up.prompt_note and up.refiner_steps == 1
-    again = pipe.upscale(_req(seed=9, guidance=1.0), src, 0.3, tile=160, overlap=32)
-    other = pipe.upscale(_req(seed=10, guidance=1.0), src, 0.3, tile=160, overlap=32)
+    again = upscale(pipe, _req(seed=9, guidance=1.0), src, 0.3, tile=160, overlap=32)
+    other = upscale(pipe, _req(seed=10, guidance=1.0), src, 0.3, tile=160, overlap=32)
     assert np.array_equal(_px(up.images[0]), _px(again.images[0]))
     assert not np.array_equal(_px(up.images[0]), _px(other.images[0]))
     # Text-to-image still runs right after (the img2img pipelines keep their own scheduler state).

@@ -312,8 +312,11 @@ def test_cleaning_is_stable():
 
 # --- /dreamadmin set ------------------------------------------------------------------------------------------
 
-from bot.admin import MAX_MESSAGE, AdminCommands, render, show_text  # noqa: E402
-from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError, LimitKeys, LimitStore, limit_range  # noqa: E402
+from bot.admin import DreamAdmin  # noqa: E402
+from bot.admin_text import MAX_MESSAGE, render, show_text  # noqa: E402
+from dreamcore.keys import LimitKeys  # noqa: E402
+from dreamcore.limit_store import LimitStore  # noqa: E402
+from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError, limit_range  # noqa: E402
 
 
 def _admin_value(key: str) -> st.SearchStrategy[str]:
@@ -377,7 +380,7 @@ def test_dreamadmin_set_replies_fit_one_message(rconn):
     """The admin's reply, whatever they typed (Discord lets a value be 1500 characters): one ephemeral message
     under Discord's 2000-character limit, or Discord refuses it and the admin sees "something went wrong"."""
     store = LimitStore(rconn)
-    admin = AdminCommands(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
+    admin = DreamAdmin(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
     counts: Counter[str] = Counter()
 
     @settings(FUZZ, max_examples=100)
@@ -387,7 +390,7 @@ def test_dreamadmin_set_replies_fit_one_message(rconn):
     def check(key, value):
         counts["examples"] += 1
         inter = _admin_interaction(5151)
-        asyncio.run(admin.set(inter, key[:64], value))
+        asyncio.run(admin.set_limit.callback(admin, inter, key[:64], value))
         inter.response.send_message.assert_awaited_once()
         (text,), kwargs = inter.response.send_message.call_args
         assert kwargs["ephemeral"] is True and kwargs["allowed_mentions"].to_dict()["parse"] == []
@@ -439,7 +442,7 @@ def exception_records(records: list[logging.LogRecord]) -> list[logging.LogRecor
 
 def expected_rq_failure(record: logging.LogRecord, corrupt_ids: set[str]) -> str | None:
     """The one exception record a corrupt job may leave: RQ's own "job X: exception raised while executing"
-    record for a job we refused on purpose, whose traceback ends in worker.tasks.JobRejected (no other
+    record for a job we refused on purpose, whose traceback ends in worker.errors.JobRejected (no other
     exception underneath). Returns the job id, or None if the record is anything else."""
     if not record.name.startswith("rq.") or record.exc_info:
         return None
@@ -453,7 +456,7 @@ def expected_rq_failure(record: logging.LogRecord, corrupt_ids: set[str]) -> str
     start = next(i for i, line in enumerate(lines) if TRACEBACK in line)
     # The exception line is the first unindented line after the frames (the message may go on over lines).
     exc_line = next((line for line in lines[start + 1:] if line and not line.startswith(" ")), "")
-    return m.group(1) if exc_line.startswith("worker.tasks.JobRejected: ") else None
+    return m.group(1) if exc_line.startswith("worker.errors.JobRejected: ") else None
 
 
 def _run_worker(rconn, pipeline):

@@ -145,7 +145,7 @@ def test_s3_store_gone_mid_job_fails_that_job_alone_and_tells_its_member(tiny_en
     failure, nothing half-published (no result with images, no image in the store); with the store back, the next job goes through S3 and reads back whole."""
     from moto.server import ThreadedMotoServer
 
-    from worker import tasks
+    from worker import publish as tasks
     from worker.runner import make_worker
 
     port = free_port()

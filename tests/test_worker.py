@@ -159,7 +159,7 @@ def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn
     `rq worker --queue-class dreamcore.queue.FairQueue` would run (the class that takes jobs in fair order)."""
     from rq import SimpleWorker
 
-    from worker import tasks
+    from worker import runtime as tasks
 
     tasks.install(tasks.Runtime(settings=get_settings(), conn=rconn, pipeline=pipeline, name="plain-rq"))
     _outbox(rconn)

@@ -134,3 +134,22 @@ def plan(setting: str, dev: torch.device, sizes: dict[str, int], working: Callab
             "model": ": too little even for model offload (DREAMBOT_FUSE_QKV=0 needs less)",
             "auto": ": this GPU can't run the models (DREAMBOT_FUSE_QKV=0 needs less)"}[setting]
     raise ModelLoadError("DREAMBOT_OFFLOAD", setting, f"{device_said}; {sizes_said}{hint}")
+
+
+def place(pipe, offload: str, batch_images: int) -> None:
+    """Move a DreamPipeline's weights to its device, or hand them to diffusers' model CPU offload (memory.plan says
+    which, in `pipe.memory`; a device too small for either raises ModelLoadError). Done after the speed
+    options, so the plan counts what fuse_qkv added."""
+    sizes = module_bytes(pipe.modules_once())
+    pipe.memory = plan(offload, pipe.device, sizes, lambda n: working_bytes(pipe.base.unet, n), batch_images,
+                       free_bytes(pipe.device))
+    if pipe.memory.offload == "model":
+        # One whole model on the device at a time, moved there when its forward runs. Each pipeline
+        # offloads its own models again at the end of its call (maybe_free_model_hooks), so the base's
+        # UNet has left the device before the refiner's arrives; the shared text_encoder_2 and VAE carry
+        # the hook of whichever pipeline ran last, which moves them just the same.
+        for stage in (pipe.base, pipe.refiner):
+            stage.enable_model_cpu_offload(device=pipe.device)
+    else:
+        for stage in (pipe.base, pipe.refiner):
+            stage.to(pipe.device)

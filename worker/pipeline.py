@@ -16,7 +16,6 @@ last float bit of a batched kernel); the GPU just does the work of many images p
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from PIL import Image
 from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
-from . import memory
+from . import memory, speed
 from .prompts import EncodedPrompts, batch_kwargs, encode_prompts
 from .weights import choose_dtype, is_full_size, load_pipelines, resolve_device
 
@@ -132,10 +131,10 @@ class DreamPipeline:
         with _load_lock:
             if key not in _loaded:
                 pipe = cls._load(base, refiner, device, dtype)
-                pipe._speed_up(fuse_qkv=fuse_qkv, channels_last=channels_last)
-                pipe._place(offload, batch_images)
+                speed.speed_up(pipe, fuse_qkv=fuse_qkv, channels_last=channels_last)
+                memory.place(pipe, offload, batch_images)
                 if compile:
-                    pipe._compile()
+                    speed.compile_unets(pipe)
                 _loaded[key] = pipe
             return _loaded[key]
 
@@ -157,35 +156,6 @@ class DreamPipeline:
             pipe.set_progress_bar_config(disable=True)  # the worker reports progress itself
         return cls(base_pipe, refiner_pipe, dev)
 
-    def _place(self, offload: str, batch_images: int) -> None:
-        """Move the weights to the device, or hand them to diffusers' model CPU offload (memory.plan says
-        which; a device too small for either raises ModelLoadError). Done after the speed options, so the
-        plan counts what fuse_qkv added."""
-        sizes = memory.module_bytes(self.modules_once())
-        self.memory = memory.plan(offload, self.device, sizes,
-                                  lambda n: memory.working_bytes(self.base.unet, n), batch_images,
-                                  memory.free_bytes(self.device))
-        if self.memory.offload == "model":
-            # One whole model on the device at a time, moved there when its forward runs. Each pipeline
-            # offloads its own models again at the end of its call (maybe_free_model_hooks), so the base's
-            # UNet has left the device before the refiner's arrives; the shared text_encoder_2 and VAE carry
-            # the hook of whichever pipeline ran last, which moves them just the same.
-            for pipe in (self.base, self.refiner):
-                pipe.enable_model_cpu_offload(device=self.device)
-        else:
-            for pipe in (self.base, self.refiner):
-                pipe.to(self.device)
-
-    # -- speed options ------------------------------------------------------------------------------------
-
-    def _modules(self) -> dict[str, torch.nn.Module]:
-        """The UNets and the VAE, each once: the refiner's VAE is the base's object, so it is not listed twice
-        (a second fuse would redo the work and allocate its fused weights again for nothing)."""
-        named = {"base UNet": self.base.unet, "refiner UNet": self.refiner.unet, "VAE": self.base.vae}
-        if self.refiner.vae is not self.base.vae:
-            named["refiner VAE"] = self.refiner.vae
-        return named
-
     def modules_once(self) -> dict[str, torch.nn.Module]:
         """Every model of both pipelines, a shared one (text_encoder_2, the VAE) once."""
         named: dict[str, torch.nn.Module] = {}
@@ -194,51 +164,6 @@ class DreamPipeline:
                 if isinstance(module, torch.nn.Module) and all(module is not m for m in named.values()):
                     named[prefix + name] = module
         return named
-
-    def _speed_up(self, *, fuse_qkv: bool, channels_last: bool) -> None:
-        modules = self._modules()
-        if fuse_qkv:
-            for name, module in modules.items():
-                fuse = getattr(module, "fuse_qkv_projections", None)
-                if fuse is None:
-                    log.info("fuse_qkv skipped", extra={"module": name, "reason": "no fuse_qkv_projections()"})
-                    continue
-                try:
-                    # Concatenates the projections' weights into to_qkv / to_kv and switches the module to
-                    # FusedAttnProcessor2_0. diffusers keeps the original to_q/k/v (for unfusing), so those
-                    # weights are held twice: for SDXL's UNets, some extra GPU memory, not speed.
-                    fuse()
-                except ValueError as err:  # e.g. "not supported for models having added KV projections"
-                    log.info("fuse_qkv skipped", extra={"module": name, "reason": str(err)})
-        if channels_last:
-            for module in modules.values():
-                module.to(memory_format=torch.channels_last)
-
-    def _compile(self) -> None:
-        """torch.compile both UNets and run one small generation so the first member's job doesn't pay for it.
-
-        Off by default (DREAMBOT_COMPILE): on a GPU, max-autotune spends minutes benchmarking kernels, and
-        with dynamic=False every new input shape (batch size, prompt chunk count, image size) compiles
-        again, each again for minutes, the first time a job of that shape comes; past dynamo's recompile
-        limit (8 per function) a shape silently runs uncompiled. Inductor's caches make later starts cheap:
-        point TORCHINDUCTOR_CACHE_DIR at a volume that outlives the container.
-        """
-        cuda = self.device.type == "cuda"
-        # No CUDA graphs: each batch shape would hold its own graph memory pool for little gain, the
-        # kernels of a 1024px UNet pass being long enough that launch overhead is small.
-        mode = "max-autotune-no-cudagraphs" if cuda else None
-        for pipe in (self.base, self.refiner):
-            pipe.unet.compile(mode=mode, dynamic=False)  # in place: the pipelines keep the same module
-        # Warm-up: SDXL's native size at 2 steps (base 1 + refiner 1), one image with guidance (a UNet batch
-        # of 2), the shape of the most common job. On a CPU (tests, the tiny model) a 64x64 image only
-        # proves the compiled graphs run.
-        side = self.base.default_sample_size * self.base.vae_scale_factor if cuda else 64
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            warm = self.prepare(DreamRequest(prompt="warm-up", seed=0, steps=2, split=0.5, guidance=7.0))
-            self._denoise([warm], [0], side, side, None)
-        log.info("UNets compiled", extra={"seconds": round(time.perf_counter() - t0, 2),
-                                           "mode": mode or "default", "warm_up": f"{side}x{side}"})
 
     # -- the step split ---------------------------------------------------------------------------------
 
@@ -298,7 +223,7 @@ class DreamPipeline:
         base_steps, refiner_steps, fraction = self.split_steps(req.steps, req.base_steps)
         use_refiner = fraction is not None
         encoded = encode_prompts(self.base, self.refiner if use_refiner else None, prompt, negative)
-        self._sync()
+        self.sync()
         return Prepared(
             req=req,
             encoded=encoded,
@@ -366,7 +291,7 @@ class DreamPipeline:
             rows[index] = slice(n, n + it.req.count)
             n += it.req.count
         seeds = [seed for it in items for seed in it.req.seeds]
-        self._sync()
+        self.sync()
         t_start = time.perf_counter()
 
         # One generator per image, seeded with that image's seed: randn_tensor draws each image's starting
@@ -376,7 +301,7 @@ class DreamPipeline:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         counted = {"base": 0, "refiner": 0}
 
-        last_step = _LastStep(self)
+        last_step = LastStep(self)
 
         def callback(stage: str, stage_total: int, offset: int):
             def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
@@ -406,7 +331,7 @@ class DreamPipeline:
             output_type="latent" if use_refiner else DECODED,
             **common,
         ).images
-        self._sync()
+        self.sync()
         t_base = last_step.at if not use_refiner else time.perf_counter()
 
         if use_refiner:
@@ -418,10 +343,10 @@ class DreamPipeline:
                 output_type=DECODED,
                 **common,
             ).images
-        self._sync()
+        self.sync()
         t_end = time.perf_counter()
         t_refined = last_step.at if use_refiner else t_base
-        decoded = _checked_images(out)
+        decoded = checked_images(out)
         shared = {
             "base_s": t_base - t_start,
             "refiner_s": t_refined - t_base,
@@ -451,164 +376,7 @@ class DreamPipeline:
             )
         return gens
 
-    # -- variations and upscales -------------------------------------------------------------------------
-
-    @property
-    def base_img2img(self) -> StableDiffusionXLImg2ImgPipeline:
-        """The base's own modules as an img2img pipeline: nothing loaded or held twice. Only the scheduler is
-        a fresh copy, so img2img's begin index never leaks into the next text-to-image run."""
-        if self._base_img2img is None:
-            components = dict(self.base.components)
-            scheduler = components["scheduler"]
-            components["scheduler"] = type(scheduler).from_config(scheduler.config)
-            pipe = StableDiffusionXLImg2ImgPipeline(**components)
-            pipe.set_progress_bar_config(disable=True)
-            if self.memory is not None and self.memory.offload == "model":
-                pipe.enable_model_cpu_offload(device=self.device)  # its own hooks, ending each of its calls
-            self._base_img2img = pipe
-        return self._base_img2img
-
-    @torch.inference_mode()
-    def vary(
-        self,
-        req: DreamRequest,
-        source: Image.Image,
-        strength: float,
-        on_step: Callable[[StepEvent], None] | None = None,
-        size: tuple[int, int] | None = None,
-    ) -> Generation:
-        """`req.count` variations of `source`: the base in img2img at `strength`, one seeded generator per
-        image (image i is what seed req.seeds[i] gives alone). The source is brought to the request's size
-        (an upscaled source is scaled back down), so a variation costs what a dream of that size costs."""
-        t_start = time.perf_counter()
-        width, height = size or req.size
-        image = source.convert("RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.LANCZOS)
-        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
-        encoded = encode_prompts(self.base, None, prompt, negative)
-        self._sync()
-        t_encoded = time.perf_counter()
-
-        n_steps, run_steps = img2img_steps(req.steps, strength)
-        generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
-        counted = [0]
-
-        last_step = _LastStep(self)
-
-        def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
-            counted[0] += 1
-            if on_step is not None:
-                on_step(StepEvent("base", counted[0], run_steps, counted[0], run_steps, tensors["latents"],
-                                  rows={0: slice(0, req.count)}))
-            last_step.mark(counted[0] == run_steps)
-            return {}
-
-        out = self.base_img2img(
-            **encoded.base.pipeline_kwargs(req.count),
-            image=[image] * req.count,
-            strength=strength,
-            num_inference_steps=n_steps,
-            guidance_scale=req.guidance,
-            generator=generators,
-            output_type=DECODED,
-            callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-        ).images
-        self._sync()
-        t_end = time.perf_counter()
-        t_base = last_step.at
-        decoded = _checked_images(out)
-        images, nan = [im for im, _ in decoded], any(bad for _, bad in decoded)
-        return Generation(
-            images=images, seeds=req.seeds, width=width, height=height, base_steps=counted[0], refiner_steps=0,
-            timings={"encode_s": t_encoded - t_start, "base_s": t_base - t_encoded, "decode_s": t_end - t_base,
-                     "total_s": t_end - t_start},
-            prompt_note=encoded.note, nan_detected=nan,
-        )
-
-    @torch.inference_mode()
-    def upscale(
-        self,
-        req: DreamRequest,
-        source: Image.Image,
-        strength: float,
-        on_step: Callable[[StepEvent], None] | None = None,
-        tile: int = 1024,
-        overlap: int = 128,
-    ) -> Generation:
-        """`source` at exactly twice its size: a Lanczos 2x, then the refiner in img2img at a low `strength`
-        redraws the detail, one tile (at most `tile` pixels a side) at a time, so GPU memory is that of one
-        tile at any output size. Neighbouring tiles share at least `overlap` pixels, blended with linear
-        ramps that add up to one (no seams, no dark bands). One generator, seeded with req.seed, runs
-        through the tiles in order: the same seed gives the same image."""
-        t_start = time.perf_counter()
-        image = source.convert("RGB")
-        width, height = image.width * 2, image.height * 2
-        big = image.resize((width, height), Image.Resampling.LANCZOS)
-        prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
-        encoded = encode_prompts(self.base, self.refiner, prompt, negative)
-        self._sync()
-        t_encoded = time.perf_counter()
-
-        xs, ys = tile_spans(width, tile, overlap), tile_spans(height, tile, overlap)
-        boxes = [(x0, y0, x1, y1) for y0, y1 in ys for x0, x1 in xs]
-        n_steps, run_steps = img2img_steps(req.steps, strength)
-        total = run_steps * len(boxes)
-        generator = torch.Generator("cpu").manual_seed(req.seed)
-        canvas = np.zeros((height, width, 3), dtype=np.float32)
-        weight = np.zeros((height, width, 1), dtype=np.float32)
-        counted = [0]
-        nan = False
-        t_refine = t_decode = 0.0
-
-        last_step = _LastStep(self)
-
-        def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
-            counted[0] += 1
-            if on_step is not None:
-                on_step(StepEvent("refiner", counted[0], total, counted[0], total, tensors["latents"],
-                                  rows={0: slice(0, 1)}))
-            last_step.mark(counted[0] % run_steps == 0)  # a tile's last step
-            return {}
-
-        for x0, y0, x1, y1 in boxes:
-            t0 = time.perf_counter()
-            out = self.refiner(
-                **encoded.refiner.pipeline_kwargs(1),
-                image=big.crop((x0, y0, x1, y1)),
-                strength=strength,
-                num_inference_steps=n_steps,
-                guidance_scale=req.guidance,
-                generator=[generator],
-                output_type=DECODED,
-                callback_on_step_end=on_step_end,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
-            self._sync()
-            t1 = last_step.at
-            ((piece, tile_nan),) = _checked_images(out)
-            nan = nan or tile_nan
-            if piece.size != (x1 - x0, y1 - y0):  # a side that is not a multiple of 8
-                piece = piece.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
-            w = np.outer(feather((y0, y1), ys), feather((x0, x1), xs))[..., None]
-            canvas[y0:y1, x0:x1] += np.asarray(piece, dtype=np.float32) * w
-            weight[y0:y1, x0:x1] += w
-            t_refine += t1 - t0
-            t_decode += time.perf_counter() - t1
-        out = Image.fromarray(np.clip(np.rint(canvas / weight), 0, 255).astype(np.uint8), "RGB")
-        t_end = time.perf_counter()
-        tw, th = xs[0][1] - xs[0][0], ys[0][1] - ys[0][0]
-        note = f"upscaled 2x in {len(boxes)} tile{'s' * (len(boxes) > 1)} of {tw}x{th}"
-        return Generation(
-            images=[out], seeds=[req.seed], width=width, height=height, base_steps=0,
-            refiner_steps=run_steps,
-            timings={"encode_s": t_encoded - t_start, "refiner_s": t_refine, "decode_s": t_decode,
-                     "total_s": t_end - t_start},
-            prompt_note="; ".join(n for n in (encoded.note, note) if n), nan_detected=nan,
-        )
-
-    def _sync(self) -> None:
+    def sync(self) -> None:
         # CUDA runs asynchronously: wait for it so each stage's time is that stage's.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -620,7 +388,7 @@ class DreamPipeline:
 DECODED = "pt"
 
 
-class _LastStep:
+class LastStep:
     """When the last denoising step of a pipeline call ended (synced on a GPU): what comes after it is the
     pipeline's decode."""
 
@@ -630,11 +398,11 @@ class _LastStep:
 
     def mark(self, last: bool) -> None:
         if last:
-            self.pipe._sync()
+            self.pipe.sync()
             self.at = time.perf_counter()
 
 
-def _checked_images(images: torch.Tensor) -> list[tuple[Image.Image, bool]]:
+def checked_images(images: torch.Tensor) -> list[tuple[Image.Image, bool]]:
     """PIL images from a DECODED batch and, for each, whether it is broken: non-finite pixels (a NaN in the
     latents or the VAE) or all black (what such a decode turns into)."""
     from diffusers.image_processor import VaeImageProcessor
@@ -647,41 +415,3 @@ def _checked_images(images: torch.Tensor) -> list[tuple[Image.Image, bool]]:
         image = image.convert("RGB")
         out.append((image, bad or int(np.asarray(image).max()) == 0))
     return out
-
-
-def img2img_steps(steps: int, strength: float) -> tuple[int, int]:
-    """(num_inference_steps to ask for, steps that will run): diffusers' img2img runs
-    int(num_inference_steps * strength) of them and refuses zero, so ask for enough that at least one runs."""
-    n = max(1, steps)
-    while int(n * strength) < 1:
-        n += 1
-    return n, min(int(n * strength), n)
-
-
-def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Equal spans (start, end) covering [0, length): each at most `tile` long and a multiple of 8 (the
-    VAE's factor), neighbours sharing at least `overlap` (less one for rounding). As few as the tile
-    allows, and no longer than needed, so the overlap is not wasted work."""
-    if length <= tile:
-        return [(0, length)]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    size = min(tile, math.ceil((length + (n - 1) * overlap) / n / 8) * 8)
-    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
-    return [(s, s + size) for s in starts]
-
-
-def feather(span: tuple[int, int], spans: list[tuple[int, int]]) -> np.ndarray:
-    """Blend weights along one axis for `span`: ramps up over the overlap with the span before it and down
-    over the overlap with the one after, flat elsewhere (and at the image's edges). Two overlapping
-    spans' ramps cover the same pixels in opposite directions, so the weights add up to exactly one."""
-    start, end = span
-    k = np.arange(end - start, dtype=np.float32) + 0.5
-    w = np.ones(end - start, dtype=np.float32)
-    i = spans.index(span)
-    if i > 0:
-        ramp = spans[i - 1][1] - start
-        w = np.minimum(w, k / ramp)
-    if i < len(spans) - 1:
-        ramp = end - spans[i + 1][0]
-        w = np.minimum(w, (end - start - k) / ramp)
-    return w

@@ -32,8 +32,9 @@ from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
 
-from . import memory, rq_private, tasks
+from . import batch, memory, rq_private, tasks
 from .pipeline import DreamPipeline
+from .runtime import LOAD, Runtime, install, runtime
 from .safety import load_checker
 from .weights import ModelLoadError, choose_dtype, is_full_size, resolve_device
 
@@ -76,7 +77,7 @@ class DreamWorker(SimpleWorker):
         try:
             if not self.connection.set(keys.IMAGE_SWEEP_LOCK, self.name, nx=True, ex=keys.IMAGE_SWEEP_EVERY_S):
                 return 0
-            return tasks.runtime().store.sweep()
+            return runtime().store.sweep()
         except (redis.RedisError, ImageStoreError) as err:
             log.warning("image store sweep failed", extra={"error": str(err)})
             return 0
@@ -109,16 +110,16 @@ class DreamWorker(SimpleWorker):
                 # One thread: a job's images never overtake the previous job's, and memory holds at most
                 # two jobs' images.
                 self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finisher")
-            future = self._finisher.submit(tasks.finish, made, outcomes)
+            future = self._finisher.submit(batch.finish, made, outcomes)
         else:
             future = Future()
-            future.set_result(tasks.finish([], outcomes))
+            future.set_result(batch.finish([], outcomes))
         self._pending = _Pending(members, future, lease)
         self.set_state(WorkerStatus.IDLE)
 
     def _denoise(self, members):
         """RQ's perform_job up to the job function, for one job or a batch: each job marked started (one that
-        RQ can't even read fails alone, as in perform_job), then tasks.denoise under one time limit."""
+        RQ can't even read fails alone, as in perform_job), then batch.denoise under one time limit."""
         outcomes: list = [None] * len(members)
         ready = []
         for i, (job, _queue, _execution) in enumerate(members):
@@ -128,18 +129,18 @@ class DreamWorker(SimpleWorker):
                 job.started_at = now()
                 ready.append(i)
             except Exception:
-                outcomes[i] = tasks.Outcome(exc_info=sys.exc_info())
+                outcomes[i] = batch.Outcome(exc_info=sys.exc_info())
         if not ready:
             return outcomes, []
         jobs = [members[i][0] for i in ready]
         images = sum(int(job.meta.get("images") or 1) for job in jobs)
-        timeout = tasks.batch_timeout([job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in jobs], images)
-        claimed = [tasks.Claimed(job.id, _payload_of(job), job) for job in jobs]
+        timeout = batch.batch_timeout([job.timeout or self.queue_class.DEFAULT_TIMEOUT for job in jobs], images)
+        claimed = [batch.Claimed(job.id, _payload_of(job), job) for job in jobs]
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
-                got, made = tasks.denoise(claimed)
+                got, made = batch.denoise(claimed)
         except Exception:  # denoise settles every job itself; this is a last resort so RQ still records them
-            got, made = [tasks.Outcome(exc_info=sys.exc_info())] * len(ready), []
+            got, made = [batch.Outcome(exc_info=sys.exc_info())] * len(ready), []
         for k, i in enumerate(ready):
             outcomes[i] = got[k]
         for m in made:
@@ -169,7 +170,7 @@ class DreamWorker(SimpleWorker):
         try:
             outcomes = pending.future.result()
         except Exception:  # finish settles every job itself; this is a last resort so RQ still records them
-            outcomes = [tasks.Outcome(exc_info=sys.exc_info())] * len(pending.members)
+            outcomes = [batch.Outcome(exc_info=sys.exc_info())] * len(pending.members)
         try:
             for (job, queue, execution), outcome in zip(pending.members, outcomes, strict=True):
                 try:
@@ -297,13 +298,13 @@ def describe_models(pipe: DreamPipeline) -> dict[str, str]:
 
 
 def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None,
-                checker=tasks.LOAD) -> DreamWorker:
+                checker=LOAD) -> DreamWorker:
     name = name or worker_name()
     store = open_store(settings)
     log.info("image store", extra={"store": store.describe(), "retention_days": settings.image_retention_days})
     if isinstance(store, S3Store) and settings.s3_set_lifecycle:
         store.set_lifecycle()
-    tasks.install(tasks.Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name, store=store,
+    install(Runtime(settings=settings, conn=conn, pipeline=pipeline, name=name, store=store,
                                 checker=checker))
     queues = [FairQueue(n, connection=conn, serializer=JSONSerializer) for n in queue_names()]
     # A device with less room than the setting's batches asks for takes smaller ones (memory.plan).

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
+from rq.timeouts import JobTimeoutException
 
 from dreamcore.settings import Settings
 
+from .errors import SafetyCheckFailed, is_oom
 from .weights import ModelLoadError, resolve_device
 
 log = logging.getLogger("dreambot.safety")
@@ -87,3 +90,30 @@ def load_checker(settings: Settings, device: torch.device | str | None = None) -
                                                 "labels": settings.safety_label_list,
                                                 "seconds": round(time.perf_counter() - t0, 2)})
     return checker
+
+
+@dataclass
+class Scored:
+    scores: list[float | None]
+    seconds: float  # the classifier's time for the call these images were in (a batch's, like its stages)
+
+
+def score_images(checker: SafetyChecker | None, gens: list) -> list[Scored]:
+    """Every image of `gens` (Generations) through `checker` in one batched call, before anything is
+    published; no checker (DREAMBOT_SAFETY_CHECK=false): no scores."""
+    if checker is None:
+        return [Scored([None] * len(g.images), 0.0) for g in gens]
+    images = [im for g in gens for im in g.images]
+    try:
+        scores, seconds = checker.timed_scores(images)
+    except JobTimeoutException:
+        raise
+    except Exception as err:
+        if is_oom(err):
+            raise
+        raise SafetyCheckFailed(f"{type(err).__name__}: {err}") from err
+    out, k = [], 0
+    for g in gens:
+        out.append(Scored(scores[k:k + len(g.images)], seconds))
+        k += len(g.images)
+    return out

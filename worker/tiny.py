@@ -132,6 +132,22 @@ def _vae() -> AutoencoderKL:
     )
 
 
+def sdxl_pipelines(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, base_unet, refiner_unet):
+    """The base and refiner pipelines over these modules, wired as SDXL 1.0's published ones are (the tiny
+    model here, the full-size one in bench/gpu_sdxl.py): the refiner shares text_encoder_2 and the VAE with
+    the base (the same objects, so the same weights, which is what lets the worker load them once and hand
+    the base's to the refiner), takes the aesthetic score, and does not zero empty prompts."""
+    base = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=base_unet, scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        force_zeros_for_empty_prompt=True, add_watermarker=False)
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=vae, text_encoder=None, text_encoder_2=text_encoder_2, tokenizer=None, tokenizer_2=tokenizer_2,
+        unet=refiner_unet, scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False)
+    return base, refiner
+
+
 def make_tiny_model(out_dir: str | Path) -> Path:
     """Build the tiny base + refiner and save them to `out_dir/base` and `out_dir/refiner`; returns out_dir."""
     from transformers.utils import logging as tlog
@@ -149,31 +165,8 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     base_unet = _unet(cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN, n_time_ids=6).eval()
     refiner_unet = _unet(cross_attention_dim=TE2_HIDDEN, n_time_ids=5).eval()
 
-    base = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        text_encoder_2=text_encoder_2,
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer_2,
-        unet=base_unet,
-        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
-        force_zeros_for_empty_prompt=True,  # as the real base
-        add_watermarker=False,
-    )
-    # The refiner shares text_encoder_2 and the VAE with the base (the same objects, so the same weights),
-    # which is what lets the worker load them once and hand the base's to the refiner.
-    refiner = StableDiffusionXLImg2ImgPipeline(
-        vae=vae,
-        text_encoder=None,
-        text_encoder_2=text_encoder_2,
-        tokenizer=None,
-        tokenizer_2=tokenizer_2,
-        unet=refiner_unet,
-        scheduler=EulerDiscreteScheduler(**SCHEDULER_CONFIG),
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,  # as the real refiner
-        add_watermarker=False,
-    )
+    base, refiner = sdxl_pipelines(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, base_unet,
+                                   refiner_unet)
     base.save_pretrained(out / "base")
     refiner.save_pretrained(out / "refiner")
     make_tiny_classifier(out / "safety")

@@ -1,0 +1,213 @@
+"""Variations and upscales: img2img on the models a DreamPipeline already holds. A variation is the base in
+img2img at the button's strength; an upscale is a Lanczos 2x redrawn by the refiner in img2img, tile by
+tile, so its GPU memory is that of one tile at any output size."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionXLImg2ImgPipeline
+from PIL import Image
+
+from dreamcore.job import DreamRequest
+from dreamcore.styles import load_styles
+
+from .pipeline import DECODED, DreamPipeline, Generation, LastStep, StepEvent, checked_images
+from .prompts import encode_prompts
+
+
+def base_img2img(pipe: DreamPipeline) -> StableDiffusionXLImg2ImgPipeline:
+    """The base's own modules as an img2img pipeline: nothing loaded or held twice. Only the scheduler is
+    a fresh copy, so img2img's begin index never leaks into the next text-to-image run."""
+    if pipe._base_img2img is None:
+        components = dict(pipe.base.components)
+        scheduler = components["scheduler"]
+        components["scheduler"] = type(scheduler).from_config(scheduler.config)
+        img2img = StableDiffusionXLImg2ImgPipeline(**components)
+        img2img.set_progress_bar_config(disable=True)
+        if pipe.memory is not None and pipe.memory.offload == "model":
+            img2img.enable_model_cpu_offload(device=pipe.device)  # its own hooks, ending each of its calls
+        pipe._base_img2img = img2img
+    return pipe._base_img2img
+
+@torch.inference_mode()
+def vary(
+    pipe: DreamPipeline,
+    req: DreamRequest,
+    source: Image.Image,
+    strength: float,
+    on_step: Callable[[StepEvent], None] | None = None,
+    size: tuple[int, int] | None = None,
+) -> Generation:
+    """`req.count` variations of `source`: the base in img2img at `strength`, one seeded generator per
+    image (image i is what seed req.seeds[i] gives alone). The source is brought to the request's size
+    (an upscaled source is scaled back down), so a variation costs what a dream of that size costs."""
+    t_start = time.perf_counter()
+    width, height = size or req.size
+    image = source.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+    encoded = encode_prompts(pipe.base, None, prompt, negative)
+    pipe.sync()
+    t_encoded = time.perf_counter()
+
+    n_steps, run_steps = img2img_steps(req.steps, strength)
+    generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
+    counted = [0]
+
+    last_step = LastStep(pipe)
+
+    def on_step_end(_pipe, i: int, t, tensors: dict) -> dict:
+        counted[0] += 1
+        if on_step is not None:
+            on_step(StepEvent("base", counted[0], run_steps, counted[0], run_steps, tensors["latents"],
+                              rows={0: slice(0, req.count)}))
+        last_step.mark(counted[0] == run_steps)
+        return {}
+
+    out = base_img2img(pipe)(
+        **encoded.base.pipeline_kwargs(req.count),
+        image=[image] * req.count,
+        strength=strength,
+        num_inference_steps=n_steps,
+        guidance_scale=req.guidance,
+        generator=generators,
+        output_type=DECODED,
+        callback_on_step_end=on_step_end,
+        callback_on_step_end_tensor_inputs=["latents"],
+    ).images
+    pipe.sync()
+    t_end = time.perf_counter()
+    t_base = last_step.at
+    decoded = checked_images(out)
+    images, nan = [im for im, _ in decoded], any(bad for _, bad in decoded)
+    return Generation(
+        images=images, seeds=req.seeds, width=width, height=height, base_steps=counted[0], refiner_steps=0,
+        timings={"encode_s": t_encoded - t_start, "base_s": t_base - t_encoded, "decode_s": t_end - t_base,
+                 "total_s": t_end - t_start},
+        prompt_note=encoded.note, nan_detected=nan,
+    )
+
+@torch.inference_mode()
+def upscale(
+    pipe: DreamPipeline,
+    req: DreamRequest,
+    source: Image.Image,
+    strength: float,
+    on_step: Callable[[StepEvent], None] | None = None,
+    tile: int = 1024,
+    overlap: int = 128,
+) -> Generation:
+    """`source` at exactly twice its size: a Lanczos 2x, then the refiner in img2img at a low `strength`
+    redraws the detail, one tile (at most `tile` pixels a side) at a time, so GPU memory is that of one
+    tile at any output size. Neighbouring tiles share at least `overlap` pixels, blended with linear
+    ramps that add up to one (no seams, no dark bands). One generator, seeded with req.seed, runs
+    through the tiles in order: the same seed gives the same image."""
+    t_start = time.perf_counter()
+    image = source.convert("RGB")
+    width, height = image.width * 2, image.height * 2
+    big = image.resize((width, height), Image.Resampling.LANCZOS)
+    prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+    encoded = encode_prompts(pipe.base, pipe.refiner, prompt, negative)
+    pipe.sync()
+    t_encoded = time.perf_counter()
+
+    xs, ys = tile_spans(width, tile, overlap), tile_spans(height, tile, overlap)
+    boxes = [(x0, y0, x1, y1) for y0, y1 in ys for x0, x1 in xs]
+    n_steps, run_steps = img2img_steps(req.steps, strength)
+    total = run_steps * len(boxes)
+    generator = torch.Generator("cpu").manual_seed(req.seed)
+    canvas = np.zeros((height, width, 3), dtype=np.float32)
+    weight = np.zeros((height, width, 1), dtype=np.float32)
+    counted = [0]
+    nan = False
+    t_refine = t_decode = 0.0
+
+    last_step = LastStep(pipe)
+
+    def on_step_end(_pipe, i: int, t, tensors: dict) -> dict:
+        counted[0] += 1
+        if on_step is not None:
+            on_step(StepEvent("refiner", counted[0], total, counted[0], total, tensors["latents"],
+                              rows={0: slice(0, 1)}))
+        last_step.mark(counted[0] % run_steps == 0)  # a tile's last step
+        return {}
+
+    for x0, y0, x1, y1 in boxes:
+        t0 = time.perf_counter()
+        out = pipe.refiner(
+            **encoded.refiner.pipeline_kwargs(1),
+            image=big.crop((x0, y0, x1, y1)),
+            strength=strength,
+            num_inference_steps=n_steps,
+            guidance_scale=req.guidance,
+            generator=[generator],
+            output_type=DECODED,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+        pipe.sync()
+        t1 = last_step.at
+        ((piece, tile_nan),) = checked_images(out)
+        nan = nan or tile_nan
+        if piece.size != (x1 - x0, y1 - y0):  # a side that is not a multiple of 8
+            piece = piece.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
+        w = np.outer(feather((y0, y1), ys), feather((x0, x1), xs))[..., None]
+        canvas[y0:y1, x0:x1] += np.asarray(piece, dtype=np.float32) * w
+        weight[y0:y1, x0:x1] += w
+        t_refine += t1 - t0
+        t_decode += time.perf_counter() - t1
+    out = Image.fromarray(np.clip(np.rint(canvas / weight), 0, 255).astype(np.uint8), "RGB")
+    t_end = time.perf_counter()
+    tw, th = xs[0][1] - xs[0][0], ys[0][1] - ys[0][0]
+    note = f"upscaled 2x in {len(boxes)} tile{'s' * (len(boxes) > 1)} of {tw}x{th}"
+    return Generation(
+        images=[out], seeds=[req.seed], width=width, height=height, base_steps=0,
+        refiner_steps=run_steps,
+        timings={"encode_s": t_encoded - t_start, "refiner_s": t_refine, "decode_s": t_decode,
+                 "total_s": t_end - t_start},
+        prompt_note="; ".join(n for n in (encoded.note, note) if n), nan_detected=nan,
+    )
+
+
+def img2img_steps(steps: int, strength: float) -> tuple[int, int]:
+    """(num_inference_steps to ask for, steps that will run): diffusers' img2img runs
+    int(num_inference_steps * strength) of them and refuses zero, so ask for enough that at least one runs."""
+    n = max(1, steps)
+    while int(n * strength) < 1:
+        n += 1
+    return n, min(int(n * strength), n)
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Equal spans (start, end) covering [0, length): each at most `tile` long and a multiple of 8 (the
+    VAE's factor), neighbours sharing at least `overlap` (less one for rounding). As few as the tile
+    allows, and no longer than needed, so the overlap is not wasted work."""
+    if length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = min(tile, math.ceil((length + (n - 1) * overlap) / n / 8) * 8)
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    return [(s, s + size) for s in starts]
+
+
+def feather(span: tuple[int, int], spans: list[tuple[int, int]]) -> np.ndarray:
+    """Blend weights along one axis for `span`: ramps up over the overlap with the span before it and down
+    over the overlap with the one after, flat elsewhere (and at the image's edges). Two overlapping
+    spans' ramps cover the same pixels in opposite directions, so the weights add up to exactly one."""
+    start, end = span
+    k = np.arange(end - start, dtype=np.float32) + 0.5
+    w = np.ones(end - start, dtype=np.float32)
+    i = spans.index(span)
+    if i > 0:
+        ramp = spans[i - 1][1] - start
+        w = np.minimum(w, k / ramp)
+    if i < len(spans) - 1:
+        ramp = end - spans[i + 1][0]
+        w = np.minimum(w, (end - start - k) / ramp)
+    return w

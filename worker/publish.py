@@ -1,0 +1,154 @@
+"""A job's result out to its bot: the images encoded and written to the image store, the result (done, or
+failed with the reason its member reads) published to the bot's outbox, the quota settled. Each step
+rides out a short outage of the store or of Redis, since the images exist only in this process until
+published."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis
+
+from dreamcore import faults, metrics, params, results, stats
+from dreamcore.images import ImageStoreError
+from dreamcore.job import DreamJob
+from dreamcore.redisconn import NotReplicated
+from dreamcore.results import DreamResult, ImageInfo
+
+from .encode import TooLargeError, encode_images
+from .errors import JobRejected, free_gpu_memory
+from .pipeline import Generation
+from .runtime import Runtime
+from .safety import Scored, score_images
+
+log = logging.getLogger("dreambot.worker")
+
+
+def release(rt: Runtime, origin, job_id: str, refund: bool) -> None:
+    if origin is None:
+        return
+    try:
+        rt.limiter.release(origin.guild_id, origin.user_id, job_id, refund=refund)
+    except redis.RedisError as err:  # the slot frees itself after its TTL
+        log.warning("limit release failed", extra={"job_id": job_id, "error": type(err).__name__})
+
+
+def fail_job(rt: Runtime, job_id: str, origin, request, reason: str, kind: str = "internal") -> None:
+    """Tell the member (through their bot's outbox) and give the job's images back to their quota.
+    `kind` is the reason's metrics label (dreamcore.metrics.FAIL_REASONS)."""
+    result = DreamResult(job_id=job_id, status="failed", origin=origin, request=request, error=reason,
+                         worker=rt.name)
+    publish_patiently(rt, result, [], ttl_s=rt.settings.failure_ttl_s)
+    release(rt, origin, job_id, refund=True)
+    metrics.job_failed(kind)
+    log.warning("job failed", extra={"job_id": job_id, "reason": reason})
+
+
+def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, share: float = 1.0,
+                        record: bool = True, scored: Scored | None = None) -> dict:
+    """Encode a job's images, publish them to its bot's outbox, settle its quota. `share` is the job's part of
+    a batch's images (stage times are the batch's; metrics get this job's share); `record` is False when the
+    batch records its seconds per image once for all its jobs; `scored` is what the output classifier made
+    of its images (scored here when the caller has not)."""
+    req = job.request
+    if scored is None:
+        (scored,) = score_images(rt.checker, [gen])
+    if gen.nan_detected:
+        free_gpu_memory()
+        reason = "the model produced a blank (NaN) image; try another seed or fewer steps"
+        fail_job(rt, job.job_id, job.origin, req, reason, kind="nan")
+        raise JobRejected(reason)
+
+    t_enc = time.perf_counter()
+    try:
+        encoded = encode_images(gen.images, req.max_upload_bytes, stem=f"dream-{job.job_id}", seeds=gen.seeds)
+    except TooLargeError as err:  # no encoding fits one upload: the request asked for too much
+        fail_job(rt, job.job_id, job.origin, req, str(err), kind="bad_input")
+        raise JobRejected(str(err)) from None
+    timings = dict(gen.timings)
+    if rt.checker is not None:
+        timings["safety_s"] = scored.seconds
+    timings["png_s"] = time.perf_counter() - t_enc
+    timings["total_s"] = time.perf_counter() - t0
+
+    result = DreamResult(
+        job_id=job.job_id,
+        status="done",
+        origin=job.origin,
+        request=req,
+        images=[
+            ImageInfo(filename=e.filename, format=e.format, width=e.width, height=e.height, seed=s,
+                      size_bytes=len(e.data), nsfw_score=score)
+            for e, s, score in zip(encoded, gen.seeds, scored.scores, strict=True)
+        ],
+        timings={k: round(v, 4) for k, v in timings.items()},
+        base_steps=gen.base_steps,
+        refiner_steps=gen.refiner_steps,
+        prompt_note=gen.prompt_note,
+        worker=rt.name,
+        kind=job.kind,
+        source=job.source,
+    )
+    published = publish_patiently(rt, result, [e.data for e in encoded])
+    faults.crash_here("worker-after-publish")
+    release(rt, job.origin, job.job_id, refund=False)
+    if record:
+        stats.record_job(rt.conn, timings["total_s"], len(encoded))
+    shared = {k: v * share if k.endswith("_s") and k not in ("png_s",) else v for k, v in timings.items()}
+    metrics.observe_stages(shared, len(encoded), refiner_ran=gen.refiner_steps > 0)
+    metrics.job_done()
+    log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
+                                 "published": published, "batch_images": timings.get("batch_images", len(encoded))})
+    return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
+
+
+STORE_PATIENCE_S = 30.0
+
+
+def patiently(fn, errors: tuple[type[Exception], ...], patience_s: float, job_id: str, what: str):
+    """`fn()`, tried again with a doubling back-off (0.5 s up to 10 s) while it raises one of `errors`;
+    past `patience_s` the error goes up."""
+    delay = 0.5
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return fn()
+        except errors as err:
+            if time.monotonic() > deadline:
+                raise
+            log.warning(f"{what} failed, retrying", extra={"job_id": job_id, "error": str(err) or type(err).__name__,
+                                                           "in_s": delay})
+            time.sleep(delay)
+            delay = min(delay * 2, 10)
+
+
+def store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patience_s: float | None = None):
+    """Write the images (and the buttons' record) to the image store, riding out a short outage; past
+    `patience_s` the ImageStoreError goes up and the job fails alone, its member told (nothing is posted:
+    the result is published only after every image is stored)."""
+    def store():
+        results.store_images(rt.store, result, images)
+        if result.origin is not None and result.request is not None:
+            params.save_to_store(rt.store, params.from_result(result))
+
+    patiently(store, (ImageStoreError,), STORE_PATIENCE_S if patience_s is None else patience_s,
+               result.job_id, "image store write")
+
+
+def publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl_s: int | None = None,
+                       patience_s: float = 120) -> bool:
+    """The images exist only in this process until published: ride out a Redis restart rather than lose them."""
+    if images:
+        store_patiently(rt, result, images)
+    def publish() -> bool:
+        try:
+            return results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
+        except NotReplicated as err:
+            # On the primary, not yet on a replica: publishing again would find its own done marker.
+            # Should the primary die before it replicates, the job's lease runs out and it is run again.
+            log.warning("result published but not yet replicated", extra={"job_id": result.job_id,
+                                                                           "error": str(err)})
+            return True
+
+    return patiently(publish, (redis.RedisError,), patience_s, result.job_id, "publish")

@@ -1,0 +1,53 @@
+"""The worker process's state that every job uses: settings, Redis, the loaded models, the limiter, the image
+store and the output classifier, installed once at start (`install`) so a job never loads a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from dreamcore.images import ImageStore, open_store
+from dreamcore.limiter import Limiter
+from dreamcore.settings import Settings
+
+from .pipeline import DreamPipeline
+from .safety import load_checker
+
+LOAD = object()  # Runtime.checker's default: load the classifier the settings name
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    conn: redis.Redis
+    pipeline: DreamPipeline
+    name: str = "worker"
+    limiter: Limiter | None = None
+    store: ImageStore | None = None
+    # The output classifier every image passes before it is published; by default loaded from the settings
+    # (None there only when DREAMBOT_SAFETY_CHECK=false), so no way of building a worker skips it.
+    checker: Any = LOAD
+
+    def __post_init__(self):
+        if self.limiter is None:
+            self.limiter = Limiter(self.conn)
+        if self.store is None:
+            self.store = open_store(self.settings)
+        if self.checker is LOAD:
+            self.checker = load_checker(self.settings, getattr(self.pipeline, "device", None))
+
+
+_runtime: Runtime | None = None
+
+
+def install(runtime: Runtime) -> None:
+    global _runtime
+    _runtime = runtime
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not installed: run jobs with `dreambot worker`")
+    return _runtime

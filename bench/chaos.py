@@ -66,7 +66,7 @@ def parse() -> argparse.Namespace:
     if a.quick:
         a.jobs, a.bots, a.workers, a.members, a.rate, a.kill_every, a.deadline = 16, 3, 2, 6, 2.0, 20.0, 240.0
         if a.failover:
-            a.jobs, a.rate, a.rejoin_s = 30, 1.5, 1.0
+            a.jobs, a.rate, a.rejoin_s, a.kill_every = 24, 1.5, 1.0, 30.0
     return a
 
 

@@ -16,7 +16,9 @@ from dreamcore import fairq, metrics, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.images import open_store
 from dreamcore.job import DreamJob, make_job
-from dreamcore.limits import Limiter, LimitStore, human_duration
+from dreamcore.limit_messages import human_duration
+from dreamcore.limit_store import LimitStore
+from dreamcore.limiter import Limiter
 from dreamcore.queue import PRIORITIES, DreamQueue, queue_names
 from dreamcore.settings import Settings
 

@@ -11,9 +11,10 @@ registered once per process with `client.add_dynamic_items`, and matched on the 
     dream:i:<job>        Info: every parameter, seeds and timings, ephemeral
     dream:d:<job>        Delete the result message: its requester, or a member with Manage Server
 
-A job id is 16 hex digits and i one digit (0..9, so "no image 7" gets a clear refusal rather than silence);
-anything else that starts with "dream:" is answered by UnknownButton. With several images, Variations and
-Upscale are one button per image (V1..V4, U1..U4, as people know them from Midjourney): one click, no
+All five are one class, ResultButton (ACTIONS says what each code looks like and does). A job id is 16 hex
+digits and i one digit (0..9, so "no image 7" gets a clear refusal rather than silence); anything else that
+starts with "dream:" is answered by UnknownButton. With several images, Variations and Upscale are one
+button per image (V1..V4, U1..U4, as people know them from Midjourney): one click, no
 second step, and each button is self-contained, where a select menu would need a choice plus an action
 (and shows the last choice again on the next look). Four images make 4 + 4 + 3 buttons in three rows, well
 inside Discord's 5 x 5.
@@ -46,9 +47,9 @@ from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
 from .backend import UNAVAILABLE, Backend, Outcome
-from .commands import ACK_BUDGET_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
+from .commands import SUBMIT_TIMEOUT_S, DreamCommands, queued_text
 from .safety import channel_is_nsfw
-from .toolkit import NO_MENTIONS, answer_privately, is_guild_admin
+from .toolkit import NO_MENTIONS, answer, answer_privately, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -78,87 +79,63 @@ async def _answering(interaction: discord.Interaction, work) -> None:
             pass
 
 
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:r:{JOB}"):
-    def __init__(self, job_id: str, row: int | None = None):
-        super().__init__(discord.ui.Button(label="Reroll", emoji="🎲", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"dream:r:{job_id}", row=row))
-        self.job_id = job_id
+@dataclass(frozen=True)
+class Action:
+    """One kind of result button: what its custom_id says (`dream:<code>:<job>[:<image>]`), how it looks, and
+    which Buttons handler it calls."""
+
+    code: str
+    label: str  # "{n}" is the image's number, for the per-image buttons
+    emoji: str
+    per_image: bool
+    style: discord.ButtonStyle = discord.ButtonStyle.secondary
+
+
+ACTIONS = {a.code: a for a in (
+    Action("r", "Reroll", "🎲", per_image=False),
+    Action("v", "V{n}", "🔀", per_image=True),
+    Action("u", "U{n}", "⬆️", per_image=True),
+    Action("i", "Info", "ℹ️", per_image=False),
+    Action("d", "Delete", "🗑️", per_image=False, style=discord.ButtonStyle.danger),
+)}
+_WHOLE = "".join(a.code for a in ACTIONS.values() if not a.per_image)
+_PER_IMAGE = "".join(a.code for a in ACTIONS.values() if a.per_image)
+
+
+class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
+                   template=rf"dream:(?:(?P<whole>[{_WHOLE}])|(?P<each>[{_PER_IMAGE}])):{JOB}(?(each):{INDEX})"):
+    """Every button under a result, one class: the template takes an index exactly for the per-image actions,
+    so a crafted id that gives one where none belongs (or none where one does) is UnknownButton's."""
+
+    def __init__(self, code: str, job_id: str, index: int | None = None, label: str | None = None,
+                 row: int | None = None):
+        action = ACTIONS[code]
+        suffix = f":{index}" if action.per_image else ""
+        super().__init__(discord.ui.Button(
+            label=label or action.label.format(n=(index or 0) + 1), emoji=action.emoji, style=action.style,
+            custom_id=f"dream:{code}:{job_id}{suffix}", row=row))
+        self.code, self.job_id, self.index = code, job_id, index
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
-        return cls(match["job"])
+        code = match["whole"] or match["each"]
+        return cls(code, match["job"], int(match["i"]) if match["i"] is not None else None)
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        if (h := _handler(interaction)) is not None:
-            await _answering(interaction, h.follow_up(interaction, self.job_id, "reroll"))
+        if (h := _handler(interaction)) is None:
+            return
+        work = {"r": lambda: h.follow_up(interaction, self.job_id, "reroll"),
+                "v": lambda: h.follow_up(interaction, self.job_id, "variation", self.index),
+                "u": lambda: h.follow_up(interaction, self.job_id, "upscale", self.index),
+                "i": lambda: h.info(interaction, self.job_id),
+                "d": lambda: h.delete(interaction, self.job_id)}[self.code]
+        await _answering(interaction, work())
 
 
-class VaryButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:v:{JOB}:{INDEX}"):
-    def __init__(self, job_id: str, index: int, label: str | None = None, row: int | None = None):
-        super().__init__(discord.ui.Button(label=label or f"V{index + 1}", emoji="🔀",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=f"dream:v:{job_id}:{index}", row=row))
-        self.job_id, self.index = job_id, index
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
-        return cls(match["job"], int(match["i"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        if (h := _handler(interaction)) is not None:
-            await _answering(interaction, h.follow_up(interaction, self.job_id, "variation", self.index))
-
-
-class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:u:{JOB}:{INDEX}"):
-    def __init__(self, job_id: str, index: int, label: str | None = None, row: int | None = None):
-        super().__init__(discord.ui.Button(label=label or f"U{index + 1}", emoji="⬆️",
-                                           style=discord.ButtonStyle.secondary,
-                                           custom_id=f"dream:u:{job_id}:{index}", row=row))
-        self.job_id, self.index = job_id, index
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
-        return cls(match["job"], int(match["i"]))
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        if (h := _handler(interaction)) is not None:
-            await _answering(interaction, h.follow_up(interaction, self.job_id, "upscale", self.index))
-
-
-class InfoButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:i:{JOB}"):
-    def __init__(self, job_id: str, row: int | None = None):
-        super().__init__(discord.ui.Button(label="Info", emoji="ℹ️", style=discord.ButtonStyle.secondary,
-                                           custom_id=f"dream:i:{job_id}", row=row))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        if (h := _handler(interaction)) is not None:
-            await _answering(interaction, h.info(interaction, self.job_id))
-
-
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"dream:d:{JOB}"):
-    def __init__(self, job_id: str, row: int | None = None):
-        super().__init__(discord.ui.Button(label="Delete", emoji="🗑️", style=discord.ButtonStyle.danger,
-                                           custom_id=f"dream:d:{job_id}", row=row))
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        if (h := _handler(interaction)) is not None:
-            await _answering(interaction, h.delete(interaction, self.job_id))
-
-
-# Every "dream:" id the classes above do not take (discord.py runs each class whose template matches, so
-# this one must exclude theirs): a crafted or damaged id still gets an answer, not "interaction failed".
+# Every "dream:" id ResultButton does not take (discord.py runs each class whose template matches, so this
+# one must exclude its ids): a crafted or damaged id still gets an answer, not "interaction failed".
 # DOTALL and \Z: an id with a newline in it (which `$` and `.` would let through) is answered too.
-_KNOWN = r"(?:[rid]:[0-9a-f]{16}|[vu]:[0-9a-f]{16}:[0-9])"
+_KNOWN = rf"(?:[{_WHOLE}]:[0-9a-f]{{16}}|[{_PER_IMAGE}]:[0-9a-f]{{16}}:[0-9])"
 
 
 class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s)dream:(?!{_KNOWN}\Z).{{0,94}}"):
@@ -175,7 +152,7 @@ class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s)d
                                                 allowed_mentions=NO_MENTIONS)
 
 
-DYNAMIC_ITEMS = (RerollButton, VaryButton, UpscaleButton, InfoButton, DeleteButton, UnknownButton)
+DYNAMIC_ITEMS = (ResultButton, UnknownButton)
 
 
 def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.ui.View | None:
@@ -193,23 +170,23 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
     can_upscale = [max(i.width, i.height) * 2 <= MAX_UPSCALED_SIDE for i in result.images]
     view = discord.ui.View(timeout=None)
     if n == 1:
-        view.add_item(RerollButton(job, row=0))
+        view.add_item(ResultButton("r", job, row=0))
         if 0 in shown_set:
-            view.add_item(VaryButton(job, 0, label="Variations", row=0))
+            view.add_item(ResultButton("v", job, 0, label="Variations", row=0))
             if can_upscale[0]:
-                view.add_item(UpscaleButton(job, 0, label="Upscale", row=0))
-        view.add_item(InfoButton(job, row=0))
-        view.add_item(DeleteButton(job, row=0))
+                view.add_item(ResultButton("u", job, 0, label="Upscale", row=0))
+        view.add_item(ResultButton("i", job, row=0))
+        view.add_item(ResultButton("d", job, row=0))
         return view
     for i in range(n):
         if i in shown_set:
-            view.add_item(VaryButton(job, i, row=0))
+            view.add_item(ResultButton("v", job, i, row=0))
     for i in range(n):
         if can_upscale[i] and i in shown_set:
-            view.add_item(UpscaleButton(job, i, row=1))
-    view.add_item(RerollButton(job, row=2))
-    view.add_item(InfoButton(job, row=2))
-    view.add_item(DeleteButton(job, row=2))
+            view.add_item(ResultButton("u", job, i, row=1))
+    view.add_item(ResultButton("r", job, row=2))
+    view.add_item(ResultButton("i", job, row=2))
+    view.add_item(ResultButton("d", job, row=2))
     return view
 
 
@@ -318,22 +295,15 @@ class Buttons:
             interaction_id=interaction.id, interaction_token=interaction.token,
             channel_nsfw=channel_is_nsfw(interaction.channel))
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
-        work = asyncio.ensure_future(asyncio.to_thread(
-            self._prepare_and_submit, job_id, action, index, origin_fields, roles))
-        deferred = False
+        note_ack = lambda: self.commands._note_ack(started)  # noqa: E731
         try:
-            job, size, outcome = await asyncio.wait_for(asyncio.shield(work), ACK_BUDGET_S)
-        except asyncio.TimeoutError:
-            # A "thinking..." message of this click: its @original is what the result will replace.
-            await interaction.response.defer(thinking=True)
-            self.commands._note_ack(started)
-            deferred = True
-            try:
-                job, size, outcome = await asyncio.wait_for(work, SUBMIT_TIMEOUT_S)
-            except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-                job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
-        except (redis.RedisError, ImageStoreError):
+            # Past the budget, a "thinking..." message of this click: its @original is what the result replaces.
+            (job, size, outcome), deferred = await within_ack(
+                interaction, asyncio.to_thread(self._prepare_and_submit, job_id, action, index, origin_fields, roles),
+                SUBMIT_TIMEOUT_S, on_ack=note_ack)
+        except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
+            deferred = interaction.response.is_done()
 
         if outcome.ok and job is not None:
             req = job.request
@@ -350,14 +320,7 @@ class Buttons:
                                                 "user_id": interaction.user.id})
         else:
             text = outcome.message
-        if not deferred:
-            await interaction.response.send_message(text, ephemeral=not outcome.ok, allowed_mentions=NO_MENTIONS)
-            self.commands._note_ack(started)
-        elif outcome.ok:
-            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-        else:
-            await interaction.delete_original_response()
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await answer(interaction, text, public=outcome.ok, deferred=deferred, on_ack=note_ack)
 
     # --- Info ---------------------------------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """The /dream slash command: validate, answer inside Discord's 3-second window, queue.
 
-Validation is pure Python and runs before the answer. The Redis work gets ACK_BUDGET_S to finish so the
+Validation is pure Python and runs before the answer. The Redis work gets ACK_BUDGET_S to finish (toolkit.within_ack) so the
 member sees one message ("queued, position N"); if Redis is slower than that, the interaction is
 deferred first, so the 3-second window holds even when Redis hangs.
 """
@@ -15,27 +15,25 @@ import discord
 import redis
 from discord import app_commands
 
-from dreamcore import metrics
+from dreamcore import metrics, ranges
 from dreamcore.job import (
     ASPECT_LABELS,
     MAX_PROMPT_CHARS,
-    MAX_SEED,
     JobError,
     make_job,
     make_origin,
     make_request,
 )
-from dreamcore.limits import human_duration
+from dreamcore.limit_messages import human_duration
 from dreamcore.present import settings_line
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
 from .backend import UNAVAILABLE, Backend, Outcome
 from .safety import channel_is_nsfw
-from .toolkit import NO_MENTIONS, is_guild_admin
+from .toolkit import NO_MENTIONS, answer, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.bot")
-ACK_BUDGET_S = 1.0
 SUBMIT_TIMEOUT_S = 10.0
 
 
@@ -83,11 +81,11 @@ class DreamCommands:
             negative: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
             style: str | None = None,
             aspect: str | None = None,
-            seed: app_commands.Range[int, 0, MAX_SEED] | None = None,
-            count: app_commands.Range[int, 1, 4] | None = None,
-            steps: app_commands.Range[int, 1, 100] | None = None,
-            guidance: app_commands.Range[float, 0.0, 30.0] | None = None,
-            split: app_commands.Range[float, 0.5, 1.0] | None = None,
+            seed: app_commands.Range[int, ranges.SEED.lo, ranges.SEED.hi] | None = None,
+            count: app_commands.Range[int, ranges.IMAGES.lo, ranges.IMAGES.hi] | None = None,
+            steps: app_commands.Range[int, ranges.STEPS.lo, ranges.STEPS.hi] | None = None,
+            guidance: app_commands.Range[float, ranges.GUIDANCE.lo, ranges.GUIDANCE.hi] | None = None,
+            split: app_commands.Range[float, ranges.SPLIT.lo, ranges.SPLIT.hi] | None = None,
         ):
             await self.handle_dream(
                 interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
@@ -167,19 +165,12 @@ class DreamCommands:
             return
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
-        submit = asyncio.ensure_future(asyncio.to_thread(self.backend.submit_here, job, roles))
-        deferred = False
         try:
-            outcome = await asyncio.wait_for(asyncio.shield(submit), ACK_BUDGET_S)
+            outcome, deferred = await within_ack(interaction, asyncio.to_thread(self.backend.submit_here, job, roles),
+                                                 SUBMIT_TIMEOUT_S, on_ack=lambda: self._note_ack(started))
         except asyncio.TimeoutError:
-            await interaction.response.defer(thinking=True)
-            self._note_ack(started)
-            deferred = True
-            try:
-                outcome = await asyncio.wait_for(submit, SUBMIT_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                outcome = Outcome(False, UNAVAILABLE, kind="unavailable")
-                metrics.refused("unavailable")
+            outcome, deferred = Outcome(False, UNAVAILABLE, kind="unavailable"), interaction.response.is_done()
+            metrics.refused("unavailable")
 
         if outcome.ok:
             text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),
@@ -191,14 +182,7 @@ class DreamCommands:
         if outcome.ok and self.progress is not None:
             header = text.split("\n", 1)[1] if "\n" in text else ""
             self.progress.track(job.job_id, interaction, header, outcome.position)
-        if not deferred:
-            await self._reply(interaction, text, ephemeral=not outcome.ok, started=started)
-        elif outcome.ok:
-            await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
-        else:
-            # The public "thinking" reply goes; the refusal is for the member's eyes only.
-            await interaction.delete_original_response()
-            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await answer(interaction, text, public=outcome.ok, deferred=deferred, on_ack=lambda: self._note_ack(started))
 
     @staticmethod
     def _permission_note(interaction: discord.Interaction) -> str:

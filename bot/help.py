@@ -9,7 +9,7 @@ import redis
 from discord import app_commands
 
 from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS
-from dreamcore.limits import human_duration
+from dreamcore.limit_messages import human_duration
 from dreamcore.styles import load_styles
 
 from .toolkit import NO_MENTIONS

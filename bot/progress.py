@@ -16,7 +16,7 @@ import redis
 
 from dreamcore import results, safety, stats
 from dreamcore.job import JobError, parse_job
-from dreamcore.limits import human_duration
+from dreamcore.limit_messages import human_duration
 
 from .safety import post_is_age_restricted
 from .toolkit import NO_MENTIONS

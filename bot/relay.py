@@ -13,6 +13,8 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 import discord
@@ -20,7 +22,7 @@ import redis
 
 from dreamcore import faults, keys, metrics, params, results, safety, votes
 from dreamcore.images import ImageStore, ImageStoreError
-from dreamcore.limits import LimitStore
+from dreamcore.limit_store import LimitStore
 from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
@@ -34,6 +36,7 @@ log = logging.getLogger("dreambot.relay")
 TOKEN_LIFETIME_S = 15 * 60
 TOKEN_MARGIN_S = 30
 RETRY_DELAYS_S = (1, 2, 4, 8, 16)
+T = TypeVar("T")
 MAX_ATTEMPTS = 8
 # What Discord answers on an interaction webhook whose token is dead (401 "Invalid Webhook Token") or
 # whose message is gone: the post moves to the channel instead.
@@ -268,32 +271,27 @@ class Relay:
         text = vote_text(record, a, b)
         for m in (a_mod, b_mod):
             text = bot_safety.with_note(text, m)
-        for delay in (*RETRY_DELAYS_S, None):
-            try:
-                if self.token_alive(a):
-                    try:
-                        await self._interaction_webhook(a).edit_message(
-                            "@original", content=text, attachments=vote_files(a, a_images, b, b_images, a_mod, b_mod),
-                            view=vote_view(record["round"]), allowed_mentions=NO_MENTIONS)
-                        return "interaction"
-                    except discord.HTTPException as err:
-                        if err.status not in TOKEN_GONE:
-                            raise
-                channel = self.client.get_partial_messageable(a.origin.channel_id, guild_id=a.origin.guild_id)
+        async def attempt() -> str:
+            if self.token_alive(a):
                 try:
-                    await channel.send(content=f"<@{a.origin.user_id}> {text}"[:2000],
-                                       files=vote_files(a, a_images, b, b_images, a_mod, b_mod),
-                                       view=vote_view(record["round"]),
-                                       allowed_mentions=NO_MENTIONS, nonce=nonce_for("v" + record["round"]))
-                except (discord.NotFound, discord.Forbidden) as err:
-                    raise Undeliverable(f"channel {a.origin.channel_id}: {err.text or err.status}") from None
-                return "channel"
-            except (discord.DiscordServerError, aiohttp.ClientError, asyncio.TimeoutError):
-                if delay is None:
-                    raise
-            metrics.delivery_retry()
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+                    await self._interaction_webhook(a).edit_message(
+                        "@original", content=text, attachments=vote_files(a, a_images, b, b_images, a_mod, b_mod),
+                        view=vote_view(record["round"]), allowed_mentions=NO_MENTIONS)
+                    return "interaction"
+                except discord.HTTPException as err:
+                    if err.status not in TOKEN_GONE:
+                        raise
+            channel = self.client.get_partial_messageable(a.origin.channel_id, guild_id=a.origin.guild_id)
+            try:
+                await channel.send(content=f"<@{a.origin.user_id}> {text}"[:2000],
+                                   files=vote_files(a, a_images, b, b_images, a_mod, b_mod),
+                                   view=vote_view(record["round"]),
+                                   allowed_mentions=NO_MENTIONS, nonce=nonce_for("v" + record["round"]))
+            except (discord.NotFound, discord.Forbidden) as err:
+                raise Undeliverable(f"channel {a.origin.channel_id}: {err.text or err.status}") from None
+            return "channel"
+
+        return await _retrying(attempt)
 
     def interaction_webhook(self, origin) -> discord.Webhook:
         """The interaction's own webhook, built as discord.py builds `Interaction.followup` (an application
@@ -312,20 +310,12 @@ class Relay:
         return self.token_alive_for(result.origin)
 
     async def post(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None = None) -> str:
-        for delay in (*RETRY_DELAYS_S, None):
-            try:
-                where = await self._post_once(result, images, mod)
-                await self._tell_privately(result, mod)
-                return where
-            except discord.DiscordServerError:
-                if delay is None:
-                    raise
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                if delay is None:
-                    raise
-            metrics.delivery_retry()
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+        async def attempt() -> str:
+            where = await self._post_once(result, images, mod)
+            await self._tell_privately(result, mod)
+            return where
+
+        return await _retrying(attempt)
 
     async def _post_once(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None) -> str:
         origin = result.origin
@@ -395,6 +385,22 @@ class Relay:
                 note, allowed_mentions=NO_MENTIONS, nonce=nonce_for("n" + result.job_id))
         except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError):
             log.error("could not tell member about undelivered result", extra={"job_id": result.job_id})
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]]) -> T:
+    """The one retry policy of a post: `attempt()` again after 1, 2, 4, 8 and 16 s while Discord is out of
+    reach (a 5xx that outlasted discord.py's own retries of it, a dropped connection, a timeout), then the
+    error goes up and the outbox redelivers the result later (MAX_ATTEMPTS). Every attempt carries the same
+    nonce, so a post that did land before its answer was lost is not made twice."""
+    for delay in (*RETRY_DELAYS_S, None):
+        try:
+            return await attempt()
+        except (discord.DiscordServerError, aiohttp.ClientError, asyncio.TimeoutError):
+            if delay is None:
+                raise
+        metrics.delivery_retry()
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 def _count_attempt(conn: redis.Redis, job_id: str) -> int:

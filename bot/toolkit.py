@@ -1,8 +1,18 @@
-"""Small pieces every command module shares: no pings, a private answer, who counts as a server admin."""
+"""Small pieces every command module shares: no pings, the 3-second ack, a private answer, who counts as a
+server admin."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 import discord
+
+T = TypeVar("T")
+
+# Redis normally answers in a millisecond; past this, a command defers so Discord's 3-second window holds.
+ACK_BUDGET_S = 1.0
 
 # Every message the bot sends pings nobody: a prompt or a name typed by a member never turns into a mention.
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -21,3 +31,38 @@ def is_guild_admin(interaction: discord.Interaction) -> bool:
     every call: `default_permissions` only hides a command, and a server can hand it to anyone."""
     perms = interaction.permissions
     return bool(interaction.guild_id and (perms.manage_guild or perms.administrator))
+
+
+async def within_ack(interaction: discord.Interaction, work: Awaitable[T], timeout_s: float, *,
+                     ephemeral: bool = False, on_ack: Callable[[], None] | None = None) -> tuple[T, bool]:
+    """(what `work` returns, whether the interaction was deferred here). The work gets ACK_BUDGET_S to finish
+    before the answer; past that the interaction is deferred ("thinking...", private when `ephemeral`) so
+    Discord's 3-second window holds, and the work gets `timeout_s` more, past which asyncio.TimeoutError
+    goes up. `on_ack` is called when the defer went out. The work runs on whatever happens to the wait."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), ACK_BUDGET_S), False
+    except asyncio.TimeoutError:
+        deferred = False
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=ephemeral, thinking=True)
+            deferred = True
+            if on_ack is not None:
+                on_ack()
+        return await asyncio.wait_for(task, timeout_s), deferred
+
+
+async def answer(interaction: discord.Interaction, text: str, *, public: bool, deferred: bool,
+                 on_ack: Callable[[], None] | None = None) -> None:
+    """The answer to an interaction whose work may have been deferred (within_ack): a reply of its own
+    (private unless `public`; `on_ack` called once it is out), or the public "thinking..." reply edited into
+    it, or, for a private answer, that reply deleted and the answer sent privately in its place."""
+    if not deferred:
+        await interaction.response.send_message(text, ephemeral=not public, allowed_mentions=NO_MENTIONS)
+        if on_ack is not None:
+            on_ack()
+    elif public:
+        await interaction.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
+    else:
+        await interaction.delete_original_response()
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

@@ -15,7 +15,7 @@ from rq.job import JobStatus
 from . import results
 from .job import JobError, parse_job
 from .keys import CANCEL_TTL_S, cancel_key  # noqa: F401  (re-exported)
-from .limits import Limiter
+from .limiter import Limiter
 from .queue import DreamQueue
 from .results import DreamResult
 

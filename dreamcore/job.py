@@ -11,13 +11,15 @@ import json
 import re
 import secrets
 import time
-import typing
 import unicodedata
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from . import ranges
+from .problems import problems
+from .ranges import MAX_PROMPT_CHARS, MAX_SEED
 from .styles import load_styles
 
 # A job carries the oldest schema version that can express it: a plain dream is still version 1, which
@@ -27,8 +29,6 @@ SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 KINDS = ("dream", "variation", "upscale")
 VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2}
-MAX_SEED = 2**32 - 1
-MAX_PROMPT_CHARS = 1500
 
 # The SDXL-native sizes (about one megapixel each), keyed by what /dream offers.
 ASPECTS: dict[str, tuple[int, int]] = {
@@ -95,13 +95,12 @@ class DreamRequest(_Strict):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     style: str = "none"
     aspect: str = "1:1"
-    seed: int = Field(ge=0, le=MAX_SEED)
-    count: int = Field(1, ge=1, le=4)
-    steps: int = Field(40, ge=1, le=100)
-    guidance: float = Field(7.0, ge=0.0, le=30.0)
-    # Fraction of the steps the base model runs; the refiner does the rest. 1.0 = base only.
-    # Below 0.5 the refiner (trained on the low-noise end only) would start on noise it never saw.
-    split: float = Field(0.8, ge=0.5, le=1.0)
+    seed: int = ranges.SEED.field()
+    count: int = ranges.IMAGES.field(1)
+    steps: int = ranges.STEPS.field(40)
+    guidance: float = ranges.GUIDANCE.field(7.0)
+    # Fraction of the steps the base model runs; the refiner does the rest. 1.0 = base only (ranges.SPLIT).
+    split: float = ranges.SPLIT.field(0.8)
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024 * 1024, le=500 * 1024 * 1024)
 
     @field_validator("prompt", "negative_prompt", mode="before")
@@ -231,47 +230,12 @@ class DreamJob(_Strict):
         return self.model_dump(mode="json", exclude=self._dump_exclude())
 
 
-def _range_of(model: type[BaseModel], name: str) -> str | None:
-    info = model.model_fields.get(name)
-    if info is None:
-        return None
-    lo = hi = None
-    minlen = maxlen = None
-    for m in info.metadata:
-        lo = getattr(m, "ge", lo) if getattr(m, "ge", None) is not None else lo
-        hi = getattr(m, "le", hi) if getattr(m, "le", None) is not None else hi
-        minlen = getattr(m, "min_length", minlen) if getattr(m, "min_length", None) is not None else minlen
-        maxlen = getattr(m, "max_length", maxlen) if getattr(m, "max_length", None) is not None else maxlen
-    if lo is not None and hi is not None:
-        return f"allowed {lo} to {hi}"
-    if maxlen is not None:
-        return f"allowed {minlen or 0} to {maxlen} characters"
-    return None
-
-
 def describe_validation(err: ValidationError, model: type[BaseModel]) -> JobError:
-    """Turn pydantic's error list into one message that names each field and its allowed range."""
-    parts = []
-    first_field = None
-    for e in err.errors():
-        loc = [str(x) for x in e["loc"]]
-        field = ".".join(loc) or "job"
-        first_field = first_field or field
-        sub = model
-        for name in loc[:-1]:
-            ann = sub.model_fields.get(name) if isinstance(sub, type) and issubclass(sub, BaseModel) else None
-            # A model field, or an optional one (`JobSource | None`): the model inside.
-            found = [a for a in (ann.annotation, *typing.get_args(ann.annotation))
-                     if isinstance(a, type) and issubclass(a, BaseModel)] if ann is not None else []
-            sub = found[0] if found else sub
-        rng = _range_of(sub, loc[-1]) if loc and isinstance(sub, type) and issubclass(sub, BaseModel) else None
-        msg = e["msg"].removeprefix("Value error, ")
-        got = e.get("input")
-        shown = repr(got)[:60] if not isinstance(got, dict) else "{...}"
-        if loc and "token" in loc[-1]:  # a token is never echoed into a message or a log
-            shown = "a value that is not shown"
-        parts.append(f"{field}: {msg}" + (f" ({rng})" if rng else "") + f", got {shown}")
-    return JobError("; ".join(parts), field=first_field)
+    """Pydantic's errors as one message that names each field and its allowed range (dreamcore.problems);
+    a token is never echoed into a message or a log."""
+    found = problems(err, model, name=lambda loc: ".".join(loc) or "job",
+                     hidden=lambda loc: "token" in loc[-1])
+    return JobError("; ".join(text for _, text in found), field=next((f for f, _ in found if f), "job"))
 
 
 def make_request(**fields: Any) -> DreamRequest:

@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .problems import problems
+from .ranges import LIMITS
+
 SDXL_BASE_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
 DISCORD_API_V10 = "https://discord.com/api/v10"
@@ -59,7 +62,7 @@ class Settings(BaseSettings):
     refiner_model: str = Field(SDXL_REFINER_ID, min_length=1, **_env("DREAMBOT_REFINER_MODEL"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", **_env("DREAMBOT_DEVICE"))
     # The weights' dtype; auto: bf16 on GPUs of compute capability 8.0+, fp16 on older ones, fp32 on a CPU
-    # (bf16 there for full-size models). worker/pipeline.py choose_dtype.
+    # (bf16 there for full-size models). worker/weights.py choose_dtype.
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", **_env("DREAMBOT_DTYPE"))
     # Where the weights live: none keeps all on the device; model is diffusers' model CPU offload (one model on
     # the device at a time, for 12-16 GB cards); auto measures the device's free memory and takes the fastest
@@ -111,19 +114,20 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", **_env("DREAMBOT_LOG_FORMAT"))
 
     # --- Guild limit defaults ---
-    # What a guild gets until its admins change it (dreamcore/limits.py; ranges match GuildLimits).
-    limit_cooldown_s: int = Field(10, ge=0, le=3600, **_env("DREAMBOT_LIMIT_COOLDOWN_S"))
-    limit_user_max_active: int = Field(2, ge=1, le=50, **_env("DREAMBOT_LIMIT_USER_MAX_ACTIVE"))
-    limit_user_images_hour: int = Field(30, ge=1, le=1000, **_env("DREAMBOT_LIMIT_USER_IMAGES_HOUR"))
-    limit_user_images_day: int = Field(100, ge=1, le=5000, **_env("DREAMBOT_LIMIT_USER_IMAGES_DAY"))
-    limit_guild_images_hour: int = Field(300, ge=1, le=1_000_000, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_HOUR"))
-    limit_guild_images_day: int = Field(1500, ge=1, le=10_000_000, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_DAY"))
-    limit_max_images: int = Field(4, ge=1, le=4, **_env("DREAMBOT_LIMIT_MAX_IMAGES"))
-    limit_max_steps: int = Field(60, ge=1, le=100, **_env("DREAMBOT_LIMIT_MAX_STEPS"))
-    limit_guild_max_queued: int = Field(50, ge=1, le=100000, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
+    # What a guild gets until its admins change it (dreamcore/limits.py), in the ranges GuildLimits takes
+    # (dreamcore/ranges.py LIMITS).
+    limit_cooldown_s: int = LIMITS["cooldown_s"].field(10, **_env("DREAMBOT_LIMIT_COOLDOWN_S"))
+    limit_user_max_active: int = LIMITS["user_max_active"].field(2, **_env("DREAMBOT_LIMIT_USER_MAX_ACTIVE"))
+    limit_user_images_hour: int = LIMITS["user_images_hour"].field(30, **_env("DREAMBOT_LIMIT_USER_IMAGES_HOUR"))
+    limit_user_images_day: int = LIMITS["user_images_day"].field(100, **_env("DREAMBOT_LIMIT_USER_IMAGES_DAY"))
+    limit_guild_images_hour: int = LIMITS["guild_images_hour"].field(300, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_HOUR"))
+    limit_guild_images_day: int = LIMITS["guild_images_day"].field(1500, **_env("DREAMBOT_LIMIT_GUILD_IMAGES_DAY"))
+    limit_max_images: int = LIMITS["max_images"].field(4, **_env("DREAMBOT_LIMIT_MAX_IMAGES"))
+    limit_max_steps: int = LIMITS["max_steps"].field(60, **_env("DREAMBOT_LIMIT_MAX_STEPS"))
+    limit_guild_max_queued: int = LIMITS["guild_max_queued"].field(50, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
     # Output safety (dreamcore/safety.py): an image scoring at least this is flagged (1: none is), and
     # what becomes of it: withhold, spoiler, or age_restricted (shown only in age-restricted channels).
-    limit_nsfw_threshold: float = Field(0.5, ge=0.0, le=1.0, **_env("DREAMBOT_LIMIT_NSFW_THRESHOLD"))
+    limit_nsfw_threshold: float = LIMITS["nsfw_threshold"].field(0.5, **_env("DREAMBOT_LIMIT_NSFW_THRESHOLD"))
     limit_nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(
         "withhold", **_env("DREAMBOT_LIMIT_NSFW_ACTION"))
     # --- end of guild limit defaults ---
@@ -264,16 +268,15 @@ def _alias_of(field: str) -> str:
 
 
 def describe_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        field = str(e["loc"][0]) if e["loc"] else "?"
-        name = _alias_of(field) if field in Settings.model_fields else field
-        got = "" if name in SECRETS or not e["loc"] else f" (got {e.get('input')!r})"
-        if not e["loc"]:  # a check across settings: its message names them
-            lines.append(f"settings: {e['msg'].removeprefix('Value error, ')}")
-            continue
-        lines.append(f"setting {name}: {e['msg']}{got}")
-    return "; ".join(lines)
+    def name(loc: list[str]) -> str:
+        if not loc:
+            return "settings"  # a check across settings: its message names them
+        return "setting " + (_alias_of(loc[0]) if loc[0] in Settings.model_fields else loc[0])
+
+    def hidden(loc: list[str]) -> bool:
+        return (_alias_of(loc[0]) if loc[0] in Settings.model_fields else loc[0]) in SECRETS
+
+    return "; ".join(text for _, text in problems(err, Settings, name=name, hidden=hidden))
 
 
 def load_settings(**overrides) -> Settings:

@@ -16,16 +16,13 @@ import redis
 from fleet import Fleet
 from standin import DiscordStandIn
 
-from bot.admin import (
-    NO_PERMISSION,
-    NOT_IN_GUILD,
-    AdminCommands,
-    audit_text,
-    key_choices,
-    show_text,
-)
+from bot.admin import NO_PERMISSION, NOT_IN_GUILD, DreamAdmin
+from bot.admin_text import audit_text, key_choices, show_text
 from bot.toolkit import is_guild_admin
-from dreamcore.limits import KNOWN_KEYS, GuildLimits, Limiter, LimitKeys, LimitStore, default_limits
+from dreamcore.keys import LimitKeys
+from dreamcore.limit_store import LimitStore
+from dreamcore.limiter import Limiter
+from dreamcore.limits import KNOWN_KEYS, GuildLimits, default_limits
 from dreamcore.settings import load_settings
 
 pytestmark = pytest.mark.timeout(120)
@@ -226,6 +223,7 @@ def test_admin_show_set_pause_resume_usage_reset_and_audit(env):
     # audit: newest first, who (no ping), when (Discord timestamp), key, old -> new
     text = admin_cmd(e, boss, "audit")
     lines = text.splitlines()
+    assert len(lines) > 1, text
     assert re.fullmatch(rf"<t:\d+:R> <@{boss}> reset the usage and cooldown of <@{e.alice}>", lines[1]), lines[1]
     assert f"<@{boss}> `paused`: false → true" in text and f"<@{boss}> `paused`: true → false" in text
     assert f"<@{boss}> `cooldown_s`: {defaults.cooldown_s} → 30" in text
@@ -289,10 +287,13 @@ def _fake_interaction(guild_id, perms: discord.Permissions):
 
 def test_outside_a_guild_every_subcommand_is_refused():
     store = MagicMock()
-    admin = AdminCommands(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
-    calls = [admin.show, admin.audit, lambda i: admin.set(i, "cooldown_s", "5"),
-             lambda i: admin.set_paused(i, True), lambda i: admin.usage(i, SimpleNamespace(id=8)),
-             lambda i: admin.reset_user(i, SimpleNamespace(id=8))]
+    admin = DreamAdmin(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
+    # Each subcommand's own callback, as discord.py calls it (bound to the group).
+    calls = [lambda i, name=name, args=args: getattr(admin, name).callback(admin, i, *args) for name, args in (
+        ("show", ()), ("audit", ()), ("set_limit", ("cooldown_s", "5")), ("pause", ()), ("resume", ()),
+        ("usage", (SimpleNamespace(id=8),)), ("reset_user", (SimpleNamespace(id=8),)))]
+    assert sorted(c.name for c in admin.commands) == ["audit", "pause", "reset-user", "resume", "set", "show",
+                                                      "usage"]
     for call in calls:
         inter = _fake_interaction(None, discord.Permissions.all())
         asyncio.run(call(inter))

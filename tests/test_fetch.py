@@ -149,23 +149,25 @@ def test_fetch_models_prints_the_bytes_then_downloads_exactly_what_the_worker_lo
     again = _fetch(_env(hub, hf_home), "--dry-run")
     assert "total to download: 0 B (0 bytes)" in again.stdout, again.stdout
 
-    # The worker's own loading path, from the cache alone, takes the fp16 files and makes an image.
-    demo = subprocess.run(
-        [sys.executable, "-m", "dreambot", "demo", "a lighthouse", "--seed", "5", "--steps", "3",
-         "--out", str(tmp_path / "img")],
-        env=_env(hub, hf_home, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9", DREAMBOT_DEVICE="cpu",
-                 DREAMBOT_LOG_LEVEL="INFO"),
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
-    assert list((tmp_path / "img").glob("*.png"))
-    # And those were the fp16 files: every weight loaded (in fp32, on this CPU) is a 16-bit value.
-    check = ("import torch; from worker.weights import load_pipelines; "
-             f"b, r = load_pipelines('{BASE}', '{REFINER}', torch.float32); "
-             "ps = [p for m in (b.unet, b.text_encoder, r.unet) for p in m.parameters()]; "
-             "print(all(torch.equal(p, p.half().float()) for p in ps), len(ps))")
-    loaded = subprocess.run([sys.executable, "-c", check], env=_env(hub, hf_home, HF_HUB_OFFLINE="1"),
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert loaded.stdout.split()[0] == "True", loaded.stdout + loaded.stderr[-2000:]
+    # The worker's own loading path (runner.load_pipeline, load_checker), from the cache alone, takes the
+    # fp16 files (every weight it holds, in fp32 on this CPU, is a 16-bit value) and makes an image.
+    check = """
+import torch
+from dreamcore.job import make_request
+from dreamcore.settings import load_settings
+from worker.runner import load_pipeline
+from worker.safety import load_checker
+settings = load_settings()
+pipe = load_pipeline(settings)
+checker = load_checker(settings, pipe.device)
+ps = [p for m in (pipe.base.unet, pipe.base.text_encoder, pipe.refiner.unet) for p in m.parameters()]
+gen = pipe.generate(make_request(prompt="a lighthouse", seed=5, steps=3))
+print(all(torch.equal(p, p.half().float()) for p in ps), gen.images[0].size, checker is not None)
+"""
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                            env=_env(hub, hf_home, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9",
+                                     DREAMBOT_DEVICE="cpu"))
+    assert loaded.stdout.split() == ["True", "(1024,", "1024)", "True"], loaded.stdout + loaded.stderr[-2000:]
 
 
 def test_an_interrupted_fetch_is_finished_by_the_next_run_without_fetching_twice(hub, hub_root, tmp_path):

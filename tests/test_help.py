@@ -6,7 +6,7 @@ import pytest
 from fleet import Fleet
 from standin import DiscordStandIn
 
-from dreamcore.limits import LimitStore
+from dreamcore.limit_store import LimitStore
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,7 +15,7 @@ def _modules_after(imports: str) -> set[str]:
 
 
 @pytest.mark.parametrize("imports", [
-    "import dreamcore, dreamcore.job, dreamcore.queue, dreamcore.results, dreamcore.settings, dreamcore.limits",
+    "import dreamcore, dreamcore.job, dreamcore.queue, dreamcore.results, dreamcore.settings, dreamcore.limiter, dreamcore.limit_store",
     "import dreambot.cli, dreamcore.present, dreamcore.logs, dreamcore.localredis",
     "import bot.main, bot.client, bot.commands, bot.relay, bot.backend",
 ])

@@ -95,7 +95,7 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
     _, worker_health = _wait_status(f"http://127.0.0.1:{worker_port}/healthz", 200, 30)
     lines = worker_health.splitlines()
     assert lines[0] == "ok" and "device: cpu" in lines and "dtype: float32" in lines, worker_health
-    assert any(x.startswith("memory: offload model, batches of up to 8: DREAMBOT_OFFLOAD=model on the CPU")
+    assert any(x.startswith("memory: offload model, batches of up to 8 images: DREAMBOT_OFFLOAD=model on the CPU")
                for x in lines), worker_health
     deadline = time.monotonic() + 10  # the delivery is counted once it is recorded, just after the post
     while not (_value(_scrape(bot_port), "dreambot_deliveries_total", where="interaction") or 0) >= 1:

@@ -13,7 +13,8 @@ from fleet import wait_until
 from PIL import Image
 
 from dreamcore import params, results, safety
-from dreamcore.limits import LimitError, LimitStore
+from dreamcore.limit_store import LimitStore
+from dreamcore.limits import LimitError
 from dreamcore.settings import load_settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -25,7 +25,7 @@ from standin import DiscordStandIn
 
 from dreamcore import fairq
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
-from dreamcore.limits import LimitStore
+from dreamcore.limit_store import LimitStore
 from dreamcore.queue import queue_names
 
 pytestmark = pytest.mark.timeout(300)

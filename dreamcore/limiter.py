@@ -1,0 +1,144 @@
+"""`Limiter`: whether a dream may be queued, decided and counted atomically across every bot.
+
+The static checks (paused, channel, blocked words, images and steps per dream) run here in Python;
+everything that counts (cooldown, active jobs, hourly/daily image quotas, the guild's queue) is checked AND
+consumed by one Lua script (limits_lua.py), so a member firing through ten bots at once gets exactly what
+the limits allow. `release()` hands the job's slot back when it ends (and its images too, for a cancelled
+or failed job)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import redis
+
+from .keys import LimitKeys
+from .limit_messages import dreams, human_duration, quota_message
+from .limit_store import LimitStore, decode
+from .limit_words import find_blocked_word, mask
+from .limits import (
+    HOUR,
+    KEY_SLACK_S,
+    Kind,
+    limit_range,
+)
+from .limits_lua import ACQUIRE_LUA, RELEASE_LUA
+
+log = logging.getLogger("dreamcore.limits")  # one logger for every part of the limits, as before the split
+
+
+# The cooldown key outlives the longest cooldown an admin may set, so lowering or raising it applies at once.
+_COOLDOWN_KEY_TTL_S = (limit_range("cooldown_s") or (0, HOUR))[1] + KEY_SLACK_S
+
+
+@dataclass(frozen=True)
+class Decision:
+    ok: bool
+    kind: Kind | None = None
+    message: str = ""  # for the member: which limit, and when it frees up
+    retry_after_s: float | None = None  # None: unknown (a job must finish first) or never
+    priority: Literal["high", "default"] = "default"
+
+
+class Limiter:
+    """Decides whether a dream may be queued, and consumes what it uses, atomically across processes."""
+
+    def __init__(self, redis_client: redis.Redis, store: LimitStore | None = None):
+        self.r = redis_client
+        self.store = store or LimitStore(redis_client)
+        self._acquire = redis_client.register_script(ACQUIRE_LUA)
+        self._release = redis_client.register_script(RELEASE_LUA)
+
+    def acquire(self, guild_id: int | None, user_id: int, job_id: str, images: int, steps: int,
+                role_ids: Iterable[int] = (), instance: str = "", channel_id: int | None = None,
+                prompt: str = "", negative_prompt: str = "", now: float | None = None,
+                channel_nsfw: bool = False) -> Decision:
+        """Check every limit; if all pass, record the job (call `release` when it ends) and return ok.
+
+        Calling it again with an already accepted job id returns ok without consuming anything twice.
+        `now` (seconds) is for tests; by default the Redis server's clock, shared by every bot host.
+        """
+        if not isinstance(images, int) or images < 1:
+            raise ValueError(f"images must be a positive whole number, got {images!r}")
+        if not job_id or not isinstance(job_id, str):
+            raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+        limits = self.store.get(guild_id)
+        roles = {int(r) for r in role_ids}
+        priority: Literal["high", "default"] = "high" if roles & set(limits.priority_roles) else "default"
+        exempt = bool(roles & set(limits.exempt_roles))
+
+        def refuse(kind: Kind, message: str, retry: float | None = None) -> Decision:
+            log.info("dream refused by a guild limit", extra={
+                "guild_id": guild_id, "user_id": user_id, "job_id": job_id, "limit": kind,
+                "retry_after_s": retry})
+            return Decision(False, kind, message, retry, priority)
+
+        # Static checks: nothing to count, so no need for the script.
+        if limits.paused:
+            return refuse("paused", "dreams are paused on this server by its admins")
+        allowed = limits.channels.get(instance)
+        if allowed and channel_id not in allowed:
+            where = ", ".join(f"<#{c}>" for c in allowed[:5]) + (", ..." if len(allowed) > 5 else "")
+            return refuse("channel", f"I don't take dreams in this channel here; try {where}")
+        hit = find_blocked_word(limits.blocked_words, prompt, negative_prompt)
+        if hit:
+            which = "prompt" if hit[0] == 0 else "negative prompt"
+            return refuse("blocked_word",
+                          f"your {which} contains a word this server has blocked ({mask(hit[1])})")
+        adult = None if channel_nsfw else find_blocked_word(limits.adult_words, prompt, negative_prompt)
+        if adult:
+            which = "prompt" if adult[0] == 0 else "negative prompt"
+            return refuse("adult_word",
+                          f"your {which} has a word this server keeps to age-restricted channels "
+                          f"({mask(adult[1])}); try it in an age-restricted channel")
+        if not exempt and images > limits.max_images:
+            return refuse("max_images", f"this server allows at most {limits.max_images} images per dream "
+                                        f"(you asked for {images})")
+        if not exempt and steps > limits.max_steps:
+            return refuse("max_steps", f"this server allows at most {limits.max_steps} steps per dream "
+                                       f"(you asked for {steps})")
+
+        g, u = guild_id, int(user_id)
+        keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u), LimitKeys.user_active(g, u),
+                LimitKeys.guild_active(g), LimitKeys.job(g, job_id), LimitKeys.old_user_usage(g, u),
+                LimitKeys.old_guild_usage(g)]
+        args = ["" if now is None else repr(float(now)), job_id, str(images), "1" if exempt else "0",
+                limits.cooldown_s, limits.user_max_active, limits.user_images_hour, limits.user_images_day,
+                limits.guild_images_hour, limits.guild_images_day, limits.guild_max_queued,
+                repr(self.store.active_ttl_s), KEY_SLACK_S, u, _COOLDOWN_KEY_TTL_S]
+        status, kind, used, limit, retry, _at = (decode(x) for x in self._acquire(keys=keys, args=args))
+        if status in ("ok", "dup"):
+            log.debug("dream accepted by the guild limits",
+                      extra={"guild_id": guild_id, "user_id": u, "job_id": job_id, "images": images,
+                             "exempt": exempt, "again": status == "dup"})
+            return Decision(True, None, "", None, priority)
+        wait = float(retry) if retry else None
+        if wait is not None and math.isinf(wait):
+            wait = None
+        if kind == "cooldown":
+            return refuse("cooldown", f"cooldown: try again in {human_duration(wait or 0)}", wait)
+        if kind == "user_active":
+            return refuse("user_active",
+                          f"you already have {dreams(int(used))} queued or running (limit {limit}); "
+                          "try again when one finishes")
+        if kind == "guild_queued":
+            return refuse("guild_queued",
+                          f"this server already has {dreams(int(used))} queued or running (limit {limit}); "
+                          "try again when one finishes")
+        return refuse(kind, quota_message(kind, int(float(used)), int(limit), images, wait), wait)  # type: ignore[arg-type]
+
+    def release(self, guild_id: int | None, user_id: int, job_id: str, refund: bool = False) -> bool:
+        """The job ended: free its active slots; `refund=True` (cancelled or failed) also gives its images
+        back to the quotas. Idempotent: True the first time, False for a job already released or unknown."""
+        g, u = guild_id, int(user_id)
+        keys = [LimitKeys.job(g, job_id), *LimitKeys.usage_keys(g, u), LimitKeys.user_active(g, u),
+                LimitKeys.guild_active(g), LimitKeys.old_user_usage(g, u), LimitKeys.old_guild_usage(g)]
+        res = int(self._release(keys=keys, args=[job_id, "1" if refund else "0", u]))
+        if res == -1:
+            log.warning("release for a job that belongs to another member; ignored",
+                        extra={"guild_id": guild_id, "user_id": u, "job_id": job_id})
+        return res > 0

@@ -53,6 +53,8 @@ from .toolkit import NO_MENTIONS, answer, answer_privately, is_guild_admin, with
 
 log = logging.getLogger("dreambot.buttons")
 
+# Every result button's custom id starts so (a Discord custom id, not a Redis key).
+PREFIX = "dream:"
 JOB = r"(?P<job>[0-9a-f]{16})"
 INDEX = r"(?P<i>[0-9])"
 READ_TIMEOUT_S = 2.0
@@ -103,7 +105,7 @@ _PER_IMAGE = "".join(a.code for a in ACTIONS.values() if a.per_image)
 
 
 class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
-                   template=rf"dream:(?:(?P<whole>[{_WHOLE}])|(?P<each>[{_PER_IMAGE}])):{JOB}(?(each):{INDEX})"):
+                   template=rf"{PREFIX}(?:(?P<whole>[{_WHOLE}])|(?P<each>[{_PER_IMAGE}])):{JOB}(?(each):{INDEX})"):
     """Every button under a result, one class: the template takes an index exactly for the per-image actions,
     so a crafted id that gives one where none belongs (or none where one does) is UnknownButton's."""
 
@@ -113,7 +115,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
         suffix = f":{index}" if action.per_image else ""
         super().__init__(discord.ui.Button(
             label=label or action.label.format(n=(index or 0) + 1), emoji=action.emoji, style=action.style,
-            custom_id=f"dream:{code}:{job_id}{suffix}", row=row))
+            custom_id=f"{PREFIX}{code}:{job_id}{suffix}", row=row))
         self.code, self.job_id, self.index = code, job_id, index
 
     @classmethod
@@ -138,7 +140,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
 _KNOWN = rf"(?:[{_WHOLE}]:[0-9a-f]{{16}}|[{_PER_IMAGE}]:[0-9a-f]{{16}}:[0-9])"
 
 
-class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s)dream:(?!{_KNOWN}\Z).{{0,94}}"):
+class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s){PREFIX}(?!{_KNOWN}\Z).{{0,94}}"):
     def __init__(self, custom_id: str):
         super().__init__(discord.ui.Button(label="?", custom_id=custom_id))
 

@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 
 import worker.pipeline as wp  # noqa: E402
 from dreamcore.job import make_request  # noqa: E402
+from worker import speed  # noqa: E402
 from worker.pipeline import DreamPipeline, StepEvent  # noqa: E402
 from worker.prompts import PromptTooLong  # noqa: E402
 
@@ -169,7 +170,7 @@ def test_fuse_qkv_and_channels_last_keep_the_image(pipe, solo, tiny_model_dir, c
     # Two loads share no modules, so fusing one leaves the other as it was.
     assert fast.base.unet is not pipe.base.unet and fast.base.vae is not pipe.base.vae
     assert fast.refiner.vae is fast.base.vae  # still one VAE, fused once
-    assert list(fast._modules()) == ["base UNet", "refiner UNet", "VAE"]
+    assert list(speed.denoisers(fast)) == ["base UNet", "refiner UNet", "VAE"]
     for module in (fast.base.unet, fast.refiner.unet, fast.base.vae):
         assert _attn_processors(module) == {"FusedAttnProcessor2_0"}
         assert _channels_last(module)

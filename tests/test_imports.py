@@ -18,6 +18,7 @@ def _modules_after(imports: str) -> set[str]:
     "import dreamcore, dreamcore.job, dreamcore.queue, dreamcore.results, dreamcore.settings, dreamcore.limiter, dreamcore.limit_store",
     "import dreambot.cli, dreamcore.present, dreamcore.logs, dreamcore.localredis",
     "import bot.main, bot.client, bot.commands, bot.relay, bot.backend",
+    "import worker.fetch, worker.sources",  # `dreambot fetch-models` starts without loading torch
 ])
 def test_bot_and_core_never_import_torch(imports):
     loaded = _modules_after(imports)

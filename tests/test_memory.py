@@ -130,7 +130,7 @@ def test_model_offload_variations_and_upscales_match_too(tiers):
     resident, offloaded = tiers
     req = make_request(prompt="a lighthouse at dusk", seed=3, steps=4)
     source = resident.generate(req).images[0].resize((128, 96))  # small: the upscale is 4 tiles
-    vary = [vary(p, req, source, 0.6, size=(128, 96)).images for p in (resident, offloaded)]
-    assert _pixels(vary[0]) == _pixels(vary[1])
+    varied = [vary(p, req, source, 0.6, size=(128, 96)).images for p in (resident, offloaded)]
+    assert _pixels(varied[0]) == _pixels(varied[1])
     up = [upscale(p, req, source, 0.3, tile=128, overlap=32).images for p in (resident, offloaded)]
     assert up[1][0].size == (256, 192) and _pixels(up[0]) == _pixels(up[1])

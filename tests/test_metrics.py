@@ -125,8 +125,8 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
         assert {_value(samples, "dreambot_queue_depth", queue=q) for q in queue_names()} == {0}
     assert _value(w, "process_resident_memory_bytes") > 0  # the default collectors come along
 
-    for port in (bot_port, worker_port):
-        assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok\n")
+    assert _get(f"http://127.0.0.1:{bot_port}/healthz") == (200, "ok\n")
+    assert _get(f"http://127.0.0.1:{worker_port}/healthz") == (200, worker_health)  # the same details, still ok
 
 
 def test_worker_health_turns_503_when_redis_goes_away(tiny_model_dir, tmp_path):

@@ -29,7 +29,7 @@ from typing import TextIO
 
 from dreamcore.settings import Settings
 
-from .weights import FP16_VARIANT, ModelLoadError, hub_id_or_folder
+from .sources import FP16_VARIANT, ModelLoadError, hub_id_or_folder
 
 log = logging.getLogger("dreambot.fetch")
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger("dreambot.worker")
+from .sources import FP16_VARIANT, ModelLoadError, hub_id_or_folder
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+log = logging.getLogger("dreambot.worker")
 
 # diffusers renamed from_pretrained's `torch_dtype` to `dtype` (0.42 warns on the old name, older releases
 # know only the old one); use whichever this diffusers has.
@@ -24,15 +23,6 @@ try:
     _DTYPE_KW = "dtype"
 except ImportError:
     _DTYPE_KW = "torch_dtype"
-
-
-class ModelLoadError(RuntimeError):
-    """The weights a setting points at can't be loaded; the message names the setting and its value."""
-
-    def __init__(self, setting: str, value: str, reason: str):
-        self.setting = setting
-        self.value = value
-        super().__init__(f"{setting}={value}: {reason}")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -46,7 +36,6 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-FP16_VARIANT = "fp16"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # A base UNet past this many parameters is a full-size SDXL (2.6 B); on a CPU it is loaded in bf16, since
 # base + refiner in fp32 need ~23 GB of RAM. The tiny test model has well under a million.
@@ -86,16 +75,6 @@ def is_full_size(base: str) -> bool:
         return sum(p.numel() for p in unet.parameters()) > FULL_SIZE_PARAMS
     except Exception:  # noqa: BLE001 - a missing or odd config is _from_pretrained's to report
         return False
-
-
-def hub_id_or_folder(setting: str, value: str) -> str:
-    """"folder" for a local folder (a missing file there must never turn into a hub download attempt), "hub"
-    for a hub id (resolved through the HF cache, honouring HF_HUB_OFFLINE); ModelLoadError for neither."""
-    if Path(value).expanduser().is_dir():
-        return "folder"
-    if _HUB_ID.match(value) and not value.startswith((".", "~")):
-        return "hub"
-    raise ModelLoadError(setting, value, "no model found there (not a folder, and not a hub id like org/name)")
 
 
 def _from_pretrained(pipeline_cls, setting: str, value: str, **kwargs):

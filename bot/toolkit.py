@@ -38,7 +38,8 @@ async def within_ack(interaction: discord.Interaction, work: Awaitable[T], timeo
     """(what `work` returns, whether the interaction was deferred here). The work gets ACK_BUDGET_S to finish
     before the answer; past that the interaction is deferred ("thinking...", private when `ephemeral`) so
     Discord's 3-second window holds, and the work gets `timeout_s` more, past which asyncio.TimeoutError
-    goes up. `on_ack` is called when the defer went out. The work runs on whatever happens to the wait."""
+    goes up. `on_ack` is called when the defer went out. The first wait never cancels the work (it is
+    shielded); a thread behind it runs to its end even when the second wait gives up."""
     task = asyncio.ensure_future(work)
     try:
         return await asyncio.wait_for(asyncio.shield(task), ACK_BUDGET_S), False

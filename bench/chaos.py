@@ -271,7 +271,7 @@ def main() -> int:
                        threading.Thread(target=chaos.kill_primary_twice, args=(span * 0.2, span * 0.7), daemon=True)]
         else:
             probe = replicated = None
-            threads = [threading.Thread(target=chaos.workers_loop, daemon=True),
+            threads = [*([threading.Thread(target=chaos.workers_loop, daemon=True)] if args.kill_every > 0 else []),
                        threading.Thread(target=chaos.discord_loop, daemon=True),
                        threading.Thread(target=chaos.restart_redis_once, args=(span / 2,), daemon=True)]
         for t in threads:

@@ -1,4 +1,4 @@
-"""What an admin types for a limit (`/dreamadmin limits set KEY VALUE`), parsed into the value GuildLimits
+"""What an admin types for a limit (`/dreamadmin set KEY VALUE`), parsed into the value GuildLimits
 holds, or a LimitError that says what is wrong in words fit to show them."""
 
 from __future__ import annotations

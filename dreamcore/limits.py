@@ -4,7 +4,7 @@ This module is the model: `GuildLimits`, one guild's limits, every value range-c
 ranges are declared); a limit the admins never set follows the defaults from the settings
 (DREAMBOT_LIMIT_*), so changing a default reaches every guild that kept it. Around it:
 
-* limit_input.py: what an admin types (`/dreamadmin limits set cooldown_s 30`) parsed into a value.
+* limit_input.py: what an admin types (`/dreamadmin set cooldown_s 30`) parsed into a value.
 * limit_store.py: `LimitStore` reads and changes a guild's limits, keeps an audit trail, reports usage.
 * limit_words.py: blocked-word matching; limit_messages.py: what a refused member reads.
 * limiter.py: `Limiter.acquire()` decides whether a dream may be queued. The static checks (paused, channel,

@@ -415,7 +415,7 @@ def test_dockerignore_keeps_env_and_git_out_of_images():
     lines = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "an allowlist"
     assert not any(ln.startswith("!") and (".env" in ln or ".git" in ln) for ln in lines)
-    for needed in ("!pyproject.toml", "!dreamcore/", "!bot/", "!worker/"):
+    for needed in ("!pyproject.toml", "!dreambot/", "!dreamcore/", "!bot/", "!worker/"):
         assert needed in lines
 
 

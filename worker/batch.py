@@ -116,6 +116,7 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
             ended.update(_denoise_batch(rt, members, live))
         ended.update(_scored(rt, members, [e for e in ended.values() if isinstance(e, Made)]))
     except JobTimeoutException as err:
+        ended.update(getattr(err, "made_before", {}))
         for i, job in admitted.items():
             if i not in ended:
                 ended[i] = _capture(settle, rt, job, err, members[i].rq_job)
@@ -151,7 +152,14 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outco
             free_gpu_memory()
             log.warning("batch ran out of GPU memory; running its jobs one at a time",
                         extra={"jobs": [j.job_id for j in jobs]})
-            return {i: _make_alone(rt, i, job, members[i].rq_job) for i, job, _ in live}
+            alone: dict[int, Outcome | Made] = {}
+            try:
+                for i, job, _ in live:
+                    alone[i] = _make_alone(rt, i, job, members[i].rq_job)
+            except JobTimeoutException as err:
+                err.made_before = alone  # the images finished before the limit are still published
+                raise
+            return alone
         return {i: _capture(settle, rt, job, JobCancelled(job.job_id) if isinstance(err, JobCancelled) else err,
                             members[i].rq_job) for i, job, _ in live}
     images = sum(len(g.images) for g in gens)

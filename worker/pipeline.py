@@ -98,7 +98,7 @@ class DreamPipeline:
         self.device = device
         self._timesteps_cache: dict[tuple[str, int], list[int]] = {}
         self._base_img2img: StableDiffusionXLImg2ImgPipeline | None = None
-        self.memory: memory.MemoryPlan | None = None  # set when placed on the device (_place)
+        self.memory: memory.MemoryPlan | None = None  # set when placed on the device (memory.place)
 
     @classmethod
     def load(

@@ -114,6 +114,9 @@ def test_pick_files_takes_the_fp16_weights_and_only_the_components_the_worker_lo
                "unet/diffusion_pytorch_model-00001-of-00002.safetensors"]
     assert pick_files(sharded, {"unet": ["diffusers", "UNet2DConditionModel"]}) == sorted(sharded[:5])
     assert pick_files(["config.json", "pytorch_model.bin"], None) == ["config.json", "pytorch_model.bin"]
+    # The classifier loads with no variant (worker/safety.py): its plain weights even beside fp16 ones.
+    assert pick_files(["config.json", "model.fp16.safetensors", "model.safetensors"], None) == [
+        "config.json", "model.safetensors"]
 
 
 def test_fetch_models_prints_the_bytes_then_downloads_exactly_what_the_worker_loads(hub, hub_root, tmp_path,

@@ -73,7 +73,7 @@ _WEIGHT = re.compile(r"^[^.]+(?:\.(?P<v>\w+))?(?:-\d+-of-\d+)?\.(?P<ext>safetens
 _INDEX = re.compile(r"^[^.]+\.(?P<ext>safetensors|bin)\.index(?:\.(?P<v>\w+))?\.json$")
 
 
-def _weights(names: list[str]) -> list[str]:
+def _weights(names: list[str], prefer_fp16: bool = True) -> list[str]:
     """Of one folder's files, the weights from_pretrained(variant="fp16") reads: the fp16 safetensors (with
     their shard index) when there are any, else the plain safetensors, else the same order for .bin."""
     parsed = []
@@ -82,7 +82,7 @@ def _weights(names: list[str]) -> list[str]:
         if m:
             parsed.append((n, m["ext"], m["v"]))
     for ext in ("safetensors", "bin"):
-        for variant in (FP16_VARIANT, None):
+        for variant in ((FP16_VARIANT, None) if prefer_fp16 else (None,)):
             got = [n for n, e, v in parsed if e == ext and v == variant]
             if got:
                 return got
@@ -96,13 +96,14 @@ def pick_files(listing: list[str], model_index: dict | None, skip: tuple[str, ..
     def folder(name: str) -> list[str]:
         return [n for n in listing if posixpath.dirname(n) == name]
 
-    def side_and_weights(files: list[str]) -> list[str]:
+    def side_and_weights(files: list[str], prefer_fp16: bool = True) -> list[str]:
         side = [n for n in files if any(fnmatch.fnmatch(posixpath.basename(n), p) for p in _SIDE_FILES)
                 and not _INDEX.match(posixpath.basename(n))]
-        return side + _weights(files)
+        return side + _weights(files, prefer_fp16)
 
     if model_index is None:
-        return sorted(side_and_weights(folder("")))
+        # A transformers model (the classifier) is loaded with no variant: its plain files, never fp16 ones.
+        return sorted(side_and_weights(folder(""), prefer_fp16=False))
     out = ["model_index.json"]
     for name, spec in model_index.items():
         if name.startswith("_") or name in skip or not isinstance(spec, list) or None in spec:

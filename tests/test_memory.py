@@ -58,6 +58,20 @@ def test_auto_takes_the_fastest_tier_that_fits_with_the_largest_batch_that_fits(
         assert need > free_gib * GIB
 
 
+def test_a_gpu_that_fits_fewer_images_a_call_than_a_dream_asks_says_it_makes_them_in_parts():
+    # 12 GB with model offload: 3 images a call. With batching off (DREAMBOT_BATCH_IMAGES=1) a 4-image dream
+    # is still one call; the plan says how many that call may hold, so worker/make.py splits it.
+    p = plan("auto", 11.2, batch=1)
+    assert (p.offload, p.batch_images, p.call_images) == ("model", 1, 3)
+    assert "a dream of more than 3 images is made 3 at a time" in p.why
+    assert "a dream of more than 3 images made in parts" in p.describe()  # the worker's /healthz
+    assert memory.needs(FULL, working(4))["model"] > 11.2 * GIB  # a fourth image would not have fitted
+    # Room for four or more: no parts, and the figure is what fits up to the settings' batch.
+    assert (plan("auto", 23).call_images, plan("auto", 23, batch=2).call_images) == (8, 4)
+    assert "made" not in plan("auto", 23).why and "parts" not in plan("auto", 23).describe()
+    assert plan("auto", None).call_images is None  # a CPU: no device limit
+
+
 def test_a_gpu_too_small_for_either_tier_fails_at_start_naming_what_it_has_and_needs():
     with pytest.raises(ModelLoadError) as err:
         plan("auto", 7.5)

@@ -3,24 +3,30 @@ from its source image, read back from the image store."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import logging
+from collections.abc import Callable
 
 from dreamcore import results
 from dreamcore.images import ImageStoreError
-from dreamcore.job import DreamJob
+from dreamcore.job import DreamJob, DreamRequest
+from dreamcore.ranges import MAX_SEED
 
 from . import img2img
 from .errors import SourceGone
-from .pipeline import Generation
+from .pipeline import Generation, StepEvent
 from .runtime import Runtime
 from .steps import StepHook
+
+log = logging.getLogger("dreambot.worker")
 
 
 def make_images(rt: Runtime, job: DreamJob) -> Generation:
     """Dispatch on the job's kind; every kind runs on the models this process already holds."""
     hook = StepHook(rt, [job])
     if job.kind == "dream":
-        return rt.pipeline.generate(job.request, on_step=hook)
+        return in_parts(rt, job, lambda req, on_step: rt.pipeline.generate(req, on_step=on_step), hook)
     src = job.source
     try:
         data = results.load_image(rt.store, src.job_id, src.index, src.format)
@@ -38,7 +44,8 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
     except (UnidentifiedImageError, OSError) as err:
         raise SourceGone(f"the image it starts from can't be read ({type(err).__name__})") from None
     if job.kind == "variation":
-        return img2img.vary(rt.pipeline, job.request, image, src.strength, on_step=hook)
+        return in_parts(rt, job, lambda req, on_step: img2img.vary(rt.pipeline, req, image, src.strength,
+                                                                   on_step=on_step), hook)
     from dreamcore.params import MAX_UPSCALED_SIDE
 
     if max(image.size) * 2 > MAX_UPSCALED_SIDE:
@@ -46,6 +53,47 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
                          f"{MAX_UPSCALED_SIDE} pixels a side")
     return img2img.upscale(rt.pipeline, job.request, image, src.strength, on_step=hook,
                            tile=rt.settings.upscale_tile, overlap=rt.settings.upscale_overlap)
+
+
+def call_images(pipeline) -> int | None:
+    """The most images one call fits on this process's device (memory.plan); None: no device limit."""
+    plan = getattr(pipeline, "memory", None)  # the benches' no-op pipelines have none
+    return getattr(plan, "call_images", None)
+
+
+def split_request(req: DreamRequest, most: int) -> list[DreamRequest]:
+    """`req` as consecutive requests of at most `most` images. Part k starts at the seed of its first image,
+    so its images are the ones those seeds give alone: the parts together are the dream."""
+    if req.count <= most:
+        return [req]
+    return [req.model_copy(update={"seed": (req.seed + lo) % (MAX_SEED + 1), "count": min(most, req.count - lo)})
+            for lo in range(0, req.count, most)]
+
+
+def in_parts(rt: Runtime, job: DreamJob, run: Callable[[DreamRequest, Callable], Generation],
+             hook: Callable[[StepEvent], None]) -> Generation:
+    """`run` the job's request in one call, or, on a device that fits fewer images in one call than the
+    dream asks for, in parts one after another, joined into one Generation. The parts' steps reach `hook`
+    counted across all of them, so the member's progress runs once from 0 to the end."""
+    most = call_images(rt.pipeline)
+    parts = split_request(job.request, most) if most else [job.request]
+    if len(parts) == 1:
+        return run(job.request, hook)
+    log.info("dream made in parts", extra={"job_id": job.job_id, "images": job.request.count,
+                                           "parts": len(parts), "call_images": most})
+    gens = []
+    for k, part in enumerate(parts):
+        def on_step(ev: StepEvent, k: int = k) -> None:
+            hook(dataclasses.replace(ev, done=k * ev.total + ev.done, total=len(parts) * ev.total))
+        gens.append(run(part, on_step))
+    first = gens[0]
+    timings: dict[str, float] = {}
+    for gen in gens:
+        for key, value in gen.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+    timings["parts"] = len(parts)
+    return dataclasses.replace(first, images=[im for g in gens for im in g.images], seeds=job.request.seeds,
+                               timings=timings, nan_detected=any(g.nan_detected for g in gens))
 
 
 def _human_s(seconds: int) -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dreamcore.ranges import IMAGES
+
 from .weights import ModelLoadError
 
 TIERS = ("auto", "none", "model")
@@ -36,6 +38,10 @@ class MemoryPlan:
     batch_images: int  # the most images one denoising call may hold here (at most DREAMBOT_BATCH_IMAGES)
     working_bytes: int  # the working memory of such a call
     free_bytes: int | None  # the device's free memory when measured; None on a CPU
+    # The most images one call fits on this device whatever DREAMBOT_BATCH_IMAGES says (None: no device
+    # limit, a CPU). A dream of more images than this is made in parts (worker/make.py), never one call
+    # that runs out of memory.
+    call_images: int | None = None
 
     @property
     def resident_bytes(self) -> int:
@@ -43,7 +49,9 @@ class MemoryPlan:
         return (self.weights_bytes if self.offload == "none" else self.largest_bytes) + self.working_bytes
 
     def describe(self) -> str:
-        return f"offload {self.offload}, batches of up to {self.batch_images} images: {self.why}"
+        parts = (f", a dream of more than {self.call_images} images made in parts"
+                 if self.call_images is not None and self.call_images < IMAGES.hi else "")
+        return f"offload {self.offload}, batches of up to {self.batch_images} images{parts}: {self.why}"
 
 
 def module_bytes(modules: dict[str, torch.nn.Module]) -> dict[str, int]:
@@ -107,8 +115,8 @@ def plan(setting: str, dev: torch.device, sizes: dict[str, int], working: Callab
     total = sum(sizes.values())
     largest = max(sizes, key=sizes.__getitem__)
 
-    def made(offload: str, batch: int, why: str) -> MemoryPlan:
-        return MemoryPlan(offload, why, total, largest, sizes[largest], batch, working(batch), free)
+    def made(offload: str, batch: int, why: str, call: int | None = None) -> MemoryPlan:
+        return MemoryPlan(offload, why, total, largest, sizes[largest], batch, working(batch), free, call)
 
     if free is None:  # a CPU: the weights are in RAM already, there is no device memory to save
         if setting == "model":
@@ -116,8 +124,10 @@ def plan(setting: str, dev: torch.device, sizes: dict[str, int], working: Callab
         return made("none", batch_images, f"the CPU holds the weights ({gib(total)}) in RAM")
 
     def fits(tier: str) -> int:
-        """The largest batch (0: none) this tier fits in the free memory."""
-        return max((b for b in range(1, batch_images + 1) if needs(sizes, working(b))[tier] <= free), default=0)
+        """The most images (0: none) one call of this tier fits in the free memory: up to the settings'
+        batch, and at least up to one dream's images, which is one call whatever the batch setting."""
+        upto = max(batch_images, IMAGES.hi)
+        return max((b for b in range(1, upto + 1) if needs(sizes, working(b))[tier] <= free), default=0)
 
     one = needs(sizes, working(1))
     sizes_said = (f"with one image, all resident needs {gib(one['none'])} ({gib(total)} of weights), model "
@@ -125,11 +135,14 @@ def plan(setting: str, dev: torch.device, sizes: dict[str, int], working: Callab
     device_said = f"{dev} has {gib(free)} free"
     tiers = ("none", "model") if setting == "auto" else (setting,)
     for tier in tiers:
-        batch = fits(tier)
-        if batch:
+        most = fits(tier)
+        if most:
+            batch = min(batch_images, most)
             cut = f" (DREAMBOT_BATCH_IMAGES={batch_images} would not fit)" if batch < batch_images else ""
+            if most < IMAGES.hi:
+                cut += f"; a dream of more than {most} images is made {most} at a time"
             lead = "auto" if setting == "auto" else f"DREAMBOT_OFFLOAD={setting}"
-            return made(tier, batch, f"{lead}; {device_said}; {sizes_said}{cut}")
+            return made(tier, batch, f"{lead}; {device_said}; {sizes_said}{cut}", most)
     hint = {"none": ": use auto or model, or a bigger GPU",
             "model": ": too little even for model offload (DREAMBOT_FUSE_QKV=0 needs less)",
             "auto": ": this GPU can't run the models (DREAMBOT_FUSE_QKV=0 needs less)"}[setting]

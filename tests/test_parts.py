@@ -95,6 +95,7 @@ def test_through_the_queue_a_four_image_dream_on_a_three_image_device(tiny_env, 
     result, images = _drain(rconn)[job.job_id]
     assert result.status == "done"
     assert [i.seed for i in result.images] == [40, 41, 42, 43]
+    assert result.timings["parts"] == 2  # 3 + 1: it was made in parts, not in one call
     alone = fits_three.generate(make_request(prompt="a lighthouse at dusk", aspect="12:5", steps=4, seed=43))
     decoded = []
     for data in images:

@@ -29,6 +29,7 @@ Last, with the bots stopped: the limits' acquire script by the size of the guild
     python bench/depth.py                 # depths 0, 1000, 10000, 50000; 20 /dream/s for 20 s each
     python bench/depth.py --quick         # depths 0, 1000; 5 s each
     python bench/depth.py --pin-redis     # Redis alone on CPU 0 (is a SLOWLOG entry the shared CPU?)
+    python bench/depth.py --pin-redis --rt-redis   # and never descheduled by another process (root)
     python bench/depth.py --inprocess     # Backend.submit called in this process, no bots (the older bench)
 """
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+import stalls
 from _common import GENEROUS_LIMITS, commandstats, fmt_ms, machine, pct, proc_cpu_s, start_redis, stats_delta
 from ack import LATE_S, N_BOTS, TARGET_P99_MS, is_queued, send_dreams, start_bots, tally, waiting, warm_up
 from fleet import Fleet
@@ -183,6 +185,16 @@ def preemptions(pid: int) -> int:
     return 0
 
 
+def machine_stalls(args, stamp) -> dict:
+    """This machine's own stalls on the CPU Redis gets (bench/stalls.py), measured beside the windows: what
+    SLOWLOG shows of a pause the machine makes, whatever the call."""
+    loop = stalls.busy_loop(0, args.stall_seconds, rt=args.rt_redis)
+    bare = stalls.bare_redis(0, args.stall_seconds, rt=args.rt_redis)
+    for line in stalls.describe(loop, bare):
+        print(f"{stamp()} machine, CPU 0: {line}", flush=True)
+    return {"loop": loop, "bare": bare}
+
+
 def wait_disconnected(standin: DiscordStandIn, fleet: Fleet, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -210,6 +222,12 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
         os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
         print(f"{stamp()} pinned: Redis on CPU 0, the bench, the stand-in and the bots on CPUs "
               f"{sorted(os.sched_getaffinity(0))}", flush=True)
+    redis_cpu = 0 if args.pin_redis else None
+    if args.rt_redis:
+        why_not = stalls.realtime(int(conn.info("server")["process_id"]))
+        print(f"{stamp()} " + (f"real-time Redis refused ({why_not}): it stays an ordinary process" if why_not
+                               else "Redis's main thread on SCHED_FIFO priority 1 (reset on fork)"), flush=True)
+    machine_before = machine_stalls(args, stamp)
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
     conn.hset(stats.STATS_KEY, "s_per_image", "0.001")  # a measured speed, so backpressure and ETA run
@@ -270,10 +288,12 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
             conn.slowlog_reset()
             rpid = int(conn.info("server")["process_id"])
             nvcsw0, aof0 = preemptions(rpid), conn.info("persistence")["aof_rewrites"]
+            steal0 = stalls.steal_ms(redis_cpu)
             a = snap(conn, fleet)
             sent, errors, span = send_dreams(fleet, target, args.rate, count, offset)
             b = snap(conn, fleet)
             nvcsw = preemptions(rpid) - nvcsw0
+            steal = stalls.steal_ms(redis_cpu) - steal0
             aof = conn.info("persistence")["aof_rewrites"] - aof0
             slow = slow_entries(conn, shas)
             offset += count
@@ -292,7 +312,8 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
             # The window, and the bots' background in it from the quiet spells (linear in dreams tracked).
             n = max(1, len(sent))
             win_s = b.t - a.t
-            win = {"cmds": sum(x for x, _ in stats_delta(b.stats, a.stats, EXCLUDE).values()),
+            by_cmd = stats_delta(b.stats, a.stats, EXCLUDE)
+            win = {"cmds": sum(x for x, _ in by_cmd.values()),
                    "redis_cpu": b.redis_cpu - a.redis_cpu, "bot_cpu": b.bot_cpu - a.bot_cpu,
                    "edits": b.edits - a.edits}
             r0, r1 = rates(q0, q1), rates(b, c)
@@ -309,7 +330,8 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                 bot_ms=win["bot_cpu"] * 1e3 / n, net_bot_ms=(win["bot_cpu"] - bg["bot_cpu"]) * 1e3 / n,
                 edits=win["edits"], bg_cmds_s0=r0["cmds"], bg_cmds_s1=r1["cmds"], tracked0=tracked0,
                 tracked1=tracked1, slow=slow, slow_quiet=slow_quiet, refusals=refusals,
-                load=load, preempted=nvcsw / max(1e-9, win_s), aof_rewrites=aof,
+                load=load, preempted=nvcsw / max(1e-9, win_s), aof_rewrites=aof, steal_ms=steal,
+                by_cmd={k: (c / n, us / n) for k, (c, us) in by_cmd.items()},
             )
             res["status"] = status_pass(conn, backend, shas, QUEUE_POLL_S)
             rows.append(res)
@@ -325,12 +347,13 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                 print(f"    not queued: {text!r}")
         print(f"{stamp()} acquire by guild usage ...", flush=True)
         scan = acquire_by_guild_usage(conn, backend, shas, [0, 160, 1000] if args.quick else [0, 40, 160, 1000, 4800])
+        machine_after = machine_stalls(args, stamp)
     finally:
         fleet.stop()
         standin.stop()
         conn.close()
         server.close()
-    return rows, scan
+    return rows, scan, (machine_before, machine_after)
 
 
 def acquire_by_guild_usage(conn: redis.Redis, backend, shas: dict[str, str], sizes: list[int],
@@ -375,7 +398,7 @@ def slow_text(entries: list[tuple[float, str, bool, bool]]) -> str:
     return ", ".join(f"{name} x{k} (max {worst:.2f} ms)" for name, (k, worst) in seen.items())
 
 
-def report_fleet(rows: list[dict], scan: list[dict], args) -> None:
+def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, dict], args) -> None:
     print()
     print(f"/dream by queue depth: {N_BOTS} bot processes on the stand-in, {args.rate:g}/s for {args.seconds:g} s "
           f"per depth; ack = INTERACTION_CREATE sent -> interaction callback received")
@@ -392,7 +415,7 @@ def report_fleet(rows: list[dict], scan: list[dict], args) -> None:
     print("cost per /dream in the window (window deltas / submits; net = less the bots' background: relay idle "
           "reads and the live-status refresh of the dreams they track, from the quiet spells)")
     h2 = (f"{'depth':>6} {'cmds/submit':>11} {'net':>6} {'Redis CPU us/submit':>19} {'net':>6} "
-          f"{'bot CPU ms/req':>14} {'net':>5} {'edits':>5} {'bg cmds/s':>13} {'load':>4} {'preempt/s':>9} "
+          f"{'bot CPU ms/req':>14} {'net':>5} {'edits':>5} {'bg cmds/s':>13} {'load':>4} {'preempt/s':>9} {'steal ms':>8} "
           f"{'slowest ms':>10} {'>1ms':>4}")
     print(h2)
     print("-" * len(h2))
@@ -401,13 +424,28 @@ def report_fleet(rows: list[dict], scan: list[dict], args) -> None:
         bg = f"{r['bg_cmds_s0']:.0f} -> {r['bg_cmds_s1']:.0f}"
         print(f"{r['depth']:>6} {r['cmds']:>11.1f} {r['net_cmds']:>6.1f} {r['redis_us']:>19.0f} "
               f"{r['net_redis_us']:>6.0f} {r['bot_ms']:>14.1f} {r['net_bot_ms']:>5.1f} {r['edits']:>5} {bg:>13} "
-              f"{r['load']:>4.1f} {r['preempted']:>9.1f} {slowest:>10.2f} {len(r['slow']):>4}"
+              f"{r['load']:>4.1f} {r['preempted']:>9.1f} {r['steal_ms']:>8.0f} {slowest:>10.2f} {len(r['slow']):>4}"
               + (f" aof-rewrite x{r['aof_rewrites']}" if r["aof_rewrites"] else "") + (f"  slow: {slow_text(r['slow'])}" if r["slow"] else ""))
     print("(bg cmds/s: the ten bots' Redis commands per second with no /dream, tracking "
           f"{rows[0]['tracked0']} dreams before the window -> {rows[0]['tracked1']} after; edits: live-status "
           "edits of the members' replies in the window; load: 1-minute load average at the window's start; "
-          "preempt/s: Redis descheduled while runnable, per second of the window; slowest: SLOWLOG, calls over "
+          "preempt/s: Redis descheduled while runnable, per second of the window; steal: the hypervisor's on Redis's CPU "
+          "(all CPUs unpinned) in the window; slowest: SLOWLOG, calls over "
           "1 ms only)")
+    print()
+    # Where Redis's time in commands went, the heaviest at either end: a command that grew with depth shows
+    # here, apart from the event loop's reads and writes (INFO cpu counts both).
+    top = sorted({k for r in (rows[0], rows[-1]) for k in r["by_cmd"]},
+                 key=lambda k: -max(r["by_cmd"].get(k, (0, 0))[1] for r in (rows[0], rows[-1])))[:8]
+    print("Redis time in commands per /dream in the window (INFO commandstats usec / submits; a script's own "
+          "commands count both under their name and in its EVALSHA)")
+    h5 = f"{'depth':>6} " + " ".join(f"{k[:15]:>15}" for k in top) + f" {'all (us)':>9}"
+    print(h5)
+    print("-" * len(h5))
+    for r in rows:
+        cells = " ".join(f"{r['by_cmd'].get(k, (0, 0))[1]:>9.1f} x{r['by_cmd'].get(k, (0, 0))[0]:<4.1f}" for k in top)
+        print(f"{r['depth']:>6} {cells} {sum(us for _, us in r['by_cmd'].values()):>9.1f}")
+    print("(cells: us per /dream x calls per /dream)")
     print()
     print("live status with every waiting dream kept current (one refresh of each dream's position and ETA every "
           "5 s, as bot/progress.py does; one full refresh measured alone)")
@@ -438,6 +476,9 @@ def report_fleet(rows: list[dict], scan: list[dict], args) -> None:
     product = [e for r in rows for e in r["slow"] if not e[2]]
     maint = sum(1 for r in rows for e in r["slow"] if e[2])
     cheap = sum(1 for e in product if e[3])
+    def cmd_us(r: dict) -> float:
+        return sum(us for _, us in r["by_cmd"].values())
+
     checks = [
         ("every /dream queued (none refused, no send error)",
          all(r["queued"] == r["sent"] and not r["errors"] for r in rows),
@@ -453,10 +494,22 @@ def report_fleet(rows: list[dict], scan: list[dict], args) -> None:
          f"(net {deep['net_redis_us'] / max(1e-9, base['net_redis_us']):.2f}x)"),
         ("no Redis call over 1 ms in any window (SLOWLOG empty)", not product,
          f"{len(product)} product calls ({cheap} of them O(1) commands, i.e. Redis descheduled mid-call; "
-         f"{len(product) - cheap} scripts), {maint} RQ maintenance"),
+         f"{len(product) - cheap} scripts), {maint} RQ maintenance; per window "
+         + ", ".join(f"{len(r['slow'])} with {r['steal_ms']:.0f} ms steal" for r in rows)),
     ]
     for what, ok, detail in checks:
         print(f"VERDICT: {'PASS' if ok else 'FAIL'}: {what}: {detail}")
+    loops = [m["loop"] for m in stalls_seen]
+    bares = [m["bare"] for m in stalls_seen]
+    print(f"(Redis time inside commands per /dream, INFO commandstats: {cmd_us(base):.0f} us at depth {base['depth']}, "
+          f"{cmd_us(deep):.0f} us at {deep['depth']}, {cmd_us(deep) / max(1e-9, cmd_us(base)):.2f}x)")
+    rates_said = " and ".join(f"{x['per_s']:.2f}" for x in loops)
+    bare_said = " and ".join(str(x["over_1ms"]) for x in bares)
+    print(f"(the machine itself, before and after the windows: a busy loop on Redis's CPU stalled over 1 ms "
+          f"{rates_said} times a second (longest "
+          f"{max(x['max_ms'] for x in loops):.2f} ms); a Redis answering only GET logged "
+          f"{bare_said} GETs over 1 ms in {bares[0]['seconds']:.0f} s; "
+          f"the windows' Redis CPU saw {sum(r['steal_ms'] for r in rows):.0f} ms of hypervisor steal)")
 
 
 # --- the in-process bench (no bots) -------------------------------------------------------------------------
@@ -544,11 +597,15 @@ def main() -> int:
     ap.add_argument("--slowlog-us", type=int, default=1000, help="slowlog-log-slower-than")
     ap.add_argument("--pin-redis", action="store_true",
                     help="Redis alone on CPU 0, everything else on the other CPUs (is SLOWLOG the CPU sharing?)")
+    ap.add_argument("--rt-redis", action="store_true",
+                    help="Redis's main thread real-time (SCHED_FIFO 1), as if it had its own machine; needs root")
+    ap.add_argument("--stall-seconds", type=float, default=10.0,
+                    help="this machine's own stalls (bench/stalls.py) before and after the windows, seconds each")
     ap.add_argument("--quick", action="store_true", help="smoke run: depths 0 and 1000, 5 s windows")
     ap.add_argument("--inprocess", action="store_true", help="call Backend.submit in this process, no bots")
     args = ap.parse_args()
     if args.quick:
-        args.depths, args.seconds, args.quiet = "0,1000", 5.0, 5.0
+        args.depths, args.seconds, args.quiet, args.stall_seconds = "0,1000", 5.0, 5.0, 3.0
     depths = [int(x) for x in args.depths.split(",")]
     t_start = time.monotonic()
     print(f"machine: {machine()}" + ("" if args.inprocess else
@@ -556,8 +613,8 @@ def main() -> int:
     if args.inprocess:
         inprocess_bench(args, depths)
     else:
-        rows, scan = fleet_bench(args, depths)
-        report_fleet(rows, scan, args)
+        rows, scan, stalls_seen = fleet_bench(args, depths)
+        report_fleet(rows, scan, stalls_seen, args)
     print(f"total wall time {time.monotonic() - t_start:.1f} s")
     return 0
 

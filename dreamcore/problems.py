@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 def allowed(model: type[BaseModel], name: str) -> str | None:
     """What `model.name` takes, from its Field bounds: "allowed 1 to 100", "allowed 0 to 1500 characters"."""
-    info = model.model_fields.get(name)
+    info = model.model_fields.get(name) or _by_alias(model, name)
     if info is None:
         return None
     lo = hi = minlen = maxlen = None
@@ -25,6 +25,16 @@ def allowed(model: type[BaseModel], name: str) -> str | None:
         return f"allowed {lo} to {hi}"
     if maxlen is not None:
         return f"allowed {minlen or 0} to {maxlen} characters"
+    return None
+
+
+def _by_alias(model: type[BaseModel], alias: str):
+    """The field pydantic reports by its alias (the settings' environment variables: DREAMBOT_BATCH_IMAGES)."""
+    for info in model.model_fields.values():
+        va = info.validation_alias
+        names = [c for c in getattr(va, "choices", []) if isinstance(c, str)] if not isinstance(va, str) else [va]
+        if alias == info.alias or alias in names:
+            return info
     return None
 
 

@@ -42,8 +42,10 @@ def test_every_limit_its_default_and_the_admin_command_take_one_range(key):
     assert _bounds(Settings, f"limit_{key}") == want
     assert limit_range(key) == want  # what /dreamadmin shows and checks
     env = f"DREAMBOT_LIMIT_{key.upper()}"
-    with pytest.raises(SettingsError, match=env):
+    with pytest.raises(SettingsError, match=env) as err:
         load_settings(**{env: str(want[1] + 1)})
+    # The operator reads the range by the variable's name, as an admin does in /dreamadmin.
+    assert f"(allowed {want[0]} to {want[1]}), got '{want[1] + 1}'" in str(err.value)
 
 
 def test_every_numeric_limit_is_in_the_table():

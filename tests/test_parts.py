@@ -54,7 +54,7 @@ def test_split_request_keeps_every_seed_in_order():
 
 
 def test_a_dream_in_parts_is_the_dream_in_one_call(pipeline, fits_three):
-    req = make_request(prompt="a lighthouse at dusk", seed=21, steps=4, count=4, aspect="12:5")
+    req = make_request(prompt="a lighthouse at dusk", seed=21, steps=2, count=4, aspect="12:5")
     whole = pipeline.generate(req)  # before the fixture's plan mattered: generate() itself never splits
     events: list[StepEvent] = []
     job = make_job(req, make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=5))
@@ -75,7 +75,7 @@ def test_a_dream_in_parts_is_the_dream_in_one_call(pipeline, fits_three):
 
 def test_variations_in_parts_match_too(pipeline, fits_three):
     req = make_request(prompt="a lighthouse at dusk", seed=5, steps=4, count=4)
-    source = pipeline.generate(make_request(prompt="a harbour", seed=1, steps=4)).images[0].resize((128, 96))
+    source = pipeline.generate(make_request(prompt="a harbour", seed=1, steps=2)).images[0].resize((128, 96))
     whole = img2img.vary(pipeline, req, source, 0.6, size=(128, 96))
     job = make_job(req, make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=5))
     parts = in_parts(types.SimpleNamespace(pipeline=fits_three), job,
@@ -89,14 +89,14 @@ def test_variations_in_parts_match_too(pipeline, fits_three):
 def test_through_the_queue_a_four_image_dream_on_a_three_image_device(tiny_env, rconn, fits_three):
     """What the member sees: the dream done, four images with their seeds, each the image its seed gives."""
     _outbox(rconn)
-    job = _job(count=4, seed=40)
+    job = _job(count=4, seed=40, steps=2)
     DreamQueue(rconn, get_settings()).enqueue(job)
     _work(rconn, fits_three)
     result, images = _drain(rconn)[job.job_id]
     assert result.status == "done"
     assert [i.seed for i in result.images] == [40, 41, 42, 43]
     assert result.timings["parts"] == 2  # 3 + 1: it was made in parts, not in one call
-    alone = fits_three.generate(make_request(prompt="a lighthouse at dusk", aspect="12:5", steps=4, seed=43))
+    alone = fits_three.generate(make_request(prompt="a lighthouse at dusk", aspect="12:5", steps=2, seed=43))
     decoded = []
     for data in images:
         img = Image.open(io.BytesIO(data))

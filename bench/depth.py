@@ -17,14 +17,16 @@ dreams each bot queued in that window, refreshed every 5 s by bot/progress.py):
      window's INFO commandstats / INFO cpu deltas over the submits (commands inside scripts counted); the
      bots' background in the window is estimated from the quiet spells before and after it and shown apart
      ("net" = the window less that estimate). SLOWLOG (slowlog-log-slower-than 1000 us) is reset at the
-     window's start and read at its end; entries of commands that are O(1) here are marked as stalls
-     (Redis descheduled mid-call), RQ's own maintenance is named apart.
+     window's start and read at its end; entries of commands that are O(1) here are marked as pauses
+     (Redis preempted, or its vCPU stolen by the hypervisor, mid-call), RQ's own maintenance is named
+     apart. Each window also reports Redis's preemptions and the hypervisor's steal on Redis's CPU.
   4. another quiet spell, now with the window's dreams tracked, then the bots stop.
   5. live status with every waiting dream kept current: one refresh of every waiting dream's position and
      ETA, the way bot/progress.py does it (`stats.eta_for`, in ten batches as ten bots would), measured
      alone; the load figure is that cost at one refresh per dream every 5 s.
 
 Last, with the bots stopped: the limits' acquire script by the size of the guild's usage in the last day.
+Before the first window and after the last: this machine's own stalls on Redis's CPU (bench/stalls.py).
 
     python bench/depth.py                 # depths 0, 1000, 10000, 50000; 20 /dream/s for 20 s each
     python bench/depth.py --quick         # depths 0, 1000; 5 s each
@@ -125,7 +127,7 @@ def slow_entries(conn: redis.Redis, shas: dict[str, str]) -> list[tuple[float, s
     return sorted(out, reverse=True)
 
 
-def status_pass(conn: redis.Redis, backend, shas: dict[str, str], every_s: float) -> dict:
+def status_pass(conn: redis.Redis, backend, shas: dict[str, str], every_s: float, on_cpu: int | None = None) -> dict:
     """One refresh of every waiting dream's position and ETA, as ten bots' bot/progress.py would run it
     (`stats.eta_for` over each bot's share in one pipelined round trip), measured alone."""
     from dreamcore import fairq, stats
@@ -133,7 +135,7 @@ def status_pass(conn: redis.Redis, backend, shas: dict[str, str], every_s: float
     ids = [j for name in queue_names() for j in fairq.waiting_ids(conn, name)]
     shares = [ids[k::N_BOTS] for k in range(N_BOTS)]
     conn.slowlog_reset()
-    s0, cpu0, t0 = commandstats(conn), redis_cpu_s(conn), time.perf_counter()
+    s0, cpu0, t0, steal0 = commandstats(conn), redis_cpu_s(conn), time.perf_counter(), stalls.steal_ms(on_cpu)
     found = 0
     for share in shares:
         found += len(stats.eta_for(backend.queue, share))
@@ -146,7 +148,7 @@ def status_pass(conn: redis.Redis, backend, shas: dict[str, str], every_s: float
     rate = len(ids) / every_s
     return {"lookups": len(ids), "found": found, "cmds": cmds, "cpu_us": cpu_us, "wall_us": wall * 1e6 / n,
             "rate": rate, "cmds_s": rate * cmds, "cores": rate * cpu_us / 1e6,
-            "slow": slow_entries(conn, shas)}
+            "slow": slow_entries(conn, shas), "steal_ms": stalls.steal_ms(on_cpu) - steal0}
 
 
 # --- the ten-bot bench ----------------------------------------------------------------------------------
@@ -333,7 +335,7 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                 load=load, preempted=nvcsw / max(1e-9, win_s), aof_rewrites=aof, steal_ms=steal,
                 by_cmd={k: (c / n, us / n) for k, (c, us) in by_cmd.items()},
             )
-            res["status"] = status_pass(conn, backend, shas, QUEUE_POLL_S)
+            res["status"] = status_pass(conn, backend, shas, QUEUE_POLL_S, redis_cpu)
             rows.append(res)
             st = res["status"]
             print(f"{stamp()}   window: {res['sent']} sent ({res['achieved']:.1f}/s), {res['queued']} queued, "
@@ -392,7 +394,7 @@ def slow_text(entries: list[tuple[float, str, bool, bool]]) -> str:
         return ""
     seen: dict[str, tuple[int, float]] = {}
     for ms, what, maint, cheap in entries:
-        name = f"{what} (RQ maintenance)" if maint else f"{what} (cheap: a stall)" if cheap else what
+        name = f"{what} (RQ maintenance)" if maint else f"{what} (O(1): a pause)" if cheap else what
         k, worst = seen.get(name, (0, 0.0))
         seen[name] = (k + 1, max(worst, ms))
     return ", ".join(f"{name} x{k} (max {worst:.2f} ms)" for name, (k, worst) in seen.items())
@@ -450,13 +452,13 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
     print("live status with every waiting dream kept current (one refresh of each dream's position and ETA every "
           "5 s, as bot/progress.py does; one full refresh measured alone)")
     h3 = (f"{'depth':>6} {'lookups':>7} {'cmds/lookup':>11} {'Redis CPU us/lookup':>19} {'wall us/lookup':>14} "
-          f"{'lookups/s':>9} {'Redis cmds/s':>12} {'Redis cores':>11} {'>1ms':>4}")
+          f"{'lookups/s':>9} {'Redis cmds/s':>12} {'Redis cores':>11} {'steal ms':>8} {'>1ms':>4}")
     print(h3)
     print("-" * len(h3))
     for r in rows:
         s = r["status"]
         print(f"{r['depth']:>6} {s['lookups']:>7} {s['cmds']:>11.1f} {s['cpu_us']:>19.1f} {s['wall_us']:>14.1f} "
-              f"{s['rate']:>9.0f} {s['cmds_s']:>12.0f} {s['cores']:>11.2f} {len(s['slow']):>4}"
+              f"{s['rate']:>9.0f} {s['cmds_s']:>12.0f} {s['cores']:>11.2f} {s['steal_ms']:>8.0f} {len(s['slow']):>4}"
               + (f"  slow: {slow_text(s['slow'])}" if s["slow"] else ""))
     quiet_slow = [(r["depth"], r["slow_quiet"]) for r in rows if r["slow_quiet"]]
     for depth, entries in quiet_slow:
@@ -493,7 +495,7 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
          f"{deep['redis_us'] / max(1e-9, base['redis_us']):.2f}x "
          f"(net {deep['net_redis_us'] / max(1e-9, base['net_redis_us']):.2f}x)"),
         ("no Redis call over 1 ms in any window (SLOWLOG empty)", not product,
-         f"{len(product)} product calls ({cheap} of them O(1) commands, i.e. Redis descheduled mid-call; "
+         f"{len(product)} product calls ({cheap} of them O(1) commands, i.e. Redis paused mid-call; "
          f"{len(product) - cheap} scripts), {maint} RQ maintenance; per window "
          + ", ".join(f"{len(r['slow'])} with {r['steal_ms']:.0f} ms steal" for r in rows)),
     ]

@@ -6,7 +6,8 @@ measurements, side by side with the depth bench's windows, tell those pauses apa
 
   1. a busy loop on the CPU Redis gets, on real-time priority when allowed (nothing else on the machine can
      take the CPU from it), reading the clock in a tight loop: every gap over 1 ms is the machine's own
-     stall. Run in 0.8 s bursts so the kernel's real-time throttling (950 ms a second) never cuts in.
+     stall. Run in 0.8 s bursts so the kernel's real-time throttling (950 ms a second) never cuts in; once
+     with the other CPUs idle and once with them spinning, as the bots keep them in a window.
   2. a Redis that only answers GET of one small key, pinned and prioritised the same way, hammered from
      the other CPUs with pipelined GETs: its SLOWLOG over 1 ms is what the best-behaved Redis logs here.
 
@@ -67,11 +68,21 @@ def steal_ms(cpu: int | None) -> float:
     return 0.0
 
 
-def busy_loop(cpu: int, seconds: float, rt: bool) -> dict:
-    """Stalls a clock-reading loop on `cpu` sees: {"seconds", "over_1ms", "per_s", "max_ms", "steal_ms"}."""
+def busy_loop(cpu: int, seconds: float, rt: bool, others_busy: bool = False) -> dict:
+    """Stalls a clock-reading loop on `cpu` sees: {"seconds", "over_1ms", "per_s", "max_ms", "steal_ms"}.
+    others_busy: the other CPUs spin meanwhile, as the bots keep them during a window (a host that caps
+    this VM's CPU takes it back when every vCPU is busy: the stalls come with the load)."""
+    others = sorted(set(range(os.cpu_count() or 1)) - {cpu}) if others_busy else []
+    burners = [subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{c}}})\nwhile True: pass"])
+               for c in others]
     s0 = steal_ms(cpu)
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(cpu), str(seconds), "1" if rt else "0"],
-                         capture_output=True, text=True, check=True).stdout.split()
+    try:
+        out = subprocess.run([sys.executable, "-c", _PROBE, str(cpu), str(seconds), "1" if rt else "0"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    finally:
+        for b in burners:
+            b.kill()
+            b.wait()
     busy, gaps = float(out[0]), [float(g) for g in out[1:]]
     over = [g for g in gaps if g > STALL_MS]
     return {"seconds": busy, "over_1ms": len(over), "per_s": len(over) / max(1e-9, busy),
@@ -111,12 +122,12 @@ def bare_redis(cpu: int, seconds: float, rt: bool) -> dict:
         server.stop()
 
 
-def describe(loop: dict, bare: dict) -> list[str]:
+def describe(loops: dict[str, dict], bare: dict) -> list[str]:
     prio = "real-time" if bare["realtime"] else f"ordinary priority ({bare['why_not']})"
     return [
-        f"busy loop on that CPU, {prio}: {loop['over_1ms']} stalls over 1 ms in {loop['seconds']:.1f} s "
+        f"busy loop on that CPU, {prio}, {when}: {loop['over_1ms']} stalls over 1 ms in {loop['seconds']:.1f} s "
         f"({loop['per_s']:.2f}/s, longest {loop['max_ms']:.2f} ms; hypervisor steal on that CPU "
-        f"{loop['steal_ms']:.0f} ms)",
+        f"{loop['steal_ms']:.0f} ms)" for when, loop in loops.items()] + [
         f"a Redis doing nothing but GET, the same way: {bare['over_1ms']} GETs over 1 ms in {bare['seconds']:.0f} s "
         f"of {bare['gets']} (longest {bare['max_ms']:.2f} ms)",
     ]
@@ -129,7 +140,9 @@ def main() -> int:
     args = ap.parse_args()
     rt = realtime(0) is None  # can we? (then back to ordinary: the probe sets its own)
     os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    for line in describe(busy_loop(args.cpu, args.seconds, rt), bare_redis(args.cpu, args.seconds, rt)):
+    loops = {"the other CPUs idle": busy_loop(args.cpu, args.seconds, rt),
+             "the other CPUs busy": busy_loop(args.cpu, args.seconds, rt, others_busy=True)}
+    for line in describe(loops, bare_redis(args.cpu, args.seconds, rt)):
         print(line)
     return 0
 

@@ -293,8 +293,21 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
             nvcsw0, aof0 = preemptions(rpid), conn.info("persistence")["aof_rewrites"]
             steal0 = stalls.steal_ms(redis_cpu)
             a = snap(conn, fleet)
-            sent, errors, span = send_dreams(fleet, target, args.rate, count, offset)
-            b = snap(conn, fleet)
+            # The window in parts with a snapshot after each: the machine's steal comes and goes within a
+            # window, and the least disturbed part shows the cost the code has (as timeit takes the minimum).
+            sent, errors, span, parts = [], [], 0.0, []
+            before, steal_before = a, steal0
+            for k in range(args.parts):
+                n_k = count // args.parts + (1 if k < count % args.parts else 0)
+                got, errs, sp = send_dreams(fleet, target, args.rate, n_k, offset + len(sent))
+                after, steal_after = snap(conn, fleet), stalls.steal_ms(redis_cpu)
+                m = max(1, len(got))
+                parts.append({"redis_us": (after.redis_cpu - before.redis_cpu) * 1e6 / m,
+                              "cmd_us": sum(us for _, us in stats_delta(after.stats, before.stats, EXCLUDE).values()) / m,
+                              "steal_ms": steal_after - steal_before})
+                sent, errors, span = sent + got, errors + errs, span + sp
+                before, steal_before = after, steal_after
+            b = before
             nvcsw = preemptions(rpid) - nvcsw0
             steal = stalls.steal_ms(redis_cpu) - steal0
             aof = conn.info("persistence")["aof_rewrites"] - aof0
@@ -334,7 +347,7 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                 edits=win["edits"], bg_cmds_s0=r0["cmds"], bg_cmds_s1=r1["cmds"], tracked0=tracked0,
                 tracked1=tracked1, slow=slow, slow_quiet=slow_quiet, refusals=refusals,
                 load=load, preempted=nvcsw / max(1e-9, win_s), aof_rewrites=aof, steal_ms=steal,
-                by_cmd={k: (c / n, us / n) for k, (c, us) in by_cmd.items()},
+                by_cmd={k: (c / n, us / n) for k, (c, us) in by_cmd.items()}, parts=parts,
             )
             res["status"] = status_pass(conn, backend, shas, QUEUE_POLL_S, redis_cpu)
             rows.append(res)
@@ -450,6 +463,21 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
         print(f"{r['depth']:>6} {cells} {sum(us for _, us in r['by_cmd'].values()):>9.1f}")
     print("(cells: us per /dream x calls per /dream)")
     print()
+    print(f"the window in {args.parts} parts of {args.seconds / args.parts:g} s: Redis CPU and time in commands per /dream, "
+          "and the hypervisor's steal on Redis's CPU, in each part; least: the part with the least Redis CPU")
+    h6 = (f"{'depth':>6} {'Redis CPU us/submit by part':>36} {'least':>6} {'in commands us by part':>30} "
+          f"{'least':>6} {'steal ms by part':>20}")
+    print(h6)
+    print("-" * len(h6))
+    def cells(ps: list[dict], key: str, width: int) -> str:
+        return " ".join(f"{x[key]:>{width}.0f}" for x in ps)
+
+    for r in rows:
+        ps = r["parts"]
+        best = min(ps, key=lambda x: x["redis_us"])
+        print(f"{r['depth']:>6} {cells(ps, 'redis_us', 6):>36} {best['redis_us']:>6.0f} "
+              f"{cells(ps, 'cmd_us', 6):>30} {best['cmd_us']:>6.0f} {cells(ps, 'steal_ms', 4):>20}")
+    print()
     print("live status with every waiting dream kept current (one refresh of each dream's position and ETA every "
           "5 s, as bot/progress.py does; one full refresh measured alone)")
     h3 = (f"{'depth':>6} {'lookups':>7} {'cmds/lookup':>11} {'Redis CPU us/lookup':>19} {'wall us/lookup':>14} "
@@ -479,6 +507,9 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
     product = [e for r in rows for e in r["slow"] if not e[2]]
     maint = sum(1 for r in rows for e in r["slow"] if e[2])
     cheap = sum(1 for e in product if e[3])
+    def least(r: dict) -> float:
+        return min(x["redis_us"] for x in r["parts"])
+
     def cmd_us(r: dict) -> float:
         return sum(us for _, us in r["by_cmd"].values())
 
@@ -491,8 +522,9 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
         (f"0 late (> {LATE_S:g} s)", all(r["late"] == 0 for r in rows), f"{sum(r['late'] for r in rows)} late"),
         (f"Redis commands/submit at {deep['depth']} <= 1.2x depth {base['depth']}", deep["cmds"] <= 1.2 * base["cmds"],
          f"{deep['cmds'] / base['cmds']:.2f}x (net {deep['net_cmds'] / max(1e-9, base['net_cmds']):.2f}x)"),
-        (f"Redis CPU/submit at {deep['depth']} <= 1.2x depth {base['depth']}",
-         deep["redis_us"] <= 1.2 * base["redis_us"],
+        (f"Redis CPU/submit at {deep['depth']} <= 1.2x depth {base['depth']} (each depth's least disturbed part)",
+         least(deep) <= 1.2 * least(base),
+         f"{least(deep) / max(1e-9, least(base)):.2f}x ({least(base):.0f} -> {least(deep):.0f} us); whole windows "
          f"{deep['redis_us'] / max(1e-9, base['redis_us']):.2f}x "
          f"(net {deep['net_redis_us'] / max(1e-9, base['net_redis_us']):.2f}x)"),
         ("no Redis call over 1 ms in any window (SLOWLOG empty)", not product,
@@ -602,6 +634,7 @@ def main() -> int:
                     help="Redis alone on CPU 0, everything else on the other CPUs (is SLOWLOG the CPU sharing?)")
     ap.add_argument("--rt-redis", action="store_true",
                     help="Redis's main thread real-time (SCHED_FIFO 1), as if it had its own machine; needs root")
+    ap.add_argument("--parts", type=int, default=4, help="each window in this many parts, a snapshot after each")
     ap.add_argument("--stall-seconds", type=float, default=10.0,
                     help="this machine's own stalls (bench/stalls.py) before and after the windows, seconds each")
     ap.add_argument("--quick", action="store_true", help="smoke run: depths 0 and 1000, 5 s windows")

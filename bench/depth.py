@@ -62,6 +62,7 @@ FILL_CHUNK = 500
 # them in SLOWLOG means Redis was descheduled mid-command (a CPU shared with the bots), not a slow command.
 CHEAP = {"hget", "hmget", "hincrby", "hexists", "hset", "zcard", "zrank", "zscore", "llen", "exists", "get",
          "incr", "time", "expire", "sadd", "multi", "slowlog"}
+BENCH_OWN = {"info", "slowlog", "config", "ping"}
 RQ_MAINTENANCE = re.compile(r"^rq:(wip|finished|failed|deferred|scheduled|canceled|started|workers|clean_registries)")
 
 
@@ -116,6 +117,8 @@ def slow_entries(conn: redis.Redis, shas: dict[str, str]) -> list[tuple[float, s
         raw = e["command"]
         args = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)).split(" ")
         cmd = args[0].lower()
+        if cmd in BENCH_OWN:
+            continue  # the bench's own reads (INFO, SLOWLOG, CONFIG), paused like anything else
         if cmd in ("evalsha", "evalsha_ro") and len(args) > 1:
             what = f"EVALSHA {shas.get(args[1], args[1][:12])}"
         elif cmd in ("eval", "eval_ro"):

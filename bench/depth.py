@@ -33,6 +33,7 @@ Before the first window and after the last: this machine's own stalls on Redis's
     python bench/depth.py --pin-redis     # Redis alone on CPU 0 (is a SLOWLOG entry the shared CPU?)
     python bench/depth.py --pin-redis --rt-redis   # and never descheduled by another process (root)
     python bench/depth.py --inprocess     # Backend.submit called in this process, no bots (the older bench)
+    python bench/depth.py --status-alone 50000 --pin-redis --rt-redis   # the live-status refresh, nothing else
 """
 
 from __future__ import annotations
@@ -552,6 +553,40 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
 
 # --- the in-process bench (no bots) -------------------------------------------------------------------------
 
+def status_alone(args, depth: int) -> None:
+    """The live-status refresh of every waiting dream with nothing else running: no bots, no stand-in. Is a
+    SLOWLOG entry in the fleet's windows the code, or the machine under load?"""
+    from bot.backend import Backend
+    from dreamcore import stats
+    from dreamcore.settings import load_settings
+
+    server = start_redis()
+    conn = redis.Redis.from_url(server.url)
+    try:
+        pid = int(conn.info("server")["process_id"])
+        if args.pin_redis:
+            os.sched_setaffinity(pid, {0})
+            os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+        if args.rt_redis:
+            print(f"real-time Redis: {stalls.realtime(pid) or 'yes'}")
+        conn.hset(stats.STATS_KEY, "s_per_image", "0.001")
+        conn.config_set("slowlog-log-slower-than", args.slowlog_us)
+        conn.config_set("slowlog-max-len", 1024)
+        backend = Backend(load_settings(), redis.Redis.from_url(server.url))
+        shas = script_names()
+        t0 = time.monotonic()
+        fill_to(conn, backend, random.Random(7), depth)
+        print(f"{waiting(conn)} waiting (filled in {time.monotonic() - t0:.1f} s)")
+        for k in range(2):
+            st = status_pass(conn, backend, shas, 5.0, 0 if args.pin_redis else None)
+            print(f"refresh {k + 1}: {st['lookups']} lookups, {st['cmds']:.1f} cmds and {st['cpu_us']:.1f} us of Redis "
+                  f"CPU each, steal {st['steal_ms']:.0f} ms, {len(st['slow'])} calls over {args.slowlog_us / 1000:g} ms"
+                  + (f": {slow_text(st['slow'])}" if st["slow"] else ""))
+    finally:
+        conn.close()
+        server.close()
+
+
 def inprocess_bench(args, depths: list[int]) -> None:
     """`Backend.submit` called in this process at a steady rate: Redis and the submit's own work, not
     discord.py or the stand-in."""
@@ -641,6 +676,8 @@ def main() -> int:
     ap.add_argument("--stall-seconds", type=float, default=10.0,
                     help="this machine's own stalls (bench/stalls.py) before and after the windows, seconds each")
     ap.add_argument("--quick", action="store_true", help="smoke run: depths 0 and 1000, 5 s windows")
+    ap.add_argument("--status-alone", type=int, default=0, metavar="N",
+                    help="only: N dreams waiting, every one's live status refreshed twice, nothing else running")
     ap.add_argument("--inprocess", action="store_true", help="call Backend.submit in this process, no bots")
     args = ap.parse_args()
     if args.quick:
@@ -649,7 +686,9 @@ def main() -> int:
     t_start = time.monotonic()
     print(f"machine: {machine()}" + ("" if args.inprocess else
                                      f"; {N_BOTS} bot processes, the stand-in and Redis share it"), flush=True)
-    if args.inprocess:
+    if args.status_alone:
+        status_alone(args, args.status_alone)
+    elif args.inprocess:
         inprocess_bench(args, depths)
     else:
         rows, scan, stalls_seen = fleet_bench(args, depths)

@@ -31,7 +31,7 @@ from dreamcore.styles import load_styles
 
 from . import memory, speed
 from .prompts import EncodedPrompts, batch_kwargs, encode_prompts
-from .weights import choose_dtype, is_full_size, load_pipelines, resolve_device
+from .weights import dtype_for, load_pipelines, resolve_device
 
 log = logging.getLogger("dreambot.worker")
 
@@ -142,7 +142,7 @@ class DreamPipeline:
     def _load(cls, base: str, refiner: str, device: str, dtype: torch.dtype | None = None) -> DreamPipeline:
         dev = resolve_device(device)
         if dtype is None:
-            dtype, why = choose_dtype("auto", dev, full_size=dev.type == "cpu" and is_full_size(base))
+            dtype, why = dtype_for("auto", dev, base)
             log.info("dtype chosen", extra={"dtype": str(dtype).removeprefix("torch."), "why": why})
         base_pipe, refiner_pipe = load_pipelines(base, refiner, dtype)
         # diffusers decodes the last stage's latents itself (output_type="pt"); sliced, one image at a time,

@@ -36,7 +36,7 @@ from . import batch, memory, rq_private, tasks
 from .pipeline import DreamPipeline
 from .runtime import LOAD, Runtime, install, runtime
 from .safety import load_checker
-from .weights import ModelLoadError, choose_dtype, is_full_size, resolve_device
+from .weights import ModelLoadError, dtype_for, resolve_device
 
 log = logging.getLogger("dreambot.worker")
 
@@ -274,8 +274,7 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
     quiet_model_libraries()
     t0 = time.perf_counter()
     dev = resolve_device(settings.device)
-    full = dev.type == "cpu" and settings.dtype == "auto" and is_full_size(settings.base_model)
-    dtype, why = choose_dtype(settings.dtype, dev, full_size=full)
+    dtype, why = dtype_for(settings.dtype, dev, settings.base_model)
     pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device,
                               fuse_qkv=settings.fuse_qkv, channels_last=settings.channels_last,
                               compile=settings.compile, dtype=dtype, offload=settings.offload,

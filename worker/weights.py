@@ -61,6 +61,13 @@ def choose_dtype(setting: str, dev: torch.device, capability: tuple[int, int] | 
     return torch.float32, "fp32 on the CPU"
 
 
+def dtype_for(setting: str, dev: torch.device, base: str) -> tuple[torch.dtype, str]:
+    """choose_dtype for the model at `base`: whether it is full-size is read from its config only where it
+    matters (auto on a CPU)."""
+    full = dev.type == "cpu" and setting == "auto" and is_full_size(base)
+    return choose_dtype(setting, dev, full_size=full)
+
+
 def is_full_size(base: str) -> bool:
     """Whether the base model's UNet, as its config describes it, is full-size (counted on meta tensors: no
     weights are read). False when the config can't be read: the load reports that itself."""

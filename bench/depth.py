@@ -191,12 +191,12 @@ def preemptions(pid: int) -> int:
     return 0
 
 
-def machine_stalls(args, stamp) -> dict:
+def machine_stalls(args, stamp, rt: bool) -> dict:
     """This machine's own stalls on the CPU Redis gets (bench/stalls.py), measured beside the windows: what
-    SLOWLOG shows of a pause the machine makes, whatever the call."""
-    loops = {"the other CPUs idle": stalls.busy_loop(0, args.stall_seconds, rt=args.rt_redis),
-             "the other CPUs busy": stalls.busy_loop(0, args.stall_seconds, rt=args.rt_redis, others_busy=True)}
-    bare = stalls.bare_redis(0, args.stall_seconds, rt=args.rt_redis)
+    SLOWLOG shows of a pause the machine makes, whatever the call. `rt`: on real-time priority, as Redis is."""
+    loops = {"the other CPUs idle": stalls.busy_loop(0, args.stall_seconds, rt=rt),
+             "the other CPUs busy": stalls.busy_loop(0, args.stall_seconds, rt=rt, others_busy=True)}
+    bare = stalls.bare_redis(0, args.stall_seconds, rt=rt)
     for line in stalls.describe(loops, bare):
         print(f"{stamp()} machine, CPU 0: {line}", flush=True)
     return {"loops": loops, "bare": bare}
@@ -230,11 +230,18 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
         print(f"{stamp()} pinned: Redis on CPU 0, the bench, the stand-in and the bots on CPUs "
               f"{sorted(os.sched_getaffinity(0))}", flush=True)
     redis_cpu = 0 if args.pin_redis else None
+    rt_ok = False  # whether Redis (and so the probes beside it) run real-time
     if args.rt_redis:
         why_not = stalls.realtime(int(conn.info("server")["process_id"]))
+        rt_ok = why_not is None
         print(f"{stamp()} " + (f"real-time Redis refused ({why_not}): it stays an ordinary process" if why_not
                                else "Redis's main thread on SCHED_FIFO priority 1 (reset on fork)"), flush=True)
-    machine_before = machine_stalls(args, stamp)
+    try:
+        machine_before = machine_stalls(args, stamp, rt_ok)
+    except BaseException:
+        conn.close()
+        server.close()
+        raise
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
     conn.hset(stats.STATS_KEY, "s_per_image", "0.001")  # a measured speed, so backpressure and ETA run
@@ -298,14 +305,16 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
             steal0 = stalls.steal_ms(redis_cpu)
             a = snap(conn, fleet)
             # The window in parts with a snapshot after each: the machine's steal comes and goes within a
-            # window, and the least disturbed part shows the cost the code has (as timeit takes the minimum).
+            # window, and the cheapest part is nearest the cost the code has (as timeit takes the minimum).
             sent, errors, span, parts = [], [], 0.0, []
             before, steal_before = a, steal0
             for k in range(args.parts):
                 n_k = count // args.parts + (1 if k < count % args.parts else 0)
                 got, errs, sp = send_dreams(fleet, target, args.rate, n_k, offset + len(sent))
                 after, steal_after = snap(conn, fleet), stalls.steal_ms(redis_cpu)
-                m = max(1, len(got))
+                m = len(got)
+                if m == 0:
+                    continue  # no /dream in this part (more parts than dreams): nothing to divide by
                 parts.append({"redis_us": (after.redis_cpu - before.redis_cpu) * 1e6 / m,
                               "cmd_us": sum(us for _, us in stats_delta(after.stats, before.stats, EXCLUDE).values()) / m,
                               "steal_ms": steal_after - steal_before})
@@ -367,7 +376,7 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                 print(f"    not queued: {text!r}")
         print(f"{stamp()} acquire by guild usage ...", flush=True)
         scan = acquire_by_guild_usage(conn, backend, shas, [0, 160, 1000] if args.quick else [0, 40, 160, 1000, 4800])
-        machine_after = machine_stalls(args, stamp)
+        machine_after = machine_stalls(args, stamp, rt_ok)
     finally:
         fleet.stop()
         standin.stop()
@@ -468,19 +477,20 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
     print("(cells: us per /dream x calls per /dream)")
     print()
     print(f"the window in {args.parts} parts of {args.seconds / args.parts:g} s: Redis CPU and time in commands per /dream, "
-          "and the hypervisor's steal on Redis's CPU, in each part; least: the part with the least Redis CPU")
+          "and the hypervisor's steal on Redis's CPU, in each part; least: the cheapest part (the bots' background, "
+          "included, grows through a window as they track more dreams, the same at every depth)")
     h6 = (f"{'depth':>6} {'Redis CPU us/submit by part':>36} {'least':>6} {'in commands us by part':>30} "
           f"{'least':>6} {'steal ms by part':>20}")
     print(h6)
     print("-" * len(h6))
-    def cells(ps: list[dict], key: str, width: int) -> str:
+    def by_part(ps: list[dict], key: str, width: int) -> str:
         return " ".join(f"{x[key]:>{width}.0f}" for x in ps)
 
     for r in rows:
         ps = r["parts"]
         best = min(ps, key=lambda x: x["redis_us"])
-        print(f"{r['depth']:>6} {cells(ps, 'redis_us', 6):>36} {best['redis_us']:>6.0f} "
-              f"{cells(ps, 'cmd_us', 6):>30} {best['cmd_us']:>6.0f} {cells(ps, 'steal_ms', 4):>20}")
+        print(f"{r['depth']:>6} {by_part(ps, 'redis_us', 6):>36} {best['redis_us']:>6.0f} "
+              f"{by_part(ps, 'cmd_us', 6):>30} {best['cmd_us']:>6.0f} {by_part(ps, 'steal_ms', 4):>20}")
     print()
     print("live status with every waiting dream kept current (one refresh of each dream's position and ETA every "
           "5 s, as bot/progress.py does; one full refresh measured alone)")
@@ -526,7 +536,7 @@ def report_fleet(rows: list[dict], scan: list[dict], stalls_seen: tuple[dict, di
         (f"0 late (> {LATE_S:g} s)", all(r["late"] == 0 for r in rows), f"{sum(r['late'] for r in rows)} late"),
         (f"Redis commands/submit at {deep['depth']} <= 1.2x depth {base['depth']}", deep["cmds"] <= 1.2 * base["cmds"],
          f"{deep['cmds'] / base['cmds']:.2f}x (net {deep['net_cmds'] / max(1e-9, base['net_cmds']):.2f}x)"),
-        (f"Redis CPU/submit at {deep['depth']} <= 1.2x depth {base['depth']} (each depth's least disturbed part)",
+        (f"Redis CPU/submit at {deep['depth']} <= 1.2x depth {base['depth']} (each depth's cheapest part)",
          least(deep) <= 1.2 * least(base),
          f"{least(deep) / max(1e-9, least(base)):.2f}x ({least(base):.0f} -> {least(deep):.0f} us); whole windows "
          f"{deep['redis_us'] / max(1e-9, base['redis_us']):.2f}x "

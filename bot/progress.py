@@ -31,6 +31,16 @@ def bar(done: int, total: int, width: int = 12) -> str:
     return "▰" * filled + "▱" * (width - filled)
 
 
+def part_text(fields: dict) -> str:
+    """The step text's ", part 2 of 2" for a dream its worker makes in parts (a GPU that fits fewer images
+    in one call than it asks for); empty otherwise, or for fields it can't read."""
+    try:
+        part, parts = int(fields.get("part") or 1), int(fields.get("parts") or 1)
+    except (TypeError, ValueError):
+        return ""
+    return f", part {part} of {parts}" if parts > 1 else ""
+
+
 @dataclass
 class Waiting:
     interaction: discord.Interaction
@@ -113,7 +123,7 @@ class Progress:
         done, total = int(fields["done"]), int(fields["total"])
         stage = "refining" if fields.get("stage") == "refiner" else "dreaming"
         text = (f"{stage.capitalize()}: job `{job_id}` {bar(done, total)} {100 * done // max(1, total)}% "
-                f"(step {fields['step']}/{fields['stage_total']} on the {fields.get('stage')})\n"
+                f"(step {fields['step']}/{fields['stage_total']} on the {fields.get('stage')}{part_text(fields)})\n"
                 f"**{job.request.prompt[:900]}**")
         files = []
         if preview:

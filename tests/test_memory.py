@@ -63,6 +63,7 @@ def test_a_gpu_that_fits_fewer_images_a_call_than_a_dream_asks_says_it_makes_the
     # is still one call; the plan says how many that call may hold, so worker/make.py splits it.
     p = plan("auto", 11.2, batch=1)
     assert (p.offload, p.batch_images, p.call_images) == ("model", 1, 3)
+    assert p.resident_bytes == FULL["unet"] + working(3) <= 11.2 * GIB  # a 3-image part's peak, not one image's
     assert "a dream of more than 3 images is made 3 at a time" in p.why
     assert "a dream of more than 3 images made in parts" in p.describe()  # the worker's /healthz
     assert memory.needs(FULL, working(4))["model"] > 11.2 * GIB  # a fourth image would not have fitted

@@ -1,5 +1,5 @@
-"""A dream of more images than one call fits on the worker's device (memory.plan's call_images: a 12 GB card
-with model offload fits 3 full-size images) is made in parts, one after another, and is the same dream: the
+"""A dream of more images than one call fits on the worker's device (memory.plan's call_images: with model
+offload, 11.2 GiB free fits 3 full-size images, test_memory.py) is made in parts, one after another, and is the same dream: the
 same seeds, the same images, one progress from start to end. Real tiny pipelines on the CPU, real Redis."""
 
 from __future__ import annotations
@@ -71,6 +71,34 @@ def test_a_dream_in_parts_is_the_dream_in_one_call(pipeline, fits_three):
     assert [e.done for e in events] == list(range(1, 2 * per_call + 1))
     assert {e.total for e in events} == {2 * per_call}
     assert [e.latents.shape[0] for e in events] == [3] * per_call + [1] * per_call
+    assert [(e.part, e.parts) for e in events] == [(1, 2)] * per_call + [(2, 2)] * per_call
+
+
+def test_the_member_reads_which_part_is_running(tiny_env, rconn, pipeline, fits_three, monkeypatch):
+    """Through the worker's real step hook into Redis, and the bot's words for it: the bar runs once over both
+    parts, the step text says which part it is in (each part runs the base and the refiner anew)."""
+    from bot.progress import part_text
+    from dreamcore import results
+    from worker import steps
+    from worker.runtime import Runtime
+
+    monkeypatch.setattr(steps, "PROGRESS_INTERVAL_S", 0.0)  # publish every step, not every 2 s
+    job = _job(count=4, seed=60, steps=2)
+    hook = steps.StepHook(Runtime(settings=get_settings(), conn=rconn, pipeline=fits_three, checker=None), [job])
+    seen = []
+
+    def watch(ev):
+        hook(ev)
+        fields, preview = results.load_progress(rconn, job.job_id)
+        seen.append((fields.get("done"), fields.get("total"), part_text(fields), preview is not None))
+
+    gen = in_parts(types.SimpleNamespace(pipeline=fits_three), job,
+                   lambda r, on_step: fits_three.generate(r, on_step=on_step), watch)
+    assert len(gen.images) == 4
+    # The last step of all publishes nothing (the images follow); every other step one progress entry.
+    assert seen[:-1] == [("1", "4", ", part 1 of 2", True), ("2", "4", ", part 1 of 2", True),
+                         ("3", "4", ", part 2 of 2", True)]
+    assert part_text({"stage": "base"}) == "" and part_text({"part": "x", "parts": "2"}) == ""
 
 
 def test_variations_in_parts_match_too(pipeline, fits_three):

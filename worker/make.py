@@ -84,7 +84,8 @@ def in_parts(rt: Runtime, job: DreamJob, run: Callable[[DreamRequest, Callable],
     gens = []
     for k, part in enumerate(parts):
         def on_step(ev: StepEvent, k: int = k) -> None:
-            hook(dataclasses.replace(ev, done=k * ev.total + ev.done, total=len(parts) * ev.total))
+            hook(dataclasses.replace(ev, done=k * ev.total + ev.done, total=len(parts) * ev.total,
+                                     part=k + 1, parts=len(parts)))
         gens.append(run(part, on_step))
     first = gens[0]
     timings: dict[str, float] = {}

@@ -36,7 +36,7 @@ class MemoryPlan:
     largest: str  # the biggest model: what offload holds on the device at once
     largest_bytes: int
     batch_images: int  # the most images one denoising call may hold here (at most DREAMBOT_BATCH_IMAGES)
-    working_bytes: int  # the working memory of such a call
+    working_bytes: int  # the working memory of the largest call it makes (a batch, or one dream's images)
     free_bytes: int | None  # the device's free memory when measured; None on a CPU
     # The most images one call fits on this device whatever DREAMBOT_BATCH_IMAGES says (None: no device
     # limit, a CPU). A dream of more images than this is made in parts (worker/make.py), never one call
@@ -116,7 +116,9 @@ def plan(setting: str, dev: torch.device, sizes: dict[str, int], working: Callab
     largest = max(sizes, key=sizes.__getitem__)
 
     def made(offload: str, batch: int, why: str, call: int | None = None) -> MemoryPlan:
-        return MemoryPlan(offload, why, total, largest, sizes[largest], batch, working(batch), free, call)
+        # The largest call this plan makes: a batch, or one dream (up to `call` images) even with batching off.
+        peak = max(batch, min(call, IMAGES.hi)) if call is not None else batch
+        return MemoryPlan(offload, why, total, largest, sizes[largest], batch, working(peak), free, call)
 
     if free is None:  # a CPU: the weights are in RAM already, there is no device memory to save
         if setting == "model":

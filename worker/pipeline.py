@@ -48,6 +48,9 @@ class StepEvent:
     # Which rows of `latents` are whose: item index (its position in generate_prepared's `items`) -> that
     # item's images, for the items in this call. generate(), vary() and upscale() give {0: slice(0, n)}.
     rows: dict[int, slice] = field(default_factory=dict)
+    # A dream made in parts (worker/make.py): which part this call is, of how many; done/total count over all.
+    part: int = 1
+    parts: int = 1
 
 
 @dataclass

@@ -115,8 +115,7 @@ def slow_entries(conn: redis.Redis, shas: dict[str, str]) -> list[tuple[float, s
     """SLOWLOG since the last reset: (ms, what, is RQ's own maintenance, is a CHEAP command)."""
     out = []
     for e in conn.slowlog_get(1024):
-        raw = e["command"]
-        args = (raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)).split(" ")
+        args = stalls.command_text(e["command"]).split(" ")
         cmd = args[0].lower()
         if cmd in BENCH_OWN:
             continue  # the bench's own reads (INFO, SLOWLOG, CONFIG), paused like anything else
@@ -223,25 +222,16 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
 
     server = start_redis()
     conn = redis.Redis.from_url(server.url)
+    # With --pin-redis: Redis alone on CPU 0; this process, the stand-in in it and the bots it starts on the others.
+    redis_cpu = 0 if args.pin_redis else None
+    why_not = stalls.isolate(int(conn.info("server")["process_id"]), redis_cpu, args.rt_redis)
     if args.pin_redis:
-        # Redis alone on CPU 0; this process, the stand-in in it and the bots it starts on the others.
-        os.sched_setaffinity(int(conn.info("server")["process_id"]), {0})
-        os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
         print(f"{stamp()} pinned: Redis on CPU 0, the bench, the stand-in and the bots on CPUs "
               f"{sorted(os.sched_getaffinity(0))}", flush=True)
-    redis_cpu = 0 if args.pin_redis else None
-    rt_ok = False  # whether Redis (and so the probes beside it) run real-time
+    rt_ok = args.rt_redis and why_not is None  # whether Redis (and so the probes beside it) run real-time
     if args.rt_redis:
-        why_not = stalls.realtime(int(conn.info("server")["process_id"]))
-        rt_ok = why_not is None
         print(f"{stamp()} " + (f"real-time Redis refused ({why_not}): it stays an ordinary process" if why_not
                                else "Redis's main thread on SCHED_FIFO priority 1 (reset on fork)"), flush=True)
-    try:
-        machine_before = machine_stalls(args, stamp, rt_ok)
-    except BaseException:
-        conn.close()
-        server.close()
-        raise
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
     conn.hset(stats.STATS_KEY, "s_per_image", "0.001")  # a measured speed, so backpressure and ETA run
@@ -254,6 +244,7 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
     rng = random.Random(7)
     rows = []
     try:
+        machine_before = machine_stalls(args, stamp, rt_ok)  # nothing runs yet but the idle stand-in
         fleet.setup(N_BOTS)
 
         def window_members(depth: int) -> tuple[list[tuple[int, int, int]], dict[str, str]]:
@@ -573,12 +564,10 @@ def status_alone(args, depth: int) -> None:
     server = start_redis()
     conn = redis.Redis.from_url(server.url)
     try:
-        pid = int(conn.info("server")["process_id"])
-        if args.pin_redis:
-            os.sched_setaffinity(pid, {0})
-            os.sched_setaffinity(0, set(range(1, os.cpu_count() or 2)))
+        why_not = stalls.isolate(int(conn.info("server")["process_id"]), 0 if args.pin_redis else None,
+                                 args.rt_redis)
         if args.rt_redis:
-            print(f"real-time Redis: {stalls.realtime(pid) or 'yes'}")
+            print(f"real-time Redis: {why_not or 'yes'}")
         conn.hset(stats.STATS_KEY, "s_per_image", "0.001")
         conn.config_set("slowlog-log-slower-than", args.slowlog_us)
         conn.config_set("slowlog-max-len", 1024)

@@ -58,6 +58,17 @@ def realtime(pid: int) -> str | None:
     return None
 
 
+def isolate(pid: int, cpu: int | None, rt: bool) -> str | None:
+    """How the benches run Redis: process `pid` alone on `cpu` (this process, and what it starts, moved to the
+    other CPUs; None: not pinned), and on real-time priority when `rt`. Returns why real-time was refused,
+    None when it worked or was not asked for."""
+    if cpu is not None:
+        os.sched_setaffinity(pid, {cpu})
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, (mine - {cpu}) or mine)
+    return realtime(pid) if rt else None
+
+
 def steal_ms(cpu: int | None) -> float:
     """Time the hypervisor gave this vCPU (or, for None, all of them) to someone else, from /proc/stat."""
     name = "cpu" if cpu is None else f"cpu{cpu}"
@@ -97,10 +108,8 @@ def bare_redis(cpu: int, seconds: float, rt: bool) -> dict:
     conn = redis.Redis.from_url(server.url)
     mine = os.sched_getaffinity(0)
     try:
-        pid = int(conn.info("server")["process_id"])
-        os.sched_setaffinity(pid, {cpu})
-        os.sched_setaffinity(0, (mine - {cpu}) or mine)
-        why_not = realtime(pid) if rt else "not asked"
+        refused = isolate(int(conn.info("server")["process_id"]), cpu, rt)
+        why_not = refused if rt else "not asked"
         conn.set("k", "v" * 100)
         conn.config_set("slowlog-log-slower-than", int(STALL_MS * 1000))
         conn.config_set("slowlog-max-len", 1024)
@@ -114,7 +123,7 @@ def bare_redis(cpu: int, seconds: float, rt: bool) -> dict:
             pipe.execute()
         calls = int(conn.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
         slow = [e["duration"] / 1000 for e in conn.slowlog_get(1024)
-                if _text(e["command"]).lower().split(" ")[0] == "get"]  # not this bench's own INFO and CONFIG
+                if command_text(e["command"]).lower().split(" ")[0] == "get"]  # not this bench's own INFO and CONFIG
         return {"seconds": seconds, "gets": calls, "over_1ms": len(slow), "max_ms": max(slow, default=0.0),
                 "realtime": why_not is None, "why_not": why_not}
     finally:
@@ -123,7 +132,8 @@ def bare_redis(cpu: int, seconds: float, rt: bool) -> dict:
         server.stop()
 
 
-def _text(raw) -> str:
+def command_text(raw) -> str:
+    """A SLOWLOG entry's command as text (redis-py gives bytes)."""
     return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
 
 

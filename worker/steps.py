@@ -71,7 +71,7 @@ class StepHook:
                     continue
                 fields = {"stage": event.stage, "step": event.step, "stage_total": event.stage_total,
                           "done": event.done, "total": event.total, "at": time.time()}
-                if getattr(event, "parts", 1) > 1:  # a dream made in parts: its steps restart each part
+                if event.parts > 1:  # a dream made in parts: its steps restart each part
                     fields.update(part=event.part, parts=event.parts)
                 image = latent_preview_image(event.latents[sl])
                 preview: bytes | None = jpeg(image)

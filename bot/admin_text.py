@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.utils import escape_markdown
 
+from dreamcore.cost import units_text
 from dreamcore.limit_messages import human_duration
 from dreamcore.limits import KNOWN_KEYS, GuildLimits, limit_range
 
@@ -124,13 +125,13 @@ def usage_text(user: discord.abc.User, usage: dict[str, Any], limits: GuildLimit
     lines = [
         f"**Usage of <@{user.id}> on this server**" + (" (exempt: a role of theirs skips cooldown, quotas "
                                                         "and caps)" if exempt else ""),
-        f"images this hour: {usage['user_images_hour']} / {limits.user_images_hour}",
-        f"images in the last 24 h: {usage['user_images_day']} / {limits.user_images_day}",
+        f"standard images this hour: {units_text(usage['user_images_hour'])} / {limits.user_images_hour}",
+        f"standard images in the last 24 h: {units_text(usage['user_images_day'])} / {limits.user_images_day}",
         f"dreams queued or running: {usage['user_active']} / {limits.user_max_active}",
         f"cooldown: {cooldown}",
         "**The whole server**",
-        f"images this hour: {usage['guild_images_hour']} / {limits.guild_images_hour}",
-        f"images in the last 24 h: {usage['guild_images_day']} / {limits.guild_images_day}",
+        f"standard images this hour: {units_text(usage['guild_images_hour'])} / {limits.guild_images_hour}",
+        f"standard images in the last 24 h: {units_text(usage['guild_images_day'])} / {limits.guild_images_day}",
         f"dreams queued or running: {usage['guild_active']} / {limits.guild_max_queued}",
     ]
     if flags is not None:

@@ -8,10 +8,12 @@ import discord
 import redis
 from discord import app_commands
 
+from dreamcore.cost import units_text
 from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS
 from dreamcore.limit_messages import human_duration
 from dreamcore.styles import load_styles
 
+from . import calls
 from .toolkit import NO_MENTIONS
 
 
@@ -31,8 +33,9 @@ def help_text(settings, limits, usage: dict | None) -> str:
         "Also: **/dreamqueue** your dreams and their ETA · **/cancel** a dream · buttons under each result.",
         "",
         "**This server's limits**" + (" (dreaming is paused here)" if limits.paused else ""),
-        f"- {limits.user_images_hour} images an hour and {limits.user_images_day} a day per member; "
-        f"{limits.guild_images_hour} an hour and {limits.guild_images_day} a day for the server",
+        f"- {limits.user_images_hour} standard images an hour and {limits.user_images_day} a day per member; "
+        f"{limits.guild_images_hour} an hour and {limits.guild_images_day} a day for the server (a standard image: "
+        "1024x1024, 40 steps; smaller or fewer-step dreams count less, an upscale counts its tiles)",
         f"- {limits.cooldown_s} s between dreams, at most {limits.user_max_active} queued or running per member",
     ]
     if usage is not None:
@@ -40,7 +43,8 @@ def help_text(settings, limits, usage: dict | None) -> str:
         left_d = max(0, limits.user_images_day - usage["user_images_day"])
         cooldown = usage["cooldown_remaining_s"]
         lines += ["", "**You**",
-                  f"- {left_h} images left this hour, {left_d} in the last 24 h window; "
+                  f"- {units_text(left_h)} standard images left this hour, {units_text(left_d)} in the last 24 h "
+                  "window; "
                   f"{usage['user_active']} dream(s) queued or running"
                   + (f"; next dream in {human_duration(cooldown)}" if cooldown > 0 else "")]
     return "\n".join(lines)[:2000]
@@ -51,7 +55,7 @@ def register_help(tree: app_commands.CommandTree, client) -> None:
     async def dreamhelp(interaction: discord.Interaction):
         store = client.backend.store
         try:
-            limits, usage = await asyncio.wait_for(asyncio.to_thread(
+            limits, usage = await asyncio.wait_for(calls.command(
                 lambda: (store.get(interaction.guild_id),
                          store.usage(interaction.guild_id, interaction.user.id) if interaction.guild_id else None)),
                 2.0)

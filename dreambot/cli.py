@@ -53,7 +53,30 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("make-tiny-model", help="build the tiny SDXL-architecture base+refiner (random weights)")
     t.add_argument("dir")
+
+    s = sub.add_parser("server", help="the operator's policy for one Discord server: its queue's priority and "
+                                      "ceilings over what its admins set (no argument but the id: show it)")
+    s.add_argument("guild_id", type=_snowflake, help="the server's id")
+    s.add_argument("--priority", choices=("high", "default", "low"), help="the queue its dreams wait in")
+    for name, what in (("max-queued", "dreams queued or running"), ("units-hour", "standard images an hour"),
+                       ("units-day", "standard images a day")):
+        s.add_argument(f"--{name}", type=_ceiling, metavar="N|none", help=f"a ceiling on the server's {what}")
+    s.add_argument("--clear", action="store_true", help="back to the default policy")
     return p
+
+
+def _snowflake(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Discord id (a positive integer)")
+    return int(text)
+
+
+def _ceiling(text: str) -> int | str:
+    if text == "none":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number from 1, or none (no ceiling)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(settings, args)
     if args.cmd == "export-votes":
         return _export_votes(settings, args)
+    if args.cmd == "server":
+        return _server(settings, args)
     if args.cmd == "make-tiny-model":
         from worker.tiny import make_tiny_model
 
@@ -89,6 +114,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiny SDXL base and refiner written to {path}")
         return 0
     return 2
+
+
+def _server(settings, args) -> int:
+    import redis
+
+    from dreamcore import servers
+    from dreamcore.redisconn import connect
+
+    changes = {field: getattr(args, field) for field in servers.FIELDS if getattr(args, field) is not None}
+    changes = {k: None if v == "none" else v for k, v in changes.items()}
+    try:
+        conn = connect(settings, timeout_s=5, connect_timeout_s=5)
+        if args.clear:
+            servers.clear(conn, args.guild_id)
+        policy = servers.change(conn, args.guild_id, **changes) if changes else servers.get(conn, args.guild_id)
+    except ValueError as err:
+        print(f"dreambot server: {err}", file=sys.stderr)
+        return 2
+    except redis.RedisError as err:
+        print(f"dreambot server: Redis can't be reached ({type(err).__name__}: {err})", file=sys.stderr)
+        return 1
+    shown = {k: ("none" if v is None else v) for k, v in policy.model_dump().items()}
+    print(f"server {args.guild_id}: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in shown.items()))
+    return 0
 
 
 def _export_votes(settings, args) -> int:

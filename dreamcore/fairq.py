@@ -1,17 +1,21 @@
-"""Fair order for waiting dreams, at a cost that does not grow with the queue.
+"""Fair order for waiting dreams, between servers first and between members inside each server, at a cost
+that does not grow with the queue.
 
-The rule (start-time fair queuing): each priority's waiting jobs are ordered by (round, arrival). A job
-queued by a member with no job waiting in that priority gets the round of the queue's head; a member's
-next job gets the round after their last waiting one. So a member's k-th waiting dream is in round
-head + k and never waits behind another member's dream of a later round: twenty dreams from one member
-delay somebody's first dream by at most one of them. Rounds are fixed when a job is queued, so a job
-only ever moves forward; a cancelled or batch-claimed job leaves its neighbours where they are.
+The rule (start-time fair queuing, on two levels). Within a priority, every server holds one *slot* per
+waiting dream: a server with nothing waiting gets the round of the queue's head, its next dream the round
+after its last slot, so a server's k-th waiting dream stands in round head + k and never waits behind
+another server's (k+1)-th: a server flooding the queue with 200 dreams delays another server's first by at
+most one of them. When a slot comes up, its server's own next dream runs, chosen by the same rule one level
+down: a member's k-th waiting dream in the server's head round + k (members of the server's priority roles
+first, the rule again among them). Rounds are fixed when a dream is queued; a dream that leaves (claimed,
+batched, cancelled) frees the slot at its own rank in its server, so nobody else moves back.
 
-In Redis (dreamcore.keys): a sorted set per queue scored by round (ties broken by the member string,
-which starts with the arrival sequence), a sorted set per member and queue (their last round, their
-count), an index hash from job id to what the scripts need, and counters (waiting images per queue,
-waiting dreams per guild) kept in step by the same scripts (dreamcore.fairq_lua). Positions, ETAs and
-backpressure read a handful of keys; `reconcile` repairs counters that drifted.
+Costs (dreamcore.cost) are counted in hundredths of a unit. In Redis (dreamcore.keys, fairq_lua for the key
+shapes): per queue a sorted set of slots, per server its slots and its jobs (per tier), per member and tier
+their jobs, every waiting job by arrival, an index hash from job id to what the scripts need, and counters
+(waiting cost per queue, waiting dreams and cost per server) kept in step by the same scripts. Positions,
+ETAs and backpressure read a handful of keys; `reconcile` repairs counters that drifted and moves jobs an
+older release queued in its one-level layout into this one.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ from . import fairq_lua, keys
 log = logging.getLogger(__name__)
 
 RECOUNT_CHUNK = 200  # members walked per reconcile script: well under a millisecond each
+CENTS = 100  # costs are kept in hundredths of a unit: every counter an integer
 
 
 def _scripts(conn: redis.Redis) -> dict:
     cache = getattr(conn, "_dream_fairq", None)
     if cache is None:
         cache = {name: conn.register_script(getattr(fairq_lua, name))
-                 for name in ("PUSH", "CLAIM_NEXT", "CLAIM_BATCH", "REMOVE", "POSITION", "RECOUNT_STEP",
-                              "RECOUNT_FINISH")}
+                 for name in ("PUSH", "CLAIM_NEXT", "CLAIM_BATCH", "REMOVE", "POSITION", "WOULD_WAIT", "RUN_ORDER",
+                              "MIGRATE_STEP", "RECOUNT_STEP", "RECOUNT_FINISH")}
         conn._dream_fairq = cache  # type: ignore[attr-defined]
     return cache
 
@@ -48,12 +53,18 @@ def _text(x) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
+def cents(units: float) -> int:
+    """A cost in units (dreamcore.cost) as the scripts count it."""
+    return max(1, round(units * CENTS))
+
+
 def push(client, job_id: str, queue_name: str, at_front: bool = False):
-    """Put a job (its RQ hash already written, or written earlier in the same MULTI) in the fair queue."""
-    script = fairq_lua.PUSH
-    return client.eval(script, 0, *_base(), job_id, queue_name, "1" if at_front else "0") \
-        if isinstance(client, redis.client.Pipeline) else \
-        _scripts(client)["PUSH"](args=[*_base(), job_id, queue_name, "1" if at_front else "0"])
+    """Put a job (its RQ hash already written, or written earlier in the same MULTI) in the fair queue; its
+    owner, cost, tier and batch key come from the job's meta (dreamcore.queue)."""
+    args = [*_base(), job_id, queue_name, "1" if at_front else "0"]
+    if isinstance(client, redis.client.Pipeline):
+        return client.eval(fairq_lua.PUSH, 0, *args)
+    return _scripts(client)["PUSH"](args=args)
 
 
 def claim_next(conn: redis.Redis, queue_names: list[str]) -> tuple[str, str] | None:
@@ -64,6 +75,7 @@ def claim_next(conn: redis.Redis, queue_names: list[str]) -> tuple[str, str] | N
 
 def claim_batch(conn: redis.Redis, batch_key: str, budget: int, window: int,
                 queue_names: list[str]) -> list[tuple[str, str]]:
+    """Waiting jobs with `batch_key` among the first `window` in run order, while their images fit `budget`."""
     if budget < 1 or window < 1:
         return []
     flat = _scripts(conn)["CLAIM_BATCH"](
@@ -83,12 +95,12 @@ def wait_for_push(conn: redis.Redis, timeout_s: float) -> None:
 @dataclass(frozen=True)
 class Place:
     ahead: int  # jobs that run before this one (0 = next)
-    images_ahead: int  # their images (in the job's own queue estimated from its mean images per job)
-    images: int  # this job's own
+    units_ahead: float  # their cost (in the job's own queue estimated from its mean cost per job)
+    units: float  # this job's own
 
 
 def _place(raw) -> Place | None:
-    return None if not raw else Place(int(raw[0]), int(raw[1]), int(raw[2]))
+    return None if not raw else Place(int(raw[0]), int(raw[1]) / CENTS, int(raw[2]) / CENTS)
 
 
 def place(conn: redis.Redis, job_id: str, queue_names: list[str]) -> Place | None:
@@ -108,46 +120,93 @@ def places(conn: redis.Redis, job_ids: list[str], queue_names: list[str]) -> dic
 
 
 @dataclass(frozen=True)
+class Outlook:
+    """Where a server's next dream would stand if it were queued now (behind its server's last slot)."""
+
+    ahead: int
+    units_ahead: float
+    server_waiting: int  # the server's dreams already waiting in that queue
+
+
+def would_wait(conn: redis.Redis, guild_id: int | None, queue_name: str, queue_names: list[str]) -> Outlook:
+    raw = _scripts(conn)["WOULD_WAIT"](
+        args=[*_base(), Queue.redis_queue_namespace_prefix, str(guild_id or 0), queue_name, *queue_names])
+    return Outlook(int(raw[0]), int(raw[1]) / CENTS, int(raw[2]))
+
+
+@dataclass(frozen=True)
 class Totals:
     jobs: int
-    images: int
+    units: float
     per_queue: dict[str, int]  # jobs waiting in each queue
 
 
 def totals(conn: redis.Redis, queue_names: list[str]) -> Totals:
-    """Waiting jobs and images over every queue: a few O(1) reads."""
+    """Waiting jobs and their cost over every queue: a few O(1) reads."""
     with conn.pipeline(transaction=False) as pipe:
         for name in queue_names:
+            pipe.zcard(keys.fair_all(name))
             pipe.zcard(keys.fair(name))
             pipe.llen(Queue.redis_queue_namespace_prefix + name)
-        pipe.hmget(keys.FQ_COUNT, [f"images:{n}" for n in queue_names])
+        pipe.hmget(keys.FQ_COUNT, [f for n in queue_names for f in (f"units:{n}", f"images:{n}")])
         got = pipe.execute()
-    per = {n: int(got[2 * k]) + int(got[2 * k + 1]) for k, n in enumerate(queue_names)}
-    legacy = sum(int(got[2 * k + 1]) for k in range(len(queue_names)))
-    images = sum(int(x or 0) for x in got[-1]) + legacy
-    return Totals(sum(per.values()), images, per)
+    per = {n: sum(int(x) for x in got[3 * k:3 * k + 3]) for k, n in enumerate(queue_names)}
+    listed = sum(int(got[3 * k + 2]) for k in range(len(queue_names)))
+    counts = got[-1]
+    units = sum(int(x or 0) for x in counts[0::2]) / CENTS + sum(int(x or 0) for x in counts[1::2]) + listed
+    return Totals(sum(per.values()), units, per)
 
 
 def guild_waiting(conn: redis.Redis, guild_id: int | None) -> int:
     return int(conn.hget(keys.FQ_COUNT, f"guild:{guild_id or 0}") or 0)
 
 
+def guild_units(conn: redis.Redis, guild_id: int | None) -> float:
+    return int(conn.hget(keys.FQ_COUNT, f"gunits:{guild_id or 0}") or 0) / CENTS
+
+
 def owner_jobs(conn: redis.Redis, owner: str, queue_names: list[str]) -> list[str]:
     with conn.pipeline(transaction=False) as pipe:
         for name in queue_names:
-            pipe.zrange(keys.fair_owner(name, owner), 0, -1)
+            for key in (keys.fair_member(name, "1", owner), keys.fair_member(name, "0", owner),
+                        keys.fair_owner(name, owner)):
+                pipe.zrange(key, 0, -1)
         got = pipe.execute()
-    return [_text(m)[17:] for members in got for m in members]
+    return [_member_job(m) for members in got for m in members]
+
+
+def _member_job(member) -> str:
+    return _text(member)[17:]
+
+
+MIGRATE_CHUNK = 200
+
+
+def migrate(conn: redis.Redis, queue_names: list[str], chunk: int = MIGRATE_CHUNK) -> int:
+    """Move the jobs an older release queued in its one-level layout into the two-level one, in short
+    steps, in their run order. Returns how many were waiting there."""
+    moved = 0
+    s = _scripts(conn)
+    for name in queue_names:
+        before = conn.zcard(keys.fair(name))
+        while conn.zcard(keys.fair(name)):
+            s["MIGRATE_STEP"](args=[*_base(), name, chunk])
+        moved += before
+    if moved:
+        log.info("fair queue: jobs of the one-level layout moved to the two-level one", extra={"jobs": moved})
+    return moved
 
 
 def reconcile(conn: redis.Redis, queue_names: list[str], chunk: int = RECOUNT_CHUNK) -> dict[str, tuple[int, int]]:
     """Recount the counters from the queues, in short steps that never block Redis for long, exact however
-    busy the queue is meanwhile (see fence() in fairq_lua). Returns {counter: (old, new)} for every counter
-    that had drifted; {} when another reconcile holds the lock."""
+    busy the queue is meanwhile (see fence() in fairq_lua); jobs of an older release's layout are moved
+    over first. Returns {counter: (old, new)} for every counter that had drifted; {} when another reconcile
+    holds the lock."""
     if not conn.set(keys.FQ_RECOUNT_LOCK, "1", nx=True, ex=keys.RECONCILE_LOCK_S):
         return {}
     s = _scripts(conn)
     try:
+        migrate(conn, queue_names)
         conn.delete(keys.FQ_RECOUNT)
         conn.hset(keys.FQ_RECOUNT, mapping={"at": queue_names[0], "cursor": ""})
         for k, name in enumerate(queue_names):
@@ -172,6 +231,7 @@ def reconcile(conn: redis.Redis, queue_names: list[str], chunk: int = RECOUNT_CH
     return changed
 
 
-def waiting_ids(conn: redis.Redis, queue_name: str, start: int = 0, stop: int = -1) -> list[str]:
-    """Waiting job ids of one queue in run order, `start`..`stop` by rank (reads that slice only)."""
-    return [_text(m)[17:] for m in conn.zrange(keys.fair(queue_name), start, stop)]
+def waiting_ids(conn: redis.Redis, queue_name: str, n: int = 100_000) -> list[str]:
+    """The first `n` waiting job ids of one queue in run order (for tests and benches: it reads them all)."""
+    return [_text(j) for j in _scripts(conn)["RUN_ORDER"](
+        args=[*_base(), Queue.redis_queue_namespace_prefix, queue_name, n])]

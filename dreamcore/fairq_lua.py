@@ -1,117 +1,222 @@
 """The fair queue's Lua scripts (see dreamcore.fairq for the rule they keep). Each runs in O(log n) for a
-queue of n waiting jobs (the batch claim in O(window log n)): no script reads the whole queue.
+queue of n waiting jobs (the batch claim and the exact part of a position in O(window log n)): no script
+reads the whole queue.
 
 Every script gets the key prefix (dreamcore.keys.FQ) as ARGV[1] and RQ's job-hash prefix as ARGV[2], and
-builds its keys from them, as the batch claim always has (a Redis Cluster would need them declared; this
-queue lives on one primary).
+builds its keys from them (a Redis Cluster would need them declared; this queue lives on one primary).
+The key shapes, relative to that prefix (dreamcore.keys documents each):
+
+    jobs, count, seq, bell, recount          the index, the counters, the arrival sequence, the bell, a recount
+    <q>:r                                    the servers' slots, by round (member "<seq>:<guild>")
+    <q>:gs:<guild>                           one server's slots
+    <q>:g:<guild>:<tier>                     one server's waiting jobs of a tier (1: priority roles), by round
+    <q>:u:<tier>:<owner>                     one member's waiting jobs of a tier
+    <q>:all                                  every waiting job, by arrival (the reconcile walks it)
+    <q>, <q>:o:<owner>                       the previous release's one-level layout: drained first, migrated
+
+A job's member string is "<seq>:<job id>" with the sequence zero-padded to 16 digits, so equal rounds
+order by arrival; costs are kept in hundredths of a unit (dreamcore.cost) so every counter is an integer.
 """
 
-# Shared by every script: the index entry of a waiting job, and the one way a job leaves the queue.
+# Shared by every script: the index entry of a waiting job, where it stands in its server, and the one way a
+# job leaves the queue.
 _PRELUDE = r"""
 local FQ, JOBP = ARGV[1], ARGV[2]
 local IDX, CNT, REC = FQ .. 'jobs', FQ .. 'count', FQ .. 'recount'
 
+local function id_of(member) return string.sub(member, 18) end
+
+-- An index entry: queue, member, owner, guild, cost, batch key, tries, tier, images. An older release wrote
+-- seven fields (no tier; an image count in place of the cost): such a job waits in the one-level layout.
 local function info_of(job_id)
   local raw = redis.call('HGET', IDX, job_id)
   if not raw then return nil end
-  local q, member, owner, guild, images, batch, tries =
-    string.match(raw, '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)$')
-  if not q then return nil end
-  return {q = q, member = member, owner = owner, guild = guild, images = tonumber(images) or 1,
-          batch = batch, tries = tonumber(tries)}
+  local f = {}
+  for part in string.gmatch(raw .. '\t', '([^\t]*)\t') do f[#f + 1] = part end
+  if #f ~= 7 and #f ~= 9 then return nil end
+  local i = {q = f[1], member = f[2], owner = f[3], guild = f[4], cost = tonumber(f[5]) or 100,
+             batch = f[6], tries = tonumber(f[7]), tier = f[8], images = tonumber(f[9]) or 1}
+  if not i.tier then
+    i.images = tonumber(f[5]) or 1
+    i.cost = 100 * i.images
+  end
+  return i
 end
 
--- A reconcile in progress tallies every job it has walked past; a change to such a job updates the tally
--- too, so the tally is exact when the walk ends however busy the queue was meanwhile.
--- st: the reconcile's state as seen from queue i.q (recount_state), read once by each script.
+local function guild_key(q, g, tier) return FQ .. q .. ':g:' .. g .. ':' .. tier end
+
+-- A server's waiting jobs in their run order: its priority tier first, each tier by (round, arrival).
+local function guild_job_at(q, g, k)
+  local hi = guild_key(q, g, '1')
+  local n = redis.call('ZCARD', hi)
+  if k < n then return redis.call('ZRANGE', hi, k, k)[1] end
+  return redis.call('ZRANGE', guild_key(q, g, '0'), k - n, k - n)[1]
+end
+
+local function guild_rank(i)
+  local r = redis.call('ZRANK', guild_key(i.q, i.guild, i.tier), i.member)
+  if not r then return nil end
+  if i.tier == '0' then r = r + redis.call('ZCARD', guild_key(i.q, i.guild, '1')) end
+  return r
+end
+
+local function add(field, n)
+  if redis.call('HINCRBY', CNT, field, n) <= 0 then redis.call('HDEL', CNT, field) end
+end
+
+-- A reconcile in progress tallies every job it has walked past (each queue's ':all' in member order); a
+-- change to such a job updates the tally too, so the tally is exact when the walk ends however busy the
+-- queue was meanwhile. st: recount_state(q), read once by each script.
 local function recount_state(q) return redis.call('HMGET', REC, 'done:' .. q, 'at', 'cursor') end
 
 local function fence(i, sign, st)
-  if not st[2] then return end
-  local passed = st[1] ~= false
-  if not passed and st[2] == i.q and st[3] and st[3] ~= '' then
-    local cs = redis.call('ZSCORE', FQ .. i.q, st[3])
-    local s = redis.call('ZSCORE', FQ .. i.q, i.member)
-    if cs and s then
-      cs, s = tonumber(cs), tonumber(s)
-      passed = s < cs or (s == cs and i.member <= st[3])
-    end
-  end
+  if not st[2] or not i.tier then return end
+  local passed = st[1] ~= false or (st[2] == i.q and st[3] ~= false and st[3] ~= '' and i.member <= st[3])
   if passed then
-    redis.call('HINCRBY', REC, 'images:' .. i.q, sign * i.images)
+    redis.call('HINCRBY', REC, 'units:' .. i.q, sign * i.cost)
     redis.call('HINCRBY', REC, 'guild:' .. i.guild, sign)
+    redis.call('HINCRBY', REC, 'gunits:' .. i.guild, sign * i.cost)
   end
 end
 
 local function take(job_id, i)
-  local st = recount_state(i.q)
-  fence(i, -1, st)
-  if st[2] == i.q and st[3] == i.member then
-    -- The reconcile's cursor is leaving: step it back to the member before it.
-    local r = redis.call('ZRANK', FQ .. i.q, i.member)
-    local prev = ''
-    if r and r > 0 then prev = redis.call('ZRANGE', FQ .. i.q, r - 1, r - 1)[1] end
-    redis.call('HSET', REC, 'cursor', prev)
+  if not i.tier then
+    -- The previous release's layout: one sorted set per queue, an image count as the cost.
+    redis.call('ZREM', FQ .. i.q, i.member)
+    redis.call('ZREM', FQ .. i.q .. ':o:' .. i.owner, i.member)
+    add('images:' .. i.q, -math.floor(i.cost / 100))
+    add('guild:' .. i.guild, -1)
+  else
+    fence(i, -1, recount_state(i.q))
+    -- The job gives up its server's slot at its own rank in the server: nobody else moves back.
+    local r = guild_rank(i)
+    if r then
+      local gs = FQ .. i.q .. ':gs:' .. i.guild
+      local slot = redis.call('ZRANGE', gs, r, r)[1]
+      if slot then
+        redis.call('ZREM', gs, slot)
+        redis.call('ZREM', FQ .. i.q .. ':r', slot)
+      end
+    end
+    redis.call('ZREM', guild_key(i.q, i.guild, i.tier), i.member)
+    redis.call('ZREM', FQ .. i.q .. ':u:' .. i.tier .. ':' .. i.owner, i.member)
+    redis.call('ZREM', FQ .. i.q .. ':all', i.member)
+    add('units:' .. i.q, -i.cost)
+    add('guild:' .. i.guild, -1)
+    add('gunits:' .. i.guild, -i.cost)
   end
-  redis.call('ZREM', FQ .. i.q, i.member)
-  redis.call('ZREM', FQ .. i.q .. ':o:' .. i.owner, i.member)
   redis.call('HDEL', IDX, job_id)
-  if redis.call('HINCRBY', CNT, 'images:' .. i.q, -i.images) <= 0 then redis.call('HDEL', CNT, 'images:' .. i.q) end
-  if redis.call('HINCRBY', CNT, 'guild:' .. i.guild, -1) <= 0 then redis.call('HDEL', CNT, 'guild:' .. i.guild) end
 end
 
-local function id_of(member) return string.sub(member, 18) end
+-- Put a job in the two-level queue (the member string already made): its round among its server's jobs
+-- of its tier (a member's k-th waiting job in the server's head round + k), then one more slot for the
+-- server (its k-th waiting job in the queue's head round + k). `front`: ahead of everything waiting, one
+-- round before both heads (RQ's requeue of a job a dead worker left).
+local function place(job_id, q, member, owner, guild, cost, batch, tries, tier, images, front)
+  if front then tier = '1' end
+  local gk = guild_key(q, guild, tier)
+  local uk = FQ .. q .. ':u:' .. tier .. ':' .. owner
+  local head = redis.call('ZRANGE', gk, 0, 0, 'WITHSCORES')
+  local round = 0
+  if head[2] then round = tonumber(head[2]) end
+  local last = redis.call('ZRANGE', uk, -1, -1, 'WITHSCORES')
+  if front then
+    round = round - 1
+  elseif last[2] and tonumber(last[2]) + 1 > round then
+    round = tonumber(last[2]) + 1
+  end
+  redis.call('ZADD', gk, round, member)
+  redis.call('ZADD', uk, round, member)
+  redis.call('ZADD', FQ .. q .. ':all', 0, member)
+
+  local slots, gs = FQ .. q .. ':r', FQ .. q .. ':gs:' .. guild
+  local qhead = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
+  local sround = 0
+  if qhead[2] then sround = tonumber(qhead[2]) end
+  local glast = redis.call('ZRANGE', gs, -1, -1, 'WITHSCORES')
+  if front then
+    sround = sround - 1
+  elseif glast[2] and tonumber(glast[2]) + 1 > sround then
+    sround = tonumber(glast[2]) + 1
+  end
+  local slot = string.sub(member, 1, 16) .. ':' .. guild
+  redis.call('ZADD', slots, sround, slot)
+  redis.call('ZADD', gs, sround, slot)
+
+  redis.call('HSET', IDX, job_id, table.concat({q, member, owner, guild, cost, batch, tries, tier, images}, '\t'))
+  add('units:' .. q, cost)
+  add('guild:' .. guild, 1)
+  add('gunits:' .. guild, cost)
+  fence({q = q, member = member, guild = guild, cost = cost, tier = tier}, 1, recount_state(q))
+end
+
+-- The job ids of the first `n` slots of a queue, in run order (a slot is its server's k-th job when it is
+-- the server's k-th slot).
+local function slot_jobs(q, first, n)
+  local out, seen = {}, {}
+  if n <= 0 then return out end
+  local slots = redis.call('ZRANGE', FQ .. q .. ':r', 0, first + n - 1)
+  for k, slot in ipairs(slots) do
+    local g = string.sub(slot, 18)
+    local idx = seen[g] or 0
+    seen[g] = idx + 1
+    if k > first then
+      local m = guild_job_at(q, g, idx)
+      out[#out + 1] = {slot = slot, guild = g, member = m}
+    end
+  end
+  return out
+end
+
+-- A slot whose server has no job for it (a hand edit, an older bug): it goes, so the queue moves on.
+local function drop_slot(q, s)
+  redis.call('ZREM', FQ .. q .. ':r', s.slot)
+  redis.call('ZREM', FQ .. q .. ':gs:' .. s.guild, s.slot)
+  if s.member then
+    for _, t in ipairs({'0', '1'}) do redis.call('ZREM', guild_key(q, s.guild, t), s.member) end
+    redis.call('ZREM', FQ .. q .. ':all', s.member)
+  end
+end
 """
 
-# ARGV: 3 job id, 4 queue name, 5 at_front ("1"/"0"). Reads owner, images, batch key and tries from the RQ
-# job's meta (written in the same MULTI just before). Returns the job's rank in its queue, or -1 when it
-# is waiting already (nothing changes: a push is idempotent).
+# ARGV: 3 job id, 4 queue name, 5 at_front ("1"/"0"). Reads owner, cost, tier, batch key and tries from the
+# RQ job's meta (written in the same MULTI just before). Returns 1, or -1 when the job is waiting already
+# (nothing changes: a push is idempotent). A job pushed at the front (RQ's requeue of a job a dead worker
+# left) runs next in its queue.
 PUSH = _PRELUDE + r"""
 local job_id, qname, front = ARGV[3], ARGV[4], ARGV[5] == '1'
-local q = FQ .. qname
 if redis.call('HEXISTS', IDX, job_id) == 1 then return -1 end
-local owner, images, batch, tries = job_id, 1, '', ''
+local owner, cost, batch, tries, tier, images = job_id, 0, '', '', '0', 1
 local meta = redis.call('HGET', JOBP .. job_id, 'meta')
 if meta then
   local ok, m = pcall(cjson.decode, meta)
   if ok and type(m) == 'table' then
     if type(m['owner']) == 'string' and m['owner'] ~= '' then owner = m['owner'] end
-    images = math.max(1, math.floor(tonumber(m['images']) or 1))
+    if tonumber(m['images']) then images = math.max(1, math.floor(tonumber(m['images']))) end
+    -- A job an older release's bot queued has no cost: one unit an image.
+    if tonumber(m['cost']) then cost = math.max(1, math.floor(tonumber(m['cost']) + 0.5)) end
     if type(m['batch']) == 'string' then batch = m['batch'] end
     if tonumber(m['tries']) then tries = tostring(math.floor(tonumber(m['tries']))) end
+    if m['tier'] == 1 or m['tier'] == '1' then tier = '1' end
   end
 end
 owner = string.gsub(owner, '[\t\r\n]', ' ')
 batch = string.gsub(batch, '[\t\r\n]', ' ')
+if cost == 0 then cost = 100 * images end
 local guild = string.match(owner, '^([^:]*):') or '0'
-local head = redis.call('ZRANGE', q, 0, 0, 'WITHSCORES')
-local v = 0
-if head[2] then v = tonumber(head[2]) end
-local round = v
-if front then
-  round = v - 1
-else
-  local last = redis.call('ZRANGE', q .. ':o:' .. owner, -1, -1, 'WITHSCORES')
-  if last[2] and tonumber(last[2]) + 1 > v then round = tonumber(last[2]) + 1 end
-end
-local member = string.format('%016d', redis.call('INCR', FQ .. 'seq')) .. ':' .. job_id
-redis.call('ZADD', q, round, member)
-redis.call('ZADD', q .. ':o:' .. owner, round, member)
-local i = {q = qname, member = member, owner = owner, guild = guild, images = images, batch = batch}
-redis.call('HSET', IDX, job_id, table.concat({qname, member, owner, guild, images, batch, tries}, '\t'))
-redis.call('HINCRBY', CNT, 'images:' .. qname, images)
-redis.call('HINCRBY', CNT, 'guild:' .. guild, 1)
-fence(i, 1, recount_state(qname))
+local seq = redis.call('INCR', FQ .. 'seq')
+local member = string.format('%016d', seq) .. ':' .. job_id
+place(job_id, qname, member, owner, guild, cost, batch, tries, tier, images, front)
 redis.call('LPUSH', FQ .. 'bell', '1')
 redis.call('LTRIM', FQ .. 'bell', 0, 63)
-return redis.call('ZRANK', q, member)
+return 1
 """
 
 # ARGV: 3 RQ's queue-key prefix, 4.. queue names in priority order. Takes the next job: within a priority,
-# first anything in RQ's own list (jobs an older release queued, and RQ's retries), then the fair queue's
-# head. The id goes to RQ's intermediate list, as RQ's own LMOVE dequeue does, so a worker that dies
-# before RQ's started registry holds the job still loses nothing (IntermediateQueue.cleanup requeues it).
-# Returns {RQ queue key, job id} or nil.
+# first anything in RQ's own list (jobs an older release queued, and RQ's retries), then the previous
+# release's one-level queue, then the head slot's server's next job. The id goes to RQ's intermediate
+# list, as RQ's own LMOVE dequeue does, so a worker that dies before RQ's started registry holds the job
+# still loses nothing (IntermediateQueue.cleanup requeues it). Returns {RQ queue key, job id} or nil.
 CLAIM_NEXT = _PRELUDE + r"""
 local QP = ARGV[3]
 for k = 4, #ARGV do
@@ -132,36 +237,58 @@ for k = 4, #ARGV do
     end
     redis.call('ZREM', FQ .. name, head)  -- a member with no index entry: nothing can run it
   end
+  while true do
+    local s = slot_jobs(name, 0, 1)[1]
+    if not s then break end
+    local i = s.member and info_of(id_of(s.member))
+    if i then
+      local job_id = id_of(s.member)
+      take(job_id, i)
+      redis.call('RPUSH', inter, job_id)
+      return {list, job_id}
+    end
+    drop_slot(name, s)
+  end
 end
 return nil
 """
 
 # ARGV: 3 RQ's queue-key prefix, 4 batch key, 5 image budget, 6 window, 7.. queue names. Takes waiting
-# dreams with this batch key from the first `window` waiting jobs (high priority first) while their images
-# fit the budget. A job being retried (its worker died while it ran) is never taken: if it is what kills
-# workers, it must not take a batch of other members' jobs down with it again. Returns {queue key, id, ...}.
+# dreams with this batch key from the first `window` waiting jobs in run order (high priority first) while
+# their images fit the budget (what one denoising call holds is a matter of memory, so images). A job being retried (its worker died while it ran) is
+# never taken: if it is what kills workers, it must not take a batch of other members' jobs down with it
+# again. Returns {queue key, id, ...}.
 CLAIM_BATCH = _PRELUDE + r"""
 local QP, key = ARGV[3], ARGV[4]
 local budget, window = tonumber(ARGV[5]), tonumber(ARGV[6])
 local claimed, seen = {}, 0
+local function consider(name, job_id)
+  local i = info_of(job_id)
+  if i and i.batch == key and i.images <= budget then
+    local left = tonumber(redis.call('HGET', JOBP .. job_id, 'retries_left'))
+    if left == nil or i.tries == nil or left >= i.tries - 1 then
+      take(job_id, i)
+      redis.call('RPUSH', QP .. name .. ':intermediate', job_id)
+      budget = budget - i.images
+      claimed[#claimed + 1] = QP .. name
+      claimed[#claimed + 1] = job_id
+    end
+  end
+end
 for k = 7, #ARGV do
   if budget <= 0 or seen >= window then break end
   local name = ARGV[k]
-  local members = redis.call('ZRANGE', FQ .. name, 0, window - seen - 1)
-  for _, member in ipairs(members) do
+  for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, window - seen - 1)) do
     seen = seen + 1
-    local job_id = id_of(member)
-    local i = info_of(job_id)
-    if i and i.batch == key and i.images <= budget then
-      local left = tonumber(redis.call('HGET', JOBP .. job_id, 'retries_left'))
-      if left == nil or i.tries == nil or left >= i.tries - 1 then
-        take(job_id, i)
-        redis.call('RPUSH', QP .. name .. ':intermediate', job_id)
-        budget = budget - i.images
-        claimed[#claimed + 1] = QP .. name
-        claimed[#claimed + 1] = job_id
-        if budget <= 0 then break end
-      end
+    consider(name, id_of(member))
+    if budget <= 0 then break end
+  end
+  if budget > 0 and seen < window then
+    -- Which job each slot stands for is read before any is taken: taking one frees its own slot only.
+    for _, s in ipairs(slot_jobs(name, 0, window - seen)) do
+      seen = seen + 1
+      if s.member then consider(name, id_of(s.member)) end
+      if budget <= 0 then break end
     end
   end
 end
@@ -176,62 +303,141 @@ take(ARGV[3], i)
 return 1
 """
 
-# ARGV: 3 RQ's queue-key prefix, 4 job id, 5.. queue names in priority order. Returns {jobs ahead, images
-# ahead, own images}, or nil when the job is not waiting in the fair queue. Images ahead in the job's own
-# queue are summed exactly for a job within 32 of the head; further back, rank x that queue's mean.
+# ARGV: 3 RQ's queue-key prefix, 4 job id, 5.. queue names in priority order. Returns {jobs ahead, cost
+# ahead, own cost} (costs in hundredths), or nil when the job is not waiting in the fair queue. The cost
+# ahead in the job's own queue is summed exactly for a job within 32 of the head; further back, rank x
+# that queue's mean.
 POSITION = _PRELUDE + r"""
 local EXACT_AHEAD = 32
 local QP, job_id = ARGV[3], ARGV[4]
 local i = info_of(job_id)
 if not i then return nil end
-local ahead, images = 0, 0
+local ahead, cost = 0, 0
 for k = 5, #ARGV do
   local name = ARGV[k]
   local legacy = redis.call('LLEN', QP .. name)
-  ahead, images = ahead + legacy, images + legacy
-  local n = redis.call('ZCARD', FQ .. name)
-  local imgs = tonumber(redis.call('HGET', CNT, 'images:' .. name) or '0')
+  local flat = redis.call('ZCARD', FQ .. name)
+  local n = redis.call('ZCARD', FQ .. name .. ':all')
+  local counts = redis.call('HMGET', CNT, 'units:' .. name, 'images:' .. name)
+  local units = tonumber(counts[1] or '0')
+  local flat_cost = 100 * tonumber(counts[2] or '0')
+  ahead, cost = ahead + legacy, cost + 100 * legacy
   if name == i.q then
-    local rank = redis.call('ZRANK', FQ .. name, i.member) or 0
-    -- Exact for the jobs nearest the head (where an ETA is short and read closely), the queue's mean
-    -- images per job for the rest.
-    local exact = 0
-    if rank <= EXACT_AHEAD then exact = rank end
-    local mine = 0
-    if exact > 0 then
-      for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, exact - 1)) do
-        local o = info_of(id_of(member))
-        mine = mine + ((o and o.images) or 1)
+    local rank, exact, mine = 0, 0, 0
+    if not i.tier then
+      rank = redis.call('ZRANK', FQ .. name, i.member) or 0
+      if rank <= EXACT_AHEAD then exact = rank end
+      if exact > 0 then
+        for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, exact - 1)) do
+          local o = info_of(id_of(member))
+          mine = mine + ((o and o.cost) or 100)
+        end
       end
+      local mean = 100
+      if flat > 0 then mean = flat_cost / flat end
+      return {ahead + rank, cost + mine + math.floor((rank - exact) * mean + 0.5), i.cost}
     end
-    local mean = 1
-    if n > 0 then mean = imgs / n end
-    return {ahead + rank, images + mine + math.floor((rank - exact) * mean + 0.5), i.images}
+    local r = guild_rank(i) or 0
+    local slot = redis.call('ZRANGE', FQ .. name .. ':gs:' .. i.guild, r, r)[1]
+    if slot then rank = redis.call('ZRANK', FQ .. name .. ':r', slot) or 0 end
+    if rank <= EXACT_AHEAD then exact = rank end
+    for _, s in ipairs(slot_jobs(name, 0, exact)) do
+      local o = s.member and info_of(id_of(s.member))
+      mine = mine + ((o and o.cost) or 100)
+    end
+    local mean = 100
+    if n > 0 then mean = units / n end
+    return {ahead + flat + rank, cost + flat_cost + mine + math.floor((rank - exact) * mean + 0.5), i.cost}
   end
-  ahead, images = ahead + n, images + imgs
+  ahead, cost = ahead + flat + n, cost + flat_cost + units
 end
 return nil
 """
 
+# ARGV: 3 RQ's queue-key prefix, 4 guild, 5 the queue it would go to, 6.. queue names in priority order.
+# Where a server's next dream would stand if it were queued now: behind its server's last slot, the way
+# round-robin between servers serves it. Returns {jobs ahead, cost ahead (hundredths; the queue's mean
+# cost a job past the legacy layouts), the server's waiting dreams in that queue}.
+WOULD_WAIT = _PRELUDE + r"""
+local QP, guild, target = ARGV[3], ARGV[4], ARGV[5]
+local ahead, cost = 0, 0
+for k = 6, #ARGV do
+  local name = ARGV[k]
+  local legacy = redis.call('LLEN', QP .. name)
+  local flat = redis.call('ZCARD', FQ .. name)
+  local n = redis.call('ZCARD', FQ .. name .. ':all')
+  local counts = redis.call('HMGET', CNT, 'units:' .. name, 'images:' .. name)
+  local units = tonumber(counts[1] or '0')
+  ahead = ahead + legacy + flat
+  cost = cost + 100 * (legacy + tonumber(counts[2] or '0'))
+  if name == target then
+    local slots, gs = FQ .. name .. ':r', FQ .. name .. ':gs:' .. guild
+    local head = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
+    local round = 0
+    if head[2] then round = tonumber(head[2]) end
+    local last = redis.call('ZRANGE', gs, -1, -1, 'WITHSCORES')
+    if last[2] and tonumber(last[2]) + 1 > round then round = tonumber(last[2]) + 1 end
+    local before = redis.call('ZCOUNT', slots, '-inf', round)
+    local mean = 100
+    if n > 0 then mean = units / n end
+    return {ahead + before, cost + math.floor(before * mean + 0.5), redis.call('ZCARD', gs)}
+  end
+  ahead, cost = ahead + n, cost + units
+end
+return {ahead, cost, 0}
+"""
+
+# ARGV: 3 RQ's queue-key prefix, 4 queue name, 5 how many. The first job ids of one queue in run order
+# (RQ's list, the one-level layout, then the slots): O(n log n) in what it reads, for tests and benches.
+RUN_ORDER = _PRELUDE + r"""
+local QP, name, n = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local out = {}
+for _, id in ipairs(redis.call('LRANGE', QP .. name, 0, n - 1)) do out[#out + 1] = id end
+if #out < n then
+  for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, n - #out - 1)) do out[#out + 1] = id_of(member) end
+end
+if #out < n then
+  for _, s in ipairs(slot_jobs(name, 0, n - #out)) do
+    if s.member then out[#out + 1] = id_of(s.member) end
+  end
+end
+return out
+"""
+
+# ARGV: 3 queue name, 4 chunk. Moves up to `chunk` jobs from the head of the previous release's one-level
+# layout into the two-level one, in their run order and keeping their arrival sequence (so they stay
+# ahead of later arrivals of their rounds). Returns how many are left to move.
+MIGRATE_STEP = _PRELUDE + r"""
+local name, chunk = ARGV[3], tonumber(ARGV[4])
+for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, chunk - 1)) do
+  local job_id = id_of(member)
+  local i = info_of(job_id)
+  redis.call('ZREM', FQ .. name, member)
+  if i and not i.tier then
+    take(job_id, i)
+    place(job_id, name, member, i.owner, i.guild, i.cost, i.batch, i.tries or '', '0', i.images, false)
+  end
+end
+return redis.call('ZCARD', FQ .. name)
+"""
+
 # The reconcile, one chunk at a time (each chunk one short script). ARGV: 3 queue name, 4 chunk size,
-# 5 the next queue name ("" after the last). Walks `chunk` members past the cursor adding their images and
-# guilds to the tally; at the queue's end marks it done and moves on. Returns 1 while there is more to walk.
+# 5 the next queue name ("" after the last). Walks `chunk` members of the queue's ':all' past the cursor
+# (by member, i.e. arrival) adding their cost and servers to the tally; at the queue's end marks it done
+# and moves on. Returns 1 while there is more to walk, 0 when the queue is done, -1 when out of step.
 RECOUNT_STEP = _PRELUDE + r"""
 local name, chunk, nxt = ARGV[3], tonumber(ARGV[4]), ARGV[5]
 if redis.call('HGET', REC, 'at') ~= name then return -1 end
 local cursor = redis.call('HGET', REC, 'cursor') or ''
-local start = 0
-if cursor ~= '' then
-  local r = redis.call('ZRANK', FQ .. name, cursor)
-  if not r then return -1 end
-  start = r + 1
-end
-local members = redis.call('ZRANGE', FQ .. name, start, start + chunk - 1)
+local from = '-'
+if cursor ~= '' then from = '(' .. cursor end
+local members = redis.call('ZRANGEBYLEX', FQ .. name .. ':all', from, '+', 'LIMIT', 0, chunk)
 for _, member in ipairs(members) do
   local i = info_of(id_of(member))
-  if i then
-    redis.call('HINCRBY', REC, 'images:' .. name, i.images)
+  if i and i.tier then
+    redis.call('HINCRBY', REC, 'units:' .. name, i.cost)
     redis.call('HINCRBY', REC, 'guild:' .. i.guild, 1)
+    redis.call('HINCRBY', REC, 'gunits:' .. i.guild, i.cost)
   end
 end
 if #members > 0 then redis.call('HSET', REC, 'cursor', members[#members]) end
@@ -243,16 +449,15 @@ return 1
 """
 
 # Ends a reconcile: the tally becomes the counters. Returns the fields that changed, as
-# {field, old, new, ...}.
+# {field, old, new, ...}; -1 when the walk has not ended.
 RECOUNT_FINISH = _PRELUDE + r"""
 if redis.call('HGET', REC, 'at') ~= '' then return -1 end
 local tally = redis.call('HGETALL', REC)
 local new = {}
 for k = 1, #tally, 2 do
   local f = tally[k]
-  if (string.sub(f, 1, 7) == 'images:' or string.sub(f, 1, 6) == 'guild:') and tonumber(tally[k + 1]) > 0 then
-    new[f] = tally[k + 1]
-  end
+  local counted = string.sub(f, 1, 6) == 'units:' or string.sub(f, 1, 6) == 'guild:' or string.sub(f, 1, 7) == 'gunits:'
+  if counted and tonumber(tally[k + 1]) > 0 then new[f] = tally[k + 1] end
 end
 local old = redis.call('HGETALL', CNT)
 local changed, seen = {}, {}

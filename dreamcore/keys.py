@@ -6,14 +6,19 @@ own (TTL) or has an owner that deletes it; the few kept on purpose (admin config
 dataset, the pool's speed) say so.
 
 Fair queue (owner `dreamcore.fairq`'s scripts: each key empties itself as its jobs are claimed or
-cancelled, a sorted set or hash with no members is gone in Redis, so none carries a TTL):
+cancelled, a sorted set or hash with no members is gone in Redis, so none carries a TTL; "g" is a guild id,
+0 for direct messages, "tier" 1 for a server's priority roles, 0 for everyone else):
 
 | key | type | what |
 |---|---|---|
-| `dream:fq:<queue>` | zset | waiting job members, score = fair round; ties by member (arrival sequence) |
-| `dream:fq:<queue>:o:<owner>` | zset | one member's waiting jobs in that queue (its round counter) |
-| `dream:fq:jobs` | hash | job id -> "queue, member, owner, guild, images, batch key, tries" |
-| `dream:fq:count` | hash | `images:<queue>` waiting images, `guild:<id>` waiting dreams |
+| `dream:fq:<queue>:r` | zset | every server's slots, score = round; ties by member (`<seq>:<g>`, arrival) |
+| `dream:fq:<queue>:gs:<g>` | zset | one server's slots |
+| `dream:fq:<queue>:g:<g>:<tier>` | zset | one server's waiting jobs of a tier, score = round among them |
+| `dream:fq:<queue>:u:<tier>:<owner>` | zset | one member's waiting jobs of a tier (their round counter) |
+| `dream:fq:<queue>:all` | zset | every waiting job of the queue by arrival (what a reconcile walks) |
+| `dream:fq:<queue>`, `dream:fq:<queue>:o:<owner>` | zset | the previous release's one-level layout, moved over |
+| `dream:fq:jobs` | hash | job id -> "queue, member, owner, guild, cost, batch key, tries, tier" |
+| `dream:fq:count` | hash | `units:<queue>` waiting cost, `guild:<g>` waiting dreams, `gunits:<g>` their cost (hundredths) |
 | `dream:fq:seq` | string | arrival sequence (one integer, kept) |
 | `dream:fq:bell` | list | wakes idle workers (at most 64 tokens, trimmed on every push) |
 | `dream:fq:recount` | hash | a reconcile in progress: its cursor and tallies (deleted when it ends) |
@@ -26,6 +31,8 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 | `dream:outbox:<instance>` | stream | none: an entry is deleted once handled | finished results for one bot instance |
 | `dream:outbox:<instance>:progress` | stream | capped at DREAMBOT_PROGRESS_STREAM_LEN | progress nudges (lossy) |
 | `dream:published:<instance>` | zset | as the result | published, not yet delivered (the bot's start-up sweep) |
+| `dream:job:<job>` | string | image retention, deleted once delivered | the job as its bot queued it (`dreamcore.ledger`; bots only) |
+| `dream:job-records-adopted:<instance>` | string | none (kept) | the previous release's queued jobs were adopted |
 | `dream:result:<job>` | hash | DREAMBOT_RESULT_TTL (failures: DREAMBOT_FAILURE_TTL) | result meta; image store keys, no bytes |
 | `dream:done:<job>` | string | as the result | a job's result was published: a retry does not run it again |
 | `dream:delivered:<job>` | string | DELIVERED_TTL_S | where the relay posted it (exactly-once delivery) |
@@ -52,9 +59,13 @@ last entry; every counter expires once no window can see it.
 Votes (owner `dreamcore.votes`): `dream:vote:channels:<guild>` (set, admin configuration, kept);
 `dream:vote:round:<id>` (JSON) and `dream:vote:ballots:<id>` (hash), indexed by `dream:vote:rounds`
 (zset), are the preference dataset and are kept on purpose; `dream:vote:job:<job>` (string, VOTE_JOB_TTL_S)
-links a candidate job to its round.
+links a candidate job to its round; `dream:vote:stats:{<guild>}` (hash, kept) is a server's win-rate
+counters, `dream:vote:stats-built` (string, kept) says rounds from before them have been counted.
 
 Pool speed (owner `dreamcore.stats`): `dream:stats` (hash of a few moving averages, overwritten, kept).
+
+The operator's per-server policy (owner `dreamcore.servers`): `dream:operator:{<guild>}` (hash: priority and
+ceilings the operator set with `dreambot server`; configuration, kept).
 """
 
 from __future__ import annotations
@@ -65,7 +76,10 @@ KEPT = (
     "dream:outbox:*",  # results: entries deleted once handled; progress: capped (the relay's consumer group)
     "dream:limits:{*}:config",  # what admins set
     "dream:vote:channels:*", "dream:vote:rounds", "dream:vote:round:*", "dream:vote:ballots:*",  # the dataset
+    "dream:vote:stats:{*}", "dream:vote:stats-built",  # win-rate counters, from the dataset
     "dream:stats",  # a few moving averages, overwritten
+    "dream:operator:{*}",  # what the operator set per server
+    "dream:job-records-adopted:*",  # a one-time upgrade step ran (dreamcore.ledger.adopt)
 )
 
 FQ = "dream:fq:"  # the prefix the scripts build every fair-queue key from
@@ -82,11 +96,21 @@ REPLICATED_MARK_TTL_S = 60
 
 
 def fair(queue_name: str) -> str:
+    """The previous release's one-level queue: drained first, then moved over by the reconcile."""
     return f"{FQ}{queue_name}"
 
 
 def fair_owner(queue_name: str, owner: str) -> str:
+    """The previous release's per-member set (one-level layout), read until its jobs are moved over."""
     return f"{FQ}{queue_name}:o:{owner}"
+
+
+def fair_all(queue_name: str) -> str:
+    return f"{FQ}{queue_name}:all"
+
+
+def fair_member(queue_name: str, tier: str, owner: str) -> str:
+    return f"{FQ}{queue_name}:u:{tier}:{owner}"
 
 
 def safety_flags(guild_id: int | None, day: str) -> str:
@@ -117,6 +141,16 @@ def progress_stream_key(instance: str) -> str:
 def published_key(instance: str) -> str:
     """Jobs published for an instance and not yet delivered (the start-up sweep's list)."""
     return f"dream:published:{instance}"
+
+
+def ledger_adopted(instance: str) -> str:
+    """Set once an instance adopted the jobs a release before records queued (dreamcore.ledger.adopt); kept."""
+    return f"dream:job-records-adopted:{instance}"
+
+
+def job_record(job_id: str) -> str:
+    """The bot's own record of a job it queued (dreamcore.ledger): where its result may go."""
+    return f"dream:job:{job_id}"
 
 
 def result_key(job_id: str) -> str:
@@ -174,6 +208,20 @@ def vote_job_key(job_id: str) -> str:
     return f"dream:vote:job:{job_id}"
 
 
+def vote_stats_key(guild_id: int | None) -> str:
+    return f"dream:vote:stats:{{{guild_id or 0}}}"
+
+
+VOTE_STATS_BUILT = "dream:vote:stats-built"
+
+
+# --- the operator's per-server policy ---------------------------------------------------------------------
+
+
+def operator_key(guild_id: int | None) -> str:
+    return f"dream:operator:{{{guild_id or 0}}}"
+
+
 # --- pool speed -------------------------------------------------------------------------------------------
 
 STATS_KEY = "dream:stats"
@@ -184,12 +232,20 @@ STATS_KEY = "dream:stats"
 LIMITS_PREFIX = "dream:limits"
 
 
-def _g(guild_id: int | None) -> str:
+def _g(guild_id: int | str | None) -> str:
+    if isinstance(guild_id, str):  # a direct-message member's own scope (LimitKeys.counted)
+        return guild_id
     return "dm" if guild_id is None else str(int(guild_id))
 
 
 class LimitKeys:
     """Every Redis key this module uses (g = guild id or "dm", u = user id)."""
+
+    @staticmethod
+    def counted(g: int | None, u: int) -> int | str:
+        """Whose server-wide counters a dream counts in: its guild's, or in direct messages the member's own
+        (g "dm-<user>"), so one member's direct messages never use up another's."""
+        return g if g is not None else f"dm-{int(u)}"
 
     @staticmethod
     def config(g: int | None) -> str:  # hash: limit name -> JSON value (only what admins set); no TTL
@@ -212,11 +268,11 @@ class LimitKeys:
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:ud:{int(u)}"
 
     @staticmethod
-    def guild_hour(g: int | None) -> str:  # as user_hour, for the whole guild
+    def guild_hour(g: int | str | None) -> str:  # as user_hour, for the whole guild
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:gh"
 
     @staticmethod
-    def guild_day(g: int | None) -> str:  # as user_day, for the whole guild
+    def guild_day(g: int | str | None) -> str:  # as user_day, for the whole guild
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:gd"
 
     @staticmethod
@@ -228,16 +284,17 @@ class LimitKeys:
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:usage"
 
     @staticmethod
-    def usage_keys(g: int | None, u: int) -> list[str]:
-        """The four bucket hashes, in the scripts' KEYS order."""
-        return [LimitKeys.user_hour(g, u), LimitKeys.user_day(g, u), LimitKeys.guild_hour(g), LimitKeys.guild_day(g)]
+    def usage_keys(g: int | None, u: int, counted: int | str | None = None) -> list[str]:
+        """The four bucket hashes, in the scripts' KEYS order (the server's under `counted`, see counted())."""
+        c = LimitKeys.counted(g, u) if counted is None else counted
+        return [LimitKeys.user_hour(g, u), LimitKeys.user_day(g, u), LimitKeys.guild_hour(c), LimitKeys.guild_day(c)]
 
     @staticmethod
     def user_active(g: int | None, u: int) -> str:  # zset job id scored by acceptance time
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:active:{int(u)}"
 
     @staticmethod
-    def guild_active(g: int | None) -> str:  # zset job id scored by acceptance time
+    def guild_active(g: int | str | None) -> str:  # zset job id scored by acceptance time
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:active"
 
     @staticmethod

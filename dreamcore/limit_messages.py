@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .limits import (
-    HOUR,
-)
+from .cost import units_text
+from .limits import HOUR
 
 
 def human_duration(seconds: float) -> str:
@@ -25,13 +24,15 @@ def dreams(n: int) -> str:
     return f"{n} dream" if n == 1 else f"{n} dreams"
 
 
-def quota_message(kind: str, used: int, limit: int, images: int, retry: float | None) -> str:
+def quota_message(kind: str, used: float, limit: int, units: float, retry: float | None) -> str:
+    """Quotas count units of cost (dreamcore.cost): one standard image (1024x1024, 40 steps) is one."""
     who = "this server's " if kind.startswith("guild") else ""
     span = "hourly" if kind.endswith("hour") else "daily"
     label = f"{who}{span} quota"
+    need = f"{units_text(units)} standard image{'s' * (units != 1)}"
     if retry is None:
-        return (f"this dream asks for {images} images but {label} is {limit}; ask for fewer images")
+        return f"this dream counts as {need} but {label} is {limit}; ask for fewer or smaller images"
     if used >= limit:
-        return f"{label} {used}/{limit} images, resets in {human_duration(retry)}"
-    return (f"{label} {used}/{limit} images and this dream needs {images}; "
+        return f"{label} {units_text(used)}/{limit} standard images used, resets in {human_duration(retry)}"
+    return (f"{label} {units_text(used)}/{limit} standard images used and this dream counts as {need}; "
             f"enough frees up in {human_duration(retry)}")

@@ -16,6 +16,7 @@ from .limit_input import parse_limit, validation_error
 from .limits import (
     DAY,
     HOUR,
+    ID_LIST_KEYS,
     KNOWN_KEYS,
     GuildLimits,
     LimitError,
@@ -125,6 +126,10 @@ class LimitStore:
                         updated = self._merge({k: v for k, v in overrides.items() if k != key}, guild_id)
                     else:
                         value = parse_limit(key, raw_value, current)
+                        if key in ID_LIST_KEYS and guild_id is not None and int(guild_id) in value:
+                            raise LimitError(
+                                f"{key}: <@&{guild_id}> is @everyone, which every member has; a role there would "
+                                "apply to the whole server. Pick the roles that should count.", key=key)
                         try:
                             updated = GuildLimits(**{**current.model_dump(), key: value})
                         except ValidationError as err:
@@ -194,16 +199,17 @@ class LimitStore:
                                withscores=True)
             pipe.zrangebyscore(LimitKeys.old_guild_usage(guild_id), f"({now - DAY!r}", "+inf", withscores=True)
             pipe.zcount(LimitKeys.user_active(guild_id, user_id), active_from, "+inf")
-            pipe.zcount(LimitKeys.guild_active(guild_id), active_from, "+inf")
+            pipe.zcount(LimitKeys.guild_active(LimitKeys.counted(guild_id, user_id)), active_from, "+inf")
             pipe.get(LimitKeys.cooldown(guild_id, user_id))
             uh, ud, gh, gd, old_u, old_g, ua, ga, cd = pipe.execute()
 
-        def images(buckets: dict, width: int, span: int, old: list) -> int:
+        def images(buckets: dict, width: int, span: int, old: list) -> float:
             # The script's rule (limits_lua): bucket b counts until (b + 1) * width + span. An older
             # release's entries not folded in yet count as the script will count them once it has.
-            live = sum(int(n) for b, n in buckets.items() if (int(b) + 1) * width + span > now)
-            return live + sum(int(decode(m).split(":", 1)[0]) for m, t in old
-                              if (t // width + 1) * width + span > now)
+            # Units of cost (dreamcore.cost), two decimals.
+            live = sum(float(n) for b, n in buckets.items() if (int(b) + 1) * width + span > now)
+            return round(live + sum(int(decode(m).split(":", 1)[0]) for m, t in old
+                                    if (t // width + 1) * width + span > now), 2)
         cooldown_left = 0.0
         if cd is not None and limits.cooldown_s > 0:
             cooldown_left = max(0.0, float(cd) + limits.cooldown_s - now)

@@ -12,10 +12,10 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 import redis
 
+from . import servers
 from .keys import LimitKeys
 from .limit_messages import dreams, human_duration, quota_message
 from .limit_store import LimitStore, decode
@@ -27,6 +27,7 @@ from .limits import (
     limit_range,
 )
 from .limits_lua import ACQUIRE_LUA, RELEASE_LUA
+from .servers import Priority
 
 log = logging.getLogger("dreamcore.limits")  # one logger for every part of the limits, as before the split
 
@@ -41,7 +42,14 @@ class Decision:
     kind: Kind | None = None
     message: str = ""  # for the member: which limit, and when it frees up
     retry_after_s: float | None = None  # None: unknown (a job must finish first) or never
-    priority: Literal["high", "default"] = "default"
+    priority: Priority = "default"  # the queue: the operator's grant to the server (dreamcore.servers)
+    tier: int = 0  # 1: a priority role of the member's own server, served first inside its share
+
+
+def roles_of(guild_id: int | None, role_ids: Iterable[int], listed: Iterable[int]) -> bool:
+    """Whether a member holds one of the `listed` roles of their server. The @everyone role (its id is the
+    server's) never counts: it would make every member "priority" or "exempt"; LimitStore refuses it."""
+    return bool({int(r) for r in role_ids} & (set(listed) - {guild_id}))
 
 
 class Limiter:
@@ -56,26 +64,32 @@ class Limiter:
     def acquire(self, guild_id: int | None, user_id: int, job_id: str, images: int, steps: int,
                 role_ids: Iterable[int] = (), instance: str = "", channel_id: int | None = None,
                 prompt: str = "", negative_prompt: str = "", now: float | None = None,
-                channel_nsfw: bool = False) -> Decision:
+                channel_nsfw: bool = False, units: float | None = None) -> Decision:
         """Check every limit; if all pass, record the job (call `release` when it ends) and return ok.
 
-        Calling it again with an already accepted job id returns ok without consuming anything twice.
-        `now` (seconds) is for tests; by default the Redis server's clock, shared by every bot host.
+        `images` is what the dream asks for (max_images); `units` what it costs (dreamcore.cost; by default
+        one per image), which the quotas count. Priority and exempt roles act inside the member's own server:
+        exempt skips the member's own limits, never the server's; priority orders the server's own dreams.
+        The server's queue and ceilings are the operator's (dreamcore.servers). Calling it again with an
+        already accepted job id returns ok without consuming anything twice. `now` (seconds) is for tests;
+        by default the Redis server's clock, shared by every bot host.
         """
         if not isinstance(images, int) or images < 1:
             raise ValueError(f"images must be a positive whole number, got {images!r}")
         if not job_id or not isinstance(job_id, str):
             raise ValueError(f"job_id must be a non-empty string, got {job_id!r}")
+        units = float(images if units is None else units)
         limits = self.store.get(guild_id)
-        roles = {int(r) for r in role_ids}
-        priority: Literal["high", "default"] = "high" if roles & set(limits.priority_roles) else "default"
-        exempt = bool(roles & set(limits.exempt_roles))
+        policy = servers.get(self.r, guild_id)
+        roles = list(role_ids)
+        priority, tier = policy.priority, int(roles_of(guild_id, roles, limits.priority_roles))
+        exempt = roles_of(guild_id, roles, limits.exempt_roles)
 
         def refuse(kind: Kind, message: str, retry: float | None = None) -> Decision:
             log.info("dream refused by a guild limit", extra={
                 "guild_id": guild_id, "user_id": user_id, "job_id": job_id, "limit": kind,
                 "retry_after_s": retry})
-            return Decision(False, kind, message, retry, priority)
+            return Decision(False, kind, message, retry, priority, tier)
 
         # Static checks: nothing to count, so no need for the script.
         if limits.paused:
@@ -102,20 +116,22 @@ class Limiter:
             return refuse("max_steps", f"this server allows at most {limits.max_steps} steps per dream "
                                        f"(you asked for {steps})")
 
-        g, u = guild_id, int(user_id)
-        keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u), LimitKeys.user_active(g, u),
-                LimitKeys.guild_active(g), LimitKeys.job(g, job_id), LimitKeys.old_user_usage(g, u),
+        g, u, c = guild_id, int(user_id), LimitKeys.counted(guild_id, user_id)
+        keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
+                LimitKeys.guild_active(c), LimitKeys.job(g, job_id), LimitKeys.old_user_usage(g, u),
                 LimitKeys.old_guild_usage(g)]
-        args = ["" if now is None else repr(float(now)), job_id, str(images), "1" if exempt else "0",
+        args = ["" if now is None else repr(float(now)), job_id, repr(units), "1" if exempt else "0",
                 limits.cooldown_s, limits.user_max_active, limits.user_images_hour, limits.user_images_day,
-                limits.guild_images_hour, limits.guild_images_day, limits.guild_max_queued,
+                _ceiling(limits.guild_images_hour, policy.units_hour),
+                _ceiling(limits.guild_images_day, policy.units_day),
+                _ceiling(limits.guild_max_queued, policy.max_queued),
                 repr(self.store.active_ttl_s), KEY_SLACK_S, u, _COOLDOWN_KEY_TTL_S]
         status, kind, used, limit, retry, _at = (decode(x) for x in self._acquire(keys=keys, args=args))
         if status in ("ok", "dup"):
             log.debug("dream accepted by the guild limits",
-                      extra={"guild_id": guild_id, "user_id": u, "job_id": job_id, "images": images,
+                      extra={"guild_id": guild_id, "user_id": u, "job_id": job_id, "units": units,
                              "exempt": exempt, "again": status == "dup"})
-            return Decision(True, None, "", None, priority)
+            return Decision(True, None, "", None, priority, tier)
         wait = float(retry) if retry else None
         if wait is not None and math.isinf(wait):
             wait = None
@@ -129,16 +145,21 @@ class Limiter:
             return refuse("guild_queued",
                           f"this server already has {dreams(int(used))} queued or running (limit {limit}); "
                           "try again when one finishes")
-        return refuse(kind, quota_message(kind, int(float(used)), int(limit), images, wait), wait)  # type: ignore[arg-type]
+        return refuse(kind, quota_message(kind, float(used), int(limit), units, wait), wait)  # type: ignore[arg-type]
 
     def release(self, guild_id: int | None, user_id: int, job_id: str, refund: bool = False) -> bool:
         """The job ended: free its active slots; `refund=True` (cancelled or failed) also gives its images
         back to the quotas. Idempotent: True the first time, False for a job already released or unknown."""
-        g, u = guild_id, int(user_id)
-        keys = [LimitKeys.job(g, job_id), *LimitKeys.usage_keys(g, u), LimitKeys.user_active(g, u),
-                LimitKeys.guild_active(g), LimitKeys.old_user_usage(g, u), LimitKeys.old_guild_usage(g)]
+        g, u, c = guild_id, int(user_id), LimitKeys.counted(guild_id, user_id)
+        keys = [LimitKeys.job(g, job_id), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
+                LimitKeys.guild_active(c), LimitKeys.old_user_usage(g, u), LimitKeys.old_guild_usage(g)]
         res = int(self._release(keys=keys, args=[job_id, "1" if refund else "0", u]))
         if res == -1:
             log.warning("release for a job that belongs to another member; ignored",
                         extra={"guild_id": guild_id, "user_id": u, "job_id": job_id})
         return res > 0
+
+
+def _ceiling(admins: int, operators: int | None) -> int:
+    """A server limit under the operator's ceiling for that server, if any."""
+    return admins if operators is None else min(admins, operators)

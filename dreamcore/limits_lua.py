@@ -7,9 +7,11 @@ Time: ARGV now is the caller's clock (seconds, a float; the tests drive it) or "
 TIME, which every bot host then shares. All scores and bounds are written with %.17g so a double survives
 the trip to and from Redis exactly.
 
-Image quotas are bucket counters, so a submit costs the same for a guild that made 20,000 images today as
-for one that made none: a hash per (window, member or guild) maps a bucket number (floor(t / width)) to
-the images accepted in it, 1-minute buckets for the hour window and 10-minute buckets for the day window,
+Quotas count units of cost (dreamcore.cost: one standard image is one unit, so the image-count limits keep
+their meaning for a standard dream; HINCRBYFLOAT, so counters an older release wrote in whole images read
+on). They are bucket counters, so a submit costs the same for a guild that made 20,000 images today as for
+one that made none: a hash per (window, member or guild) maps a bucket number (floor(t / width)) to the
+units accepted in it, 1-minute buckets for the hour window and 10-minute buckets for the day window,
 at most 61 and 145 live fields. A bucket b counts until (b + 1) * width + span, the end of its bucket plus
 the window: never earlier than any of its images would in an exact rolling window, so no span-long window
 ever holds more than the quota; the price is a wait up to one bucket (1 min / 10 min) longer than exact.
@@ -27,7 +29,8 @@ def _widths(script: str) -> str:
 # KEYS: 1 cooldown, 2 user hour buckets, 3 user day buckets, 4 guild hour buckets, 5 guild day buckets,
 #       6 user active, 7 guild active, 8 job record, 9 user usage zset and 10 guild usage zset of an older
 #       release (folded into the buckets once, then deleted)
-# ARGV: 1 now ("" = server TIME), 2 job_id, 3 images, 4 exempt ("1"/"0"), 5 cooldown_s,
+# ARGV: 1 now ("" = server TIME), 2 job_id, 3 units, 4 exempt ("1"/"0": the member's own limits are
+#       skipped, the guild's still hold), 5 cooldown_s,
 #       6 user_max_active, 7 user_images_hour, 8 user_images_day, 9 guild_images_hour,
 #       10 guild_images_day, 11 guild_max_queued, 12 active_ttl_s (an active job older than this is
 #       taken as lost by a crashed bot), 13 slack_s (added to every TTL), 14 user_id, 15 cooldown key TTL
@@ -44,7 +47,8 @@ end
 local HOUR, DAY, INF = 3600, 86400, math.huge
 local HW, DW = @HW@, @DW@
 local job_id = ARGV[2]
-local images = tonumber(ARGV[3])
+local units = tonumber(ARGV[3])
+local EPS = 1e-6
 local exempt = ARGV[4] == '1'
 local cooldown = tonumber(ARGV[5])
 local active_ttl = tonumber(ARGV[12])
@@ -62,8 +66,8 @@ local function migrate(old, hkey, dkey)
   for i = 1, #raw, 2 do
     local n = tonumber(string.match(raw[i], '^(%d+):')) or 0
     local t = tonumber(raw[i + 1])
-    if (math.floor(t / HW) + 1) * HW + HOUR > now then redis.call('HINCRBY', hkey, bucket(t, HW), n) end
-    redis.call('HINCRBY', dkey, bucket(t, DW), n)
+    if (math.floor(t / HW) + 1) * HW + HOUR > now then redis.call('HINCRBYFLOAT', hkey, bucket(t, HW), n) end
+    redis.call('HINCRBYFLOAT', dkey, bucket(t, DW), n)
   end
   redis.call('DEL', old)
 end
@@ -77,82 +81,83 @@ local function live(key, width, span)
   for i = 1, #raw, 2 do
     local e = (tonumber(raw[i]) + 1) * width + span
     local n = tonumber(raw[i + 1])
-    if e > now and n > 0 then out[#out + 1] = {e, n} else dead[#dead + 1] = raw[i] end
+    if e > now and n > EPS then out[#out + 1] = {e, n} else dead[#dead + 1] = raw[i] end
   end
   if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
   table.sort(out, function(a, b) return a[1] < b[1] end)
   return out
 end
--- Every member's buckets are pruned, exempt ones too: their images still count for the guild.
+-- Every member's buckets are pruned, exempt ones too: their work still counts for the guild.
 local windows = {
-  {'user_hour', live(KEYS[2], HW, HOUR), tonumber(ARGV[7])},
-  {'user_day', live(KEYS[3], DW, DAY), tonumber(ARGV[8])},
-  {'guild_hour', live(KEYS[4], HW, HOUR), tonumber(ARGV[9])},
-  {'guild_day', live(KEYS[5], DW, DAY), tonumber(ARGV[10])},
+  {'user_hour', live(KEYS[2], HW, HOUR), tonumber(ARGV[7]), true},
+  {'user_day', live(KEYS[3], DW, DAY), tonumber(ARGV[8]), true},
+  {'guild_hour', live(KEYS[4], HW, HOUR), tonumber(ARGV[9]), false},
+  {'guild_day', live(KEYS[5], DW, DAY), tonumber(ARGV[10]), false},
 }
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(now - active_ttl))
 redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', fmt(now - active_ttl))
 
+-- The refusal reported is the one that lasts longest: never > the longest timed wait > "a job must
+-- finish first"; on a tie, the first checked.
+local best_kind, best_rank, best_used, best_limit, best_retry = nil, -2, '', '', ''
+local function consider(kind, retry, used, limit)
+  local rank = -1
+  if retry then rank = retry end
+  if rank > best_rank then
+    best_kind, best_rank, best_used, best_limit = kind, rank, fmt(used), tostring(limit)
+    if retry then best_retry = fmt(retry) else best_retry = '' end
+  end
+end
+
+-- Returns nil when this request fits, else (seconds until enough has expired, units used).
+local function quota(items, limit)
+  local used = 0
+  for _, it in ipairs(items) do used = used + it[2] end
+  if used + units <= limit + EPS then return nil, used end
+  if units > limit + EPS then return INF, used end
+  local need, freed = used + units - limit - EPS, 0
+  for _, it in ipairs(items) do
+    freed = freed + it[2]
+    if freed >= need then return it[1] - now, used end
+  end
+  return INF, used
+end
+
 if not exempt then
-  -- The refusal reported is the one that lasts longest: never > the longest timed wait > "a job must
-  -- finish first"; on a tie, the first checked.
-  local best_kind, best_rank, best_used, best_limit, best_retry = nil, -2, '', '', ''
-  local function consider(kind, retry, used, limit)
-    local rank = -1
-    if retry then rank = retry end
-    if rank > best_rank then
-      best_kind, best_rank, best_used, best_limit = kind, rank, tostring(used), tostring(limit)
-      if retry then best_retry = fmt(retry) else best_retry = '' end
-    end
-  end
-
-  -- Returns nil when this request fits, else (seconds until enough has expired, images used).
-  local function quota(items, limit)
-    local used = 0
-    for _, it in ipairs(items) do used = used + it[2] end
-    if used + images <= limit then return nil, used end
-    if images > limit then return INF, used end
-    local need, freed = used + images - limit, 0
-    for _, it in ipairs(items) do
-      freed = freed + it[2]
-      if freed >= need then return it[1] - now, used end
-    end
-    return INF, used
-  end
-
   local at = tonumber(redis.call('GET', KEYS[1]) or '')
   if cooldown > 0 and at and now < at + cooldown then
-    consider('cooldown', at + cooldown - now, '', cooldown)
+    consider('cooldown', at + cooldown - now, 0, cooldown)
   end
-
   local active = redis.call('ZCARD', KEYS[6])
   local max_active = tonumber(ARGV[6])
   if active >= max_active then consider('user_active', nil, active, max_active) end
+end
 
-  for _, w in ipairs(windows) do
+for _, w in ipairs(windows) do
+  if not (exempt and w[4]) then
     local retry, used = quota(w[2], w[3])
     if retry then consider(w[1], retry, used, w[3]) end
   end
+end
 
-  local queued = redis.call('ZCARD', KEYS[7])
-  local max_queued = tonumber(ARGV[11])
-  if queued >= max_queued then consider('guild_queued', nil, queued, max_queued) end
+local queued = redis.call('ZCARD', KEYS[7])
+local max_queued = tonumber(ARGV[11])
+if queued >= max_queued then consider('guild_queued', nil, queued, max_queued) end
 
-  if best_kind then
-    return {'no', best_kind, best_used, best_limit, best_retry, fmt(now)}
-  end
+if best_kind then
+  return {'no', best_kind, best_used, best_limit, best_retry, fmt(now)}
 end
 
 -- Everything passed: consume it all.
 local t = fmt(now)
 local hb, db = bucket(now, HW), bucket(now, DW)
-redis.call('HINCRBY', KEYS[2], hb, images)
-redis.call('HINCRBY', KEYS[3], db, images)
-redis.call('HINCRBY', KEYS[4], hb, images)
-redis.call('HINCRBY', KEYS[5], db, images)
+redis.call('HINCRBYFLOAT', KEYS[2], hb, units)
+redis.call('HINCRBYFLOAT', KEYS[3], db, units)
+redis.call('HINCRBYFLOAT', KEYS[4], hb, units)
+redis.call('HINCRBYFLOAT', KEYS[5], db, units)
 redis.call('ZADD', KEYS[6], t, job_id)
 redis.call('ZADD', KEYS[7], t, job_id)
-redis.call('HSET', KEYS[8], 'user', ARGV[14], 'images', ARGV[3], 'at', t, 'exempt', ARGV[4])
+redis.call('HSET', KEYS[8], 'user', ARGV[14], 'images', ARGV[3], 'at', t, 'exempt', ARGV[4])  -- 'images': units
 local keep_hour, keep_day = HOUR + HW + slack, DAY + DW + slack
 redis.call('EXPIRE', KEYS[2], keep_hour)
 redis.call('EXPIRE', KEYS[3], keep_day)
@@ -180,13 +185,13 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
 if ARGV[2] == '1' then
-  local images, at = tonumber(rec[1]), tonumber(rec[3]) or 0
+  local units, at = tonumber(rec[1]), tonumber(rec[3]) or 0
   -- A bucket already gone (its window moved past it) has nothing left to refund.
   local function refund(key, width)
     local field = string.format('%d', math.floor(at / width))
     local n = tonumber(redis.call('HGET', key, field) or '')
     if not n then return end
-    if n > images then redis.call('HINCRBY', key, field, -images) else redis.call('HDEL', key, field) end
+    if n > units + 1e-6 then redis.call('HINCRBYFLOAT', key, field, -units) else redis.call('HDEL', key, field) end
   end
   refund(KEYS[2], @HW@)
   refund(KEYS[3], @DW@)

@@ -16,7 +16,7 @@ from rq.exceptions import DequeueTimeout
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from . import fairq, redisconn
+from . import cost, fairq, ledger, redisconn
 from .job import DreamJob
 from .settings import Settings
 
@@ -30,6 +30,11 @@ def queue_name(priority: str) -> str:
 
 def queue_names() -> list[str]:
     return [queue_name(p) for p in PRIORITIES]
+
+
+def owner_of(guild_id: int | None, user_id: int) -> str:
+    """A member as the fair queue and RQ's meta name them: "<guild>:<user>", guild 0 in direct messages."""
+    return f"{guild_id or 0}:{user_id}"
 
 
 def claim_companions(connection: redis.Redis, batch_key: str, budget: int, window: int) -> list[tuple[str, str]]:
@@ -86,12 +91,13 @@ class DreamQueue:
             p: FairQueue(queue_name(p), connection=connection, serializer=JSONSerializer) for p in PRIORITIES
         }
 
-    def _rq_job(self, job: DreamJob) -> Job:
+    def _rq_job(self, job: DreamJob, units: float, tier: int) -> Job:
         q = self.queues[job.priority]
-        owner = f"{job.origin.guild_id or 0}:{job.origin.user_id}"
+        owner = owner_of(job.origin.guild_id, job.origin.user_id)
         rq_job = q.create_job(
             TASK,
-            args=[job.to_dict()],
+            # The worker gets no interaction token: only the bot's own record (dreamcore.ledger) has it.
+            args=[job.without_token().to_dict()],
             job_id=job.job_id,
             timeout=self.settings.job_timeout_s,
             result_ttl=self.settings.result_ttl_s,
@@ -102,7 +108,7 @@ class DreamQueue:
             ttl=None,
             description=f"dream {job.job_id} for {owner} via {job.origin.instance}",
             meta={"owner": owner, "instance": job.origin.instance, "images": job.request.count,
-                  "tries": self.settings.job_retries + 1,
+                  "cost": fairq.cents(units), "tier": int(bool(tier)), "tries": self.settings.job_retries + 1,
                   **({"batch": job.batch_key} if job.batch_key else {})},
             # Retries here are for abandoned jobs (a worker that died mid-job); a job that fails on
             # its own sets retries_left to 0 before raising, so bad input is never run twice.
@@ -110,19 +116,27 @@ class DreamQueue:
         )
         return rq_job
 
-    def enqueue(self, job: DreamJob) -> Enqueued:
-        """Queue one job. With replicas (dreamcore.redisconn), only once a replica has it too: raises
-        NotReplicated (the job taken back out, as far as the primary still answers) when none has it in
-        time, so the member is never told "queued" about a dream a failover could lose."""
-        q, rq_job = self.queues[job.priority], self._rq_job(job)
+    def units(self, job: DreamJob, size: tuple[int, int] | None = None) -> float:
+        """What `job` costs (dreamcore.cost); `size` where its output is not its request's (an upscale)."""
+        return cost.of_job(job, self.settings.upscale_tile, self.settings.upscale_overlap, size)
+
+    def enqueue(self, job: DreamJob, units: float | None = None, tier: int = 0) -> Enqueued:
+        """Queue one job costing `units` (dreamcore.cost; by default its estimate at the request's size), in
+        its server's priority `tier` (1: a priority role), with the bot's own record of it (dreamcore.ledger) in the same transaction. With replicas
+        (dreamcore.redisconn), only once a replica has it too: raises NotReplicated (the job taken back
+        out, as far as the primary still answers) when none has it in time, so the member is never told
+        "queued" about a dream a failover could lose."""
+        units = self.units(job) if units is None else units
+        q, rq_job = self.queues[job.priority], self._rq_job(job, units, tier)
+
+        def write(pipe):
+            q.enqueue_job(rq_job, pipeline=pipe)  # first: RQ starts the MULTI itself
+            ledger.write(pipe, job, self.settings)
+
         try:
-            redisconn.transaction(self.connection, self.settings, lambda pipe: q.enqueue_job(rq_job, pipeline=pipe))
+            redisconn.transaction(self.connection, self.settings, write)
         except redisconn.NotReplicated:
-            try:
-                self.remove(job.job_id)
-                self.connection.delete(rq_job.key)
-            except redis.RedisError:
-                pass  # the primary is gone too: the job went with it
+            self.take_back(job.job_id)
             raise
         place = self.place(job.job_id)
         return Enqueued(job.job_id, job.priority, place.ahead if place else 0, place)
@@ -131,8 +145,20 @@ class DreamQueue:
         """Queue several jobs in one round trip, in order (each as `enqueue` would)."""
         with self.connection.pipeline() as pipe:
             for job in jobs:
-                self.queues[job.priority].enqueue_job(self._rq_job(job), pipeline=pipe)
+                self.queues[job.priority].enqueue_job(self._rq_job(job, self.units(job), 0), pipeline=pipe)
+                ledger.write(pipe, job, self.settings)
             pipe.execute()
+
+    def take_back(self, job_id: str) -> bool:
+        """Undo an enqueue the member was not told of: True when the job was still waiting (and is gone
+        now), False when a worker already took it (or the primary can't be reached)."""
+        try:
+            removed = self.remove(job_id)
+            if removed:
+                self.connection.delete(Job.key_for(job_id), ledger.key(job_id))
+            return removed
+        except redis.RedisError:
+            return False  # the primary is gone: the job most likely went with it
 
     def place(self, job_id: str) -> fairq.Place | None:
         """Jobs and images ahead of this one; None when it is no longer waiting. O(log n)."""
@@ -156,6 +182,10 @@ class DreamQueue:
         for q in self.queues.values():  # an older release's job waits in RQ's own list
             removed = bool(self.connection.lrem(q.key, 1, job_id)) or removed
         return removed
+
+    def would_wait(self, guild_id: int | None, priority: str) -> fairq.Outlook:
+        """Where this server's next dream in `priority` would stand if queued now: O(log n)."""
+        return fairq.would_wait(self.connection, guild_id, queue_name(priority), queue_names())
 
     def mine(self, owner: str) -> list[str]:
         """An owner's waiting job ids, in the order they will run within each priority."""

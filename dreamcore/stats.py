@@ -1,4 +1,10 @@
-"""Measured throughput, kept in Redis, for queue ETAs and for refusing work the pool can't reach in time."""
+"""Measured throughput, kept in Redis, for queue ETAs and for refusing work the pool can't reach in time.
+
+Speed is kept as seconds per unit of cost (dreamcore.cost), a moving average per kind of job (a dream, a
+variation, an upscale: their units are estimates, and each kind's estimate errs its own way) and one over
+every job. The work ahead of a waiting job mixes kinds, so it is timed with the overall figure; the job's
+own part with its kind's.
+"""
 
 from __future__ import annotations
 
@@ -7,48 +13,64 @@ from rq import Worker
 
 from .fairq import Place
 from .keys import STATS_KEY  # noqa: F401  (re-exported)
-from .queue import DreamQueue
 
 EWMA_ALPHA = 0.2  # about the last ten jobs
+KINDS = ("dream", "variation", "upscale")
+_FIELDS = ("s_per_unit", *(f"s_per_unit:{k}" for k in KINDS), "s_per_image")
 
 
-def record_job(conn: redis.Redis, seconds: float, images: int) -> None:
-    """Fold one finished job into the moving average of seconds per image (per worker)."""
-    per_image = seconds / max(1, images)
-    old = conn.hget(STATS_KEY, "s_per_image")
-    new = per_image if old is None else (1 - EWMA_ALPHA) * float(old) + EWMA_ALPHA * per_image
+def record_job(conn: redis.Redis, seconds: float, units: float, kind: str = "dream") -> None:
+    """Fold one finished job (or batch) into the moving averages of seconds per unit, overall and its kind's."""
+    per_unit = seconds / max(0.01, units)
+    old = dict(zip(("all", "kind"), conn.hmget(STATS_KEY, ["s_per_unit", f"s_per_unit:{kind}"]), strict=True))
+
+    def ewma(prev) -> str:
+        return f"{per_unit if prev is None else (1 - EWMA_ALPHA) * float(prev) + EWMA_ALPHA * per_unit:.4f}"
+
     with conn.pipeline() as pipe:
-        pipe.hset(STATS_KEY, mapping={"s_per_image": f"{new:.4f}"})
-        pipe.hincrby(STATS_KEY, "images", images)
+        pipe.hset(STATS_KEY, mapping={"s_per_unit": ewma(old["all"]), f"s_per_unit:{kind}": ewma(old["kind"])})
+        pipe.hincrbyfloat(STATS_KEY, "units", round(units, 2))
         pipe.hincrby(STATS_KEY, "jobs", 1)
         pipe.execute()
 
 
-def seconds_per_image(conn: redis.Redis) -> float | None:
-    v = conn.hget(STATS_KEY, "s_per_image")
-    return float(v) if v is not None else None
+class Speed:
+    """The pool's measured speed, read once: seconds per unit overall and per kind (None before anything
+    was measured), and how many workers share the work."""
+
+    def __init__(self, conn: redis.Redis):
+        got = dict(zip(_FIELDS, conn.hmget(STATS_KEY, list(_FIELDS)), strict=True))
+        # An older release measured seconds per image: for a standard dream that is seconds per unit.
+        overall = got["s_per_unit"] or got["s_per_image"]
+        self.overall = float(overall) if overall is not None else None
+        self.per_kind = {k: float(got[f"s_per_unit:{k}"]) for k in KINDS if got[f"s_per_unit:{k}"] is not None}
+        self.workers = Worker.count(connection=conn)
+
+    def of(self, kind: str | None) -> float | None:
+        return self.per_kind.get(kind or "", self.overall)
+
+    def eta_s(self, units_ahead: float, own_units: float, kind: str | None = None) -> float | None:
+        """Seconds until a job with `units_ahead` of work before it is done; None before anything was measured."""
+        if self.overall is None:
+            return None
+        own = self.of(kind) or self.overall
+        return (units_ahead * self.overall + own_units * own) / max(1, self.workers)
 
 
-def worker_count(conn: redis.Redis) -> int:
-    return Worker.count(connection=conn)
+def seconds_per_unit(conn: redis.Redis, kind: str | None = None) -> float | None:
+    return Speed(conn).of(kind)
 
 
-def eta_s(images_ahead: int, own_images: int, s_per_image: float | None, workers: int) -> float | None:
-    """Seconds until a job with `images_ahead` waiting before it is done; None before anything was measured."""
-    if s_per_image is None:
-        return None
-    return (images_ahead + own_images) * s_per_image / max(1, workers)
-
-
-def etas(conn: redis.Redis, places: dict[str, Place]) -> dict[str, float | None]:
+def etas(conn: redis.Redis, places: dict[str, Place], kinds: dict[str, str] | None = None) -> dict[str, float | None]:
     """ETA of each job from its place in the queue (one read of the measured speed and workers for all)."""
     if not places:
         return {}
-    spi, workers = seconds_per_image(conn), worker_count(conn)
-    return {jid: eta_s(p.images_ahead, p.images, spi, workers) for jid, p in places.items()}
+    speed, kinds = Speed(conn), kinds or {}
+    return {jid: speed.eta_s(p.units_ahead, p.units, kinds.get(jid)) for jid, p in places.items()}
 
 
-def eta_for(queue: DreamQueue, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
-    """(position, ETA) of each waiting job in `job_ids`: O(log n) each, one round trip for all."""
+def eta_for(queue, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
+    """(position, ETA) of each waiting job in `job_ids` (a dreamcore.queue.DreamQueue's): O(log n) each,
+    one round trip for all."""
     places = queue.places(job_ids)
     return {jid: (places[jid].ahead, eta) for jid, eta in etas(queue.connection, places).items()}

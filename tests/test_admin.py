@@ -207,7 +207,7 @@ def test_admin_show_set_pause_resume_usage_reset_and_audit(env):
     seed_usage(e, e.alice, "seed-usage-1", images=3)
     text = admin_cmd(e, boss, "usage", user=e.alice)
     assert f"<@{e.alice}>" in text
-    assert f"images this hour: 3 / {defaults.user_images_hour}" in text
+    assert f"standard images this hour: 3 / {defaults.user_images_hour}" in text
     assert f"dreams queued or running: 1 / {defaults.user_max_active}" in text
     assert "left (cooldown 30 s)" in text
     assert "**The whole server**" in text

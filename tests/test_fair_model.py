@@ -1,5 +1,6 @@
-"""The fair queue on a real Redis against a plain Python reference of the same rule, over random sequences
-of enqueues, claims, batch claims and cancels; its counters, positions and the reconcile that repairs them."""
+"""The fair queue on a real Redis against a plain Python reference of the same two-level rule, over random
+sequences of enqueues (several servers, members, priority tiers), claims, batch claims and cancels; its
+counters, positions and the reconcile that repairs them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dreamcore import fairq, keys
+from dreamcore import cost, fairq, keys
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.queue import DreamQueue, claim_companions, queue_names
 from dreamcore.settings import load_settings
@@ -18,29 +19,56 @@ NAMES = queue_names()
 
 @dataclass
 class Ref:
-    """The rule written the obvious way: per queue, a list of waiting jobs sorted by (round, arrival)."""
+    """The rule written the obvious way. Per queue: each server's slots (round, arrival) and its jobs sorted
+    by (tier first, round, arrival); the queue runs its slots in (round, arrival) order, a server's k-th
+    slot standing for its k-th job."""
 
-    waiting: dict[str, list[dict]] = field(default_factory=lambda: {n: [] for n in NAMES})
+    slots: dict[str, list[dict]] = field(default_factory=lambda: {n: [] for n in NAMES})
+    jobs: dict[str, list[dict]] = field(default_factory=lambda: {n: [] for n in NAMES})
     seq: int = 0
 
-    def order(self, name: str) -> list[dict]:
-        return sorted(self.waiting[name], key=lambda j: (j["round"], j["seq"]))
+    def server_jobs(self, name: str, guild: int) -> list[dict]:
+        return sorted((j for j in self.jobs[name] if j["guild"] == guild),
+                      key=lambda j: (-j["tier"], j["round"], j["seq"]))
 
-    def push(self, name: str, job_id: str, owner: str, images: int, batch: str) -> None:
-        jobs = self.waiting[name]
-        head = min((j["round"] for j in jobs), default=0)
-        mine = [j["round"] for j in jobs if j["owner"] == owner]
+    def server_slots(self, name: str, guild: int) -> list[dict]:
+        return sorted((s for s in self.slots[name] if s["guild"] == guild), key=lambda s: (s["round"], s["seq"]))
+
+    def order(self, name: str) -> list[dict]:
+        seen: dict[int, int] = {}
+        out = []
+        for s in sorted(self.slots[name], key=lambda s: (s["round"], s["seq"])):
+            k = seen.get(s["guild"], 0)
+            seen[s["guild"]] = k + 1
+            out.append(self.server_jobs(name, s["guild"])[k])
+        return out
+
+    def push(self, name: str, job_id: str, guild: int, owner: str, tier: int, images: int, units: float,
+             batch: str) -> None:
         self.seq += 1
-        jobs.append({"id": job_id, "owner": owner, "images": images, "batch": batch, "seq": self.seq,
-                     "round": max(head, max(mine) + 1) if mine else head})
+        same_tier = [j for j in self.jobs[name] if j["guild"] == guild and j["tier"] == tier]
+        head = min((j["round"] for j in same_tier), default=0)
+        mine = [j["round"] for j in same_tier if j["owner"] == owner]
+        self.jobs[name].append({"id": job_id, "guild": guild, "owner": owner, "tier": tier, "images": images,
+                                "units": units, "batch": batch, "seq": self.seq,
+                                "round": max(head, max(mine) + 1) if mine else head})
+        qhead = min((s["round"] for s in self.slots[name]), default=0)
+        last = [s["round"] for s in self.slots[name] if s["guild"] == guild]
+        self.slots[name].append({"guild": guild, "seq": self.seq,
+                                 "round": max(qhead, max(last) + 1) if last else qhead})
 
     def take(self, job_id: str) -> None:
-        for jobs in self.waiting.values():
-            jobs[:] = [j for j in jobs if j["id"] != job_id]
+        for name in NAMES:
+            for j in self.jobs[name]:
+                if j["id"] == job_id:
+                    k = self.server_jobs(name, j["guild"]).index(j)
+                    self.slots[name].remove(self.server_slots(name, j["guild"])[k])
+                    self.jobs[name].remove(j)
+                    return
 
     def next(self) -> str | None:
         for name in NAMES:
-            if self.waiting[name]:
+            if self.jobs[name]:
                 job = self.order(name)[0]
                 self.take(job["id"])
                 return job["id"]
@@ -68,31 +96,36 @@ class Ref:
 
 PRIORITY = {"dream-high": "high", "dream-default": "default", "dream-low": "low"}
 ops = st.lists(st.one_of(
-    st.tuples(st.just("enqueue"), st.integers(1, 5), st.sampled_from(NAMES), st.integers(1, 4),
-              st.sampled_from([20, 30])),
+    st.tuples(st.just("enqueue"), st.integers(1, 6), st.sampled_from(NAMES), st.integers(1, 4),
+              st.sampled_from([20, 30]), st.integers(0, 1)),
     st.tuples(st.just("claim")),
     st.tuples(st.just("batch"), st.sampled_from([20, 30]), st.integers(1, 8), st.integers(1, 6)),
     st.tuples(st.just("cancel"), st.integers(0, 40)),
 ), min_size=1, max_size=40)
 
 
-def _job(user: int, priority: str, images: int, steps: int):
-    origin = make_origin(instance="bot1", guild_id=1 + user % 2, channel_id=10, user_id=user)
+def _job(user: int, priority: str, images: int, steps: int, guild: int | None = None):
+    origin = make_origin(instance="bot1", guild_id=guild or 1 + user % 3, channel_id=10, user_id=user)
     return make_job(make_request(prompt=f"from {user}", seed=1, count=images, steps=steps), origin, priority=priority)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def _units(job) -> float:
+    return cost.of_job(job, 1024, 128)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seq=ops)
 def test_order_counters_and_positions_match_the_reference(rconn, seq):
     rconn.flushdb()
     q, ref, keys_of = DreamQueue(rconn, load_settings()), Ref(), {}
     for op in seq:
         if op[0] == "enqueue":
-            _, user, name, images, steps = op
+            _, user, name, images, steps, tier = op
             job = _job(user, PRIORITY[name], images, steps)
             keys_of[steps] = job.batch_key
-            q.enqueue(job)
-            ref.push(name, job.job_id, f"{job.origin.guild_id}:{user}", images, job.batch_key)
+            q.enqueue(job, _units(job), tier=tier)
+            ref.push(name, job.job_id, job.origin.guild_id, f"{job.origin.guild_id}:{user}", tier, images,
+                     _units(job), job.batch_key)
         elif op[0] == "claim":
             got = fairq.claim_next(rconn, NAMES)
             assert (got[1] if got else None) == ref.next()
@@ -112,51 +145,70 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
     # Counters and positions, read in O(1) / O(log n), agree with the walk the reference makes.
     everything = ref.all()
     t = fairq.totals(rconn, NAMES)
-    assert t.jobs == len(everything) and t.images == sum(j["images"] for j in everything)
-    for guild in (1, 2):
-        assert fairq.guild_waiting(rconn, guild) == sum(1 for j in everything if j["owner"].startswith(f"{guild}:"))
+    assert t.jobs == len(everything) and round(t.units, 2) == round(sum(j["units"] for j in everything), 2)
+    for guild in (1, 2, 3):
+        mine = [j for j in everything if j["guild"] == guild]
+        assert fairq.guild_waiting(rconn, guild) == len(mine)
+        assert round(fairq.guild_units(rconn, guild), 2) == round(sum(j["units"] for j in mine), 2)
     places = q.places([j["id"] for j in everything])
     for k, j in enumerate(everything):
         assert places[j["id"]].ahead == k
-        assert places[j["id"]].images_ahead == sum(x["images"] for x in everything[:k])  # exact near the head
-    for user in range(1, 6):
-        owner = f"{1 + user % 2}:{user}"
+        assert round(places[j["id"]].units_ahead, 2) == round(sum(x["units"] for x in everything[:k]), 2)
+    for user in range(1, 7):
+        owner = f"{1 + user % 3}:{user}"
         assert sorted(q.mine(owner)) == sorted(j["id"] for j in everything if j["owner"] == owner)
+    # Where a server's next dream would stand: behind every slot up to the round after its last one.
+    for guild in (1, 2, 3, 4):
+        name = NAMES[1]
+        ahead = sum(len(ref.jobs[n]) for n in NAMES[:1])
+        slots = ref.slots[name]
+        qhead = min((s["round"] for s in slots), default=0)
+        last = [s["round"] for s in slots if s["guild"] == guild]
+        r = max(qhead, max(last) + 1) if last else qhead
+        assert q.would_wait(guild, "default").ahead == ahead + sum(1 for s in slots if s["round"] <= r)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(piles=st.lists(st.integers(1, 6), min_size=2, max_size=6))
-def test_a_new_dream_goes_ahead_of_every_later_round(rconn, piles):
-    """The guarantee, as members see it: with nothing taken meanwhile, a member's k-th waiting dream is
-    queued ahead of every other member's (k+1)-th and later ones."""
+@given(piles=st.lists(st.tuples(st.integers(1, 3), st.integers(1, 6)), min_size=2, max_size=8))
+def test_a_new_dream_goes_ahead_of_every_later_round_of_servers_and_of_members(rconn, piles):
+    """The guarantee, as servers and members see it: with nothing taken meanwhile, a server's k-th waiting
+    dream is queued ahead of every other server's (k+1)-th and later ones (it waits behind at most one
+    dream of each other server per dream of its own), and inside a server a member's k-th ahead of every
+    other member's (k+1)-th."""
     rconn.flushdb()
     q = DreamQueue(rconn, load_settings())
-    owner_of: dict[str, int] = {}
-    for user, n in enumerate(piles, start=1):
+    who: dict[str, tuple[int, int]] = {}
+    for user, (guild, n) in enumerate(piles, start=1):
         for _ in range(n):
-            job = _job(user, "default", 1, 20)
-            q.enqueue(job)
-            owner_of[job.job_id] = user
+            job = _job(user, "default", 1, 20, guild=guild)
+            q.enqueue(job, 1.0)
+            who[job.job_id] = (guild, user)
             order = fairq.waiting_ids(rconn, "dream-default")
-            index, counts = {}, {}
-            for jid in order:
-                u = owner_of[jid]
-                index[jid] = counts.get(u, 0)
-                counts[u] = index[jid] + 1
-            me = order.index(job.job_id)
-            assert all(index[jid] <= index[job.job_id] for jid in order[:me] if owner_of[jid] != user)
-            assert all(index[jid] > index[job.job_id] for jid in order[me + 1:] if owner_of[jid] != user)
+            for level in (0, 1):
+                index, counts = {}, {}
+                for jid in order:
+                    k = who[jid][level]
+                    index[jid] = counts.get(k, 0)
+                    counts[k] = index[jid] + 1
+                me = order.index(job.job_id)
+                mine = who[job.job_id][level]
+                others = [jid for jid in order if who[jid][level] != mine and
+                          (level == 0 or who[jid][0] == who[job.job_id][0])]
+                assert all(index[jid] <= index[job.job_id] for jid in others if order.index(jid) < me)
+                # ... and it jumped ahead of nobody with a smaller index (equal indices: by slot, then arrival).
+                assert all(index[jid] >= index[job.job_id] for jid in others if order.index(jid) > me)
 
 
 def test_reconcile_repairs_drifted_counters_and_keeps_counting_through_a_busy_queue(rconn):
     q = DreamQueue(rconn, load_settings())
     jobs = [_job(u, "default", 1 + u % 4, 20) for u in range(1, 450)]
     for job in jobs:
-        q.enqueue(job)
+        q.enqueue(job, _units(job))
     want = fairq.totals(rconn, NAMES)
     # Drift, as a crash between two steps of an older release or a hand edit would leave it.
-    rconn.hset(keys.FQ_COUNT, mapping={"images:dream-default": 5, "guild:1": 99999, "guild:77": 3})
-    assert fairq.totals(rconn, NAMES).images != want.images
+    rconn.hset(keys.FQ_COUNT, mapping={"units:dream-default": 5, "guild:1": 99999, "guild:77": 3,
+                                       "gunits:2": 7})
+    assert fairq.totals(rconn, NAMES).units != want.units
 
     # A worker and a cancel keep working while the reconcile walks the queue, in every phase of the walk.
     real = fairq._scripts(rconn)["RECOUNT_STEP"]
@@ -166,8 +218,11 @@ def test_reconcile_repairs_drifted_counters_and_keeps_counting_through_a_busy_qu
         out = real(args=args)
         taken.append(fairq.claim_next(rconn, NAMES)[1])
         late = _job(1000 + len(taken), "default", 2, 20)
-        q.enqueue(late)
+        q.enqueue(late, _units(late))
         jobs.append(late)
+        victim = next(j for j in jobs[len(jobs) // 2:] if j.job_id not in taken)
+        assert q.remove(victim.job_id)
+        taken.append(victim.job_id)
         return out
 
     fairq._scripts(rconn)["RECOUNT_STEP"] = busy_step
@@ -175,11 +230,13 @@ def test_reconcile_repairs_drifted_counters_and_keeps_counting_through_a_busy_qu
         changed = fairq.reconcile(rconn, NAMES, chunk=50)
     finally:
         fairq._scripts(rconn)["RECOUNT_STEP"] = real
-    assert changed["guild:77"] == (3, 0) and changed["guild:1"][0] == 99999
+    assert changed["guild:77"] == (3, 0) and changed["guild:1"][0] > 99_000 and "gunits:2" in changed
     left = [j for j in jobs if j.job_id not in set(taken)]
     t = fairq.totals(rconn, NAMES)
-    assert t.jobs == len(left) and t.images == sum(j.request.count for j in left)
-    for guild in (1, 2):
-        assert fairq.guild_waiting(rconn, guild) == sum(1 for j in left if j.origin.guild_id == guild)
+    assert t.jobs == len(left) and round(t.units, 2) == round(sum(_units(j) for j in left), 2)
+    for guild in (1, 2, 3):
+        mine = [j for j in left if j.origin.guild_id == guild]
+        assert fairq.guild_waiting(rconn, guild) == len(mine)
+        assert round(fairq.guild_units(rconn, guild), 2) == round(sum(_units(j) for j in mine), 2)
     assert not rconn.exists(keys.FQ_RECOUNT) and not rconn.exists(keys.FQ_RECOUNT_LOCK)
     assert fairq.reconcile(rconn, NAMES) == {}  # nothing left to repair

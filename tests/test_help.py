@@ -26,13 +26,13 @@ def one_bot(redis_server, tiny_model_dir, tmp_path_factory):
 def test_dreamhelp_shows_options_limits_and_what_is_left(one_bot, rconn):
     f, bot = one_bot, one_bot.bots[0]
     LimitStore(rconn).set(f.guild_id, "user_images_hour", "12", actor_id=1)
-    f.dream(bot, count=3).wait_ack(5)
+    f.dream(bot, count=3, steps=40, aspect="1:1").wait_ack(5)  # 3 standard images: 3 units (dreamcore.cost)
     body = f.standin.send_slash(bot.app.id, f.guild_id, bot.channel_id, f.user_id, "dreamhelp", {}).wait_ack(5)
     text = body["data"]["content"]
     assert body["data"]["flags"] & 64
     assert "`prompt`" in text and "Cinematic" in text and "Square 1:1 (1024x1024)" in text
-    assert "12 images an hour" in text
-    assert "9 images left this hour" in text
+    assert "12 standard images an hour" in text
+    assert "9 standard images left this hour" in text
 
 
 def test_style_autocomplete_matches_names_and_templates(one_bot):

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dreamcore import limit_store
-from dreamcore.keys import LimitKeys
+from dreamcore.keys import LimitKeys, operator_key
 from dreamcore.limit_messages import human_duration
 from dreamcore.limit_store import LimitStore
 from dreamcore.limit_words import find_blocked_word
@@ -237,40 +237,42 @@ class Model:
                 del act[j]
         uu = self.usage.setdefault(user, [])
         ua = self.active.setdefault(user, {})
-        if not exempt:
-            fails = []
-            at = self.cooldown.get(user)
-            if lim.cooldown_s > 0 and at is not None and now < at + lim.cooldown_s:
-                fails.append(("cooldown", at + lim.cooldown_s - now))
-            if len(ua) >= lim.user_max_active:
-                fails.append(("user_active", None))
-            for kind, entries, span, q in (
-                ("user_hour", uu, HOUR, lim.user_images_hour), ("user_day", uu, DAY, lim.user_images_day),
-                ("guild_hour", self.gusage, HOUR, lim.guild_images_hour),
-                ("guild_day", self.gusage, DAY, lim.guild_images_day),
-            ):
-                inside = sorted((counts_until(e[0], span), e[1]) for e in entries if counts_until(e[0], span) > now)
-                used = sum(e[1] for e in inside)
-                if used + images <= q:
-                    continue
-                if images > q:
-                    fails.append((kind, math.inf))
-                    continue
-                need, freed = used + images - q, 0
-                for until, im in inside:
-                    freed += im
-                    if freed >= need:
-                        fails.append((kind, until - now))
-                        break
-            if len(self.gactive) >= lim.guild_max_queued:
-                fails.append(("guild_queued", None))
-            best, rank = None, -2.0
-            for kind, retry in fails:
-                r = -1.0 if retry is None else retry
-                if r > rank:
-                    best, rank = (kind, None if retry is None or math.isinf(retry) else retry), r
-            if best:
-                return best
+        # Exempt skips the member's own limits; the server's hold for everyone.
+        fails = []
+        at = self.cooldown.get(user)
+        if not exempt and lim.cooldown_s > 0 and at is not None and now < at + lim.cooldown_s:
+            fails.append(("cooldown", at + lim.cooldown_s - now))
+        if not exempt and len(ua) >= lim.user_max_active:
+            fails.append(("user_active", None))
+        for kind, entries, span, q in (
+            ("user_hour", uu, HOUR, lim.user_images_hour), ("user_day", uu, DAY, lim.user_images_day),
+            ("guild_hour", self.gusage, HOUR, lim.guild_images_hour),
+            ("guild_day", self.gusage, DAY, lim.guild_images_day),
+        ):
+            if exempt and kind.startswith("user"):
+                continue
+            inside = sorted((counts_until(e[0], span), e[1]) for e in entries if counts_until(e[0], span) > now)
+            used = sum(e[1] for e in inside)
+            if used + images <= q:
+                continue
+            if images > q:
+                fails.append((kind, math.inf))
+                continue
+            need, freed = used + images - q, 0
+            for until, im in inside:
+                freed += im
+                if freed >= need:
+                    fails.append((kind, until - now))
+                    break
+        if len(self.gactive) >= lim.guild_max_queued:
+            fails.append(("guild_queued", None))
+        best, rank = None, -2.0
+        for kind, retry in fails:
+            r = -1.0 if retry is None else retry
+            if r > rank:
+                best, rank = (kind, None if retry is None or math.isinf(retry) else retry), r
+        if best:
+            return best
         uu.append((now, images, job))
         self.gusage.append((now, images, job))
         ua[job] = now
@@ -363,7 +365,7 @@ def test_daily_quota_message(store, limiter):
     d = ask(limiter, guild, 1, "x", images=1, now=resets - (5 * HOUR + 12 * 60))
     assert d.kind == "user_day"
     assert d.retry_after_s == pytest.approx(5 * HOUR + 12 * 60)
-    assert d.message == "daily quota 40/40 images, resets in 5 h 12 min"
+    assert d.message == "daily quota 40/40 standard images used, resets in 5 h 12 min"
     assert not ask(limiter, guild, 1, "y", images=1, now=resets - 0.001).ok
     assert store.usage(guild, 1, now=resets)["user_images_day"] == 0  # the whole bucket expired at once
     assert ask(limiter, guild, 1, "y", images=4, now=resets).ok
@@ -377,11 +379,12 @@ def test_hourly_partial_and_never_fitting_messages(store, limiter):
     d = ask(limiter, guild, 1, "c", images=3, now=T0 + 900)
     # 5/6 used, needs 3: the first dream (3 images) must expire, at the end of its minute (T0 + 40 s) + 1 h.
     assert (d.kind, d.retry_after_s) == ("user_hour", 2740.0)
-    assert d.message == "hourly quota 5/6 images and this dream needs 3; enough frees up in 45 min 40 s"
+    assert d.message == ("hourly quota 5/6 standard images used and this dream counts as 3 standard images; "
+                         "enough frees up in 45 min 40 s")
     configure(store, guild, user_images_hour=2)
     d = ask(limiter, guild, 2, "big", images=4, now=T0)
     assert (d.kind, d.retry_after_s) == ("user_hour", None)
-    assert "asks for 4 images" in d.message and "hourly quota is 2" in d.message
+    assert "counts as 4 standard images" in d.message and "hourly quota is 2" in d.message
 
 
 def test_active_and_guild_messages(store, limiter):
@@ -397,7 +400,8 @@ def test_active_and_guild_messages(store, limiter):
     configure(store, guild, user_max_active=50, guild_images_hour=5)
     d = ask(limiter, guild, 2, "g", images=4, now=T0 + 60)
     assert d.kind == "guild_hour"
-    assert d.message == ("this server's hourly quota 3/5 images and this dream needs 4; "
+    assert d.message == ("this server's hourly quota 3/5 standard images used and this dream counts as 4 "
+                         "standard images; "
                          "enough frees up in 59 min 40 s")
     configure(store, guild, guild_images_hour=5000, guild_max_queued=2)  # "b" and "c" are active
     d = ask(limiter, guild, 3, "q", now=T0 + 60)
@@ -585,27 +589,77 @@ def test_blocked_words_bind_exempt_members_and_mask_the_word(store, limiter):
     assert find_blocked_word(["b\u200bad"], "BAD") == (0, "bad")  # the list itself is cleaned too
 
 
-def test_exempt_roles_bypass_counting_limits_and_caps(store, limiter):
+def test_exempt_roles_skip_the_members_own_limits_never_the_servers(store, limiter):
     guild = new_guild()
     configure(store, guild, cooldown_s=600, user_max_active=1, user_images_hour=1, user_images_day=1,
-              guild_images_hour=1, guild_images_day=1, guild_max_queued=1, max_images=1, max_steps=10,
+              guild_images_hour=20, guild_images_day=100, guild_max_queued=5, max_images=1, max_steps=10,
               exempt_roles=[5, 6])
     for i in range(5):
         d = ask(limiter, guild, 1, f"e{i}", images=4, steps=50, role_ids=[6], now=T0 + i)
         assert d.ok, d
     u = store.usage(guild, 1, now=T0 + 5)
     assert (u["user_images_hour"], u["guild_active"]) == (20, 5)  # recorded: real load
+    # The server's own limits hold for the exempt member too: the hourly quota and the queue are full.
+    d = ask(limiter, guild, 1, "e5", images=1, steps=5, role_ids=[6], now=T0 + 5)
+    assert not d.ok and d.kind in ("guild_hour", "guild_queued")
     d = ask(limiter, guild, 2, "m", steps=5, now=T0 + 5)  # a plain member meets the (now full) server
     assert not d.ok and d.kind in ("guild_hour", "guild_day", "guild_queued")
 
 
-def test_priority_roles(store, limiter):
+def test_priority_roles_order_dreams_inside_their_server_only(store, limiter):
     guild = new_guild()
     configure(store, guild, priority_roles=[7], cooldown_s=60)
-    assert ask(limiter, guild, 1, "a", role_ids=[3, 7]).priority == "high"
-    assert ask(limiter, guild, 2, "b", role_ids=[3]).priority == "default"
+    a = ask(limiter, guild, 1, "a", role_ids=[3, 7])
+    assert (a.priority, a.tier) == ("default", 1)  # the server's own queue: priority acts inside it
+    assert ask(limiter, guild, 2, "b", role_ids=[3]).tier == 0
     d = ask(limiter, guild, 1, "c", role_ids=[7])
-    assert (d.ok, d.priority) == (False, "high")
+    assert (d.ok, d.tier) == (False, 1)
+
+
+def test_everyone_is_refused_as_a_priority_or_exempt_role_and_ignored_if_stored(store, limiter, rconn):
+    guild = new_guild()
+    for key in ("priority_roles", "exempt_roles"):
+        with pytest.raises(LimitError, match="@everyone"):
+            store.set(guild, key, f"5,{guild}", ADMIN)
+        assert getattr(store.get(guild), key) == []
+    # Stored by an older release: ignored, so every member is neither priority nor exempt.
+    rconn.hset(LimitKeys.config(guild), mapping={"priority_roles": f"[{guild}]", "exempt_roles": f"[{guild}]",
+                                                 "user_max_active": "1"})
+    assert ask(limiter, guild, 1, "a", role_ids=[guild]).tier == 0
+    d = ask(limiter, guild, 1, "b", role_ids=[guild])
+    assert not d.ok and d.kind in ("cooldown", "user_active")  # not exempt: the member's own limits hold
+
+
+def test_the_operators_ceilings_and_priority_apply_over_the_admins(store, limiter, rconn):
+    from dreamcore import servers
+
+    guild = new_guild()
+    configure(store, guild, **LOOSE)
+    servers.change(rconn, guild, priority="high", max_queued=2, units_hour=3)
+    assert ask(limiter, guild, 1, "a", now=T0).priority == "high"
+    assert ask(limiter, guild, 2, "b", now=T0).ok
+    d = ask(limiter, guild, 3, "c", now=T0)
+    assert (d.ok, d.kind) == (False, "guild_queued")
+    limiter.release(guild, 1, "a")
+    d = ask(limiter, guild, 3, "c", images=2, now=T0)  # 2 + 2 units past the operator's 3 an hour
+    assert (d.ok, d.kind) == (False, "guild_hour")
+    with pytest.raises(ValueError, match="priority"):
+        servers.change(rconn, guild, priority="urgent")
+    servers.clear(rconn, guild)
+    assert servers.get(rconn, guild) == servers.ServerPolicy()
+    rconn.hset(operator_key(guild), mapping={"max_queued": "lots", "priority": "low"})
+    assert servers.get(rconn, guild) == servers.ServerPolicy(priority="low")  # the bad value is ignored
+
+
+def test_direct_messages_count_each_member_on_their_own(store, limiter):
+    # What a server-wide limit would be in a DM is each member's own: one member can't use up another's.
+    configure(store, None, **{**LOOSE, "guild_max_queued": 2, "guild_images_hour": 3})
+    for user in (1, 2, 3):
+        for i in range(2):
+            assert ask(limiter, None, user, f"dm{user}-{i}", now=T0).ok
+        d = ask(limiter, None, user, f"dm{user}-x", now=T0)
+        assert (d.ok, d.kind) == (False, "guild_queued")
+    assert store.usage(None, 1, now=T0)["guild_active"] == 2
 
 
 # --- Admin input, audit, stored config ------------------------------------------------------------------

@@ -59,9 +59,10 @@ def _burst(fleet, users, **options):
 @pytest.mark.parametrize("limit,value,options,users,expect,says", [
     ("user_max_active", "3", {}, 1, 3, "limit 3"),
     ("cooldown_s", "600", {}, 1, 1, "cooldown: try again in"),
-    ("user_images_hour", "5", {"count": 2}, 1, 2, "hourly"),
-    ("user_images_day", "7", {"count": 3}, 1, 2, "daily"),
-    ("guild_images_hour", "6", {"count": 2}, 10, 3, "hourly"),
+    # Quotas count units of cost (dreamcore.cost): a 1024x1024, 40-step image is exactly one.
+    ("user_images_hour", "5", {"count": 2, "steps": 40, "aspect": "1:1"}, 1, 2, "hourly"),
+    ("user_images_day", "7", {"count": 3, "steps": 40, "aspect": "1:1"}, 1, 2, "daily"),
+    ("guild_images_hour", "6", {"count": 2, "steps": 40, "aspect": "1:1"}, 10, 3, "hourly"),
     ("guild_max_queued", "4", {}, 10, 4, "limit 4"),
 ])
 def test_ten_instances_cannot_be_raced_past_a_limit(ten_bots, rconn, limit, value, options, users, expect, says):

@@ -86,3 +86,53 @@ def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(
     # The old release's fair order held: members 2 and 3 before member 1's second and third dreams.
     order = [e.job_id for e in box.read(count=200, block_ms=100) if e.status in ("done", "failed")]
     assert order.index(old_ids[3]) < order.index(old_ids[1]) and order.index(old_ids[4]) < order.index(old_ids[1])
+
+
+def _release_before_the_two_level_queue(tmp_path) -> str:
+    """The newest commit whose fair queue was one level (members only: one sorted set per queue), unpacked."""
+    try:
+        out = unpack_newest("dreamcore/fairq_lua.py", "redis.call('ZADD', q .. ':o:' .. owner, round, member)",
+                            ["dreamcore"], tmp_path / "one-level")
+    except NoHistory as err:
+        pytest.fail(f"this test needs the project's git history (a full clone): {err}")
+    if out is None:
+        pytest.fail("no commit with the one-level fair queue in the last 50 changes of dreamcore/fairq_lua.py: "
+                    "run .ci/run on a full clone")
+    return out
+
+
+def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upgrade(tiny_env, rconn, pipeline,
+                                                                                    tmp_path, redis_url):
+    """The previous release's bots queued five dreams in its one-level fair queue, with no records of their
+    own; after the upgrade a new bot queues one more. The new worker moves them into the two-level queue and
+    serves every one, fairly (member 1's second dream after members 2 and 3's first); the new bot adopts the
+    old jobs once at start, so their results are posted, not refused as forgeries."""
+    from dreamcore import delivery, ledger
+    from worker.runner import make_worker
+
+    old = _release_before_the_two_level_queue(tmp_path)
+    env = dict(tiny_env, PYTHONPATH=old)
+    run = subprocess.run([sys.executable, "-c", ENQUEUE_WITH_THE_OLD_RELEASE, redis_url], env=env, cwd=old,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    old_ids = json.loads(run.stdout)
+    assert rconn.zcard("dream:fq:dream-default") == 5 and fairq.totals(rconn, queue_names()).jobs == 5
+    new = make_job(make_request(prompt="new release", seed=9, steps=2, aspect="1:1"),
+                   make_origin(instance="bot1", guild_id=7, channel_id=10, user_id=4))
+    DreamQueue(rconn, get_settings()).enqueue(new)
+    assert DreamQueue(rconn, get_settings()).position(new.job_id) == 5  # behind the old queue, until moved
+    assert ledger.adopt(rconn, "bot1", get_settings(), queue_names()) == 5  # the new bot starts
+    assert ledger.adopt(rconn, "bot1", get_settings(), queue_names()) == 0  # once only
+
+    box = results.Outbox(rconn, "bot1", "test")
+    box.ensure_group()
+    make_worker(get_settings(), rconn, pipeline, name="upgraded").work(burst=True, logging_level="WARNING")
+    assert rconn.zcard("dream:fq:dream-default") == 0 and fairq.totals(rconn, queue_names()).jobs == 0
+    for jid in [*old_ids, new.job_id]:
+        got = delivery.for_delivery(rconn, image_store(), jid, "bot1")
+        assert got is not None and got.result.status == "done", (jid, got)
+        assert Image.open(io.BytesIO(got.images[0])).size[0] > 0
+    order = [e.job_id for e in box.read(count=200, block_ms=100) if e.status in ("done", "failed")]
+    assert order.index(old_ids[3]) < order.index(old_ids[1]) and order.index(old_ids[4]) < order.index(old_ids[1])
+    # A member's first dream queued after the upgrade does not wait behind member 1's second and third.
+    assert order.index(new.job_id) < order.index(old_ids[2])

@@ -1,0 +1,89 @@
+"""What a job costs, in the one unit that quotas, the fair queue's counters, backpressure and ETAs all use.
+
+One unit is one standard image: 1024x1024, 40 steps of base + refiner with classifier-free guidance, what a
+default /dream makes. Anything else costs the UNet work it runs relative to that: pixels x steps run, plus
+a fixed share per image that every image costs whatever its step count (the VAE decode, the output
+classifier, the PNG), counted as FIXED_STEPS steps. So the image-count limits an admin sets keep their
+meaning for a standard dream, a 20-step dream counts about half, and an upscale counts its tiles: 2048 ->
+4096 is 25 tiles of the refiner, about 8 units, not one image.
+
+Guidance at or below 1 runs no unconditional pass (diffusers skips classifier-free guidance there), so it
+halves the UNet share. The estimate is made by the bot before a job is queued, from what the job will run;
+the worker measures its seconds per unit afterwards (dreamcore.stats) for the ETAs.
+"""
+
+from __future__ import annotations
+
+import math
+
+STANDARD_PIXELS = 1024 * 1024
+STANDARD_STEPS = 40
+FIXED_STEPS = 2  # per image: VAE decode, the classifier and the encoder cost about two UNet steps
+
+
+def img2img_steps(steps: int, strength: float) -> tuple[int, int]:
+    """(num_inference_steps to ask for, steps that will run): diffusers' img2img runs
+    int(num_inference_steps * strength) of them and refuses zero, so ask for enough that at least one runs."""
+    n = max(1, steps)
+    while int(n * strength) < 1:
+        n += 1
+    return n, min(int(n * strength), n)
+
+
+def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """Equal spans (start, end) covering [0, length): each at most `tile` long and a multiple of 8 (the
+    VAE's factor), neighbours sharing at least `overlap` (less one for rounding). As few as the tile
+    allows, and no longer than needed, so the overlap is not wasted work."""
+    if length <= tile:
+        return [(0, length)]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    size = min(tile, math.ceil((length + (n - 1) * overlap) / n / 8) * 8)
+    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
+    return [(s, s + size) for s in starts]
+
+
+def image_units(width: int, height: int, steps_run: int, guidance: float = 7.0) -> float:
+    """One image of `width` x `height` after `steps_run` UNet steps, in standard images."""
+    cfg = 1.0 if guidance > 1.0 else 0.5
+    return (width * height / STANDARD_PIXELS) * (steps_run * cfg + FIXED_STEPS) / (STANDARD_STEPS + FIXED_STEPS)
+
+
+def dream_units(width: int, height: int, steps: int, count: int, guidance: float) -> float:
+    """A text-to-image dream: every step runs once per image (base and refiner share the steps)."""
+    return count * image_units(width, height, steps, guidance)
+
+
+def variation_units(width: int, height: int, steps: int, strength: float, count: int, guidance: float) -> float:
+    """Variations: the base in img2img runs `strength` of the steps."""
+    return count * image_units(width, height, img2img_steps(steps, strength)[1], guidance)
+
+
+def upscale_units(width: int, height: int, steps: int, strength: float, guidance: float, tile: int,
+                  overlap: int) -> float:
+    """An upscale to `width` x `height`: the refiner in img2img over every tile (worker/img2img.upscale)."""
+    run = img2img_steps(steps, strength)[1]
+    xs, ys = tile_spans(width, tile, overlap), tile_spans(height, tile, overlap)
+    return sum(image_units(x1 - x0, y1 - y0, run, guidance) for y0, y1 in ys for x0, x1 in xs)
+
+
+def rounded(units: float) -> float:
+    """Units as they are stored and shown: two decimals, never below 0.01 (no job is free)."""
+    return max(0.01, round(units, 2))
+
+
+def units_text(units: float) -> str:
+    """12 / 12.5 / 0.25: what a member reads."""
+    return f"{units:.2f}".rstrip("0").rstrip(".")
+
+
+def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None) -> float:
+    """A job's cost before it runs (a dreamcore.job.DreamJob). `size`: the output size where it is not the
+    request's (an upscale's, twice its source's; the bot knows it from the source's record)."""
+    req = job.request
+    if job.kind == "upscale":
+        w, h = size or (req.size[0] * 2, req.size[1] * 2)
+        return rounded(upscale_units(w, h, req.steps, job.source.strength, req.guidance, tile, overlap))
+    w, h = size or req.size
+    if job.kind == "variation":
+        return rounded(variation_units(w, h, req.steps, job.source.strength, req.count, req.guidance))
+    return rounded(dream_units(w, h, req.steps, req.count, req.guidance))

@@ -7,24 +7,30 @@ tests and the demo share one implementation of "submit a job".
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
 from rq.job import JobStatus
 
-from dreamcore import fairq, metrics, redisconn, stats, votes
+from dreamcore import ledger, metrics, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.images import open_store
 from dreamcore.job import DreamJob, make_job
 from dreamcore.limit_messages import human_duration
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
-from dreamcore.queue import PRIORITIES, DreamQueue, queue_names
+from dreamcore.queue import PRIORITIES, DreamQueue, owner_of
 from dreamcore.settings import Settings
 
 log = logging.getLogger("dreambot.bot")
 
 UNAVAILABLE = "I can't queue dreams right now (the queue is unreachable). Please try again in a minute."
+# Said when the queue took the dream but Redis failed before that could be confirmed and it could not be taken
+# back: it may well come, so never "can't queue".
+UNCONFIRMED = ("I couldn't confirm that your dream was queued (the queue stopped answering half-way). It may "
+               "still come: /dreamqueue shows it if it is waiting.")
+NO_DMS = "I don't dream in direct messages here; use /dream in a server I'm in."
 
 
 @dataclass
@@ -34,7 +40,7 @@ class Outcome:
     job_id: str | None = None
     position: int | None = None
     eta_s: float | None = None
-    kind: str | None = None  # which limit refused it, "busy", or "unavailable"
+    kind: str | None = None  # which limit refused it, "busy", "dm", "unavailable" or "unconfirmed"
     vote: bool = False  # a vote round: job_id is the round, two candidates queued
 
 
@@ -44,14 +50,14 @@ class QueuedView:
     state: str  # "waiting" or "running"
     position: int | None
     eta_s: float | None
-    images: int
+    images: int | None  # known for a running dream (RQ's meta); a waiting one shows its place instead
 
 
 class Backend:
     def __init__(self, settings: Settings, conn: redis.Redis | None = None):
         self.settings = settings
         # Short timeouts: the member's 3-second window matters more than one slow Redis call.
-        self.conn = conn or redisconn.connect(settings, timeout_s=2.0, connect_timeout_s=1.0,
+        self.conn = conn or redisconn.connect(settings, timeout_s=redisconn.BOT_READ_TIMEOUT_S, connect_timeout_s=1.0,
                                               health_check_interval=15, retry_on_timeout=False)
         self.queue = DreamQueue(self.conn, settings)
         self.images = open_store(settings)  # read to post results and to check a button's source image
@@ -59,46 +65,73 @@ class Backend:
         self.limiter = Limiter(self.conn, self.store)
 
     def submit(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
-               companions: tuple[DreamJob, ...] = ()) -> Outcome:
+               companions: tuple[DreamJob, ...] = (), size: tuple[int, int] | None = None,
+               deadline: float | None = None) -> Outcome:
         """Limits, backpressure, queue. `companions` ride on `job`'s limit check (a vote round's second
-        candidate): their images count against the member's quota with it, and they are queued after it."""
+        candidate): their cost counts against the member's quota with it, and they are queued after it.
+        `size`: the output size where it is not the request's (an upscale's), for its cost. Past `deadline`
+        (time.monotonic()) nothing more is queued: what was taken is given back and the member told so."""
         o, r = job.origin, job.request
+        if o.guild_id is None and not self.settings.direct_messages:
+            return Outcome(False, NO_DMS, kind="dm")
+        units = self.queue.units(job, size)
+        every = [(job, units), *((c, self.queue.units(c)) for c in companions)]
+        total = sum(u for _, u in every)
         images = r.count + sum(c.request.count for c in companions)
+        queued = None
         try:
             decision = self.limiter.acquire(
                 o.guild_id, o.user_id, job.job_id, images, r.steps, role_ids=role_ids, instance=o.instance,
                 channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt,
-                channel_nsfw=o.channel_nsfw)
+                channel_nsfw=o.channel_nsfw, units=total)
             if not decision.ok:
                 metrics.refused(decision.kind)
                 return Outcome(False, decision.message, kind=decision.kind)
-            busy = self._too_busy(images)
-            if busy:
+            busy = self._too_busy(o.guild_id, decision.priority, total, job.kind)
+            late = deadline is not None and time.monotonic() > deadline
+            if busy or late:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
-                metrics.refused("busy")
-                return Outcome(False, busy, kind="busy")
-            if decision.priority != job.priority:
-                job = job.model_copy(update={"priority": decision.priority})
-            queued = self.queue.enqueue(job)
-            for c in companions:
-                self.queue.enqueue(c.model_copy(update={"priority": job.priority}))
+                metrics.refused("busy" if busy else "unavailable")
+                return Outcome(False, busy, kind="busy") if busy else Outcome(False, UNAVAILABLE, kind="unavailable")
+            for each, cost in every:
+                each = each.model_copy(update={"priority": decision.priority})
+                got = self.queue.enqueue(each, cost, tier=decision.tier)
+                queued = queued or got
         except redis.RedisError as err:
             log.warning("enqueue failed", extra={"job_id": job.job_id, "error": type(err).__name__})
+            if queued is None and not isinstance(err, redisconn.NotReplicated) and self._was_queued(job.job_id):
+                # Queued before the error reached us, and a worker has it already: it will come.
+                metrics.refused("unconfirmed")
+                return Outcome(False, UNCONFIRMED, kind="unconfirmed")
             try:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
             except redis.RedisError:
                 pass  # the active slot frees itself after its TTL
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
+        speed = stats.Speed(self.conn)
         if companions:
-            eta = self._eta_for(companions[-1].job_id)
+            last = self.queue.place(companions[-1].job_id)
+            eta = speed.eta_s(last.units_ahead, last.units) if last else None
         else:
-            eta = stats.etas(self.conn, {job.job_id: queued.place}).get(job.job_id) if queued.place else None
-        log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": job.priority,
-                                      "guild_id": o.guild_id, "user_id": o.user_id, "instance": o.instance})
+            eta = speed.eta_s(queued.place.units_ahead, queued.place.units, job.kind) if queued.place else None
+        log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": decision.priority,
+                                      "tier": decision.tier, "units": units, "guild_id": o.guild_id,
+                                      "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
 
-    def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = ()) -> Outcome:
+    def _was_queued(self, job_id: str) -> bool:
+        """After an error mid-submit: whether the job is in the queue (or taken) all the same. Taken back when
+        it still waits, so the member's "can't queue" stays true; True only when a worker already has it."""
+        try:
+            if not self.conn.exists(ledger.key(job_id)):
+                return False
+            return not self.queue.take_back(job_id)
+        except redis.RedisError:
+            return False
+
+    def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
+                    deadline: float | None = None) -> Outcome:
         """/dream: a vote round in a vote channel, one job elsewhere."""
         try:
             vote = votes.is_vote_channel(self.conn, job.origin.guild_id, job.origin.channel_id)
@@ -106,12 +139,13 @@ class Backend:
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
         if vote:
-            out = self.submit_vote(job, role_ids)
+            out = self.submit_vote(job, role_ids, deadline)
             out.vote = out.ok
             return out
-        return self.submit(job, role_ids)
+        return self.submit(job, role_ids, deadline=deadline)
 
-    def submit_vote(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = ()) -> Outcome:
+    def submit_vote(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
+                    deadline: float | None = None) -> Outcome:
         """Vote mode: two candidates of the member's request that differ in one setting, one limit check."""
         kind, a, b = votes.pick(job.request)
         job_a = job.model_copy(update={"request": job.request.model_copy(update=a.overrides)})
@@ -123,7 +157,7 @@ class Backend:
         except redis.RedisError:
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
-        outcome = self.submit(job_a, role_ids, companions=(job_b,))
+        outcome = self.submit(job_a, role_ids, companions=(job_b,), deadline=deadline)
         if not outcome.ok:
             try:
                 votes.drop_round(self.conn, job_a.job_id)
@@ -131,28 +165,28 @@ class Backend:
                 pass
         return outcome
 
-    def _too_busy(self, images: int) -> str | None:
-        spi = stats.seconds_per_image(self.conn)
-        if spi is None:
+    def _too_busy(self, guild_id: int | None, priority: str, units: float, kind: str) -> str | None:
+        """Backpressure per server: a server whose next dream would wait past DREAMBOT_MAX_WAIT_MIN is told
+        "busy", while the others, whose dreams stand ahead of its backlog (dreamcore.fairq), are served."""
+        speed = stats.Speed(self.conn)
+        if speed.overall is None:
             return None  # nothing measured yet: no basis to refuse
-        ahead = fairq.totals(self.conn, queue_names()).images
-        wait = stats.eta_s(ahead, images, spi, stats.worker_count(self.conn))
+        outlook = self.queue.would_wait(guild_id, priority)
+        wait = speed.eta_s(outlook.units_ahead, units, kind)
         if wait is not None and wait > self.settings.max_wait_min * 60:
-            return (f"busy: about {human_duration(wait - images * spi)} of work is queued already "
+            mine = (f"this server has {outlook.server_waiting} dream{'s' * (outlook.server_waiting != 1)} waiting "
+                    "and " if outlook.server_waiting else "")
+            return (f"busy: {mine}a new one would wait about {human_duration(wait - units * (speed.of(kind) or 0))} "
                     f"(the limit is {self.settings.max_wait_min} min). Please try again later.")
         return None
 
-    def _eta_for(self, job_id: str) -> float | None:
-        got = stats.eta_for(self.queue, [job_id]).get(job_id)
-        return None if got is None else got[1]
-
     def my_jobs(self, guild_id: int | None, user_id: int) -> list[QueuedView]:
         """The member's waiting and running dreams, with position and ETA."""
-        owner = f"{guild_id or 0}:{user_id}"
+        owner = owner_of(guild_id, user_id)
         ids = self.queue.mine(owner)
         places = self.queue.places(ids)
         etas = stats.etas(self.conn, places)
-        out = sorted((QueuedView(jid, "waiting", p.ahead, etas[jid], p.images) for jid, p in places.items()),
+        out = sorted((QueuedView(jid, "waiting", p.ahead, etas[jid], None) for jid, p in places.items()),
                      key=lambda v: v.position or 0)
         for p in PRIORITIES:
             for jid in self.queue.queues[p].started_job_registry.get_job_ids():

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import results, safety, stats
-from dreamcore.job import JobError, parse_job
+from dreamcore import ledger, results, safety, stats
 from dreamcore.limit_messages import human_duration
+from dreamcore.present import shown
 
 from .safety import post_is_age_restricted
 from .toolkit import NO_MENTIONS
@@ -113,18 +113,16 @@ class Progress:
         fields, preview = await asyncio.to_thread(results.load_progress, conn, job_id)
         if not fields or await asyncio.to_thread(conn.exists, results.done_key(job_id)):
             return  # finished meanwhile: the result edit is on its way
-        rq_job = await asyncio.to_thread(self.backend.queue.fetch, job_id)
-        try:
-            job = parse_job(rq_job.args[0]) if rq_job is not None else None
-        except (JobError, IndexError):
-            job = None
-        if job is None or not relay.token_alive_for(job.origin):
+        # The bot's own record of the job: where it came from, and the interaction token to edit its reply
+        # with (the job a worker runs carries none; a job of another instance has no record of ours).
+        job = await asyncio.to_thread(ledger.load, conn, job_id)
+        if job is None or job.origin.instance != relay.settings.instance or not relay.token_alive_for(job.origin):
             return
         done, total = int(fields["done"]), int(fields["total"])
         stage = "refining" if fields.get("stage") == "refiner" else "dreaming"
         text = (f"{stage.capitalize()}: job `{job_id}` {bar(done, total)} {100 * done // max(1, total)}% "
                 f"(step {fields['step']}/{fields['stage_total']} on the {fields.get('stage')}{part_text(fields)})\n"
-                f"**{job.request.prompt[:900]}**")
+                f"**{shown(job.request.prompt, 900)}**")
         files = []
         if preview:
             # The preview is judged like the finished images (its own score, and its source's for a

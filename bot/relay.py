@@ -20,10 +20,12 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import faults, keys, metrics, params, results, safety, votes
+from dreamcore import delivery, faults, keys, ledger, metrics, params, safety, votes
 from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.limit_store import LimitStore
+from dreamcore.limiter import Limiter
 from dreamcore.present import result_text
+from dreamcore.queue import queue_names
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
 
@@ -62,6 +64,7 @@ class Relay:
         consumer = f"{settings.instance}-{socket.gethostname()}-{os.getpid()}"
         self.outbox = Outbox(conn, settings.instance, consumer)
         self.limits = LimitStore(conn, settings)
+        self.limiter = Limiter(conn, self.limits)
         self.delivered = 0
         self.progress = None  # set by the client: live status edits
 
@@ -82,6 +85,12 @@ class Relay:
                     if swept:
                         log.info("undelivered results found at start", extra={"results": len(swept)})
                     entries = [*entries, *swept]
+                    # Jobs the previous release queued (before the bots kept records) are posted, not refused.
+                    await asyncio.to_thread(ledger.adopt, self.conn, self.settings.instance, self.settings,
+                                            queue_names())
+                    # Vote rounds from before the win-rate counters go into them, once per deployment.
+                    if counted := await asyncio.to_thread(votes.count_old_rounds, self.conn):
+                        log.info("older vote rounds counted into the win rates", extra={"rounds": counted})
                 backoff = 0.5
             except redis.RedisError as err:
                 log.warning("outbox unreachable, retrying", extra={"error": type(err).__name__, "in_s": backoff})
@@ -113,24 +122,24 @@ class Relay:
             if await asyncio.to_thread(self.outbox.delivered, job_id):
                 await asyncio.to_thread(self.outbox.ack, entry)
                 return
-            loaded = await asyncio.to_thread(results.load, self.conn, self.store, job_id)
+            got = await asyncio.to_thread(self.verified, job_id)
         except (redis.RedisError, ImageStoreError) as err:
             log.warning("result unreadable for now, will retry", extra={"job_id": job_id, "error": str(err)})
             return  # stays pending; claimed again later
-        if loaded is None:
-            log.warning("result expired before delivery", extra={"job_id": job_id})
-            metrics.delivered("expired")
+        if got is None:
             await asyncio.to_thread(self.outbox.ack, entry)
             return
-        result, images = loaded
+        result, images = got.result, got.images
         try:
             in_round = await asyncio.to_thread(votes.round_of, self.conn, job_id)
+            # The quota is settled here, by the bot that took it, from its own record: a worker holds no limits.
+            await asyncio.to_thread(self.settle_quota, result)
         except redis.RedisError:
             return  # stays pending; claimed again later
         if in_round is not None:
             await self.handle_vote(entry, in_round, result, images)
             return
-        if result.status == "done" and result.origin is not None and result.request is not None:
+        if result.status == "done" and result.images:
             # Before the post: every message that carries the buttons has the record they read.
             try:
                 await asyncio.to_thread(params.save, self.conn, params.from_result(result),
@@ -160,12 +169,37 @@ class Relay:
         try:
             await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)
             await asyncio.to_thread(self.outbox.ack, entry)
+            await asyncio.to_thread(ledger.forget, self.conn, job_id)
         except redis.RedisError:
             log.warning("could not record delivery; a retry will find the post already made",
                         extra={"job_id": job_id})
         self.delivered += 1
         metrics.delivered(where)
-        log.info("result delivered", extra={"job_id": job_id, "where": where, "status": result.status})
+        log.info("result delivered", extra={"job_id": job_id, "where": where, "status": result.status,
+                                            "rebuilt": got.rebuilt})
+
+    def verified(self, job_id: str) -> delivery.Delivery | None:
+        """The result as this instance may post it (dreamcore.delivery); None, logged, when there is
+        nothing to post: a forgery, or images the store no longer keeps."""
+        try:
+            got = delivery.for_delivery(self.conn, self.store, job_id, self.settings.instance)
+        except delivery.Forgery as err:
+            log.warning("forged result refused: not posted", extra={"job_id": job_id, "reason": str(err),
+                                                                    "instance": self.settings.instance})
+            metrics.delivered("forged")
+            return None
+        if got is None:
+            log.warning("result's images are no longer kept; nothing posted", extra={"job_id": job_id})
+            metrics.delivered("expired")
+        elif got.rebuilt:
+            log.info("result had expired; rebuilt from the job's record and the image store",
+                     extra={"job_id": job_id, "status": got.result.status})
+        return got
+
+    def settle_quota(self, result: DreamResult) -> None:
+        """The job ended: its member's active slot comes back, and its cost too when it made nothing."""
+        o = result.origin
+        self.limiter.release(o.guild_id, o.user_id, result.job_id, refund=result.status != "done")
 
     def moderate(self, result: DreamResult) -> safety.Moderated | None:
         """The guild's verdict on each image of a finished result (reads the guild's policy: Redis)."""
@@ -223,8 +257,8 @@ class Relay:
         partner = None
         if record is not None:
             try:
-                partner = await asyncio.to_thread(results.load, self.conn, self.store, record[other]["job_id"])
-            except ImageStoreError as err:
+                partner = await asyncio.to_thread(self._finished_partner, record[other]["job_id"])
+            except (ImageStoreError, redis.RedisError) as err:
                 log.warning("vote partner unreadable for now, will retry", extra={"job_id": result.job_id,
                                                                                   "error": str(err)})
                 return  # left pending
@@ -260,10 +294,23 @@ class Relay:
                 await self._count_flags(done[k][0], mods[k])
         for r, _ in pair.values():
             await asyncio.to_thread(self.outbox.mark_delivered, r.job_id, where)
+            await asyncio.to_thread(ledger.forget, self.conn, r.job_id)
         await asyncio.to_thread(self.outbox.ack, entry)
         self.delivered += 1
         metrics.delivered(where.split(":")[0])
         log.info("vote round delivered", extra={"round": round_id, "where": where})
+
+    def _finished_partner(self, job_id: str) -> tuple[DreamResult, list[bytes]] | None:
+        """The other candidate of a round when it has finished (its result is there, or it was held for this
+        one, maybe long enough for its result to expire); None while it is still being made."""
+        if not self.conn.exists(keys.result_key(job_id)) and not self._held(job_id):
+            return None
+        got = self.verified(job_id)
+        return None if got is None else (got.result, got.images)
+
+    def _held(self, job_id: str) -> bool:
+        where = self.conn.get(keys.delivered_key(job_id))
+        return where is not None and where.decode().startswith("vote ") and where.decode().endswith(": held")
 
     async def _post_vote(self, record: dict, a: DreamResult, a_images: list[bytes], b: DreamResult,
                          b_images: list[bytes], a_mod: safety.Moderated | None = None,

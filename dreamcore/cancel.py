@@ -44,15 +44,15 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
     status = rq_job.get_status()
     if status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
         return CancelOutcome(False, f"Dream `{job_id}` has already ended ({status}).")
-    if status == JobStatus.STARTED:
-        conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
-        return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
-
-    if not queue.remove(job_id):
+    running = status == JobStatus.STARTED
+    if not running and not queue.remove(job_id):
         # A worker took it between the status read and now: stop it at its next step instead.
-        if rq_job.get_status() in (JobStatus.STARTED, JobStatus.QUEUED):
-            conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
-            return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
+        running = rq_job.get_status() in (JobStatus.STARTED, JobStatus.QUEUED)
+    if running:
+        conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
+        # The quota comes back now (the worker's notice, when it stops, finds it released already).
+        limiter.release(int(guild) if guild != "0" else None, int(user), job_id, refund=True)
+        return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
     try:
         rq_job.cancel()
     except Exception as err:  # RQ refuses a job it already counts as cancelled; it is out of the queue
@@ -63,6 +63,6 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
         return CancelOutcome(True, f"Dream `{job_id}` cancelled.")
     who = "you" if user == str(actor_id) else f"<@{actor_id}>"
     results.publish(conn, DreamResult(job_id=job_id, status="failed", origin=job.origin, request=job.request,
-                                      error=f"cancelled by {who}"), ttl_s)
+                                      error=f"cancelled by {who}"), ttl_s, queue.settings)
     limiter.release(job.origin.guild_id, job.origin.user_id, job_id, refund=True)
     return CancelOutcome(True, f"Dream `{job_id}` cancelled; its images went back to the quota.")

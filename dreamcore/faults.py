@@ -29,3 +29,14 @@ def once(point: str) -> bool:
         return False
     _fired.add(point)
     return True
+
+
+def break_connection(point: str, error: type[Exception] | None = None) -> None:
+    """Raise `error` (by default redis.ConnectionError) at `point` the first time it is reached when armed: the
+    connection broke right there (in a retry loop, the next try runs as after a real break)."""
+    if once(point):
+        if error is None:
+            import redis
+
+            error = redis.ConnectionError
+        raise error(f"connection broken at {point} (injected by DREAMBOT_TEST_FAULTS)")

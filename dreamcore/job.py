@@ -211,6 +211,12 @@ class DreamJob(_Strict):
         (w, h), steps, base_steps, guidance = self.request.batch_geometry
         return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}"
 
+    def without_token(self) -> DreamJob:
+        """The job as a worker gets it: the interaction token stays with the bot (dreamcore.ledger)."""
+        if self.origin.interaction_token is None:
+            return self
+        return self.model_copy(update={"origin": self.origin.model_copy(update={"interaction_token": None})})
+
     def _dump_exclude(self) -> dict:
         # Jobs go out exactly as the previous release wrote them (it forbids unknown keys): no source for a
         # version 1 job, and the content filter's fields only when they say something.

@@ -69,7 +69,8 @@ JOBS = Counter("dreambot_jobs_total", "Dream jobs a worker finished, by outcome"
 FAIL_REASONS = ("bad_input", "prompt_too_long", "nan", "oom", "timeout", "cancelled", "crashed",
                 "channel_gone", "store", "safety", "internal")
 JOBS_FAILED = Counter("dreambot_jobs_failed_total", "Dream jobs that ended without images, by reason", ["reason"])
-DELIVERY_WHERE = ("interaction", "interaction-ephemeral", "channel", "undeliverable", "gave_up", "expired")
+DELIVERY_WHERE = ("interaction", "interaction-ephemeral", "channel", "undeliverable", "gave_up", "expired",
+                  "forged")
 DELIVERIES = Counter("dreambot_deliveries_total", "Results a bot finished with, by where they went", ["where"])
 DELIVERY_RETRIES = Counter("dreambot_delivery_retries_total", "Result posts tried again after a failure")
 LIMITS_REFUSED = Counter("dreambot_limits_refused_total", "/dream requests refused, by the limit that refused",
@@ -78,7 +79,8 @@ IMAGES_FLAGGED = Counter("dreambot_images_flagged_total",
                          "Images the output classifier flagged, by guild and what became of them "
                          "(withheld, spoilered, shown_age_restricted)", ["guild", "action"])
 REFUSAL_KINDS = ("paused", "channel", "blocked_word", "adult_word", "max_images", "max_steps", "cooldown", "user_active",
-                 "user_hour", "user_day", "guild_hour", "guild_day", "guild_queued", "busy", "unavailable")
+                 "user_hour", "user_day", "guild_hour", "guild_day", "guild_queued", "busy", "unavailable",
+                 "unconfirmed", "dm")
 
 
 def image_flagged(guild_id: int | None, action: str, n: int = 1) -> None:

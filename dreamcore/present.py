@@ -1,6 +1,12 @@
-"""How a result reads to a member: one place, so the bot and the local demo say the same thing."""
+"""How a result reads to a member: one place, so the bot and the local demo say the same thing.
+
+Whatever a member typed goes into a post as literal text (`shown`): Discord's markdown escaped, so a prompt
+can't make a masked link under the bot's name, a heading, a spoiler, a mention or a clickable URL (and every
+post also goes out with no mentions allowed: bot.toolkit.NO_MENTIONS)."""
 
 from __future__ import annotations
+
+import re
 
 from .job import ASPECT_LABELS, DreamRequest
 from .results import DreamResult
@@ -27,17 +33,18 @@ def stages_text(timings: dict[str, float]) -> str:
 
 def result_text(result: DreamResult, limit: int = 2000) -> str:
     if result.status == "failed" or result.request is None:
-        return f"Couldn't dream this one: {result.error or 'unknown error'}"[:limit]
+        # A worker's words: a mention in them is shown (and pings nobody), but no link can be made of them.
+        return f"Couldn't dream this one: {_no_links(result.error or 'unknown error')}"[:limit]
     req = result.request
     seeds = ", ".join(str(i.seed) for i in result.images)
     t = result.timings
     size = (result.images[0].width, result.images[0].height) if result.images else None
     lines = [
-        f"**{_clip(req.prompt, 900)}**",
+        f"**{shown(req.prompt, 900)}**",
         f"seed {seeds} · {settings_line(req, size)}",
     ]
     if req.negative_prompt:
-        lines.insert(1, f"not: {_clip(req.negative_prompt, 300)}")
+        lines.insert(1, f"not: {shown(req.negative_prompt, 300)}")
     made = made_from(result.kind, result.source)
     if made:
         lines.insert(0, made)
@@ -67,9 +74,9 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
     made = made_from(p.kind, p.source)
     if made:
         lines.append(made)
-    lines.append(f"prompt: **{_clip(req.prompt, 700)}**")
+    lines.append(f"prompt: **{shown(req.prompt, 700)}**")
     if req.negative_prompt:
-        lines.append(f"negative: {_clip(req.negative_prompt, 300)}")
+        lines.append(f"negative: {shown(req.negative_prompt, 300)}")
     lines.append(f"style: {style.label if style else req.style} (`{req.style}`) · aspect {req.aspect} · {size} · "
                  f"{len(p.images) or req.count} image{'s' * ((len(p.images) or req.count) > 1)}")
     seeds = ", ".join(str(i.seed) for i in p.images) or ", ".join(map(str, req.seeds))
@@ -102,5 +109,28 @@ def aspect_choices() -> dict[str, str]:
     return dict(ASPECT_LABELS)
 
 
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+# Every character Discord's markdown gives a meaning to, and "://" (a clickable link): escaped with a backslash.
+_MARKDOWN = re.compile(r"([\\*_~|`>#\-\[\]()<@]|:(?=//))")
+
+
+_LINKS = re.compile(r"([\\\[\]()])|:(?=//)")
+
+
+def _no_links(text: str) -> str:
+    """`text` with no masked link and no clickable URL left in it (for a failure reason a worker wrote)."""
+    return _LINKS.sub(lambda m: "\\" + m.group(0), text)
+
+
+def escape_markdown(text: str) -> str:
+    return _MARKDOWN.sub(r"\\\1", text)
+
+
+def shown(text: str, n: int) -> str:
+    """`text` as literal text in a post, at most `n` characters (escapes included; never cut mid-escape)."""
+    out = escape_markdown(text)
+    if len(out) <= n:
+        return out
+    cut = out[: n - 1]
+    if (len(cut) - len(cut.rstrip("\\"))) % 2:  # a lone backslash would escape the ellipsis
+        cut = cut[:-1]
+    return cut + "…"

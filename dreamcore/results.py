@@ -30,7 +30,7 @@ from .keys import (  # noqa: F401  (re-exported: callers name keys through resul
     published_key,
     result_key,
 )
-from .settings import Settings, get_settings
+from .settings import Settings
 
 
 class ImageInfo(BaseModel):
@@ -41,7 +41,7 @@ class ImageInfo(BaseModel):
     height: int
     seed: int
     size_bytes: int
-    # Where the bytes are in the image store; None only in a result an older worker published inline.
+    # Where the bytes are in the image store: always the job's own key (image_key), which the bot checks.
     key: str | None = Field(None, max_length=200)
     # The output classifier's score (worker/safety.py); None when the worker runs without it.
     nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
@@ -108,8 +108,28 @@ def store_images(store: ImageStore, result: DreamResult, images: list[bytes]) ->
         store.put(info.key, data)
 
 
-def publish(conn: redis.Redis, result: DreamResult, ttl_s: int, settings: Settings | None = None) -> bool:
-    """Record the result and tell its instance, atomically. False if this job was already published.
+# KEYS: 1 done marker, 2 result, 3 progress, then (when the result has an instance to go to) 4 its result
+# stream, 5 its published set. ARGV: 1 status, 2 the result's JSON, 3 TTL (s), 4 job id, 5 finished at.
+# The done marker, the result and the stream entry are one step: there is no moment where a retry would
+# find the marker and not the result, so nothing between two steps can make a result vanish.
+PUBLISH_LUA = r"""
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HSET', KEYS[2], 'meta', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+if #KEYS == 5 then
+  redis.call('XADD', KEYS[4], '*', 'job_id', ARGV[4], 'status', ARGV[1])
+  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[4])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
+return 1
+"""
+
+
+def publish(conn: redis.Redis, result: DreamResult, ttl_s: int, settings: Settings) -> bool:
+    """Record the result and tell its instance, in one atomic step (PUBLISH_LUA). False if this job was
+    already published.
 
     The result's images must already be in the image store (`store_images`). The result entry goes to
     the instance's result stream, which is never trimmed: an entry leaves it only when a bot has posted it
@@ -118,20 +138,13 @@ def publish(conn: redis.Redis, result: DreamResult, ttl_s: int, settings: Settin
     if any(i.key is None for i in result.images):
         raise ValueError("publish a result only after store_images: its images have no store keys")
     instance = result.origin.instance if result.origin else None
-    if not conn.set(done_key(result.job_id), result.status, nx=True, ex=ttl_s):
-        return False
-    def write(pipe):
-        key = result_key(result.job_id)
-        pipe.delete(key, progress_key(result.job_id))
-        pipe.hset(key, "meta", result.to_json())
-        pipe.expire(key, ttl_s)
-        if instance:
-            pipe.xadd(outbox_key(instance), {"job_id": result.job_id, "status": result.status})
-            pipe.zadd(published_key(instance), {result.job_id: result.finished_at})
-            pipe.expire(published_key(instance), ttl_s)
-
-    redisconn.transaction(conn, settings or get_settings(), write)
-    return True
+    keys_ = [done_key(result.job_id), result_key(result.job_id), progress_key(result.job_id)]
+    if instance:
+        keys_ += [outbox_key(instance), published_key(instance)]
+    script = conn.register_script(PUBLISH_LUA)
+    args = [result.status, result.to_json(), ttl_s, result.job_id, repr(result.finished_at)]
+    (wrote,) = redisconn.transaction(conn, settings, lambda pipe: script(keys=keys_, args=args, client=pipe))
+    return bool(wrote)
 
 
 def load_meta(conn: redis.Redis, job_id: str) -> DreamResult | None:
@@ -140,16 +153,15 @@ def load_meta(conn: redis.Redis, job_id: str) -> DreamResult | None:
 
 
 def load(conn: redis.Redis, store: ImageStore, job_id: str) -> tuple[DreamResult, list[bytes]] | None:
-    """A published result and its images' bytes (from the store); None when the result has expired or an
-    image is no longer kept. Raises ImageStoreError when the store can't be reached."""
-    raw = conn.hgetall(result_key(job_id))
-    if not raw or b"meta" not in raw:
+    """A published result and its images' bytes (from the store, under the keys the result names); None
+    when the result has expired or an image is no longer kept. Raises ImageStoreError when the store can't
+    be reached. What a bot posts goes through dreamcore.delivery, which checks those keys are the job's."""
+    result = load_meta(conn, job_id)
+    if result is None:
         return None
-    result = DreamResult.model_validate_json(raw[b"meta"])
     images = []
-    for i, info in enumerate(result.images):
-        # A result an older worker published still carries its bytes inline.
-        data = raw.get(f"img:{i}".encode()) if info.key is None else store.get(info.key)
+    for info in result.images:
+        data = store.get(info.key) if info.key else None
         if data is None:
             return None
         images.append(data)

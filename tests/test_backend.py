@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import redis
 from fleet import image_store
 
 from dreamcore import results, stats
@@ -35,41 +36,60 @@ def test_limit_refusal_says_which_and_when(backend):
     assert refused.message.startswith("cooldown: try again in 4") and refused.message.endswith(" s")
 
 
+def _units(backend, job) -> float:
+    return backend.queue.units(job)
+
+
 def test_refused_or_failed_enqueue_gives_quota_back(backend, rconn):
     backend.store.set(10, "user_images_hour", "4", actor_id=99)
-    rconn.hset(stats.STATS_KEY, "s_per_image", "1000")  # every dream is now "too busy"
+    rconn.hset(stats.STATS_KEY, "s_per_unit", "100000")  # every dream is now "too busy"
     busy = backend.submit(_job(count=4))
     assert not busy.ok and busy.kind == "busy"
-    rconn.hdel(stats.STATS_KEY, "s_per_image")
+    rconn.hdel(stats.STATS_KEY, "s_per_unit")
     assert backend.submit(_job(count=4)).ok  # the busy refusal did not eat the quota
 
 
-def test_backpressure_states_the_wait(backend, rconn):
-    rconn.hset(stats.STATS_KEY, "s_per_image", "30")
+def test_backpressure_is_per_server_and_states_the_wait(backend, rconn):
+    """A server whose next dream would wait past DREAMBOT_MAX_WAIT_MIN (10 min here) is told "busy"; another
+    server's first dream stands ahead of that backlog and is taken."""
+    unit = _units(backend, _job(user=1, count=4, steps=40))
+    rconn.hset(stats.STATS_KEY, "s_per_unit", f"{120 / unit:.4f}")  # a 4-image dream takes 2 min
     accepted = 0
     while True:
-        out = backend.submit(_job(user=100 + accepted, count=4))
+        out = backend.submit(_job(user=100 + accepted, count=4, steps=40))
         if not out.ok:
             break
         accepted += 1
         assert accepted < 50
-    # 10 min of work at 30 s/image and one worker: 20 images fit, the 6th 4-image dream would pass the bound.
+    # 10 min of work, 2 min a dream, one worker: the 5th dream ends at 10 min, the 6th would pass the bound.
     assert accepted == 5
-    assert out.kind == "busy" and out.message.startswith("busy: about 10 min of work is queued")
+    assert out.kind == "busy" and out.message.startswith("busy: this server has 5 dreams waiting and a new one "
+                                                         "would wait about 10 min")
+    other = backend.submit(_job(user=999, guild=11, count=4, steps=40))
+    assert other.ok and other.position == 1  # behind the flooding server's first dream only
 
 
 def test_eta_and_queue_view(backend, rconn):
-    rconn.hset(stats.STATS_KEY, "s_per_image", "2")
-    a = backend.submit(_job(user=1, count=2))
-    b = backend.submit(_job(user=2, count=3))
-    assert a.eta_s == pytest.approx(4) and b.eta_s == pytest.approx(10)
+    rconn.hset(stats.STATS_KEY, "s_per_unit", "2")
+    ja, jb = _job(user=1, count=2), _job(user=2, count=3)
+    ua, ub = _units(backend, ja), _units(backend, jb)
+    a = backend.submit(ja)
+    b = backend.submit(jb)
+    assert a.eta_s == pytest.approx(2 * ua) and b.eta_s == pytest.approx(2 * (ua + ub))
     mine = backend.my_jobs(10, 2)
     assert [(j.job_id, j.state, j.position) for j in mine] == [(b.job_id, "waiting", 1)]
-    assert mine[0].eta_s == pytest.approx(10)
+    assert mine[0].eta_s == pytest.approx(2 * (ua + ub))
     assert backend.my_jobs(11, 2) == []  # another guild's view
 
 
-def test_priority_roles_use_the_high_queue(backend):
+def test_eta_times_the_jobs_own_part_at_its_kinds_speed(backend, rconn):
+    rconn.hset(stats.STATS_KEY, mapping={"s_per_unit": "2", "s_per_unit:dream": "3"})
+    ja = _job(user=1, count=2)
+    a = backend.submit(ja)
+    assert a.eta_s == pytest.approx(3 * _units(backend, ja))
+
+
+def test_priority_roles_go_first_inside_their_server(backend):
     backend.store.set(10, "priority_roles", "555", actor_id=99)
     low = backend.submit(_job(user=1))
     vip = backend.submit(_job(user=2), role_ids=[555])
@@ -77,9 +97,9 @@ def test_priority_roles_use_the_high_queue(backend):
 
 
 def test_cancel_rules_and_refund(backend, rconn):
-    backend.store.set(10, "user_images_day", "2", actor_id=99)
-    out = backend.submit(_job(user=1, count=2))
-    assert not backend.submit(_job(user=1)).ok
+    backend.store.set(10, "user_images_day", "2", actor_id=99)  # units: a 40-step 1536x640 image is 0.94
+    out = backend.submit(_job(user=1, count=2, steps=40))
+    assert not backend.submit(_job(user=1, steps=40)).ok
     assert "Only the member" in backend.cancel(out.job_id, actor_id=2, guild_id=10, is_admin=False).message
     assert "know no dream" in backend.cancel(out.job_id, actor_id=1, guild_id=77, is_admin=True).message
     assert "know no dream" in backend.cancel("../../etc", actor_id=1, guild_id=10, is_admin=False).message
@@ -87,7 +107,7 @@ def test_cancel_rules_and_refund(backend, rconn):
     assert done.ok and backend.queue.position(out.job_id) is None
     result, _ = results.load(rconn, image_store(), out.job_id)
     assert result.status == "failed" and result.error == "cancelled by you"
-    assert backend.submit(_job(user=1, count=2)).ok  # quota came back
+    assert backend.submit(_job(user=1, count=2, steps=40)).ok  # quota came back
     again = backend.cancel(out.job_id, actor_id=1, guild_id=10, is_admin=False)
     assert not again.ok and "already ended" in again.message
 
@@ -122,7 +142,7 @@ def test_fairness_one_members_pile_does_not_starve_another(backend, rconn, tiny_
 def test_running_job_stops_at_the_next_step_and_refunds(backend, rconn, tiny_env, pipeline):
     from worker.runner import make_worker
 
-    backend.store.set(10, "user_images_day", "1", actor_id=99)
+    backend.store.set(10, "user_images_day", "2", actor_id=99)  # 60 steps: 1.38 units; 40 steps: 0.94
     out = backend.submit(_job(user=3, steps=60))
     assert out.ok
     said = {}
@@ -142,4 +162,70 @@ def test_running_job_stops_at_the_next_step_and_refunds(backend, rconn, tiny_env
     assert time.monotonic() - t0 < 20  # 60 steps would take far longer than stopping at the next one
     result, _ = results.load(rconn, image_store(), out.job_id)
     assert result.status == "failed" and result.error == "cancelled by you"
-    assert backend.submit(_job(user=3)).ok  # the day's one image came back
+    assert backend.submit(_job(user=3, steps=40)).ok  # the day's quota came back
+
+
+def test_a_dream_past_its_deadline_is_not_queued_and_its_quota_comes_back(backend, rconn):
+    """"can't queue" is said only of a dream that was not queued: past its deadline a submit queues nothing
+    and gives back what it took."""
+    backend.store.set(10, "user_images_hour", "1", actor_id=99)
+    late = backend.submit(_job(user=5, steps=40), deadline=time.monotonic() - 1)
+    assert not late.ok and late.kind == "unavailable" and "can't queue" in late.message
+    assert backend.queue.waiting() == 0 and not rconn.keys("dream:job:*")
+    assert backend.submit(_job(user=5, steps=40)).ok  # the hour's one unit was given back
+
+
+def test_a_dream_a_worker_took_before_the_error_reached_the_bot_is_not_called_unqueued(backend, rconn, monkeypatch):
+    """Redis fails after the enqueue went through (the reply lost): a dream still waiting is taken back and
+    the member hears "can't queue"; one a worker already holds will come, so the member is told that."""
+    from bot.backend import UNCONFIRMED
+    from dreamcore import fairq, queue
+
+    real = queue.DreamQueue.enqueue
+
+    def enqueued_then_lost(self, job, *args, **kw):
+        real(self, job, *args, **kw)
+        if job.request.prompt == "taken":
+            fairq.claim_next(rconn, queue.queue_names())  # a worker was quicker than the reply
+        raise redis.ConnectionError("the reply never came")
+
+    monkeypatch.setattr(queue.DreamQueue, "enqueue", enqueued_then_lost)
+    gone = backend.submit(_job(user=6, prompt="still waiting"))
+    assert not gone.ok and gone.kind == "unavailable" and backend.queue.waiting() == 0
+    taken = backend.submit(_job(user=7, prompt="taken"))
+    assert not taken.ok and taken.kind == "unconfirmed" and taken.message == UNCONFIRMED
+
+
+def test_direct_messages_can_be_turned_off(rconn):
+    from bot.backend import NO_DMS, Backend
+
+    off = Backend(load_settings(direct_messages=False), rconn)
+    dm = make_job(make_request(prompt="in a dm", seed=1), make_origin(instance="bot1", channel_id=20, user_id=1))
+    out = off.submit(dm)
+    assert (out.ok, out.kind, out.message) == (False, "dm", NO_DMS)
+    assert Backend(load_settings(), rconn).submit(dm).ok
+
+
+def test_an_upscale_is_charged_by_its_tiles(backend, rconn):
+    """2048 -> 4096 is 25 tiles of the refiner: it costs its tiles' work in the quotas, the queue's counters
+    and the ETA, not one image."""
+    from dreamcore import cost
+    from dreamcore.job import JobSource
+
+    rconn.hset(stats.STATS_KEY, mapping={"s_per_unit": "1", "s_per_unit:upscale": "2"})
+    up = make_job(make_request(prompt="big", seed=1, steps=40), make_origin(instance="bot1", guild_id=10,
+                                                                            channel_id=20, user_id=8),
+                  kind="upscale", source=JobSource(job_id="0123456789abcdef", index=0, strength=0.3))
+    units = backend.queue.units(up, (4096, 4096))
+    assert units == cost.rounded(cost.upscale_units(4096, 4096, 40, 0.3, 7.0, 1024, 128)) > 6
+    out = backend.submit(up, size=(4096, 4096))
+    assert out.ok and out.eta_s == pytest.approx(2 * units)
+    assert backend.store.usage(10, 8)["user_images_hour"] == pytest.approx(units)
+    assert fairq_units(rconn) == pytest.approx(units)
+
+
+def fairq_units(rconn) -> float:
+    from dreamcore import fairq
+    from dreamcore.queue import queue_names
+
+    return fairq.totals(rconn, queue_names()).units

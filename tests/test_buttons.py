@@ -21,7 +21,7 @@ from history import NoHistory, unpack_newest
 from PIL import Image
 from standin import DiscordStandIn
 
-from dreamcore import params, results
+from dreamcore import delivery, params, results
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.queue import DreamQueue
 from dreamcore.results import DreamResult, ImageInfo
@@ -125,9 +125,13 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
     failed, _ = results.load(rconn, image_store(), follow_up.job_id)
     assert failed.status == "failed" and failed.origin.user_id == 5  # its member is told
     assert "schema version 2; this worker reads version 1" in failed.error
-    done, images = results.load(rconn, image_store(), dream.job_id)
-    assert done.status == "done" and Image.open(io.BytesIO(images[0])).size == (1536, 640)
+    done = results.load_meta(rconn, dream.job_id)
+    assert done.status == "done" and (done.images[0].width, done.images[0].height) == (1536, 640)
     assert "Traceback" not in run.stdout.split("job failed")[0]  # no crash before the clean refusal
+    # That release sent its images inline, from no key of the image store: a new bot posts no bytes from
+    # outside the job's own keys, and tells the member instead (workers are upgraded before bots).
+    got = delivery.for_delivery(rconn, image_store(), dream.job_id, "bot1")
+    assert got.result.status == "failed" and "no longer post" in got.result.error and got.images == []
 
 
 # --- the pipeline on the tiny model --------------------------------------------------------------------------
@@ -351,13 +355,15 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     alice, gid = fleet.user_id, fleet.guild_id
     bob = standin.add_member(gid, "bob")
     carol = standin.add_member(gid, "carol", manage_guild=True)
-    # 2 (dream) + 2 (reroll) + 2 (variations) + 1 (upscale) = 7 images: the next follow-up is over the quota.
-    env = {"DREAMBOT_LIMIT_USER_IMAGES_HOUR": "7"}
+    # Quotas count units of cost (dreamcore.cost): at 6 steps, guidance 1, the dream and its reroll cost 0.22
+    # each, two variations 0.16, the upscale (8 tiles) 0.28: 0.88 of an hourly quota of 1, and the next
+    # follow-up is over it.
+    env = {"DREAMBOT_LIMIT_USER_IMAGES_HOUR": "1"}
     fleet.start_bot(bot, **env)
     fleet.wait_bots_ready()
     fleet.start_worker(**env)
 
-    inter = fleet.dream(bot, prompt="a lighthouse", aspect="12:5", count=2, steps=2, split=0.5, guidance=1.0,
+    inter = fleet.dream(bot, prompt="a lighthouse", aspect="12:5", count=2, steps=6, split=0.5, guidance=1.0,
                         seed=1000, style="anime")
     inter.wait_ack(5)
     first = _result_of(standin, inter)
@@ -373,7 +379,7 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     _, body = _click(fleet, bot, first, f"dream:i:{job}", alice)
     info = _ephemeral(body)
     assert info, body
-    for needle in (f"Job `{job}`", "a lighthouse", "seeds: 1000, 1001", "steps: 2 (1 base + 1 refiner, split 0.5)",
+    for needle in (f"Job `{job}`", "a lighthouse", "seeds: 1000, 1001", "steps: 6 (3 base + 3 refiner, split 0.5)",
                    "guidance 1", "(`anime`)", "aspect 12:5", "1536x640", "timings: total", "base ", "refiner "):
         assert needle in info, (needle, info)
 
@@ -394,7 +400,7 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     # The quota is spent: the same limits as /dream refuse the next follow-up, for the member's eyes only.
     _, body = _click(fleet, bot, first, f"dream:r:{job}", alice)
     refusal = _ephemeral(body)
-    assert refusal and "hourly quota 7/7 images" in refusal, body
+    assert refusal and "hourly quota 0.88/1 standard images used and this dream counts as 0.22" in refusal, body
 
     rerolled = _result_of(standin, reroll)
     seeds = [int(a.filename.rsplit("-", 1)[1].split(".")[0]) for a in rerolled.attachments]

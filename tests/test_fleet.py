@@ -13,7 +13,7 @@ from fleet import Fleet, image_messages, redis_blobs
 from PIL import Image
 from standin import DiscordStandIn
 
-from dreamcore import keys, results
+from dreamcore import fairq, keys, results
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -197,8 +197,7 @@ def test_results_survive_a_bot_down_through_a_flood_of_progress(fleet, standin, 
         inter.wait_ack(5)
     bot.proc.kill()
     bot.proc.wait(10)
-    jobs = [j.decode() for j in rconn.zrange(b"dream:fq:dream-default", 0, -1)]
-    jobs = [m.split(":", 1)[1] for m in jobs]
+    jobs = fairq.waiting_ids(rconn, "dream-default")
     assert len(jobs) == 3
     fleet.start_worker(**env)
 

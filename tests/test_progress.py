@@ -23,7 +23,7 @@ def test_progress_edits_climb_with_a_preview_and_respect_the_interval(fleet):
     fleet.start_bot(bot, DREAMBOT_LIMIT_MAX_STEPS="100")
     fleet.wait_bots_ready()
     fleet.start_worker(DREAMBOT_LIMIT_MAX_STEPS="100")
-    inter = fleet.dream(bot, aspect="12:5", steps=50)
+    inter = fleet.dream(bot, aspect="12:5", steps=100)  # over 4.5 s even on a fast CPU: two nudges
     inter.wait_ack(5)
     seen: list[tuple[int, bool]] = []
     deadline = time.monotonic() + 120

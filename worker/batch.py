@@ -25,7 +25,7 @@ from .errors import JobCancelled, free_gpu_memory, is_oom
 from .failure import input_error, settle
 from .make import make_images
 from .pipeline import Generation
-from .publish import publish_generation
+from .publish import publish_generation, units_made
 from .runtime import Runtime, runtime
 from .safety import Scored, score_images
 from .steps import StepHook
@@ -163,7 +163,8 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outco
         return {i: _capture(settle, rt, job, JobCancelled(job.job_id) if isinstance(err, JobCancelled) else err,
                             members[i].rq_job) for i, job, _ in live}
     images = sum(len(g.images) for g in gens)
-    stats.record_job(rt.conn, time.perf_counter() - t0, images)
+    stats.record_job(rt.conn, time.perf_counter() - t0,
+                     sum(units_made(rt, job, g) for (_, job, _), g in zip(live, gens, strict=True)))
     metrics.batch_ran(len(live), images)
     out: dict[int, Outcome | Made] = {}
     for (i, job, _), gen in zip(live, gens, strict=True):

@@ -1,7 +1,7 @@
 """A job's result out to its bot: the images encoded and written to the image store, the result (done, or
-failed with the reason its member reads) published to the bot's outbox, the quota settled. Each step
-rides out a short outage of the store or of Redis, since the images exist only in this process until
-published."""
+failed with the reason its member reads) published to the bot's outbox (the bot settles the quota when it
+takes the result). Each step rides out a short outage of the store or of Redis, since the images exist only
+in this process until published."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from dreamcore import faults, metrics, params, results, stats
+from dreamcore import cost, faults, metrics, params, results, stats
 from dreamcore.images import ImageStoreError
 from dreamcore.job import DreamJob
 from dreamcore.redisconn import NotReplicated
@@ -25,29 +25,19 @@ from .safety import Scored, score_images
 log = logging.getLogger("dreambot.worker")
 
 
-def release(rt: Runtime, origin, job_id: str, refund: bool) -> None:
-    if origin is None:
-        return
-    try:
-        rt.limiter.release(origin.guild_id, origin.user_id, job_id, refund=refund)
-    except redis.RedisError as err:  # the slot frees itself after its TTL
-        log.warning("limit release failed", extra={"job_id": job_id, "error": type(err).__name__})
-
-
 def fail_job(rt: Runtime, job_id: str, origin, request, reason: str, kind: str = "internal") -> None:
-    """Tell the member (through their bot's outbox) and give the job's images back to their quota.
+    """Tell the member (through their bot's outbox; the bot gives the job's cost back to their quota).
     `kind` is the reason's metrics label (dreamcore.metrics.FAIL_REASONS)."""
     result = DreamResult(job_id=job_id, status="failed", origin=origin, request=request, error=reason,
                          worker=rt.name)
     publish_patiently(rt, result, [], ttl_s=rt.settings.failure_ttl_s)
-    release(rt, origin, job_id, refund=True)
     metrics.job_failed(kind)
     log.warning("job failed", extra={"job_id": job_id, "reason": reason})
 
 
 def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, share: float = 1.0,
                         record: bool = True, scored: Scored | None = None) -> dict:
-    """Encode a job's images, publish them to its bot's outbox, settle its quota. `share` is the job's part of
+    """Encode a job's images and publish them to its bot's outbox. `share` is the job's part of
     a batch's images (stage times are the batch's; metrics get this job's share); `record` is False when the
     batch records its seconds per image once for all its jobs; `scored` is what the output classifier made
     of its images (scored here when the caller has not)."""
@@ -92,15 +82,19 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
     )
     published = publish_patiently(rt, result, [e.data for e in encoded])
     faults.crash_here("worker-after-publish")
-    release(rt, job.origin, job.job_id, refund=False)
     if record:
-        stats.record_job(rt.conn, timings["total_s"], len(encoded))
+        stats.record_job(rt.conn, timings["total_s"], units_made(rt, job, gen), job.kind)
     shared = {k: v * share if k.endswith("_s") and k not in ("png_s",) else v for k, v in timings.items()}
     metrics.observe_stages(shared, len(encoded), refiner_ran=gen.refiner_steps > 0)
     metrics.job_done()
     log.info("job done", extra={"job_id": job.job_id, "images": len(encoded), "seconds": timings["total_s"],
                                  "published": published, "batch_images": timings.get("batch_images", len(encoded))})
     return {"status": "done", "images": len(encoded), "seconds": round(timings["total_s"], 3)}
+
+
+def units_made(rt: Runtime, job: DreamJob, gen: Generation) -> float:
+    """What the job cost (dreamcore.cost), at the size it came out: the measure of the pool's speed."""
+    return cost.of_job(job, rt.settings.upscale_tile, rt.settings.upscale_overlap, (gen.width, gen.height))
 
 
 STORE_PATIENCE_S = 30.0
@@ -129,8 +123,10 @@ def store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patie
     the result is published only after every image is stored)."""
     def store():
         results.store_images(rt.store, result, images)
+        faults.break_connection("publish-after-images", ImageStoreError)
         if result.origin is not None and result.request is not None:
             params.save_to_store(rt.store, params.from_result(result))
+        faults.break_connection("publish-after-params", ImageStoreError)
 
     patiently(store, (ImageStoreError,), STORE_PATIENCE_S if patience_s is None else patience_s,
                result.job_id, "image store write")
@@ -143,7 +139,9 @@ def publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl
         store_patiently(rt, result, images)
     def publish() -> bool:
         try:
-            return results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
+            done = results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
+            faults.break_connection("publish-after-result")  # as if the reply to the script never came
+            return done
         except NotReplicated as err:
             # On the primary, not yet on a replica: publishing again would find its own done marker.
             # Should the primary die before it replicates, the job's lease runs out and it is run again.

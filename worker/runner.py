@@ -98,6 +98,8 @@ class DreamWorker(SimpleWorker):
         before the worker blocks waiting for work, or stops; until then the lease thread keeps it alive."""
         members = [(job, queue, self.prepare_execution(job))]
         members += self._claim_companions(job)
+        log.info("claimed", extra={"jobs": [m[0].id for m in members],
+                                   "images": sum(int(m[0].meta.get("images") or 1) for m in members)})
         lease = _Lease(self, members)
         try:
             outcomes, made = self._denoise(members)
@@ -206,8 +208,6 @@ class DreamWorker(SimpleWorker):
                 self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
                 continue
             members.append((companion, queue, self.prepare_execution(companion)))
-        if members:
-            log.info("batch", extra={"job_id": job.id, "companions": [m[0].id for m in members]})
         return members
 
 

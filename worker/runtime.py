@@ -1,5 +1,7 @@
-"""The worker process's state that every job uses: settings, Redis, the loaded models, the limiter, the image
-store and the output classifier, installed once at start (`install`) so a job never loads a model."""
+"""The worker process's state that every job uses: settings, Redis, the loaded models, the image store and
+the output classifier, installed once at start (`install`) so a job never loads a model. A worker holds no
+limits: quotas are settled by the bot that queued the job, when its result comes back (bot.relay), so a
+worker's Redis user needs no access to them."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from typing import Any
 import redis
 
 from dreamcore.images import ImageStore, open_store
-from dreamcore.limiter import Limiter
 from dreamcore.settings import Settings
 
 from .pipeline import DreamPipeline
@@ -24,15 +25,12 @@ class Runtime:
     conn: redis.Redis
     pipeline: DreamPipeline
     name: str = "worker"
-    limiter: Limiter | None = None
     store: ImageStore | None = None
     # The output classifier every image passes before it is published; by default loaded from the settings
     # (None there only when DREAMBOT_SAFETY_CHECK=false), so no way of building a worker skips it.
     checker: Any = LOAD
 
     def __post_init__(self):
-        if self.limiter is None:
-            self.limiter = Limiter(self.conn)
         if self.store is None:
             self.store = open_store(self.settings)
         if self.checker is LOAD:

@@ -19,7 +19,10 @@ from .runtime import Runtime
 
 log = logging.getLogger("dreambot.worker")
 
-PROGRESS_INTERVAL_S = 2.0  # Discord takes about one edit per message every two seconds
+# Discord takes about one edit per message every two seconds, and the bot edits a reply at most that often
+# (bot.progress.EDIT_EVERY_S). A quarter second more here: at exactly two, the jitter of a busy machine put
+# every other nudge a little under two seconds after the last edit, and the bot dropped it.
+PROGRESS_INTERVAL_S = 2.25
 # A cancel is looked for at the first step and then at most this often: one MGET per step was the largest
 # share of a job's Redis commands (40 of ~140), and at 15 steps/s per GPU the largest load a pool puts on
 # Redis. A cancelled job still stops within this plus one step.

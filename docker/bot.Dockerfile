@@ -1,6 +1,9 @@
 # One Discord bot instance: `dreambot bot`. Needs Redis and a DISCORD_TOKEN; no GPU, and no torch.
 # Build from the repository root:  docker build -f docker/bot.Dockerfile -t dreambot-bot .
-FROM python:3.11-slim-bookworm
+# PYTHON_IMAGE: the Python base (bench/compose_up.sh builds a local stand-in from Debian's packages where
+# Docker Hub can't be reached); the shipped default is the official slim image.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,7 +21,12 @@ RUN python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('tor
 # The console script is there and the bot side imports with just the `bot` extra.
 RUN dreambot --help >/dev/null && python -c "import bot.main, bot.client"
 
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dreambot
+# Non-root. Every path compose mounts a volume on exists here and belongs to that user: Docker creates a
+# missing mount point owned by root, and a fresh named volume takes the ownership of the path it is
+# mounted on (tests/test_deploy.py checks each mount against this list).
+RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dreambot \
+ && mkdir -p /images \
+ && chown dreambot:dreambot /images
 USER dreambot
 WORKDIR /home/dreambot
 

@@ -2,7 +2,8 @@
 # dream-default and dream-low, the workers and the failed-job registry. Nothing of dreambot goes in: the
 # image is rq-dashboard alone, pinned. Its Redis comes from RQ_DASHBOARD_REDIS_URL (docker-compose.yml).
 # It has no login and can delete and requeue jobs: compose publishes it on 127.0.0.1 only.
-FROM python:3.11-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -2,10 +2,14 @@
 # Build from the repository root:  docker build -f docker/worker.Dockerfile -t dreambot-worker .
 # Run with one GPU (NVIDIA Container Toolkit) and a volume at /models for the weights (~14 GB, fetched once).
 #
-# The base ships Python 3.11 and torch 2.5.1 built for CUDA 12.4 (pip wheels, driver >= 525 on the host).
-# pyproject caps torch at <= 2.14.1; the pin below keeps pip on the base's CUDA build instead of
-# replacing it with another wheel.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch 2.9.1 from PyPI: its Linux x86_64 wheel is the CUDA 12.8 build (cuDNN 9.10, with its CUDA libraries
+# as pip packages), which drives Ampere, Ada, Hopper (sm_90) and Blackwell (sm_100, sm_120) cards; the host
+# needs an NVIDIA driver of the 570 series or newer. pyproject.toml's torch range admits exactly what the
+# suite (2.13.0, CPU) and this image run.
+# PYTHON_IMAGE: the Python base (bench/compose_up.sh builds a local stand-in from Debian's packages where
+# Docker Hub can't be reached); the shipped default is the official slim image.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,19 +17,24 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HF_HOME=/models
 
+# torch first, on its own: a layer the code changes below don't rebuild.
+RUN pip install "torch==2.9.1"
+
 WORKDIR /src
 COPY . .
-RUN pip install ".[worker]" "torch==2.5.1" \
+RUN pip install ".[worker]" \
  && cd / && rm -rf /src
 
-# Still the CUDA build of torch after the install (no GPU is needed to check that).
-RUN python -c "import sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); sys.exit(torch.version.cuda is None)"
+# Still the CUDA 12.8 build of torch after the install (no GPU is needed to check that).
+RUN python -c "import sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); sys.exit(not (torch.version.cuda or '').startswith('12.8'))"
 RUN dreambot --help >/dev/null
 
-# Non-root; /models belongs to that user so a fresh named volume mounted there is writable.
+# Non-root. Every path compose mounts a volume on exists here and belongs to that user: Docker creates a
+# missing mount point owned by root, and a fresh named volume takes the ownership of the path it is
+# mounted on (tests/test_deploy.py checks each mount against this list).
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dreambot \
- && mkdir -p /models \
- && chown dreambot:dreambot /models
+ && mkdir -p /models /images \
+ && chown dreambot:dreambot /models /images
 USER dreambot
 WORKDIR /home/dreambot
 VOLUME ["/models"]

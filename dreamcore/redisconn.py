@@ -22,6 +22,10 @@ from redis.sentinel import Sentinel
 from . import keys
 from .settings import Settings
 
+# A bot's reads and writes give up after this long: the member's 3-second window matters more than one slow
+# Redis call (a command defers past toolkit.ACK_BUDGET_S and is answered once this gives up).
+BOT_READ_TIMEOUT_S = 2.0
+
 
 class NotReplicated(redis.RedisError):
     """A write reached the primary but no replica within REDIS_WAIT_MS: it could still be lost."""
@@ -33,15 +37,35 @@ def connect(settings: Settings, *, timeout_s: float | None = None, connect_timeo
     kw: dict = {"socket_timeout": timeout_s, "socket_connect_timeout": connect_timeout_s, **extra}
     if fail_fast:
         kw |= {"retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
+    if settings.redis_username is not None:
+        kw["username"] = settings.redis_username
     if settings.redis_password is not None:
         kw["password"] = settings.redis_password.get_secret_value()
+    tls = tls_options(settings)
     if not settings.sentinel_list:
-        return redis.Redis.from_url(settings.redis_url, **kw)
-    sentinel_kw = {"socket_timeout": timeout_s or 2.0, "socket_connect_timeout": connect_timeout_s or 2.0}
+        if tls and not settings.redis_url.startswith("rediss://"):
+            kw["connection_class"] = redis.SSLConnection  # REDIS_TLS=true on a redis:// URL
+        return redis.Redis.from_url(settings.redis_url, **kw, **tls)
+    tls = {"ssl": True, **tls} if tls else {}
+    kw |= tls
+    sentinel_kw = {"socket_timeout": timeout_s or 2.0, "socket_connect_timeout": connect_timeout_s or 2.0, **tls}
     if settings.redis_sentinel_password is not None:
         sentinel_kw["password"] = settings.redis_sentinel_password.get_secret_value()
     sentinel = Sentinel(settings.sentinel_list, sentinel_kwargs=sentinel_kw, **kw)
     return sentinel.master_for(settings.redis_sentinel_master, **kw)
+
+
+def tls_options(settings: Settings) -> dict:
+    """redis-py's TLS arguments: the server's certificate checked against REDIS_TLS_CA (or the system's
+    CAs) and its host name, and a client certificate where one is set. Empty without TLS."""
+    if not settings.redis_uses_tls:
+        return {}
+    out: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if settings.redis_tls_ca:
+        out["ssl_ca_certs"] = settings.redis_tls_ca
+    if settings.redis_tls_cert:
+        out |= {"ssl_certfile": settings.redis_tls_cert, "ssl_keyfile": settings.redis_tls_key}
+    return out
 
 
 def replicas_to_wait(settings: Settings) -> int:

@@ -40,8 +40,17 @@ class Settings(BaseSettings):
     # (its database number still is not either: Sentinel deployments use database 0).
     redis_sentinels: str = Field("", **_env("REDIS_SENTINELS"))
     redis_sentinel_master: str = Field("dreambot", pattern=r"^[A-Za-z0-9._-]{1,64}$", **_env("REDIS_SENTINEL_MASTER"))
+    # The Redis user this process logs in as and its password (compose: dreambot-bot for bots, dreambot-worker
+    # for workers, each with only the keys its role needs: deploy/redis/users.acl). No username: the default user.
+    redis_username: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,64}$", **_env("REDIS_USERNAME"))
     redis_password: SecretStr | None = Field(None, **_env("REDIS_PASSWORD"))
     redis_sentinel_password: SecretStr | None = Field(None, **_env("REDIS_SENTINEL_PASSWORD"))
+    # TLS (a rediss:// REDIS_URL, or REDIS_TLS=true with sentinels): the CA that signed the server's
+    # certificate (a file; unset: the system's CAs), and a client certificate and key where the server asks.
+    redis_tls: bool = Field(False, **_env("REDIS_TLS"))
+    redis_tls_ca: str | None = Field(None, **_env("REDIS_TLS_CA"))
+    redis_tls_cert: str | None = Field(None, **_env("REDIS_TLS_CERT"))
+    redis_tls_key: str | None = Field(None, **_env("REDIS_TLS_KEY"))
     # A queued dream and a published result must reach this many replicas (WAIT) before the member hears
     # of them; unset: 1 with sentinels, 0 without. REDIS_WAIT_MS bounds the wait.
     redis_wait_replicas: int | None = Field(None, ge=0, le=10, **_env("REDIS_WAIT_REPLICAS"))
@@ -54,8 +63,11 @@ class Settings(BaseSettings):
     heartbeat_s: int = Field(10, ge=1, le=600, **_env("DREAMBOT_HEARTBEAT"))
     lease_s: int = Field(60, ge=5, le=3600, **_env("DREAMBOT_LEASE"))
     job_retries: int = Field(2, ge=0, le=10, **_env("DREAMBOT_JOB_RETRIES"))
-    # Backpressure: refuse new dreams once the measured work already queued passes this many minutes.
+    # Backpressure, per server: a server whose next dream would wait past this many minutes (its place in the
+    # fair queue behind its own backlog, at the measured speed) is told "busy" while the others are served.
     max_wait_min: int = Field(30, ge=1, le=1440, **_env("DREAMBOT_MAX_WAIT_MIN"))
+    # Dreams in direct messages: on (each member's own limits there, the defaults') or off (refused).
+    direct_messages: bool = Field(True, **_env("DREAMBOT_DIRECT_MESSAGES"))
 
     # --- The worker -----------------------------------------------------------------------
     base_model: str = Field(SDXL_BASE_ID, min_length=1, **_env("DREAMBOT_BASE_MODEL"))
@@ -190,6 +202,33 @@ class Settings(BaseSettings):
         if not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v
+
+    @field_validator("redis_username", "redis_tls_ca", "redis_tls_cert", "redis_tls_key", mode="before")
+    @classmethod
+    def _blank_means_unset(cls, v):
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @field_validator("redis_password", "redis_sentinel_password", mode="before")
+    @classmethod
+    def _blank_password_is_none(cls, v):
+        return None if isinstance(v, str) and not v else v
+
+    @field_validator("redis_tls_ca", "redis_tls_cert", "redis_tls_key")
+    @classmethod
+    def _readable_file(cls, v: str | None) -> str | None:
+        if v is not None and not os.path.isfile(v):
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pairs(self):
+        if (self.redis_tls_cert is None) != (self.redis_tls_key is None):
+            raise ValueError("set both REDIS_TLS_CERT and REDIS_TLS_KEY (a client certificate and its key), or neither")
+        return self
+
+    @property
+    def redis_uses_tls(self) -> bool:
+        return self.redis_tls or self.redis_url.startswith("rediss://")
 
     @field_validator("discord_api_base")
     @classmethod

@@ -1,9 +1,9 @@
-"""Deployment files: docker-compose.yml as `docker-compose config` sees it, the two Dockerfiles,
+"""Deployment files: docker-compose.yml as `docker-compose config` sees it, the Dockerfiles, Redis's users,
 .dockerignore and .env.example; and no real-looking secret anywhere in the repository.
 
 No Docker engine is needed: `docker-compose config` only reads and validates the file (.ci/run installs
-Debian's docker-compose 1.29). The Dockerfiles cannot be built here, so their invariants are read off
-the text.
+Debian's docker-compose 1.29), and the Dockerfiles' invariants are read off their text. The images are built
+and the file started for real by bench/compose_up.sh (bench/RESULTS.md has its run), outside this suite.
 """
 
 from __future__ import annotations
@@ -32,7 +32,11 @@ BOTS = [f"bot{i}" for i in range(1, 11)]
 TORCH_MAX = (2, 14, 1)
 COMPOSE_REDIS_URL = "redis://redis:6379/0"
 # Set per service by docker-compose.yml itself, not passed through from .env.
-PER_SERVICE = {"REDIS_URL", "DISCORD_TOKEN", "DREAMBOT_INSTANCE"}
+PER_SERVICE = {"REDIS_URL", "DISCORD_TOKEN", "DREAMBOT_INSTANCE", "REDIS_USERNAME", "REDIS_PASSWORD"}
+# What `up` refuses to start without: each Redis user's password.
+PASSWORDS = {name: f"{name.lower().replace('_', '-')}-0123456789" for name in (
+    "REDIS_ADMIN_PASSWORD", "REDIS_BOT_PASSWORD", "REDIS_WORKER_PASSWORD", "REDIS_DASHBOARD_PASSWORD")}
+REDIS_USERS = ROOT / "deploy" / "redis" / "users.acl"
 # Monitoring beside the product: not dreambot processes.
 MONITORING = {"prometheus", "rq-dashboard"}
 # Object storage for many hosts, under the `s3` profile: not dreambot processes either.
@@ -105,10 +109,23 @@ def _sentinel(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> dict:
-    """The config of a clean clone: no .env, nothing set."""
-    env_file = tmp_path_factory.mktemp("compose") / "empty.env"
-    env_file.write_text("")
+    """The config of a clean clone with only what `up` demands: the Redis users' passwords."""
+    env_file = tmp_path_factory.mktemp("compose") / "passwords.env"
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in PASSWORDS.items()))
     return _compose_config(env_file)
+
+
+def test_compose_refuses_to_start_without_the_redis_passwords(tmp_path):
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose is not installed (.ci/run installs Debian's docker-compose 1.29)")
+    for missing in PASSWORDS:
+        env_file = tmp_path / f"without-{missing}.env"
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in PASSWORDS.items() if k != missing))
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL") if k in os.environ}
+        proc = subprocess.run([exe, "--env-file", str(env_file), "-f", str(COMPOSE), "config"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and f"set {missing} in .env" in proc.stderr, (missing, proc.stderr[-500:])
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +134,7 @@ def config_with_env(tmp_path_factory) -> dict:
     env_file = tmp_path_factory.mktemp("compose") / "full.env"
     lines = [f"{name}={_sentinel(name)}" for name in setting_env_names()]
     lines += [f"DISCORD_TOKEN_{i}=placeholder-for-bot-{i}" for i in range(1, 11)]
+    lines += [f"{k}={v}" for k, v in PASSWORDS.items()]
     env_file.write_text("\n".join(lines) + "\n")
     return _compose_config(env_file)
 
@@ -179,6 +197,7 @@ def test_ten_bots_share_one_image_with_distinct_instances_and_tokens(config, con
         assert env["DREAMBOT_INSTANCE"] == name
         assert env["DISCORD_TOKEN"] == "", "a clean clone has no tokens"
         assert env["REDIS_URL"] == COMPOSE_REDIS_URL
+        assert (env["REDIS_USERNAME"], env["REDIS_PASSWORD"]) == ("dreambot-bot", PASSWORDS["REDIS_BOT_PASSWORD"])
         assert bot["restart"] == "unless-stopped"
         assert bot.get("init") is True, "an init passes SIGTERM on to the bot (PID 1 would ignore it)"
         assert _waits_for_healthy_redis(bot)
@@ -201,7 +220,8 @@ def test_redis_persists_and_has_a_healthcheck(config):
     cmd = cmd if isinstance(cmd, list) else cmd.split()
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
     assert cmd[cmd.index("--appendfsync") + 1] == "everysec"
-    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert "ping" in " ".join(redis["healthcheck"]["test"])
+    assert _env(redis)["REDISCLI_AUTH"] == PASSWORDS["REDIS_ADMIN_PASSWORD"], "the healthcheck logs in"
     data = [src for src, dst in _mounts(redis) if dst == "/data"]
     assert data and data[0] in config["volumes"], "Redis data on a named volume"
     assert redis["restart"] == "unless-stopped"
@@ -217,6 +237,7 @@ def test_worker_has_a_gpu_the_models_volume_and_time_to_drain(config):
     assert ("models", "/models") in _mounts(worker) and "models" in config["volumes"]
     env = _env(worker)
     assert env["REDIS_URL"] == COMPOSE_REDIS_URL
+    assert (env["REDIS_USERNAME"], env["REDIS_PASSWORD"]) == ("dreambot-worker", PASSWORDS["REDIS_WORKER_PASSWORD"])
     assert env["HF_HOME"] == "/models"
     assert env["DREAMBOT_BASE_MODEL"] == SDXL_BASE_ID
     assert env["DREAMBOT_REFINER_MODEL"] == SDXL_REFINER_ID
@@ -319,7 +340,8 @@ def test_prometheus_scrapes_every_bot_and_the_worker(config):
 
 def test_rq_dashboard_reads_the_queue_redis_on_loopback_only(config):
     dash = config["services"]["rq-dashboard"]
-    assert _env(dash)["RQ_DASHBOARD_REDIS_URL"] == COMPOSE_REDIS_URL
+    assert _env(dash)["RQ_DASHBOARD_REDIS_URL"] == (
+        f"redis://dreambot-dashboard:{PASSWORDS['REDIS_DASHBOARD_PASSWORD']}@redis:6379/0")
     assert _waits_for_healthy_redis(dash)
     ports = dash.get("ports", [])
     assert ports and all(p.get("host_ip") == "127.0.0.1" if isinstance(p, dict) else str(p).startswith("127.0.0.1:")
@@ -372,9 +394,19 @@ def _user(path: Path) -> str:
     return users[-1]
 
 
+def _base(path: Path) -> str:
+    """The image a Dockerfile builds FROM: its PYTHON_IMAGE build argument's default where it names one."""
+    instr = _instructions(path)
+    froms = [args for word, args in instr if word == "FROM"]
+    assert len(froms) == 1, froms
+    args = dict(a.split("=", 1) for word, a in instr if word == "ARG" and "=" in a)
+    m = re.fullmatch(r"\$\{?(\w+)\}?", froms[0])
+    return args[m.group(1)] if m else froms[0]
+
+
 def test_bot_image_installs_only_the_bot_extra_and_no_torch():
     instr = _instructions(BOT_DOCKERFILE)
-    assert instr[0][0] == "FROM" and instr[0][1].startswith("python:3.11-slim")
+    assert _base(BOT_DOCKERFILE).startswith("python:3.11-slim")
     installs = _pip_installs(BOT_DOCKERFILE)
     assert len(installs) == 1, installs
     assert re.search(r"""["']?\.\[bot\]["']?""", installs[0])
@@ -385,24 +417,74 @@ def test_bot_image_installs_only_the_bot_extra_and_no_torch():
     assert _cmd(BOT_DOCKERFILE) == ["dreambot", "bot"]
 
 
-def test_worker_image_pins_a_cuda_torch_within_the_cap():
+def _torch_range() -> tuple[tuple[int, ...], tuple[int, ...]]:
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(r'"torch>=(\d+)\.(\d+)\.(\d+),<=(\d+)\.(\d+)\.(\d+)"', text)
+    assert m, "torch as a closed range in the worker extra"
+    v = tuple(int(g) for g in m.groups())
+    return v[:3], v[3:]
+
+
+def test_worker_image_pins_a_cuda_12_8_torch_and_the_range_admits_what_runs():
+    """Hopper and Blackwell need a CUDA 12.8 (or later) build: PyPI's torch 2.9.1 for Linux is one. The
+    project's torch range goes from the image's torch to the suite's and no further."""
     instr = _instructions(WORKER_DOCKERFILE)
-    assert instr[0][0] == "FROM"
-    base = instr[0][1]
-    assert ":" in base and not base.endswith(":latest") and "cuda" in base, f"pin a CUDA base tag: {base}"
+    assert _base(WORKER_DOCKERFILE).startswith("python:3.11-slim")
     installs = " ".join(_pip_installs(WORKER_DOCKERFILE))
     assert re.search(r"""["']?\.\[worker\]["']?""", installs)
     pins = re.findall(r"\btorch==(\d+)\.(\d+)\.(\d+)", installs)
     assert len(pins) == 1, "pin exactly one torch version"
-    version = tuple(int(p) for p in pins[0])
-    assert (2, 4, 0) <= version <= TORCH_MAX
-    m = re.match(r"pytorch/pytorch:(\d+)\.(\d+)\.(\d+)-", base)
-    if m:
-        assert tuple(int(g) for g in m.groups()) == version, "the pin must be the base's own torch"
+    image_torch = tuple(int(p) for p in pins[0])
+    checks = " ".join(args for word, args in instr if word == "RUN")
+    assert "torch.version.cuda" in checks and "'12.8'" in checks, "the build fails on anything but the CUDA 12.8 build"
+    import torch
+
+    suite_torch = tuple(int(x) for x in re.match(r"(\d+)\.(\d+)\.(\d+)", torch.__version__).groups())
+    lo, hi = _torch_range()
+    assert (lo, hi) == (min(image_torch, suite_torch), max(image_torch, suite_torch)), (lo, hi, image_torch,
+                                                                                      suite_torch)
+    assert hi <= TORCH_MAX
     env = " ".join(args for word, args in instr if word == "ENV")
     assert re.search(r"\bHF_HOME=/models\b", env)
     assert _user(WORKER_DOCKERFILE) not in ("root", "0")
     assert _cmd(WORKER_DOCKERFILE) == ["dreambot", "worker"]
+
+
+def _owned_paths(path: Path) -> set[str]:
+    """Paths a Dockerfile creates (mkdir -p) and gives to the user it runs as (chown user:...)."""
+    user = _user(path)
+    made, owned = set(), set()
+    for word, args in _instructions(path):
+        if word != "RUN":
+            continue
+        for seg in re.split(r"&&|;", args):
+            words = seg.split()
+            if words[:2] == ["mkdir", "-p"]:
+                made.update(words[2:])
+            if words and words[0] == "chown" and len(words) > 2 and words[1].split(":")[0] == user:
+                owned.update(words[2:])
+    return made & owned
+
+
+def test_every_volume_mount_point_exists_in_its_image_owned_by_its_user(config):
+    """Docker creates a mount point the image lacks owned by root, and a fresh named volume takes the
+    ownership of its mount point: a non-root service could not write it (every dream failed on the first
+    `up`: /images). Each of our services' volumes is mounted where its image made the folder its own."""
+    dockerfiles = {}
+    for name, service in config["services"].items():
+        build = service.get("build")
+        if not build:
+            continue
+        dockerfile = ROOT / Path(build["dockerfile"]).relative_to(ROOT) if Path(build["dockerfile"]).is_absolute() \
+            else ROOT / build["dockerfile"]
+        owned = dockerfiles.setdefault(dockerfile, _owned_paths(dockerfile))
+        for source, target in _mounts(service):
+            if source in config.get("volumes", {}):  # a named volume (a bind mount is the operator's folder)
+                assert target in owned, f"{name}: {target} is not made and chowned in {dockerfile.name}"
+    assert dockerfiles, "no service built from our Dockerfiles?"
+    # Redis runs as its image's own redis user, whose /data the image makes its own; its config is read-only.
+    redis = config["services"]["redis"]
+    assert redis["user"] == "redis" and any(t == "/data" for _, t in _mounts(redis))
 
 
 def test_dockerfiles_run_the_same_commands_as_compose(config):
@@ -461,6 +543,7 @@ def test_every_variable_compose_reads_is_in_env_example(config):
     interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", raw))
     passed = {k for s in config["services"].values() for k in _env(s)}
     undocumented = (interpolated | passed) - set(documented) - {"HF_HOME", "RQ_DASHBOARD_REDIS_URL"} - {
+        "REDISCLI_AUTH", "REDIS_PORT"} - {
         "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "S3_USER", "S3_PASSWORD", "S3_BUCKET", "S3_PREFIX", "RETENTION_DAYS"}
     assert not undocumented, f"add {sorted(undocumented)} to .env.example"
 
@@ -529,12 +612,13 @@ def test_bots_and_workers_share_the_image_folder_and_minio_makes_its_bucket(conf
 def test_ha_profile_has_a_replica_and_three_sentinels_watching_the_primary(config):
     services = config["services"]
     replica = services["redis-replica"]
-    assert replica["profiles"] == ["ha"] and replica["command"][:1] == ["redis-server"]
+    assert replica["profiles"] == ["ha"] and replica["entrypoint"] == services["redis"]["entrypoint"]
     assert replica["command"][replica["command"].index("--replicaof") + 1:][:2] == ["redis", "6379"]
     for name in ("sentinel1", "sentinel2", "sentinel3"):
         sentinel = services[name]
         assert sentinel["profiles"] == ["ha"]
         script = " ".join(sentinel["command"])
         assert "sentinel monitor dreambot redis 6379 2" in script and "--sentinel" in script
+        assert "sentinel auth-pass dreambot" in script and "requirepass" in script
     assert "profiles" not in services["redis"]  # the primary runs in every setup
 

@@ -27,6 +27,7 @@ from dreamcore import safety
 from dreamcore.limit_store import LimitStore
 from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError
 
+from . import calls
 from .admin_text import (
     LIST_KEYS,
     MAX_MESSAGE,
@@ -91,7 +92,7 @@ class DreamAdmin(app_commands.Group):
 
     async def _redis(self, interaction: discord.Interaction, fn: Callable[..., T], *args: Any) -> T:
         """Run a synchronous store call off the event loop; if Redis is slow, defer so Discord's 3 s hold."""
-        result, _ = await within_ack(interaction, asyncio.to_thread(fn, *args), STORE_TIMEOUT_S, ephemeral=True)
+        result, _ = await within_ack(interaction, calls.command(fn, *args), STORE_TIMEOUT_S, ephemeral=True)
         return result
 
     async def _run(self, interaction: discord.Interaction, command: str, body: Callable[[], Awaitable[str]]) -> None:

@@ -46,8 +46,9 @@ from dreamcore.present import info_text, made_from, settings_line
 from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
-from .backend import UNAVAILABLE, Backend, Outcome
-from .commands import SUBMIT_TIMEOUT_S, DreamCommands, queued_text
+from . import calls
+from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
+from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
 from .safety import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, answer_privately, is_guild_admin, within_ack
 
@@ -281,12 +282,12 @@ class Buttons:
         return job, size
 
     def _prepare_and_submit(self, job_id: str, action: str, index: int | None, origin_fields: dict,
-                            roles: list[int]) -> tuple[DreamJob | None, tuple[int, int] | None, Outcome]:
+                            roles: list[int], deadline: float) -> tuple[DreamJob | None, tuple[int, int] | None, Outcome]:
         prepared = self.prepare(job_id, action, index, origin_fields)
         if isinstance(prepared, Refusal):
             return None, None, Outcome(False, prepared.message, kind="button")
         job, size = prepared
-        return job, size, self.backend.submit(job, roles)
+        return job, size, self.backend.submit(job, roles, size=size, deadline=deadline)
 
     async def follow_up(self, interaction: discord.Interaction, job_id: str, action: str,
                         index: int | None = None) -> None:
@@ -301,9 +302,13 @@ class Buttons:
         try:
             # Past the budget, a "thinking..." message of this click: its @original is what the result replaces.
             (job, size, outcome), deferred = await within_ack(
-                interaction, asyncio.to_thread(self._prepare_and_submit, job_id, action, index, origin_fields, roles),
+                interaction, calls.submit(self._prepare_and_submit, job_id, action, index, origin_fields, roles,
+                                         time.monotonic() + SUBMIT_DEADLINE_S),
                 SUBMIT_TIMEOUT_S, on_ack=note_ack)
-        except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
+        except asyncio.TimeoutError:  # the submit still runs: it may have queued the dream
+            job, size, outcome = None, None, Outcome(False, UNCONFIRMED, kind="unconfirmed")
+            deferred = interaction.response.is_done()
+        except (redis.RedisError, ImageStoreError):
             job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
             deferred = interaction.response.is_done()
 
@@ -328,7 +333,7 @@ class Buttons:
 
     async def info(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p = await asyncio.wait_for(asyncio.to_thread(self._record, job_id, interaction.guild_id),
+            p = await asyncio.wait_for(calls.command(self._record, job_id, interaction.guild_id),
                                        READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             p = Refusal(UNAVAILABLE)
@@ -339,7 +344,7 @@ class Buttons:
 
     async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p = await asyncio.wait_for(asyncio.to_thread(params.load, self.conn, job_id, self.backend.images),
+            p = await asyncio.wait_for(calls.command(params.load, self.conn, job_id, self.backend.images),
                                        READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -372,9 +377,9 @@ class Buttons:
             return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.
-            await asyncio.to_thread(self.conn.delete, results.result_key(job_id), params.params_key(job_id))
+            await calls.command(self.conn.delete, results.result_key(job_id), params.params_key(job_id))
             keys = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
-            await asyncio.to_thread(self.backend.images.delete, [*keys, images_params_key(job_id)])
+            await calls.command(self.backend.images.delete, [*keys, images_params_key(job_id)])
         except (redis.RedisError, ImageStoreError) as err:  # they expire on their own
             log.warning("deleted result's images left to expire", extra={"job_id": job_id, "error": str(err)})
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id, "admin": is_admin})

@@ -14,8 +14,10 @@ import redis
 from discord import app_commands
 
 from dreamcore.keys import CHANNEL_GONE_TTL_S, channel_gone_key
+from dreamcore.limit_messages import human_duration
 from dreamcore.settings import Settings
 
+from . import calls
 from .admin import register_admin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
@@ -30,11 +32,68 @@ from .vote import VoteButton, register_vote
 log = logging.getLogger("dreambot.bot")
 
 
+# What a client can send wrong: an option of another type than the command takes, options that don't match
+# the command's signature (a client with an older copy of it), a command this bot doesn't have. Discord's own
+# client never sends these; when something does, it is the sender's fault, not ours.
+CLIENT_FAULTS = (app_commands.TransformerError, app_commands.CommandSignatureMismatch,
+                 app_commands.CommandNotFound)
+
+
+class OptionsMismatch(app_commands.CommandSignatureMismatch):
+    def __init__(self, command, why: str):
+        super().__init__(command)
+        self.why = why
+
+
+def mismatch(command, options: list[dict]) -> str | None:
+    """Why `options` (an interaction's, as Discord sent them) don't fit `command`'s own signature, or None.
+    discord.py passes some such values through to the callback (an integer where a string option is
+    declared), where they would fail as our fault; refused here, they are the sender's."""
+    if isinstance(command, app_commands.Group):
+        for opt in options:
+            sub = command.get_command(str(opt.get("name")))
+            if opt.get("type") not in (1, 2) or sub is None:
+                return f"{opt.get('name')!r} is not a subcommand of /{command.qualified_name}"
+            return mismatch(sub, opt.get("options") or [])
+        return f"/{command.qualified_name} needs a subcommand"
+    params = {p.display_name: p for p in getattr(command, "parameters", [])}
+    for opt in options:
+        param = params.get(str(opt.get("name")))
+        if param is not None and opt.get("type") != param.type.value:
+            return f"option {param.display_name!r} came as type {opt.get('type')!r}, not {param.type.value}"
+    return None
+
+
 class DreamTree(app_commands.CommandTree):
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """Options of another type than the command declares are refused before the command runs (as
+        CommandSignatureMismatch, the sender's fault: on_error says so and logs one warning line)."""
+        data = interaction.data or {}
+        if interaction.type is discord.InteractionType.application_command and data.get("type", 1) == 1:
+            command = self.get_command(str(data.get("name")), guild=discord.Object(interaction.guild_id)
+                                       if interaction.guild_id else None) or self.get_command(str(data.get("name")))
+            why = mismatch(command, data.get("options") or []) if command is not None else None
+            if why is not None:
+                raise OptionsMismatch(command, why)
+        return True
+
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        """Every failure a member can hit ends in a message to them."""
-        log.error("command failed", exc_info=error, extra={"command": getattr(interaction.command, "name", None)})
-        text = "Something went wrong on my side; nothing was queued. Please try again."
+        """Every failure a member can hit ends in a message to them. What a client sent wrong is logged as one
+        warning line; a traceback is kept for this project's own faults, so they are not buried."""
+        where = {"command": getattr(interaction.command, "name", None), "guild_id": interaction.guild_id,
+                 "user_id": interaction.user.id if interaction.user else None}
+        if isinstance(error, app_commands.CommandOnCooldown):
+            text = f"Please wait {human_duration(error.retry_after)} before asking again."
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            text = "That command works in a server only."
+        elif isinstance(error, CLIENT_FAULTS):
+            log.warning("malformed interaction refused", extra={**where, "error": type(error).__name__,
+                                                                 "why": getattr(error, "why", str(error))[:200]})
+            text = ("I couldn't read that command as it was sent (an option of another type, or an older version "
+                    "of the command); please try again.")
+        else:
+            log.error("command failed", exc_info=error, extra=where)
+            text = "Something went wrong on my side; nothing was queued. Please try again."
         try:
             await answer_privately(interaction, text)
         except discord.HTTPException:
@@ -87,7 +146,7 @@ class DreamClient(discord.Client):
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         """Workers check this before generating, so a deleted channel's queued dreams cost no GPU time."""
         try:
-            await asyncio.to_thread(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=CHANNEL_GONE_TTL_S)
+            await calls.command(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=CHANNEL_GONE_TTL_S)
         except redis.RedisError:
             log.warning("could not record a deleted channel", extra={"channel_id": channel.id})
 

@@ -25,24 +25,29 @@ from dreamcore.job import (
     make_request,
 )
 from dreamcore.limit_messages import human_duration
-from dreamcore.present import settings_line
+from dreamcore.present import settings_line, shown
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
-from .backend import UNAVAILABLE, Backend, Outcome
+from . import calls
+from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .safety import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.bot")
-SUBMIT_TIMEOUT_S = 10.0
+# A submit queues nothing past SUBMIT_DEADLINE_S (what it took is given back and the member hears "can't
+# queue"); the answer waits SUBMIT_TIMEOUT_S for it, enough for the calls already under way past the deadline
+# (each Redis call gives up after redisconn.BOT_READ_TIMEOUT_S, a replica wait after REDIS_WAIT_MS).
+SUBMIT_DEADLINE_S = 8.0
+SUBMIT_TIMEOUT_S = 20.0
+READ_TIMEOUT_S = 2.0
 
 
 def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None) -> str:
     where = "next in line" if position == 0 else f"position {position + 1} in the queue"
     if eta_s is not None:
         where += f", ready in about {human_duration(eta_s)}"
-    shown = prompt if len(prompt) <= 900 else prompt[:899] + "…"
-    return f"Queued: job `{job_id}`, {where}.\n**{shown}**\n-# {settings}"
+    return f"Queued: job `{job_id}`, {where}.\n**{shown(prompt, 900)}**\n-# {settings}"
 
 
 class DreamCommands:
@@ -117,7 +122,7 @@ class DreamCommands:
     async def handle_queue(self, interaction: discord.Interaction) -> None:
         try:
             jobs = await asyncio.wait_for(
-                asyncio.to_thread(self.backend.my_jobs, interaction.guild_id, interaction.user.id), 2.0)
+                calls.command(self.backend.my_jobs, interaction.guild_id, interaction.user.id), READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError):
             await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
@@ -137,7 +142,7 @@ class DreamCommands:
     async def handle_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
         is_admin = is_guild_admin(interaction)
         try:
-            outcome = await asyncio.wait_for(asyncio.to_thread(
+            outcome = await asyncio.wait_for(calls.command(
                 self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), 2.0)
             text = outcome.message
         except (asyncio.TimeoutError, redis.RedisError):
@@ -166,11 +171,12 @@ class DreamCommands:
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
         try:
-            outcome, deferred = await within_ack(interaction, asyncio.to_thread(self.backend.submit_here, job, roles),
-                                                 SUBMIT_TIMEOUT_S, on_ack=lambda: self._note_ack(started))
-        except asyncio.TimeoutError:
-            outcome, deferred = Outcome(False, UNAVAILABLE, kind="unavailable"), interaction.response.is_done()
-            metrics.refused("unavailable")
+            work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S)
+            outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S,
+                                                 on_ack=lambda: self._note_ack(started))
+        except asyncio.TimeoutError:  # the submit still runs past its deadline: it may have queued the dream
+            outcome, deferred = Outcome(False, UNCONFIRMED, kind="unconfirmed"), interaction.response.is_done()
+            metrics.refused("unconfirmed")
 
         if outcome.ok:
             text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),

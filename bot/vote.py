@@ -5,7 +5,6 @@ win rates. Votes are one per member and changeable.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 
@@ -14,11 +13,14 @@ import redis
 from discord import app_commands
 
 from dreamcore import votes
+from dreamcore.present import shown
 from dreamcore.results import DreamResult
 
+from . import calls
 from .toolkit import NO_MENTIONS, is_guild_admin
 
 log = logging.getLogger("dreambot.vote")
+STATS_COOLDOWN_S = 10  # per member and server: the counters change with votes, not by the second
 
 
 class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<round>[0-9a-f]{16}):(?P<side>[ab])"):
@@ -36,11 +38,11 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<
     async def callback(self, interaction: discord.Interaction) -> None:
         conn = interaction.client.backend.conn
         try:
-            record = await asyncio.to_thread(votes.load_round, conn, self.round_id)
+            record = await calls.command(votes.load_round, conn, self.round_id)
             if record is None or record["guild_id"] != interaction.guild_id:
                 text = "That vote round is unknown here."
             else:
-                t = await asyncio.to_thread(votes.cast, conn, self.round_id, interaction.user.id, self.side)
+                t = await calls.command(votes.cast, conn, record, interaction.user.id, self.side)
                 text = (f"Your vote for **{self.side.upper()}** is counted (A {t['a']} · B {t['b']}). "
                         "Click the other button to change it.")
         except redis.RedisError:
@@ -57,7 +59,7 @@ def vote_view(round_id: str) -> discord.ui.View:
 
 def vote_text(record: dict, a: DreamResult, b: DreamResult) -> str:
     seeds = ", ".join(str(i.seed) for i in a.images)
-    return (f"**{record['prompt'][:900]}**\nTwo candidates from the same seed ({seeds}), different in one setting. "
+    return (f"**{shown(record['prompt'], 900)}**\nTwo candidates from the same seed ({seeds}), different in one setting. "
             f"Which is better? Pictures marked A- and B-; the settings are revealed in /dreamstats.")[:2000]
 
 
@@ -97,7 +99,7 @@ def register_vote(tree: app_commands.CommandTree, client) -> None:
             text = "You need the Manage Server permission to change vote mode."
         else:
             try:
-                await asyncio.to_thread(votes.set_channel, client.backend.conn, interaction.guild_id,
+                await calls.command(votes.set_channel, client.backend.conn, interaction.guild_id,
                                         interaction.channel_id, mode == "on")
                 log.info("vote mode changed", extra={"guild_id": interaction.guild_id, "actor_id": interaction.user.id,
                                                      "channel_id": interaction.channel_id, "mode": mode})
@@ -108,9 +110,11 @@ def register_vote(tree: app_commands.CommandTree, client) -> None:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @tree.command(name="dreamstats", description="Win rates of the settings compared in vote rounds here")
+    @app_commands.guild_only()
+    @app_commands.checks.cooldown(1, STATS_COOLDOWN_S, key=lambda i: (i.guild_id, i.user.id))
     async def dreamstats(interaction: discord.Interaction):
         try:
-            rates = await asyncio.to_thread(votes.win_rates, client.backend.conn, interaction.guild_id)
+            rates = await calls.command(votes.win_rates, client.backend.conn, interaction.guild_id)
             text = stats_text(rates)
         except redis.RedisError:
             text = "I can't reach the vote store right now; please try again in a minute."

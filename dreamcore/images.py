@@ -226,22 +226,38 @@ class S3Store(ImageStore):
             raise ImageStoreError(f"can't delete from {self.describe()}: {_why(err)}") from err
 
     def set_lifecycle(self) -> bool:
-        """Ask the bucket to expire this prefix after the retention (needs s3:PutLifecycleConfiguration;
-        without it, set the rule by hand as the README shows). True when the rule is in place."""
+        """Ask the bucket to expire this prefix after the retention (needs s3:GetLifecycleConfiguration and
+        s3:PutLifecycleConfiguration; without them, set the rule by hand as the README shows). The bucket's
+        other rules are kept: S3 replaces a bucket's whole configuration on every put, so the rule is merged
+        into what is there (ours replaced by its ID). Refused for an empty prefix, which would expire every
+        object in the bucket, the operator's other data included. True when the rule is in place."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        rule = {"ID": f"dreambot-retention-{self.prefix or 'all'}".replace("/", "-")[:255],
+        if not self.prefix:
+            log.warning("not setting a lifecycle rule: DREAMBOT_S3_PREFIX is empty, and a rule on an empty "
+                        "prefix expires every object in the bucket; give dreambot a prefix of its own or set "
+                        "the rule by hand", extra={"store": self.describe()})
+            return False
+        rule = {"ID": f"dreambot-retention-{self.prefix}".replace("/", "-")[:255],
                 "Filter": {"Prefix": self.prefix}, "Status": "Enabled",
                 "Expiration": {"Days": self.retention_days}}
         try:
+            try:
+                rules = self.s3.get_bucket_lifecycle_configuration(Bucket=self.bucket).get("Rules", [])
+            except ClientError as err:
+                if _why(err) != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
+            others = [r for r in rules if r.get("ID") != rule["ID"]]
             self.s3.put_bucket_lifecycle_configuration(Bucket=self.bucket,
-                                                       LifecycleConfiguration={"Rules": [rule]})
+                                                       LifecycleConfiguration={"Rules": [*others, rule]})
         except (BotoCoreError, ClientError) as err:
             log.warning("could not set the bucket's lifecycle rule; images past retention are no longer "
                         "served but stay in the bucket until a rule deletes them",
                         extra={"store": self.describe(), "error": _why(err)})
             return False
-        log.info("bucket lifecycle rule set", extra={"store": self.describe(), "days": self.retention_days})
+        log.info("bucket lifecycle rule set", extra={"store": self.describe(), "days": self.retention_days,
+                                                     "other_rules_kept": len(others)})
         return True
 
     def describe(self) -> str:

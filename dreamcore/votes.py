@@ -3,6 +3,11 @@ candidates that differ in one setting, members pick the better one, and the tall
 
 Everything lives in Redis. Rounds are small and kept (no TTL) so they can be exported; the side shown as
 "A" is chosen at random per round so position does not bias the result.
+
+Win rates (/dreamstats) are counters per server, kept up to date as votes are cast (CAST_LUA: a changed
+vote takes the round's old share out and puts its new one in, in one step), so reading them costs one
+HGETALL however many rounds a server has had. Rounds from before the counters are counted once by
+`count_old_rounds`, each round in one atomic step that marks it counted, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import redis
 
 from .images import ImageStore, image_key
 from .job import DreamRequest
-from .keys import VOTE_JOB_TTL_S
+from .keys import VOTE_JOB_TTL_S, VOTE_STATS_BUILT, vote_stats_key
 from .keys import VOTE_ROUNDS as ROUNDS
 from .keys import vote_ballots_key as ballots_key
 from .keys import vote_channel_key as channel_key
@@ -69,6 +74,7 @@ def create_round(conn: redis.Redis, round_id: str, kind: str, a: Variant, b: Var
     }
     with conn.pipeline() as pipe:
         pipe.set(round_key(round_id), json.dumps(record))
+        pipe.hset(ballots_key(round_id), COUNTED, "1")  # its votes go into the counters as they are cast
         pipe.zadd(ROUNDS, {round_id: record["created"]})
         pipe.set(job_round_key(job_a), f"{round_id}:a", ex=VOTE_JOB_TTL_S)
         pipe.set(job_round_key(job_b), f"{round_id}:b", ex=VOTE_JOB_TTL_S)
@@ -83,6 +89,7 @@ def drop_round(conn: redis.Redis, round_id: str) -> None:
         pipe.zrem(ROUNDS, round_id)
         if record:
             pipe.delete(job_round_key(record["a"]["job_id"]), job_round_key(record["b"]["job_id"]))
+        pipe.delete(ballots_key(round_id))
         pipe.execute()
 
 
@@ -99,17 +106,93 @@ def load_round(conn: redis.Redis, round_id: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def cast(conn: redis.Redis, round_id: str, user_id: int, side: str) -> dict[str, int]:
-    """One vote per member, changeable: the latest choice counts."""
+COUNTED = "~counted"  # a ballots field (member ids are digits): this round is in its server's counters
+
+# The round's share of its server's counters, by variant: with tallies (a, b) and at least one vote, each
+# side is in one more round, gets its votes and wins when it has more. KEYS: 1 ballots, 2 the server's
+# counters. ARGV: 1 kind, 2 side a's label, 3 side b's label, then for a vote 4 member, 5 side; for counting
+# an old round, nothing more. Returns the tallies after, {a, b}.
+_SHARE = r"""
+local function tally()
+  local t = {a = 0, b = 0}
+  for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+    if v == 'a' or v == 'b' then t[v] = t[v] + 1 end
+  end
+  return t
+end
+local function apply(t, sign)
+  if t.a + t.b == 0 then return end
+  for side, other in pairs({a = 'b', b = 'a'}) do
+    local label = ARGV[1] .. '\t' .. (side == 'a' and ARGV[2] or ARGV[3])
+    redis.call('HINCRBY', KEYS[2], label .. '\trounds', sign)
+    if t[side] > 0 then redis.call('HINCRBY', KEYS[2], label .. '\tvotes', sign * t[side]) end
+    if t[side] > t[other] then redis.call('HINCRBY', KEYS[2], label .. '\twins', sign) end
+  end
+end
+"""
+CAST_LUA = _SHARE + r"""
+local counted = redis.call('HEXISTS', KEYS[1], '""" + COUNTED + r"""') == 1
+local before = tally()
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
+local after = tally()
+if counted then
+  apply(before, -1)
+  apply(after, 1)
+end
+return {after.a, after.b}
+"""
+COUNT_OLD_LUA = _SHARE + r"""
+if redis.call('HSETNX', KEYS[1], '""" + COUNTED + r"""', '1') == 0 then return 0 end
+apply(tally(), 1)
+return 1
+"""
+
+
+def stat_label(record: dict, side: str) -> str:
+    """The row a side counts in: its variant's label, and every style preset as one row, "styled"."""
+    if record["kind"] == "style" and record[side]["settings"].get("style") != "none":
+        return "styled"
+    return record[side]["label"]
+
+
+def _share_args(record: dict) -> list[str]:
+    return [record["kind"], stat_label(record, "a"), stat_label(record, "b")]
+
+
+def cast(conn: redis.Redis, record: dict, user_id: int, side: str) -> dict[str, int]:
+    """One vote per member, changeable: the latest choice counts, in the tallies and in the server's win
+    rates at once. `record` is the round's (load_round)."""
     if side not in ("a", "b"):
         raise ValueError("side must be 'a' or 'b'")
-    conn.hset(ballots_key(round_id), str(user_id), side)
-    return tallies(conn, round_id)
+    a, b = conn.register_script(CAST_LUA)(
+        keys=[ballots_key(record["round"]), vote_stats_key(record["guild_id"])],
+        args=[*_share_args(record), str(int(user_id)), side])
+    return {"a": int(a), "b": int(b)}
 
 
 def tallies(conn: redis.Redis, round_id: str) -> dict[str, int]:
     votes = [v.decode() for v in conn.hvals(ballots_key(round_id))]
     return {"a": votes.count("a"), "b": votes.count("b")}
+
+
+def count_old_rounds(conn: redis.Redis, chunk: int = 500) -> int:
+    """Put rounds from before the counters into them, once (each round marks itself counted atomically);
+    skipped once a pass has found every round counted. Returns how many rounds it counted."""
+    if conn.get(VOTE_STATS_BUILT):
+        return 0
+    script, counted, start = conn.register_script(COUNT_OLD_LUA), 0, 0
+    while True:
+        ids = [r.decode() for r in conn.zrange(ROUNDS, start, start + chunk - 1)]
+        for rid in ids:
+            record = load_round(conn, rid)
+            if record is not None:
+                counted += int(script(keys=[ballots_key(rid), vote_stats_key(record["guild_id"])],
+                                      args=_share_args(record)))
+        if len(ids) < chunk:
+            break
+        start += chunk
+    conn.set(VOTE_STATS_BUILT, "1")
+    return counted
 
 
 def iter_rounds(conn: redis.Redis, guild_id: int | None = None):
@@ -194,7 +277,8 @@ def export_parquet(conn: redis.Redis, store: ImageStore, out_dir, salt: bytes) -
             files, rows = files + 1, []
 
     for r in iter_rounds(conn):
-        ballots = {k.decode(): v.decode() for k, v in conn.hgetall(ballots_key(r["round"])).items()}
+        ballots = {k.decode(): v.decode() for k, v in conn.hgetall(ballots_key(r["round"])).items()
+                   if k.decode() != COUNTED}
         row = {
             "round": r["round"], "kind": r["kind"],
             "created": dt.datetime.fromtimestamp(r["created"], dt.timezone.utc),
@@ -223,20 +307,11 @@ def export_parquet(conn: redis.Redis, store: ImageStore, out_dir, salt: bytes) -
     return n, missing
 
 
-def win_rates(conn: redis.Redis, guild_id: int | None = None) -> dict[str, dict[str, dict[str, int]]]:
-    """Per comparison kind, per variant label: rounds it was in, rounds it won, votes it got."""
+def win_rates(conn: redis.Redis, guild_id: int | None) -> dict[str, dict[str, dict[str, int]]]:
+    """Per comparison kind, per variant label: rounds it was in (with at least one vote), rounds it won,
+    votes it got, in one server. One read of its counters."""
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for r in iter_rounds(conn, guild_id):
-        t = r["tallies"]
-        kind = out.setdefault(r["kind"], {})
-        for side, other in (("a", "b"), ("b", "a")):
-            label = r[side]["label"]
-            if r["kind"] == "style" and r[side]["settings"].get("style") != "none":
-                label = "styled"  # one row for every preset: styled vs no style
-            row = kind.setdefault(label, {"rounds": 0, "wins": 0, "votes": 0})
-            if t["a"] + t["b"] == 0:
-                continue
-            row["rounds"] += 1
-            row["votes"] += t[side]
-            row["wins"] += int(t[side] > t[other])
+    for field, value in conn.hgetall(vote_stats_key(guild_id)).items():
+        kind, label, what = field.decode().split("\t")
+        out.setdefault(kind, {}).setdefault(label, {"rounds": 0, "wins": 0, "votes": 0})[what] = int(value)
     return out

@@ -101,12 +101,28 @@ def test_folder_store_that_cannot_write_says_where(tmp_path):
         store.put("0000000000000001/0.png", b"x")
 
 
-def test_s3_lifecycle_rule_is_set(s3_server):
+def test_s3_lifecycle_rule_is_merged_into_the_buckets_own_rules(s3_server):
     _, url = s3_server
+    raw = _raw_s3(url)
+    theirs = {"ID": "operators-logs", "Filter": {"Prefix": "logs/"}, "Status": "Enabled", "Expiration": {"Days": 3}}
+    raw.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": [theirs]})
+    for days in (9, 12):  # set twice: ours is replaced by its ID, never doubled
+        assert _s3(url, retention_days=days).set_lifecycle()
+    rules = raw.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert sorted((r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules) == [("logs/", 3), ("t/", 12)]
+
+
+def test_s3_lifecycle_rule_is_refused_for_an_empty_prefix(s3_server, caplog):
+    _, url = s3_server
+    raw = _raw_s3(url)
+    raw.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": [
+        {"ID": "operators-logs", "Filter": {"Prefix": "logs/"}, "Status": "Enabled", "Expiration": {"Days": 3}}]})
     store = _s3(url, retention_days=9)
-    assert store.set_lifecycle()
-    rules = _raw_s3(url).get_bucket_lifecycle_configuration(Bucket=BUCKET)
-    assert [(r["Filter"]["Prefix"], r["Expiration"]["Days"]) for r in rules["Rules"]] == [("t/", 9)]
+    store.prefix = ""
+    assert not store.set_lifecycle()
+    assert "expires every object" in caplog.text
+    rules = raw.get_bucket_lifecycle_configuration(Bucket=BUCKET)["Rules"]
+    assert [r["ID"] for r in rules] == ["operators-logs"]  # untouched
 
 
 def test_s3_settings_are_checked_and_secrets_never_echoed(monkeypatch):

@@ -12,6 +12,9 @@ import sys
 import time
 
 import pytest
+import redis
+
+from dreamcore import votes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -59,6 +62,12 @@ def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):
 
     stats = slash(fleet.user_id, "dreamstats", {})["data"]["content"]
     assert "won 1/1 (100%)" in stats and "won 0/1 (0%)" in stats
+    # From counters kept as votes are cast, per server: one read, however many rounds there are.
+    assert votes.win_rates(redis.Redis.from_url(redis_url), fleet.guild_id)
+    # Once per member and server per few seconds: a second ask at once is told to wait.
+    assert "Please wait" in slash(fleet.user_id, "dreamstats", {})["data"]["content"]
+    # Another server's rates are its own (none here).
+    assert votes.win_rates(redis.Redis.from_url(redis_url), fleet.guild_id + 1) == {}
 
     out = tmp_path / "votes.jsonl"
     env = {**os.environ, "REDIS_URL": redis_url}

@@ -434,6 +434,15 @@ class DiscordStandIn:
                 data["resolved"] = resolved
         return self._send_interaction(app_id, 2, guild_id, channel_id, user_id, data, locale=locale)
 
+    def send_raw_command(self, app_id: int, guild_id: int, channel_id: int, user_id: int, data: dict, *,
+                         locale: str = "en-US") -> Interaction:
+        """An APPLICATION_COMMAND interaction whose `data` is sent exactly as given, with none of send_slash's
+        checks: what a bot receives when the command Discord has registered differs from the bot's own code
+        (a deploy between a sync and the next, two instances of one application on different releases), or
+        from a crafted client. `data` needs at least a name; an id is made up when it has none."""
+        data = {"id": str(self.store.snowflakes.next()), "type": 1, **data}
+        return self._send_interaction(app_id, 2, guild_id, channel_id, user_id, data, locale=locale)
+
     def send_autocomplete(self, app_id: int, guild_id: int, channel_id: int, user_id: int, name: str,
                           options: Mapping[str, Any], focused: str, subcommand: str | None = None, *,
                           locale: str = "en-US") -> Interaction:

@@ -179,22 +179,24 @@ class Fleet:
         from PIL import Image
 
         app, channel = self.apps[index], self.channels[index]
-        t = time.monotonic()
+        t, sent_at = time.monotonic(), time.time()
         inter = self.standin.send_slash(app.id, self.guild, channel, self.member, "dream",
                                         {"prompt": prompt, "seed": seed})
         ack = inter.wait_ack(5)
         ack_ms = (time.monotonic() - t) * 1000
 
-        def posted():
+        def posted():  # the member's own reply, which the images replace (or a post of its own past the token)
             for m in self.standin.messages(channel):
-                for a in m.attachments:
-                    if a.filename.startswith("dream-"):
-                        return m, a
+                if m.interaction_id == inter.id or (m.created_at > sent_at and f"<@{self.member}>" in (m.content or "")):
+                    for a in m.attachments:
+                        if a.filename.startswith("dream-"):
+                            return m, a
             return None
 
         message, attachment = wait_until(posted, 600, f"no image came back for {prompt!r}")
         image = Image.open(io.BytesIO(attachment.data))
         image.load()
+        self.last_post = (index, message.id, attachment.filename.split("-")[1])
         got = {"bot": f"bot{index + 1}", "ack_ms": round(ack_ms, 1), "ack_type": ack.get("type"),
                "seconds": round(time.monotonic() - t, 1), "file": attachment.filename,
                "size": f"{image.width}x{image.height}", "bytes": len(attachment.data),
@@ -203,6 +205,25 @@ class Fleet:
         if not seed == int(attachment.filename.rsplit("-", 1)[1].split(".")[0]):
             raise AssertionError(f"the image is not seed {seed}'s: {attachment.filename}")
         return got
+
+    def info_of(self, post: tuple[int, int, str]) -> str:
+        """Info under an earlier result: what its buttons read back (Redis's AOF on its volume, the record
+        beside the images on theirs)."""
+        index, message_id, job_id = post
+        inter = self.standin.send_component(self.apps[index].id, self.guild, self.channels[index], self.member,
+                                            message_id, f"dream:i:{job_id}")
+        text = inter.wait_ack(10)["data"]["content"]
+        say(f"   Info of {job_id}: {text.splitlines()[0][:100]} / {text.splitlines()[2][:60]}")
+        if f"Job `{job_id}`" not in text:
+            raise AssertionError(f"Info of the first dream after the restart: {text[:300]}")
+        return text
+
+    def versions(self) -> None:
+        out = run("docker", "run", "--rm", "--entrypoint", "python", "dreambot-worker:latest", "-c",
+                  "import torch, diffusers, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda,"
+                  " 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)",
+                  quiet=True).stdout.strip()
+        say(f"   worker image: {out}")
 
     def logs(self) -> str:
         return self.compose("logs", "--no-color", "--tail", "60", check=False, quiet=True).stdout
@@ -229,6 +250,7 @@ def main() -> int:
             fleet.compose("build", "bot1", "worker", quiet=True, timeout=5400)
         with Step("every volume's mount point exists in its image, owned by the user that runs there"):
             fleet.check_mount_owners()
+            fleet.versions()
         with Step("up: redis, fetch-models (the tiny model), worker, bot1, bot2"):
             fleet.compose("up", "-d", *SERVICES, quiet=True, timeout=900)
         with Step("bots synced and connected, worker healthy"):
@@ -237,12 +259,15 @@ def main() -> int:
             fleet.check_redis_users()
         with Step("a /dream through bot1 comes back as an image"):
             fleet.dream(0, "a lighthouse at dusk, first up", 42)
+            first = fleet.last_post
         with Step("a /dream through bot2 comes back as an image"):
             fleet.dream(1, "a lighthouse at dawn, first up", 43)
         with Step("down (volumes kept) and up again"):
             fleet.compose("down", quiet=True, timeout=300)
             fleet.compose("up", "-d", *SERVICES, quiet=True, timeout=900)
             fleet.ready()
+        with Step("the first dream's Info button still answers (Redis and the images on their volumes)"):
+            fleet.info_of(first)
         with Step("a second /dream after the restart comes back as an image"):
             fleet.dream(0, "a lighthouse in fog, after the restart", 44)
         ok = True

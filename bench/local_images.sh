@@ -8,6 +8,9 @@
 #                                        as the image's own `redis` user with /data belonging to it
 # Each is debootstrapped into a folder and `docker import`ed once; an image already there is kept (REBUILD=1
 # makes them again). The worker's torch is not a stand-in: its Dockerfile installs the shipped one from PyPI.
+# The Python image trusts what this machine trusts: the CAs in /usr/local/share/ca-certificates (a proxy that
+# inspects TLS on the way to PyPI, as in this sandbox and in many companies) are added to its bundle, and pip
+# is pointed at that bundle (a venv's pip otherwise reads only its own copy of certifi's).
 set -euo pipefail
 
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -33,6 +36,11 @@ else
   say "building $PY_IMAGE (debootstrap bookworm + python3)"
   dir=$WORK/python
   rootfs "$dir" python3,python3-venv,ca-certificates
+  if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+    chroot "$dir" update-ca-certificates >/dev/null
+  fi
+  printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$dir/etc/pip.conf"
   chroot "$dir" python3 -m venv /usr/local/python
   tar -C "$dir" -c . | docker import \
     --change 'ENV PATH=/usr/local/python/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

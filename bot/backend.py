@@ -99,7 +99,7 @@ class Backend:
                 queued = queued or got
         except redis.RedisError as err:
             log.warning("enqueue failed", extra={"job_id": job.job_id, "error": type(err).__name__})
-            if queued is None and not isinstance(err, redisconn.NotReplicated) and self._was_queued(job.job_id):
+            if not self._taken_back(err, [j for j, _ in every]):
                 # Queued before the error reached us, and a worker has it already: it will come.
                 metrics.refused("unconfirmed")
                 return Outcome(False, UNCONFIRMED, kind="unconfirmed")
@@ -120,15 +120,19 @@ class Backend:
                                       "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
 
-    def _was_queued(self, job_id: str) -> bool:
-        """After an error mid-submit: whether the job is in the queue (or taken) all the same. Taken back when
-        it still waits, so the member's "can't queue" stays true; True only when a worker already has it."""
-        try:
-            if not self.conn.exists(ledger.key(job_id)):
-                return False
-            return not self.queue.take_back(job_id)
-        except redis.RedisError:
+    def _taken_back(self, err: redis.RedisError, jobs: list[DreamJob]) -> bool:
+        """After an error mid-submit: True when none of `jobs` is queued any more (never written, or still
+        waiting and taken back now), so "can't queue" is true; False when a worker already holds one of them
+        (it will come). Redis still unreachable counts as never written: that write most likely never landed."""
+        if isinstance(err, redisconn.NotReplicated) and not getattr(err, "taken_back", True):
             return False
+        try:
+            for job in jobs:
+                if self.conn.exists(ledger.key(job.job_id)) and not self.queue.take_back(job.job_id):
+                    return False
+        except redis.RedisError:
+            return True
+        return True
 
     def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
                     deadline: float | None = None) -> Outcome:

@@ -24,6 +24,7 @@ from .job import DreamJob, parse_job
 from .settings import Settings
 
 log = logging.getLogger("dreambot.ledger")
+ADOPT_CHUNK = 500
 
 
 def key(job_id: str) -> str:
@@ -71,18 +72,23 @@ def adopt(conn: redis.Redis, instance: str, settings: Settings, queue_names: lis
         ids.update(StartedJobRegistry(name, connection=conn).get_job_ids())
     ids.update(i.decode() for i in conn.zrange(keys.published_key(instance), 0, -1))
     ids.update(f[b"job_id"].decode() for _, f in conn.xrange(keys.outbox_key(instance)) if b"job_id" in f)
-    adopted = 0
-    for job_id in sorted(ids):
-        if conn.exists(key(job_id)):
-            continue
-        try:
-            payload = Job.fetch(job_id, connection=conn, serializer=JSONSerializer).args[0]
-            job = parse_job(payload)
-        except Exception:  # gone, or unreadable (RQ or the schema refuses it): nothing to post for it
-            continue
-        if job.job_id == job_id and job.origin.instance == instance:
-            conn.set(key(job_id), job.model_dump_json(), ex=settings.image_retention_days * 86400)
-            adopted += 1
+    adopted, ids_ = 0, sorted(ids)
+    for start in range(0, len(ids_), ADOPT_CHUNK):  # one round trip per chunk, however deep the queue
+        chunk = ids_[start:start + ADOPT_CHUNK]
+        with conn.pipeline(transaction=False) as pipe:
+            for job_id in chunk:
+                pipe.exists(key(job_id))
+            recorded = pipe.execute()
+        for job_id, has in zip(chunk, recorded, strict=True):
+            if has:
+                continue
+            try:
+                job = parse_job(Job.fetch(job_id, connection=conn, serializer=JSONSerializer).args[0])
+            except Exception:  # gone, or unreadable (RQ or the schema refuses it): nothing to post for it
+                continue
+            if job.job_id == job_id and job.origin.instance == instance:
+                conn.set(key(job_id), job.model_dump_json(), ex=settings.image_retention_days * 86400)
+                adopted += 1
     conn.set(marker, str(adopted))
     if adopted:
         log.info("jobs the previous release queued were adopted", extra={"instance": instance, "jobs": adopted})

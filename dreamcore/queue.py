@@ -135,8 +135,11 @@ class DreamQueue:
 
         try:
             redisconn.transaction(self.connection, self.settings, write)
-        except redisconn.NotReplicated:
-            self.take_back(job.job_id)
+        except redisconn.NotReplicated as err:
+            try:
+                err.taken_back = self.take_back(job.job_id)
+            except redis.RedisError:
+                err.taken_back = True  # the primary is gone too: the job went with it
             raise
         place = self.place(job.job_id)
         return Enqueued(job.job_id, job.priority, place.ahead if place else 0, place)
@@ -151,14 +154,11 @@ class DreamQueue:
 
     def take_back(self, job_id: str) -> bool:
         """Undo an enqueue the member was not told of: True when the job was still waiting (and is gone
-        now), False when a worker already took it (or the primary can't be reached)."""
-        try:
-            removed = self.remove(job_id)
-            if removed:
-                self.connection.delete(Job.key_for(job_id), ledger.key(job_id))
-            return removed
-        except redis.RedisError:
-            return False  # the primary is gone: the job most likely went with it
+        now), False when a worker already took it. Raises redis.RedisError when Redis can't be reached."""
+        removed = self.remove(job_id)
+        if removed:
+            self.connection.delete(Job.key_for(job_id), ledger.key(job_id))
+        return removed
 
     def place(self, job_id: str) -> fairq.Place | None:
         """Jobs and images ahead of this one; None when it is no longer waiting. O(log n)."""

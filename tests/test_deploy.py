@@ -622,3 +622,14 @@ def test_ha_profile_has_a_replica_and_three_sentinels_watching_the_primary(confi
         assert "sentinel auth-pass dreambot" in script and "requirepass" in script
     assert "profiles" not in services["redis"]  # the primary runs in every setup
 
+
+
+def test_discord_py_is_a_release_that_enforces_nonces():
+    """The relay's channel posts are exactly-once through a nonce Discord enforces: discord.py sends
+    enforce_nonce with a nonce from 2.5 on, so the bot extra admits nothing older."""
+    import discord.http
+
+    m = re.search(r'"discord\.py>=(\d+)\.(\d+)', (ROOT / "pyproject.toml").read_text())
+    assert m and (int(m.group(1)), int(m.group(2))) >= (2, 5)
+    payload = discord.http.handle_message_parameters(content="x", nonce="dream0123").payload
+    assert payload["nonce"] == "dream0123" and payload["enforce_nonce"] is True

@@ -14,7 +14,7 @@ import time
 import pytest
 import redis
 
-from dreamcore import votes
+from dreamcore import keys, votes
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -112,3 +112,40 @@ def test_vote_round_from_dream_to_export(fleet, redis_url, tmp_path):
                                cache_dir=str(tmp_path / "hf-cache"))
     assert ds.num_rows == 1 and ds[0]["image_a"] == row["image_a"] and ds[0]["preferred"] == "b"
 
+
+
+def test_win_rates_are_counters_kept_as_votes_change_and_old_rounds_count_once(rconn):
+    """/dreamstats reads one hash per server: each vote moves the round's share in it (a changed vote takes the
+    old share out), and rounds from before the counters are counted once, however often that runs."""
+    from dreamcore.job import make_request
+
+    req = make_request(prompt="x", seed=1)
+    a, b = votes.comparisons(req)["refiner"]
+    for rid, guild in (("r1", 5), ("r2", 5), ("r3", 6)):
+        votes.create_round(rconn, rid, "refiner", a, b, f"{rid}a", f"{rid}b", req, guild, 1, 2)
+    r1, r2, r3 = (votes.load_round(rconn, r) for r in ("r1", "r2", "r3"))
+    votes.cast(rconn, r1, 10, "a")
+    votes.cast(rconn, r1, 11, "b")
+    votes.cast(rconn, r1, 12, "a")
+    votes.cast(rconn, r1, 12, "b")  # changed: b leads 2-1
+    votes.cast(rconn, r2, 10, "a")
+    votes.cast(rconn, r3, 10, "b")  # another server's
+    rates = votes.win_rates(rconn, 5)["refiner"]
+    assert rates[a.label] == {"rounds": 2, "wins": 1, "votes": 2}
+    assert rates[b.label] == {"rounds": 2, "wins": 1, "votes": 2}
+    assert votes.win_rates(rconn, 6)["refiner"][b.label] == {"rounds": 1, "wins": 1, "votes": 1}
+
+    # A round of an older release (no counters yet) with votes: counted once, exactly.
+    votes.create_round(rconn, "old", "refiner", a, b, "oa", "ob", req, 5, 1, 2)
+    rconn.hdel(keys.vote_ballots_key("old"), votes.COUNTED)
+    old = votes.load_round(rconn, "old")
+    votes.cast(rconn, old, 20, "a")
+    assert votes.win_rates(rconn, 5)["refiner"][a.label]["rounds"] == 2  # not yet
+    rconn.delete(keys.VOTE_STATS_BUILT)
+    assert votes.count_old_rounds(rconn) == 1
+    assert votes.count_old_rounds(rconn) == 0
+    rconn.delete(keys.VOTE_STATS_BUILT)
+    assert votes.count_old_rounds(rconn) == 0  # each round marks itself counted
+    assert votes.win_rates(rconn, 5)["refiner"][a.label] == {"rounds": 3, "wins": 2, "votes": 3}
+    votes.cast(rconn, old, 21, "b")  # now counted as votes come in
+    assert votes.win_rates(rconn, 5)["refiner"][a.label] == {"rounds": 3, "wins": 1, "votes": 3}

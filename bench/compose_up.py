@@ -29,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from fleet import wait_until  # noqa: E402
 from standin import DiscordStandIn  # noqa: E402
 
 PYTHON_IMAGE = "dreambot-local/python:3.11-bookworm"
@@ -72,16 +73,6 @@ def run(*cmd: str, check: bool = True, quiet: bool = False, timeout: float = 360
     if not quiet and proc.stdout.strip():
         print(proc.stdout.strip()[-2000:], flush=True)
     return proc
-
-
-def wait_until(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.5)
-    raise TimeoutError(what)
 
 
 class Fleet:

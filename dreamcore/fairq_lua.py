@@ -45,6 +45,15 @@ end
 
 local function guild_key(q, g, tier) return FQ .. q .. ':g:' .. g .. ':' .. tier end
 
+-- What waits in one queue, in each layout: {list = RQ's own list, flat = the one-level layout's jobs,
+-- n = the two-level layout's jobs, units = their cost, flat_cost = the one-level jobs' (all in hundredths)}.
+local function queue_counts(QP, name)
+  local counts = redis.call('HMGET', CNT, 'units:' .. name, 'images:' .. name)
+  return {list = redis.call('LLEN', QP .. name), flat = redis.call('ZCARD', FQ .. name),
+          n = redis.call('ZCARD', FQ .. name .. ':all'), units = tonumber(counts[1] or '0'),
+          flat_cost = 100 * tonumber(counts[2] or '0')}
+end
+
 -- A server's waiting jobs in their run order: its priority tier first, each tier by (round, arrival).
 local function guild_job_at(q, g, k)
   local hi = guild_key(q, g, '1')
@@ -112,33 +121,30 @@ end
 -- of its tier (a member's k-th waiting job in the server's head round + k), then one more slot for the
 -- server (its k-th waiting job in the queue's head round + k). `front`: ahead of everything waiting, one
 -- round before both heads (RQ's requeue of a job a dead worker left).
+-- The round of one more entry in `set` (a server's jobs of a tier, or the queue's slots) for the party whose
+-- own entries are `mine` (a member's jobs, or a server's slots): the set's head round, or the round after the
+-- party's last entry when that is later; with `front`, one round before the head.
+local function next_round(set, mine, front)
+  local head = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  local round = 0
+  if head[2] then round = tonumber(head[2]) end
+  if front then return round - 1 end
+  local last = redis.call('ZRANGE', mine, -1, -1, 'WITHSCORES')
+  if last[2] and tonumber(last[2]) + 1 > round then round = tonumber(last[2]) + 1 end
+  return round
+end
+
 local function place(job_id, q, member, owner, guild, cost, batch, tries, tier, images, front)
   if front then tier = '1' end
   local gk = guild_key(q, guild, tier)
   local uk = FQ .. q .. ':u:' .. tier .. ':' .. owner
-  local head = redis.call('ZRANGE', gk, 0, 0, 'WITHSCORES')
-  local round = 0
-  if head[2] then round = tonumber(head[2]) end
-  local last = redis.call('ZRANGE', uk, -1, -1, 'WITHSCORES')
-  if front then
-    round = round - 1
-  elseif last[2] and tonumber(last[2]) + 1 > round then
-    round = tonumber(last[2]) + 1
-  end
+  local round = next_round(gk, uk, front)
   redis.call('ZADD', gk, round, member)
   redis.call('ZADD', uk, round, member)
   redis.call('ZADD', FQ .. q .. ':all', 0, member)
 
   local slots, gs = FQ .. q .. ':r', FQ .. q .. ':gs:' .. guild
-  local qhead = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
-  local sround = 0
-  if qhead[2] then sround = tonumber(qhead[2]) end
-  local glast = redis.call('ZRANGE', gs, -1, -1, 'WITHSCORES')
-  if front then
-    sround = sround - 1
-  elseif glast[2] and tonumber(glast[2]) + 1 > sround then
-    sround = tonumber(glast[2]) + 1
-  end
+  local sround = next_round(slots, gs, front)
   local slot = string.sub(member, 1, 16) .. ':' .. guild
   redis.call('ZADD', slots, sround, slot)
   redis.call('ZADD', gs, sround, slot)
@@ -315,13 +321,9 @@ if not i then return nil end
 local ahead, cost = 0, 0
 for k = 5, #ARGV do
   local name = ARGV[k]
-  local legacy = redis.call('LLEN', QP .. name)
-  local flat = redis.call('ZCARD', FQ .. name)
-  local n = redis.call('ZCARD', FQ .. name .. ':all')
-  local counts = redis.call('HMGET', CNT, 'units:' .. name, 'images:' .. name)
-  local units = tonumber(counts[1] or '0')
-  local flat_cost = 100 * tonumber(counts[2] or '0')
-  ahead, cost = ahead + legacy, cost + 100 * legacy
+  local c = queue_counts(QP, name)
+  local flat, n, units, flat_cost = c.flat, c.n, c.units, c.flat_cost
+  ahead, cost = ahead + c.list, cost + 100 * c.list
   if name == i.q then
     local rank, exact, mine = 0, 0, 0
     if not i.tier then
@@ -363,21 +365,12 @@ local QP, guild, target = ARGV[3], ARGV[4], ARGV[5]
 local ahead, cost = 0, 0
 for k = 6, #ARGV do
   local name = ARGV[k]
-  local legacy = redis.call('LLEN', QP .. name)
-  local flat = redis.call('ZCARD', FQ .. name)
-  local n = redis.call('ZCARD', FQ .. name .. ':all')
-  local counts = redis.call('HMGET', CNT, 'units:' .. name, 'images:' .. name)
-  local units = tonumber(counts[1] or '0')
-  ahead = ahead + legacy + flat
-  cost = cost + 100 * (legacy + tonumber(counts[2] or '0'))
+  local c = queue_counts(QP, name)
+  local n, units = c.n, c.units
+  ahead, cost = ahead + c.list + c.flat, cost + 100 * c.list + c.flat_cost
   if name == target then
     local slots, gs = FQ .. name .. ':r', FQ .. name .. ':gs:' .. guild
-    local head = redis.call('ZRANGE', slots, 0, 0, 'WITHSCORES')
-    local round = 0
-    if head[2] then round = tonumber(head[2]) end
-    local last = redis.call('ZRANGE', gs, -1, -1, 'WITHSCORES')
-    if last[2] and tonumber(last[2]) + 1 > round then round = tonumber(last[2]) + 1 end
-    local before = redis.call('ZCOUNT', slots, '-inf', round)
+    local before = redis.call('ZCOUNT', slots, '-inf', next_round(slots, gs, false))
     local mean = 100
     if n > 0 then mean = units / n end
     return {ahead + before, cost + math.floor(before * mean + 0.5), redis.call('ZCARD', gs)}

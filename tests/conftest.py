@@ -78,6 +78,26 @@ def tiny_env(tiny_model_dir, redis_url, monkeypatch, tmp_path):
 
 
 @pytest.fixture
+def standin():
+    """The local Discord stand-in (REST + gateway) for one test."""
+    from standin import DiscordStandIn
+
+    s = DiscordStandIn().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def bare_fleet(standin, redis_url, tiny_model_dir, tmp_path):
+    """A fleet on the stand-in and the test Redis with nothing set up yet (the test calls setup(n))."""
+    from fleet import Fleet
+
+    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
+    yield f
+    f.stop()
+
+
+@pytest.fixture
 def fleet(redis_url, tiny_model_dir, tmp_path):
     """The Discord stand-in and one bot instance's setup (not yet started) on the test Redis.
     Test modules that need more define their own `fleet`."""

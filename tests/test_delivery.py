@@ -9,9 +9,8 @@ import json
 import time
 
 import pytest
-from fleet import Fleet, image_messages, image_store, wait_until
+from fleet import image_messages, image_store, wait_until
 from PIL import Image
-from standin import DiscordStandIn
 
 from dreamcore import delivery, faults, keys, ledger, results
 from dreamcore.images import image_key
@@ -24,17 +23,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def standin():
-    s = DiscordStandIn().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def fleet(standin, redis_url, tiny_model_dir, tmp_path):
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    yield f
-    f.stop()
+def fleet(bare_fleet):
+    return bare_fleet
 
 
 def _log_lines(fleet, text: str) -> list[dict]:

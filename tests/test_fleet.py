@@ -9,9 +9,8 @@ import time
 
 import pytest
 import redis
-from fleet import Fleet, image_messages, redis_blobs
+from fleet import image_messages, redis_blobs
 from PIL import Image
-from standin import DiscordStandIn
 
 from dreamcore import fairq, keys, results
 
@@ -19,17 +18,8 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
-def standin():
-    s = DiscordStandIn().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def fleet(standin, redis_url, tiny_model_dir, tmp_path):
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    yield f
-    f.stop()
+def fleet(bare_fleet):
+    return bare_fleet
 
 
 def _wait_images(standin, channel_id, n=1, timeout=120.0):

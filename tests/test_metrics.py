@@ -10,7 +10,6 @@ import urllib.request
 import pytest
 from fleet import Fleet, image_messages
 from prometheus_client.parser import text_string_to_metric_families
-from standin import DiscordStandIn
 
 from dreamcore import metrics
 from dreamcore.localredis import LocalRedis, free_port
@@ -56,17 +55,8 @@ def _value(samples: dict, name: str, **labels) -> float | None:
 
 
 @pytest.fixture
-def standin():
-    s = DiscordStandIn().start()
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def fleet(standin, redis_url, tiny_model_dir, tmp_path):
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    yield f
-    f.stop()
+def fleet(bare_fleet):
+    return bare_fleet
 
 
 def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):

@@ -46,16 +46,20 @@ print(json.dumps(ids))
 """
 
 
-def _release_before_the_fair_sorted_set(tmp_path) -> str:
-    """The newest commit whose queue kept waiting jobs in RQ's lists (its _FAIR_PUSH script), unpacked."""
+def _release(changed: str, marker: str, tmp_path, what: str) -> str:
+    """The newest of the last 50 commits that changed `changed` whose copy holds `marker`, unpacked."""
     try:
-        out = unpack_newest("dreamcore/queue.py", "_FAIR_PUSH", ["dreamcore"], tmp_path / "previous")
+        out = unpack_newest(changed, marker, ["dreamcore"], tmp_path / "previous")
     except NoHistory as err:
         pytest.fail(f"this test needs the project's git history (a full clone): {err}")
     if out is None:
-        pytest.fail("no commit with the list-based queue in the last 50 changes of dreamcore/queue.py: "
-                    "run .ci/run on a full clone")
+        pytest.fail(f"no commit with {what} in the last 50 changes of {changed}: run .ci/run on a full clone")
     return out
+
+
+def _release_before_the_fair_sorted_set(tmp_path) -> str:
+    """The newest commit whose queue kept waiting jobs in RQ's lists (its _FAIR_PUSH script)."""
+    return _release("dreamcore/queue.py", "_FAIR_PUSH", tmp_path, "the list-based queue")
 
 
 def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(tiny_env, rconn, pipeline,
@@ -89,16 +93,9 @@ def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(
 
 
 def _release_before_the_two_level_queue(tmp_path) -> str:
-    """The newest commit whose fair queue was one level (members only: one sorted set per queue), unpacked."""
-    try:
-        out = unpack_newest("dreamcore/fairq_lua.py", "redis.call('ZADD', q .. ':o:' .. owner, round, member)",
-                            ["dreamcore"], tmp_path / "one-level")
-    except NoHistory as err:
-        pytest.fail(f"this test needs the project's git history (a full clone): {err}")
-    if out is None:
-        pytest.fail("no commit with the one-level fair queue in the last 50 changes of dreamcore/fairq_lua.py: "
-                    "run .ci/run on a full clone")
-    return out
+    """The newest commit whose fair queue was one level (members only: one sorted set per queue)."""
+    return _release("dreamcore/fairq_lua.py", "redis.call('ZADD', q .. ':o:' .. owner, round, member)", tmp_path,
+                    "the one-level fair queue")
 
 
 def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upgrade(tiny_env, rconn, pipeline,

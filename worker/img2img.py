@@ -4,7 +4,6 @@ tile, so its GPU memory is that of one tile at any output size."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -13,6 +12,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 from PIL import Image
 
+from dreamcore.cost import img2img_steps, tile_spans  # noqa: F401  (tile_spans: the tests read it here too)
 from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
@@ -173,27 +173,6 @@ def upscale(
                  "total_s": t_end - t_start},
         prompt_note="; ".join(n for n in (encoded.note, note) if n), nan_detected=nan,
     )
-
-
-def img2img_steps(steps: int, strength: float) -> tuple[int, int]:
-    """(num_inference_steps to ask for, steps that will run): diffusers' img2img runs
-    int(num_inference_steps * strength) of them and refuses zero, so ask for enough that at least one runs."""
-    n = max(1, steps)
-    while int(n * strength) < 1:
-        n += 1
-    return n, min(int(n * strength), n)
-
-
-def tile_spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
-    """Equal spans (start, end) covering [0, length): each at most `tile` long and a multiple of 8 (the
-    VAE's factor), neighbours sharing at least `overlap` (less one for rounding). As few as the tile
-    allows, and no longer than needed, so the overlap is not wasted work."""
-    if length <= tile:
-        return [(0, length)]
-    n = math.ceil((length - overlap) / (tile - overlap))
-    size = min(tile, math.ceil((length + (n - 1) * overlap) / n / 8) * 8)
-    starts = [round(i * (length - size) / (n - 1)) for i in range(n)]
-    return [(s, s + size) for s in starts]
 
 
 def feather(span: tuple[int, int], spans: list[tuple[int, int]]) -> np.ndarray:

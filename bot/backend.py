@@ -87,7 +87,7 @@ class Backend:
             if not decision.ok:
                 metrics.refused(decision.kind)
                 return Outcome(False, decision.message, kind=decision.kind)
-            busy = self._too_busy(o.guild_id, decision.priority, total, job.kind)
+            busy = self._too_busy(o.guild_id, o.user_id, decision.priority, total, job.kind)
             late = deadline is not None and time.monotonic() > deadline
             if busy or late:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
@@ -123,7 +123,8 @@ class Backend:
     def _taken_back(self, err: redis.RedisError, jobs: list[DreamJob]) -> bool:
         """After an error mid-submit: True when none of `jobs` is queued any more (never written, or still
         waiting and taken back now), so "can't queue" is true; False when a worker already holds one of them
-        (it will come). Redis still unreachable counts as never written: that write most likely never landed."""
+        (it will come), or when that can't be told: Redis still unreachable after a call that timed out (its
+        write may well have landed). A refused connection wrote nothing."""
         if isinstance(err, redisconn.NotReplicated) and not getattr(err, "taken_back", True):
             return False
         try:
@@ -131,7 +132,7 @@ class Backend:
                 if self.conn.exists(ledger.key(job.job_id)) and not self.queue.take_back(job.job_id):
                     return False
         except redis.RedisError:
-            return True
+            return not isinstance(err, redis.TimeoutError)
         return True
 
     def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
@@ -169,13 +170,13 @@ class Backend:
                 pass
         return outcome
 
-    def _too_busy(self, guild_id: int | None, priority: str, units: float, kind: str) -> str | None:
+    def _too_busy(self, guild_id: int | None, user_id: int, priority: str, units: float, kind: str) -> str | None:
         """Backpressure per server: a server whose next dream would wait past DREAMBOT_MAX_WAIT_MIN is told
         "busy", while the others, whose dreams stand ahead of its backlog (dreamcore.fairq), are served."""
         speed = stats.Speed(self.conn)
         if speed.overall is None:
             return None  # nothing measured yet: no basis to refuse
-        outlook = self.queue.would_wait(guild_id, priority)
+        outlook = self.queue.would_wait(guild_id, user_id, priority)
         wait = speed.eta_s(outlook.units_ahead, units, kind)
         if wait is not None and wait > self.settings.max_wait_min * 60:
             mine = (f"this server has {outlook.server_waiting} dream{'s' * (outlook.server_waiting != 1)} waiting "

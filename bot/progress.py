@@ -31,12 +31,34 @@ def bar(done: int, total: int, width: int = 12) -> str:
     return "▰" * filled + "▱" * (width - filled)
 
 
+MAX_STEPS_SHOWN = 100_000  # more than any job runs (100 steps x 4 parts x 25 upscale tiles)
+
+
+def _count(fields: dict, name: str) -> int:
+    """A step count a worker wrote, as a whole number in 0..MAX_STEPS_SHOWN (ValueError when it is none)."""
+    return max(0, min(MAX_STEPS_SHOWN, int(str(fields.get(name, "")).strip())))
+
+
+def progress_text(job_id: str, fields: dict, prompt: str) -> str:
+    """The live status line from a worker's progress fields, every one parsed and bounded here: a worker's
+    text never reaches the member (ValueError for fields that can't be read)."""
+    done, total = _count(fields, "done"), max(1, _count(fields, "total"))
+    done = min(done, total)
+    step, stage_total = _count(fields, "step"), _count(fields, "stage_total")
+    stage = "refiner" if fields.get("stage") == "refiner" else "base"
+    verb = "Refining" if stage == "refiner" else "Dreaming"
+    return (f"{verb}: job `{job_id}` {bar(done, total)} {100 * done // total}% "
+            f"(step {step}/{stage_total} on the {stage}{part_text(fields)})\n**{shown(prompt, 900)}**")
+
+
 def part_text(fields: dict) -> str:
     """The step text's ", part 2 of 2" for a dream its worker makes in parts (a GPU that fits fewer images
     in one call than it asks for); empty otherwise, or for fields it can't read."""
     try:
         part, parts = int(fields.get("part") or 1), int(fields.get("parts") or 1)
     except (TypeError, ValueError):
+        return ""
+    if not 1 <= part <= parts <= 16:
         return ""
     return f", part {part} of {parts}" if parts > 1 else ""
 
@@ -118,17 +140,17 @@ class Progress:
         job = await asyncio.to_thread(ledger.load, conn, job_id)
         if job is None or job.origin.instance != relay.settings.instance or not relay.token_alive_for(job.origin):
             return
-        done, total = int(fields["done"]), int(fields["total"])
-        stage = "refining" if fields.get("stage") == "refiner" else "dreaming"
-        text = (f"{stage.capitalize()}: job `{job_id}` {bar(done, total)} {100 * done // max(1, total)}% "
-                f"(step {fields['step']}/{fields['stage_total']} on the {fields.get('stage')}{part_text(fields)})\n"
-                f"**{shown(job.request.prompt, 900)}**")
+        try:
+            text = progress_text(job_id, fields, job.request.prompt)
+            score = float(fields["nsfw_score"]) if fields.get("nsfw_score") else None
+        except ValueError:
+            log.info("progress fields unreadable; no edit", extra={"job_id": job_id})
+            return
         files = []
         if preview:
             # The preview is judged like the finished images (its own score, and its source's for a
             # variation or upscale): what a guild holds back is not shown half-denoised either.
             limits = await asyncio.to_thread(self.backend.store.get, job.origin.guild_id)
-            score = float(fields["nsfw_score"]) if fields.get("nsfw_score") else None
             source = job.source.nsfw_score if job.source is not None else None
             verdict = safety.verdict(safety.effective_score(score, source), limits.nsfw_threshold,
                                      limits.nsfw_action, post_is_age_restricted(self.client, job.origin))

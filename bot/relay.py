@@ -25,7 +25,6 @@ from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
 from dreamcore.present import result_text
-from dreamcore.queue import queue_names
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
 
@@ -70,27 +69,23 @@ class Relay:
 
     async def run(self) -> None:
         backoff = 0.5
-        first = True
+        first, idle_ms = True, self.outbox.claim_idle_ms
         while not self.client.is_closed():
             try:
                 await asyncio.to_thread(self.outbox.ensure_group)
-                if first:
-                    # One process per instance: what is pending at start was left by our previous life.
-                    self.outbox.claim_idle_ms, saved = 0, self.outbox.claim_idle_ms
+                # One process per instance: what is pending at start was left by our previous life.
+                self.outbox.claim_idle_ms = 0 if first else idle_ms
                 entries = await asyncio.to_thread(self.outbox.read, 1000)
                 if first:
-                    self.outbox.claim_idle_ms, first = saved, False
                     # Published but never delivered, whatever became of their stream entries.
                     swept = await asyncio.to_thread(self.outbox.sweep, self.settings.failure_ttl_s)
                     if swept:
                         log.info("undelivered results found at start", extra={"results": len(swept)})
                     entries = [*entries, *swept]
-                    # Jobs the previous release queued (before the bots kept records) are posted, not refused.
-                    await asyncio.to_thread(ledger.adopt, self.conn, self.settings.instance, self.settings,
-                                            queue_names())
                     # Vote rounds from before the win-rate counters go into them, once per deployment.
                     if counted := await asyncio.to_thread(votes.count_old_rounds, self.conn):
                         log.info("older vote rounds counted into the win rates", extra={"rounds": counted})
+                    first = False  # only once all of the start's work went through: else it runs again
                 backoff = 0.5
             except redis.RedisError as err:
                 log.warning("outbox unreachable, retrying", extra={"error": type(err).__name__, "in_s": backoff})
@@ -115,6 +110,8 @@ class Relay:
                     await self.progress.on_worker_progress(job_id, self)
                 except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError, redis.RedisError) as err:
                     log.debug("progress edit skipped", extra={"job_id": job_id, "error": type(err).__name__})
+                except Exception:  # a courtesy: never a delivery attempt of the job's result, whatever it was
+                    log.exception("progress edit failed", extra={"job_id": job_id})
             return
         if self.progress is not None:
             self.progress.forget(job_id)
@@ -179,8 +176,7 @@ class Relay:
                                             "rebuilt": got.rebuilt})
 
     def verified(self, job_id: str) -> delivery.Delivery | None:
-        """The result as this instance may post it (dreamcore.delivery); None, logged, when there is
-        nothing to post: a forgery, or images the store no longer keeps."""
+        """The result as this instance may post it (dreamcore.delivery); None, logged, for a forgery."""
         try:
             got = delivery.for_delivery(self.conn, self.store, job_id, self.settings.instance)
         except delivery.Forgery as err:
@@ -188,10 +184,7 @@ class Relay:
                                                                     "instance": self.settings.instance})
             metrics.delivered("forged")
             return None
-        if got is None:
-            log.warning("result's images are no longer kept; nothing posted", extra={"job_id": job_id})
-            metrics.delivered("expired")
-        elif got.rebuilt:
+        if got.rebuilt:
             log.info("result had expired; rebuilt from the job's record and the image store",
                      extra={"job_id": job_id, "status": got.result.status})
         return got

@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("make-tiny-model", help="build the tiny SDXL-architecture base+refiner (random weights)")
     t.add_argument("dir")
 
+    sub.add_parser("adopt-jobs", help="once, when upgrading from a release whose bots kept no records of their "
+                                      "jobs, with the workers stopped: record the jobs they queued, so their "
+                                      "results are posted")
+
     s = sub.add_parser("server", help="the operator's policy for one Discord server: its queue's priority and "
                                       "ceilings over what its admins set (no argument but the id: show it)")
     s.add_argument("guild_id", type=_snowflake, help="the server's id")
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         return _export_votes(settings, args)
     if args.cmd == "server":
         return _server(settings, args)
+    if args.cmd == "adopt-jobs":
+        return _adopt_jobs(settings)
     if args.cmd == "make-tiny-model":
         from worker.tiny import make_tiny_model
 
@@ -114,6 +120,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tiny SDXL base and refiner written to {path}")
         return 0
     return 2
+
+
+def _adopt_jobs(settings) -> int:
+    import redis
+
+    from dreamcore.ledger import adopt
+    from dreamcore.queue import queue_names
+    from dreamcore.redisconn import connect
+
+    try:
+        adopted = adopt(connect(settings, timeout_s=30, connect_timeout_s=5), settings, queue_names())
+    except redis.RedisError as err:
+        print(f"dreambot adopt-jobs: Redis can't be reached ({type(err).__name__}: {err})", file=sys.stderr)
+        return 1
+    total = sum(adopted.values())
+    print(f"adopted {total} job{'s' * (total != 1)}" + (": " + ", ".join(f"{n} of {i}" for i, n in
+                                                              sorted(adopted.items())) if adopted else ""))
+    return 0
 
 
 def _server(settings, args) -> int:

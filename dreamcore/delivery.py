@@ -18,13 +18,15 @@ import redis
 
 from . import ledger, params
 from .images import ImageStore, image_key
+from .present import TIMINGS
 from .results import DreamResult, ImageInfo, load_meta
 
 log = logging.getLogger("dreambot.delivery")
 _EXTENSION = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 FOREIGN_IMAGES = ("its images came back in a form I no longer post (from a worker of an older release?), so "
                   "nothing was posted. Please dream it again")
-EXPIRED = ("it finished while I was away, and its result is no longer kept, so there is nothing to post. "
+FAILED = "something went wrong while it was made, and nothing was posted. Please dream it again"
+EXPIRED = ("its result is no longer kept (I was away longer than it is), so there is nothing to post. "
            "Please dream it again")
 
 
@@ -39,52 +41,77 @@ class Delivery:
     rebuilt: bool = False  # the result had expired: rebuilt from the record and the image store
 
 
-def for_delivery(conn: redis.Redis, store: ImageStore, job_id: str, instance: str) -> Delivery | None:
-    """The result of `job_id` as `instance` may post it. None when the job's images are no longer in the
-    store (the result names them but they are gone). Raises Forgery; redis.RedisError and ImageStoreError
-    when Redis or the store can't be reached (try again later)."""
+def for_delivery(conn: redis.Redis, store: ImageStore, job_id: str, instance: str) -> Delivery:
+    """The result of `job_id` as `instance` may post it. Raises Forgery when this instance never queued the
+    job; redis.RedisError and ImageStoreError when Redis or the store can't be reached (try again later).
+    Whatever else is wrong with a result (it names another origin or job, its images lie outside the job's
+    keys or are no longer kept) is refused, logged, and becomes a notice to the job's own member."""
     job = ledger.load(conn, job_id)
     if job is None:
         raise Forgery("no bot queued this job (or its record expired)")
     if job.origin.instance != instance:
         raise Forgery(f"the job was queued by instance {job.origin.instance!r}")
     own = {"origin": job.origin, "request": job.request, "kind": job.kind, "source": job.source}
+
+    def notice(error: str, why: str | None = None) -> Delivery:
+        if why:
+            log.warning(why, extra={"job_id": job_id, "instance": instance})
+        return Delivery(DreamResult(job_id=job_id, status="failed", error=error, **own), [])
+
     result = load_meta(conn, job_id)
     if result is None:
-        return _rebuilt(conn, store, job, own)
-    if result.job_id != job_id:
-        raise Forgery(f"the result stored under this job names job {result.job_id!r}")
+        return _rebuilt(conn, store, job, own) or notice(EXPIRED)
+    o = result.origin
+    if result.job_id != job_id or (o is not None and (o.instance, o.guild_id, o.channel_id, o.user_id) != (
+            job.origin.instance, job.origin.guild_id, job.origin.channel_id, job.origin.user_id)):
+        # A result that claims another place (or job) than its bot recorded: a forgery, never posted there.
+        return notice(FAILED, "forged result refused: it names another origin than the bot recorded")
     images = []
     for i, info in enumerate(result.images):
         if info.key != image_key(job_id, i, info.format):
             # Bytes from anywhere but the job's own keys are not posted (a worker of a release before the
             # image store sent them inline): its member is told instead of left waiting.
-            log.warning("result refused: its images are not under the job's own keys",
-                        extra={"job_id": job_id, "image": i, "key": str(info.key)[:200]})
-            return Delivery(DreamResult(job_id=job_id, status="failed", error=FOREIGN_IMAGES, **own), [])
+            return notice(FOREIGN_IMAGES, "result refused: its images are not under the job's own keys")
         data = store.get(info.key)
         if data is None:
-            return None
+            return notice(EXPIRED, "result's images are no longer kept; its member is told")
         images.append(data)
-    return Delivery(result.model_copy(update=own), images)
+    return Delivery(_checked(result, own, images), images)
 
 
-def _rebuilt(conn: redis.Redis, store: ImageStore, job, own: dict) -> Delivery:
+def _checked(result: DreamResult, own: dict, images: list[bytes]) -> DreamResult:
+    """The worker's result with the bot's own record in place of where and what, the file names built
+    here, and only the timings the bot shows (a worker's text reaches a post only as literal text:
+    dreamcore.present)."""
+    infos = [i.model_copy(update={"filename": _filename(result.job_id, k, i.seed, i.format),
+                                  "size_bytes": len(data)})
+             for k, (i, data) in enumerate(zip(result.images, images, strict=True))]
+    timings = {k: v for k, v in result.timings.items() if k in TIMINGS}
+    return result.model_copy(update={**own, "images": infos, "timings": timings})
+
+
+def _filename(job_id: str, index: int, seed: int, fmt: str) -> str:
+    return f"dream-{job_id}-{index}-{seed}.{_EXTENSION[fmt]}"
+
+
+def _rebuilt(conn: redis.Redis, store: ImageStore, job, own: dict) -> Delivery | None:
+    """A result that expired, from the image store's record of what came out and the images themselves;
+    None when the store has not got them all."""
     p = params.load(conn, job.job_id, store)
-    if p is not None and p.job_id == job.job_id and p.images and all(i.format in _EXTENSION for i in p.images):
-        infos, images = [], []
-        for i, im in enumerate(p.images):
-            key = image_key(job.job_id, i, im.format)
-            data = store.get(key)
-            if data is None:
-                break
-            infos.append(ImageInfo(filename=f"dream-{job.job_id}-{i}-{im.seed}.{_EXTENSION[im.format]}",
-                                   format=im.format, width=im.width, height=im.height, seed=im.seed,
-                                   size_bytes=len(data), key=key, nsfw_score=im.nsfw_score))
-            images.append(data)
-        else:
-            result = DreamResult(job_id=job.job_id, status="done", images=infos, timings=p.timings,
-                                 base_steps=p.base_steps, refiner_steps=p.refiner_steps, prompt_note=p.prompt_note,
-                                 worker=p.worker, finished_at=p.finished_at or 0.0, **own)
-            return Delivery(result, images, rebuilt=True)
-    return Delivery(DreamResult(job_id=job.job_id, status="failed", error=EXPIRED, **own), [], rebuilt=True)
+    if p is None or p.job_id != job.job_id or not p.images or any(i.format not in _EXTENSION for i in p.images):
+        return None
+    infos, images = [], []
+    for i, im in enumerate(p.images):
+        key = image_key(job.job_id, i, im.format)
+        data = store.get(key)
+        if data is None:
+            return None
+        infos.append(ImageInfo(filename=_filename(job.job_id, i, im.seed, im.format), format=im.format,
+                               width=im.width, height=im.height, seed=im.seed, size_bytes=len(data), key=key,
+                               nsfw_score=im.nsfw_score))
+        images.append(data)
+    result = DreamResult(job_id=job.job_id, status="done", images=infos,
+                         timings={k: v for k, v in p.timings.items() if k in TIMINGS}, base_steps=p.base_steps,
+                         refiner_steps=p.refiner_steps, prompt_note=p.prompt_note, worker=p.worker,
+                         finished_at=p.finished_at or 0.0, **own)
+    return Delivery(result, images, rebuilt=True)

@@ -2,13 +2,15 @@
 that does not grow with the queue.
 
 The rule (start-time fair queuing, on two levels). Within a priority, every server holds one *slot* per
-waiting dream: a server with nothing waiting gets the round of the queue's head, its next dream the round
-after its last slot, so a server's k-th waiting dream stands in round head + k and never waits behind
-another server's (k+1)-th: a server flooding the queue with 200 dreams delays another server's first by at
-most one of them. When a slot comes up, its server's own next dream runs, chosen by the same rule one level
-down: a member's k-th waiting dream in the server's head round + k (members of the server's priority roles
-first, the rule again among them). Rounds are fixed when a dream is queued; a dream that leaves (claimed,
-batched, cancelled) frees the slot at its own rank in its server, so nobody else moves back.
+waiting dream, one a round, in consecutive rounds: a server with nothing waiting gets the round of the
+queue's head, its next dream the round after its last slot. So servers with dreams waiting are served in
+turn, one dream each a round, and a server's first waiting dream waits behind at most one dream of each
+other server: a server flooding the queue with 200 dreams delays another server's first by at most one of
+them. When a slot comes up, its server's own next dream runs, chosen by the same rule one level down: a
+member's k-th waiting dream in the server's head round + k (members of the server's priority roles first,
+the rule again among them). Rounds are fixed when a dream is queued. A dream served at its turn frees the
+slot it was served on; one that leaves early (cancelled, or taken into a batch) frees its server's last slot,
+so the server's other dreams move up, its slots stay consecutive, and nobody else moves back.
 
 Costs (dreamcore.cost) are counted in hundredths of a unit. In Redis (dreamcore.keys, fairq_lua for the key
 shapes): per queue a sorted set of slots, per server its slots and its jobs (per tier), per member and tier
@@ -128,9 +130,14 @@ class Outlook:
     server_waiting: int  # the server's dreams already waiting in that queue
 
 
-def would_wait(conn: redis.Redis, guild_id: int | None, queue_name: str, queue_names: list[str]) -> Outlook:
+def server(guild_id: int | None, user_id: int) -> str:
+    """The server a dream counts in between servers: its guild, or in direct messages the member alone."""
+    return str(int(guild_id)) if guild_id else f"dm{int(user_id)}"
+
+
+def would_wait(conn: redis.Redis, server_id: str, queue_name: str, queue_names: list[str]) -> Outlook:
     raw = _scripts(conn)["WOULD_WAIT"](
-        args=[*_base(), Queue.redis_queue_namespace_prefix, str(guild_id or 0), queue_name, *queue_names])
+        args=[*_base(), Queue.redis_queue_namespace_prefix, server_id, queue_name, *queue_names])
     return Outlook(int(raw[0]), int(raw[1]) / CENTS, int(raw[2]))
 
 
@@ -157,12 +164,13 @@ def totals(conn: redis.Redis, queue_names: list[str]) -> Totals:
     return Totals(sum(per.values()), units, per)
 
 
-def guild_waiting(conn: redis.Redis, guild_id: int | None) -> int:
-    return int(conn.hget(keys.FQ_COUNT, f"guild:{guild_id or 0}") or 0)
+def guild_waiting(conn: redis.Redis, server_id: str | int) -> int:
+    """Dreams a server (fairq.server) has waiting."""
+    return int(conn.hget(keys.FQ_COUNT, f"guild:{server_id}") or 0)
 
 
-def guild_units(conn: redis.Redis, guild_id: int | None) -> float:
-    return int(conn.hget(keys.FQ_COUNT, f"gunits:{guild_id or 0}") or 0) / CENTS
+def guild_units(conn: redis.Redis, server_id: str | int) -> float:
+    return int(conn.hget(keys.FQ_COUNT, f"gunits:{server_id}") or 0) / CENTS
 
 
 def owner_jobs(conn: redis.Redis, owner: str, queue_names: list[str]) -> list[str]:

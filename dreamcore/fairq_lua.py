@@ -45,6 +45,14 @@ end
 
 local function guild_key(q, g, tier) return FQ .. q .. ':g:' .. g .. ':' .. tier end
 
+-- The server an owner ("<guild>:<user>") counts in: its guild, or in direct messages (guild 0) the member
+-- alone ("dm<user>"), so one member's direct messages never queue ahead of another's.
+local function server_of(owner)
+  local guild = string.match(owner, '^([^:]*):') or '0'
+  if guild == '0' then return 'dm' .. string.sub(owner, 3) end
+  return guild
+end
+
 -- What waits in one queue, in each layout: {list = RQ's own list, flat = the one-level layout's jobs,
 -- n = the two-level layout's jobs, units = their cost, flat_cost = the one-level jobs' (all in hundredths)}.
 local function queue_counts(QP, name)
@@ -88,7 +96,10 @@ local function fence(i, sign, st)
   end
 end
 
-local function take(job_id, i)
+-- A job leaves the queue. `served`: it is its server's turn (a claim of the head), and the server gives up
+-- the slot its turn came on; otherwise (a cancel, a batch companion taken early) the server gives up its
+-- last slot, so its other dreams move up and none of them falls behind a later dream of another server.
+local function take(job_id, i, served)
   if not i.tier then
     -- The previous release's layout: one sorted set per queue, an image count as the cost.
     redis.call('ZREM', FQ .. i.q, i.member)
@@ -97,15 +108,13 @@ local function take(job_id, i)
     add('guild:' .. i.guild, -1)
   else
     fence(i, -1, recount_state(i.q))
-    -- The job gives up its server's slot at its own rank in the server: nobody else moves back.
-    local r = guild_rank(i)
-    if r then
-      local gs = FQ .. i.q .. ':gs:' .. i.guild
-      local slot = redis.call('ZRANGE', gs, r, r)[1]
-      if slot then
-        redis.call('ZREM', gs, slot)
-        redis.call('ZREM', FQ .. i.q .. ':r', slot)
-      end
+    local gs = FQ .. i.q .. ':gs:' .. i.guild
+    local r = -1
+    if served then r = guild_rank(i) or 0 end
+    local slot = redis.call('ZRANGE', gs, r, r)[1]
+    if slot then
+      redis.call('ZREM', gs, slot)
+      redis.call('ZREM', FQ .. i.q .. ':r', slot)
     end
     redis.call('ZREM', guild_key(i.q, i.guild, i.tier), i.member)
     redis.call('ZREM', FQ .. i.q .. ':u:' .. i.tier .. ':' .. i.owner, i.member)
@@ -209,7 +218,7 @@ end
 owner = string.gsub(owner, '[\t\r\n]', ' ')
 batch = string.gsub(batch, '[\t\r\n]', ' ')
 if cost == 0 then cost = 100 * images end
-local guild = string.match(owner, '^([^:]*):') or '0'
+local guild = server_of(owner)
 local seq = redis.call('INCR', FQ .. 'seq')
 local member = string.format('%016d', seq) .. ':' .. job_id
 place(job_id, qname, member, owner, guild, cost, batch, tries, tier, images, front)
@@ -237,7 +246,7 @@ for k = 4, #ARGV do
     local job_id = id_of(head)
     local i = info_of(job_id)
     if i then
-      take(job_id, i)
+      take(job_id, i, true)
       redis.call('RPUSH', inter, job_id)
       return {list, job_id}
     end
@@ -249,7 +258,7 @@ for k = 4, #ARGV do
     local i = s.member and info_of(id_of(s.member))
     if i then
       local job_id = id_of(s.member)
-      take(job_id, i)
+      take(job_id, i, true)
       redis.call('RPUSH', inter, job_id)
       return {list, job_id}
     end
@@ -273,7 +282,7 @@ local function consider(name, job_id)
   if i and i.batch == key and i.images <= budget then
     local left = tonumber(redis.call('HGET', JOBP .. job_id, 'retries_left'))
     if left == nil or i.tries == nil or left >= i.tries - 1 then
-      take(job_id, i)
+      take(job_id, i, false)
       redis.call('RPUSH', QP .. name .. ':intermediate', job_id)
       budget = budget - i.images
       claimed[#claimed + 1] = QP .. name
@@ -305,7 +314,7 @@ return claimed
 REMOVE = _PRELUDE + r"""
 local i = info_of(ARGV[3])
 if not i then return 0 end
-take(ARGV[3], i)
+take(ARGV[3], i, false)
 return 1
 """
 
@@ -407,8 +416,8 @@ for _, member in ipairs(redis.call('ZRANGE', FQ .. name, 0, chunk - 1)) do
   local i = info_of(job_id)
   redis.call('ZREM', FQ .. name, member)
   if i and not i.tier then
-    take(job_id, i)
-    place(job_id, name, member, i.owner, i.guild, i.cost, i.batch, i.tries or '', '0', i.images, false)
+    take(job_id, i, false)
+    place(job_id, name, member, i.owner, server_of(i.owner), i.cost, i.batch, i.tries or '', '0', i.images, false)
   end
 end
 return redis.call('ZCARD', FQ .. name)

@@ -17,7 +17,7 @@ cancelled, a sorted set or hash with no members is gone in Redis, so none carrie
 | `dream:fq:<queue>:u:<tier>:<owner>` | zset | one member's waiting jobs of a tier (their round counter) |
 | `dream:fq:<queue>:all` | zset | every waiting job of the queue by arrival (what a reconcile walks) |
 | `dream:fq:<queue>`, `dream:fq:<queue>:o:<owner>` | zset | the previous release's one-level layout, moved over |
-| `dream:fq:jobs` | hash | job id -> "queue, member, owner, guild, cost, batch key, tries, tier" |
+| `dream:fq:jobs` | hash | job id -> "queue, member, owner, server, cost, batch key, tries, tier, images" |
 | `dream:fq:count` | hash | `units:<queue>` waiting cost, `guild:<g>` waiting dreams, `gunits:<g>` their cost (hundredths) |
 | `dream:fq:seq` | string | arrival sequence (one integer, kept) |
 | `dream:fq:bell` | list | wakes idle workers (at most 64 tokens, trimmed on every push) |
@@ -32,7 +32,6 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 | `dream:outbox:<instance>:progress` | stream | capped at DREAMBOT_PROGRESS_STREAM_LEN | progress nudges (lossy) |
 | `dream:published:<instance>` | zset | as the result | published, not yet delivered (the bot's start-up sweep) |
 | `dream:job:<job>` | string | image retention, deleted once delivered | the job as its bot queued it (`dreamcore.ledger`; bots only) |
-| `dream:job-records-adopted:<instance>` | string | none (kept) | the previous release's queued jobs were adopted |
 | `dream:result:<job>` | hash | DREAMBOT_RESULT_TTL (failures: DREAMBOT_FAILURE_TTL) | result meta; image store keys, no bytes |
 | `dream:done:<job>` | string | as the result | a job's result was published: a retry does not run it again |
 | `dream:delivered:<job>` | string | DELIVERED_TTL_S | where the relay posted it (exactly-once delivery) |
@@ -79,7 +78,6 @@ KEPT = (
     "dream:vote:stats:{*}", "dream:vote:stats-built",  # win-rate counters, from the dataset
     "dream:stats",  # a few moving averages, overwritten
     "dream:operator:{*}",  # what the operator set per server
-    "dream:job-records-adopted:*",  # a one-time upgrade step ran (dreamcore.ledger.adopt)
 )
 
 FQ = "dream:fq:"  # the prefix the scripts build every fair-queue key from
@@ -141,11 +139,6 @@ def progress_stream_key(instance: str) -> str:
 def published_key(instance: str) -> str:
     """Jobs published for an instance and not yet delivered (the start-up sweep's list)."""
     return f"dream:published:{instance}"
-
-
-def ledger_adopted(instance: str) -> str:
-    """Set once an instance adopted the jobs a release before records queued (dreamcore.ledger.adopt); kept."""
-    return f"dream:job-records-adopted:{instance}"
 
 
 def job_record(job_id: str) -> str:

@@ -52,27 +52,29 @@ def forget(conn: redis.Redis, job_id: str) -> None:
     conn.delete(key(job_id))
 
 
-def adopt(conn: redis.Redis, instance: str, settings: Settings, queue_names: list[str]) -> int:
-    """Once per instance, when the first bot of a release with records starts: write the record of each job
-    the previous release's bots queued for `instance` and this one has not posted yet (waiting, running, or
-    finished but not delivered), from the job's own payload, so those results are posted rather than refused.
-    After this one pass (a marker says it ran), a job without a record is never adopted: only jobs queued
-    before the upgrade are taken on trust. Returns how many were adopted."""
+def adopt(conn: redis.Redis, settings: Settings, queue_names: list[str]) -> dict[str, int]:
+    """`dreambot adopt-jobs`, run once by the operator when upgrading from a release whose bots kept no records,
+    with every worker stopped: write the record of each job those bots queued and nobody has posted yet
+    (waiting, running, or finished but not delivered), from the job's own payload, so those results are
+    posted rather than refused. It trusts what Redis holds at that moment, which is why it is the operator's
+    step at a moment no worker runs, never something a bot does by itself: a job without a record is
+    otherwise never posted. Returns how many jobs it adopted per bot instance."""
     from rq import Queue
     from rq.job import Job
     from rq.registry import StartedJobRegistry
     from rq.serializers import JSONSerializer
 
-    marker = keys.ledger_adopted(instance)
-    if conn.exists(marker):
-        return 0
     ids: set[str] = {i.decode() for i in conn.hkeys(keys.FQ_JOBS)}
     for name in queue_names:
         ids.update(i.decode() for i in conn.lrange(Queue.redis_queue_namespace_prefix + name, 0, -1))
         ids.update(StartedJobRegistry(name, connection=conn).get_job_ids())
-    ids.update(i.decode() for i in conn.zrange(keys.published_key(instance), 0, -1))
-    ids.update(f[b"job_id"].decode() for _, f in conn.xrange(keys.outbox_key(instance)) if b"job_id" in f)
-    adopted, ids_ = 0, sorted(ids)
+    for key_ in conn.scan_iter(keys.published_key("*")):
+        ids.update(i.decode() for i in conn.zrange(key_, 0, -1))
+    for key_ in conn.scan_iter(keys.outbox_key("*")):
+        if not key_.decode().endswith(":progress"):
+            ids.update(f[b"job_id"].decode() for _, f in conn.xrange(key_) if b"job_id" in f)
+    adopted: dict[str, int] = {}
+    ids_ = sorted(ids)
     for start in range(0, len(ids_), ADOPT_CHUNK):  # one round trip per chunk, however deep the queue
         chunk = ids_[start:start + ADOPT_CHUNK]
         with conn.pipeline(transaction=False) as pipe:
@@ -86,10 +88,8 @@ def adopt(conn: redis.Redis, instance: str, settings: Settings, queue_names: lis
                 job = parse_job(Job.fetch(job_id, connection=conn, serializer=JSONSerializer).args[0])
             except Exception:  # gone, or unreadable (RQ or the schema refuses it): nothing to post for it
                 continue
-            if job.job_id == job_id and job.origin.instance == instance:
+            if job.job_id == job_id:
                 conn.set(key(job_id), job.model_dump_json(), ex=settings.image_retention_days * 86400)
-                adopted += 1
-    conn.set(marker, str(adopted))
-    if adopted:
-        log.info("jobs the previous release queued were adopted", extra={"instance": instance, "jobs": adopted})
+                adopted[job.origin.instance] = adopted.get(job.origin.instance, 0) + 1
+    log.info("jobs queued by bots without records adopted", extra={"adopted": adopted})
     return adopted

@@ -20,11 +20,15 @@ def settings_line(req: DreamRequest, size: tuple[int, int] | None = None) -> str
     return f"{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}"
 
 
+# The stage times a worker reports, by name: nothing else a result carries is shown as a stage.
+STAGES = ("encode_s", "base_s", "refiner_s", "decode_s", "safety_s", "png_s")
+TIMINGS = (*STAGES, "total_s", "batch_images", "batch_jobs", "parts")  # everything a result's timings may hold
+
+
 def stages_text(timings: dict[str, float]) -> str:
     """'encode 0.01s · base 2.87s · ...', and the batch it was made in when it shared one (a batch's stage
     times are the whole batch's)."""
-    text = " · ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in timings.items()
-                      if k.endswith("_s") and k != "total_s")
+    text = " · ".join(f"{k.removesuffix('_s')} {timings[k]:.2f}s" for k in STAGES if k in timings)
     jobs, images = int(timings.get("batch_jobs", 1)), int(timings.get("batch_images", 0))
     if jobs > 1:
         text += f" · in a batch of {images} images from {jobs} dreams"
@@ -51,7 +55,7 @@ def result_text(result: DreamResult, limit: int = 2000) -> str:
     if t:
         lines.append(f"-# {t.get('total_s', 0):.1f}s ({stages_text(t)})")
     if result.prompt_note:
-        lines.append(f"-# {result.prompt_note}")
+        lines.append(f"-# {shown(result.prompt_note, 300)}")
     return "\n".join(lines)[:limit]
 
 
@@ -95,9 +99,9 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
     if t:
         lines.append(f"timings: total {t.get('total_s', 0):.2f}s ({stages_text(t)})")
     if p.prompt_note:
-        lines.append(f"note: {p.prompt_note}")
+        lines.append(f"note: {shown(p.prompt_note, 300)}")
     if p.finished_at:
-        lines.append(f"made by `{p.worker or '?'}` <t:{int(p.finished_at)}:R>")
+        lines.append(f"made by {shown(p.worker or '?', 80)} <t:{int(p.finished_at)}:R>")
     if images_kept_s:
         days = images_kept_s // 86400
         kept = f"{days} day{'s' * (days > 1)}" if days else f"{images_kept_s // 60} min"

@@ -183,9 +183,11 @@ class DreamQueue:
             removed = bool(self.connection.lrem(q.key, 1, job_id)) or removed
         return removed
 
-    def would_wait(self, guild_id: int | None, priority: str) -> fairq.Outlook:
-        """Where this server's next dream in `priority` would stand if queued now: O(log n)."""
-        return fairq.would_wait(self.connection, guild_id, queue_name(priority), queue_names())
+    def would_wait(self, guild_id: int | None, user_id: int, priority: str) -> fairq.Outlook:
+        """Where this server's next dream in `priority` would stand if queued now (in direct messages the
+        member's own: fairq.server): O(log n)."""
+        return fairq.would_wait(self.connection, fairq.server(guild_id, user_id), queue_name(priority),
+                                queue_names())
 
     def mine(self, owner: str) -> list[str]:
         """An owner's waiting job ids, in the order they will run within each priority."""

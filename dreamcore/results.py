@@ -108,20 +108,22 @@ def store_images(store: ImageStore, result: DreamResult, images: list[bytes]) ->
         store.put(info.key, data)
 
 
-# KEYS: 1 done marker, 2 result, 3 progress, then (when the result has an instance to go to) 4 its result
-# stream, 5 its published set. ARGV: 1 status, 2 the result's JSON, 3 TTL (s), 4 job id, 5 finished at.
+# KEYS: 1 done marker, 2 result, 3 progress. ARGV: 1 status, 2 the result's JSON, 3 TTL (s), 4 job id,
+# 5 finished at, then (when the result has an instance to go to) 6 its result stream, 7 its published set.
 # The done marker, the result and the stream entry are one step: there is no moment where a retry would
-# find the marker and not the result, so nothing between two steps can make a result vanish.
+# find the marker and not the result, so nothing between two steps can make a result vanish. The stream and
+# the set are named in ARGV, not KEYS: a worker's Redis user may only add to them (XADD, ZADD, EXPIRE:
+# deploy/redis/users.acl), which Redis checks command by command inside the script.
 PUBLISH_LUA = r"""
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('HSET', KEYS[2], 'meta', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-if #KEYS == 5 then
-  redis.call('XADD', KEYS[4], '*', 'job_id', ARGV[4], 'status', ARGV[1])
-  redis.call('ZADD', KEYS[5], ARGV[5], ARGV[4])
-  redis.call('EXPIRE', KEYS[5], ARGV[3])
+if ARGV[6] then
+  redis.call('XADD', ARGV[6], '*', 'job_id', ARGV[4], 'status', ARGV[1])
+  redis.call('ZADD', ARGV[7], ARGV[5], ARGV[4])
+  redis.call('EXPIRE', ARGV[7], ARGV[3])
 end
 return 1
 """
@@ -139,10 +141,10 @@ def publish(conn: redis.Redis, result: DreamResult, ttl_s: int, settings: Settin
         raise ValueError("publish a result only after store_images: its images have no store keys")
     instance = result.origin.instance if result.origin else None
     keys_ = [done_key(result.job_id), result_key(result.job_id), progress_key(result.job_id)]
-    if instance:
-        keys_ += [outbox_key(instance), published_key(instance)]
     script = conn.register_script(PUBLISH_LUA)
     args = [result.status, result.to_json(), ttl_s, result.job_id, repr(result.finished_at)]
+    if instance:
+        args += [outbox_key(instance), published_key(instance)]
     (wrote,) = redisconn.transaction(conn, settings, lambda pipe: script(keys=keys_, args=args, client=pipe))
     return bool(wrote)
 

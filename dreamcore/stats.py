@@ -34,6 +34,20 @@ def record_job(conn: redis.Redis, seconds: float, units: float, kind: str = "dre
         pipe.execute()
 
 
+# Seconds per unit are believed up to this: no GPU this project runs on takes ten minutes for one standard
+# image, and a figure past it (a worker's bug, or anyone with a worker's Redis rights) would tell every
+# server "busy" (per-server backpressure reads it).
+MAX_S_PER_UNIT = 600.0
+
+
+def _speed(raw) -> float | None:
+    try:
+        value = float(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return None if value is None or not value > 0 else min(value, MAX_S_PER_UNIT)
+
+
 class Speed:
     """The pool's measured speed, read once: seconds per unit overall and per kind (None before anything
     was measured), and how many workers share the work."""
@@ -42,8 +56,8 @@ class Speed:
         got = dict(zip(_FIELDS, conn.hmget(STATS_KEY, list(_FIELDS)), strict=True))
         # An older release measured seconds per image: for a standard dream that is seconds per unit.
         overall = got["s_per_unit"] or got["s_per_image"]
-        self.overall = float(overall) if overall is not None else None
-        self.per_kind = {k: float(got[f"s_per_unit:{k}"]) for k in KINDS if got[f"s_per_unit:{k}"] is not None}
+        self.overall = _speed(overall)
+        self.per_kind = {k: v for k in KINDS if (v := _speed(got[f"s_per_unit:{k}"])) is not None}
         self.workers = Worker.count(connection=conn)
 
     def of(self, kind: str | None) -> float | None:

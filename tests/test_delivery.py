@@ -12,7 +12,7 @@ import pytest
 from fleet import image_messages, image_store, wait_until
 from PIL import Image
 
-from dreamcore import delivery, faults, keys, ledger, results
+from dreamcore import delivery, faults, keys, ledger, redisconn, results
 from dreamcore.images import image_key
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.queue import DreamQueue
@@ -76,7 +76,8 @@ def test_a_forged_result_is_not_posted_and_a_real_one_goes_only_where_its_bot_re
     third = next(m.content for m in standin.messages(bot.channel_id) if m.interaction_id == inter3.id).split("`")[1]
     assert DreamQueue(rconn, settings).remove(third)
     image_store().put(image_key("0123456789abcdef", 0, "png"), b"\x89PNG not theirs")
-    borrowed = DreamResult(job_id=third, status="done", origin=elsewhere, images=[ImageInfo(
+    its_own = ledger.load(rconn, third).origin.model_copy(update={"interaction_token": None})
+    borrowed = DreamResult(job_id=third, status="done", origin=its_own, images=[ImageInfo(
         filename="dream-x.png", format="png", width=8, height=8, seed=1, size_bytes=16,
         key=image_key("0123456789abcdef", 0, "png"))])
     assert results.publish(rconn, borrowed, 600, settings)
@@ -97,7 +98,10 @@ def test_a_forged_result_is_not_posted_and_a_real_one_goes_only_where_its_bot_re
     assert len(told) == 2 and any("no longer post" in m.content for m in told)
     refused = _log_lines(fleet, "forged result refused: not posted")
     assert [r["job_id"] for r in refused] == ["f0f0f0f0f0f0f0f0"] and refused[0]["level"] == "WARNING"
-    assert _log_lines(fleet, "result refused: its images are not under the job's own keys")
+    assert [r["job_id"] for r in _log_lines(fleet, "forged result refused: it names another origin than the bot "
+                                                   "recorded")] == [real_id]
+    assert [r["job_id"] for r in _log_lines(fleet, "result refused: its images are not under the job's own "
+                                                   "keys")] == [third]
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +173,8 @@ def test_a_bot_down_past_the_result_ttl_still_posts_or_tells(fleet, standin, rco
     notice = wait_until(lambda: [m for m in standin.messages(bot.channel_id) if "no longer kept" in (m.content or "")],
                         30, "the member of the lost result was never told")
     assert f"<@{fleet.user_id}>" in notice[0].content or notice[0].interaction_id == lost.id
-    assert not rconn.exists(ledger.key(ids[0])) and not rconn.exists(ledger.key(ids[1]))  # delivered: forgotten
+    wait_until(lambda: not rconn.exists(ledger.key(ids[0]), ledger.key(ids[1])), 10,
+               "the records of delivered jobs were kept")
 
 
 def test_a_prompt_with_a_masked_link_is_posted_as_literal_text(fleet, standin):
@@ -200,3 +205,48 @@ def test_results_carry_no_interaction_token_and_workers_get_none(rconn):
     rq_job = q.fetch(job.job_id)
     assert rq_job.args[0]["origin"]["interaction_token"] is None
     assert ledger.load(rconn, job.job_id).origin.interaction_token == "aW50ZXJhY3Rpb246c2VjcmV0"
+
+
+@pytest.mark.parametrize("lost_reply", [1, 2])
+def test_a_reply_lost_at_any_call_of_publishing_leaves_one_whole_result(rconn, lost_reply):
+    """Publishing as the worker does (retried while Redis errors), with the connection breaking right after
+    the first or second of its calls to Redis was carried out, before its reply came back: the retry finds
+    the job published, and exactly one whole result and one stream entry reach the bot. (When the done
+    marker went out in a call of its own before the result, the retry found the marker and no result, and
+    the member never heard.)"""
+    import redis as redis_py
+
+    from worker.publish import patiently
+
+    job = make_job(make_request(prompt="lost reply", seed=1), make_origin(instance="bot1", guild_id=1,
+                                                                         channel_id=2, user_id=3))
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    result = DreamResult(job_id=job.job_id, status="failed", error="made to be lost", origin=job.origin,
+                         request=job.request)
+    settings = load_settings(redis_wait_replicas=1, redis_wait_ms=10)  # a second call: the replica wait
+    calls = {"n": 0}
+    real_exec, real_pipe = redis_py.Redis.execute_command, redis_py.client.Pipeline.execute
+
+    def count(out):
+        calls["n"] += 1
+        if calls["n"] == lost_reply:
+            raise redis_py.ConnectionError("the reply never came")
+        return out
+
+    def publish():
+        try:
+            return results.publish(rconn, result, 600, settings)
+        except redisconn.NotReplicated:  # no replica here: what the worker does with it
+            return True
+
+    redis_py.Redis.execute_command = lambda self, *a, **kw: count(real_exec(self, *a, **kw))
+    redis_py.client.Pipeline.execute = lambda self, *a, **kw: count(real_pipe(self, *a, **kw))
+    try:
+        patiently(publish, (redis_py.RedisError,), 30, job.job_id, "publish")
+    finally:
+        redis_py.Redis.execute_command, redis_py.client.Pipeline.execute = real_exec, real_pipe
+    assert calls["n"] > lost_reply  # it broke, and was tried again
+    entries = [f for _, f in rconn.xrange(keys.outbox_key("bot1")) if f[b"job_id"].decode() == job.job_id]
+    assert len(entries) == 1
+    got = delivery.for_delivery(rconn, image_store(), job.job_id, "bot1")
+    assert got.result.status == "failed" and got.result.error == "made to be lost"

@@ -419,10 +419,15 @@ def test_bot_image_installs_only_the_bot_extra_and_no_torch():
 
 def _torch_range() -> tuple[tuple[int, ...], tuple[int, ...]]:
     text = (ROOT / "pyproject.toml").read_text()
-    m = re.search(r'"torch>=(\d+)\.(\d+)\.(\d+),<=(\d+)\.(\d+)\.(\d+)"', text)
+    m = re.search(r'"torch>=(\d+)\.(\d+)\.(\d+),<=(\d+)\.(\d+)\.(\d+)((?:,!=\d+\.\d+\.\*)*)"', text)
     assert m, "torch as a closed range in the worker extra"
-    v = tuple(int(g) for g in m.groups())
-    return v[:3], v[3:]
+    v = tuple(int(g) for g in m.groups()[:6])
+    lo, hi = v[:3], v[3:]
+    # Every minor release between the two ends is excluded: the range admits what runs, nothing between.
+    excluded = set(re.findall(r"!=(\d+\.\d+)\.\*", m.group(7)))
+    between = {f"{lo[0]}.{minor}" for minor in range(lo[1] + 1, hi[1])} if lo[0] == hi[0] else set()
+    assert excluded == between, (excluded, between)
+    return lo, hi
 
 
 def test_worker_image_pins_a_cuda_12_8_torch_and_the_range_admits_what_runs():

@@ -57,12 +57,14 @@ class Ref:
         self.slots[name].append({"guild": guild, "seq": self.seq,
                                  "round": max(qhead, max(last) + 1) if last else qhead})
 
-    def take(self, job_id: str) -> None:
+    def take(self, job_id: str, served: bool = False) -> None:
+        """A job leaves: served at its turn, its server gives up that slot (its first); cancelled or taken
+        into a batch early, its server gives up its last, so its other dreams move up."""
         for name in NAMES:
             for j in self.jobs[name]:
                 if j["id"] == job_id:
-                    k = self.server_jobs(name, j["guild"]).index(j)
-                    self.slots[name].remove(self.server_slots(name, j["guild"])[k])
+                    slots = self.server_slots(name, j["guild"])
+                    self.slots[name].remove(slots[0] if served else slots[-1])
                     self.jobs[name].remove(j)
                     return
 
@@ -70,7 +72,7 @@ class Ref:
         for name in NAMES:
             if self.jobs[name]:
                 job = self.order(name)[0]
-                self.take(job["id"])
+                self.take(job["id"], served=True)
                 return job["id"]
         return None
 
@@ -123,9 +125,14 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
             _, user, name, images, steps, tier = op
             job = _job(user, PRIORITY[name], images, steps)
             keys_of[steps] = job.batch_key
+            fresh = not any(j["guild"] == job.origin.guild_id for j in ref.jobs[name])
             q.enqueue(job, _units(job), tier=tier)
             ref.push(name, job.job_id, job.origin.guild_id, f"{job.origin.guild_id}:{user}", tier, images,
                      _units(job), job.batch_key)
+            if fresh:  # a server's first waiting dream: at most one dream of each other server ahead of it
+                order = [j["guild"] for j in ref.order(name)]
+                ahead = order[:[j["id"] for j in ref.order(name)].index(job.job_id)]
+                assert all(ahead.count(g) <= 1 for g in set(ahead)), (op, ahead)
         elif op[0] == "claim":
             got = fairq.claim_next(rconn, NAMES)
             assert (got[1] if got else None) == ref.next()
@@ -142,6 +149,11 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
                 ref.take(victim)
         for name in NAMES:
             assert fairq.waiting_ids(rconn, name) == [j["id"] for j in ref.order(name)], op
+            # Whatever was claimed, batched or cancelled: each server's slots stand in consecutive rounds,
+            # one a round, so two servers with dreams waiting are served in turn.
+            for guild in {j["guild"] for j in ref.jobs[name]}:
+                rounds = [sl["round"] for sl in ref.server_slots(name, guild)]
+                assert rounds == list(range(rounds[0], rounds[0] + len(rounds))), (op, guild, rounds)
     # Counters and positions, read in O(1) / O(log n), agree with the walk the reference makes.
     everything = ref.all()
     t = fairq.totals(rconn, NAMES)
@@ -165,7 +177,7 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
         qhead = min((s["round"] for s in slots), default=0)
         last = [s["round"] for s in slots if s["guild"] == guild]
         r = max(qhead, max(last) + 1) if last else qhead
-        assert q.would_wait(guild, "default").ahead == ahead + sum(1 for s in slots if s["round"] <= r)
+        assert q.would_wait(guild, 1, "default").ahead == ahead + sum(1 for s in slots if s["round"] <= r)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

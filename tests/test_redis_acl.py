@@ -97,7 +97,14 @@ def test_each_role_reaches_only_its_keys(acl_redis):
         worker.get("dream:job:0123456789abcdef")
     assert worker.get("dream:cancel:x") is None and worker.get("dream:gone:channel:1") is None  # read-only
     worker.xadd("dream:outbox:bot1", {"job_id": "x", "status": "done"})
+    worker.zadd("dream:published:bot1", {"x": 1.0})
     worker.set("dream:done:x", "done")
+    # A bot's result stream and published set: additions only, so no worker can make results vanish.
+    for attempt in (lambda: worker.delete("dream:outbox:bot1"), lambda: worker.xtrim("dream:outbox:bot1", 0),
+                    lambda: worker.xgroup_destroy("dream:outbox:bot1", "deliver"),
+                    lambda: worker.zrem("dream:published:bot1", "x"), lambda: worker.xrange("dream:outbox:bot1")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            attempt()
     # Inside a script too: the user's rights hold for every command a script makes.
     with pytest.raises(redis.ResponseError, match="can't access"):
         worker.eval("return redis.call('SET', 'dream:limits:{1}:x', 1)", 0)

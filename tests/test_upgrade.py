@@ -102,8 +102,8 @@ def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upg
                                                                                     tmp_path, redis_url):
     """The previous release's bots queued five dreams in its one-level fair queue, with no records of their
     own; after the upgrade a new bot queues one more. The new worker moves them into the two-level queue and
-    serves every one, fairly (member 1's second dream after members 2 and 3's first); the new bot adopts the
-    old jobs once at start, so their results are posted, not refused as forgeries."""
+    serves every one, fairly (member 1's second dream after members 2 and 3's first); the operator's one-time
+    `dreambot adopt-jobs` records the old jobs, so their results are posted, not refused as forgeries."""
     from dreamcore import delivery, ledger
     from worker.runner import make_worker
 
@@ -118,8 +118,9 @@ def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upg
                    make_origin(instance="bot1", guild_id=7, channel_id=10, user_id=4))
     DreamQueue(rconn, get_settings()).enqueue(new)
     assert DreamQueue(rconn, get_settings()).position(new.job_id) == 5  # behind the old queue, until moved
-    assert ledger.adopt(rconn, "bot1", get_settings(), queue_names()) == 5  # the new bot starts
-    assert ledger.adopt(rconn, "bot1", get_settings(), queue_names()) == 0  # once only
+    # The operator's step of the upgrade, workers stopped (`dreambot adopt-jobs`): the old jobs get records.
+    assert ledger.adopt(rconn, get_settings(), queue_names()) == {"bot1": 5}
+    assert ledger.adopt(rconn, get_settings(), queue_names()) == {}  # nothing twice
 
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()

@@ -250,3 +250,40 @@ def test_a_reply_lost_at_any_call_of_publishing_leaves_one_whole_result(rconn, l
     assert len(entries) == 1
     got = delivery.for_delivery(rconn, image_store(), job.job_id, "bot1")
     assert got.result.status == "failed" and got.result.error == "made to be lost"
+
+
+def test_what_a_worker_writes_reaches_a_post_only_as_literal_text(rconn):
+    """A worker chooses the timing names, the note, its own name and the file names of a result: the bot
+    shows only the stage times it knows, the rest escaped, and names the files itself."""
+    from dreamcore.present import info_text, result_text
+
+    job = make_job(make_request(prompt="fine", seed=5), make_origin(instance="bot1", guild_id=1, channel_id=2,
+                                                                    user_id=3))
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    key = image_key(job.job_id, 0, "png")
+    image_store().put(key, b"\x89PNG the real image")
+    lure = "[Claim free Nitro](https://evil.example/login)"
+    result = DreamResult(job_id=job.job_id, status="done", origin=job.without_token().origin, request=job.request,
+                         images=[ImageInfo(filename=f"{lure}.png", format="png", width=8, height=8, seed=5,
+                                           size_bytes=1, key=key)],
+                         timings={f"{lure}_s": 1.0, "base_s": 2.0, "total_s": 3.0}, prompt_note=f"# {lure}",
+                         worker=lure)
+    assert results.publish(rconn, result, 600, get_settings())
+    got = delivery.for_delivery(rconn, image_store(), job.job_id, "bot1")
+    assert got.result.images[0].filename == f"dream-{job.job_id}-0-5.png"
+    assert set(got.result.timings) == {"base_s", "total_s"}
+    from dreamcore.params import from_result
+
+    for text in (result_text(got.result), info_text(from_result(got.result))):
+        assert "](http" not in text and "https://" not in text and "Nitro" not in text.replace("\\[Claim free Nitro\\]", "")
+        assert "base 2.00s" in text
+
+
+def test_progress_fields_a_worker_wrote_are_parsed_and_bounded():
+    from bot.progress import progress_text
+
+    text = progress_text("0123456789abcdef", {"done": "10000000000", "total": "999999999999", "step": "-5",
+                                              "stage_total": "7", "stage": "[x](https://e)"}, "a cat")
+    assert len(text) < 300 and "https://e" not in text and "step 0/7 on the base" in text
+    with pytest.raises(ValueError):
+        progress_text("0123456789abcdef", {"done": "lots", "total": "1"}, "a cat")

@@ -97,14 +97,15 @@ def _param_bytes(pipe) -> dict:
 def load_and_run(folder: Path, fuse: bool, job: bool) -> dict:
     import torch
 
+    from worker import speed
     from worker.pipeline import DreamPipeline
     from worker.runner import quiet_model_libraries
 
     quiet_model_libraries()
     rss0, _ = _rss()
     t0 = time.perf_counter()
-    pipe = DreamPipeline.load(str(folder / "base"), str(folder / "refiner"), "cpu", fuse_qkv=fuse,
-                              channels_last=True, dtype=torch.bfloat16)
+    pipe = DreamPipeline.load(str(folder / "base"), str(folder / "refiner"), "cpu",
+                              levers=speed.Levers(fuse_qkv=fuse, channels_last=True), dtype=torch.bfloat16)
     load_s = time.perf_counter() - t0
     rss, peak = _rss()
     out = {"fuse_qkv": fuse, "load_s": load_s, "rss_gib": rss, "peak_rss_gib": peak, "rss_before_gib": rss0,

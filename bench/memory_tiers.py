@@ -36,7 +36,7 @@ FETCHED = {"base": ["text_encoder", "text_encoder_2", "base unet", "vae"], "refi
 def _pipeline(dtype: torch.dtype, fuse: bool) -> DreamPipeline:
     base, refiner = sdxl_pipelines(build_components("meta", dtype))
     pipe = DreamPipeline(base, refiner, torch.device("meta"))
-    speed.speed_up(pipe, fuse_qkv=fuse, channels_last=True)
+    speed.before_placing(pipe, speed.Levers(fuse_qkv=fuse, channels_last=True))
     return pipe
 
 

@@ -87,11 +87,26 @@ class Settings(BaseSettings):
     batch_images: int = Field(8, ge=1, le=32, **_env("DREAMBOT_BATCH_IMAGES"))
     # How many waiting jobs, from the front of the queues, a worker looks through for batch companions.
     batch_window: int = Field(32, ge=1, le=1000, **_env("DREAMBOT_BATCH_WINDOW"))
-    # Speed levers for the UNets and the VAE; each keeps a seed's image the same within bf16 tolerance.
+    # Speed levers (worker/speed.py). The lossless ones keep a seed's image the same within bf16 tolerance:
     fuse_qkv: bool = Field(True, **_env("DREAMBOT_FUSE_QKV"))
     channels_last: bool = Field(True, **_env("DREAMBOT_CHANNELS_LAST"))
-    # torch.compile the UNets at worker start (minutes of warm-up on a GPU; a cache makes restarts quick).
-    compile: bool = Field(False, **_env("DREAMBOT_COMPILE"))
+    # torch.compile the UNets and the VAE decoder at worker start; auto: on a GPU, not on a CPU (where
+    # inductor takes minutes for the tiny model). The compiled code is saved to DREAMBOT_COMPILE_CACHE and
+    # loaded from there at the next start. Only the sizes in DREAMBOT_COMPILE_ASPECTS ("all": every aspect)
+    # are compiled, at every batch bucket, all before the first job; other sizes run uncompiled.
+    compile: Literal["auto", "on", "off"] = Field("auto", **_env("DREAMBOT_COMPILE"))
+    compile_cache: str = Field("compile-cache", **_env("DREAMBOT_COMPILE_CACHE"))
+    compile_aspects: str = Field("1:1", min_length=1, **_env("DREAMBOT_COMPILE_ASPECTS"))
+    # The lossy levers, off by default; each one's deviation from the image without it is measured in
+    # bench/gpu_sdxl.py. fp8: the UNets' transformer linears in float8 through torchao (the `fp8` extra):
+    # weights (memory only; any device), or dynamic (activations too, fp8 matrix units: a GPU of compute
+    # capability 8.9 or more). At load the worker logs the UNet's output error against the unquantized one.
+    fp8: Literal["off", "weights", "dynamic"] = Field("off", **_env("DREAMBOT_FP8"))
+    # Step caching on the base (DeepCache): a full UNet pass every N steps, the steps between reuse its deep
+    # features and run only the outermost blocks. 0: off; 2 to 10.
+    step_cache: int = Field(0, ge=0, le=10, **_env("DREAMBOT_STEP_CACHE"))
+    # The refiner's last N steps without classifier-free guidance (one UNet pass each instead of two). 0: off.
+    refiner_unguided_steps: int = Field(0, ge=0, le=100, **_env("DREAMBOT_REFINER_UNGUIDED_STEPS"))
     # The output classifier (worker/safety.py) scores every image before it is published; each guild's
     # policy decides what a flagged one becomes (dreamcore/safety.py). false: images are posted unscored.
     safety_check: bool = Field(True, **_env("DREAMBOT_SAFETY_CHECK"))
@@ -166,6 +181,30 @@ class Settings(BaseSettings):
     # One port per process for Prometheus (/metrics) and the health check (/healthz); 0 turns both off.
     metrics_port: int = Field(9100, ge=0, le=65535, **_env("DREAMBOT_METRICS_PORT"))
     # --- end of metrics and health ---
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_switch(cls, v):
+        # true/false as every other switch takes them, and auto.
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        if isinstance(v, str):
+            word = v.strip().lower()
+            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}.get(word, word)
+        return v
+
+    @field_validator("compile_aspects")
+    @classmethod
+    def _aspects(cls, v: str) -> str:
+        parse_aspects(v)
+        return v
+
+    @field_validator("step_cache")
+    @classmethod
+    def _step_cache_interval(cls, v: int) -> int:
+        if v == 1:
+            raise ValueError("1 would make every step a full pass, i.e. no caching: use 0 (off) or 2 to 10")
+        return v
 
     @field_validator("upscale_overlap")
     @classmethod
@@ -271,6 +310,10 @@ class Settings(BaseSettings):
         return parse_id_list(self.channel_ids)
 
     @property
+    def compile_aspect_list(self) -> list[str]:
+        return parse_aspects(self.compile_aspects)
+
+    @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
 
@@ -284,6 +327,20 @@ def parse_host_ports(raw: str) -> list[tuple[str, int]]:
             raise ValueError(f"{part!r} is not host:port")
         out.append((host.strip("[]"), int(port)))
     return out
+
+
+def parse_aspects(raw: str) -> list[str]:
+    """DREAMBOT_COMPILE_ASPECTS: comma- or space-separated aspect names of /dream ("1:1, 7:4"), or "all"."""
+    from .job import ASPECTS
+
+    words = raw.replace(",", " ").split()
+    if words == ["all"]:
+        return list(ASPECTS)
+    unknown = [w for w in words if w not in ASPECTS]
+    if unknown or not words:
+        raise ValueError(f"{', '.join(unknown) or 'nothing'} is not an aspect: name some of "
+                         f"{', '.join(ASPECTS)}, or all")
+    return list(dict.fromkeys(words))
 
 
 def parse_id_list(raw: str) -> list[int]:

@@ -1,5 +1,6 @@
 """Several requests in one denoising call (DreamPipeline.prepare + generate_prepared) and the speed options
-of DreamPipeline.load, on the tiny SDXL model on the CPU: real diffusers, no mocks (but for the compile spy)."""
+of DreamPipeline.load, on the tiny SDXL model on the CPU: real diffusers, no mocks. The other levers:
+tests/test_speed_levers.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 import numpy as np  # noqa: E402
 
-import worker.pipeline as wp  # noqa: E402
 from dreamcore.job import make_request  # noqa: E402
 from worker import speed  # noqa: E402
 from worker.pipeline import DreamPipeline, StepEvent  # noqa: E402
@@ -162,11 +162,12 @@ def _channels_last(module) -> bool:
 
 def test_fuse_qkv_and_channels_last_keep_the_image(pipe, solo, tiny_model_dir, caplog):
     base, refiner = str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner")
+    levers = speed.Levers(fuse_qkv=True, channels_last=True)
     with caplog.at_level(logging.INFO, logger="dreambot.worker"):
-        fast = DreamPipeline.load(base, refiner, device="cpu", fuse_qkv=True, channels_last=True)
+        fast = DreamPipeline.load(base, refiner, device="cpu", levers=levers)
     assert "fuse_qkv skipped" not in caplog.text
     assert fast is not pipe
-    assert DreamPipeline.load(base, refiner, device="cpu", fuse_qkv=True, channels_last=True) is fast
+    assert DreamPipeline.load(base, refiner, device="cpu", levers=levers) is fast
     # Two loads share no modules, so fusing one leaves the other as it was.
     assert fast.base.unet is not pipe.base.unet and fast.base.vae is not pipe.base.vae
     assert fast.refiner.vae is fast.base.vae  # still one VAE, fused once
@@ -189,41 +190,15 @@ def test_fuse_qkv_and_channels_last_keep_the_image(pipe, solo, tiny_model_dir, c
     assert not got.nan_detected
 
 
-def test_compile_wiring_and_warm_up(tiny_model_dir, monkeypatch, caplog):
-    """compile=True compiles both UNets in place (default mode on the CPU, dynamic=False) and warms up at load.
-
-    The compile itself is replaced by a spy: inductor on this CPU took about 3 minutes for the 64x64 warm-up
-    and 2.5 more for the first 1024x1024 call (another shape, so another compile), far past this file's
-    budget. DREAMBOT_TEST_COMPILE=1 runs the real thing (test_compile_for_real)."""
-    calls = []
-    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append((self, kw)))
-    warm = []
-    real_denoise = DreamPipeline._denoise
-    monkeypatch.setattr(
-        DreamPipeline, "_denoise", lambda self, items, idx, w, h, cb: warm.append((w, h)) or real_denoise(
-            self, items, idx, w, h, cb)
-    )
-    base, refiner = str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner")
-    key = (base, refiner, "cpu", False, False, True)
-    try:
-        with caplog.at_level(logging.INFO, logger="dreambot.worker"):
-            compiled = DreamPipeline.load(base, refiner, device="cpu", compile=True)
-        assert [module for module, _ in calls] == [compiled.base.unet, compiled.refiner.unet]
-        assert all(kw == {"mode": None, "dynamic": False} for _, kw in calls)
-        assert warm == [(64, 64)]
-        assert "UNets compiled" in caplog.text
-    finally:
-        wp._loaded.pop(key, None)  # a spied instance must not serve a later load
-
-
 @pytest.mark.skipif(
     os.environ.get("DREAMBOT_TEST_COMPILE") != "1",
     reason="inductor compiles for minutes on a CPU (about 3 min warm-up + 2.5 min at 1024x1024 measured); "
-    "set DREAMBOT_TEST_COMPILE=1 to run",
+    "set DREAMBOT_TEST_COMPILE=1 to run (tests/test_speed_levers.py traces the same code with aot_eager)",
 )
 def test_compile_for_real(solo, tiny_model_dir):
     base, refiner = str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner")
-    compiled = DreamPipeline.load(base, refiner, device="cpu", compile=True)
+    compiled = DreamPipeline.load(base, refiner, device="cpu",
+                                  levers=speed.Levers(compile=True, compile_buckets=(1,)))
     got = compiled.generate(C)
     diff = np.abs(_pixels(got.images[0]) - _pixels(solo["C"][0].images[0]))
     assert diff.max() <= 2 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())

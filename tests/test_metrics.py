@@ -87,6 +87,7 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
     assert lines[0] == "ok" and "device: cpu" in lines and "dtype: float32" in lines, worker_health
     assert any(x.startswith("memory: offload model, batches of up to 8 images: DREAMBOT_OFFLOAD=model on the CPU")
                for x in lines), worker_health
+    assert "levers: fuse_qkv, channels_last" in lines, worker_health  # the defaults; compile is off on a CPU
     deadline = time.monotonic() + 10  # the delivery is counted once it is recorded, just after the post
     while not (_value(_scrape(bot_port), "dreambot_deliveries_total", where="interaction") or 0) >= 1:
         assert time.monotonic() < deadline, "delivery never counted"

@@ -8,8 +8,8 @@ for moving both UNets over PCIe (roughly a second per dream on PCIe 4). `auto` m
 memory against what each tier needs and takes the fastest that fits; a device that fits neither fails at
 start with both figures, rather than at the first dream with an out-of-memory error.
 
-The weights' size is counted on the loaded modules (after fuse_qkv, whose copies count too); the working
-memory is an estimate, written out in working_bytes.
+The weights' size is counted on the loaded modules, after fuse_qkv (which frees the unfused copies, so
+fused weights take what unfused ones did); the working memory is an estimate, written out in working_bytes.
 """
 
 from __future__ import annotations
@@ -146,15 +146,15 @@ def plan(setting: str, dev: torch.device, sizes: dict[str, int], working: Callab
             lead = "auto" if setting == "auto" else f"DREAMBOT_OFFLOAD={setting}"
             return made(tier, batch, f"{lead}; {device_said}; {sizes_said}{cut}", most)
     hint = {"none": ": use auto or model, or a bigger GPU",
-            "model": ": too little even for model offload (DREAMBOT_FUSE_QKV=0 needs less)",
-            "auto": ": this GPU can't run the models (DREAMBOT_FUSE_QKV=0 needs less)"}[setting]
+            "model": ": too little even for model offload",
+            "auto": ": this GPU can't run the models"}[setting]
     raise ModelLoadError("DREAMBOT_OFFLOAD", setting, f"{device_said}; {sizes_said}{hint}")
 
 
 def place(pipe, offload: str, batch_images: int) -> None:
     """Move a DreamPipeline's weights to its device, or hand them to diffusers' model CPU offload (memory.plan says
     which, in `pipe.memory`; a device too small for either raises ModelLoadError). Done after the speed
-    options, so the plan counts what fuse_qkv added."""
+    levers that change the weights (speed.before_placing), so the plan counts what is really placed."""
     sizes = module_bytes(pipe.modules_once())
     pipe.memory = plan(offload, pipe.device, sizes, lambda n: working_bytes(pipe.base.unet, n), batch_images,
                        free_bytes(pipe.device))

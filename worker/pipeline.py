@@ -94,14 +94,20 @@ _load_lock = threading.Lock()
 
 class DreamPipeline:
     def __init__(
-        self, base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, device: torch.device
+        self, base: StableDiffusionXLPipeline, refiner: StableDiffusionXLImg2ImgPipeline, device: torch.device,
+        sources: tuple[str, str] = ("", ""),
     ):
         self.base = base
         self.refiner = refiner
         self.device = device
+        self.sources = sources  # where base and refiner came from (the compile cache's file is theirs)
         self._timesteps_cache: dict[tuple[str, int], list[int]] = {}
         self._base_img2img: StableDiffusionXLImg2ImgPipeline | None = None
         self.memory: memory.MemoryPlan | None = None  # set when placed on the device (memory.place)
+        self.levers = speed.PLAIN
+        self.speed = speed.SpeedReport()
+        self.step_cache = None  # a stepcache.StepCache on the base UNet, with DREAMBOT_STEP_CACHE
+        self.compiled: speed.Compiled | None = None  # with compile
 
     @classmethod
     def load(
@@ -110,54 +116,65 @@ class DreamPipeline:
         refiner: str,
         device: str = "auto",
         *,
-        fuse_qkv: bool = False,
-        channels_last: bool = False,
-        compile: bool = False,
+        levers: speed.Levers = speed.PLAIN,
         dtype: torch.dtype | None = None,
         offload: str = "auto",
         batch_images: int = 32,
     ) -> DreamPipeline:
         """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance.
 
-        The speed options change the loaded modules in place, so each combination is its own instance (and
-        its own copy of the weights: from_pretrained shares nothing between two loads).
-        fuse_qkv: one q/k/v (self-attention) or k/v (cross-attention) matmul instead of three or two, in
-            both UNets and the VAE. channels_last: NHWC memory layout for the UNets' and VAE's convolutions,
-            what cuDNN's fastest kernels want. compile: torch.compile both UNets, warmed up at load.
+        The levers (worker/speed.py) change the loaded modules in place, so each combination is its own
+        instance (and its own copy of the weights: from_pretrained shares nothing between two loads).
         dtype: the weights' dtype; None is bf16 on a GPU and fp32 on a CPU (bench/fullsize.py loads the
             full-size pair in bf16 on a CPU, where fp32 would need ~23 GB).
         offload: DREAMBOT_OFFLOAD, auto|none|model (memory.plan); batch_images: the most images one
             denoising call may hold (DREAMBOT_BATCH_IMAGES); the plan keeps their working memory free, and
             may allow fewer (`.memory.batch_images`) on a device with less room.
         """
-        key = (base, refiner, device, fuse_qkv, channels_last, compile, dtype, offload, batch_images)
+        key = (base, refiner, device, levers, dtype, offload, batch_images)
         with _load_lock:
             if key not in _loaded:
-                pipe = cls._load(base, refiner, device, dtype)
-                speed.speed_up(pipe, fuse_qkv=fuse_qkv, channels_last=channels_last)
-                memory.place(pipe, offload, batch_images)
-                if compile:
-                    speed.compile_unets(pipe)
-                _loaded[key] = pipe
+                dev = resolve_device(device)
+                if dtype is None:
+                    dtype, why = dtype_for("auto", dev, base)
+                    log.info("dtype chosen", extra={"dtype": str(dtype).removeprefix("torch."), "why": why})
+                base_pipe, refiner_pipe = load_pipelines(base, refiner, dtype)
+                _loaded[key] = cls.from_parts(base_pipe, refiner_pipe, dev, levers=levers, offload=offload,
+                                              batch_images=batch_images, sources=(base, refiner))
             return _loaded[key]
 
     @classmethod
-    def _load(cls, base: str, refiner: str, device: str, dtype: torch.dtype | None = None) -> DreamPipeline:
-        dev = resolve_device(device)
-        if dtype is None:
-            dtype, why = dtype_for("auto", dev, base)
-            log.info("dtype chosen", extra={"dtype": str(dtype).removeprefix("torch."), "why": why})
-        base_pipe, refiner_pipe = load_pipelines(base, refiner, dtype)
-        # diffusers decodes the last stage's latents itself (output_type="pt"); sliced, one image at a time,
-        # so a batch's decode needs the memory of one 1024 px decode (the peak of a whole job), not eight.
-        base_pipe.vae.enable_slicing()
-        for pipe in (base_pipe, refiner_pipe):
+    def from_parts(
+        cls,
+        base: StableDiffusionXLPipeline,
+        refiner: StableDiffusionXLImg2ImgPipeline,
+        device: torch.device,
+        *,
+        levers: speed.Levers = speed.PLAIN,
+        offload: str = "auto",
+        batch_images: int = 32,
+        sources: tuple[str, str] = ("", ""),
+    ) -> DreamPipeline:
+        """The worker's pipeline over two stock pipelines already built (load's from disk; bench/gpu_sdxl.py's
+        from random weights made on the GPU): the numbered steps every worker's models go through."""
+        # 1. diffusers decodes the last stage's latents itself (output_type="pt"); sliced, one image at a
+        # time, so a batch's decode needs the memory of one 1024 px decode (the peak of a whole job).
+        base.vae.enable_slicing()
+        for stage in (base, refiner):
             # Attention stays diffusers' default for torch 2, AttnProcessor2_0 (FusedAttnProcessor2_0 with
             # fuse_qkv), i.e. torch's scaled_dot_product_attention. On CUDA SDPA already picks the fastest
             # kernel that fits (FlashAttention for bf16 with these head sizes, else memory-efficient
             # attention, else the math fallback), so no custom attention kernels or processors are needed.
-            pipe.set_progress_bar_config(disable=True)  # the worker reports progress itself
-        return cls(base_pipe, refiner_pipe, dev)
+            stage.set_progress_bar_config(disable=True)  # the worker reports progress itself
+        pipe = cls(base, refiner, device, sources)
+        pipe.levers = levers
+        # 2. The levers that change what the weights are (fused projections, layout) ...
+        speed.before_placing(pipe, levers)
+        # 3. ... so that the memory plan counts what is really placed on the device ...
+        memory.place(pipe, offload, batch_images)
+        # 4. ... and those that work on the placed weights: fp8 quantizes where it runs, compile warms up.
+        speed.after_placing(pipe, levers, pipe.memory.batch_images)
+        return pipe
 
     def modules_once(self) -> dict[str, torch.nn.Module]:
         """Every model of both pipelines, a shared one (text_encoder_2, the VAE) once."""
@@ -294,6 +311,10 @@ class DreamPipeline:
             rows[index] = slice(n, n + it.req.count)
             n += it.req.count
         seeds = [seed for it in items for seed in it.req.seeds]
+        # Compiled for this geometry: the batch runs at its bucket (speed.Compiled), the rows past `n` being
+        # fillers (the first item's prompt, seed 0) that are dropped before the decode.
+        tokens = first.encoded.base.prompt_embeds.shape[1]
+        padded = self.compiled.bucket(width, height, tokens, n) if self.compiled is not None else n
         self.sync()
         t_start = time.perf_counter()
 
@@ -301,19 +322,28 @@ class DreamPipeline:
         # noise from its own generator, so image i of a batch is the image its seed gives alone. CPU
         # generators (diffusers moves the noise to the GPU) make a seed's starting noise the same on every
         # machine, GPU or not; drawing 4x128x128 numbers on the CPU costs nothing.
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds + [0] * (padded - n)]
         counted = {"base": 0, "refiner": 0}
-
         last_step = LastStep(self)
+        cache = self.step_cache
+        unguided_after = (speed.unguided_from(refiner_steps, self.levers.refiner_unguided_steps)
+                          if use_refiner else None)
 
-        def callback(stage: str, stage_total: int, offset: int):
+        def callback(stage: str, stage_total: int, offset: int, last_stage: bool):
             def on_step_end(pipe, i: int, t, tensors: dict) -> dict:
                 counted[stage] += 1
                 if on_step is not None:
                     on_step(StepEvent(stage, i + 1, stage_total, offset + i + 1, total, tensors["latents"],
                                       rows=dict(rows)))
                 last_step.mark(i + 1 == stage_total)
-                return {}
+                changed = {}
+                if cache is not None and stage == "base":
+                    cache.step_done(i)
+                if stage == "refiner" and i == unguided_after:
+                    changed.update(speed.drop_guidance(pipe, tensors))
+                if last_stage and i + 1 == stage_total and padded > n:
+                    changed["latents"] = tensors["latents"][:n]  # the fillers are never decoded
+                return changed
 
             return on_step_end
 
@@ -321,31 +351,46 @@ class DreamPipeline:
             num_inference_steps=first.req.steps,
             guidance_scale=first.req.guidance,
             generator=generators,
-            callback_on_step_end_tensor_inputs=["latents"],
         )
+
+        def parts(stage: str) -> dict[str, torch.Tensor]:
+            embeds = [(getattr(it.encoded, stage), it.req.count) for it in items]
+            return batch_kwargs(embeds + ([(getattr(first.encoded, stage), padded - n)] if padded > n else []))
+
         # The base hands latents to the refiner; the last stage decodes them the pipelines' own way
         # (un-scaling, VAE, watermark, post-processing: DECODED), timed from its last step.
-        out = self.base(
-            **batch_kwargs([(it.encoded.base, it.req.count) for it in items]),
-            width=width,
-            height=height,
-            denoising_end=fraction,
-            callback_on_step_end=callback("base", base_steps, 0),
-            output_type="latent" if use_refiner else DECODED,
-            **common,
-        ).images
+        if cache is not None:
+            cache.start()
+        try:
+            out = self.base(
+                **parts("base"),
+                width=width,
+                height=height,
+                denoising_end=fraction,
+                callback_on_step_end=callback("base", base_steps, 0, not use_refiner),
+                callback_on_step_end_tensor_inputs=["latents"],
+                output_type="latent" if use_refiner else DECODED,
+                **common,
+            ).images
+        finally:
+            if cache is not None:
+                cache.stop()
         self.sync()
         t_base = last_step.at if not use_refiner else time.perf_counter()
 
         if use_refiner:
             out = self.refiner(
-                **batch_kwargs([(it.encoded.refiner, it.req.count) for it in items]),
+                **parts("refiner"),
                 image=out,  # 4-channel latents go in as they are, no VAE encode
                 denoising_start=fraction,  # continue the same schedule: no fresh noise is added
-                callback_on_step_end=callback("refiner", refiner_steps, base_steps),
+                callback_on_step_end=callback("refiner", refiner_steps, base_steps, True),
+                callback_on_step_end_tensor_inputs=["latents"] + (speed.GUIDED_TENSORS if unguided_after is not None
+                                                                  else []),
                 output_type=DECODED,
                 **common,
             ).images
+        if self.compiled is not None:
+            self.compiled.after_call()
         self.sync()
         t_end = time.perf_counter()
         t_refined = last_step.at if use_refiner else t_base

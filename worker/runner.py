@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import redis
 from rq.job import Job
@@ -32,7 +32,7 @@ from dreamcore.logs import setup_logging
 from dreamcore.queue import FairQueue, claim_companions, queue_names
 from dreamcore.settings import Settings
 
-from . import batch, memory, rq_private, tasks
+from . import batch, memory, rq_private, speed, tasks
 from .pipeline import DreamPipeline
 from .runtime import LOAD, Runtime, install, runtime
 from .safety import load_checker
@@ -275,25 +275,29 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
     t0 = time.perf_counter()
     dev = resolve_device(settings.device)
     dtype, why = dtype_for(settings.dtype, dev, settings.base_model)
-    pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device,
-                              fuse_qkv=settings.fuse_qkv, channels_last=settings.channels_last,
-                              compile=settings.compile, dtype=dtype, offload=settings.offload,
-                              batch_images=settings.batch_images)
+    levers = speed.Levers.from_settings(settings, dev)
+    pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device, levers=levers,
+                              dtype=dtype, offload=settings.offload, batch_images=settings.batch_images)
     plan = pipe.memory
+    done = pipe.speed
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),
                                      "dtype": str(dtype).removeprefix("torch."), "why": why,
                                      "offload": plan.offload, "offload_why": plan.why,
                                      "device_memory_gib": round(plan.resident_bytes / memory.GIB, 2),
                                      "base": settings.base_model, "refiner": settings.refiner_model,
-                                     "fuse_qkv": settings.fuse_qkv, "channels_last": settings.channels_last,
-                                     "compile": settings.compile})
+                                     "levers": {k: v for k, v in asdict(levers).items() if k != "compile_buckets"},
+                                     "lossy_levers": levers.lossy,
+                                     "freed_gib": round(done.freed_bytes / memory.GIB, 2),
+                                     "compile_s": None if done.compile_s is None else round(done.compile_s, 1),
+                                     "compile_cache": done.compile_cache})
     return pipe
 
 
 def describe_models(pipe: DreamPipeline) -> dict[str, str]:
     """What /healthz shows under its verdict: the device, the weights' dtype and the memory tier with why."""
     dtype = str(next(pipe.base.unet.parameters()).dtype).removeprefix("torch.")
-    return {"device": str(pipe.device), "dtype": dtype, "memory": pipe.memory.describe()}
+    return {"device": str(pipe.device), "dtype": dtype, "memory": pipe.memory.describe(),
+            "levers": speed.describe(pipe)}
 
 
 def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None,

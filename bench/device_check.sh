@@ -1,50 +1,61 @@
 #!/usr/bin/env bash
-# The GPU check, sized for a short GPU window: one command, at most ~8 minutes on an H100/H200, nothing
-# downloaded. It checks what is installed (the GPU machine reaches no package registry: missing wheels go in
-# bench/wheels/, installed from there with --no-index), then runs bench/gpu_sdxl.py: the full-size SDXL 1.0
-# base + refiner with random weights built on the GPU, the real worker (Redis, queue, make_worker) and
-# vanilla diffusers side by side at 1024x1024, 40 steps, split 0.8, bf16, ending in its VERDICT line.
+# The GPU run in one call, and its rehearsal here: the same steps, the same install, the same script.
 #
-#   bash bench/device_check.sh              # on the GPU machine; figures to $OUT (or ./device-check)
-#   bash bench/device_check.sh --rehearse   # here, on the CPU: the same steps on the tiny model
+# On the GPU machine (the device tool's `run`, carry [".whl/cp312", ".device"], timeout_s 600):
+#     bash bench/device_check.sh
+# Here, on the CPU with the tiny model (tests/test_device_check.py runs exactly this):
+#     bash bench/device_fetch.sh && bash bench/device_check.sh --rehearse
 #
-# Exit status: gpu_sdxl.py's (0 when its VERDICT passes), 3 when a package is missing.
+# Steps: (1) the carried wheels (bench/device_wheels.txt, fetched here by bench/device_fetch.sh) installed with
+# --no-deps into a folder put first on PYTHONPATH, the device README's line; (2) the carried redis-server put
+# first on PATH; (3) bench/device_deps.py: every requirement of every wheel met; (4) bench/gpu_sdxl.py, its rows
+# flushed to $OUT as they end, a table and the VERDICT last. Everything printed is also in $OUT (default
+# ./device-check): device-check.log, gpu_sdxl.txt, rows.jsonl.
+#
+# Exit status: gpu_sdxl.py's (0: it ran to its table; 4: the smoke failed), 3 when a step before it failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:-device-check}"
-mkdir -p "$out"
 rehearse=0
 [[ "${1:-}" == "--rehearse" ]] && rehearse=1
-budget_s="${DEVICE_CHECK_BUDGET_S:-480}"
+out="${OUT:-device-check}"
+mkdir -p "$out"
+log="$out/device-check.log"
+# The device call's limit is 600 s: the script's rows end inside the budget, its table comes after.
+budget_s="${DEVICE_CHECK_BUDGET_S:-$([[ $rehearse == 1 ]] && echo 300 || echo 520)}"
+say() { printf '[device-check %(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$log"; }
+fail() { say "STOP: $*"; exit 3; }
 
-say() { printf '[device-check %(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$out/device-check.log"; }
+tag=$(python3 -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+say "python3 $(python3 -c 'import sys; print(sys.version.split()[0])') ($tag); rehearse=$rehearse; budget ${budget_s}s"
 
-say "python $(python -c 'import sys; print(sys.version.split()[0])'); budget ${budget_s}s; rehearse=${rehearse}"
-if ls bench/wheels/*.whl >/dev/null 2>&1; then
-  say "installing the carried wheels (no index)"
-  python -m pip install -q --no-index --find-links bench/wheels bench/wheels/*.whl 2>&1 | tail -3 | tee -a "$out/device-check.log"
-fi
-missing=$(python - <<'EOF'
-import importlib
-need = ["torch", "diffusers", "transformers", "accelerate", "safetensors", "redis", "rq", "pydantic",
-        "pydantic_settings", "PIL", "numpy", "discord", "prometheus_client", "psutil"]
-print(" ".join(m for m in need if importlib.util.find_spec(m) is None))
-EOF
-)
-if [[ -n "$missing" ]]; then
-  say "missing packages: $missing (put their wheels in bench/wheels/: pip download --only-binary=:all: ...)"
-  exit 3
-fi
-python -c 'import torch, diffusers, transformers; print(f"torch {torch.__version__} (cuda {torch.version.cuda}), diffusers {diffusers.__version__}, transformers {transformers.__version__}; cuda available: {torch.cuda.is_available()}")' | tee -a "$out/device-check.log"
-command -v redis-server >/dev/null || { say "redis-server not found (the worker path needs it: apt-get install redis-server, or carry the binary)"; exit 3; }
-status=0
+# 1. The wheels.
+site="${DEVICE_SITE:-$(mktemp -d /tmp/dreambot-site-XXXXXX)}"
+ls .whl/"$tag"/*.whl >/dev/null 2>&1 || fail "no wheels in .whl/$tag: run bench/device_fetch.sh here and carry .whl/$tag"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/"$tag"/*.whl \
+  2>&1 | grep -v "Running pip as the 'root' user" | tee -a "$log" || true
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+say "wheels installed into $site"
+
+# 2. redis-server, carried.
+[[ -x .device/bin/redis-server ]] || fail "no .device/bin/redis-server: run bench/device_fetch.sh here and carry .device"
+export PATH="$PWD/.device/bin:$PATH"
+say "$(redis-server --version)" || fail "the carried redis-server does not run here"
+
+# 3. Every requirement met: by what is installed now, and (the rehearsal) by the machine as listed.
+python3 bench/device_deps.py --against installed 2>&1 | tee -a "$log" || fail "a carried wheel's requirement is unmet"
 if [[ $rehearse == 1 ]]; then
-  say "rehearsal: bench/gpu_sdxl.py --smoke (CPU, tiny model)"
-  timeout "$budget_s" python bench/gpu_sdxl.py --smoke --out "$out/gpu_sdxl.txt" || status=$?
-else
-  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/device-check.log"
-  # The model folders go to local disk (from_pretrained is the path real weights take); ~11 GB in bf16.
-  timeout "$budget_s" python bench/gpu_sdxl.py --model-dir "${MODEL_DIR:-/tmp/sdxl-random}" --out "$out/gpu_sdxl.txt" || status=$?
+  python3 bench/device_deps.py --against listed 2>&1 | tee -a "$log" || fail "the GPU machine would miss a requirement"
 fi
-say "done (status $status); VERDICT: $(grep -m1 '^VERDICT' "$out/gpu_sdxl.txt" || echo none)"
+if [[ $rehearse == 0 ]] && command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,driver_version --format=csv,noheader \
+    | tee -a "$log" || true
+fi
+
+# 4. The run. SIGINT past the budget's end leaves the script its table; the kill comes later still.
+status=0
+args=(--budget-s "$budget_s" --out "$out")
+[[ $rehearse == 1 ]] && args+=(--rehearse)
+PYTHONUNBUFFERED=1 timeout --signal=INT --kill-after=20 $((budget_s + 40)) python3 bench/gpu_sdxl.py "${args[@]}" \
+  || status=$?
+say "done (status $status); $(grep -m1 '^VERDICT' "$out/gpu_sdxl.txt" || echo 'no VERDICT')"
 exit $status

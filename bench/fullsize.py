@@ -1,7 +1,7 @@
 """The full-size SDXL 1.0 base + refiner through the worker's real loading path and a real job, on a CPU.
 
 No weights can be downloaded here, so the two pipelines are built from SDXL 1.0's published configs
-(bench/gpu_sdxl.py writes them out) with random weights, created directly in bf16 (fp32 first would need
+(bench/sdxl_full.py writes them out) with random weights, created directly in bf16 (fp32 first would need
 ~23 GB), saved as diffusers pipeline folders and loaded back through `DreamPipeline.load` with the shipped
 speed defaults (fuse_qkv and channels_last on), exactly as `dreambot worker` loads real weights. Each load
 runs in a fresh process so its memory figures are its own:
@@ -9,8 +9,9 @@ runs in a fresh process so its memory figures are its own:
   build    the two folders (skipped when --dir already has them)
   load     fuse_qkv off, then on (the shipped default): load time, resident memory (RSS, and its peak),
            the bytes of every parameter the pipelines hold (each tensor counted once: text_encoder_2 and the
-           VAE are one object in both pipelines), the bytes diffusers' fuse adds (it keeps the unfused
-           projections too), and the config flags the published pipelines carry
+           VAE are one object in both pipelines), the bytes in fuse's fused projections (the unfused ones
+           are freed, so fused or not the pipelines hold the same bytes), and the config flags the published
+           pipelines carry
   job      in the fuse-on process: a private redis-server, the real worker (`make_worker`, burst) and the
            real image store; one 256x256 dream (base 3 steps -> refiner 1), then a variation of it and a
            2x upscale of it (one 512x512 refiner tile), each through the queue like a member's click; every
@@ -50,7 +51,7 @@ def _rss() -> tuple[float, float]:
 
 def build(out: Path) -> dict:
     import torch
-    from gpu_sdxl import PUBLISHED_PARAMS, build_components, sdxl_pipelines
+    from sdxl_full import PUBLISHED_PARAMS, build_components, sdxl_pipelines
 
     from worker.tiny import make_tiny_classifier
 
@@ -187,7 +188,7 @@ def report(built: dict | None, loads: list[dict]) -> bool:
         b = r["bytes"]
         print(f"load, fuse_qkv {'on ' if r['fuse_qkv'] else 'off'} (channels_last on, {r['dtype']}): "
               f"{r['load_s']:.0f} s; parameters and buffers {b['total'] / GIB:.2f} GiB, of which "
-              f"{b['fused_copies'] / GIB:.2f} GiB fused copies; process resident {r['rss_gib']:.2f} GiB "
+              f"{b['fused_copies'] / GIB:.2f} GiB in fused projections; process resident {r['rss_gib']:.2f} GiB "
               f"(peak {r['peak_rss_gib']:.2f}; safetensors maps the files, pages count once first touched)")
         print("  by module (GiB): " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in b["by_module"].items()))
         print(f"  text_encoder_2 shared: {r['shared_text_encoder_2']}, VAE shared: {r['shared_vae']} "
@@ -209,7 +210,7 @@ def report(built: dict | None, loads: list[dict]) -> bool:
     shipped = next(r for r in loads if r["fuse_qkv"])
     print(f"VERDICT: {'PASS' if ok else 'FAIL'}: shipped defaults hold {shipped['bytes']['total'] / GIB:.2f} GiB of "
           f"weights (target <= {TARGET_GIB:g} GiB in bf16; {shipped['bytes']['fused_copies'] / GIB:.2f} GiB of it "
-          f"fuse_qkv's copies), text_encoder_2 and VAE shared; three jobs "
+          f"in fuse_qkv's fused projections, the unfused ones freed), text_encoder_2 and VAE shared; three jobs "
           f"{'done' if all(j['status'] == 'done' for j in shipped.get('jobs', [])) else 'NOT done'}")
     return ok
 

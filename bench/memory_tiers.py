@@ -2,9 +2,9 @@
 fp32, and the device memory each DREAMBOT_OFFLOAD tier needs per dtype, from the worker's own accounting.
 
 No weights here: the full-size modules are built from SDXL 1.0's published configs on the meta device (shapes,
-no storage; bench/gpu_sdxl.py holds the configs, and bench/fullsize.py checks their parameter counts against
+no storage; bench/sdxl_full.py holds the configs, and bench/fullsize.py checks their parameter counts against
 the published ones), given the worker's speed options exactly as DreamPipeline.load gives them
-(fuse_qkv's copies are real tensors, counted), and sized with worker/memory.py's module_bytes, working_bytes
+(fuse_qkv's fused projections counted, the unfused ones it frees not), and sized with worker/memory.py's module_bytes, working_bytes
 and needs, the numbers `memory.plan` compares with the free memory of the device.
 
   download   per repo, the weight files fetch-models picks (worker/fetch.py: the base's two text encoders,
@@ -24,7 +24,7 @@ from __future__ import annotations
 import _common  # noqa: F401  (paths)
 import torch
 from diffusers.utils import logging as dlog
-from gpu_sdxl import PUBLISHED_PARAMS, build_components, sdxl_pipelines
+from sdxl_full import PUBLISHED_PARAMS, build_components, sdxl_pipelines
 
 from worker import memory, speed
 from worker.pipeline import DreamPipeline

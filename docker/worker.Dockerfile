@@ -19,10 +19,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 # torch first, on its own: a layer the code changes below don't rebuild.
 RUN pip install "torch==2.9.1"
+# torch.compile (DREAMBOT_COMPILE, auto: on with a GPU): Triton builds a small C launcher for its kernels with
+# the system's C compiler, which the slim image lacks; without it the worker would run uncompiled.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
 COPY . .
-RUN pip install ".[worker]" \
+# fp8: torchao, for DREAMBOT_FP8 (off by default).
+RUN pip install ".[worker,fp8]" \
  && cd / && rm -rf /src
 
 # Still the CUDA 12.8 build of torch after the install (no GPU is needed to check that).

@@ -436,7 +436,10 @@ def test_worker_image_pins_a_cuda_12_8_torch_and_the_range_admits_what_runs():
     instr = _instructions(WORKER_DOCKERFILE)
     assert _base(WORKER_DOCKERFILE).startswith("python:3.11-slim")
     installs = " ".join(_pip_installs(WORKER_DOCKERFILE))
-    assert re.search(r"""["']?\.\[worker\]["']?""", installs)
+    assert re.search(r"""["']?\.\[worker,fp8\]["']?""", installs)  # fp8: torchao, for DREAMBOT_FP8
+    # Triton's launcher is built with the system's C compiler: without one, compile would fail at start.
+    assert re.search(r"apt-get install .*\bgcc\b.*\blibc6-dev\b", " ".join(a for w, a in _instructions(WORKER_DOCKERFILE)
+                                                                    if w == "RUN"))
     pins = re.findall(r"\btorch==(\d+)\.(\d+)\.(\d+)", installs)
     assert len(pins) == 1, "pin exactly one torch version"
     image_torch = tuple(int(p) for p in pins[0])

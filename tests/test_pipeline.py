@@ -323,7 +323,7 @@ def test_full_size_is_read_from_the_unet_config(tiny_model_dir, tmp_path):
     from worker.weights import is_full_size
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-    from gpu_sdxl import BASE_UNET
+    from sdxl_full import BASE_UNET
 
     assert not is_full_size(str(tiny_model_dir / "base"))
     with torch.device("meta"):

@@ -86,7 +86,7 @@ def test_fuse_qkv_frees_the_unfused_copies_and_keeps_the_image(tiny_model_dir, p
 def test_fuse_qkv_frees_1_84_gib_of_the_full_size_pair():
     """On the full-size architecture (meta tensors: shapes only), the figure the issue asked for."""
     sys.path.insert(0, str(ROOT / "bench"))
-    from gpu_sdxl import build_components, sdxl_pipelines
+    from sdxl_full import build_components, sdxl_pipelines
 
     base, refiner = sdxl_pipelines(build_components("meta", torch.bfloat16))
     pipe = DreamPipeline(base, refiner, torch.device("meta"))

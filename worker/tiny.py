@@ -148,14 +148,9 @@ def sdxl_pipelines(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, ba
     return base, refiner
 
 
-def make_tiny_model(out_dir: str | Path) -> Path:
-    """Build the tiny base + refiner and save them to `out_dir/base` and `out_dir/refiner`; returns out_dir."""
-    from transformers.utils import logging as tlog
-
-    tlog.disable_progress_bar()  # one "Writing model shards" bar per component otherwise
-    out = Path(out_dir)
+def tiny_pipelines():
+    """The tiny base + refiner pipelines, built in memory (on the CPU, fp32, seeded)."""
     torch.manual_seed(SEED)
-
     tokenizer = make_tokenizer()
     # Like SDXL's OpenCLIP tokenizer, the second one pads with "!" rather than EOS.
     tokenizer_2 = make_tokenizer(pad_token="!")
@@ -164,9 +159,16 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     vae = _vae().eval()
     base_unet = _unet(cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN, n_time_ids=6).eval()
     refiner_unet = _unet(cross_attention_dim=TE2_HIDDEN, n_time_ids=5).eval()
+    return sdxl_pipelines(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, base_unet, refiner_unet)
 
-    base, refiner = sdxl_pipelines(vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, base_unet,
-                                   refiner_unet)
+
+def make_tiny_model(out_dir: str | Path) -> Path:
+    """Build the tiny base + refiner and save them to `out_dir/base` and `out_dir/refiner`; returns out_dir."""
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()  # one "Writing model shards" bar per component otherwise
+    out = Path(out_dir)
+    base, refiner = tiny_pipelines()
     base.save_pretrained(out / "base")
     refiner.save_pretrained(out / "refiner")
     make_tiny_classifier(out / "safety")
@@ -175,14 +177,22 @@ def make_tiny_model(out_dir: str | Path) -> Path:
 
 def make_tiny_classifier(out_dir: str | Path) -> Path:
     """A tiny ViT image classifier with the labels of a real NSFW one (`normal`, `nsfw`), saved with its
-    image processor the way a hub model is, so the worker loads it through the same from_pretrained path.
+    image processor the way a hub model is, so the worker loads it through the same from_pretrained path."""
+    out = Path(out_dir)
+    model, processor = tiny_classifier()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def tiny_classifier():
+    """(model, image processor) of the tiny classifier, in memory.
 
     Random weights, except that the head leans to `normal` (bias +3 / -3): its score sits near 0.003 for
     any image, below every threshold but 0, so dreams are posted as usual and a test flags them by moving
     a guild's threshold (0 flags everything, 1 nothing)."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    out = Path(out_dir)
     torch.manual_seed(SEED)
     config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=32, id2label={0: "normal", 1: "nsfw"},
@@ -190,6 +200,4 @@ def make_tiny_classifier(out_dir: str | Path) -> Path:
     model = ViTForImageClassification(config).eval()
     with torch.no_grad():
         model.classifier.bias.copy_(torch.tensor([3.0, -3.0]))
-    model.save_pretrained(out)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(out)
-    return out
+    return model, ViTImageProcessor(size={"height": 32, "width": 32})

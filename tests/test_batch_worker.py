@@ -183,7 +183,8 @@ def test_worker_killed_mid_batch_every_job_is_retaken_and_delivered_once(tiny_en
     jobs = [_job(u) for u in (1, 2, 3)]
     for j in jobs:
         q.enqueue(j)
-    env = {**tiny_env, "DREAMBOT_LEASE": "5", "DREAMBOT_HEARTBEAT": "1", "DREAMBOT_LOG_FORMAT": "text"}
+    env = {**tiny_env, "DREAMBOT_LEASE": "5", "DREAMBOT_HEARTBEAT": "1", "DREAMBOT_LOG_FORMAT": "text",
+           "PYTHONFAULTHANDLER": "1"}
     doomed = subprocess.Popen([sys.executable, "-m", "dreambot", "worker"],
                               env={**env, "DREAMBOT_TEST_FAULTS": "worker-mid-job"},
                               stdout=open(tmp_path / "doomed.log", "ab"), stderr=subprocess.STDOUT)
@@ -205,4 +206,10 @@ def test_worker_killed_mid_batch_every_job_is_retaken_and_delivered_once(tiny_en
             assert result.status == "done" and len(images) == 1
     finally:
         rescuer.send_signal(signal.SIGTERM)
-        rescuer.wait(60)
+        try:
+            rescuer.wait(60)
+        except subprocess.TimeoutExpired:
+            rescuer.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack into its log
+            rescuer.wait(30)
+            tail = (tmp_path / "rescuer.log").read_text(errors="replace")[-6000:]
+            raise AssertionError(f"the worker did not stop within 60 s of SIGTERM; its log ends:\n{tail}") from None

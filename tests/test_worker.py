@@ -174,3 +174,42 @@ def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn
     assert result.status == "done" and result.worker == "plain-rq"
     assert Image.open(io.BytesIO(images[0])).size == (1536, 640)
     assert q.fetch(job.job_id).get_status() == "finished"
+
+
+def test_a_stop_asked_while_a_job_is_recorded_waits_for_that_and_then_stops(tiny_env, rconn, pipeline, monkeypatch):
+    """SIGTERM while the worker records a job whose images are out (RQ's bookkeeping, settled before it waits
+    for work): the job is recorded as finished, and the worker stops then, without waiting for more work."""
+    import os
+    import signal
+    import time
+
+    from rq.job import Job
+
+    from worker import rq_private
+    from worker.runner import make_worker
+
+    _outbox(rconn)
+    job = _job()
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    worker = make_worker(get_settings(), rconn, pipeline, name="stop-test-worker")
+    worker.worker_ttl = 35  # RQ waits for work dequeue_timeout = ttl - 15 s at a time: a missed stop shows
+    record = rq_private.finalize_success
+
+    def stopped_while_recording(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled on this (the main) thread before the next line
+        return record(*args, **kwargs)
+
+    monkeypatch.setattr(rq_private, "finalize_success", stopped_while_recording)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        t0 = time.monotonic()
+        worker.work(logging_level="WARNING")
+        took = time.monotonic() - t0
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert Job.fetch(job.job_id, connection=rconn, serializer=JSONSerializer).get_status() == "finished"
+    assert rq_private.stop_was_requested(worker)
+    assert took < 15, f"the worker waited {took:.0f} s for work after it was told to stop"
+    result, images = _drain(rconn)[job.job_id]
+    assert result.status == "done" and len(images) == 1

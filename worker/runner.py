@@ -20,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import redis
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
@@ -156,6 +157,8 @@ class DreamWorker(SimpleWorker):
             if got is not None:
                 return got
         self._settle_pending()  # ... else finish the last job's bookkeeping before waiting for work
+        if rq_private.stop_was_requested(self):  # asked while that bookkeeping ran: don't wait for work
+            raise StopRequested
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def teardown(self):
@@ -166,9 +169,12 @@ class DreamWorker(SimpleWorker):
         super().teardown()
 
     def _settle_pending(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is None:
+        if self._pending is None:
             return
+        # RQ stops an idle worker by raising StopRequested from the signal handler, wherever the main thread
+        # is: busy, a stop request waits until this job is recorded, and dequeue then honours it.
+        self._mark(WorkerStatus.BUSY)
+        pending, self._pending = self._pending, None
         try:
             outcomes = pending.future.result()
         except Exception:  # finish settles every job itself; this is a last resort so RQ still records them
@@ -184,6 +190,15 @@ class DreamWorker(SimpleWorker):
                     log.warning("job bookkeeping failed", extra={"job_id": job.id, "error": type(err).__name__})
         finally:
             pending.lease.stop()
+            self._mark(WorkerStatus.IDLE)
+
+    def _mark(self, state: str) -> None:
+        """set_state, where Redis being away can't stop the job's own bookkeeping (its calls say so): RQ
+        keeps the state its signal handler reads before writing it to Redis."""
+        try:
+            self.set_state(state)
+        except redis.RedisError:
+            pass
 
     def _claim_companions(self, job) -> list[tuple[Job, FairQueue, object]]:
         """Waiting dreams that can share this job's denoising batch, taken off their queues and registered as

@@ -44,6 +44,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -576,8 +577,12 @@ def main() -> int:
     report = Report(setup.out, args.budget_s)
     sys.stdout = _Tee(sys.stdout, setup.out / "gpu_sdxl.txt")
     # Past the budget, the row in progress ends as failed and the rest are skipped: the table still comes.
-    signal.signal(signal.SIGALRM, _budget_spent)
-    signal.alarm(int(args.budget_s) + 1)
+    # SIGUSR1 from a timer thread, not SIGALRM: RQ's job timeout takes SIGALRM over.
+    signal.signal(signal.SIGUSR1, _budget_spent)
+    main_thread = threading.get_ident()
+    watchdog = threading.Timer(args.budget_s + 1, signal.pthread_kill, (main_thread, signal.SIGUSR1))
+    watchdog.daemon = True
+    watchdog.start()
     if not setup.rehearse and not torch.cuda.is_available():
         report.say("no CUDA device: run with --rehearse here, or on the GPU machine")
         return 2
@@ -605,7 +610,7 @@ def main() -> int:
         traceback.print_exc()
         status = 1
     finally:
-        signal.alarm(0)
+        watchdog.cancel()
         table(setup, report)
     return status
 

@@ -11,7 +11,7 @@ from discord.utils import escape_markdown
 
 from dreamcore.cost import units_text
 from dreamcore.limit_messages import human_duration
-from dreamcore.limits import KNOWN_KEYS, GuildLimits, limit_range
+from dreamcore.limits import CHOICE_KEYS, KNOWN_KEYS, GuildLimits, limit_range
 
 MAX_MESSAGE = 2000
 MAX_VALUE_SHOWN = 240
@@ -24,8 +24,7 @@ _SHAPES = {
     "priority_roles": "roles (ids or @mentions), +add / -remove / clear; up to 100",
     "blocked_words": "words or phrases, comma-separated, +add / -remove / clear; up to 500",
     "adult_words": "words or phrases, comma-separated, +add / -remove / clear; up to 500",
-    "nsfw_action": "withhold / spoiler / age_restricted",
-}
+} | {key: " / ".join(words) for key, words in CHOICE_KEYS.items()}
 
 LIST_KEYS = ("exempt_roles", "priority_roles", "blocked_words", "adult_words")
 

@@ -38,7 +38,7 @@ import discord
 import redis
 
 from dreamcore import params, results, safety
-from dreamcore.images import ImageStoreError, image_key
+from dreamcore.images import ImageStoreError, image_key, source_key
 from dreamcore.images import params_key as images_params_key
 from dreamcore.job import DreamJob, JobError, JobSource, make_job, make_origin, make_request, random_seed
 from dreamcore.params import MAX_UPSCALED_SIDE, JobParams
@@ -248,7 +248,10 @@ class Buttons:
         count = old.count
         if action == "reroll":
             kind, source = p.kind, p.source
-            if source is not None and not self._has(source.job_id, source.index, source.format):
+            if source is not None and not self.backend.images.exists(source_key(kind, source)):
+                if kind == "picture":
+                    return Refusal("The picture that dream started from is no longer kept; send it again with "
+                                   "/dream.")
                 return self._too_old("another " + ("variation" if kind == "variation" else "upscale"))
         elif action == "variation":
             fmt = p.images[index].format

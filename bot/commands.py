@@ -19,18 +19,20 @@ from dreamcore import metrics, ranges
 from dreamcore.job import (
     ASPECT_LABELS,
     MAX_PROMPT_CHARS,
+    PICTURE_STRENGTH,
     JobError,
     make_job,
     make_origin,
     make_request,
 )
 from dreamcore.limit_messages import human_duration
-from dreamcore.present import settings_line, shown
+from dreamcore.present import made_from, settings_line, shown
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
 from . import calls
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
+from .pictures import PictureIntake
 from .safety import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, is_guild_admin, within_ack
 
@@ -57,6 +59,7 @@ class DreamCommands:
         self.backend = backend
         self.ack_latencies: list[float] = []
         self.progress = None  # set by the client: keeps the queued reply's position current
+        self.pictures = PictureIntake(settings, backend)
 
     def register(self, tree: app_commands.CommandTree) -> None:
         s = self.settings
@@ -75,6 +78,8 @@ class DreamCommands:
             steps=f"Denoising steps, 1 to 100 (default {s.default_steps})",
             guidance=f"How closely to follow the prompt, 0 to 30 (default {s.default_guidance:g})",
             split=f"Share of steps on the base model, 0.5 to 1.0; the refiner does the rest (default {s.default_split:g}, 1.0 = no refiner)",
+            image="A picture of yours to start from (PNG, JPEG, WebP or GIF); the prompt says what to make of it",
+            change=f"With a picture: how much to change it, 0.05 (a touch) to 1.0 (all of it); default {PICTURE_STRENGTH:g}",
         )
         @app_commands.choices(
             aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
@@ -91,12 +96,14 @@ class DreamCommands:
             steps: app_commands.Range[int, ranges.STEPS.lo, ranges.STEPS.hi] | None = None,
             guidance: app_commands.Range[float, ranges.GUIDANCE.lo, ranges.GUIDANCE.hi] | None = None,
             split: app_commands.Range[float, ranges.SPLIT.lo, ranges.SPLIT.hi] | None = None,
+            image: discord.Attachment | None = None,
+            change: app_commands.Range[float, ranges.STRENGTH.lo, ranges.STRENGTH.hi] | None = None,
         ):
             await self.handle_dream(
                 interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
                 count=count, steps=steps if steps is not None else s.default_steps,
                 guidance=guidance if guidance is not None else s.default_guidance,
-                split=split if split is not None else s.default_split,
+                split=split if split is not None else s.default_split, picture=image, change=change,
             )
 
         @tree.command(name="dreamqueue", description="Your dreams waiting or being made, with position and ETA")
@@ -149,12 +156,17 @@ class DreamCommands:
             text = UNAVAILABLE
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    async def handle_dream(self, interaction: discord.Interaction, **options) -> None:
+    async def handle_dream(self, interaction: discord.Interaction, picture: discord.Attachment | None = None,
+                           change: float | None = None, **options) -> None:
         started = time.perf_counter()
         served = self.settings.channel_id_list
         if served and interaction.channel_id not in served:
             where = ", ".join(f"<#{c}>" for c in served)
             await self._reply(interaction, f"I dream only in {where}.", ephemeral=True, started=started)
+            return
+        if change is not None and picture is None:
+            await self._reply(interaction, "`change` says how much to change a picture of yours: add one with "
+                              "`image`, or leave `change` out.", ephemeral=True, started=started)
             return
         try:
             request = make_request(max_upload_bytes=self.settings.max_upload_bytes, **options)
@@ -164,16 +176,26 @@ class DreamCommands:
                 application_id=interaction.application_id, interaction_id=interaction.id,
                 interaction_token=interaction.token, channel_nsfw=channel_is_nsfw(interaction.channel),
             )
-            job = make_job(request, origin)
+            job = make_job(request, origin) if picture is None else None
         except JobError as err:
             await self._reply(interaction, f"That request can't be dreamed: {err}", ephemeral=True, started=started)
             return
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
+        notes: list[str] = []
         try:
-            work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S)
-            outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S,
-                                                 on_ack=lambda: self._note_ack(started))
+            if picture is None:
+                work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S)
+                outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S,
+                                                     on_ack=lambda: self._note_ack(started))
+            else:
+                work = self.pictures.take(picture, request, origin, change, options.get("aspect") is not None,
+                                          roles, SUBMIT_DEADLINE_S)
+                taken, deferred = await within_ack(
+                    interaction, work, SUBMIT_TIMEOUT_S + self.settings.input_download_timeout_s,
+                    on_ack=lambda: self._note_ack(started))
+                outcome, job, notes = taken.outcome, taken.job, taken.notes
+                request = job.request if job is not None else request
         except asyncio.TimeoutError:  # the submit still runs past its deadline: it may have queued the dream
             outcome, deferred = Outcome(False, UNCONFIRMED, kind="unconfirmed"), interaction.response.is_done()
             metrics.refused("unconfirmed")
@@ -183,6 +205,12 @@ class DreamCommands:
                                outcome.eta_s) + self._permission_note(interaction)
             if outcome.vote:
                 text = text.replace("Queued:", "Queued a vote round (two candidates to compare):", 1)
+            made = made_from(job.kind, job.source)
+            if made:
+                first, _, rest = text.partition("\n")
+                text = f"{first}\n{made}\n{rest}"
+            if notes:
+                text += "\n-# Your picture: " + "; ".join(notes) + "."
         else:
             text = outcome.message
         if outcome.ok and self.progress is not None:

@@ -54,7 +54,7 @@ def dream_units(width: int, height: int, steps: int, count: int, guidance: float
 
 
 def variation_units(width: int, height: int, steps: int, strength: float, count: int, guidance: float) -> float:
-    """Variations: the base in img2img runs `strength` of the steps."""
+    """Variations (and dreams from a member's picture): img2img runs `strength` of the steps."""
     return count * image_units(width, height, img2img_steps(steps, strength)[1], guidance)
 
 
@@ -84,6 +84,6 @@ def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None) ->
         w, h = size or (req.size[0] * 2, req.size[1] * 2)
         return rounded(upscale_units(w, h, req.steps, job.source.strength, req.guidance, tile, overlap))
     w, h = size or req.size
-    if job.kind == "variation":
+    if job.kind in ("variation", "picture"):  # a picture job's base and refiner share its img2img steps
         return rounded(variation_units(w, h, req.steps, job.source.strength, req.count, req.guidance))
     return rounded(dream_units(w, h, req.steps, req.count, req.guidance))

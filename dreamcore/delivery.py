@@ -76,7 +76,16 @@ def for_delivery(conn: redis.Redis, store: ImageStore, job_id: str, instance: st
         if data is None:
             return notice(EXPIRED, "result's images are no longer kept; its member is told")
         images.append(data)
+    own["source"] = _judged_source(job, result.source)
     return Delivery(_checked(result, own, images), images)
+
+
+def _judged_source(job, scored):
+    """The job's own source, with the worker's score of a member's picture (the bot never ran the classifier
+    on it): what was made from it is judged with that score, as a variation is with its source's."""
+    if job.kind == "picture" and scored is not None and scored.nsfw_score is not None:
+        return job.source.model_copy(update={"nsfw_score": scored.nsfw_score})
+    return job.source
 
 
 def _checked(result: DreamResult, own: dict, images: list[bytes]) -> DreamResult:
@@ -110,6 +119,7 @@ def _rebuilt(conn: redis.Redis, store: ImageStore, job, own: dict) -> Delivery |
                                width=im.width, height=im.height, seed=im.seed, size_bytes=len(data), key=key,
                                nsfw_score=im.nsfw_score))
         images.append(data)
+    own = own | {"source": _judged_source(job, p.source)}
     result = DreamResult(job_id=job.job_id, status="done", images=infos,
                          timings={k: v for k, v in p.timings.items() if k in TIMINGS}, base_steps=p.base_steps,
                          refiner_steps=p.refiner_steps, prompt_note=p.prompt_note, worker=p.worker,

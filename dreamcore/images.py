@@ -39,6 +39,19 @@ def image_key(job_id: str, index: int, fmt: str) -> str:
     return f"{job_id}/{int(index)}.{fmt}"
 
 
+def input_key(job_id: str) -> str:
+    """The member's own picture a picture job starts from (dreamcore.image_in made it; the bot stores it)."""
+    return f"{job_id}/input.png"
+
+
+def source_key(kind: str, source) -> str:
+    """Where the image a job starts from (a dreamcore.job.JobSource) is kept: the picture a member sent, or a
+    finished image."""
+    if kind == "picture":
+        return input_key(source.job_id)
+    return image_key(source.job_id, source.index, source.format)
+
+
 def params_key(job_id: str) -> str:
     return f"{job_id}/params.json"
 

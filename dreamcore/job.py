@@ -23,12 +23,15 @@ from .ranges import MAX_PROMPT_CHARS, MAX_SEED
 from .styles import load_styles
 
 # A job carries the oldest schema version that can express it: a plain dream is still version 1, which
-# workers of the previous release run; variations and upscales (a `source` image) are version 2, which an
-# older worker refuses with "written with schema version 2" (its member is told) instead of misreading.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-KINDS = ("dream", "variation", "upscale")
-VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2}
+# workers of the previous release run; variations and upscales (a `source` image) are version 2, a dream
+# from a member's own picture version 3. An older worker refuses a version it doesn't read with "written
+# with schema version N" (its member is told) instead of misreading.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+KINDS = ("dream", "variation", "upscale", "picture")
+VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2, "picture": 3}
+# A picture job's strength ("how much to change it") when the member gives none.
+PICTURE_STRENGTH = 0.6
 
 # The SDXL-native sizes (about one megapixel each), keyed by what /dream offers.
 ASPECTS: dict[str, tuple[int, int]] = {
@@ -161,12 +164,13 @@ class Origin(_Strict):
 
 
 class JobSource(_Strict):
-    """The finished image a variation or an upscale starts from: image `index` of job `job_id`."""
+    """The image a job starts from: image `index` of job `job_id` for a variation or an upscale; for a
+    picture job, the picture a member sent with job `job_id` (dreamcore.images.source_key says where)."""
 
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
     index: int = Field(ge=0, le=3)
     # How far the image is pushed back into noise: 0.55 for a variation, about 0.3 for an upscale.
-    strength: float = Field(ge=0.05, le=1.0)
+    strength: float = ranges.STRENGTH.field()
     # How the source was encoded: with the job and index, its key in the image store.
     format: Literal["png", "webp", "jpeg"] = "png"
     # The output classifier's score of the source image: what is made from it is judged by the higher of
@@ -175,12 +179,12 @@ class JobSource(_Strict):
 
 
 class DreamJob(_Strict):
-    v: Literal[1, 2] = 1
+    v: Literal[1, 2, 3] = 1
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
     request: DreamRequest
     origin: Origin
     priority: Literal["high", "default", "low"] = "default"
-    kind: Literal["dream", "variation", "upscale"] = Field("dream", validate_default=True)
+    kind: Literal["dream", "variation", "upscale", "picture"] = Field("dream", validate_default=True)
     source: JobSource | None = Field(None, validate_default=True)
 
     @field_validator("kind")
@@ -197,15 +201,17 @@ class DreamJob(_Strict):
         kind = info.data.get("kind")
         if kind == "dream" and v is not None:
             raise ValueError("a dream job has no source image")
-        if kind in ("variation", "upscale") and v is None:
+        if kind in ("variation", "upscale", "picture") and v is None:
             raise ValueError(f"a {kind} job needs its source (job_id, index, strength)")
+        if kind == "picture" and (v.index != 0 or v.format != "png"):
+            raise ValueError("a picture job's source is the member's picture (index 0, png)")
         return v
 
     @property
     def batch_key(self) -> str | None:
         """Dreams with equal keys can share one denoising batch: the pipeline call takes one size, one step
         count, one base/refiner cut and one guidance scale; prompts, styles, seeds and counts may differ.
-        None for variations and upscales, which start from their own source image."""
+        None for the kinds that start from an image of their own (variations, upscales, pictures)."""
         if self.kind != "dream":
             return None
         (w, h), steps, base_steps, guidance = self.request.batch_geometry
@@ -293,7 +299,8 @@ def parse_job(raw: Any) -> DreamJob:
     if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise JobError(
             f"job was written with schema version {version!r}; this worker reads versions"
-            f" {' and '.join(map(str, READABLE_VERSIONS))} (a bot and worker of different releases share the queue)",
+            f" {', '.join(map(str, READABLE_VERSIONS[:-1]))} and {READABLE_VERSIONS[-1]} (a bot and worker of different"
+            " releases share the queue)",
             field="v",
         )
     try:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from .job import clean_text
 from .limit_words import fold
 from .limits import (
+    CHOICE_KEYS,
     FLOAT_KEYS,
     ID_LIST_KEYS,
     INSTANCE_PATTERN,
@@ -84,11 +85,12 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         if not lo <= value <= hi:
             raise _range_error(key, raw)
         return value
-    if key == "nsfw_action":
+    if key in CHOICE_KEYS:
         low = raw.lower().replace("-", "_").replace(" ", "_")
-        if low not in ("withhold", "spoiler", "age_restricted"):
-            raise LimitError(f"nsfw_action must be withhold, spoiler or age_restricted, got {_shown(raw_value)}",
-                             key=key)
+        allowed = CHOICE_KEYS[key]
+        if low not in allowed:
+            said = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+            raise LimitError(f"{key} must be {said}, got {_shown(raw_value)}", key=key)
         return low
     if key == "paused":
         low = raw.lower()

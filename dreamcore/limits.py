@@ -19,7 +19,7 @@ together); everything that counts expires on its own. See `LimitKeys`.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
@@ -98,6 +98,10 @@ class GuildLimits(BaseModel):
         default_factory=_default("nsfw_action"),
         description="a flagged image: withhold, spoiler, or age_restricted (shown only in age-restricted "
                     "channels, withheld elsewhere)")
+    images_in: Literal["on", "off", "age_restricted"] = Field(
+        default_factory=_default("images_in"),
+        description="members' own pictures in /dream: on, off, or age_restricted (only in age-restricted "
+                    "channels)")
     adult_words: list[Word] = Field(
         default_factory=list, max_length=500,
         description="whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "
@@ -135,8 +139,11 @@ INT_KEYS = {k for k, f in GuildLimits.model_fields.items() if f.annotation is in
 ID_LIST_KEYS = {"exempt_roles", "priority_roles"}
 FLOAT_KEYS = {k for k, f in GuildLimits.model_fields.items() if f.annotation is float}
 WORD_LIST_KEYS = ("blocked_words", "adult_words")
+# Keys that take one of a few words (nsfw_action, images_in): key -> the words, as the model declares them.
+CHOICE_KEYS: dict[str, tuple[str, ...]] = {k: get_args(f.annotation) for k, f in GuildLimits.model_fields.items()
+                                           if get_origin(f.annotation) is Literal}
 # The ones the settings provide (DREAMBOT_LIMIT_*).
-_DEFAULTED_KEYS = tuple(k for k in KNOWN_KEYS if k in INT_KEYS | FLOAT_KEYS or k == "nsfw_action")
+_DEFAULTED_KEYS = tuple(k for k in KNOWN_KEYS if k in INT_KEYS | FLOAT_KEYS | set(CHOICE_KEYS))
 
 
 def limit_range(key: str) -> tuple[int, int] | None:

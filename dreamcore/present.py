@@ -60,11 +60,13 @@ def result_text(result: DreamResult, limit: int = 2000) -> str:
 
 
 def made_from(kind: str, source) -> str | None:
-    """The line that says what a variation or an upscale started from; None for a plain dream."""
+    """The line that says what a variation, an upscale or a picture job started from; None for a plain dream."""
     if kind == "variation" and source is not None:
         return f"🔀 Variations of image {source.index + 1} of `{source.job_id}` (strength {source.strength:g})"
     if kind == "upscale" and source is not None:
         return f"⬆️ Image {source.index + 1} of `{source.job_id}` upscaled 2x (strength {source.strength:g})"
+    if kind == "picture" and source is not None:
+        return f"🖼️ From the picture sent with `{source.job_id}` (change {source.strength:g})"
     return None
 
 
@@ -91,7 +93,8 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
                      f"guidance {req.guidance:g}")
     else:
         ran = p.base_steps + p.refiner_steps
-        on = "base" if p.kind == "variation" else "refiner, per tile"
+        on = {"variation": "base", "upscale": "refiner, per tile"}.get(
+            p.kind, f"base {p.base_steps} + refiner {p.refiner_steps}")
         strength = f"{p.source.strength:g}" if p.source is not None else "?"
         lines.append(f"steps: {req.steps} at strength {strength} ({ran} run on the {on}) · "
                      f"guidance {req.guidance:g}")

@@ -34,6 +34,8 @@ GUIDANCE = Bounds(0.0, 30.0)
 # The base's share of the steps; below 0.5 the refiner (trained on the low-noise end only) would start on
 # noise it never saw.
 SPLIT = Bounds(0.5, 1.0)
+# How far an image is pushed back into noise before it is redrawn (img2img's strength; /dream's `change`).
+STRENGTH = Bounds(0.05, 1.0)
 
 # --- A guild's limits, by GuildLimits key -------------------------------------------------------------
 LIMITS: dict[str, Bounds] = {

@@ -61,6 +61,7 @@ class Moderated:
     flagged: list[bool]
     threshold: float
     action: str
+    source_score: float | None = None  # of the image it started from (a variation's, a member's picture)
 
     @property
     def shown(self) -> list[int]:
@@ -106,9 +107,13 @@ class Moderated:
         """What only the member reads when an image was held back."""
         if not self.withheld:
             return None
-        parts = ", ".join(f"image {i + 1} (score {self.scores[i]:.2f})" for i in self.withheld)
         where = (" Here they are shown in age-restricted channels only." if self.action == "age_restricted"
                  else "")
+        if is_flagged(self.source_score, self.threshold):
+            return (f"🛡️ The image your dream `{job_id}` started from scores {self.source_score:.2f} on this server's "
+                    f"content filter, which flags images scoring {self.threshold:.2f} or more, so what was made "
+                    f"from it was held back.{where} Try another picture.")
+        parts = ", ".join(f"image {i + 1} (score {self.scores[i]:.2f})" for i in self.withheld)
         return (f"🛡️ From your dream `{job_id}`, {parts} {'was' if len(self.withheld) == 1 else 'were'} held back: "
                 f"this server's content filter flags images scoring {self.threshold:.2f} or more.{where} "
                 f"Try another seed or a different prompt.")
@@ -131,7 +136,8 @@ def moderate(scores: Iterable[float | None], source_score: float | None, thresho
              channel_nsfw: bool) -> Moderated:
     eff = [effective_score(s, source_score) for s in scores]
     return Moderated(verdicts=[verdict(s, threshold, action, channel_nsfw) for s in eff], scores=eff,
-                     flagged=[is_flagged(s, threshold) for s in eff], threshold=threshold, action=action)
+                     flagged=[is_flagged(s, threshold) for s in eff], threshold=threshold, action=action,
+                     source_score=source_score)
 
 
 # --- Flag counts per guild -------------------------------------------------------------------------

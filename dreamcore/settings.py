@@ -125,6 +125,12 @@ class Settings(BaseSettings):
     params_ttl_s: int = Field(7 * 86400, ge=3600, le=90 * 86400, **_env("DREAMBOT_PARAMS_TTL"))
     variation_strength: float = Field(0.55, ge=0.05, le=1.0, **_env("DREAMBOT_VARIATION_STRENGTH"))
     upscale_strength: float = Field(0.3, ge=0.05, le=1.0, **_env("DREAMBOT_UPSCALE_STRENGTH"))
+    # A member's picture for /dream (dreamcore/image_in.py): the largest file, checked against the size Discord
+    # reports before a byte is downloaded, and the most pixels, checked before any is decoded.
+    input_max_mb: float = Field(25.0, gt=0, le=100, **_env("DREAMBOT_INPUT_MAX_MB"))
+    input_max_megapixels: float = Field(50.0, ge=1, le=200, **_env("DREAMBOT_INPUT_MAX_MEGAPIXELS"))
+    # How long the bot waits for Discord's CDN to hand over a member's picture.
+    input_download_timeout_s: float = Field(10.0, ge=1, le=60, **_env("DREAMBOT_INPUT_DOWNLOAD_TIMEOUT"))
     # The refiner upscales in tiles of at most this many pixels a side, so GPU memory stays that of one tile.
     upscale_tile: int = Field(1024, ge=256, le=2048, multiple_of=8, **_env("DREAMBOT_UPSCALE_TILE"))
     upscale_overlap: int = Field(128, ge=16, le=512, multiple_of=8, **_env("DREAMBOT_UPSCALE_OVERLAP"))
@@ -157,6 +163,8 @@ class Settings(BaseSettings):
     limit_nsfw_threshold: float = LIMITS["nsfw_threshold"].field(0.5, **_env("DREAMBOT_LIMIT_NSFW_THRESHOLD"))
     limit_nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(
         "withhold", **_env("DREAMBOT_LIMIT_NSFW_ACTION"))
+    # Whether members may start a dream from their own picture: on, off, or only in age-restricted channels.
+    limit_images_in: Literal["on", "off", "age_restricted"] = Field("on", **_env("DREAMBOT_LIMIT_IMAGES_IN"))
     # --- end of guild limit defaults ---
 
     # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---
@@ -316,6 +324,14 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def input_max_bytes(self) -> int:
+        return int(self.input_max_mb * 1_000_000)
+
+    @property
+    def input_max_pixels(self) -> int:
+        return int(self.input_max_megapixels * 1_000_000)
 
 
 def parse_host_ports(raw: str) -> list[tuple[str, int]]:

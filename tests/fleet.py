@@ -173,3 +173,18 @@ def image_store():
 
     return open_store(load_settings())
 
+
+def final_answer(standin: DiscordStandIn, inter, body: dict, timeout: float = 15.0) -> tuple[str, bool, dict | None]:
+    """What the member ends up seeing: (content, ephemeral, allowed_mentions). A deferred answer (type 5) is
+    followed by an edit of the "thinking" message or an ephemeral followup."""
+    if body["type"] == 4:
+        data = body["data"]
+        return data.get("content", ""), bool(data.get("flags", 0) & 64), data.get("allowed_mentions")
+    assert body["type"] == 5, body
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in standin.messages(inter.channel_id, include_deleted=False):
+            if m.interaction_id == inter.id and not m.loading and m.content:
+                return m.content, m.ephemeral, m.allowed_mentions
+        time.sleep(0.05)
+    raise TimeoutError(f"deferred /dream {inter.id} never answered")

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.data
 from fleet import Fleet, image_store
 from history import NoHistory, unpack_newest
 from PIL import Image
 from standin import DiscordStandIn
 
-from dreamcore import delivery, params, results
+from dreamcore import delivery, image_in, params, results
+from dreamcore.images import input_key
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.queue import DreamQueue
 from dreamcore.results import DreamResult, ImageInfo
@@ -70,7 +72,9 @@ def test_dreams_stay_version_1_and_follow_ups_are_version_2():
     ({"v": 2, "kind": "variation", "source": SRC | {"strength": 0.0}}, "source.strength", "allowed 0.05 to 1.0"),
     ({"v": 2, "kind": "upscale", "source": SRC | {"job_id": "../x"}}, "source.job_id", "pattern"),
     ({"v": 2, "kind": "upscale", "source": SRC | {"scale": 8}}, "source.scale", "Extra inputs"),
-    ({"v": 2, "kind": "inpaint", "source": SRC}, "kind", "'dream', 'variation' or 'upscale'"),
+    ({"v": 2, "kind": "inpaint", "source": SRC}, "kind", "'dream', 'variation', 'upscale' or 'picture'"),
+    ({"v": 2, "kind": "picture", "source": SRC}, "kind", "a picture job is written as schema version 3, this one says 2"),
+    ({"v": 3, "kind": "picture", "source": SRC | {"index": 1}}, "source", "a picture job's source is the member's picture"),
 ])
 def test_kind_version_and_source_must_agree_and_errors_name_the_field(change, field, expect):
     raw = make_job(_req(), _origin()).to_dict() | change
@@ -88,23 +92,25 @@ def test_a_dreams_result_is_stored_as_the_previous_release_wrote_it():
     assert DreamResult.model_validate_json(up.to_json()) == up
 
 
-def _previous_release(tmp_path) -> str | None:
-    """The newest commit whose worker reads only schema version 1, unpacked (dreamcore + worker)."""
+def _release_reading(tmp_path, version: int, paths: list[str]) -> str:
+    """The newest commit whose worker reads schema versions up to `version`, its `paths` unpacked; the test
+    is skipped without git history, and fails there in CI."""
     try:
-        return unpack_newest("dreamcore/job.py", "SCHEMA_VERSION = 1", ["dreamcore", "worker"], tmp_path / "previous")
+        old = unpack_newest("dreamcore/job.py", f"SCHEMA_VERSION = {version}", paths, tmp_path / "previous")
     except NoHistory:
-        return None
+        old = None
+    if old is None:
+        # .ci/run fetches the history and sets DREAMBOT_REQUIRE_HISTORY, so CI can't pass this by skipping.
+        why = f"no git history with a worker of schema version {version} here (a shallow clone or a tarball)"
+        if os.environ.get("DREAMBOT_REQUIRE_HISTORY"):
+            pytest.fail(why + "; .ci/run needs the full history: git fetch --unshallow")
+        pytest.skip(why)
+    return old
 
 
 def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_runs_dreams(tiny_env, rconn,
                                                                                          tmp_path):
-    old = _previous_release(tmp_path)
-    if old is None:
-        # .ci/run fetches the history and sets DREAMBOT_REQUIRE_HISTORY, so CI can't pass this by skipping.
-        why = "no git history with a version-1-only worker here (a shallow clone or a tarball)"
-        if os.environ.get("DREAMBOT_REQUIRE_HISTORY"):
-            pytest.fail(why + "; .ci/run needs the full history: git fetch --unshallow")
-        pytest.skip(why)
+    old = _release_reading(tmp_path, 1, ["dreamcore", "worker"])
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()
     q = DreamQueue(rconn, get_settings())
@@ -132,6 +138,28 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
     # outside the job's own keys, and tells the member instead (workers are upgraded before bots).
     got = delivery.for_delivery(rconn, image_store(), dream.job_id, "bot1")
     assert got.result.status == "failed" and "no longer post" in got.result.error and got.images == []
+
+
+def test_a_worker_that_reads_no_pictures_tells_the_member(tiny_env, rconn, tmp_path):
+    """The release before pictures (schema version 2) refuses a picture job with a message to its member."""
+    old = _release_reading(tmp_path, 2, ["dreamcore", "worker", "dreambot"])
+    box = results.Outbox(rconn, "bot1", "test")
+    box.ensure_group()
+    origin = _origin()
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(photo, "JPEG")
+    pic = image_in.prepare(photo.getvalue(), "coffee.jpg", 50_000_000)
+    job = make_job(make_request(prompt="a cup", aspect=pic.aspect, steps=2), origin, kind="picture",
+                   source={"job_id": "0123456789abcdef", "index": 0, "strength": 0.6})
+    image_store().put(input_key("0123456789abcdef"), pic.png)
+    DreamQueue(rconn, get_settings()).enqueue(job)
+    env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
+    run = subprocess.run([sys.executable, "-m", "dreambot", "worker", "--burst"], env=env, cwd=old,
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    failed, _ = results.load(rconn, image_store(), job.job_id)
+    assert failed.status == "failed" and failed.origin.user_id == 5
+    assert "written with schema version 3; this worker reads versions 1 and 2" in failed.error
 
 
 # --- the pipeline on the tiny model --------------------------------------------------------------------------

@@ -579,7 +579,7 @@ def test_a_job_id_inside_a_corrupt_payload_is_not_trusted(tiny_env, rconn, pipel
 
 # --- /dream options through a real bot process on the Discord stand-in ---------------------------------------
 
-from fleet import Fleet  # noqa: E402, image_store
+from fleet import Fleet, final_answer  # noqa: E402
 from standin import DiscordStandIn  # noqa: E402
 
 STYLES = list(load_styles())
@@ -665,22 +665,6 @@ def log_problems(text: str) -> list[str]:
         if level in ("ERROR", "CRITICAL") or "exc" in rec or (level != "DEBUG" and TRACEBACK in line):
             bad.append(line[:2000])
     return bad
-
-
-def final_answer(standin: DiscordStandIn, inter, body: dict, timeout: float = 15.0) -> tuple[str, bool, dict | None]:
-    """What the member ends up seeing: (content, ephemeral, allowed_mentions). A deferred answer (type 5) is
-    followed by an edit of the "thinking" message or an ephemeral followup."""
-    if body["type"] == 4:
-        data = body["data"]
-        return data.get("content", ""), bool(data.get("flags", 0) & 64), data.get("allowed_mentions")
-    assert body["type"] == 5, body
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for m in standin.messages(inter.channel_id, include_deleted=False):
-            if m.interaction_id == inter.id and not m.loading and m.content:
-                return m.content, m.ephemeral, m.allowed_mentions
-        time.sleep(0.05)
-    raise TimeoutError(f"deferred /dream {inter.id} never answered")
 
 
 def test_dream_options_fuzz_through_a_real_bot(dream_bot):

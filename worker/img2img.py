@@ -1,6 +1,7 @@
-"""Variations and upscales: img2img on the models a DreamPipeline already holds. A variation is the base in
-img2img at the button's strength; an upscale is a Lanczos 2x redrawn by the refiner in img2img, tile by
-tile, so its GPU memory is that of one tile at any output size."""
+"""Variations, upscales and dreams from a member's picture: img2img on the models a DreamPipeline already
+holds. A variation is the base in img2img at the button's strength; a picture job the base in img2img from
+the member's picture, the refiner on the last steps as for a dream; an upscale is a Lanczos 2x redrawn by
+the refiner in img2img, tile by tile, so its GPU memory is that of one tile at any output size."""
 
 from __future__ import annotations
 
@@ -92,6 +93,106 @@ def vary(
                  "total_s": t_end - t_start},
         prompt_note=encoded.note, nan_detected=nan,
     )
+
+@torch.inference_mode()
+def from_picture(
+    pipe: DreamPipeline,
+    req: DreamRequest,
+    source: Image.Image,
+    strength: float,
+    on_step: Callable[[StepEvent], None] | None = None,
+) -> Generation:
+    """`req.count` images from a member's picture, as a dream is made from noise: the base in img2img at
+    `strength`, handing over to the refiner for the last steps at the request's split (diffusers'
+    `denoising_end` / `denoising_start`, the ensemble-of-experts recipe), one seeded generator per image.
+
+    img2img runs the last `strength` share of an n-step schedule; the base keeps the part of it above the
+    split's cut and the refiner the rest. A strength so low that every step it runs falls below the cut
+    runs on the refiner alone, in img2img from the picture (the base would have nothing to do)."""
+    t_start = time.perf_counter()
+    width, height = req.size
+    image = source.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    n_steps, run_steps = img2img_steps(req.steps, strength)
+    # 1. Who runs which steps: the base indices [first, cut), the refiner [cut, n) of the n-step schedule.
+    base_share, _, fraction = pipe.split_steps(n_steps, round(n_steps * req.split))
+    first = n_steps - run_steps
+    handover = fraction is not None and pipe.refiner is not None
+    base_run = max(0, base_share - first) if handover else run_steps
+    refiner_run = run_steps - base_run
+    prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
+    encoded = encode_prompts(pipe.base, pipe.refiner if refiner_run else None, prompt, negative)
+    pipe.sync()
+    t_encoded = time.perf_counter()
+
+    # 2. Step callbacks: progress counts over both stages.
+    generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
+    counted = {"base": 0, "refiner": 0}
+    last_step = LastStep(pipe)
+
+    def stepper(stage: str, stage_total: int):
+        def on_step_end(_pipe, i: int, t, tensors: dict) -> dict:
+            counted[stage] += 1
+            done = counted["base"] + counted["refiner"]
+            if on_step is not None:
+                on_step(StepEvent(stage, counted[stage], stage_total, done, run_steps, tensors["latents"],
+                                  rows={0: slice(0, req.count)}))
+            last_step.mark(done == run_steps)
+            return {}
+        return on_step_end
+
+    # 3. The base from the picture, to the cut (latents out when the refiner follows).
+    t_base = t_encoded
+    latents = None
+    if base_run:
+        out = base_img2img(pipe)(
+            **encoded.base.pipeline_kwargs(req.count),
+            image=[image] * req.count,
+            strength=strength,
+            num_inference_steps=n_steps,
+            denoising_end=fraction if refiner_run else None,
+            guidance_scale=req.guidance,
+            generator=generators,
+            output_type="latent" if refiner_run else DECODED,
+            callback_on_step_end=stepper("base", base_run),
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+        pipe.sync()
+        t_base = time.perf_counter()
+        if refiner_run:
+            latents = out
+
+    # 4. The refiner: from the base's latents at the cut, or alone from the picture.
+    if refiner_run:
+        start = {"image": latents, "denoising_start": fraction} if latents is not None else \
+            {"image": [image] * req.count, "strength": strength}
+        out = pipe.refiner(
+            **encoded.refiner.pipeline_kwargs(req.count),
+            **start,
+            num_inference_steps=n_steps,
+            guidance_scale=req.guidance,
+            generator=generators,
+            output_type=DECODED,
+            callback_on_step_end=stepper("refiner", refiner_run),
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+        pipe.sync()
+    t_end = time.perf_counter()
+    t_last = last_step.at
+    decoded = checked_images(out)
+    images, nan = [im for im, _ in decoded], any(bad for _, bad in decoded)
+    timings = {"encode_s": t_encoded - t_start, "base_s": t_base - t_encoded, "decode_s": t_end - t_last,
+               "total_s": t_end - t_start}
+    if refiner_run:
+        timings["refiner_s"] = t_last - t_base
+    else:
+        timings["base_s"] = t_last - t_encoded
+    return Generation(
+        images=images, seeds=req.seeds, width=width, height=height, base_steps=counted["base"],
+        refiner_steps=counted["refiner"], timings=timings, prompt_note=encoded.note, nan_detected=nan,
+    )
+
 
 @torch.inference_mode()
 def upscale(

@@ -1,5 +1,6 @@
-"""A job's images from the models this process holds: a dream from its request, a variation or an upscale
-from its source image, read back from the image store."""
+"""A job's images from the models this process holds: a dream from its request; a variation, an upscale or
+a picture job from its source image (a finished image, or the member's own picture), read back from the
+image store."""
 
 from __future__ import annotations
 
@@ -8,8 +9,7 @@ import io
 import logging
 from collections.abc import Callable
 
-from dreamcore import results
-from dreamcore.images import ImageStoreError
+from dreamcore.images import ImageStoreError, source_key
 from dreamcore.job import DreamJob, DreamRequest
 from dreamcore.ranges import MAX_SEED
 
@@ -17,6 +17,7 @@ from . import img2img
 from .errors import SourceGone
 from .pipeline import Generation, StepEvent
 from .runtime import Runtime
+from .safety import checked_scores
 from .steps import StepHook
 
 log = logging.getLogger("dreambot.worker")
@@ -29,10 +30,12 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
         return in_parts(rt, job, lambda req, on_step: rt.pipeline.generate(req, on_step=on_step), hook)
     src = job.source
     try:
-        data = results.load_image(rt.store, src.job_id, src.index, src.format)
+        data = rt.store.get(source_key(job.kind, src))
     except ImageStoreError as err:
         raise SourceGone(f"the image it starts from can't be read from the image store just now ({err}); "
                          "try again in a minute") from None
+    if data is None and job.kind == "picture":
+        raise SourceGone("the picture you sent is no longer kept; send it again with /dream")
     if data is None:
         raise SourceGone(f"that image is no longer kept (job {src.job_id}, image {src.index + 1}): images are kept "
                          f"{_human_s(rt.settings.image_retention_days * 86400)}. Try Reroll instead")
@@ -46,6 +49,13 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
     if job.kind == "variation":
         return in_parts(rt, job, lambda req, on_step: img2img.vary(rt.pipeline, req, image, src.strength,
                                                                    on_step=on_step), hook)
+    if job.kind == "picture":
+        # The member's picture is scored before it is used: what comes of a flagged one is judged by its
+        # score (the server's policy, applied by the bot), previews included.
+        hook.source_score = checked_scores(rt.checker, [image])[0][0] if rt.checker is not None else None
+        gen = in_parts(rt, job, lambda req, on_step: img2img.from_picture(rt.pipeline, req, image, src.strength,
+                                                                          on_step=on_step), hook)
+        return dataclasses.replace(gen, source_score=hook.source_score)
     from dreamcore.params import MAX_UPSCALED_SIDE
 
     if max(image.size) * 2 > MAX_UPSCALED_SIDE:

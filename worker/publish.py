@@ -78,7 +78,8 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
         prompt_note=gen.prompt_note,
         worker=rt.name,
         kind=job.kind,
-        source=job.source,
+        source=(job.source.model_copy(update={"nsfw_score": gen.source_score})
+                if job.source is not None and gen.source_score is not None else job.source),
     )
     published = publish_patiently(rt, result, [e.data for e in encoded])
     faults.crash_here("worker-after-publish")

@@ -103,17 +103,22 @@ def score_images(checker: SafetyChecker | None, gens: list) -> list[Scored]:
     published; no checker (DREAMBOT_SAFETY_CHECK=false): no scores."""
     if checker is None:
         return [Scored([None] * len(g.images), 0.0) for g in gens]
-    images = [im for g in gens for im in g.images]
+    scores, seconds = checked_scores(checker, [im for g in gens for im in g.images])
+    out, k = [], 0
+    for g in gens:
+        out.append(Scored(scores[k:k + len(g.images)], seconds))
+        k += len(g.images)
+    return out
+
+
+def checked_scores(checker: SafetyChecker, images: list[Image.Image]) -> tuple[list[float], float]:
+    """Scores and seconds; a classifier that fails (out of memory aside) is SafetyCheckFailed: nothing made
+    from an image it could not judge is published."""
     try:
-        scores, seconds = checker.timed_scores(images)
+        return checker.timed_scores(images)
     except JobTimeoutException:
         raise
     except Exception as err:
         if is_oom(err):
             raise
         raise SafetyCheckFailed(f"{type(err).__name__}: {err}") from err
-    out, k = [], 0
-    for g in gens:
-        out.append(Scored(scores[k:k + len(g.images)], seconds))
-        k += len(g.images)
-    return out

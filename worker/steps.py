@@ -47,6 +47,8 @@ class StepHook:
         self.poison = faults.once("worker-nan")
         self.last = time.monotonic()  # of the last progress published; the first comes PROGRESS_INTERVAL_S in
         self.checked: float | None = None  # when Redis was last asked about cancels
+        # A picture job's input score (worker/make.py): a preview is judged by the higher of it and its own.
+        self.source_score: float | None = None
 
     def __call__(self, event: StepEvent) -> None:
         faults.crash_here("worker-mid-job")
@@ -80,7 +82,8 @@ class StepHook:
                 preview: bytes | None = jpeg(image)
                 if self.rt.checker is not None:
                     try:  # judged like the finished images (bot.progress): a preview is an image too
-                        fields["nsfw_score"] = self.rt.checker.scores([image])[0]
+                        score = self.rt.checker.scores([image])[0]
+                        fields["nsfw_score"] = max(score, self.source_score or 0.0)
                     except Exception as err:  # noqa: BLE001 - no score, no preview; the job goes on
                         log.warning("preview not scored", extra={"job_id": job.job_id, "error": type(err).__name__})
                         preview = None

@@ -18,6 +18,7 @@ Things discord.py 2.7.1 relies on that this module gets right on purpose:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -227,6 +228,8 @@ class RestApi:
         self.store = store
         self.hub = hub
         self.faults = faults
+        self.cdn_requests: list[str] = []  # file names fetched from the "CDN", in order
+        self.cdn_faults: list[tuple[re.Pattern, str, float]] = []  # (file name regex, "gone" | "slow", seconds)
         self.log: list[RequestRecord] = []
         self.unknown: list[str] = []
         self.routes: list[Route] = []
@@ -876,6 +879,15 @@ class RestApi:
 
     async def attachment(self, request: web.Request) -> web.StreamResponse:
         aid = _snowflake(request.match_info["attachment_id"])
+        name = request.match_info["filename"]
+        with self.store.lock:
+            self.cdn_requests.append(name)
+            fault = next((f for f in self.cdn_faults if f[0].search(name)), None)
+        if fault is not None:
+            _, kind, seconds = fault
+            if kind == "gone":  # what an expired or deleted attachment link answers
+                return web.Response(status=404, text="This content is no longer available.")
+            await asyncio.sleep(seconds)
         with self.store.lock:
             loose = self.store.loose_attachments.get(aid)
             if loose is not None:

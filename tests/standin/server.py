@@ -375,8 +375,23 @@ class DiscordStandIn:
         """The next `count` matching requests are performed, then the connection is closed without an answer."""
         self.faults.add(_Fault(re.compile(route_pattern), 0, count, drop=True))
 
+    def cdn_fault(self, filename_pattern: str, kind: str, seconds: float = 0.0) -> None:
+        """Attachment downloads whose file name matches the regex: "gone" answers 404 as an expired CDN link
+        does; "slow" answers after `seconds`."""
+        if kind not in ("gone", "slow"):
+            raise ValueError("cdn_fault kinds: gone, slow")
+        with self.store.lock:
+            self.rest.cdn_faults.append((re.compile(filename_pattern), kind, seconds))
+
+    def cdn_requests(self) -> list[str]:
+        """The file names of every attachment download so far, in order."""
+        with self.store.lock:
+            return list(self.rest.cdn_requests)
+
     def clear_faults(self) -> None:
         self.faults.clear()
+        with self.store.lock:
+            self.rest.cdn_faults.clear()
 
     def pending_faults(self) -> list[tuple[str, int, int]]:
         return self.faults.pending()

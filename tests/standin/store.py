@@ -199,7 +199,29 @@ class Attachment(tuple):
         }
         if self.description is not None:
             out["description"] = self.description
+        size = image_size(self.data)
+        if size is not None:  # Discord reports an image's width and height (read from the file itself)
+            out["width"], out["height"] = size
         return out
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from an image file's header (no pixel decoded), or None when it isn't one."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                return Image.open(io.BytesIO(data)).size
+            finally:
+                Image.MAX_IMAGE_PIXELS = old
+    except Exception:
+        return None
 
 
 def guess_content_type(filename: str, sent: str | None) -> str:

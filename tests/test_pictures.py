@@ -1,0 +1,315 @@
+"""/dream with a member's picture: the safe decode on its own, then a real bot and worker on the Discord stand-in
+(an attachment option Discord resolved, its file served from the stand-in's CDN), the tiny model, real Redis.
+
+Every bad picture ends in a message to the member, with nothing queued and nothing stored; the quirks of real
+files (animation, CMYK, 16 bits, transparency, a camera's rotation) are fixed and said; a good photo comes back
+as an image at the SDXL size nearest its shape, and its seed makes it again.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import redis
+import skimage.data
+from fleet import Fleet, final_answer, image_messages, image_store
+from PIL import Image, ImageOps
+from standin import DiscordStandIn
+
+from dreamcore import image_in, results, safety
+from dreamcore.images import input_key
+
+pytestmark = pytest.mark.timeout(300)
+EPHEMERAL = 64
+
+
+# --- Files a member might send -----------------------------------------------------------------------------------
+
+
+def encoded(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+COFFEE = Image.fromarray(skimage.data.coffee())  # a real photograph, 600 x 400
+
+
+def coffee_jpeg() -> bytes:
+    return encoded(COFFEE, "JPEG", quality=90)
+
+
+def rotated_photo() -> bytes:
+    """A portrait as a phone stores it: the sensor's landscape pixels, with EXIF orientation 6 (a viewer turns
+    it 90 degrees clockwise to show it upright)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encoded(COFFEE, "JPEG", quality=90, exif=exif.tobytes())
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (96, 64), c) for c in ((200, 30, 30), (30, 30, 200), (30, 200, 30))]
+    return encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def sixteen_bit_png() -> bytes:
+    ramp = np.tile(np.linspace(0, 65535, 320), (240, 1)).astype(np.uint16)
+    return encoded(Image.fromarray(ramp), "PNG")
+
+
+def transparent_png() -> bytes:
+    im = Image.new("RGBA", (256, 256), (0, 0, 0, 0))
+    im.paste((20, 120, 220, 255), (64, 64, 192, 192))
+    return encoded(im, "PNG")
+
+
+def a_zip() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("readme.txt", "not a picture")
+    return buf.getvalue()
+
+
+# --- The decode on its own --------------------------------------------------------------------------------------
+
+
+def test_a_photo_comes_out_at_the_sdxl_size_nearest_its_shape():
+    pic = image_in.prepare(coffee_jpeg(), "coffee.jpg", 50_000_000)
+    out = Image.open(io.BytesIO(pic.png))
+    assert (pic.aspect, out.size, out.mode, out.format) == ("19:13", (1216, 832), "RGB", "PNG")
+    assert pic.original == (600, 400) and pic.notes == []  # 3:2 against 19:13: under 5% cut, not worth a word
+    assert image_in.prepare(coffee_jpeg(), "coffee.jpg", 50_000_000, aspect="1:1").aspect == "1:1"
+    # What comes out is the photo, not a stretch of it: its centre square matches the source's.
+    square = Image.open(io.BytesIO(image_in.prepare(coffee_jpeg(), "c.jpg", 50_000_000, aspect="1:1").png))
+    want = COFFEE.crop((100, 0, 500, 400)).resize((1024, 1024), Image.Resampling.LANCZOS)
+    assert np.abs(np.asarray(square, float) - np.asarray(want, float)).mean() < 4
+
+
+def test_quirks_of_real_files_are_fixed_and_said():
+    gif = image_in.prepare(animated_gif(), "loop.gif", 50_000_000)
+    assert "animated (3 frames): I used its first frame" in gif.notes[0]
+    assert Image.open(io.BytesIO(gif.png)).getpixel((10, 10)) == (200, 30, 30)
+
+    cmyk = image_in.prepare(encoded(COFFEE.convert("CMYK"), "JPEG", quality=95), "print.jpg", 50_000_000)
+    assert "CMYK colours converted to RGB" in cmyk.notes
+    back = np.asarray(Image.open(io.BytesIO(cmyk.png)).resize((600, 400)), float)
+    assert np.abs(back - np.asarray(COFFEE, float)).mean() < 12  # the colours, not an inverted negative
+
+    deep = image_in.prepare(sixteen_bit_png(), "scan.png", 50_000_000)
+    assert "16 bits a channel: brought to 8" in deep.notes
+    ramp = np.asarray(Image.open(io.BytesIO(deep.png)).convert("L"), float)
+    assert ramp[:, :20].mean() < 20 and ramp[:, -20:].mean() > 235  # a ramp, not clipped to white
+
+    clear = image_in.prepare(transparent_png(), "logo.png", 50_000_000)
+    assert "transparent parts filled with white" in clear.notes
+    im = Image.open(io.BytesIO(clear.png))
+    assert im.getpixel((5, 5)) == (255, 255, 255) and im.getpixel((512, 512))[2] > 200
+
+    upright = image_in.prepare(rotated_photo(), "phone.jpg", 50_000_000)
+    assert "turned upright as its camera marked it" in upright.notes
+    assert upright.original == (400, 600) and upright.aspect == "13:19"
+    got = np.asarray(Image.open(io.BytesIO(upright.png)), float)
+    right = np.asarray(ImageOps.fit(COFFEE.transpose(Image.Transpose.ROTATE_270), (832, 1216)), float)
+    wrong = np.asarray(ImageOps.fit(COFFEE.transpose(Image.Transpose.ROTATE_90), (832, 1216)), float)
+    assert np.abs(got - right).mean() < 4 < np.abs(got - wrong).mean()
+
+
+BAD_FILES = [
+    ("notes.txt", b"hello", None, "`notes.txt` is not a picture I take: send a PNG, JPEG, WebP or GIF file."),
+    ("photo.png", coffee_jpeg(), None, "`photo.png` is named as a PNG but it is a JPEG: save it again with the right extension."),
+    ("photo.png", encoded(COFFEE, "PNG"), "image/jpeg", "`photo.png` is named as a PNG but was sent as a JPEG"),
+    ("page.png", b"<!DOCTYPE html><html><body>hi</body></html>", None, "`page.png` is named as a PNG, but it is an HTML page"),
+    ("archive.png", a_zip(), None, "`archive.png` is named as a PNG, but it is a ZIP archive"),
+    ("doc.png", encoded(COFFEE, "PNG"), "text/html", "`doc.png` was sent as `text/html`, not as a picture"),
+    ("empty.png", b"", None, "`empty.png` is empty (0 bytes)."),
+    ("cut.jpg", coffee_jpeg()[:12000], None, "`cut.jpg` is a JPEG file, but it is cut short (truncated)"),
+    ("huge.png", encoded(Image.new("1", (20000, 20000)), "PNG"), None,
+     "`huge.png` is 20,000 x 20,000 pixels; pictures may have up to 50 million pixels."),
+]
+
+
+@pytest.mark.parametrize("name,data,ctype,expect", BAD_FILES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_FILES)])
+def test_bad_files_are_refused_with_the_reason(name, data, ctype, expect):
+    """check_declared sees what Discord reports (without the bytes); prepare sees the bytes."""
+    with pytest.raises(image_in.PictureError) as info:
+        width_height = _header_size(data)
+        image_in.check_declared(name, ctype or _guess(name), len(data), *width_height, 25_000_000, 50_000_000)
+        image_in.prepare(data, name, 50_000_000)
+    assert str(info.value).startswith(expect), str(info.value)
+
+
+def test_the_size_cap_is_checked_on_what_discord_reports():
+    with pytest.raises(image_in.PictureError, match=r"`big.jpg` is 31 MB; pictures may be up to 25 MB"):
+        image_in.check_declared("big.jpg", "image/jpeg", 31_000_000, 4000, 3000, 25_000_000, 50_000_000)
+
+
+def test_a_flagged_picture_holds_back_what_was_made_from_it_and_says_why():
+    m = safety.moderate([0.1, 0.2], source_score=0.91, threshold=0.5, action="withhold", channel_nsfw=False)
+    assert m.withheld == [0, 1]
+    note = m.private_note("0123456789abcdef")
+    assert note.startswith("🛡️ The image your dream `0123456789abcdef` started from scores 0.91") and "0.50" in note
+
+
+def _guess(name: str) -> str | None:
+    import mimetypes
+
+    return mimetypes.guess_type(name)[0]
+
+
+def _header_size(data: bytes) -> tuple[int | None, int | None]:
+    from standin.store import image_size
+
+    return image_size(data) or (None, None)
+
+
+# --- A real bot and worker on the stand-in ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pics(redis_server, tiny_model_dir, tmp_path_factory):
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    conn = redis.Redis.from_url(redis_server.url)
+    tmp = tmp_path_factory.mktemp("pictures")
+    standin = DiscordStandIn().start()
+    fleet = Fleet(standin, redis_server.url, tiny_model_dir, tmp)
+    try:
+        fleet.setup(1)
+        bot = fleet.bots[0]
+        adult = standin.add_channel(fleet.guild_id, "dreams-after-dark", nsfw=True)
+        admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
+        # Small caps, so that "too big" and "too slow" are quick to show.
+        fleet.start_bot(bot, DREAMBOT_INPUT_MAX_MB="2", DREAMBOT_INPUT_DOWNLOAD_TIMEOUT="1")
+        fleet.start_worker()
+        fleet.wait_bots_ready()
+        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, r=conn, adult=adult, admin=admin)
+    finally:
+        fleet.stop()
+        standin.stop()
+
+
+def send(e, options: dict, channel: int | None = None, user: int | None = None):
+    f = e.fleet
+    inter = e.standin.send_slash(e.bot.app.id, f.guild_id, channel or e.bot.channel_id, user or f.user_id,
+                                 "dream", options)
+    text, ephemeral, _ = final_answer(e.standin, inter, inter.wait_ack(5))
+    return inter, text, ephemeral
+
+
+def queued_id(text: str) -> str:
+    assert text.startswith("Queued: job `"), text
+    return text.split("`")[1]
+
+
+def wait_images(e, job_id: str, channel: int | None = None, timeout: float = 90) -> list[Image.Image]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for m in image_messages(e.standin, channel or e.bot.channel_id):
+            if job_id in "".join(a[0] for a in m.attachments):
+                return [Image.open(io.BytesIO(data)) for _, data, _ in m.attachments]
+        time.sleep(0.2)
+    raise TimeoutError(f"no images of {job_id} posted; logs:\n{e.fleet.logs()[-4000:]}")
+
+
+def test_a_photo_dream_is_posted_at_its_shape_and_its_seed_makes_it_again(pics):
+    e = pics
+    opts = {"prompt": "a cup of coffee, oil painting", "image": ("coffee.jpg", coffee_jpeg()), "seed": 11,
+            "change": 0.7}
+    _, text, ephemeral = send(e, opts)
+    job = queued_id(text)
+    assert not ephemeral
+    assert f"🖼️ From the picture sent with `{job}` (change 0.7)" in text and "1216x832" in text
+    stored = Image.open(io.BytesIO(image_store().get(input_key(job))))
+    assert stored.size == (1216, 832)  # the re-encoded picture, under the job, where the worker reads it
+    first = wait_images(e, job)
+    assert [im.size for im in first] == [(1216, 832)]
+    _, text2, _ = send(e, opts)
+    again = wait_images(e, queued_id(text2))
+    assert np.array_equal(np.asarray(first[0]), np.asarray(again[0])), "the same seed and picture make the same image"
+    # The worker scored the picture itself before using it; the result carries that score.
+    meta = results.load_meta(e.r, job)
+    assert meta.kind == "picture" and meta.source.job_id == job and meta.source.nsfw_score is not None
+    assert meta.base_steps >= 1 and meta.refiner_steps >= 1  # the base from the picture, the refiner after it
+
+
+def test_every_bad_picture_is_told_and_nothing_is_queued_or_stored(pics):
+    e = pics
+    e.standin.cdn_fault(r"^gone-", "gone")
+    e.standin.cdn_fault(r"^slow-", "slow", seconds=3)
+    noise = encoded(Image.fromarray(np.random.default_rng(1).integers(0, 255, (900, 900, 3), dtype=np.uint8)), "PNG")
+    cases = [(name, (name, data) if ctype is None else (name, data, ctype), expect)
+             for name, data, ctype, expect in BAD_FILES]
+    cases += [
+        ("noise.png", ("noise.png", noise), "`noise.png` is 2.4 MB; pictures may be up to 2.0 MB."),
+        ("gone-photo.jpg", ("gone-photo.jpg", coffee_jpeg()),
+         "Discord no longer has `gone-photo.jpg` (its link answered 404); send it again."),
+        ("slow-photo.jpg", ("slow-photo.jpg", coffee_jpeg()),
+         "`slow-photo.jpg` took longer than 1 s to come from Discord; try again."),
+    ]
+    rq_jobs = lambda: {k for k in e.r.scan_iter("rq:job:*")}  # noqa: E731
+    before_jobs, before_files = rq_jobs(), _stored_inputs()
+    for name, value, expect in cases:
+        _, text, ephemeral = send(e, {"prompt": "a cup of coffee", "image": value})
+        assert ephemeral and text.startswith(expect), (name, text)
+    _, text, ephemeral = send(e, {"prompt": "a cup of coffee", "change": 0.4})
+    assert ephemeral and text.startswith("`change` says how much to change a picture of yours"), text
+    assert rq_jobs() == before_jobs and _stored_inputs() == before_files
+    # The caps Discord reports were checked before any download; the broken files were downloaded, then refused.
+    fetched = set(e.standin.cdn_requests())
+    assert not fetched & {"noise.png", "huge.png", "notes.txt", "empty.png", "doc.png"}, fetched
+    assert {"cut.jpg", "archive.png", "gone-photo.jpg", "slow-photo.jpg"} <= fetched
+    assert "Traceback" not in e.fleet.logs()
+
+
+def test_what_real_files_carry_is_fixed_and_the_member_told(pics):
+    e = pics
+    for name, data, note in [("loop.gif", animated_gif(), "it is animated (3 frames): I used its first frame"),
+                             ("print.jpg", encoded(COFFEE.convert("CMYK"), "JPEG"), "CMYK colours converted to RGB"),
+                             ("scan.png", sixteen_bit_png(), "16 bits a channel: brought to 8"),
+                             ("logo.png", transparent_png(), "transparent parts filled with white")]:
+        _, text, ephemeral = send(e, {"prompt": "the same, as a poster", "image": (name, data), "steps": 2})
+        assert not ephemeral and note in text.rsplit("-# Your picture: ", 1)[-1], (name, text)
+    _, text, _ = send(e, {"prompt": "a cup of coffee", "image": ("phone.jpg", rotated_photo()), "steps": 2})
+    job = queued_id(text)
+    assert "turned upright as its camera marked it" in text and "832x1216" in text
+    assert [im.size for im in wait_images(e, job)] == [(832, 1216)]
+
+
+def test_each_server_chooses_whether_pictures_come_in(pics):
+    e = pics
+    f = e.fleet
+
+    def admin_set(value: str) -> None:
+        inter = e.standin.send_slash(e.bot.app.id, f.guild_id, e.bot.channel_id, e.admin, "dreamadmin",
+                                     {"key": "images_in", "value": value}, subcommand="set")
+        text, _, _ = final_answer(e.standin, inter, inter.wait_ack(5))
+        assert "images_in" in text, text
+
+    photo = {"prompt": "a cup of coffee", "image": ("coffee.jpg", coffee_jpeg()), "steps": 2}
+    try:
+        admin_set("off")
+        _, text, eph = send(e, photo)
+        assert eph and text == "This server doesn't take pictures with /dream: send the prompt alone.", text
+        admin_set("age_restricted")
+        _, text, eph = send(e, photo)
+        assert eph and text == "This server takes pictures with /dream only in age-restricted channels.", text
+        _, text, eph = send(e, photo, channel=e.adult)
+        assert not eph and queued_id(text)
+    finally:
+        admin_set("default")
+    _, text, _ = send(e, photo)
+    assert queued_id(text)
+
+
+def _stored_inputs() -> set[str]:
+    from pathlib import Path
+
+    from dreamcore.settings import load_settings
+
+    root = Path(load_settings().image_dir)
+    return {str(p) for p in root.glob("*/input.png")} if root.exists() else set()

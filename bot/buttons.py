@@ -38,9 +38,19 @@ import discord
 import redis
 
 from dreamcore import params, results, safety
+from dreamcore.canvas import CanvasError, plan
 from dreamcore.images import ImageStoreError, image_key, source_key
 from dreamcore.images import params_key as images_params_key
-from dreamcore.job import DreamJob, JobError, JobSource, make_job, make_origin, make_request, random_seed
+from dreamcore.job import (
+    DreamJob,
+    Edit,
+    JobError,
+    JobSource,
+    make_job,
+    make_origin,
+    make_request,
+    random_seed,
+)
 from dreamcore.params import MAX_UPSCALED_SIDE, JobParams
 from dreamcore.present import info_text, made_from, settings_line
 from dreamcore.results import DreamResult
@@ -100,7 +110,22 @@ ACTIONS = {a.code: a for a in (
     Action("u", "U{n}", "⬆️", per_image=True),
     Action("i", "Info", "ℹ️", per_image=False),
     Action("d", "Delete", "🗑️", per_image=False, style=discord.ButtonStyle.danger),
+    # Where one image is shown (a one-image result: a dream of one, an upscale, an edit), as Midjourney
+    # places them: two strengths of variation, and the edits (dreamcore.canvas, worker/inpaint.py).
+    Action("s", "Vary (Subtle)", "🔀", per_image=True),
+    Action("t", "Vary (Strong)", "🔀", per_image=True),
+    Action("z", "Zoom Out 2x", "🔭", per_image=True),
+    Action("y", "Zoom Out 1.5x", "🔭", per_image=True),
+    Action("q", "Make Square", "🔲", per_image=True),
+    Action("h", "", "⬅️", per_image=True),
+    Action("l", "", "➡️", per_image=True),
+    Action("k", "", "⬆️", per_image=True),
+    Action("j", "", "⬇️", per_image=True),
 )}
+# What each edit button asks for (a dreamcore.job.Edit), by its code.
+EDITS = {"z": Edit(op="zoom", zoom=2.0), "y": Edit(op="zoom", zoom=1.5), "q": Edit(op="square"),
+         "h": Edit(op="pan", direction="left"), "l": Edit(op="pan", direction="right"),
+         "k": Edit(op="pan", direction="up"), "j": Edit(op="pan", direction="down")}
 _WHOLE = "".join(a.code for a in ACTIONS.values() if not a.per_image)
 _PER_IMAGE = "".join(a.code for a in ACTIONS.values() if a.per_image)
 
@@ -115,7 +140,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
         action = ACTIONS[code]
         suffix = f":{index}" if action.per_image else ""
         super().__init__(discord.ui.Button(
-            label=label or action.label.format(n=(index or 0) + 1), emoji=action.emoji, style=action.style,
+            label=label or action.label.format(n=(index or 0) + 1) or None, emoji=action.emoji, style=action.style,
             custom_id=f"{PREFIX}{code}:{job_id}{suffix}", row=row))
         self.code, self.job_id, self.index = code, job_id, index
 
@@ -127,12 +152,15 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is None:
             return
-        work = {"r": lambda: h.follow_up(interaction, self.job_id, "reroll"),
-                "v": lambda: h.follow_up(interaction, self.job_id, "variation", self.index),
-                "u": lambda: h.follow_up(interaction, self.job_id, "upscale", self.index),
-                "i": lambda: h.info(interaction, self.job_id),
-                "d": lambda: h.delete(interaction, self.job_id)}[self.code]
-        await _answering(interaction, work())
+        if self.code in EDITS or self.code in "st":
+            work = h.follow_up(interaction, self.job_id, self.code, self.index)
+        else:
+            work = {"r": lambda: h.follow_up(interaction, self.job_id, "reroll"),
+                    "v": lambda: h.follow_up(interaction, self.job_id, "variation", self.index),
+                    "u": lambda: h.follow_up(interaction, self.job_id, "upscale", self.index),
+                    "i": lambda: h.info(interaction, self.job_id),
+                    "d": lambda: h.delete(interaction, self.job_id)}[self.code]()
+        await _answering(interaction, work)
 
 
 # Every "dream:" id ResultButton does not take (discord.py runs each class whose template matches, so this
@@ -175,11 +203,17 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
     if n == 1:
         view.add_item(ResultButton("r", job, row=0))
         if 0 in shown_set:
-            view.add_item(ResultButton("v", job, 0, label="Variations", row=0))
+            view.add_item(ResultButton("s", job, 0, row=0))
+            view.add_item(ResultButton("t", job, 0, row=0))
             if can_upscale[0]:
                 view.add_item(ResultButton("u", job, 0, label="Upscale", row=0))
-        view.add_item(ResultButton("i", job, row=0))
-        view.add_item(ResultButton("d", job, row=0))
+            image = result.images[0]
+            for code in ("z", "y") + (("q",) if image.width != image.height else ()):
+                view.add_item(ResultButton(code, job, 0, row=1))
+            for code in "hlkj":
+                view.add_item(ResultButton(code, job, 0, row=2))
+        view.add_item(ResultButton("i", job, row=3))
+        view.add_item(ResultButton("d", job, row=3))
         return view
     for i in range(n):
         if i in shown_set:
@@ -252,14 +286,25 @@ class Buttons:
                 if kind == "picture":
                     return Refusal("The picture that dream started from is no longer kept; send it again with "
                                    "/dream.")
-                return self._too_old("another " + ("variation" if kind == "variation" else "upscale"))
-        elif action == "variation":
+                return self._too_old("another " + {"variation": "variation", "upscale": "upscale"}.get(kind, "edit"))
+        elif action in ("variation", "s", "t"):
             fmt = p.images[index].format
             if not self._has(job_id, index, fmt):
                 return self._too_old("Variations")
-            kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt,
-                                                  strength=self.settings.variation_strength,
+            strength = {"variation": self.settings.variation_strength, "s": self.settings.vary_subtle_strength,
+                        "t": self.settings.vary_strong_strength}[action]
+            kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt, strength=strength,
                                                   nsfw_score=p.source_score(index))
+        elif action in EDITS:
+            image = p.images[index]
+            try:
+                size = plan(EDITS[action], image.width, image.height).size
+            except CanvasError as err:
+                return Refusal(f"That can't be done: {err}.")
+            if not self._has(job_id, index, image.format):
+                return self._too_old(ACTIONS[action].label or "a Pan")
+            kind, source, count = "edit", JobSource(job_id=job_id, index=index, format=image.format, strength=1.0,
+                                                    nsfw_score=p.source_score(index), edit=EDITS[action]), 1
         else:
             if not p.can_upscale(index):
                 return Refusal(f"That image is {p.images[index].width}x{p.images[index].height} already; "
@@ -280,7 +325,9 @@ class Buttons:
         size = None
         if action == "upscale":
             size = (p.images[index].width * 2, p.images[index].height * 2)
-        elif action == "reroll" and kind == "upscale" and p.images:
+        elif action in EDITS:
+            size = plan(EDITS[action], p.images[index].width, p.images[index].height).size
+        elif action == "reroll" and kind in ("upscale", "edit") and p.images:
             size = (p.images[0].width, p.images[0].height)
         return job, size
 
@@ -340,8 +387,27 @@ class Buttons:
                                        READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             p = Refusal(UNAVAILABLE)
-        text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400)
+        if isinstance(p, Refusal):
+            text = p.message
+        else:
+            try:
+                chain = await asyncio.wait_for(calls.command(self._chain, p), READ_TIMEOUT_S)
+            except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
+                chain = []  # Info still says what it knows of this one
+            text = info_text(p, self.settings.image_retention_days * 86400, chain=chain)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    def _chain(self, p: JobParams, most: int = 8) -> list[JobParams]:
+        """The records of what `p` was made from, nearest first, while they are kept (a chain of edits)."""
+        out: list[JobParams] = []
+        seen = {p.job_id}
+        while p.source is not None and p.source.job_id not in seen and len(out) < most:
+            seen.add(p.source.job_id)
+            p = params.load(self.conn, p.source.job_id, self.backend.images)
+            if p is None:
+                break
+            out.append(p)
+        return out
 
     # --- Delete -------------------------------------------------------------------------------------------
 

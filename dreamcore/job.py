@@ -15,7 +15,16 @@ import unicodedata
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from . import ranges
 from .problems import problems
@@ -28,8 +37,8 @@ from .styles import load_styles
 # with schema version N" (its member is told) instead of misreading.
 SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
-KINDS = ("dream", "variation", "upscale", "picture")
-VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2, "picture": 3}
+KINDS = ("dream", "variation", "upscale", "picture", "edit")
+VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2, "picture": 3, "edit": 3}
 # A picture job's strength ("how much to change it") when the member gives none.
 PICTURE_STRENGTH = 0.6
 
@@ -163,6 +172,24 @@ class Origin(_Strict):
     channel_nsfw: bool = False
 
 
+class Edit(_Strict):
+    """What an edit does to the image it starts from (dreamcore.canvas lays out its canvas and mask): zoom out
+    by `zoom`, pan one way, make it square, or redraw a region (`cells`, a 6x6 grid's bits, row-major)."""
+
+    op: Literal["zoom", "pan", "square", "region"]
+    zoom: float | None = Field(None, ge=1.1, le=2.0)
+    direction: Literal["left", "right", "up", "down"] | None = None
+    cells: int | None = Field(None, ge=1, le=2**36 - 1)
+
+    @model_validator(mode="after")
+    def _fields_match_op(self) -> Edit:
+        wanted = {"zoom": "zoom", "pan": "direction", "region": "cells", "square": None}[self.op]
+        for name in ("zoom", "direction", "cells"):
+            if (getattr(self, name) is not None) != (name == wanted):
+                raise ValueError(f"a {self.op} edit " + (f"needs {name}" if name == wanted else f"takes no {name}"))
+        return self
+
+
 class JobSource(_Strict):
     """The image a job starts from: image `index` of job `job_id` for a variation or an upscale; for a
     picture job, the picture a member sent with job `job_id` (dreamcore.images.source_key says where)."""
@@ -176,6 +203,16 @@ class JobSource(_Strict):
     # The output classifier's score of the source image: what is made from it is judged by the higher of
     # this and its own score, so a button never shows a flagged image unmarked (dreamcore.safety).
     nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
+    # An edit's (kind "edit"): what it does to the image. Left out when None, as a worker and bot of the
+    # release before edits write and read a source.
+    edit: Edit | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_none_edit(self, handler):
+        out = handler(self)
+        if isinstance(out, dict) and out.get("edit", 0) is None:
+            out.pop("edit")
+        return out
 
 
 class DreamJob(_Strict):
@@ -184,7 +221,7 @@ class DreamJob(_Strict):
     request: DreamRequest
     origin: Origin
     priority: Literal["high", "default", "low"] = "default"
-    kind: Literal["dream", "variation", "upscale", "picture"] = Field("dream", validate_default=True)
+    kind: Literal["dream", "variation", "upscale", "picture", "edit"] = Field("dream", validate_default=True)
     source: JobSource | None = Field(None, validate_default=True)
 
     @field_validator("kind")
@@ -201,8 +238,11 @@ class DreamJob(_Strict):
         kind = info.data.get("kind")
         if kind == "dream" and v is not None:
             raise ValueError("a dream job has no source image")
-        if kind in ("variation", "upscale", "picture") and v is None:
+        if kind in ("variation", "upscale", "picture", "edit") and v is None:
             raise ValueError(f"a {kind} job needs its source (job_id, index, strength)")
+        if v is not None and (v.edit is not None) != (kind == "edit"):
+            raise ValueError("an edit job's source says what the edit does (edit)" if kind == "edit"
+                             else f"a {kind} job's source has no edit")
         if kind == "picture" and (v.index != 0 or v.format != "png"):
             raise ValueError("a picture job's source is the member's picture (index 0, png)")
         return v

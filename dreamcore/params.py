@@ -42,7 +42,7 @@ class JobParams(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     v: Literal[1] = 1
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
-    kind: Literal["dream", "variation", "upscale", "picture"] = "dream"
+    kind: Literal["dream", "variation", "upscale", "picture", "edit"] = "dream"
     source: JobSource | None = None
     request: DreamRequest
     instance: str = Field(max_length=32)

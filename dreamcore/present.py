@@ -59,19 +59,32 @@ def result_text(result: DreamResult, limit: int = 2000) -> str:
     return "\n".join(lines)[:limit]
 
 
+PAN_ARROWS = {"left": "⬅️", "right": "➡️", "up": "⬆️", "down": "⬇️"}
+
+
 def made_from(kind: str, source) -> str | None:
     """The line that says what a variation, an upscale or a picture job started from; None for a plain dream."""
     if kind == "variation" and source is not None:
         return f"🔀 Variations of image {source.index + 1} of `{source.job_id}` (strength {source.strength:g})"
     if kind == "upscale" and source is not None:
         return f"⬆️ Image {source.index + 1} of `{source.job_id}` upscaled 2x (strength {source.strength:g})"
+    if kind == "edit" and source is not None and source.edit is not None:
+        e, which = source.edit, f"image {source.index + 1} of `{source.job_id}`"
+        if e.op == "zoom":
+            return f"🔭 Zoomed out {e.zoom:g}x from {which}"
+        if e.op == "pan":
+            return f"{PAN_ARROWS[e.direction]} Panned {e.direction} from {which}"
+        if e.op == "square":
+            return f"🔲 Made square from {which}"
+        return f"🖌️ A region of {which} redrawn"
     if kind == "picture" and source is not None:
         return f"🖼️ From the picture sent with `{source.job_id}` (change {source.strength:g})"
     return None
 
 
-def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
-    """Everything about one result (a dreamcore.params.JobParams), for the ephemeral Info answer."""
+def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: list | None = None) -> str:
+    """Everything about one result (a dreamcore.params.JobParams), for the ephemeral Info answer. `chain`: the
+    records of what it was made from, nearest first (its source's, that one's source's, ...)."""
     req = p.request
     style = load_styles().get(req.style)
     size = f"{p.images[0].width}x{p.images[0].height}" if p.images else "{}x{}".format(*req.size)
@@ -80,6 +93,9 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
     made = made_from(p.kind, p.source)
     if made:
         lines.append(made)
+    for earlier in chain or []:
+        lines.append(f"-# ↳ `{earlier.job_id}`: " + (made_from(earlier.kind, earlier.source)
+                                                     or f"{earlier.kind}: {shown(earlier.request.prompt, 80)}"))
     lines.append(f"prompt: **{shown(req.prompt, 700)}**")
     if req.negative_prompt:
         lines.append(f"negative: {shown(req.negative_prompt, 300)}")
@@ -95,6 +111,8 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000) -> str:
         ran = p.base_steps + p.refiner_steps
         on = {"variation": "base", "upscale": "refiner, per tile"}.get(
             p.kind, f"base {p.base_steps} + refiner {p.refiner_steps}")
+        if p.kind == "edit":
+            on += ", painting from noise where the edit adds or redraws; the rest is the source's own pixels"
         strength = f"{p.source.strength:g}" if p.source is not None else "?"
         lines.append(f"steps: {req.steps} at strength {strength} ({ran} run on the {on}) · "
                      f"guidance {req.guidance:g}")

@@ -66,7 +66,7 @@ class DreamResult(BaseModel):
     finished_at: float = Field(default_factory=time.time)
     # What made it (a variation or an upscale names its source image). Left out of the stored JSON for a
     # plain dream, so a bot of the previous release (which forbids unknown keys) still reads its results.
-    kind: Literal["dream", "variation", "upscale", "picture"] = "dream"
+    kind: Literal["dream", "variation", "upscale", "picture", "edit"] = "dream"
     source: JobSource | None = None
 
     def to_json(self) -> str:

@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     params_ttl_s: int = Field(7 * 86400, ge=3600, le=90 * 86400, **_env("DREAMBOT_PARAMS_TTL"))
     variation_strength: float = Field(0.55, ge=0.05, le=1.0, **_env("DREAMBOT_VARIATION_STRENGTH"))
     upscale_strength: float = Field(0.3, ge=0.05, le=1.0, **_env("DREAMBOT_UPSCALE_STRENGTH"))
+    # Vary (Subtle) and Vary (Strong), under a one-image result: the two strengths Midjourney offers there.
+    vary_subtle_strength: float = Field(0.35, ge=0.05, le=1.0, **_env("DREAMBOT_VARY_SUBTLE_STRENGTH"))
+    vary_strong_strength: float = Field(0.75, ge=0.05, le=1.0, **_env("DREAMBOT_VARY_STRONG_STRENGTH"))
     # A member's picture for /dream (dreamcore/image_in.py): the largest file, checked against the size Discord
     # reports before a byte is downloaded, and the most pixels, checked before any is decoded.
     input_max_mb: float = Field(25.0, gt=0, le=100, **_env("DREAMBOT_INPUT_MAX_MB"))

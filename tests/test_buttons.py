@@ -72,7 +72,10 @@ def test_dreams_stay_version_1_and_follow_ups_are_version_2():
     ({"v": 2, "kind": "variation", "source": SRC | {"strength": 0.0}}, "source.strength", "allowed 0.05 to 1.0"),
     ({"v": 2, "kind": "upscale", "source": SRC | {"job_id": "../x"}}, "source.job_id", "pattern"),
     ({"v": 2, "kind": "upscale", "source": SRC | {"scale": 8}}, "source.scale", "Extra inputs"),
-    ({"v": 2, "kind": "inpaint", "source": SRC}, "kind", "'dream', 'variation', 'upscale' or 'picture'"),
+    ({"v": 2, "kind": "inpaint", "source": SRC}, "kind", "'dream', 'variation', 'upscale', 'picture' or 'edit'"),
+    ({"v": 3, "kind": "edit", "source": SRC}, "source", "an edit job's source says what the edit does"),
+    ({"v": 3, "kind": "edit", "source": SRC | {"edit": {"op": "pan"}}}, "source.edit", "a pan edit needs direction"),
+    ({"v": 2, "kind": "variation", "source": SRC | {"edit": {"op": "square"}}}, "source", "a variation job's source has no edit"),
     ({"v": 2, "kind": "picture", "source": SRC}, "kind", "a picture job is written as schema version 3, this one says 2"),
     ({"v": 3, "kind": "picture", "source": SRC | {"index": 1}}, "source", "a picture job's source is the member's picture"),
 ])
@@ -246,11 +249,19 @@ def _result(n, w=1536, h=640, job_id="00112233445566ff"):
 def test_one_button_per_image_for_variations_and_upscales():
     from bot.buttons import result_view
 
-    one = result_view(_result(1))
+    one = result_view(_result(1, 1024, 1024))
     assert one.timeout is None  # a timed-out stored view would unregister every dynamic button
-    assert [c.custom_id for c in one.children] == [
-        "dream:r:00112233445566ff", "dream:v:00112233445566ff:0", "dream:u:00112233445566ff:0",
-        "dream:i:00112233445566ff", "dream:d:00112233445566ff"]
+    rows = {}
+    for c in one.children:
+        rows.setdefault(c.row, []).append(c.item.label or str(c.item.emoji))
+    # One image shown: two strengths of variation and the edits, as Midjourney places them (a square image
+    # has no Make Square).
+    assert rows == {0: ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Upscale"], 1: ["Zoom Out 2x", "Zoom Out 1.5x"],
+                    2: ["⬅️", "➡️", "⬆️", "⬇️"], 3: ["Info", "Delete"]}
+    assert [c.custom_id for c in one.children][:3] == [
+        "dream:r:00112233445566ff", "dream:s:00112233445566ff:0", "dream:t:00112233445566ff:0"]
+    wide = result_view(_result(1, 1216, 832))
+    assert "Make Square" in [c.item.label for c in wide.children]
     four = result_view(_result(4))
     rows = {}
     for c in four.children:

@@ -23,6 +23,7 @@ from standin import DiscordStandIn
 
 from dreamcore import image_in, results, safety
 from dreamcore.images import input_key
+from dreamcore.job import make_request
 
 pytestmark = pytest.mark.timeout(300)
 EPHEMERAL = 64
@@ -313,3 +314,103 @@ def _stored_inputs() -> set[str]:
 
     root = Path(load_settings().image_dir)
     return {str(p) for p in root.glob("*/input.png")} if root.exists() else set()
+
+
+# --- Vary (Subtle, Strong), Zoom Out, Pan, Make Square: the buttons under a one-image result -----------------
+
+
+def result_message(e, inter, timeout: float = 120.0):
+    """The message an interaction (a /dream or a click) ends as: its images and its buttons."""
+    def done(m):
+        return (m.interaction_id == inter.id and m.components
+                and any(not a.filename.startswith("preview") for a in m.attachments))
+    return e.standin.wait_for_message(done, timeout=timeout)
+
+
+def click(e, msg, custom_id: str):
+    f = e.fleet
+    inter = e.standin.send_component(e.bot.app.id, f.guild_id, e.bot.channel_id, f.user_id, msg.id, custom_id)
+    text, ephemeral, _ = final_answer(e.standin, inter, inter.wait_ack(5))
+    return inter, text, ephemeral
+
+
+def within_one_level(a: Image.Image, b: Image.Image) -> float:
+    """The share of pixels whose channels all differ by at most one level."""
+    d = np.abs(np.asarray(a.convert("RGB"), int) - np.asarray(b.convert("RGB"), int)).max(axis=-1)
+    return float((d <= 1).mean())
+
+
+def test_every_edit_button_posts_its_image_and_keeps_what_it_should(pics):
+    from dreamcore.canvas import plan
+    from dreamcore.job import Edit
+
+    e = pics
+    inter, text, _ = send(e, {"prompt": "a cup of coffee", "image": ("coffee.jpg", coffee_jpeg()), "steps": 3})
+    msg = result_message(e, inter)
+    job = queued_id(text)
+    source = Image.open(io.BytesIO(msg.attachments[0].data)).convert("RGB")
+    assert source.size == (1216, 832)
+    ids = {cid.split(":")[1]: cid for cid in msg.custom_ids()}
+    assert set("rstuzyqhlkjid") <= set(ids), ids  # a one-image result offers every edit (it is not square)
+    shapes = {"z": Edit(op="zoom", zoom=2.0), "y": Edit(op="zoom", zoom=1.5), "q": Edit(op="square"),
+              "l": Edit(op="pan", direction="right"), "j": Edit(op="pan", direction="down")}
+    for code in "stzyqlj":
+        clicked, said, ephemeral = click(e, msg, ids[code])
+        assert not ephemeral and said.startswith("Queued: job `"), (code, said)
+        made = result_message(e, clicked)
+        (image,) = [Image.open(io.BytesIO(a.data)).convert("RGB") for a in made.attachments]
+        if code in "st":
+            assert image.size == source.size and f"Variations of image 1 of `{job}`" in said
+            continue
+        canvas = plan(shapes[code], *source.size)
+        assert image.size == canvas.size, (code, image.size)
+        # What is kept is the source itself: the zoom's centre, the pan's overlapping strip, the square's band.
+        x0, y0, x1, y1 = canvas.box
+        kept = source.resize((x1 - x0, y1 - y0), Image.Resampling.LANCZOS)
+        assert within_one_level(image.crop(canvas.box), kept) >= 0.99, code
+        # ... and what is added was painted, not left blank or blurred in.
+        painted = np.asarray(image, float)
+        mask = np.ones(painted.shape[:2], bool)
+        mask[y0:y1, x0:x1] = False
+        assert painted[mask].std() > 10, code
+    info_inter, info, ephemeral = click(e, made, next(c for c in made.custom_ids() if c.startswith("dream:i:")))
+    assert ephemeral and f"⬇️ Panned down from image 1 of `{job}`" in info
+    assert f"↳ `{job}`: 🖼️ From the picture sent with `{job}`" in info  # the chain of what it was made from
+
+
+# --- The edits on the tiny model, in process ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    from worker.pipeline import DreamPipeline
+
+    return DreamPipeline.load(str(tiny_model_dir / "base"), str(tiny_model_dir / "refiner"), "cpu")
+
+
+@pytest.mark.parametrize("edit", [
+    {"op": "zoom", "zoom": 2.0}, {"op": "pan", "direction": "left"}, {"op": "square"},
+    {"op": "region", "cells": "c11,left"},
+], ids=["zoom", "pan", "square", "region"])
+def test_each_edit_keeps_its_source_outside_what_it_paints_and_its_seed_makes_it_again(pipe, edit):
+    from dreamcore.canvas import plan, region_cells
+    from dreamcore.job import Edit
+    from worker import inpaint
+
+    if edit["op"] == "region":
+        edit = edit | {"cells": region_cells(edit["cells"].split(","))}
+    what = Edit(**edit)
+    source = COFFEE.resize((1216, 832), Image.Resampling.LANCZOS)
+    req = make_request(prompt="a cup of coffee on a table", steps=4, seed=21)
+    first = inpaint.edit(pipe, req, source, what)
+    again = inpaint.edit(pipe, req, source, what)
+    other = inpaint.edit(pipe, req.model_copy(update={"seed": 22}), source, what)
+    canvas = plan(what, *source.size)
+    assert first.images[0].size == canvas.size and (first.base_steps, first.refiner_steps) == (3, 1)
+    assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0])), "the seed makes it again"
+    assert not np.array_equal(np.asarray(first.images[0]), np.asarray(other.images[0]))
+    picture, mask = inpaint.layout(source, canvas)
+    keep = np.asarray(mask) == 0
+    diff = np.abs(np.asarray(first.images[0], int) - np.asarray(picture, int)).max(axis=-1)
+    assert (diff[keep] <= 1).mean() >= 0.99  # outside what is painted: the source within one level
+    assert (diff[~keep] > 1).mean() > 0.5  # inside: painted anew

@@ -13,7 +13,7 @@ from dreamcore.images import ImageStoreError, source_key
 from dreamcore.job import DreamJob, DreamRequest
 from dreamcore.ranges import MAX_SEED
 
-from . import img2img
+from . import img2img, inpaint
 from .errors import SourceGone
 from .pipeline import Generation, StepEvent
 from .runtime import Runtime
@@ -48,6 +48,9 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
         raise SourceGone(f"the image it starts from can't be read ({type(err).__name__})") from None
     if job.kind == "variation":
         return in_parts(rt, job, lambda req, on_step: img2img.vary(rt.pipeline, req, image, src.strength,
+                                                                   on_step=on_step), hook)
+    if job.kind == "edit":
+        return in_parts(rt, job, lambda req, on_step: inpaint.edit(rt.pipeline, req, image, src.edit,
                                                                    on_step=on_step), hook)
     if job.kind == "picture":
         # The member's picture is scored before it is used: what comes of a flagged one is judged by its

@@ -1,0 +1,99 @@
+"""Where an edit puts its source image and what it paints: the canvas of a Zoom Out, a Pan, Make Square or
+Vary (Region), in whole pixels. No pixels here: the bot sizes a job with it (its cost, the size it shows)
+and the worker builds the picture and the mask from it (worker/inpaint.py).
+
+Every canvas is scaled to about one megapixel, with sides that are multiples of 64, so an edit costs what a
+dream costs and runs on shapes the models know. A Zoom Out puts the source in the middle of a canvas
+`zoom` times larger; a Pan adds half the source's width (or height) on one side; Make Square centres it on a
+square; a Region keeps the canvas of the source and paints the cells asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+TARGET_PIXELS = 1024 * 1024
+MULTIPLE = 64
+PAN = 0.5  # a Pan adds this share of the source's side
+MAX_RATIO = 4.0  # past this a canvas is too thin for the models to fill
+GRID = 6  # a Region's cells: a 6x6 grid (a 3x3 cell is 2x2 of them; a half is 3 columns or rows)
+
+
+class CanvasError(ValueError):
+    """An edit that would make a canvas the models can't fill; `str()` is fit to show the member."""
+
+
+@dataclass(frozen=True)
+class Canvas:
+    width: int
+    height: int
+    box: tuple[int, int, int, int]  # where the source lies on the canvas: x0, y0, x1, y1
+    cells: int | None = None  # a Region: the cells painted (a GRID x GRID bitmask, row-major)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+    def cell_boxes(self) -> list[tuple[int, int, int, int]]:
+        """A Region's painted cells as canvas boxes."""
+        if not self.cells:
+            return []
+        xs = [round(i * self.width / GRID) for i in range(GRID + 1)]
+        ys = [round(i * self.height / GRID) for i in range(GRID + 1)]
+        return [(xs[c], ys[r], xs[c + 1], ys[r + 1]) for r in range(GRID) for c in range(GRID)
+                if self.cells >> (r * GRID + c) & 1]
+
+
+def _round(v: float) -> int:
+    return max(MULTIPLE, int(round(v / MULTIPLE)) * MULTIPLE)
+
+
+def plan(edit, width: int, height: int) -> Canvas:
+    """The canvas of `edit` (a dreamcore.job.Edit) over a source of `width` x `height`."""
+    w, h = float(width), float(height)
+    x0, y0 = 0.0, 0.0  # where the source goes on the unscaled canvas
+    if edit.op == "zoom":
+        cw, ch = w * edit.zoom, h * edit.zoom
+        x0, y0 = (cw - w) / 2, (ch - h) / 2
+    elif edit.op == "pan":
+        horizontal = edit.direction in ("left", "right")
+        cw, ch = (w * (1 + PAN), h) if horizontal else (w, h * (1 + PAN))
+        x0 = cw - w if edit.direction == "left" else 0.0
+        y0 = ch - h if edit.direction == "up" else 0.0
+    elif edit.op == "square":
+        if width == height:
+            raise CanvasError("that image is square already")
+        cw = ch = max(w, h)
+        x0, y0 = (cw - w) / 2, (ch - h) / 2
+    else:  # region
+        cw, ch = w, h
+    if max(cw, ch) / min(cw, ch) > MAX_RATIO:
+        raise CanvasError(f"that would make a canvas more than {MAX_RATIO:g} times longer than it is wide; "
+                          "try Make Square or a Pan the other way")
+    scale = math.sqrt(TARGET_PIXELS / (cw * ch))
+    W, H = _round(cw * scale), _round(ch * scale)
+    sx, sy = W / cw, H / ch
+    box = (round(x0 * sx), round(y0 * sy), round((x0 + w) * sx), round((y0 + h) * sy))
+    return Canvas(W, H, box, edit.cells if edit.op == "region" else None)
+
+
+def region_cells(choices: list[str]) -> int:
+    """The 6x6 bitmask of a Region picker's choices: "c<r><c>" for a cell of the 3x3 grid (r, c in 0..2), or
+    "left", "right", "top", "bottom" for a half."""
+    bits = 0
+    for choice in choices:
+        if choice in ("left", "right", "top", "bottom"):
+            for r in range(GRID):
+                for c in range(GRID):
+                    inside = {"left": c < GRID // 2, "right": c >= GRID // 2,
+                              "top": r < GRID // 2, "bottom": r >= GRID // 2}[choice]
+                    bits |= inside << (r * GRID + c)
+        elif len(choice) == 3 and choice[0] == "c" and choice[1] in "012" and choice[2] in "012":
+            r3, c3 = int(choice[1]), int(choice[2])
+            for r in (2 * r3, 2 * r3 + 1):
+                for c in (2 * c3, 2 * c3 + 1):
+                    bits |= 1 << (r * GRID + c)
+        else:
+            raise ValueError(f"not a region choice: {choice!r}")
+    return bits

@@ -1,4 +1,4 @@
-"""The buttons under every result: 🎲 Reroll, 🔀 Variations, ⬆️ Upscale, ℹ️ Info, 🗑 Delete.
+"""The buttons under every result: 🎲 Reroll, 🔀 Variations, ⬆️ Upscale, 🖌️ Remix, ℹ️ Info, 🗑 Delete, and the edits.
 
 Each button's custom id carries all it needs (what to do, the job id, the image index), and the rest is
 read from Redis (dreamcore/params.py), so a click works on any process of the bot that posted the result,
@@ -8,10 +8,14 @@ registered once per process with `client.add_dynamic_items`, and matched on the 
     dream:r:<job>        Reroll: the same request (and kind) with a new random seed
     dream:v:<job>:<i>    Variations of image i: img2img on the base at DREAMBOT_VARIATION_STRENGTH, new seed
     dream:u:<job>:<i>    Upscale image i 2x: the refiner in img2img at DREAMBOT_UPSCALE_STRENGTH, in tiles
-    dream:i:<job>        Info: every parameter, seeds and timings, ephemeral
+    dream:i:<job>        Info: every parameter, seeds and timings, the chain of edits, ephemeral
     dream:d:<job>        Delete the result message: its requester, or a member with Manage Server
+    dream:m:<job>        Remix: a modal with the prompt filled in, dreamed again with the same seed (bot/remix.py)
 
-All five are one class, ResultButton (ACTIONS says what each code looks like and does). A job id is 16 hex
+and, where one image is shown, on image i: s/t Vary (Subtle)/(Strong); z/y Zoom Out 2x/1.5x; q Make Square;
+h/l/k/j Pan left/right/up/down; g Vary (Region) (a region picker, then the modal: bot/remix.py).
+
+All of them are one class, ResultButton (ACTIONS says what each code looks like and does). A job id is 16 hex
 digits and i one digit (0..9, so "no image 7" gets a clear refusal rather than silence); anything else that
 starts with "dream:" is answered by UnknownButton. With several images, Variations and Upscale are one
 button per image (V1..V4, U1..U4, as people know them from Midjourney): one click, no
@@ -56,7 +60,7 @@ from dreamcore.present import info_text, made_from, settings_line
 from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
-from . import calls
+from . import calls, remix
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
 from .safety import channel_is_nsfw
@@ -112,6 +116,8 @@ ACTIONS = {a.code: a for a in (
     Action("d", "Delete", "🗑️", per_image=False, style=discord.ButtonStyle.danger),
     # Where one image is shown (a one-image result: a dream of one, an upscale, an edit), as Midjourney
     # places them: two strengths of variation, and the edits (dreamcore.canvas, worker/inpaint.py).
+    Action("m", "Remix", "🖌️", per_image=False),
+    Action("g", "Vary (Region)", "🎯", per_image=True),
     Action("s", "Vary (Subtle)", "🔀", per_image=True),
     Action("t", "Vary (Strong)", "🔀", per_image=True),
     Action("z", "Zoom Out 2x", "🔭", per_image=True),
@@ -154,6 +160,10 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
             return
         if self.code in EDITS or self.code in "st":
             work = h.follow_up(interaction, self.job_id, self.code, self.index)
+        elif self.code == "m":
+            work = remix.open_remix(h, interaction, self.job_id)
+        elif self.code == "g":
+            work = remix.pick_region(h, interaction, self.job_id, self.index)
         else:
             work = {"r": lambda: h.follow_up(interaction, self.job_id, "reroll"),
                     "v": lambda: h.follow_up(interaction, self.job_id, "variation", self.index),
@@ -208,12 +218,12 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
             if can_upscale[0]:
                 view.add_item(ResultButton("u", job, 0, label="Upscale", row=0))
             image = result.images[0]
-            for code in ("z", "y") + (("q",) if image.width != image.height else ()):
+            for code in ("z", "y") + (("q",) if image.width != image.height else ()) + ("g",):
                 view.add_item(ResultButton(code, job, 0, row=1))
             for code in "hlkj":
                 view.add_item(ResultButton(code, job, 0, row=2))
-        view.add_item(ResultButton("i", job, row=3))
-        view.add_item(ResultButton("d", job, row=3))
+        for code in "mid":
+            view.add_item(ResultButton(code, job, row=3))
         return view
     for i in range(n):
         if i in shown_set:
@@ -221,9 +231,8 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
     for i in range(n):
         if can_upscale[i] and i in shown_set:
             view.add_item(ResultButton("u", job, i, row=1))
-    view.add_item(ResultButton("r", job, row=2))
-    view.add_item(ResultButton("i", job, row=2))
-    view.add_item(ResultButton("d", job, row=2))
+    for code in "rmid":
+        view.add_item(ResultButton(code, job, row=2))
     return view
 
 
@@ -266,10 +275,11 @@ class Buttons:
 
     # --- Reroll, Variations, Upscale --------------------------------------------------------------------
 
-    def prepare(self, job_id: str, action: str, index: int | None,
-                origin_fields: dict) -> tuple[DreamJob, tuple[int, int] | None] | Refusal:
-        """The follow-up job for a click and its output size (None: the request's), or why not.
-        Runs in a thread: it reads Redis."""
+    def prepare(self, job_id: str, action: str, index: int | None, origin_fields: dict,
+                extra: dict | None = None) -> tuple[DreamJob, tuple[int, int] | None] | Refusal:
+        """The follow-up job for a click and its output size (None: the request's), or why not. `extra`: what a
+        modal asked for (a Remix's prompt and negative; a region's cells). Runs in a thread: it reads Redis."""
+        extra = extra or {}
         p = self._record(job_id, origin_fields.get("guild_id"))
         if isinstance(p, Refusal):
             return p
@@ -280,7 +290,9 @@ class Buttons:
         while seed == old.seed:
             seed = random_seed()
         count = old.count
-        if action == "reroll":
+        if action == "remix":  # the same seed and settings, what the member wrote instead
+            seed = old.seed
+        if action in ("reroll", "remix"):
             kind, source = p.kind, p.source
             if source is not None and not self.backend.images.exists(source_key(kind, source)):
                 if kind == "picture":
@@ -295,16 +307,17 @@ class Buttons:
                         "t": self.settings.vary_strong_strength}[action]
             kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt, strength=strength,
                                                   nsfw_score=p.source_score(index))
-        elif action in EDITS:
+        elif action in EDITS or action == "region":
             image = p.images[index]
+            what = EDITS[action] if action in EDITS else Edit(op="region", cells=extra["cells"])
             try:
-                size = plan(EDITS[action], image.width, image.height).size
+                plan(what, image.width, image.height)
             except CanvasError as err:
                 return Refusal(f"That can't be done: {err}.")
             if not self._has(job_id, index, image.format):
-                return self._too_old(ACTIONS[action].label or "a Pan")
+                return self._too_old(ACTIONS[action].label or "a Pan" if action in EDITS else "Vary (Region)")
             kind, source, count = "edit", JobSource(job_id=job_id, index=index, format=image.format, strength=1.0,
-                                                    nsfw_score=p.source_score(index), edit=EDITS[action]), 1
+                                                    nsfw_score=p.source_score(index), edit=what), 1
         else:
             if not p.can_upscale(index):
                 return Refusal(f"That image is {p.images[index].width}x{p.images[index].height} already; "
@@ -318,6 +331,7 @@ class Buttons:
         try:
             fields = old.model_dump() | {"seed": seed, "count": count,
                                          "max_upload_bytes": self.settings.max_upload_bytes}
+            fields |= {k: extra[k] for k in ("prompt", "negative_prompt") if k in extra}
             request = make_request(**fields)
             job = make_job(request, make_origin(**origin_fields), kind=kind, source=source)
         except JobError as err:
@@ -325,22 +339,23 @@ class Buttons:
         size = None
         if action == "upscale":
             size = (p.images[index].width * 2, p.images[index].height * 2)
-        elif action in EDITS:
-            size = plan(EDITS[action], p.images[index].width, p.images[index].height).size
-        elif action == "reroll" and kind in ("upscale", "edit") and p.images:
+        elif kind == "edit" and action not in ("reroll", "remix"):
+            size = plan(source.edit, p.images[index].width, p.images[index].height).size
+        elif action in ("reroll", "remix") and kind in ("upscale", "edit") and p.images:
             size = (p.images[0].width, p.images[0].height)
         return job, size
 
     def _prepare_and_submit(self, job_id: str, action: str, index: int | None, origin_fields: dict,
-                            roles: list[int], deadline: float) -> tuple[DreamJob | None, tuple[int, int] | None, Outcome]:
-        prepared = self.prepare(job_id, action, index, origin_fields)
+                            roles: list[int], deadline: float, extra: dict | None = None,
+                            ) -> tuple[DreamJob | None, tuple[int, int] | None, Outcome]:
+        prepared = self.prepare(job_id, action, index, origin_fields, extra)
         if isinstance(prepared, Refusal):
             return None, None, Outcome(False, prepared.message, kind="button")
         job, size = prepared
         return job, size, self.backend.submit(job, roles, size=size, deadline=deadline)
 
     async def follow_up(self, interaction: discord.Interaction, job_id: str, action: str,
-                        index: int | None = None) -> None:
+                        index: int | None = None, extra: dict | None = None) -> None:
         started = time.perf_counter()
         origin_fields = dict(
             instance=self.settings.instance, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
@@ -353,7 +368,7 @@ class Buttons:
             # Past the budget, a "thinking..." message of this click: its @original is what the result replaces.
             (job, size, outcome), deferred = await within_ack(
                 interaction, calls.submit(self._prepare_and_submit, job_id, action, index, origin_fields, roles,
-                                         time.monotonic() + SUBMIT_DEADLINE_S),
+                                         time.monotonic() + SUBMIT_DEADLINE_S, extra),
                 SUBMIT_TIMEOUT_S, on_ack=note_ack)
         except asyncio.TimeoutError:  # the submit still runs: it may have queued the dream
             job, size, outcome = None, None, Outcome(False, UNCONFIRMED, kind="unconfirmed")
@@ -366,7 +381,8 @@ class Buttons:
             req = job.request
             text = queued_text(job.job_id, outcome.position or 0, req.prompt, settings_line(req, size),
                                outcome.eta_s)
-            made = made_from(job.kind, job.source) if action != "reroll" else f"🎲 Reroll of `{job_id}`"
+            made = {"reroll": f"🎲 Reroll of `{job_id}`", "remix": f"🖌️ Remix of `{job_id}` (same seed)"}.get(
+                action) or made_from(job.kind, job.source)
             if made:
                 first, _, rest = text.partition("\n")
                 text = f"{first}\n{made}\n{rest}"

@@ -17,7 +17,7 @@ from dreamcore.keys import CHANNEL_GONE_TTL_S, channel_gone_key
 from dreamcore.limit_messages import human_duration
 from dreamcore.settings import Settings
 
-from . import calls
+from . import calls, remix
 from .admin import register_admin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
@@ -125,7 +125,7 @@ class DreamClient(discord.Client):
         await prepare_client(self, self.settings.discord_api_base)
         # The result buttons are matched on their custom id alone: any process of this bot, started any time
         # after the result was posted, answers them (bot/buttons.py).
-        self.add_dynamic_items(*DYNAMIC_ITEMS, VoteButton)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, VoteButton, remix.RegionSelect)
         guilds = self.settings.guild_id_list
         if guilds:
             # Guild commands show up at once: the choice while setting a server up.
@@ -142,6 +142,18 @@ class DreamClient(discord.Client):
     async def on_ready(self) -> None:
         log.info("connected", extra={"user_id": self.user.id if self.user else None,
                                      "instance": self.settings.instance, "guilds": len(self.guilds)})
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        """Remix and Vary (Region) modals are answered by their custom id (bot/remix.py), on any process."""
+        if interaction.type == discord.InteractionType.modal_submit:
+            try:
+                await remix.on_modal_submit(self.buttons, interaction)
+            except Exception:
+                log.exception("modal submit failed")
+                if not interaction.response.is_done():
+                    await interaction.response.send_message(
+                        "Something went wrong on my side with that. Please try again.", ephemeral=True,
+                        allowed_mentions=NO_MENTIONS)
 
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         """Workers check this before generating, so a deleted channel's queued dreams cost no GPU time."""

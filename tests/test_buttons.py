@@ -256,8 +256,9 @@ def test_one_button_per_image_for_variations_and_upscales():
         rows.setdefault(c.row, []).append(c.item.label or str(c.item.emoji))
     # One image shown: two strengths of variation and the edits, as Midjourney places them (a square image
     # has no Make Square).
-    assert rows == {0: ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Upscale"], 1: ["Zoom Out 2x", "Zoom Out 1.5x"],
-                    2: ["⬅️", "➡️", "⬆️", "⬇️"], 3: ["Info", "Delete"]}
+    assert rows == {0: ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Upscale"],
+                    1: ["Zoom Out 2x", "Zoom Out 1.5x", "Vary (Region)"],
+                    2: ["⬅️", "➡️", "⬆️", "⬇️"], 3: ["Remix", "Info", "Delete"]}
     assert [c.custom_id for c in one.children][:3] == [
         "dream:r:00112233445566ff", "dream:s:00112233445566ff:0", "dream:t:00112233445566ff:0"]
     wide = result_view(_result(1, 1216, 832))
@@ -266,7 +267,7 @@ def test_one_button_per_image_for_variations_and_upscales():
     rows = {}
     for c in four.children:
         rows.setdefault(c.row, []).append(c.item.label)
-    assert rows == {0: ["V1", "V2", "V3", "V4"], 1: ["U1", "U2", "U3", "U4"], 2: ["Reroll", "Info", "Delete"]}
+    assert rows == {0: ["V1", "V2", "V3", "V4"], 1: ["U1", "U2", "U3", "U4"], 2: ["Reroll", "Remix", "Info", "Delete"]}
     big = result_view(_result(1, 3072, 1280))  # an upscale's result: no Upscale of it again (6144 px)
     assert not any(c.custom_id.startswith("dream:u:") for c in big.children)
     failed = DreamResult(job_id="00112233445566ff", status="failed", origin=_origin(), error="x")
@@ -408,7 +409,8 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     first = _result_of(standin, inter)
     job = _job_of(first)
     assert set(first.custom_ids()) == {f"dream:v:{job}:0", f"dream:v:{job}:1", f"dream:u:{job}:0",
-                                       f"dream:u:{job}:1", f"dream:r:{job}", f"dream:i:{job}", f"dream:d:{job}"}
+                                       f"dream:u:{job}:1", f"dream:r:{job}", f"dream:m:{job}", f"dream:i:{job}",
+                                       f"dream:d:{job}"}
     originals = [a.data for a in first.attachments]
     t_first = time.monotonic()
 

@@ -414,3 +414,68 @@ def test_each_edit_keeps_its_source_outside_what_it_paints_and_its_seed_makes_it
     diff = np.abs(np.asarray(first.images[0], int) - np.asarray(picture, int)).max(axis=-1)
     assert (diff[keep] <= 1).mean() >= 0.99  # outside what is painted: the source within one level
     assert (diff[~keep] > 1).mean() > 0.5  # inside: painted anew
+
+
+# --- Remix and Vary (Region): a modal, and a region picker before it ------------------------------------------
+
+
+def test_remix_dreams_again_with_the_same_seed_and_what_the_member_wrote(pics):
+    e = pics
+    inter, text, _ = send(e, {"prompt": "a cup of coffee", "image": ("coffee.jpg", coffee_jpeg()), "steps": 3,
+                              "seed": 77})
+    job = queued_id(text)
+    msg = result_message(e, inter)
+    opened, body = _open(e, msg, f"dream:m:{job}")
+    assert body["type"] == 9  # a modal, filled in with the result's prompt
+    inputs = {c["custom_id"]: c for row in opened.modal["components"] for c in row.get("components", [])}
+    assert inputs["prompt"]["value"] == "a cup of coffee" and inputs["negative"]["required"] is False
+    submitted = e.standin.send_modal_submit(opened, {"prompt": "a cup of tea", "negative": "spoons"})
+    said, ephemeral, _ = final_answer(e.standin, submitted, submitted.wait_ack(5))
+    remixed = queued_id(said)
+    assert not ephemeral and f"🖌️ Remix of `{job}` (same seed)" in said and "a cup of tea" in said
+    result_message(e, submitted)
+    meta = results.load_meta(e.r, remixed)
+    assert meta.request.seed == 77 and meta.request.prompt == "a cup of tea"
+    assert meta.request.negative_prompt == "spoons"
+    assert meta.kind == "picture" and meta.source.job_id == job  # from the same picture
+    # Discord's client won't send an empty prompt; one past the limit it can't send either.
+    with pytest.raises(ValueError):
+        e.standin.send_modal_submit(opened, {"prompt": ""})
+
+
+def test_vary_region_redraws_only_the_cells_picked(pics):
+    from dreamcore.canvas import plan, region_cells
+    from dreamcore.job import Edit
+
+    e = pics
+    inter, text, _ = send(e, {"prompt": "a cup of coffee", "image": ("coffee.jpg", coffee_jpeg()), "steps": 3})
+    job = queued_id(text)
+    msg = result_message(e, inter)
+    source = Image.open(io.BytesIO(msg.attachments[0].data)).convert("RGB")
+    picker_click, body = _open(e, msg, f"dream:g:{job}:0")
+    said, ephemeral, _ = final_answer(e.standin, picker_click, body)
+    assert ephemeral and said.startswith(f"🎯 Which parts of image 1 of `{job}` should be redrawn?")
+    picker = e.standin.message(picker_click.original_message_id)
+    (select_id,) = picker.custom_ids()
+    chosen = ["c11", "right"]
+    picked = e.standin.send_component(e.bot.app.id, e.fleet.guild_id, e.bot.channel_id, e.fleet.user_id,
+                                      picker.id, select_id, component_type=3, values=chosen)
+    assert picked.wait_ack(5)["type"] == 9 and picked.modal["title"] == "Vary (Region)"
+    submitted = e.standin.send_modal_submit(picked, {"prompt": "a red apple"})
+    said, ephemeral, _ = final_answer(e.standin, submitted, submitted.wait_ack(5))
+    assert not ephemeral and f"🖌️ A region of image 1 of `{job}` redrawn" in said, said
+    image = Image.open(io.BytesIO(result_message(e, submitted).attachments[0].data)).convert("RGB")
+    canvas = plan(Edit(op="region", cells=region_cells(chosen)), *source.size)
+    assert image.size == source.size == canvas.size
+    painted = np.zeros((canvas.height, canvas.width), bool)
+    for x0, y0, x1, y1 in canvas.cell_boxes():
+        painted[y0:y1, x0:x1] = True
+    diff = np.abs(np.asarray(image, int) - np.asarray(source, int)).max(axis=-1)
+    assert (diff[~painted] <= 1).mean() >= 0.99  # outside the region: the source within one level
+    assert (diff[painted] > 1).mean() > 0.5  # inside: redrawn
+
+
+def _open(e, msg, custom_id: str):
+    f = e.fleet
+    inter = e.standin.send_component(e.bot.app.id, f.guild_id, e.bot.channel_id, f.user_id, msg.id, custom_id)
+    return inter, inter.wait_ack(5)

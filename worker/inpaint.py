@@ -111,9 +111,14 @@ def edit(
     common = dict(mask_image=[mask] * req.count, width=width, height=height, num_inference_steps=steps,
                   guidance_scale=req.guidance, generator=generators,
                   callback_on_step_end_tensor_inputs=["latents"])
-    # 3. The base paints from noise (strength 1) to the cut, the source kept under the mask's black.
+    # 3. The base paints from noise (strength 1) to the cut, the source kept under the mask's black. A
+    #    4-channel UNet never reads the masked picture's latents (only 9-channel inpainting UNets take them),
+    #    so zeros stand in for them: diffusers would otherwise run one more VAE encode of the whole canvas.
+    unused = torch.zeros(req.count, 4, height // 8, width // 8, device=pipe.device,
+                         dtype=next(pipe.base.unet.parameters()).dtype)
     out = _inpainter(pipe, "base")(
         **encoded.base.pipeline_kwargs(req.count), **common, image=[picture] * req.count, strength=1.0,
+        masked_image_latents=unused,
         denoising_end=fraction if handover else None, output_type="latent" if handover else DECODED,
         callback_on_step_end=stepper("base", base_steps),
     ).images

@@ -493,6 +493,36 @@ class DiscordStandIn:
         return self._send_interaction(app_id, 3, guild_id, channel_id, user_id, data, locale=locale,
                                       message=message_payload, message_id=message_id)
 
+    def send_modal_submit(self, opened_by: Interaction, values: Mapping[str, str], *,
+                          locale: str = "en-US") -> Interaction:
+        """The member fills in and submits the modal the bot answered `opened_by` with (response type 9):
+        `values` by text input custom_id. As Discord's client does, a required input left empty or a value
+        past an input's max_length is refused here (ValueError), never sent. Inputs not in `values` keep the
+        value the bot filled in."""
+        with self.store.lock:
+            modal = opened_by.modal
+            if modal is None:
+                raise ValueError(f"interaction {opened_by.id} was not answered with a modal")
+            unknown = set(values) - {i["custom_id"] for i in _modal_inputs(modal)}
+            if unknown:
+                raise ValueError(f"the modal has no input {sorted(unknown)}")
+            rows = []
+            for spec in _modal_inputs(modal):
+                value = values.get(spec["custom_id"], spec.get("value") or "")
+                if spec.get("required", True) and not value:
+                    raise ValueError(f"input {spec['custom_id']!r} is required")
+                if len(value) > spec.get("max_length", 4000) or len(value) < spec.get("min_length", 0):
+                    raise ValueError(f"input {spec['custom_id']!r}: length outside "
+                                     f"[{spec.get('min_length', 0)}, {spec.get('max_length', 4000)}]")
+                rows.append({"type": 1, "components": [{"type": 4, "custom_id": spec["custom_id"], "value": value}]})
+            data = {"custom_id": modal["custom_id"], "components": rows}
+            message = None
+            if opened_by.message_id is not None and opened_by.message_id in self.store.messages:
+                message = self.store.message_payload(self.store.messages[opened_by.message_id])
+        return self._send_interaction(opened_by.app_id, 5, opened_by.guild_id, opened_by.channel_id,
+                                      opened_by.user_id, data, locale=locale, message=message,
+                                      message_id=opened_by.message_id)
+
     def _command_for(self, app_id: int, guild_id: int, name: str) -> dict:
         cmd = self.store.find_command(app_id, guild_id, name)
         if cmd is None:
@@ -656,3 +686,12 @@ class DiscordStandIn:
         if choices and value not in [c["value"] for c in choices]:
             raise bad(f"must be one of {[c['value'] for c in choices]}")
         return value
+
+
+def _modal_inputs(modal: dict) -> list[dict]:
+    """A modal's text inputs, whether laid out in action rows (type 1) or in labels (type 18)."""
+    out = []
+    for top in modal.get("components") or []:
+        inner = top.get("components") or ([top["component"]] if "component" in top else [])
+        out.extend(c for c in inner if c.get("type") == 4)
+    return out

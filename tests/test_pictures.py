@@ -95,6 +95,11 @@ def test_quirks_of_real_files_are_fixed_and_said():
     gif = image_in.prepare(animated_gif(), "loop.gif", 50_000_000)
     assert "animated (3 frames): I used its first frame" in gif.notes[0]
     assert Image.open(io.BytesIO(gif.png)).getpixel((10, 10)) == (200, 30, 30)
+    frames = [Image.new("RGB", (96, 64), c) for c in ((30, 200, 30), (200, 30, 30))]
+    webp = image_in.prepare(encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True),
+                            "loop.webp", 50_000_000)
+    assert "animated (2 frames): I used its first frame" in webp.notes[0]
+    assert Image.open(io.BytesIO(webp.png)).getpixel((10, 10)) == (30, 200, 30)
 
     cmyk = image_in.prepare(encoded(COFFEE.convert("CMYK"), "JPEG", quality=95), "print.jpg", 50_000_000)
     assert "CMYK colours converted to RGB" in cmyk.notes
@@ -376,6 +381,14 @@ def test_every_edit_button_posts_its_image_and_keeps_what_it_should(pics):
     info_inter, info, ephemeral = click(e, made, next(c for c in made.custom_ids() if c.startswith("dream:i:")))
     assert ephemeral and f"⬇️ Panned down from image 1 of `{job}`" in info
     assert f"↳ `{job}`: 🖼️ From the picture sent with `{job}`" in info  # the chain of what it was made from
+    # Once the image is no longer kept, a Zoom on it is refused with the reason, and nothing is queued.
+    from dreamcore.images import image_key
+
+    image_store().delete([image_key(job, 0, "png")])
+    before = set(e.r.scan_iter("rq:job:*"))
+    _, said, ephemeral = click(e, msg, ids["z"])
+    assert ephemeral and said.startswith("That image is no longer kept, so Zoom Out 2x can't start from it"), said
+    assert set(e.r.scan_iter("rq:job:*")) == before
 
 
 # --- The edits on the tiny model, in process ----------------------------------------------------------------

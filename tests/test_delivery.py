@@ -287,3 +287,35 @@ def test_progress_fields_a_worker_wrote_are_parsed_and_bounded():
     assert len(text) < 300 and "https://e" not in text and "step 0/7 on the base" in text
     with pytest.raises(ValueError):
         progress_text("0123456789abcdef", {"done": "lots", "total": "1"}, "a cat")
+
+
+def test_a_result_not_yet_replicated_is_published_again_until_a_replica_has_it(rconn, monkeypatch):
+    """A failover between the publish and its replication loses the write with the old primary. Had the
+    worker gone on (RQ records the job as finished), nothing would ever run it again: it publishes again
+    until a WAIT says a replica has it, and on a primary that never got it, that publishes it afresh."""
+    from types import SimpleNamespace
+
+    from worker import publish as pub
+
+    job = make_job(make_request(prompt="failover", seed=1), make_origin(instance="bot1", guild_id=1, channel_id=2,
+                                                                       user_id=3))
+    result = DreamResult(job_id=job.job_id, status="failed", error="told after a failover", origin=job.origin,
+                         request=job.request)
+    real = results.publish
+    calls = []
+
+    def failover_once(conn, res, ttl_s, settings):
+        calls.append(res.job_id)
+        if len(calls) == 1:
+            real(conn, res, ttl_s, settings)
+            # The primary dies before any replica has it; the promoted replica never saw the write.
+            conn.delete(keys.done_key(res.job_id), keys.result_key(res.job_id), keys.outbox_key("bot1"))
+            raise redisconn.NotReplicated("the write reached 0 of 1 replicas within 10 ms")
+        return real(conn, res, ttl_s, settings)
+
+    monkeypatch.setattr(pub.results, "publish", failover_once)
+    rt = SimpleNamespace(conn=rconn, settings=get_settings())
+    assert pub.publish_patiently(rt, result, []) is True
+    assert len(calls) == 2
+    entries = [f for _, f in rconn.xrange(keys.outbox_key("bot1")) if f[b"job_id"].decode() == job.job_id]
+    assert len(entries) == 1 and results.load_meta(rconn, job.job_id).error == "told after a failover"

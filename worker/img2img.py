@@ -94,6 +94,27 @@ def vary(
         prompt_note=encoded.note, nan_detected=nan,
     )
 
+class TwoStages:
+    """The step callbacks of a base call followed by a refiner call: progress counted over both stages, the
+    last step's end marked (what comes after it is the decode)."""
+
+    def __init__(self, pipe: DreamPipeline, count: int, total: int, on_step: Callable[[StepEvent], None] | None):
+        self.count, self.total, self.on_step = count, total, on_step
+        self.counted = {"base": 0, "refiner": 0}
+        self.last_step = LastStep(pipe)
+
+    def callback(self, stage: str, stage_total: int):
+        def on_step_end(_pipe, i: int, t, tensors: dict) -> dict:
+            self.counted[stage] += 1
+            done = self.counted["base"] + self.counted["refiner"]
+            if self.on_step is not None:
+                self.on_step(StepEvent(stage, self.counted[stage], stage_total, done, self.total, tensors["latents"],
+                                       rows={0: slice(0, self.count)}))
+            self.last_step.mark(done == self.total)
+            return {}
+        return on_step_end
+
+
 @torch.inference_mode()
 def from_picture(
     pipe: DreamPipeline,
@@ -128,19 +149,8 @@ def from_picture(
 
     # 2. Step callbacks: progress counts over both stages.
     generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
-    counted = {"base": 0, "refiner": 0}
-    last_step = LastStep(pipe)
-
-    def stepper(stage: str, stage_total: int):
-        def on_step_end(_pipe, i: int, t, tensors: dict) -> dict:
-            counted[stage] += 1
-            done = counted["base"] + counted["refiner"]
-            if on_step is not None:
-                on_step(StepEvent(stage, counted[stage], stage_total, done, run_steps, tensors["latents"],
-                                  rows={0: slice(0, req.count)}))
-            last_step.mark(done == run_steps)
-            return {}
-        return on_step_end
+    stages = TwoStages(pipe, req.count, run_steps, on_step)
+    stepper, counted, last_step = stages.callback, stages.counted, stages.last_step
 
     # 3. The base from the picture, to the cut (latents out when the refiner follows).
     t_base = t_encoded

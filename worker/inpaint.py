@@ -24,7 +24,8 @@ from dreamcore.canvas import Canvas, plan
 from dreamcore.job import DreamRequest, Edit
 from dreamcore.styles import load_styles
 
-from .pipeline import DECODED, DreamPipeline, Generation, LastStep, StepEvent, checked_images
+from .img2img import TwoStages
+from .pipeline import DECODED, DreamPipeline, Generation, StepEvent, checked_images
 from .prompts import encode_prompts
 
 
@@ -93,20 +94,8 @@ def edit(
 
     # 2. Step callbacks: progress counts over both stages.
     generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
-    counted = {"base": 0, "refiner": 0}
-    total = base_steps + refiner_steps
-    last_step = LastStep(pipe)
-
-    def stepper(stage: str, stage_total: int):
-        def on_step_end(_pipe, i: int, t, tensors: dict) -> dict:
-            counted[stage] += 1
-            done = counted["base"] + counted["refiner"]
-            if on_step is not None:
-                on_step(StepEvent(stage, counted[stage], stage_total, done, total, tensors["latents"],
-                                  rows={0: slice(0, req.count)}))
-            last_step.mark(done == total)
-            return {}
-        return on_step_end
+    stages = TwoStages(pipe, req.count, base_steps + refiner_steps, on_step)
+    stepper, counted, last_step = stages.callback, stages.counted, stages.last_step
 
     common = dict(mask_image=[mask] * req.count, width=width, height=height, num_inference_steps=steps,
                   guidance_scale=req.guidance, generator=generators,

@@ -99,6 +99,9 @@ def units_made(rt: Runtime, job: DreamJob, gen: Generation) -> float:
 
 
 STORE_PATIENCE_S = 30.0
+# How long a published result may stay on the primary alone before the worker goes on: longer than a Sentinel
+# failover takes (a few seconds), short enough that a pool with no replica at all is not held up for long.
+REPLICATION_PATIENCE_S = 30.0
 
 
 def patiently(fn, errors: tuple[type[Exception], ...], patience_s: float, job_id: str, what: str):
@@ -138,16 +141,25 @@ def publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl
     """The images exist only in this process until published: ride out a Redis restart rather than lose them."""
     if images:
         store_patiently(rt, result, images)
+    settle_by = time.monotonic() + REPLICATION_PATIENCE_S
+
     def publish() -> bool:
-        try:
-            done = results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
-            faults.break_connection("publish-after-result")  # as if the reply to the script never came
-            return done
-        except NotReplicated as err:
-            # On the primary, not yet on a replica: publishing again would find its own done marker.
-            # Should the primary die before it replicates, the job's lease runs out and it is run again.
-            log.warning("result published but not yet replicated", extra={"job_id": result.job_id,
-                                                                           "error": str(err)})
-            return True
+        while True:
+            try:
+                done = results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
+                faults.break_connection("publish-after-result")  # as if the reply to the script never came
+                return done
+            except NotReplicated as err:
+                # On the primary, not yet on a replica. Returning now would let RQ record the job as finished,
+                # and a failover that loses this primary would lose the result with nothing left to run it
+                # again. So publish again: the script finds its own done marker and writes nothing, and its
+                # WAIT then says whether the first write has reached a replica (the replication stream is one
+                # ordered log); on a new primary that never got it, it publishes it afresh.
+                if time.monotonic() > settle_by:
+                    log.warning("result published but not yet replicated; going on",
+                                extra={"job_id": result.job_id, "error": str(err)})
+                    return True
+                log.info("result not yet replicated, publishing again", extra={"job_id": result.job_id})
+                time.sleep(0.5)
 
     return patiently(publish, (redis.RedisError,), patience_s, result.job_id, "publish")

@@ -42,8 +42,8 @@ import discord
 import redis
 
 from dreamcore import params, results, safety
-from dreamcore.canvas import CanvasError, plan
-from dreamcore.images import ImageStoreError, image_key, source_key
+from dreamcore.canvas import CanvasError, plan, variation_size
+from dreamcore.images import ImageStoreError, image_key, input_key, source_key
 from dreamcore.images import params_key as images_params_key
 from dreamcore.job import (
     DreamJob,
@@ -73,6 +73,7 @@ PREFIX = "dream:"
 JOB = r"(?P<job>[0-9a-f]{16})"
 INDEX = r"(?P<i>[0-9])"
 READ_TIMEOUT_S = 2.0
+CHAIN_S = 0.8  # of Info's READ_TIMEOUT_S, what walking back a chain of edits may take
 
 
 def _handler(interaction: discord.Interaction) -> Buttons | None:
@@ -337,11 +338,13 @@ class Buttons:
         except JobError as err:
             return Refusal(f"That can't be dreamed again: {err}")
         size = None
-        if action == "upscale":
+        if kind == "variation" and action not in ("reroll", "remix"):
+            size = variation_size(old.size, p.images[index].width, p.images[index].height)
+        elif action == "upscale":
             size = (p.images[index].width * 2, p.images[index].height * 2)
         elif kind == "edit" and action not in ("reroll", "remix"):
             size = plan(source.edit, p.images[index].width, p.images[index].height).size
-        elif action in ("reroll", "remix") and kind in ("upscale", "edit") and p.images:
+        elif action in ("reroll", "remix") and kind in ("upscale", "edit", "variation") and p.images:
             size = (p.images[0].width, p.images[0].height)
         return job, size
 
@@ -399,31 +402,29 @@ class Buttons:
 
     async def info(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p = await asyncio.wait_for(calls.command(self._record, job_id, interaction.guild_id),
-                                       READ_TIMEOUT_S)
+            p, chain = await asyncio.wait_for(calls.command(self._record_and_chain, job_id, interaction.guild_id),
+                                              READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-            p = Refusal(UNAVAILABLE)
-        if isinstance(p, Refusal):
-            text = p.message
-        else:
-            try:
-                chain = await asyncio.wait_for(calls.command(self._chain, p), READ_TIMEOUT_S)
-            except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-                chain = []  # Info still says what it knows of this one
-            text = info_text(p, self.settings.image_retention_days * 86400, chain=chain)
+            p, chain = Refusal(UNAVAILABLE), []
+        text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400,
+                                                                  chain=chain)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    def _chain(self, p: JobParams, most: int = 8) -> list[JobParams]:
-        """The records of what `p` was made from, nearest first, while they are kept (a chain of edits)."""
-        out: list[JobParams] = []
-        seen = {p.job_id}
-        while p.source is not None and p.source.job_id not in seen and len(out) < most:
-            seen.add(p.source.job_id)
-            p = params.load(self.conn, p.source.job_id, self.backend.images)
-            if p is None:
+    def _record_and_chain(self, job_id: str, guild_id: int | None) -> tuple[JobParams | Refusal, list[JobParams]]:
+        """A result's record and the records of what it was made from, nearest first (a chain of edits), as
+        far as they are kept and as many as CHAIN_S allows: Info answers inside Discord's window regardless."""
+        p = self._record(job_id, guild_id)
+        if isinstance(p, Refusal):
+            return p, []
+        chain: list[JobParams] = []
+        seen, at, until = {p.job_id}, p, time.monotonic() + CHAIN_S
+        while at.source is not None and at.source.job_id not in seen and len(chain) < 8 and time.monotonic() < until:
+            seen.add(at.source.job_id)
+            at = params.load(self.conn, at.source.job_id, self.backend.images)
+            if at is None:
                 break
-            out.append(p)
-        return out
+            chain.append(at)
+        return p, chain
 
     # --- Delete -------------------------------------------------------------------------------------------
 
@@ -464,6 +465,8 @@ class Buttons:
             # The images go with the message: nobody can make variations of a deleted picture.
             await calls.command(self.conn.delete, results.result_key(job_id), params.params_key(job_id))
             keys = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
+            if p is not None and p.kind == "picture" and p.source is not None and p.source.job_id == job_id:
+                keys.append(input_key(job_id))  # the member's own photo goes with what was made of it
             await calls.command(self.backend.images.delete, [*keys, images_params_key(job_id)])
         except (redis.RedisError, ImageStoreError) as err:  # they expire on their own
             log.warning("deleted result's images left to expire", extra={"job_id": job_id, "error": str(err)})

@@ -8,6 +8,8 @@ past Discord's 3-second window. So commands get executors of their own, bounded:
     submit    /dream and the buttons that queue: limits, backpressure, the enqueue
     command   every other command's and button's reads and writes (/dreamqueue, /cancel, /dreamadmin,
               /dreamstats, /dreamhelp, Info, Delete, votes)
+    picture   decoding a member's picture (dreamcore.image_in): up to a gigabyte at its peak for the largest
+              picture allowed, so two at a time, and never on a thread a command is waiting for
 
 and the result relay and the live status keep the default executor, so a flood of results never takes a
 thread a member is waiting on either. Each pool's size bounds how many calls of its kind run at once; more
@@ -29,6 +31,8 @@ COMMAND_THREADS = 8
 
 _submit = ThreadPoolExecutor(max_workers=SUBMIT_THREADS, thread_name_prefix="submit")
 _command = ThreadPoolExecutor(max_workers=COMMAND_THREADS, thread_name_prefix="command")
+PICTURE_THREADS = 2
+_picture = ThreadPoolExecutor(max_workers=PICTURE_THREADS, thread_name_prefix="picture")
 
 
 async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -43,3 +47,8 @@ async def submit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 async def command(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Any other call a command or a button makes."""
     return await _run(_command, fn, *args, **kwargs)
+
+
+async def picture(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Decoding a member's picture."""
+    return await _run(_picture, fn, *args, **kwargs)

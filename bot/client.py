@@ -150,10 +150,10 @@ class DreamClient(discord.Client):
                 await remix.on_modal_submit(self.buttons, interaction)
             except Exception:
                 log.exception("modal submit failed")
-                if not interaction.response.is_done():
-                    await interaction.response.send_message(
-                        "Something went wrong on my side with that. Please try again.", ephemeral=True,
-                        allowed_mentions=NO_MENTIONS)
+                try:
+                    await answer_privately(interaction, "Something went wrong on my side with that. Please try again.")
+                except discord.HTTPException:
+                    pass
 
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         """Workers check this before generating, so a deleted channel's queued dreams cost no GPU time."""

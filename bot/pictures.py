@@ -104,7 +104,7 @@ class PictureIntake:
                            f"{image_in.megabytes(s.input_max_bytes)}.")
         # 4. The safe decode, off the event loop.
         try:
-            pic = await calls.command(image_in.prepare, data, attachment.filename, s.input_max_pixels,
+            pic = await calls.picture(image_in.prepare, data, attachment.filename, s.input_max_pixels,
                                       request.aspect if aspect_given else None)
         except image_in.PictureError as err:
             return refused(str(err))

@@ -27,7 +27,7 @@ from dreamcore.job import MAX_PROMPT_CHARS
 
 from . import calls
 from .backend import UNAVAILABLE
-from .toolkit import NO_MENTIONS
+from .toolkit import NO_MENTIONS, answer_privately
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -70,6 +70,16 @@ class RegionSelect(discord.ui.DynamicItem[discord.ui.Select],
         return cls(match["job"], int(match["i"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self._picked(interaction)
+        except Exception:
+            log.exception("region picker failed", extra={"job_id": self.job_id})
+            try:
+                await answer_privately(interaction, "Something went wrong on my side with that. Please try again.")
+            except discord.HTTPException:
+                pass
+
+    async def _picked(self, interaction: discord.Interaction) -> None:
         h = getattr(interaction.client, "buttons", None)
         values = list((interaction.data or {}).get("values") or [])
         try:

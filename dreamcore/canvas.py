@@ -52,30 +52,36 @@ def _round(v: float) -> int:
 def plan(edit, width: int, height: int) -> Canvas:
     """The canvas of `edit` (a dreamcore.job.Edit) over a source of `width` x `height`."""
     w, h = float(width), float(height)
-    x0, y0 = 0.0, 0.0  # where the source goes on the unscaled canvas
     if edit.op == "zoom":
         cw, ch = w * edit.zoom, h * edit.zoom
-        x0, y0 = (cw - w) / 2, (ch - h) / 2
     elif edit.op == "pan":
         horizontal = edit.direction in ("left", "right")
         cw, ch = (w * (1 + PAN), h) if horizontal else (w, h * (1 + PAN))
-        x0 = cw - w if edit.direction == "left" else 0.0
-        y0 = ch - h if edit.direction == "up" else 0.0
     elif edit.op == "square":
         if width == height:
             raise CanvasError("that image is square already")
         cw = ch = max(w, h)
-        x0, y0 = (cw - w) / 2, (ch - h) / 2
     else:  # region
         cw, ch = w, h
     if max(cw, ch) / min(cw, ch) > MAX_RATIO:
         raise CanvasError(f"that would make a canvas more than {MAX_RATIO:g} times longer than it is wide; "
                           "try Make Square or a Pan the other way")
-    scale = math.sqrt(TARGET_PIXELS / (cw * ch))
-    W, H = _round(cw * scale), _round(ch * scale)
-    sx, sy = W / cw, H / ch
-    box = (round(x0 * sx), round(y0 * sy), round((x0 + w) * sx), round((y0 + h) * sy))
-    return Canvas(W, H, box, edit.cells if edit.op == "region" else None)
+    W, H = native_size(cw, ch)
+    if edit.op == "region":  # the whole picture, at the canvas's size
+        return Canvas(W, H, (0, 0, W, H), edit.cells)
+    # One scale for the source, so it keeps its shape: what rounding the canvas to 64 adds or takes is
+    # painted, never a squeeze of the picture (which a chain of edits would compound).
+    s = min(W / cw, H / ch)
+    bw, bh = min(W, round(w * s)), min(H, round(h * s))
+    x = {"left": W - bw, "right": 0}.get(edit.direction, (W - bw) // 2) if edit.op == "pan" else (W - bw) // 2
+    y = {"up": H - bh, "down": 0}.get(edit.direction, (H - bh) // 2) if edit.op == "pan" else (H - bh) // 2
+    return Canvas(W, H, (x, y, x + bw, y + bh))
+
+
+def native_size(width: float, height: float) -> tuple[int, int]:
+    """The size of that shape at about one megapixel, sides multiples of 64: where the models work best."""
+    scale = math.sqrt(TARGET_PIXELS / (width * height))
+    return _round(width * scale), _round(height * scale)
 
 
 def region_cells(choices: list[str]) -> int:
@@ -97,3 +103,12 @@ def region_cells(choices: list[str]) -> int:
         else:
             raise ValueError(f"not a region choice: {choice!r}")
     return bits
+
+
+def variation_size(requested: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """The size a variation of a `width` x `height` image comes out at: the request's when the image has its
+    shape (an upscale is scaled back down to it), else the image's own shape at about one megapixel (the
+    result of a Pan or Make Square is never squeezed back into the dream's shape)."""
+    if abs(math.log((width / height) / (requested[0] / requested[1]))) < 0.01:
+        return requested
+    return native_size(width, height)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import math
-import warnings
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -38,6 +37,11 @@ _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"ftypheic", 4, "a HEIC photo (not taken: export it as JPEG)"),
     (b"ftypavif", 4, "an AVIF image (not taken)"),
 ]
+
+
+# Pillow warns past this many pixels and refuses past twice it. Set once, at import: our own cap
+# (DREAMBOT_INPUT_MAX_MEGAPIXELS, at most 150) is checked first, so Pillow's only speaks past it.
+Image.MAX_IMAGE_PIXELS = 150_000_000
 
 
 class PictureError(ValueError):
@@ -127,26 +131,31 @@ def prepare(data: bytes, filename: str, max_pixels: int, aspect: str | None = No
                            "right extension.")
     notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Only the decoder its signature names: a file can't steer Pillow to another one.
-            im = Image.open(io.BytesIO(data), formats=[FORMATS[what]])
+        # Only the decoder its signature names: a file can't steer Pillow to another one.
+        im = Image.open(io.BytesIO(data), formats=[FORMATS[what]])
         w, h = im.size
         if w * h > max_pixels:  # read from the header: no pixel decoded yet
             raise PictureError(_too_many_pixels(filename, w, h, max_pixels))
-        if getattr(im, "n_frames", 1) > 1:
+        if getattr(im, "is_animated", False) and im.format != "MPO":  # MPO: a phone's photo with its preview
             im.seek(0)
-            notes.append(f"it is animated ({im.n_frames} frames): I used its first frame")
+            notes.append("it is animated: I used its first frame")
+        if im.format in ("JPEG", "MPO"):
+            # The decoder scales a large JPEG down by 2, 4 or 8 as it decodes, to no less than 2048 a side (more
+            # than the longest side kept, 1536): a fraction of the memory, no loss after the resize below.
+            im.draft(None, (2048, 2048))
         im.load()
     except PictureError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise PictureError(_too_many_pixels(filename, *_header_size(data, what), max_pixels)) from None
+    except Image.DecompressionBombError:  # past twice Pillow's own cap: it refuses to read even the header
+        raise PictureError(_too_many_pixels(filename, 0, 0, max_pixels)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         reason = "it is cut short (truncated)" if "truncated" in str(err) or isinstance(err, EOFError) \
             else "it can't be decoded"
         raise PictureError(f"`{name}` is {NAMES[what]} file, but {reason}: send it again or export it anew.") from None
-    upright = ImageOps.exif_transpose(im)
+    try:
+        upright = ImageOps.exif_transpose(im)
+    except Exception:  # a broken EXIF block: the picture as it is stored
+        upright = im
     if upright is not im and upright.size != im.size or _orientation(im) not in (None, 1):
         notes.append("turned upright as its camera marked it")
     rgb, converted = _to_rgb(upright)
@@ -180,10 +189,12 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
         or (mode in ("RGB", "L") and "transparency" in im.info)
     if has_alpha:
         rgba = im.convert("RGBA")
-        if rgba.getextrema()[3][0] < 255:
+        alpha = rgba.getchannel("A")
+        if alpha.getextrema()[0] < 255:
             notes.append("transparent parts filled with white")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB"), notes
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=alpha)
+        return out, notes
     return im.convert("RGB"), notes
 
 
@@ -192,19 +203,6 @@ def _orientation(im: Image.Image) -> int | None:
         return im.getexif().get(0x0112)
     except Exception:  # a broken EXIF block: treated as none
         return None
-
-
-def _header_size(data: bytes, what: str) -> tuple[int, int]:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            Image.MAX_IMAGE_PIXELS, old = None, Image.MAX_IMAGE_PIXELS
-            try:
-                return Image.open(io.BytesIO(data), formats=[FORMATS[what]]).size
-            finally:
-                Image.MAX_IMAGE_PIXELS = old
-    except Exception:
-        return (0, 0)
 
 
 def _too_many_pixels(filename: str, width: int, height: int, max_pixels: int) -> str:

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
     # A member's picture for /dream (dreamcore/image_in.py): the largest file, checked against the size Discord
     # reports before a byte is downloaded, and the most pixels, checked before any is decoded.
     input_max_mb: float = Field(25.0, gt=0, le=100, **_env("DREAMBOT_INPUT_MAX_MB"))
-    input_max_megapixels: float = Field(50.0, ge=1, le=200, **_env("DREAMBOT_INPUT_MAX_MEGAPIXELS"))
+    input_max_megapixels: float = Field(50.0, ge=1, le=150, **_env("DREAMBOT_INPUT_MAX_MEGAPIXELS"))
     # How long the bot waits for Discord's CDN to hand over a member's picture.
     input_download_timeout_s: float = Field(10.0, ge=1, le=60, **_env("DREAMBOT_INPUT_DOWNLOAD_TIMEOUT"))
     # The refiner upscales in tiles of at most this many pixels a side, so GPU memory stays that of one tile.

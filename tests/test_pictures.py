@@ -93,12 +93,12 @@ def test_a_photo_comes_out_at_the_sdxl_size_nearest_its_shape():
 
 def test_quirks_of_real_files_are_fixed_and_said():
     gif = image_in.prepare(animated_gif(), "loop.gif", 50_000_000)
-    assert "animated (3 frames): I used its first frame" in gif.notes[0]
+    assert gif.notes[0] == "it is animated: I used its first frame"
     assert Image.open(io.BytesIO(gif.png)).getpixel((10, 10)) == (200, 30, 30)
     frames = [Image.new("RGB", (96, 64), c) for c in ((30, 200, 30), (200, 30, 30))]
     webp = image_in.prepare(encoded(frames[0], "WEBP", save_all=True, append_images=frames[1:], lossless=True),
                             "loop.webp", 50_000_000)
-    assert "animated (2 frames): I used its first frame" in webp.notes[0]
+    assert webp.notes[0] == "it is animated: I used its first frame"
     assert Image.open(io.BytesIO(webp.png)).getpixel((10, 10)) == (30, 200, 30)
 
     cmyk = image_in.prepare(encoded(COFFEE.convert("CMYK"), "JPEG", quality=95), "print.jpg", 50_000_000)
@@ -137,6 +137,32 @@ BAD_FILES = [
     ("huge.png", encoded(Image.new("1", (20000, 20000)), "PNG"), None,
      "`huge.png` is 20,000 x 20,000 pixels; pictures may have up to 50 million pixels."),
 ]
+
+
+def test_every_canvas_keeps_its_source_in_shape_and_near_one_megapixel():
+    from dreamcore.canvas import CanvasError, plan, variation_size
+    from dreamcore.job import Edit
+
+    for w, h in [(1024, 1024), (1152, 896), (1216, 832), (1344, 768), (832, 1216), (2048, 1024), (2432, 1664)]:
+        for e in [Edit(op="zoom", zoom=2.0), Edit(op="zoom", zoom=1.5), Edit(op="square"),
+                  *(Edit(op="pan", direction=d) for d in ("left", "right", "up", "down"))]:
+            try:
+                c = plan(e, w, h)
+            except CanvasError:
+                assert e.op == "square" and w == h
+                continue
+            x0, y0, x1, y1 = c.box
+            assert c.width % 64 == 0 and c.height % 64 == 0 and 0.85e6 < c.width * c.height < 1.25e6, (e, w, h, c)
+            assert 0 <= x0 < x1 <= c.width and 0 <= y0 < y1 <= c.height
+            assert abs((x1 - x0) / (y1 - y0) / (w / h) - 1) < 0.005, (e, w, h, c)  # the source, not squeezed
+    # Several pans one way end in a clear refusal rather than a sliver.
+    w, h = 1216, 832
+    with pytest.raises(CanvasError, match="more than 4 times longer"):
+        for _ in range(6):
+            w, h = plan(Edit(op="pan", direction="right"), w, h).size
+    # A variation of a result of another shape (a Pan, Make Square) keeps that shape.
+    assert variation_size((1152, 896), 1024, 1024) == (1024, 1024)
+    assert variation_size((1152, 896), 2304, 1792) == (1152, 896)  # an upscale: scaled back down
 
 
 @pytest.mark.parametrize("name,data,ctype,expect", BAD_FILES, ids=[f"{b[0]}-{i}" for i, b in enumerate(BAD_FILES)])
@@ -274,7 +300,7 @@ def test_every_bad_picture_is_told_and_nothing_is_queued_or_stored(pics):
 
 def test_what_real_files_carry_is_fixed_and_the_member_told(pics):
     e = pics
-    for name, data, note in [("loop.gif", animated_gif(), "it is animated (3 frames): I used its first frame"),
+    for name, data, note in [("loop.gif", animated_gif(), "it is animated: I used its first frame"),
                              ("print.jpg", encoded(COFFEE.convert("CMYK"), "JPEG"), "CMYK colours converted to RGB"),
                              ("scan.png", sixteen_bit_png(), "16 bits a channel: brought to 8"),
                              ("logo.png", transparent_png(), "transparent parts filled with white")]:

@@ -9,6 +9,7 @@ import io
 import logging
 from collections.abc import Callable
 
+from dreamcore.canvas import variation_size
 from dreamcore.images import ImageStoreError, source_key
 from dreamcore.job import DreamJob, DreamRequest
 from dreamcore.ranges import MAX_SEED
@@ -47,8 +48,9 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
     except (UnidentifiedImageError, OSError) as err:
         raise SourceGone(f"the image it starts from can't be read ({type(err).__name__})") from None
     if job.kind == "variation":
+        size = variation_size(job.request.size, *image.size)
         return in_parts(rt, job, lambda req, on_step: img2img.vary(rt.pipeline, req, image, src.strength,
-                                                                   on_step=on_step), hook)
+                                                                   on_step=on_step, size=size), hook)
     if job.kind == "edit":
         return in_parts(rt, job, lambda req, on_step: inpaint.edit(rt.pipeline, req, image, src.edit,
                                                                    on_step=on_step), hook)

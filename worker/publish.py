@@ -101,7 +101,7 @@ def units_made(rt: Runtime, job: DreamJob, gen: Generation) -> float:
 STORE_PATIENCE_S = 30.0
 # How long a published result may stay on the primary alone before the worker goes on: longer than a Sentinel
 # failover takes (a few seconds), short enough that a pool with no replica at all is not held up for long.
-REPLICATION_PATIENCE_S = 30.0
+REPLICATION_PATIENCE_S = 10.0
 
 
 def patiently(fn, errors: tuple[type[Exception], ...], patience_s: float, job_id: str, what: str):

@@ -518,3 +518,35 @@ def _open(e, msg, custom_id: str):
     f = e.fleet
     inter = e.standin.send_component(e.bot.app.id, f.guild_id, e.bot.channel_id, f.user_id, msg.id, custom_id)
     return inter, inter.wait_ack(5)
+
+
+def test_a_flagged_picture_is_held_back_under_the_servers_policy_and_the_member_told_why(pics):
+    """The worker scores the picture before using it; with a threshold every image reaches (0), what was made
+    from it is withheld as the server's policy says, and the member is told it was the picture."""
+    e = pics
+    f = e.fleet
+
+    def admin_set(key: str, value: str) -> None:
+        inter = e.standin.send_slash(e.bot.app.id, f.guild_id, e.bot.channel_id, e.admin, "dreamadmin",
+                                     {"key": key, "value": value}, subcommand="set")
+        text, _, _ = final_answer(e.standin, inter, inter.wait_ack(5))
+        assert key in text, text
+
+    admin_set("nsfw_threshold", "0")
+    try:
+        inter, text, _ = send(e, {"prompt": "a cup of coffee", "image": ("coffee.jpg", coffee_jpeg()), "steps": 2})
+        job = queued_id(text)
+        msg = e.standin.wait_for_message(lambda m: m.interaction_id == inter.id and not m.ephemeral
+                                         and any(c.startswith("dream:i:") for c in m.custom_ids()), timeout=90)
+        assert not any(a.filename.startswith("dream-") for a in msg.attachments)
+        assert f"The image was held back by this server's content filter (job `{job}`)." in msg.content
+        deadline = time.monotonic() + 20
+        private = []
+        while not private and time.monotonic() < deadline:
+            private = [m.content for m in e.standin.messages(e.bot.channel_id)
+                       if m.interaction_id == inter.id and m.ephemeral and m.content.startswith("🛡️")]
+            time.sleep(0.1)
+        assert private and private[0].startswith(f"🛡️ The image your dream `{job}` started from scores "), private
+        assert "Try another picture." in private[0]
+    finally:
+        admin_set("nsfw_threshold", "default")

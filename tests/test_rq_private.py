@@ -65,3 +65,24 @@ def test_stop_was_requested_reads_both_of_rqs_stop_marks(rconn):
     with pytest.raises(StopRequested):  # what SIGTERM does to an idle worker (RQ 3)
         w.request_stop(15, None)
     assert rq_private.stop_was_requested(w)
+
+
+def test_unsubscribe_stops_the_pubsub_thread_within_its_bound(rconn):
+    """RQ's own unsubscribe, on redis-py 8.2, waits for its pubsub thread's 60 s sleep: a minute per worker
+    shutdown. The adapter's keeps RQ's intended one-second bound, and the thread still ends."""
+    import time
+
+    from dreamcore.queue import FairQueue
+    from worker.runner import DreamWorker
+
+    source = inspect.getsource(rq.worker.base.BaseWorker.subscribe)
+    assert "pubsub_thread" in source and "run_in_thread" in source
+    q = FairQueue("adapter-pubsub", connection=rconn, serializer=JSONSerializer)
+    w = DreamWorker([q], connection=rconn, serializer=JSONSerializer)
+    w.subscribe()
+    w.pubsub.unsubscribe()  # what RQ's unsubscribe sends first; under load the thread reads the reply
+    time.sleep(0.5)  # ... and is back in its 60 s wait before stop() is called: the case that hung
+    t0 = time.monotonic()
+    w.unsubscribe()
+    assert time.monotonic() - t0 < 2.5
+    assert w.pubsub_thread.daemon  # left to end on its own, it holds no exit up

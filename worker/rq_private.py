@@ -8,7 +8,10 @@ each has a test that fails on an RQ release that renamed or reshaped what it cal
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
+
+UNSUBSCRIBE_WAIT_S = 1.0
 
 
 def finalize_success(worker, job, queue, execution, return_value: Any) -> None:
@@ -26,3 +29,20 @@ def stop_was_requested(worker) -> bool:
     `_stop_requested`; an idle one told to stop raises StopRequested without it (RQ 3) but records its
     shutdown date."""
     return bool(getattr(worker, "_stop_requested", False)) or getattr(worker, "_shutdown_requested_date", None) is not None
+
+
+def unsubscribe(worker) -> None:
+    """RQ's Worker.unsubscribe with the bounded wait it means (`join(timeout=1)`). redis-py 8.2's
+    PubSubWorkerThread.stop() joins the thread itself, without a bound, and RQ runs that thread with a 60 s
+    sleep: once unsubscribed, it waits out those 60 s before it looks again, so every worker shutdown took up
+    to a minute. The thread is a daemon: left to end on its own, it holds nothing up."""
+    thread = getattr(worker, "pubsub_thread", None)
+    if not thread:
+        return
+    worker.pubsub.unsubscribe()
+    if "timeout" in inspect.signature(thread.stop).parameters:
+        thread.stop(timeout=UNSUBSCRIBE_WAIT_S)
+    else:  # redis-py before 8.2: stop() only clears the flag
+        thread.stop()
+        thread.join(timeout=UNSUBSCRIBE_WAIT_S)
+    worker.pubsub.close()

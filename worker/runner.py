@@ -161,6 +161,9 @@ class DreamWorker(SimpleWorker):
             raise StopRequested
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
+    def unsubscribe(self):
+        rq_private.unsubscribe(self)
+
     def teardown(self):
         self._settle_pending()  # a stop request or a burst's end: publish and record the last job first
         if self._finisher is not None:

@@ -12,6 +12,7 @@ from discord.utils import escape_markdown
 from dreamcore.cost import units_text
 from dreamcore.limit_messages import human_duration
 from dreamcore.limits import CHOICE_KEYS, KNOWN_KEYS, GuildLimits, limit_range
+from dreamcore.present import clip, code
 
 MAX_MESSAGE = 2000
 MAX_VALUE_SHOWN = 240
@@ -40,16 +41,6 @@ def range_text(key: str) -> str:
 def describe(key: str) -> str:
     info = GuildLimits.model_fields.get(key)
     return (info.description or "") if info else ""
-
-
-def code(text: Any, limit: int = 64) -> str:
-    """Inline code that a typed value cannot break out of."""
-    s = str(text).replace("`", "'").replace("\n", " ")
-    return f"`{clip(s, limit)}`" if s else "``"
-
-
-def clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render(key: str, value: Any) -> str:

@@ -300,6 +300,9 @@ class Buttons:
                     return Refusal("The picture that dream started from is no longer kept; send it again with "
                                    "/dream.")
                 return self._too_old("another " + {"variation": "variation", "upscale": "upscale"}.get(kind, "edit"))
+            # Sized as the result it repeats (an upscale's, an edit's canvas, a variation's own shape).
+            same = kind in ("upscale", "edit", "variation") and p.images
+            size = (p.images[0].width, p.images[0].height) if same else None
         elif action in ("variation", "s", "t"):
             fmt = p.images[index].format
             if not self._has(job_id, index, fmt):
@@ -308,15 +311,16 @@ class Buttons:
                         "t": self.settings.vary_strong_strength}[action]
             kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt, strength=strength,
                                                   nsfw_score=p.source_score(index))
+            size = variation_size(old.size, p.images[index].width, p.images[index].height)
         elif action in EDITS or action == "region":
             image = p.images[index]
             what = EDITS[action] if action in EDITS else Edit(op="region", cells=extra["cells"])
             try:
-                plan(what, image.width, image.height)
+                size = plan(what, image.width, image.height).size
             except CanvasError as err:
                 return Refusal(f"That can't be done: {err}.")
             if not self._has(job_id, index, image.format):
-                return self._too_old(ACTIONS[action].label or "a Pan" if action in EDITS else "Vary (Region)")
+                return self._too_old((ACTIONS[action].label or "a Pan") if action in EDITS else "Vary (Region)")
             kind, source, count = "edit", JobSource(job_id=job_id, index=index, format=image.format, strength=1.0,
                                                     nsfw_score=p.source_score(index), edit=what), 1
         else:
@@ -329,6 +333,7 @@ class Buttons:
             kind, source, count = "upscale", JobSource(job_id=job_id, index=index, format=fmt,
                                                        strength=self.settings.upscale_strength,
                                                        nsfw_score=p.source_score(index)), 1
+            size = (p.images[index].width * 2, p.images[index].height * 2)
         try:
             fields = old.model_dump() | {"seed": seed, "count": count,
                                          "max_upload_bytes": self.settings.max_upload_bytes}
@@ -337,15 +342,6 @@ class Buttons:
             job = make_job(request, make_origin(**origin_fields), kind=kind, source=source)
         except JobError as err:
             return Refusal(f"That can't be dreamed again: {err}")
-        size = None
-        if kind == "variation" and action not in ("reroll", "remix"):
-            size = variation_size(old.size, p.images[index].width, p.images[index].height)
-        elif action == "upscale":
-            size = (p.images[index].width * 2, p.images[index].height * 2)
-        elif kind == "edit" and action not in ("reroll", "remix"):
-            size = plan(source.edit, p.images[index].width, p.images[index].height).size
-        elif action in ("reroll", "remix") and kind in ("upscale", "edit", "variation") and p.images:
-            size = (p.images[0].width, p.images[0].height)
         return job, size
 
     def _prepare_and_submit(self, job_id: str, action: str, index: int | None, origin_fields: dict,

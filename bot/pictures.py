@@ -24,6 +24,7 @@ import redis
 from dreamcore import image_in
 from dreamcore.images import ImageStoreError, input_key
 from dreamcore.job import PICTURE_STRENGTH, DreamJob, DreamRequest, JobSource, make_job, new_job_id
+from dreamcore.present import code
 from dreamcore.settings import Settings
 
 from . import calls
@@ -87,20 +88,20 @@ class PictureIntake:
         if host not in self.hosts:
             log.warning("attachment link outside Discord refused", extra={"host": host})
             return refused("That attachment's link doesn't lead to Discord, so I won't fetch it.")
-        name = image_in.shown_name(attachment.filename)
+        name = code(attachment.filename, 80)
         try:
             data = await asyncio.wait_for(attachment.read(), s.input_download_timeout_s)
         except asyncio.TimeoutError:
-            return refused(f"`{name}` took longer than {s.input_download_timeout_s:g} s to come from Discord; "
+            return refused(f"{name} took longer than {s.input_download_timeout_s:g} s to come from Discord; "
                            "try again.")
         except discord.NotFound:
-            return refused(f"Discord no longer has `{name}` (its link answered 404); send it again.")
+            return refused(f"Discord no longer has {name} (its link answered 404); send it again.")
         except (discord.HTTPException, aiohttp.ClientError, OSError) as err:
             status = getattr(err, "status", None)
             why = f"HTTP {status}" if status else "the connection failed"
-            return refused(f"`{name}` couldn't be fetched from Discord ({why}); try again.")
+            return refused(f"{name} couldn't be fetched from Discord ({why}); try again.")
         if len(data) > s.input_max_bytes:
-            return refused(f"`{name}` is {image_in.megabytes(len(data))}; pictures may be up to "
+            return refused(f"{name} is {image_in.megabytes(len(data))}; pictures may be up to "
                            f"{image_in.megabytes(s.input_max_bytes)}.")
         # 4. The safe decode, off the event loop.
         try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .job import ASPECTS
+from .present import code
 
 # What a member may send: the extension names the format, and the bytes must be that format.
 FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
@@ -75,18 +76,18 @@ def check_declared(filename: str, content_type: str | None, size: int, width: in
     says; PictureError names what is wrong."""
     fmt = format_of_name(filename)
     if fmt is None:
-        raise PictureError(f"`{shown_name(filename)}` is not a picture I take: send a {TAKEN} file.")
+        raise PictureError(f"{code(filename, 80)} is not a picture I take: send a {TAKEN} file.")
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     if declared and declared not in CONTENT_TYPES:
-        raise PictureError(f"`{shown_name(filename)}` was sent as `{shown_name(declared)}`, not as a picture: send a {TAKEN} "
+        raise PictureError(f"{code(filename, 80)} was sent as {code(declared, 80)}, not as a picture: send a {TAKEN} "
                            "file.")
     if declared and CONTENT_TYPES[declared] != fmt:
-        raise PictureError(f"`{shown_name(filename)}` is named as {NAMES[fmt]} but was sent as "
+        raise PictureError(f"{code(filename, 80)} is named as {NAMES[fmt]} but was sent as "
                            f"{NAMES[CONTENT_TYPES[declared]]}: save it again with the right extension.")
     if size <= 0:
-        raise PictureError(f"`{shown_name(filename)}` is empty (0 bytes).")
+        raise PictureError(f"{code(filename, 80)} is empty (0 bytes).")
     if size > max_bytes:
-        raise PictureError(f"`{shown_name(filename)}` is {megabytes(size)}; pictures may be up to {megabytes(max_bytes)}.")
+        raise PictureError(f"{code(filename, 80)} is {megabytes(size)}; pictures may be up to {megabytes(max_bytes)}.")
     if width and height and width * height > max_pixels:
         raise PictureError(_too_many_pixels(filename, width, height, max_pixels))
     return fmt
@@ -118,16 +119,16 @@ def nearest_aspect(width: int, height: int) -> str:
 def prepare(data: bytes, filename: str, max_pixels: int, aspect: str | None = None) -> Prepared:
     """Decode the member's picture safely and bring it to the SDXL size of `aspect` (the nearest to its shape
     when None): cropped to that shape around its centre, then resized. PictureError names what is wrong."""
-    name = shown_name(filename)
+    name = code(filename, 80)
     if not data:
-        raise PictureError(f"`{name}` is empty (0 bytes).")
+        raise PictureError(f"{name} is empty (0 bytes).")
     fmt = format_of_name(filename)
     what = sniff(data)
     if what not in FORMATS:
         said = f"named as {NAMES[fmt]}" if fmt else "sent as a picture"
-        raise PictureError(f"`{name}` is {said}, but it is {what}: send a {TAKEN} file.")
+        raise PictureError(f"{name} is {said}, but it is {what}: send a {TAKEN} file.")
     if fmt is not None and what != fmt:
-        raise PictureError(f"`{name}` is named as {NAMES[fmt]} but it is {NAMES[what]}: save it again with the "
+        raise PictureError(f"{name} is named as {NAMES[fmt]} but it is {NAMES[what]}: save it again with the "
                            "right extension.")
     notes: list[str] = []
     try:
@@ -151,7 +152,7 @@ def prepare(data: bytes, filename: str, max_pixels: int, aspect: str | None = No
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
         reason = "it is cut short (truncated)" if "truncated" in str(err) or isinstance(err, EOFError) \
             else "it can't be decoded"
-        raise PictureError(f"`{name}` is {NAMES[what]} file, but {reason}: send it again or export it anew.") from None
+        raise PictureError(f"{name} is {NAMES[what]} file, but {reason}: send it again or export it anew.") from None
     try:
         upright = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block: the picture as it is stored
@@ -207,11 +208,5 @@ def _orientation(im: Image.Image) -> int | None:
 
 def _too_many_pixels(filename: str, width: int, height: int, max_pixels: int) -> str:
     size = f" is {width:,} x {height:,} pixels" if width and height else " has too many pixels"
-    return (f"`{shown_name(filename)}`{size}; pictures may have up to {max_pixels / 1e6:g} million pixels. "
+    return (f"{code(filename, 80)}{size}; pictures may have up to {max_pixels / 1e6:g} million pixels. "
             "Scale it down and send it again.")
-
-
-def shown_name(text: str) -> str:
-    """A file name as literal text inside backticks: no markdown, no mention, bounded."""
-    text = "".join(c for c in text if c.isprintable()).replace("`", "'")
-    return text[:80] + ("…" if len(text) > 80 else "")

@@ -159,3 +159,14 @@ def shown(text: str, n: int) -> str:
     if (len(cut) - len(cut.rstrip("\\"))) % 2:  # a lone backslash would escape the ellipsis
         cut = cut[:-1]
     return cut + "…"
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def code(text, limit: int = 64) -> str:
+    """Inline code that a typed value (or a file's name) cannot break out of: no backtick, no line break or
+    other control character, at most `limit` characters."""
+    s = "".join(c if c.isprintable() else " " for c in str(text)).replace("`", "'")
+    return f"`{clip(s, limit)}`" if s else "``"

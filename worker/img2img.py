@@ -21,20 +21,6 @@ from .pipeline import DECODED, DreamPipeline, Generation, LastStep, StepEvent, c
 from .prompts import encode_prompts
 
 
-def base_img2img(pipe: DreamPipeline) -> StableDiffusionXLImg2ImgPipeline:
-    """The base's own modules as an img2img pipeline: nothing loaded or held twice. Only the scheduler is
-    a fresh copy, so img2img's begin index never leaks into the next text-to-image run."""
-    if pipe._base_img2img is None:
-        components = dict(pipe.base.components)
-        scheduler = components["scheduler"]
-        components["scheduler"] = type(scheduler).from_config(scheduler.config)
-        img2img = StableDiffusionXLImg2ImgPipeline(**components)
-        img2img.set_progress_bar_config(disable=True)
-        if pipe.memory is not None and pipe.memory.offload == "model":
-            img2img.enable_model_cpu_offload(device=pipe.device)  # its own hooks, ending each of its calls
-        pipe._base_img2img = img2img
-    return pipe._base_img2img
-
 @torch.inference_mode()
 def vary(
     pipe: DreamPipeline,
@@ -71,7 +57,7 @@ def vary(
         last_step.mark(counted[0] == run_steps)
         return {}
 
-    out = base_img2img(pipe)(
+    out = pipe.reused(StableDiffusionXLImg2ImgPipeline)(
         **encoded.base.pipeline_kwargs(req.count),
         image=[image] * req.count,
         strength=strength,
@@ -150,13 +136,12 @@ def from_picture(
     # 2. Step callbacks: progress counts over both stages.
     generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     stages = TwoStages(pipe, req.count, run_steps, on_step)
-    stepper, counted, last_step = stages.callback, stages.counted, stages.last_step
 
     # 3. The base from the picture, to the cut (latents out when the refiner follows).
     t_base = t_encoded
     latents = None
     if base_run:
-        out = base_img2img(pipe)(
+        out = pipe.reused(StableDiffusionXLImg2ImgPipeline)(
             **encoded.base.pipeline_kwargs(req.count),
             image=[image] * req.count,
             strength=strength,
@@ -165,7 +150,7 @@ def from_picture(
             guidance_scale=req.guidance,
             generator=generators,
             output_type="latent" if refiner_run else DECODED,
-            callback_on_step_end=stepper("base", base_run),
+            callback_on_step_end=stages.callback("base", base_run),
             callback_on_step_end_tensor_inputs=["latents"],
         ).images
         pipe.sync()
@@ -184,12 +169,12 @@ def from_picture(
             guidance_scale=req.guidance,
             generator=generators,
             output_type=DECODED,
-            callback_on_step_end=stepper("refiner", refiner_run),
+            callback_on_step_end=stages.callback("refiner", refiner_run),
             callback_on_step_end_tensor_inputs=["latents"],
         ).images
         pipe.sync()
     t_end = time.perf_counter()
-    t_last = last_step.at
+    t_last = stages.last_step.at
     decoded = checked_images(out)
     images, nan = [im for im, _ in decoded], any(bad for _, bad in decoded)
     timings = {"encode_s": t_encoded - t_start, "base_s": t_base - t_encoded, "decode_s": t_end - t_last,
@@ -199,8 +184,8 @@ def from_picture(
     else:
         timings["base_s"] = t_last - t_encoded
     return Generation(
-        images=images, seeds=req.seeds, width=width, height=height, base_steps=counted["base"],
-        refiner_steps=counted["refiner"], timings=timings, prompt_note=encoded.note, nan_detected=nan,
+        images=images, seeds=req.seeds, width=width, height=height, base_steps=stages.counted["base"],
+        refiner_steps=stages.counted["refiner"], timings=timings, prompt_note=encoded.note, nan_detected=nan,
     )
 
 

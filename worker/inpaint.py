@@ -29,27 +29,6 @@ from .pipeline import DECODED, DreamPipeline, Generation, StepEvent, checked_ima
 from .prompts import encode_prompts
 
 
-def _inpainter(pipe: DreamPipeline, which: str) -> StableDiffusionXLInpaintPipeline:
-    """The base's (or the refiner's) modules as an inpainting pipeline, built once; only the scheduler is a
-    fresh copy, so its begin index never leaks into the next run of the others."""
-    cache = pipe.__dict__.setdefault("_inpainters", {})
-    if which not in cache:
-        src = pipe.base if which == "base" else pipe.refiner
-        components = dict(src.components)
-        scheduler = components["scheduler"]
-        components["scheduler"] = type(scheduler).from_config(scheduler.config)
-        inp = StableDiffusionXLInpaintPipeline(
-            **components,
-            requires_aesthetics_score=src.config.get("requires_aesthetics_score", False),
-            force_zeros_for_empty_prompt=src.config.get("force_zeros_for_empty_prompt", True),
-        )
-        inp.set_progress_bar_config(disable=True)
-        if pipe.memory is not None and pipe.memory.offload == "model":
-            inp.enable_model_cpu_offload(device=pipe.device)
-        cache[which] = inp
-    return cache[which]
-
-
 def layout(source: Image.Image, canvas: Canvas) -> tuple[Image.Image, Image.Image]:
     """The canvas picture (the source on it, the new border filled with the source stretched and blurred) and
     the mask of what is painted (white)."""
@@ -95,7 +74,6 @@ def edit(
     # 2. Step callbacks: progress counts over both stages.
     generators = [torch.Generator("cpu").manual_seed(s) for s in req.seeds]
     stages = TwoStages(pipe, req.count, base_steps + refiner_steps, on_step)
-    stepper, counted, last_step = stages.callback, stages.counted, stages.last_step
 
     common = dict(mask_image=[mask] * req.count, width=width, height=height, num_inference_steps=steps,
                   guidance_scale=req.guidance, generator=generators,
@@ -105,22 +83,22 @@ def edit(
     #    so zeros stand in for them: diffusers would otherwise run one more VAE encode of the whole canvas.
     unused = torch.zeros(req.count, 4, height // 8, width // 8, device=pipe.device,
                          dtype=next(pipe.base.unet.parameters()).dtype)
-    out = _inpainter(pipe, "base")(
+    out = pipe.reused(StableDiffusionXLInpaintPipeline)(
         **encoded.base.pipeline_kwargs(req.count), **common, image=[picture] * req.count, strength=1.0,
         masked_image_latents=unused,
         denoising_end=fraction if handover else None, output_type="latent" if handover else DECODED,
-        callback_on_step_end=stepper("base", base_steps),
+        callback_on_step_end=stages.callback("base", base_steps),
     ).images
     pipe.sync()
     t_base = time.perf_counter()
     # 4. The refiner finishes from the base's latents.
     if handover:
-        out = _inpainter(pipe, "refiner")(
+        out = pipe.reused(StableDiffusionXLInpaintPipeline, "refiner")(
             **encoded.refiner.pipeline_kwargs(req.count), **common, image=out, denoising_start=fraction,
-            output_type=DECODED, callback_on_step_end=stepper("refiner", refiner_steps),
+            output_type=DECODED, callback_on_step_end=stages.callback("refiner", refiner_steps),
         ).images
         pipe.sync()
-    t_last = last_step.at
+    t_last = stages.last_step.at
     # 5. What is kept is the source's own pixels: the models' version of it is dropped.
     decoded = checked_images(out)
     keep = np.asarray(mask, dtype=np.float32)[..., None] / 255.0
@@ -135,7 +113,7 @@ def edit(
     if handover:
         timings["refiner_s"] = t_last - t_base
     return Generation(
-        images=images, seeds=req.seeds, width=width, height=height, base_steps=counted["base"],
-        refiner_steps=counted["refiner"], timings=timings, prompt_note=encoded.note,
+        images=images, seeds=req.seeds, width=width, height=height, base_steps=stages.counted["base"],
+        refiner_steps=stages.counted["refiner"], timings=timings, prompt_note=encoded.note,
         nan_detected=any(bad for _, bad in decoded),
     )

@@ -105,7 +105,7 @@ class DreamPipeline:
         self.device = device
         self.sources = sources  # where base and refiner came from (the compile cache's file is theirs)
         self._timesteps_cache: dict[tuple[str, int], list[int]] = {}
-        self._base_img2img: StableDiffusionXLImg2ImgPipeline | None = None
+        self._reused: dict[tuple[type, str], object] = {}  # see reused()
         self.memory: memory.MemoryPlan | None = None  # set when placed on the device (memory.place)
         self.levers = speed.PLAIN
         self.speed = speed.SpeedReport()
@@ -189,6 +189,25 @@ class DreamPipeline:
         return named
 
     # -- the step split ---------------------------------------------------------------------------------
+
+    def reused(self, cls: type, which: str = "base"):
+        """The base's (or the refiner's) own modules as a `cls` pipeline (img2img, inpainting), built once:
+        nothing loaded or held twice. Only the scheduler is a fresh copy, so one pipeline's begin index never
+        leaks into another's next run."""
+        key = (cls, which)
+        if key not in self._reused:
+            src = self.base if which == "base" else self.refiner
+            components = dict(src.components)
+            scheduler = components["scheduler"]
+            components["scheduler"] = type(scheduler).from_config(scheduler.config)
+            built = cls(**components,
+                        requires_aesthetics_score=src.config.get("requires_aesthetics_score", False),
+                        force_zeros_for_empty_prompt=src.config.get("force_zeros_for_empty_prompt", True))
+            built.set_progress_bar_config(disable=True)
+            if self.memory is not None and self.memory.offload == "model":
+                built.enable_model_cpu_offload(device=self.device)  # its own hooks, ending each of its calls
+            self._reused[key] = built
+        return self._reused[key]
 
     def split_steps(self, steps: int, base_steps: int) -> tuple[int, int, float | None]:
         """(base steps, refiner steps, handover fraction), exact for the schedulers' actual timesteps.

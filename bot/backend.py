@@ -42,6 +42,7 @@ class Outcome:
     eta_s: float | None = None
     kind: str | None = None  # which limit refused it, "busy", "dm", "unavailable" or "unconfirmed"
     vote: bool = False  # a vote round: job_id is the round, two candidates queued
+    job: DreamJob | None = None  # what was queued, with the server's defaults in it (submit_here)
 
 
 @dataclass
@@ -136,18 +137,23 @@ class Backend:
         return True
 
     def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
-                    deadline: float | None = None) -> Outcome:
-        """/dream: a vote round in a vote channel, one job elsewhere."""
+                    deadline: float | None = None, server_faces: bool = False) -> Outcome:
+        """/dream: a vote round in a vote channel, one job elsewhere. `server_faces`: the member left the face
+        pass out, so the server's default (GuildLimits.faces) is the job's."""
         try:
             vote = votes.is_vote_channel(self.conn, job.origin.guild_id, job.origin.channel_id)
+            if server_faces:
+                job = with_server_faces(job, self.store.get(job.origin.guild_id).faces)
         except redis.RedisError:
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
         if vote:
             out = self.submit_vote(job, role_ids, deadline)
             out.vote = out.ok
-            return out
-        return self.submit(job, role_ids, deadline=deadline)
+        else:
+            out = self.submit(job, role_ids, deadline=deadline)
+        out.job = job
+        return out
 
     def submit_vote(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
                     deadline: float | None = None) -> Outcome:
@@ -203,3 +209,11 @@ class Backend:
     def cancel(self, job_id: str, actor_id: int, guild_id: int | None, is_admin: bool) -> CancelOutcome:
         return cancel_job(self.conn, self.queue, self.limiter, job_id, actor_id, guild_id, is_admin,
                           self.settings.failure_ttl_s)
+
+
+def with_server_faces(job: DreamJob, faces: str) -> DreamJob:
+    """`job` with the face pass `faces` (the server's default, GuildLimits.faces) where its member left it out."""
+    if job.request.faces == faces:
+        return job
+    return make_job(job.request.model_copy(update={"faces": faces}), job.origin, job.priority, job.job_id,
+                    job.kind, job.source)

@@ -15,6 +15,9 @@ registered once per process with `client.add_dynamic_items`, and matched on the 
 and, where one image is shown, on image i: s/t Vary (Subtle)/(Strong); z/y Zoom Out 2x/1.5x; q Make Square;
 h/l/k/j Pan left/right/up/down; g Vary (Region) (a region picker, then the modal: bot/remix.py).
 
+    dream:f:<job>:<i>    Fix faces on image i: the face pass (worker/faces.py) over it, every face it finds,
+                         seeded with the image's own seed; offered where the result's pass redrew none
+
 All of them are one class, ResultButton (ACTIONS says what each code looks like and does). A job id is 16 hex
 digits and i one digit (0..9, so "no image 7" gets a clear refusal rather than silence); anything else that
 starts with "dream:" is answered by UnknownButton. With several images, Variations and Upscale are one
@@ -46,6 +49,7 @@ from dreamcore.canvas import CanvasError, plan, variation_size
 from dreamcore.images import ImageStoreError, image_key, input_key, source_key
 from dreamcore.images import params_key as images_params_key
 from dreamcore.job import (
+    FACE_STRENGTH,
     DreamJob,
     Edit,
     JobError,
@@ -128,6 +132,7 @@ ACTIONS = {a.code: a for a in (
     Action("l", "", "➡️", per_image=True),
     Action("k", "", "⬆️", per_image=True),
     Action("j", "", "⬇️", per_image=True),
+    Action("f", "Fix faces", "🙂", per_image=True),
 )}
 # What each edit button asks for (a dreamcore.job.Edit), by its code.
 EDITS = {"z": Edit(op="zoom", zoom=2.0), "y": Edit(op="zoom", zoom=1.5), "q": Edit(op="square"),
@@ -159,7 +164,7 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
     async def callback(self, interaction: discord.Interaction) -> None:
         if (h := _handler(interaction)) is None:
             return
-        if self.code in EDITS or self.code in "st":
+        if self.code in EDITS or self.code in "stf":
             work = h.follow_up(interaction, self.job_id, self.code, self.index)
         elif self.code == "m":
             work = remix.open_remix(h, interaction, self.job_id)
@@ -210,6 +215,8 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
     job, n = result.job_id, len(result.images)
     shown_set = set(range(n) if shown is None else shown)
     can_upscale = [max(i.width, i.height) * 2 <= MAX_UPSCALED_SIDE for i in result.images]
+    # Fix faces where its face pass redrew none: it was off, found only large faces or none, or never ran.
+    fix_faces = not result.timings.get("faces_redrawn")
     view = discord.ui.View(timeout=None)
     if n == 1:
         view.add_item(ResultButton("r", job, row=0))
@@ -223,6 +230,8 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
                 view.add_item(ResultButton(code, job, 0, row=1))
             for code in "hlkj":
                 view.add_item(ResultButton(code, job, 0, row=2))
+            if fix_faces:
+                view.add_item(ResultButton("f", job, 0, row=2))
         for code in "mid":
             view.add_item(ResultButton(code, job, row=3))
         return view
@@ -234,6 +243,9 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
             view.add_item(ResultButton("u", job, i, row=1))
     for code in "rmid":
         view.add_item(ResultButton(code, job, row=2))
+    if fix_faces:
+        for i in sorted(shown_set):
+            view.add_item(ResultButton("f", job, i, label=f"F{i + 1}", row=3))
     return view
 
 
@@ -299,9 +311,11 @@ class Buttons:
                 if kind == "picture":
                     return Refusal("The picture that dream started from is no longer kept; send it again with "
                                    "/dream.")
-                return self._too_old("another " + {"variation": "variation", "upscale": "upscale"}.get(kind, "edit"))
-            # Sized as the result it repeats (an upscale's, an edit's canvas, a variation's own shape).
-            same = kind in ("upscale", "edit", "variation") and p.images
+                return self._too_old({"variation": "another variation", "upscale": "another upscale",
+                                      "faces": "Fix faces"}.get(kind, "another edit"))
+            # Sized as the result it repeats (an upscale's, an edit's canvas, a variation's own shape, the
+            # image whose faces were fixed).
+            same = kind in ("upscale", "edit", "variation", "faces") and p.images
             size = (p.images[0].width, p.images[0].height) if same else None
         elif action in ("variation", "s", "t"):
             fmt = p.images[index].format
@@ -312,6 +326,16 @@ class Buttons:
             kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt, strength=strength,
                                                   nsfw_score=p.source_score(index))
             size = variation_size(old.size, p.images[index].width, p.images[index].height)
+        elif action == "f":
+            image = p.images[index]
+            if not self._has(job_id, index, image.format):
+                return self._too_old("Fix faces")
+            # The image's own seed: the faces come out as /dream faces:on would have drawn them.
+            seed, count = image.seed, 1
+            kind, source = "faces", JobSource(job_id=job_id, index=index, format=image.format,
+                                              strength=FACE_STRENGTH, nsfw_score=p.source_score(index))
+            size = (image.width, image.height)
+            extra = {**extra, "faces": "on"}
         elif action in EDITS or action == "region":
             image = p.images[index]
             what = EDITS[action] if action in EDITS else Edit(op="region", cells=extra["cells"])
@@ -337,7 +361,7 @@ class Buttons:
         try:
             fields = old.model_dump() | {"seed": seed, "count": count,
                                          "max_upload_bytes": self.settings.max_upload_bytes}
-            fields |= {k: extra[k] for k in ("prompt", "negative_prompt") if k in extra}
+            fields |= {k: extra[k] for k in ("prompt", "negative_prompt", "faces") if k in extra}
             request = make_request(**fields)
             job = make_job(request, make_origin(**origin_fields), kind=kind, source=source)
         except JobError as err:

@@ -18,6 +18,7 @@ from discord import app_commands
 from dreamcore import metrics, ranges
 from dreamcore.job import (
     ASPECT_LABELS,
+    FACE_LABELS,
     MAX_PROMPT_CHARS,
     PICTURE_STRENGTH,
     JobError,
@@ -80,9 +81,11 @@ class DreamCommands:
             split=f"Share of steps on the base model, 0.5 to 1.0; the refiner does the rest (default {s.default_split:g}, 1.0 = no refiner)",
             image="A picture of yours to start from (PNG, JPEG, WebP or GIF); the prompt says what to make of it",
             change=f"With a picture: how much to change it, 0.05 (a touch) to 1.0 (all of it); default {PICTURE_STRENGTH:g}",
+            faces="Redraw faces close up after the refiner: the small ones (auto), all, or none; default: the server's",
         )
         @app_commands.choices(
             aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
+            faces=[app_commands.Choice(name=label, value=k) for k, label in FACE_LABELS.items()],
         )
         @app_commands.autocomplete(style=style_choices)
         async def dream(
@@ -98,12 +101,13 @@ class DreamCommands:
             split: app_commands.Range[float, ranges.SPLIT.lo, ranges.SPLIT.hi] | None = None,
             image: discord.Attachment | None = None,
             change: app_commands.Range[float, ranges.STRENGTH.lo, ranges.STRENGTH.hi] | None = None,
+            faces: str | None = None,
         ):
             await self.handle_dream(
                 interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
                 count=count, steps=steps if steps is not None else s.default_steps,
                 guidance=guidance if guidance is not None else s.default_guidance,
-                split=split if split is not None else s.default_split, picture=image, change=change,
+                split=split if split is not None else s.default_split, faces=faces, picture=image, change=change,
             )
 
         @tree.command(name="dreamqueue", description="Your dreams waiting or being made, with position and ETA")
@@ -183,14 +187,18 @@ class DreamCommands:
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
         notes: list[str] = []
+        server_faces = options.get("faces") is None  # left out: the server's default
         try:
             if picture is None:
-                work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S)
+                work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S,
+                                    server_faces)
                 outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S,
                                                      on_ack=lambda: self._note_ack(started))
+                job = outcome.job or job
+                request = job.request
             else:
                 work = self.pictures.take(picture, request, origin, change, options.get("aspect") is not None,
-                                          roles, SUBMIT_DEADLINE_S)
+                                          server_faces, roles, SUBMIT_DEADLINE_S)
                 taken, deferred = await within_ack(
                     interaction, work, SUBMIT_TIMEOUT_S + self.settings.input_download_timeout_s,
                     on_ack=lambda: self._note_ack(started))

@@ -9,7 +9,7 @@ import redis
 from discord import app_commands
 
 from dreamcore.cost import units_text
-from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS
+from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, PICTURE_STRENGTH
 from dreamcore.limit_messages import human_duration
 from dreamcore.styles import load_styles
 
@@ -30,6 +30,11 @@ def help_text(settings, limits, usage: dict | None) -> str:
         f"- `count` 1 to {limits.max_images}, `steps` 1 to {limits.max_steps} (default {settings.default_steps}), "
         f"`guidance` 0 to 30 (default {settings.default_guidance:g}), `split` 0.5 to 1.0: share of steps on the base "
         f"(default {settings.default_split:g}; 1.0 skips the refiner)",
+        f"- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 (default "
+        f"{PICTURE_STRENGTH:g})" + {"off": " (not on this server)", "age_restricted": " (in age-restricted channels "
+                                    "here)"}.get(limits.images_in, ""),
+        f"- `faces` small faces redrawn close up after the refiner: auto (the small ones), on (every face), off "
+        f"(this server's default: {limits.faces}); 🙂 Fix faces does it afterwards",
         "Also: **/dreamqueue** your dreams and their ETA · **/cancel** a dream · buttons under each result.",
         "",
         "**This server's limits**" + (" (dreaming is paused here)" if limits.paused else ""),

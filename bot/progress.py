@@ -45,10 +45,11 @@ def progress_text(job_id: str, fields: dict, prompt: str) -> str:
     done, total = _count(fields, "done"), max(1, _count(fields, "total"))
     done = min(done, total)
     step, stage_total = _count(fields, "step"), _count(fields, "stage_total")
-    stage = "refiner" if fields.get("stage") == "refiner" else "base"
-    verb = "Refining" if stage == "refiner" else "Dreaming"
+    stage = fields.get("stage") if fields.get("stage") in ("refiner", "faces") else "base"
+    verb = {"base": "Dreaming", "refiner": "Refining", "faces": "Fixing faces"}[stage]
+    where = "face by face on the refiner" if stage == "faces" else f"on the {stage}"
     return (f"{verb}: job `{job_id}` {bar(done, total)} {100 * done // total}% "
-            f"(step {step}/{stage_total} on the {stage}{part_text(fields)})\n**{shown(prompt, 900)}**")
+            f"(step {step}/{stage_total} {where}{part_text(fields)})\n**{shown(prompt, 900)}**")
 
 
 def part_text(fields: dict) -> str:

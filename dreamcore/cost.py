@@ -7,6 +7,9 @@ classifier, the PNG), counted as FIXED_STEPS steps. So the image-count limits an
 meaning for a standard dream, a 20-step dream counts about half, and an upscale counts its tiles: 2048 ->
 4096 is 25 tiles of the refiner, about 8 units, not one image.
 
+A face pass (worker/faces.py) costs a native-size img2img per face it redraws; the bot charges what it can
+know before the pass has looked (CHARGED_FACES), the worker's measure counts the faces it redrew.
+
 Guidance at or below 1 runs no unconditional pass (diffusers skips classifier-free guidance there), so it
 halves the UNet share. The estimate is made by the bot before a job is queued, from what the job will run;
 the worker measures its seconds per unit afterwards (dreamcore.stats) for the ETAs.
@@ -19,6 +22,11 @@ import math
 STANDARD_PIXELS = 1024 * 1024
 STANDARD_STEPS = 40
 FIXED_STEPS = 2  # per image: VAE decode, the classifier and the encoder cost about two UNet steps
+FACE_SIDE = 1024  # the face pass redraws each face at the models' native size (worker/faces.py)
+# What a face pass is charged before it runs, per image, when it is asked for ("on", or a Fix faces job): it
+# only learns how many faces there are when it looks. "auto" is charged nothing up front (most images have no
+# small face); what a pass really ran counts in the pool's measured speed (worker/publish.units_made).
+CHARGED_FACES = 1
 
 
 def img2img_steps(steps: int, strength: float) -> tuple[int, int]:
@@ -66,6 +74,11 @@ def upscale_units(width: int, height: int, steps: int, strength: float, guidance
     return sum(image_units(x1 - x0, y1 - y0, run, guidance) for y0, y1 in ys for x0, x1 in xs)
 
 
+def face_units(steps: int, strength: float, faces: int, guidance: float) -> float:
+    """`faces` faces redrawn by the face pass: each a native-size img2img at `strength` (worker/faces.py)."""
+    return faces * image_units(FACE_SIDE, FACE_SIDE, img2img_steps(steps, strength)[1], guidance)
+
+
 def rounded(units: float) -> float:
     """Units as they are stored and shown: two decimals, never below 0.01 (no job is free)."""
     return max(0.01, round(units, 2))
@@ -76,14 +89,27 @@ def units_text(units: float) -> str:
     return f"{units:.2f}".rstrip("0").rstrip(".")
 
 
-def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None) -> float:
-    """A job's cost before it runs (a dreamcore.job.DreamJob). `size`: the output size where it is not the
-    request's (an upscale's, twice its source's; the bot knows it from the source's record)."""
+def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None, faces: int | None = None) -> float:
+    """A job's cost (a dreamcore.job.DreamJob): before it runs, as the bot charges it, or, given the `faces` its
+    face pass redrew, what it ran. `size`: the output size where it is not the request's (an upscale's,
+    twice its source's; the bot knows it from the source's record)."""
+    req = job.request
+    face_pass = job.face_pass
+    if faces is None:  # charged before the pass has looked
+        on = face_pass is not None and face_pass.mode == "on"
+        faces = CHARGED_FACES * (1 if job.kind == "faces" else req.count) if on else 0
+    redraws = face_units(req.steps, face_pass.strength, faces, req.guidance) if face_pass and faces else 0.0
+    if job.kind == "faces":  # the source image as it is, its faces redrawn
+        return rounded(redraws)
+    return rounded(_made_units(job, tile, overlap, size) + redraws)
+
+
+def _made_units(job, tile: int, overlap: int, size: tuple[int, int] | None) -> float:
     req = job.request
     if job.kind == "upscale":
         w, h = size or (req.size[0] * 2, req.size[1] * 2)
-        return rounded(upscale_units(w, h, req.steps, job.source.strength, req.guidance, tile, overlap))
+        return upscale_units(w, h, req.steps, job.source.strength, req.guidance, tile, overlap)
     w, h = size or req.size
     if job.kind in ("variation", "picture"):  # a picture job's base and refiner share its img2img steps
-        return rounded(variation_units(w, h, req.steps, job.source.strength, req.count, req.guidance))
-    return rounded(dream_units(w, h, req.steps, req.count, req.guidance))
+        return variation_units(w, h, req.steps, job.source.strength, req.count, req.guidance)
+    return dream_units(w, h, req.steps, req.count, req.guidance)

@@ -13,7 +13,7 @@ import secrets
 import time
 import unicodedata
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, get_args
 
 from pydantic import (
     BaseModel,
@@ -33,14 +33,24 @@ from .styles import load_styles
 
 # A job carries the oldest schema version that can express it: a plain dream is still version 1, which
 # workers of the previous release run; variations and upscales (a `source` image) are version 2, a dream
-# from a member's own picture version 3. An older worker refuses a version it doesn't read with "written
-# with schema version N" (its member is told) instead of misreading.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
-KINDS = ("dream", "variation", "upscale", "picture", "edit")
-VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2, "picture": 3, "edit": 3}
+# from a member's own picture version 3; a Fix faces job, or any job that sets its face pass on or off,
+# version 4. An older worker refuses a version it doesn't read with "written with schema version N" (its
+# member is told) instead of misreading.
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+Kind = Literal["dream", "variation", "upscale", "picture", "edit", "faces"]
+KINDS: tuple[str, ...] = get_args(Kind)
+VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2, "picture": 3, "edit": 3, "faces": 4}
+FACES_VERSION = 4  # a request whose face pass is not "auto" (the worker that runs it must know the choice)
 # A picture job's strength ("how much to change it") when the member gives none.
 PICTURE_STRENGTH = 0.6
+# How far the face pass pushes each face crop back into noise (worker/faces.py): ADetailer's default, enough
+# to redraw eyes and mouth, little enough to keep the face's pose, light and likeness.
+FACE_STRENGTH = 0.4
+# The kinds whose images take the face pass (a Fix faces job is nothing else). Not an upscale: its faces are
+# twice the size they were, and its refiner redraws every tile at the upscale's own strength.
+FACE_PASS_KINDS = ("dream", "variation", "picture", "edit")
+FACE_LABELS = {"auto": "Auto: the small faces it finds", "on": "On: every face it finds", "off": "Off"}
 
 # The SDXL-native sizes (about one megapixel each), keyed by what /dream offers.
 ASPECTS: dict[str, tuple[int, int]] = {
@@ -68,6 +78,11 @@ ASPECT_LABELS: dict[str, str] = {
 
 # Zero-width and bidi-control characters: invisible, and a way to hide words from the blocked-words list.
 _INVISIBLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\u00ad]")
+
+
+class FacePass(NamedTuple):
+    mode: Literal["auto", "on"]  # auto: only the small faces it finds; on: every face it finds
+    strength: float
 
 
 class JobError(ValueError):
@@ -114,6 +129,17 @@ class DreamRequest(_Strict):
     # Fraction of the steps the base model runs; the refiner does the rest. 1.0 = base only (ranges.SPLIT).
     split: float = ranges.SPLIT.field(0.8)
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024 * 1024, le=500 * 1024 * 1024)
+    # The face pass (worker/faces.py): auto redraws the small faces it finds, on every face it finds, off none.
+    faces: Literal["auto", "on", "off"] = "auto"
+
+    @model_serializer(mode="wrap")
+    def _without_auto_faces(self, handler):
+        # "auto" is what a request of the release before the face pass meant, and that release forbids
+        # unknown keys: left out, a job, result or record that doesn't set it still reads there.
+        out = handler(self)
+        if isinstance(out, dict) and out.get("faces") == "auto":
+            out.pop("faces")
+        return out
 
     @field_validator("prompt", "negative_prompt", mode="before")
     @classmethod
@@ -215,21 +241,30 @@ class JobSource(_Strict):
         return out
 
 
+def job_version(kind: str, request: DreamRequest | None) -> int:
+    """The oldest schema version that can express a job of `kind` with `request` (see SCHEMA_VERSION)."""
+    version = VERSION_OF_KIND.get(kind, SCHEMA_VERSION)
+    if request is not None and request.faces != "auto":
+        version = max(version, FACES_VERSION)
+    return version
+
+
 class DreamJob(_Strict):
-    v: Literal[1, 2, 3] = 1
+    v: Literal[1, 2, 3, 4] = 1
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
     request: DreamRequest
     origin: Origin
     priority: Literal["high", "default", "low"] = "default"
-    kind: Literal["dream", "variation", "upscale", "picture", "edit"] = Field("dream", validate_default=True)
+    kind: Kind = Field("dream", validate_default=True)
     source: JobSource | None = Field(None, validate_default=True)
 
     @field_validator("kind")
     @classmethod
     def _kind_matches_version(cls, v: str, info: ValidationInfo) -> str:
-        version = info.data.get("v")
-        if version is not None and VERSION_OF_KIND[v] != version:
-            raise ValueError(f"a {v} job is written as schema version {VERSION_OF_KIND[v]}, this one says {version}")
+        version, wanted = info.data.get("v"), job_version(v, info.data.get("request"))
+        if version is not None and wanted != version:
+            what = f"a {v} job" + (" with its face pass set" if wanted > VERSION_OF_KIND[v] else "")
+            raise ValueError(f"{what} is written as schema version {wanted}, this one says {version}")
         return v
 
     @field_validator("source")
@@ -238,7 +273,7 @@ class DreamJob(_Strict):
         kind = info.data.get("kind")
         if kind == "dream" and v is not None:
             raise ValueError("a dream job has no source image")
-        if kind in ("variation", "upscale", "picture", "edit") and v is None:
+        if kind in ("variation", "upscale", "picture", "edit", "faces") and v is None:
             raise ValueError(f"a {kind} job needs its source (job_id, index, strength)")
         if v is not None and (v.edit is not None) != (kind == "edit"):
             raise ValueError("an edit job's source says what the edit does (edit)" if kind == "edit"
@@ -246,6 +281,16 @@ class DreamJob(_Strict):
         if kind == "picture" and (v.index != 0 or v.format != "png"):
             raise ValueError("a picture job's source is the member's picture (index 0, png)")
         return v
+
+    @property
+    def face_pass(self) -> FacePass | None:
+        """The face pass over this job's images (worker/faces.py), None where it runs none. A variation or a
+        picture job never changes a face more than its own strength changes the picture around it."""
+        if self.kind == "faces":
+            return FacePass("on", self.source.strength)
+        if self.kind not in FACE_PASS_KINDS or self.request.faces == "off":
+            return None
+        return FacePass(self.request.faces, min(FACE_STRENGTH, self.source.strength) if self.source else FACE_STRENGTH)
 
     @property
     def batch_key(self) -> str | None:
@@ -305,7 +350,7 @@ def make_request(**fields: Any) -> DreamRequest:
 def make_job(request: DreamRequest, origin: Origin, priority: str = "default", job_id: str | None = None,
              kind: str = "dream", source: JobSource | dict | None = None) -> DreamJob:
     try:
-        return DreamJob(v=VERSION_OF_KIND.get(kind, SCHEMA_VERSION), job_id=job_id or new_job_id(),
+        return DreamJob(v=job_version(kind, request), job_id=job_id or new_job_id(),
                         request=request, origin=origin, priority=priority, kind=kind, source=source)
     except ValidationError as err:
         raise describe_validation(err, DreamJob) from None

@@ -102,6 +102,10 @@ class GuildLimits(BaseModel):
         default_factory=_default("images_in"),
         description="members' own pictures in /dream: on, off, or age_restricted (only in age-restricted "
                     "channels)")
+    faces: Literal["auto", "on", "off"] = Field(
+        default_factory=_default("faces"),
+        description="the face pass where /dream leaves it out: auto (redraws the small faces it finds), on "
+                    "(every face it finds) or off")
     adult_words: list[Word] = Field(
         default_factory=list, max_length=500,
         description="whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "

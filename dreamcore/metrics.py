@@ -11,7 +11,7 @@ Series (one registry, the default one, so process_* and python_* come along):
 - dreambot_ack_seconds                      histogram: /dream arriving -> Discord's first answer (bot)
 - dreambot_queue_depth{queue}               gauge: LLEN of each RQ queue, read at scrape time (any process)
 - dreambot_redis_up                         gauge: 1 when that scrape-time read reached Redis
-- dreambot_stage_seconds{stage}             histogram, once per image: encode, base, refiner, decode, png, total
+- dreambot_stage_seconds{stage}             histogram, once per image: encode, base, refiner, decode, faces, png, total
 - dreambot_batch_images                     histogram: images per denoising batch of several jobs (worker)
 - dreambot_batch_jobs                       histogram: jobs per such batch (worker)
 - dreambot_jobs_total{outcome}              done, failed, cancelled (worker)
@@ -53,7 +53,7 @@ ACK_SECONDS = Histogram(
     "Seconds from a /dream interaction reaching the bot to its first answer (reply or defer); Discord allows 3",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0),
 )
-STAGES = ("encode", "base", "refiner", "decode", "safety", "png", "total")
+STAGES = ("encode", "base", "refiner", "decode", "faces", "safety", "png", "total")
 STAGE_SECONDS = Histogram(
     "dreambot_stage_seconds",
     "Seconds per image spent in each stage of a dream job (the job's stage time over its image count)",

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import images
 from .images import ImageStore
-from .job import DreamRequest, JobSource
+from .job import DreamRequest, JobSource, Kind
 from .keys import params_key  # noqa: F401  (re-exported)
 from .results import DreamResult
 
@@ -42,7 +42,7 @@ class JobParams(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
     v: Literal[1] = 1
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
-    kind: Literal["dream", "variation", "upscale", "picture", "edit"] = "dream"
+    kind: Kind = "dream"
     source: JobSource | None = None
     request: DreamRequest
     instance: str = Field(max_length=32)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from .cost import img2img_steps
 from .job import ASPECT_LABELS, DreamRequest
 from .results import DreamResult
 from .styles import load_styles
@@ -17,12 +18,23 @@ def settings_line(req: DreamRequest, size: tuple[int, int] | None = None) -> str
     style = "no style" if req.style == "none" else load_styles()[req.style].label
     w, h = size or req.size
     refiner = "base only" if req.split >= 1.0 else f"refiner from {req.split:.0%}"
-    return f"{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}"
+    faces = "" if req.faces == "auto" else f" · faces {req.faces}"
+    return f"{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}{faces}"
 
 
 # The stage times a worker reports, by name: nothing else a result carries is shown as a stage.
-STAGES = ("encode_s", "base_s", "refiner_s", "decode_s", "safety_s", "png_s")
-TIMINGS = (*STAGES, "total_s", "batch_images", "batch_jobs", "parts")  # everything a result's timings may hold
+STAGES = ("encode_s", "base_s", "refiner_s", "decode_s", "faces_s", "safety_s", "png_s")
+# Everything a result's timings may hold: the stages, and the counts of the call it shared and of its face pass
+# (kept here rather than as fields of their own, so a bot of an earlier release still reads the result).
+TIMINGS = (*STAGES, "total_s", "batch_images", "batch_jobs", "parts", "faces_found", "faces_redrawn")
+
+
+def faces_text(timings: dict[str, float]) -> str | None:
+    """'2 faces found, 1 redrawn' after a face pass; None where none ran."""
+    if "faces_found" not in timings:
+        return None
+    found, redrawn = int(timings["faces_found"]), int(timings.get("faces_redrawn", 0))
+    return f"{found} face{'s' * (found != 1)} found, {redrawn} redrawn"
 
 
 def stages_text(timings: dict[str, float]) -> str:
@@ -54,6 +66,8 @@ def result_text(result: DreamResult, limit: int = 2000) -> str:
         lines.insert(0, made)
     if t:
         lines.append(f"-# {t.get('total_s', 0):.1f}s ({stages_text(t)})")
+    if t.get("faces_redrawn"):
+        lines.append(f"-# 🙂 {faces_text(t)} close up")
     if result.prompt_note:
         lines.append(f"-# {shown(result.prompt_note, 300)}")
     return "\n".join(lines)[:limit]
@@ -79,6 +93,8 @@ def made_from(kind: str, source) -> str | None:
         return f"🖌️ A region of {which} redrawn"
     if kind == "picture" and source is not None:
         return f"🖼️ From the picture sent with `{source.job_id}` (change {source.strength:g})"
+    if kind == "faces" and source is not None:
+        return f"🙂 Faces of image {source.index + 1} of `{source.job_id}` redrawn close up (strength {source.strength:g})"
     return None
 
 
@@ -107,6 +123,10 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: lis
         split = "base only" if req.split >= 1.0 else f"split {req.split:g}"
         lines.append(f"steps: {req.steps} ({p.base_steps} base + {p.refiner_steps} refiner, {split}) · "
                      f"guidance {req.guidance:g}")
+    elif p.kind == "faces" and p.source is not None:
+        ran = img2img_steps(req.steps, p.source.strength)[1]
+        lines.append(f"steps: {req.steps} at strength {p.source.strength:g} ({ran} a face, on the refiner) · "
+                     f"guidance {req.guidance:g}")
     else:
         ran = p.base_steps + p.refiner_steps
         on = {"variation": "base", "upscale": "refiner, per tile"}.get(
@@ -117,6 +137,11 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: lis
         lines.append(f"steps: {req.steps} at strength {strength} ({ran} run on the {on}) · "
                      f"guidance {req.guidance:g}")
     t = p.timings
+    faces = faces_text(t)
+    if faces:
+        lines.append(f"faces: {faces} ({'Fix faces' if p.kind == 'faces' else req.faces})")
+    elif req.faces == "off" or p.kind == "upscale":
+        lines.append("faces: no face pass" + (" (off)" if req.faces == "off" else " on an upscale"))
     if t:
         lines.append(f"timings: total {t.get('total_s', 0):.2f}s ({stages_text(t)})")
     if p.prompt_note:

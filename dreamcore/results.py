@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from . import redisconn
 from .images import ImageStore, image_key
-from .job import DreamRequest, JobSource, Origin
+from .job import DreamRequest, JobSource, Kind, Origin
 from .keys import (  # noqa: F401  (re-exported: callers name keys through results)
     DELIVERED_TTL_S,
     PROGRESS_TTL_S,
@@ -66,7 +66,7 @@ class DreamResult(BaseModel):
     finished_at: float = Field(default_factory=time.time)
     # What made it (a variation or an upscale names its source image). Left out of the stored JSON for a
     # plain dream, so a bot of the previous release (which forbids unknown keys) still reads its results.
-    kind: Literal["dream", "variation", "upscale", "picture", "edit"] = "dream"
+    kind: Kind = "dream"
     source: JobSource | None = None
 
     def to_json(self) -> str:

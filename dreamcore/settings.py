@@ -168,6 +168,8 @@ class Settings(BaseSettings):
         "withhold", **_env("DREAMBOT_LIMIT_NSFW_ACTION"))
     # Whether members may start a dream from their own picture: on, off, or only in age-restricted channels.
     limit_images_in: Literal["on", "off", "age_restricted"] = Field("on", **_env("DREAMBOT_LIMIT_IMAGES_IN"))
+    # The face pass where a /dream leaves it out (worker/faces.py): auto, on or off.
+    limit_faces: Literal["auto", "on", "off"] = Field("auto", **_env("DREAMBOT_LIMIT_FACES"))
     # --- end of guild limit defaults ---
 
     # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---

@@ -12,10 +12,10 @@ import redis
 from rq import Worker
 
 from .fairq import Place
+from .job import KINDS
 from .keys import STATS_KEY  # noqa: F401  (re-exported)
 
 EWMA_ALPHA = 0.2  # about the last ten jobs
-KINDS = ("dream", "variation", "upscale", "picture", "edit")
 _FIELDS = ("s_per_unit", *(f"s_per_unit:{k}" for k in KINDS), "s_per_image")
 
 

@@ -23,7 +23,7 @@ from dreamcore.job import DreamJob
 from . import admit
 from .errors import JobCancelled, free_gpu_memory, is_oom
 from .failure import input_error, settle
-from .make import make_images
+from .make import make_images, with_faces
 from .pipeline import Generation
 from .publish import publish_generation, units_made
 from .runtime import Runtime, runtime
@@ -139,12 +139,14 @@ def _make_alone(rt: Runtime, i: int, job: DreamJob, rq_job) -> Outcome | Made:
 
 
 def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outcome | Made]:
-    """One generate_prepared call for the live members; how each of them ended, by index."""
+    """One generate_prepared call for the live members, and one face pass over what it made; how each of
+    them ended, by index."""
     jobs = [job for _, job, _ in live]
     hook = StepHook(rt, jobs)
     t0 = time.perf_counter()
     try:
         gens = rt.pipeline.generate_prepared([p for _, _, p in live], on_step=hook)
+        gens = with_faces(rt, jobs, gens, hook)
     except JobTimeoutException:
         raise
     except Exception as err:

@@ -61,7 +61,7 @@ def run_demo(settings: Settings, args) -> int:
             seed=args.seed, count=args.count, steps=args.steps or settings.default_steps,
             guidance=args.guidance if args.guidance is not None else settings.default_guidance,
             split=args.split if args.split is not None else settings.default_split,
-            max_upload_bytes=settings.max_upload_bytes,
+            faces=args.faces or settings.limit_faces, max_upload_bytes=settings.max_upload_bytes,
         )
     except JobError as err:
         print(f"dreambot demo: {err}")

@@ -14,7 +14,7 @@ from dreamcore.images import ImageStoreError, source_key
 from dreamcore.job import DreamJob, DreamRequest
 from dreamcore.ranges import MAX_SEED
 
-from . import img2img, inpaint
+from . import faces, img2img, inpaint
 from .errors import SourceGone
 from .pipeline import Generation, StepEvent
 from .runtime import Runtime
@@ -25,8 +25,44 @@ log = logging.getLogger("dreambot.worker")
 
 
 def make_images(rt: Runtime, job: DreamJob) -> Generation:
-    """Dispatch on the job's kind; every kind runs on the models this process already holds."""
+    """The job's images, its face pass included; every kind runs on the models this process already holds."""
     hook = StepHook(rt, [job])
+    gen = _made(rt, job, hook)
+    (gen,) = with_faces(rt, [job], [gen], hook)
+    if job.kind == "faces" and not gen.timings.get("faces_redrawn"):
+        src = job.source
+        raise faces.NoFaces(f"I found no face in image {src.index + 1} of `{src.job_id}`, so there was nothing to "
+                            "redraw (I look for faces turned towards the camera, at least 30 pixels wide).")
+    return gen
+
+
+def with_faces(rt: Runtime, jobs: list[DreamJob], gens: list[Generation], hook: StepHook) -> list[Generation]:
+    """Each job's images after its face pass (worker/faces.py), the same Generation where it takes none: all
+    the jobs' faces in as few calls as fit. `hook` is the step hook of the call that made them (job k of
+    `jobs` is its job k); a job cancelled by then is left as it is."""
+    targets = [faces.Target(k, job.request, image, seed, job.face_pass)
+               for k, (job, gen) in enumerate(zip(jobs, gens, strict=True))
+               if job.face_pass is not None and job.job_id not in hook.cancelled
+               for image, seed in zip(gen.images, gen.seeds, strict=True)]
+    if not targets:
+        return gens
+    redrawn, seconds = faces.redraw(rt.pipeline, targets, hook, call_images(rt.pipeline))
+    out = []
+    for k, gen in enumerate(gens):
+        mine = [r for t, r in zip(targets, redrawn, strict=True) if t.owner == k]
+        if not mine:
+            out.append(gen)
+            continue
+        timings = faces.redrawn_timings(gen.timings, seconds, sum(r.found for r in mine),
+                                        sum(r.redrawn for r in mine))
+        out.append(dataclasses.replace(gen, images=[r.image for r in mine], timings=timings))
+    log.info("face pass", extra={"jobs": [j.job_id for j in jobs], "images": len(targets),
+                                 "found": sum(r.found for r in redrawn), "redrawn": sum(r.redrawn for r in redrawn),
+                                 "seconds": round(seconds, 3)})
+    return out
+
+
+def _made(rt: Runtime, job: DreamJob, hook: StepHook) -> Generation:
     if job.kind == "dream":
         return in_parts(rt, job, lambda req, on_step: rt.pipeline.generate(req, on_step=on_step), hook)
     src = job.source
@@ -61,6 +97,10 @@ def make_images(rt: Runtime, job: DreamJob) -> Generation:
         gen = in_parts(rt, job, lambda req, on_step: img2img.from_picture(rt.pipeline, req, image, src.strength,
                                                                           on_step=on_step), hook)
         return dataclasses.replace(gen, source_score=hook.source_score)
+    if job.kind == "faces":  # the image as it is: the face pass is all this job does
+        image = image.convert("RGB")
+        return Generation(images=[image], seeds=[job.request.seed], width=image.width, height=image.height,
+                          base_steps=0, refiner_steps=0, timings={"total_s": 0.0})
     from dreamcore.params import MAX_UPSCALED_SIDE
 
     if max(image.size) * 2 > MAX_UPSCALED_SIDE:

@@ -94,8 +94,10 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
 
 
 def units_made(rt: Runtime, job: DreamJob, gen: Generation) -> float:
-    """What the job cost (dreamcore.cost), at the size it came out: the measure of the pool's speed."""
-    return cost.of_job(job, rt.settings.upscale_tile, rt.settings.upscale_overlap, (gen.width, gen.height))
+    """What the job cost (dreamcore.cost), at the size it came out and with the faces its pass redrew: the
+    measure of the pool's speed."""
+    return cost.of_job(job, rt.settings.upscale_tile, rt.settings.upscale_overlap, (gen.width, gen.height),
+                       faces=int(gen.timings.get("faces_redrawn", 0)))
 
 
 STORE_PATIENCE_S = 30.0

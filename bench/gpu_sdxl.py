@@ -349,6 +349,7 @@ class QueueBench:
             self.serial += 1
             req = make_request(prompt=f"{PROMPT}, study {i}", seed=1000 + 10 * i, steps=steps or self.setup.steps,
                                guidance=self.setup.guidance, split=self.setup.split, count=n, aspect="1:1",
+                               faces="off",  # base + refiner as measured before the face pass (bench/faces.py)
                                max_upload_bytes=self.settings.max_upload_bytes)
             origin = make_origin(instance="bench", guild_id=4242, channel_id=77, user_id=10_000 + self.serial)
             job = make_job(req, origin)

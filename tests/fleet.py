@@ -58,6 +58,9 @@ class Fleet:
             "PYTHONUNBUFFERED": "1",
             # No /metrics port unless a test asks for one (tests/test_metrics.py passes free ports).
             "DREAMBOT_METRICS_PORT": "0",
+            # The test servers' default face pass: off. It costs about half a second of this CPU per image
+            # (the detector), and the tiny model draws no faces; tests/test_faces.py turns it on.
+            "DREAMBOT_LIMIT_FACES": "off",
             # The test process's (tests/conftest.py); a bench run outside pytest keeps its images in its tmp.
             "DREAMBOT_IMAGE_DIR": os.environ.get("DREAMBOT_IMAGE_DIR") or str(self.tmp / "images"),
         })

@@ -72,7 +72,8 @@ def test_dreams_stay_version_1_and_follow_ups_are_version_2():
     ({"v": 2, "kind": "variation", "source": SRC | {"strength": 0.0}}, "source.strength", "allowed 0.05 to 1.0"),
     ({"v": 2, "kind": "upscale", "source": SRC | {"job_id": "../x"}}, "source.job_id", "pattern"),
     ({"v": 2, "kind": "upscale", "source": SRC | {"scale": 8}}, "source.scale", "Extra inputs"),
-    ({"v": 2, "kind": "inpaint", "source": SRC}, "kind", "'dream', 'variation', 'upscale', 'picture' or 'edit'"),
+    ({"v": 2, "kind": "inpaint", "source": SRC}, "kind", "'dream', 'variation', 'upscale', 'picture', 'edit' or 'faces'"),
+    ({"v": 3, "kind": "faces", "source": SRC}, "kind", "a faces job is written as schema version 4, this one says 3"),
     ({"v": 3, "kind": "edit", "source": SRC}, "source", "an edit job's source says what the edit does"),
     ({"v": 3, "kind": "edit", "source": SRC | {"edit": {"op": "pan"}}}, "source.edit", "a pan edit needs direction"),
     ({"v": 2, "kind": "variation", "source": SRC | {"edit": {"op": "square"}}}, "source", "a variation job's source has no edit"),
@@ -84,6 +85,18 @@ def test_kind_version_and_source_must_agree_and_errors_name_the_field(change, fi
     with pytest.raises(JobError, match=expect) as info:
         parse_job(raw)
     assert info.value.field == field and str(info.value).startswith(field)
+
+
+def test_a_job_that_sets_its_face_pass_is_version_4_and_auto_is_left_out_of_the_wire():
+    for faces, version in (("auto", 2), ("on", 4), ("off", 4)):
+        job = make_job(_req(faces=faces), _origin(), kind="variation", source=SRC)
+        wire = job.to_dict()
+        assert wire["v"] == version and ("faces" in wire["request"]) == (faces != "auto")
+        assert parse_job(json.dumps(wire)) == job
+    wire = make_job(_req(faces="off"), _origin(), kind="variation", source=SRC).to_dict() | {"v": 2}
+    with pytest.raises(JobError, match="a variation job with its face pass set is written as schema version 4, "
+                                       "this one says 2"):
+        parse_job(wire)
 
 
 def test_a_dreams_result_is_stored_as_the_previous_release_wrote_it():
@@ -258,7 +271,7 @@ def test_one_button_per_image_for_variations_and_upscales():
     # has no Make Square).
     assert rows == {0: ["Reroll", "Vary (Subtle)", "Vary (Strong)", "Upscale"],
                     1: ["Zoom Out 2x", "Zoom Out 1.5x", "Vary (Region)"],
-                    2: ["⬅️", "➡️", "⬆️", "⬇️"], 3: ["Remix", "Info", "Delete"]}
+                    2: ["⬅️", "➡️", "⬆️", "⬇️", "Fix faces"], 3: ["Remix", "Info", "Delete"]}
     assert [c.custom_id for c in one.children][:3] == [
         "dream:r:00112233445566ff", "dream:s:00112233445566ff:0", "dream:t:00112233445566ff:0"]
     wide = result_view(_result(1, 1216, 832))
@@ -267,7 +280,12 @@ def test_one_button_per_image_for_variations_and_upscales():
     rows = {}
     for c in four.children:
         rows.setdefault(c.row, []).append(c.item.label)
-    assert rows == {0: ["V1", "V2", "V3", "V4"], 1: ["U1", "U2", "U3", "U4"], 2: ["Reroll", "Remix", "Info", "Delete"]}
+    assert rows == {0: ["V1", "V2", "V3", "V4"], 1: ["U1", "U2", "U3", "U4"], 2: ["Reroll", "Remix", "Info", "Delete"],
+                    3: ["F1", "F2", "F3", "F4"]}
+    # Fix faces is offered where the result's face pass redrew no face (off, only large faces, none, never run).
+    fixed = _result(4)
+    fixed.timings = {"faces_found": 3, "faces_redrawn": 1}
+    assert not any(c.custom_id.startswith("dream:f:") for c in result_view(fixed).children)
     big = result_view(_result(1, 3072, 1280))  # an upscale's result: no Upscale of it again (6144 px)
     assert not any(c.custom_id.startswith("dream:u:") for c in big.children)
     failed = DreamResult(job_id="00112233445566ff", status="failed", origin=_origin(), error="x")
@@ -410,7 +428,7 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     job = _job_of(first)
     assert set(first.custom_ids()) == {f"dream:v:{job}:0", f"dream:v:{job}:1", f"dream:u:{job}:0",
                                        f"dream:u:{job}:1", f"dream:r:{job}", f"dream:m:{job}", f"dream:i:{job}",
-                                       f"dream:d:{job}"}
+                                       f"dream:d:{job}", f"dream:f:{job}:0", f"dream:f:{job}:1"}
     originals = [a.data for a in first.attachments]
     t_first = time.monotonic()
 
@@ -486,7 +504,9 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     _, body = _click(fleet, bot, first, f"dream:d:{job}", alice)
     assert body["type"] == 6
     deadline = time.monotonic() + 5
-    while not standin.message(first.id).deleted and time.monotonic() < deadline:
+    # The bot deletes the message, then its records: wait for both.
+    while (not standin.message(first.id).deleted or rconn.exists(results.result_key(job))) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     assert standin.message(first.id).deleted
     assert not rconn.exists(results.result_key(job))  # its images go too

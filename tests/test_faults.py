@@ -103,7 +103,7 @@ def test_oom_and_nan_fail_only_their_job(tiny_env, rconn, pipeline, monkeypatch)
     box.ensure_group()
     q = DreamQueue(rconn, get_settings())
     origin = make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=3)
-    jobs = [make_job(make_request(prompt=f"dream {i}", aspect="12:5", steps=3, seed=i), origin) for i in range(3)]
+    jobs = [make_job(make_request(prompt=f"dream {i}", aspect="12:5", steps=3, seed=i, faces="off"), origin) for i in range(3)]
     for job in jobs:
         q.enqueue(job)
     make_worker(get_settings(), rconn, pipeline, name="faulty").work(burst=True, logging_level="WARNING")

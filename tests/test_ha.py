@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _job(user: int = 1, guild: int = 10):
     origin = make_origin(instance="bot1", guild_id=guild, channel_id=20, user_id=user)
-    return make_job(make_request(prompt=f"from {user}", seed=1), origin)
+    return make_job(make_request(prompt=f"from {user}", seed=1, faces="off"), origin)
 
 
 @pytest.fixture

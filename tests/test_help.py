@@ -33,6 +33,10 @@ def test_dreamhelp_shows_options_limits_and_what_is_left(one_bot, rconn):
     assert "`prompt`" in text and "Cinematic" in text and "Square 1:1 (1024x1024)" in text
     assert "12 standard images an hour" in text
     assert "9 standard images left this hour" in text
+    assert "`image` a picture of yours" in text and "`faces` small faces redrawn close up" in text
+    LimitStore(rconn).set(f.guild_id, "faces", "off", actor_id=1)
+    text = f.standin.send_slash(bot.app.id, f.guild_id, bot.channel_id, f.user_id, "dreamhelp", {}).wait_ack(5)
+    assert "(this server's default: off)" in text["data"]["content"]
 
 
 def test_style_autocomplete_matches_names_and_templates(one_bot):

@@ -34,6 +34,8 @@ RUN pip install ".[worker,fp8]" \
 # Still the CUDA 12.8 build of torch after the install (no GPU is needed to check that).
 RUN python -c "import sys, torch; print('torch', torch.__version__, 'cuda', torch.version.cuda); sys.exit(not (torch.version.cuda or '').startswith('12.8'))"
 RUN dreambot --help >/dev/null
+# The face pass's detector: OpenCV's cascade file, inside its wheel.
+RUN python -c "from worker.faces import _detector; _detector()"
 
 # Non-root. Every path compose mounts a volume on exists here and belongs to that user: Docker creates a
 # missing mount point owned by root, and a fresh named volume takes the ownership of the path it is

@@ -285,6 +285,9 @@ def test_progress_fields_a_worker_wrote_are_parsed_and_bounded():
     text = progress_text("0123456789abcdef", {"done": "10000000000", "total": "999999999999", "step": "-5",
                                               "stage_total": "7", "stage": "[x](https://e)"}, "a cat")
     assert len(text) < 300 and "https://e" not in text and "step 0/7 on the base" in text
+    faces = progress_text("0123456789abcdef", {"done": "3", "total": "16", "step": "3", "stage_total": "16",
+                                               "stage": "faces"}, "a cat")
+    assert faces.startswith("Fixing faces: job `0123456789abcdef`") and "step 3/16 face by face on the refiner" in faces
     with pytest.raises(ValueError):
         progress_text("0123456789abcdef", {"done": "lots", "total": "1"}, "a cat")
 

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
+import sys
 import tarfile
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,3 +39,51 @@ def unpack_newest(changed_file: str, marker: str, paths: list[str], out: Path) -
                 t.extractall(out, filter="data")
             return str(out)
     return None
+
+
+def release_reading(tmp_path: Path, version: int, paths: list[str]) -> str:
+    """The newest commit whose worker reads schema versions up to `version`, its `paths` unpacked; the test
+    is skipped without git history, and fails there in CI."""
+    try:
+        old = unpack_newest("dreamcore/job.py", f"SCHEMA_VERSION = {version}", paths, tmp_path / "previous")
+    except NoHistory:
+        old = None
+    if old is None:
+        # .ci/run fetches the history and sets DREAMBOT_REQUIRE_HISTORY, so CI can't pass this by skipping.
+        why = f"no git history with a worker of schema version {version} here (a shallow clone or a tarball)"
+        if os.environ.get("DREAMBOT_REQUIRE_HISTORY"):
+            pytest.fail(why + "; .ci/run needs the full history: git fetch --unshallow")
+        pytest.skip(why)
+    return old
+
+
+def run_old_worker(old: str, module: str, env: dict, answered: Callable[[], bool], timeout: float = 240) -> str:
+    """`python -m <module> worker --burst` of the release unpacked at `old`, until `answered()` says its jobs
+    have their results; then it is stopped if it has not exited. Releases before 376c3c8 could take a minute
+    to exit once done (redis-py's unbounded join of RQ's pubsub thread), which says nothing about the jobs.
+    Returns what it printed; raises if it exits with an error, or answers nothing within `timeout`."""
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen([sys.executable, "-m", module, "worker", "--burst"], env=env, cwd=old,
+                                stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while not answered():
+                if proc.poll() is not None and not answered():
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the old worker answered nothing in {timeout:g} s")
+                time.sleep(0.2)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    assert proc.returncode in (0, -9), text[-3000:]  # a clean exit, or stopped here once done
+    assert answered(), text[-3000:]
+    return text

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +16,7 @@ import numpy as np
 import pytest
 import skimage.data
 from fleet import Fleet, image_store
-from history import NoHistory, unpack_newest
+from history import release_reading, run_old_worker
 from PIL import Image
 from standin import DiscordStandIn
 
@@ -108,25 +106,9 @@ def test_a_dreams_result_is_stored_as_the_previous_release_wrote_it():
     assert DreamResult.model_validate_json(up.to_json()) == up
 
 
-def _release_reading(tmp_path, version: int, paths: list[str]) -> str:
-    """The newest commit whose worker reads schema versions up to `version`, its `paths` unpacked; the test
-    is skipped without git history, and fails there in CI."""
-    try:
-        old = unpack_newest("dreamcore/job.py", f"SCHEMA_VERSION = {version}", paths, tmp_path / "previous")
-    except NoHistory:
-        old = None
-    if old is None:
-        # .ci/run fetches the history and sets DREAMBOT_REQUIRE_HISTORY, so CI can't pass this by skipping.
-        why = f"no git history with a worker of schema version {version} here (a shallow clone or a tarball)"
-        if os.environ.get("DREAMBOT_REQUIRE_HISTORY"):
-            pytest.fail(why + "; .ci/run needs the full history: git fetch --unshallow")
-        pytest.skip(why)
-    return old
-
-
 def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_runs_dreams(tiny_env, rconn,
                                                                                          tmp_path):
-    old = _release_reading(tmp_path, 1, ["dreamcore", "worker"])
+    old = release_reading(tmp_path, 1, ["dreamcore", "worker"])
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()
     q = DreamQueue(rconn, get_settings())
@@ -141,15 +123,14 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
         rconn.rpush(q.queues["default"].key, job.job_id)
     env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
     # The old release's own entry point, started as docker-compose starts it.
-    run = subprocess.run([sys.executable, "-m", "dreamcore.cli", "worker", "--burst"], env=env, cwd=old,
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    printed = run_old_worker(old, "dreamcore.cli", env, lambda: all(
+        rconn.exists(results.result_key(j.job_id)) for j in (follow_up, dream)))
     failed, _ = results.load(rconn, image_store(), follow_up.job_id)
     assert failed.status == "failed" and failed.origin.user_id == 5  # its member is told
     assert "schema version 2; this worker reads version 1" in failed.error
     done = results.load_meta(rconn, dream.job_id)
     assert done.status == "done" and (done.images[0].width, done.images[0].height) == (1536, 640)
-    assert "Traceback" not in run.stdout.split("job failed")[0]  # no crash before the clean refusal
+    assert "Traceback" not in printed.split("job failed")[0]  # no crash before the clean refusal
     # That release sent its images inline, from no key of the image store: a new bot posts no bytes from
     # outside the job's own keys, and tells the member instead (workers are upgraded before bots).
     got = delivery.for_delivery(rconn, image_store(), dream.job_id, "bot1")
@@ -158,7 +139,7 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
 
 def test_a_worker_that_reads_no_pictures_tells_the_member(tiny_env, rconn, tmp_path):
     """The release before pictures (schema version 2) refuses a picture job with a message to its member."""
-    old = _release_reading(tmp_path, 2, ["dreamcore", "worker", "dreambot"])
+    old = release_reading(tmp_path, 2, ["dreamcore", "worker", "dreambot"])
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()
     origin = _origin()
@@ -170,9 +151,7 @@ def test_a_worker_that_reads_no_pictures_tells_the_member(tiny_env, rconn, tmp_p
     image_store().put(input_key("0123456789abcdef"), pic.png)
     DreamQueue(rconn, get_settings()).enqueue(job)
     env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
-    run = subprocess.run([sys.executable, "-m", "dreambot", "worker", "--burst"], env=env, cwd=old,
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    run_old_worker(old, "dreambot", env, lambda: rconn.exists(results.result_key(job.job_id)))
     failed, _ = results.load(rconn, image_store(), job.job_id)
     assert failed.status == "failed" and failed.origin.user_id == 5
     assert "written with schema version 3; this worker reads versions 1 and 2" in failed.error

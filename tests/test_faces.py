@@ -159,6 +159,42 @@ def test_no_face_means_no_call_and_the_image_as_it_was(pipe):
     assert (out.found, out.redrawn) == (0, 0) and np.array_equal(np.asarray(out.image), np.asarray(image))
 
 
+# --- A worker of the release before the face pass -------------------------------------------------------------
+
+
+def test_a_worker_before_the_face_pass_refuses_what_needs_it_and_runs_the_rest(tiny_env, rconn, tmp_path):
+    """Schema version 3's worker (the release before) tells the member it can't run a Fix faces job or a
+    dream that sets its face pass, and still runs a dream left at auto, which it reads as it always did. (Before
+    the module's bot and worker start below: that worker would take these jobs first.)"""
+    from history import release_reading, run_old_worker
+
+    from dreamcore import results
+    from dreamcore.job import make_job, make_origin
+    from dreamcore.queue import DreamQueue
+    from dreamcore.settings import get_settings
+
+    old = release_reading(tmp_path, 3, ["dreamcore", "worker", "dreambot"])
+    results.Outbox(rconn, "bot1", "test").ensure_group()
+    origin = make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=5)
+    fix = make_job(make_request(prompt="x", seed=3, steps=2, faces="on"), origin, kind="faces",
+                   source={"job_id": "0123456789abcdef", "index": 0, "strength": 0.4})
+    off = make_job(make_request(prompt="x", seed=3, steps=2, faces="off"), origin)
+    auto = make_job(make_request(prompt="a lighthouse", seed=3, steps=2, aspect="12:5"), origin)
+    assert (fix.v, off.v, auto.v) == (4, 4, 1)
+    q = DreamQueue(rconn, get_settings())
+    for job in (fix, off, auto):
+        q.enqueue(job)
+    env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
+    run_old_worker(old, "dreambot", env, lambda: all(rconn.exists(results.result_key(j.job_id))
+                                                     for j in (fix, off, auto)))
+    for job in (fix, off):
+        failed, _ = results.load(rconn, image_store(), job.job_id)
+        assert failed.status == "failed" and failed.origin.user_id == 5  # its member is told
+        assert "written with schema version 4; this worker reads versions 1, 2 and 3" in failed.error
+    done = results.load_meta(rconn, auto.job_id)
+    assert done.status == "done" and (done.images[0].width, done.images[0].height) == (1536, 640)
+
+
 # --- Through a real bot, worker and stand-in -----------------------------------------------------------------
 
 
@@ -290,51 +326,3 @@ def test_an_edit_takes_the_pass_over_the_faces_it_keeps(e):
     assert "🙂 1 face found, 1 redrawn close up" in made.content, made.content
     assert "faces: 1 face found, 1 redrawn (auto)" in info_of(e, made)
 
-
-# --- A worker of the release before the face pass -------------------------------------------------------------
-
-
-def test_a_worker_before_the_face_pass_refuses_what_needs_it_and_runs_the_rest(tiny_env, rconn, tmp_path):
-    """Schema version 3's worker (the release before) tells the member it can't run a Fix faces job or a
-    dream that sets its face pass, and still runs a dream left at auto, which it reads as it always did."""
-    import os
-    import subprocess
-    import sys
-
-    from history import NoHistory, unpack_newest
-
-    from dreamcore import results
-    from dreamcore.job import make_job, make_origin
-    from dreamcore.queue import DreamQueue
-    from dreamcore.settings import get_settings
-
-    try:
-        old = unpack_newest("dreamcore/job.py", "SCHEMA_VERSION = 3", ["dreamcore", "worker", "dreambot"],
-                            tmp_path / "previous")
-    except NoHistory:
-        old = None
-    if old is None:
-        why = "no git history with a worker of schema version 3 here (a shallow clone or a tarball)"
-        if os.environ.get("DREAMBOT_REQUIRE_HISTORY"):
-            pytest.fail(why + "; .ci/run needs the full history: git fetch --unshallow")
-        pytest.skip(why)
-    results.Outbox(rconn, "bot1", "test").ensure_group()
-    origin = make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=5)
-    fix = make_job(make_request(prompt="x", seed=3, steps=2, faces="on"), origin, kind="faces",
-                   source={"job_id": "0123456789abcdef", "index": 0, "strength": 0.4})
-    off = make_job(make_request(prompt="x", seed=3, steps=2, faces="off"), origin)
-    auto = make_job(make_request(prompt="a lighthouse", seed=3, steps=2, aspect="12:5"), origin)
-    assert (fix.v, off.v, auto.v) == (4, 4, 1)
-    q = DreamQueue(rconn, get_settings())
-    for job in (fix, off, auto):
-        q.enqueue(job)
-    env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
-    run = subprocess.run([sys.executable, "-m", "dreambot", "worker", "--burst"], env=env, cwd=old,
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    for job in (fix, off):
-        failed, _ = results.load(rconn, image_store(), job.job_id)
-        assert failed.status == "failed" and failed.origin.user_id == 5  # its member is told
-        assert "written with schema version 4; this worker reads versions 1, 2 and 3" in failed.error
-    done = results.load_meta(rconn, auto.job_id)
-    assert done.status == "done" and (done.images[0].width, done.images[0].height) == (1536, 640)

@@ -130,7 +130,9 @@ def test_each_publish_step_broken_leaves_the_member_told_once(tiny_env, rconn, p
     if outcome == "failed":  # a failure notice goes the same way: a cancel seen before the GPU
         rconn.set(keys.cancel_key(job.job_id), "3")
     make_worker(get_settings(), rconn, pipeline, name="breaks").work(burst=True, logging_level="WARNING")
-    entries = [e for e in box.read(count=50, block_ms=100) if e.job_id == job.job_id]
+    # Results only: a progress nudge (its own stream, lossy) comes too when a loaded machine takes over 2 s
+    # on the steps.
+    entries = [e for e in box.read(count=50, block_ms=100) if e.job_id == job.job_id and e.stream == box.key]
     assert len(entries) == 1, entries
     got = delivery.for_delivery(rconn, image_store(), job.job_id, "bot1")
     assert got.result.status == outcome

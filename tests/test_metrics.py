@@ -71,7 +71,7 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
     _, body = _wait_status(f"http://127.0.0.1:{bot_port}/healthz", 200, 15)
     assert body.strip() == "ok"
 
-    inter = fleet.dream(bot, aspect="12:5", seed=7)
+    inter = fleet.dream(bot, aspect="12:5", seed=7, faces="on")  # the face pass runs (and finds nothing)
     assert inter.wait_ack(5)["type"] in (4, 5)
     deadline = time.monotonic() + 120
     while not image_messages(standin, bot.channel_id):
@@ -104,10 +104,11 @@ def test_one_dream_shows_up_in_the_bot_and_worker_metrics(fleet, standin):
     assert _value(b, "dreambot_redis_up") == 1
 
     w = _scrape(worker_port)
-    for stage in ("encode", "base", "refiner", "decode", "png", "total"):
+    for stage in ("encode", "base", "refiner", "decode", "faces", "png", "total"):
         assert _value(w, "dreambot_stage_seconds_count", stage=stage) == 1, stage  # one image
         assert _value(w, "dreambot_stage_seconds_sum", stage=stage) > 0, stage
-    parts = sum(_value(w, "dreambot_stage_seconds_sum", stage=s) for s in ("encode", "base", "refiner", "decode", "png"))
+    parts = sum(_value(w, "dreambot_stage_seconds_sum", stage=s)
+                for s in ("encode", "base", "refiner", "decode", "faces", "png"))
     assert parts <= _value(w, "dreambot_stage_seconds_sum", stage="total") * 1.01
     assert _value(w, "dreambot_jobs_total", outcome="done") == 1
     assert _value(w, "dreambot_jobs_total", outcome="failed") == 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import get_args
 
-from dreamcore.job import ASPECTS
+from dreamcore.job import ASPECTS, FaceChoice
 from dreamcore.settings import SettingsError, load_settings
 from dreamcore.styles import style_names
 
@@ -39,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None)
     d.add_argument("--guidance", type=float, default=None)
     d.add_argument("--split", type=float, default=None, help="fraction of steps on the base model (1.0 = no refiner)")
-    d.add_argument("--faces", choices=("auto", "on", "off"), default=None,
+    d.add_argument("--faces", choices=get_args(FaceChoice), default=None,
                    help="the face pass: small faces redrawn close up (default: DREAMBOT_LIMIT_FACES)")
     d.add_argument("--out", default=None, help="folder for the images (default: DREAMBOT_OUTPUT_DIR)")
     # A plain flag: with an optional value, `--tiny "a prompt"` would take the prompt for the folder.

@@ -50,6 +50,9 @@ FACE_STRENGTH = 0.4
 # The kinds whose images take the face pass (a Fix faces job is nothing else). Not an upscale: its faces are
 # twice the size they were, and its refiner redraws every tile at the upscale's own strength.
 FACE_PASS_KINDS = ("dream", "variation", "picture", "edit")
+# The face pass a request asks for (DreamRequest.faces), which a server's default (GuildLimits.faces) and the
+# operator's (DREAMBOT_LIMIT_FACES) also take.
+FaceChoice = Literal["auto", "on", "off"]
 FACE_LABELS = {"auto": "Auto: the small faces it finds", "on": "On: every face it finds", "off": "Off"}
 
 # The SDXL-native sizes (about one megapixel each), keyed by what /dream offers.
@@ -130,7 +133,7 @@ class DreamRequest(_Strict):
     split: float = ranges.SPLIT.field(0.8)
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024 * 1024, le=500 * 1024 * 1024)
     # The face pass (worker/faces.py): auto redraws the small faces it finds, on every face it finds, off none.
-    faces: Literal["auto", "on", "off"] = "auto"
+    faces: FaceChoice = "auto"
 
     @model_serializer(mode="wrap")
     def _without_auto_faces(self, handler):

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from .job import clean_text
+from .job import FaceChoice, clean_text
 from .limit_words import fold
 from .ranges import LIMITS
 from .settings import Settings, get_settings
@@ -102,7 +102,7 @@ class GuildLimits(BaseModel):
         default_factory=_default("images_in"),
         description="members' own pictures in /dream: on, off, or age_restricted (only in age-restricted "
                     "channels)")
-    faces: Literal["auto", "on", "off"] = Field(
+    faces: FaceChoice = Field(
         default_factory=_default("faces"),
         description="the face pass where /dream leaves it out: auto (redraws the small faces it finds), on "
                     "(every face it finds) or off")

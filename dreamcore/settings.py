@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .job import FaceChoice
 from .problems import problems
 from .ranges import LIMITS
 
@@ -169,7 +170,7 @@ class Settings(BaseSettings):
     # Whether members may start a dream from their own picture: on, off, or only in age-restricted channels.
     limit_images_in: Literal["on", "off", "age_restricted"] = Field("on", **_env("DREAMBOT_LIMIT_IMAGES_IN"))
     # The face pass where a /dream leaves it out (worker/faces.py): auto, on or off.
-    limit_faces: Literal["auto", "on", "off"] = Field("auto", **_env("DREAMBOT_LIMIT_FACES"))
+    limit_faces: FaceChoice = Field("auto", **_env("DREAMBOT_LIMIT_FACES"))
     # --- end of guild limit defaults ---
 
     # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---

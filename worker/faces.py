@@ -160,8 +160,7 @@ class Redrawn:
 
     image: Image.Image
     found: int
-    redrawn: int
-    nan: bool = False  # a redrawn face came out broken (not blended in)
+    redrawn: int  # a face that came out broken (NaN) is left as it was, and not counted
 
 
 @dataclass
@@ -201,6 +200,7 @@ def redraw(pipe: DreamPipeline, targets: list[Target], on_step: Callable[[StepEv
     # 3. Crop, with each request's prompt encoded once for the drawer.
     crops: list[_Crop] = []
     encoded: dict[tuple, StageEmbeds] = {}
+    rgbs = [t.image.convert("RGB") for t in targets]
     for ti, (t, faces) in enumerate(zip(targets, found, strict=True)):
         req = t.request
         for k, face in enumerate(chosen(faces, t.image.size, t.face_pass.mode)):
@@ -209,7 +209,7 @@ def redraw(pipe: DreamPipeline, targets: list[Target], on_step: Callable[[StepEv
                 prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
                 encoded[key] = encode_prompts(drawer, None, prompt, negative).base
             box = crop_box(face, t.image.size)
-            picture = t.image.convert("RGB").crop((box.x0, box.y0, box.x1, box.y1)).resize(
+            picture = rgbs[ti].crop((box.x0, box.y0, box.x1, box.y1)).resize(
                 (FACE_SIDE, FACE_SIDE), Image.Resampling.LANCZOS)
             steps, run = img2img_steps(req.steps, t.face_pass.strength)
             crops.append(_Crop(ti, face, box, picture, face_seed(t.seed, k), encoded[key], steps, run,
@@ -217,7 +217,7 @@ def redraw(pipe: DreamPipeline, targets: list[Target], on_step: Callable[[StepEv
     # 4. Redraw, in as few calls as fit.
     groups: dict[tuple, list[_Crop]] = {}
     for c in crops:
-        groups.setdefault((c.steps, c.run, c.guidance, c.strength, tuple(c.embeds.prompt_embeds.shape)), []).append(c)
+        groups.setdefault((c.steps, c.strength, c.guidance, tuple(c.embeds.prompt_embeds.shape)), []).append(c)
     most = max(1, call_images or 16)
     calls = [g[i:i + most] for g in groups.values() for i in range(0, len(g), most)]
     total = sum(call[0].run for call in calls)
@@ -226,9 +226,8 @@ def redraw(pipe: DreamPipeline, targets: list[Target], on_step: Callable[[StepEv
         _draw(pipe, drawer, call, on_step, done, total)
     # 5. Blend back.
     out = []
-    for ti, t in enumerate(targets):
+    for ti, image in enumerate(rgbs):
         mine = [c for c in crops if c.target == ti]
-        image = t.image.convert("RGB")
         if mine:
             canvas = np.asarray(image, dtype=np.float32).copy()
             for c in mine:
@@ -240,11 +239,9 @@ def redraw(pipe: DreamPipeline, targets: list[Target], on_step: Callable[[StepEv
                 region = canvas[c.box.y0:c.box.y1, c.box.x0:c.box.x1]
                 canvas[c.box.y0:c.box.y1, c.box.x0:c.box.x1] = region * (1 - m) + drawn * m
             image = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
-        nan = any(c.bad for c in mine)
-        if nan:
+        if any(c.bad for c in mine):
             log.warning("a redrawn face came out broken and was left as it was", extra={"faces": len(mine)})
-        out.append(Redrawn(image, len(found[ti]), sum(not c.bad for c in mine), nan))
-    pipe.sync()
+        out.append(Redrawn(image, len(found[ti]), sum(not c.bad for c in mine)))
     return out, time.perf_counter() - t0
 
 

@@ -81,6 +81,29 @@ def test_auto_takes_the_small_faces_and_on_takes_every_one():
     assert len(faces.chosen(many, (1024, 1024), "on")) == faces.MAX_FACES
 
 
+def test_the_pass_is_charged_one_face_an_image_when_asked_for_and_measured_by_what_it_redrew():
+    from dreamcore import cost
+    from dreamcore.job import make_job, make_origin
+
+    origin = make_origin(instance="bot1", guild_id=1, channel_id=2, user_id=3)
+    src = {"job_id": "0123456789abcdef", "index": 0, "strength": 0.55}
+    face = cost.face_units(40, 0.4, 1, 7.0)
+    plain = cost.of_job(make_job(make_request(prompt="x", count=2, faces="off"), origin), 1024, 128)
+    assert cost.of_job(make_job(make_request(prompt="x", count=2), origin), 1024, 128) == plain  # auto: 0 up front
+    assert cost.of_job(make_job(make_request(prompt="x", count=2, faces="on"), origin), 1024, 128) == \
+        cost.rounded(cost.dream_units(1024, 1024, 40, 2, 7.0) + 2 * face)
+    measured = cost.of_job(make_job(make_request(prompt="x", count=2), origin), 1024, 128, faces=3)
+    assert measured == cost.rounded(cost.dream_units(1024, 1024, 40, 2, 7.0) + 3 * face)
+    fix = make_job(make_request(prompt="x", faces="on"), origin, kind="faces", source=src | {"strength": 0.4})
+    assert cost.of_job(fix, 1024, 128) == cost.rounded(face) and face < 0.5
+    # A variation's pass is no stronger than the variation; an upscale takes none.
+    vary = make_job(make_request(prompt="x", faces="on"), origin, kind="variation", source=src | {"strength": 0.3})
+    assert vary.face_pass.strength == 0.3
+    up = make_job(make_request(prompt="x", faces="on"), origin, kind="upscale", source=src)
+    assert up.face_pass is None and cost.of_job(up, 1024, 128) == cost.of_job(
+        make_job(make_request(prompt="x", faces="off"), origin, kind="upscale", source=src), 1024, 128)
+
+
 def test_a_crop_stays_inside_the_image_and_holds_the_face():
     for face in (Box(0, 0, 60, 60), Box(980, 724, 1024, 768), Box(500, 500, 560, 560), Box(0, 0, 900, 900)):
         c = faces.crop_box(face, (1024, 768))
@@ -263,6 +286,11 @@ def test_the_option_and_the_server_default_choose_the_pass(e):
         info = info_of(e, msg)
         assert "faces: no face pass (off)" in info, info
         assert any(c.startswith("dream:f:") for c in msg.custom_ids())  # made without it: Fix faces offered
+        # A dream from a member's picture takes the server's default too.
+        photo = io.BytesIO()
+        Image.fromarray(skimage.data.coffee()).save(photo, "JPEG")
+        _, text, _ = send(e, {"prompt": "a cup", "image": ("coffee.jpg", photo.getvalue()), "steps": 2})
+        assert "From the picture" in text and "faces off" in text, text
         # The member's own choice wins over the server's.
         inter, text, _ = send(e, {"prompt": "a crowd at a concert", "steps": 2, "faces": "on"})
         assert "faces on" in text, text

@@ -40,8 +40,10 @@ def carried():
 
 def test_the_gpu_run_rehearsed_as_it_will_run(carried, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run(["bash", "bench/device_check.sh", "--rehearse"], cwd=ROOT, env=_env(OUT=str(out)),
-                          capture_output=True, text=True, timeout=900)
+    # A budget the CPU can't outrun when another test shares its two cores (CI ran out of the default 300 s once).
+    done = subprocess.run(["bash", "bench/device_check.sh", "--rehearse"], cwd=ROOT,
+                          env=_env(OUT=str(out), DEVICE_CHECK_BUDGET_S="600"), capture_output=True, text=True,
+                          timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     log = (out / "device-check.log").read_text()
     assert log.count("requirements: all met") == 2  # on this interpreter, and on the machine as listed
@@ -51,7 +53,7 @@ def test_the_gpu_run_rehearsed_as_it_will_run(carried, tmp_path):
     assert "diffusers, pydantic and redis from /tmp/dreambot-site-" in text
     assert f"redis-server {ROOT / '.device' / 'bin' / 'redis-server'}" in text
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    assert [r["name"] for r in rows] == ROWS
+    assert [r["name"] for r in rows] == ROWS, [(r["name"], r["status"], r["note"]) for r in rows]
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     assert next(r for r in rows if r["name"] == "worker, queue of 8, compiled")["extra"]["deviation"] < 1e-2
     assert next(r for r in rows if r["name"] == "worker, queue of 8, uncompiled")["images"] == 8

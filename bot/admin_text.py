@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.utils import escape_markdown
 
-from dreamcore.cost import units_text
+from dreamcore.cost import left_text, units_text
 from dreamcore.limit_messages import human_duration
 from dreamcore.limits import CHOICE_KEYS, KNOWN_KEYS, GuildLimits, limit_range
 from dreamcore.present import clip, code
@@ -112,17 +112,22 @@ def usage_text(user: discord.abc.User, usage: dict[str, Any], limits: GuildLimit
         cooldown = f"{human_duration(cd)} left (cooldown {human_duration(limits.cooldown_s)})"
     else:
         cooldown = f"ready (cooldown {human_duration(limits.cooldown_s)})"
+    turbo = limits.allows("turbo")
     lines = [
         f"**Usage of <@{user.id}> on this server**" + (" (exempt: a role of theirs skips cooldown, quotas "
                                                         "and caps)" if exempt else ""),
         f"standard images this hour: {units_text(usage['user_images_hour'])} / {limits.user_images_hour}",
         f"standard images in the last 24 h: {units_text(usage['user_images_day'])} / {limits.user_images_day}",
+        f"left: this hour {left_text(max(0.0, limits.user_images_hour - usage['user_images_hour']), turbo)}; "
+        f"24 h {left_text(max(0.0, limits.user_images_day - usage['user_images_day']), turbo)}",
         f"dreams queued or running: {usage['user_active']} / {limits.user_max_active}",
         f"cooldown: {cooldown}",
         "**The whole server**",
         f"standard images this hour: {units_text(usage['guild_images_hour'])} / {limits.guild_images_hour}",
         f"standard images in the last 24 h: {units_text(usage['guild_images_day'])} / {limits.guild_images_day}",
+        f"left: this hour {left_text(max(0.0, limits.guild_images_hour - usage['guild_images_hour']), turbo)}",
         f"dreams queued or running: {usage['guild_active']} / {limits.guild_max_queued}",
+        f"modes: default {limits.mode}; turbo {limits.turbo}; relax {limits.relax} (relax counts against no quota)",
     ]
     if flags is not None:
         lines += flags_text(flags, limits)

@@ -16,7 +16,9 @@ from rq.job import JobStatus
 from dreamcore import ledger, metrics, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.images import open_store
-from dreamcore.job import DreamJob, make_job
+from dreamcore.job import DreamJob, make_job, make_request
+from dreamcore.limits import GuildLimits
+from dreamcore.modes import RELAX_QUEUE
 from dreamcore.limit_messages import human_duration
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
@@ -84,18 +86,21 @@ class Backend:
             decision = self.limiter.acquire(
                 o.guild_id, o.user_id, job.job_id, images, r.steps, role_ids=role_ids, instance=o.instance,
                 channel_id=o.channel_id, prompt=r.prompt, negative_prompt=r.negative_prompt,
-                channel_nsfw=o.channel_nsfw, units=total)
+                channel_nsfw=o.channel_nsfw, units=total, mode=r.mode)
             if not decision.ok:
                 metrics.refused(decision.kind)
                 return Outcome(False, decision.message, kind=decision.kind)
-            busy = self._too_busy(o.guild_id, o.user_id, decision.priority, total, job.kind)
+            # A relax dream waits for idle GPUs by design: no backpressure (the server's queue cap still holds).
+            priority = RELAX_QUEUE if r.mode == "relax" else decision.priority
+            busy = None if priority == RELAX_QUEUE else self._too_busy(o.guild_id, o.user_id, priority, total,
+                                                                        stats.speed_key(job))
             late = deadline is not None and time.monotonic() > deadline
             if busy or late:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
                 metrics.refused("busy" if busy else "unavailable")
                 return Outcome(False, busy, kind="busy") if busy else Outcome(False, UNAVAILABLE, kind="unavailable")
             for each, cost in every:
-                each = each.model_copy(update={"priority": decision.priority})
+                each = each.model_copy(update={"priority": priority})
                 got = self.queue.enqueue(each, cost, tier=decision.tier)
                 queued = queued or got
         except redis.RedisError as err:
@@ -115,8 +120,8 @@ class Backend:
             last = self.queue.place(companions[-1].job_id)
             eta = speed.eta_s(last.units_ahead, last.units) if last else None
         else:
-            eta = speed.eta_s(queued.place.units_ahead, queued.place.units, job.kind) if queued.place else None
-        log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": decision.priority,
+            eta = speed.eta_s(queued.place.units_ahead, queued.place.units, stats.speed_key(job)) if queued.place else None
+        log.info("job queued", extra={"job_id": job.job_id, "position": queued.position, "priority": priority,
                                       "tier": decision.tier, "units": units, "guild_id": o.guild_id,
                                       "user_id": o.user_id, "instance": o.instance})
         return Outcome(True, job_id=job.job_id, position=queued.position, eta_s=eta)
@@ -137,13 +142,13 @@ class Backend:
         return True
 
     def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
-                    deadline: float | None = None, server_faces: bool = False) -> Outcome:
-        """/dream: a vote round in a vote channel, one job elsewhere. `server_faces`: the member left the face
-        pass out, so the server's default (GuildLimits.faces) is the job's."""
+                    deadline: float | None = None, left_out: frozenset[str] = frozenset()) -> Outcome:
+        """/dream: a vote round in a vote channel, one job elsewhere. `left_out`: the options ("faces",
+        "mode") the member left out, which take the server's defaults (with_server_defaults)."""
         try:
             vote = votes.is_vote_channel(self.conn, job.origin.guild_id, job.origin.channel_id)
-            if server_faces:
-                job = with_server_faces(job, self.store.get(job.origin.guild_id).faces)
+            if left_out:
+                job = with_server_defaults(job, self.store.get(job.origin.guild_id), left_out)
         except redis.RedisError:
             metrics.refused("unavailable")
             return Outcome(False, UNAVAILABLE, kind="unavailable")
@@ -211,9 +216,12 @@ class Backend:
                           self.settings.failure_ttl_s)
 
 
-def with_server_faces(job: DreamJob, faces: str) -> DreamJob:
-    """`job` with the face pass `faces` (the server's default, GuildLimits.faces) where its member left it out."""
-    if job.request.faces == faces:
+def with_server_defaults(job: DreamJob, limits: GuildLimits, left_out: frozenset[str]) -> DreamJob:
+    """`job` with the server's defaults (GuildLimits.faces, .mode) for the options its member left out: a
+    turbo default brings the turbo recipe's settings with it (make_request)."""
+    update = {k: getattr(limits, k) for k in ("faces", "mode") if k in left_out and getattr(job.request, k) !=
+              getattr(limits, k)}
+    if not update:
         return job
-    return make_job(job.request.model_copy(update={"faces": faces}), job.origin, job.priority, job.job_id,
+    return make_job(make_request(**(job.request.model_dump() | update)), job.origin, job.priority, job.job_id,
                     job.kind, job.source)

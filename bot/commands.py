@@ -26,8 +26,9 @@ from dreamcore.job import (
     make_origin,
     make_request,
 )
+from dreamcore.modes import MODE_LABELS
 from dreamcore.limit_messages import human_duration
-from dreamcore.present import made_from, settings_line, shown
+from dreamcore.present import made_from, mode_note, settings_line, shown
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
@@ -82,10 +83,13 @@ class DreamCommands:
             image="A picture of yours to start from (PNG, JPEG, WebP or GIF); the prompt says what to make of it",
             change=f"With a picture: how much to change it, 0.05 (a touch) to 1.0 (all of it); default {PICTURE_STRENGTH:g}",
             faces="Redraw faces close up after the refiner: the small ones (auto), all, or none; default: the server's",
+            mode="Quality (base + refiner), Turbo (4 fixed steps, a tenth of the GPU time) or Relax (unlimited, "
+                 "when the GPUs are free); default: the server's",
         )
         @app_commands.choices(
             aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
             faces=[app_commands.Choice(name=label, value=k) for k, label in FACE_LABELS.items()],
+            mode=[app_commands.Choice(name=label, value=k) for k, label in MODE_LABELS.items()],
         )
         @app_commands.autocomplete(style=style_choices)
         async def dream(
@@ -102,12 +106,14 @@ class DreamCommands:
             image: discord.Attachment | None = None,
             change: app_commands.Range[float, ranges.STRENGTH.lo, ranges.STRENGTH.hi] | None = None,
             faces: str | None = None,
+            mode: str | None = None,
         ):
             await self.handle_dream(
                 interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
                 count=count, steps=steps if steps is not None else s.default_steps,
                 guidance=guidance if guidance is not None else s.default_guidance,
-                split=split if split is not None else s.default_split, faces=faces, picture=image, change=change,
+                split=split if split is not None else s.default_split, faces=faces, mode=mode, picture=image,
+                change=change,
             )
 
         @tree.command(name="dreamqueue", description="Your dreams waiting or being made, with position and ETA")
@@ -187,18 +193,18 @@ class DreamCommands:
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
         notes: list[str] = []
-        server_faces = options.get("faces") is None  # left out: the server's default
+        left_out = frozenset(k for k in ("faces", "mode") if options.get(k) is None)  # the server's defaults
         try:
             if picture is None:
                 work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S,
-                                    server_faces)
+                                    left_out)
                 outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S,
                                                      on_ack=lambda: self._note_ack(started))
                 job = outcome.job or job
                 request = job.request
             else:
                 work = self.pictures.take(picture, request, origin, change, options.get("aspect") is not None,
-                                          server_faces, roles, SUBMIT_DEADLINE_S)
+                                          left_out, roles, SUBMIT_DEADLINE_S)
                 taken, deferred = await within_ack(
                     interaction, work, SUBMIT_TIMEOUT_S + self.settings.input_download_timeout_s,
                     on_ack=lambda: self._note_ack(started))
@@ -219,6 +225,8 @@ class DreamCommands:
                 text = f"{first}\n{made}\n{rest}"
             if notes:
                 text += "\n-# Your picture: " + "; ".join(notes) + "."
+            if mode_note(request):
+                text += f"\n-# {mode_note(request)}"
         else:
             text = outcome.message
         if outcome.ok and self.progress is not None:

@@ -8,7 +8,7 @@ import discord
 import redis
 from discord import app_commands
 
-from dreamcore.cost import units_text
+from dreamcore.cost import left_text, turbo_image, units_text
 from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, PICTURE_STRENGTH
 from dreamcore.limit_messages import human_duration
 from dreamcore.styles import load_styles
@@ -35,21 +35,26 @@ def help_text(settings, limits, usage: dict | None) -> str:
                                     "here)"}.get(limits.images_in, ""),
         f"- `faces` small faces redrawn close up after the refiner: auto (the small ones), on (every face), off "
         f"(this server's default: {limits.faces}); 🙂 Fix faces does it afterwards",
+        f"- `mode` quality (base + refiner), turbo (4 fixed steps, no negative, {units_text(turbo_image())} of a "
+        f"standard image{'' if limits.allows('turbo') else '; off here'}), relax (quality, unlimited, when the GPUs "
+        f"are free{'' if limits.allows('relax') else '; off here'}); default here: {limits.mode}",
         "Also: **/dreamqueue** your dreams and their ETA · **/cancel** a dream · buttons under each result.",
         "",
         "**This server's limits**" + (" (dreaming is paused here)" if limits.paused else ""),
         f"- {limits.user_images_hour} standard images an hour and {limits.user_images_day} a day per member; "
         f"{limits.guild_images_hour} an hour and {limits.guild_images_day} a day for the server (a standard image: "
-        "1024x1024, 40 steps; smaller or fewer-step dreams count less, an upscale counts its tiles)",
+        "1024x1024, 40 steps; others count their GPU time)",
         f"- {limits.cooldown_s} s between dreams, at most {limits.user_max_active} queued or running per member",
     ]
     if usage is not None:
         left_h = max(0, limits.user_images_hour - usage["user_images_hour"])
         left_d = max(0, limits.user_images_day - usage["user_images_day"])
         cooldown = usage["cooldown_remaining_s"]
+        turbo = limits.allows("turbo")
         lines += ["", "**You**",
-                  f"- {units_text(left_h)} standard images left this hour, {units_text(left_d)} in the last 24 h "
-                  "window; "
+                  f"- this hour: {left_text(left_h, turbo)}; in 24 h: {left_text(left_d, turbo)}"
+                  + ("; relax dreams count against neither" if limits.allows("relax") else ""),
+                  f"- {units_text(left_h)} standard images left this hour, {units_text(left_d)} in the last 24 h; "
                   f"{usage['user_active']} dream(s) queued or running"
                   + (f"; next dream in {human_duration(cooldown)}" if cooldown > 0 else "")]
     return "\n".join(lines)[:2000]

@@ -28,7 +28,7 @@ from dreamcore.present import code
 from dreamcore.settings import Settings
 
 from . import calls
-from .backend import UNAVAILABLE, Backend, Outcome, with_server_faces
+from .backend import UNAVAILABLE, Backend, Outcome, with_server_defaults
 
 log = logging.getLogger("dreambot.bot")
 
@@ -65,9 +65,9 @@ class PictureIntake:
         self.hosts = {h for h in hosts if h}
 
     async def take(self, attachment: discord.Attachment, request: DreamRequest, origin, strength: float | None,
-                   aspect_given: bool, server_faces: bool, roles: list[int], submit_within_s: float) -> Taken:
-        """The picture into a queued job, or the member's refusal. `server_faces`: the member left the face pass
-        out (the server's default is the job's). `submit_within_s`: the submit's deadline, counted from when
+                   aspect_given: bool, left_out: frozenset[str], roles: list[int], submit_within_s: float) -> Taken:
+        """The picture into a queued job, or the member's refusal. `left_out`: the options the member left out
+        ("faces", "mode": the server's defaults are the job's). `submit_within_s`: the submit's deadline, counted from when
         the picture is stored (the download has a timeout of its own)."""
         s = self.settings
         # 1. The server's rule.
@@ -116,8 +116,8 @@ class PictureIntake:
                            strength=PICTURE_STRENGTH if strength is None else strength)
         job = make_job(request.model_copy(update={"aspect": pic.aspect}), origin, job_id=job_id, kind="picture",
                        source=source)
-        if server_faces:
-            job = with_server_faces(job, limits.faces)
+        if left_out:
+            job = with_server_defaults(job, limits, left_out)
         key = input_key(job_id)
         try:
             await calls.command(self.backend.images.put, key, pic.png)

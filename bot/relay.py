@@ -20,8 +20,9 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import delivery, faults, keys, ledger, metrics, params, safety, votes
+from dreamcore import cost, delivery, faults, keys, ledger, metrics, params, safety, votes
 from dreamcore.images import ImageStore, ImageStoreError
+from dreamcore.job import JobError, make_job
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
 from dreamcore.present import result_text
@@ -190,9 +191,25 @@ class Relay:
         return got
 
     def settle_quota(self, result: DreamResult) -> None:
-        """The job ended: its member's active slot comes back, and its cost too when it made nothing."""
+        """The job ended: its member's active slot comes back, and its cost too when it made nothing; what it
+        made is charged at what it cost (dreamcore.cost.made: the faces its face pass really redrew)."""
         o = result.origin
-        self.limiter.release(o.guild_id, o.user_id, result.job_id, refund=result.status != "done")
+        done = result.status == "done"
+        self.limiter.release(o.guild_id, o.user_id, result.job_id, refund=not done,
+                             settle=self.cost_of(result) if done else None)
+
+    def cost_of(self, result: DreamResult) -> float | None:
+        """A finished result's measured cost; None where its record can't say (nothing is settled then)."""
+        if result.request is None or not result.images:
+            return None
+        try:
+            job = make_job(result.request, result.origin, job_id=result.job_id, kind=result.kind,
+                           source=result.source)
+        except JobError:
+            return None
+        first = result.images[0]
+        return cost.made(job, self.settings.upscale_tile, self.settings.upscale_overlap, (first.width, first.height),
+                         result.timings)
 
     def moderate(self, result: DreamResult) -> safety.Moderated | None:
         """The guild's verdict on each image of a finished result (reads the guild's policy: Redis)."""

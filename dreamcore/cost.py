@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 
+from .modes import TURBO
+
 STANDARD_PIXELS = 1024 * 1024
 STANDARD_STEPS = 40
 FIXED_STEPS = 2  # per image: VAE decode, the classifier and the encoder cost about two UNet steps
@@ -89,6 +91,18 @@ def units_text(units: float) -> str:
     return f"{units:.2f}".rstrip("0").rstrip(".")
 
 
+def turbo_image() -> float:
+    """One 1024x1024 turbo image, in units: what "N turbo" is counted in."""
+    return rounded(image_units(1024, 1024, TURBO.steps, TURBO.guidance))
+
+
+def left_text(units: float, turbo: bool = True) -> str:
+    """`units` of quota left, in dreams a member pictures: "about 12 more standard dreams, or 126 turbo"."""
+    standard, fast = int(units + 1e-9), int(units / turbo_image() + 1e-9)
+    text = f"about {standard} more standard dream{'s' * (standard != 1)}"
+    return text + (f", or {fast} turbo" if turbo else "")
+
+
 def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None, faces: int | None = None) -> float:
     """A job's cost (a dreamcore.job.DreamJob): before it runs, as the bot charges it, or, given the `faces` its
     face pass redrew, what it ran. `size`: the output size where it is not the request's (an upscale's,
@@ -102,6 +116,12 @@ def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None, fa
     if job.kind == "faces":  # the source image as it is, its faces redrawn
         return rounded(redraws)
     return rounded(_made_units(job, tile, overlap, size) + redraws)
+
+
+def made(job, tile: int, overlap: int, size: tuple[int, int], timings: dict) -> float:
+    """What a finished job cost: at the size it came out, with the faces its pass redrew (its result's
+    timings). The worker measures the pool's speed by it; the bot settles the member's quota to it."""
+    return of_job(job, tile, overlap, size, faces=int(timings.get("faces_redrawn", 0)))
 
 
 def _made_units(job, tile: int, overlap: int, size: tuple[int, int] | None) -> float:

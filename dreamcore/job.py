@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from . import ranges
+from .modes import TURBO, TURBO_KINDS, Mode
 from .problems import problems
 from .ranges import MAX_PROMPT_CHARS, MAX_SEED
 from .styles import load_styles
@@ -34,14 +35,15 @@ from .styles import load_styles
 # A job carries the oldest schema version that can express it: a plain dream is still version 1, which
 # workers of the previous release run; variations and upscales (a `source` image) are version 2, a dream
 # from a member's own picture version 3; a Fix faces job, or any job that sets its face pass on or off,
-# version 4. An older worker refuses a version it doesn't read with "written with schema version N" (its
-# member is told) instead of misreading.
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# version 4; a turbo or relax dream (dreamcore.modes) version 5. An older worker refuses a version it doesn't
+# read with "written with schema version N" (its member is told) instead of misreading.
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 Kind = Literal["dream", "variation", "upscale", "picture", "edit", "faces"]
 KINDS: tuple[str, ...] = get_args(Kind)
 VERSION_OF_KIND = {"dream": 1, "variation": 2, "upscale": 2, "picture": 3, "edit": 3, "faces": 4}
 FACES_VERSION = 4  # a request whose face pass is not "auto" (the worker that runs it must know the choice)
+MODES_VERSION = 5  # a request whose mode is not "quality"
 # A picture job's strength ("how much to change it") when the member gives none.
 PICTURE_STRENGTH = 0.6
 # How far the face pass pushes each face crop back into noise (worker/faces.py): ADetailer's default, enough
@@ -134,15 +136,31 @@ class DreamRequest(_Strict):
     max_upload_bytes: int = Field(25 * 1024 * 1024, ge=1024 * 1024, le=500 * 1024 * 1024)
     # The face pass (worker/faces.py): auto redraws the small faces it finds, on every face it finds, off none.
     faces: FaceChoice = "auto"
+    # How the dream spends GPU time (dreamcore.modes): a turbo request carries the turbo recipe's fixed
+    # steps, guidance and split (make_request sets them), so what it runs, costs and batches with is read
+    # from the same fields as for any dream.
+    mode: Mode = "quality"
 
     @model_serializer(mode="wrap")
-    def _without_auto_faces(self, handler):
-        # "auto" is what a request of the release before the face pass meant, and that release forbids
-        # unknown keys: left out, a job, result or record that doesn't set it still reads there.
+    def _without_defaults_of_new_fields(self, handler):
+        # "auto" faces and "quality" mode are what a request of the releases before them meant, and those
+        # releases forbid unknown keys: left out, a job, result or record that doesn't set them still reads there.
         out = handler(self)
-        if isinstance(out, dict) and out.get("faces") == "auto":
-            out.pop("faces")
+        if isinstance(out, dict):
+            if out.get("faces") == "auto":
+                out.pop("faces")
+            if out.get("mode") == "quality":
+                out.pop("mode")
         return out
+
+    @model_validator(mode="after")
+    def _turbo_runs_its_recipe(self) -> DreamRequest:
+        if self.mode == "turbo" and (self.steps, self.guidance, self.split) != (TURBO.steps, TURBO.guidance,
+                                                                                TURBO.split):
+            raise ValueError(f"a turbo dream runs {TURBO.steps} steps at guidance {TURBO.guidance:g} on the base "
+                             f"alone (steps {TURBO.steps}, guidance {TURBO.guidance:g}, split {TURBO.split:g}); "
+                             f"this one says steps {self.steps}, guidance {self.guidance:g}, split {self.split:g}")
+        return self
 
     @field_validator("prompt", "negative_prompt", mode="before")
     @classmethod
@@ -178,10 +196,16 @@ class DreamRequest(_Strict):
         return round(self.steps * self.split)
 
     @property
+    def adapter(self) -> str:
+        """The LoRA adapter the base runs with (worker/adapters.py): the turbo recipe's, or "" for none."""
+        return TURBO.adapter if self.mode == "turbo" else ""
+
+    @property
     def batch_geometry(self) -> tuple:
         """What every request in one denoising call must share (the batching rule, here alone): one size,
-        one step count, one base/refiner cut, one guidance scale; prompts, styles, seeds and counts may differ."""
-        return (self.size, self.steps, self.base_steps, float(self.guidance))
+        one step count, one base/refiner cut, one guidance scale, one adapter (with it, its scheduler);
+        prompts, styles, seeds and counts may differ."""
+        return (self.size, self.steps, self.base_steps, float(self.guidance), self.adapter)
 
 
 class Origin(_Strict):
@@ -249,15 +273,18 @@ def job_version(kind: str, request: DreamRequest | None) -> int:
     version = VERSION_OF_KIND.get(kind, SCHEMA_VERSION)
     if request is not None and request.faces != "auto":
         version = max(version, FACES_VERSION)
+    if request is not None and request.mode != "quality":
+        version = max(version, MODES_VERSION)
     return version
 
 
 class DreamJob(_Strict):
-    v: Literal[1, 2, 3, 4] = 1
+    v: Literal[1, 2, 3, 4, 5] = 1
     job_id: str = Field(pattern=r"^[a-f0-9]{16}$")
     request: DreamRequest
     origin: Origin
-    priority: Literal["high", "default", "low"] = "default"
+    # The queue it waits in: the operator's grant to its server, or "relax" for a relax dream (dreamcore.modes).
+    priority: Literal["high", "default", "low", "relax"] = "default"
     kind: Kind = Field("dream", validate_default=True)
     source: JobSource | None = Field(None, validate_default=True)
 
@@ -266,7 +293,7 @@ class DreamJob(_Strict):
     def _kind_matches_version(cls, v: str, info: ValidationInfo) -> str:
         version, wanted = info.data.get("v"), job_version(v, info.data.get("request"))
         if version is not None and wanted != version:
-            what = f"a {v} job" + (" with its face pass set" if wanted > VERSION_OF_KIND[v] else "")
+            what = f"a {v} job" + (" with its face pass or mode set" if wanted > VERSION_OF_KIND[v] else "")
             raise ValueError(f"{what} is written as schema version {wanted}, this one says {version}")
         return v
 
@@ -291,7 +318,8 @@ class DreamJob(_Strict):
         picture job never changes a face more than its own strength changes the picture around it."""
         if self.kind == "faces":
             return FacePass("on", self.source.strength)
-        if self.kind not in FACE_PASS_KINDS or self.request.faces == "off":
+        # Not on a turbo dream: four steps are what it is for, and the pass would cost it half again.
+        if self.kind not in FACE_PASS_KINDS or self.request.faces == "off" or self.request.mode == "turbo":
             return None
         return FacePass(self.request.faces, min(FACE_STRENGTH, self.source.strength) if self.source else FACE_STRENGTH)
 
@@ -302,8 +330,8 @@ class DreamJob(_Strict):
         None for the kinds that start from an image of their own (variations, upscales, pictures)."""
         if self.kind != "dream":
             return None
-        (w, h), steps, base_steps, guidance = self.request.batch_geometry
-        return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}"
+        (w, h), steps, base_steps, guidance, adapter = self.request.batch_geometry
+        return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}" + (f"/{adapter}" if adapter else "")
 
     def without_token(self) -> DreamJob:
         """The job as a worker gets it: the interaction token stays with the bot (dreamcore.ledger)."""
@@ -339,9 +367,12 @@ def describe_validation(err: ValidationError, model: type[BaseModel]) -> JobErro
 
 
 def make_request(**fields: Any) -> DreamRequest:
-    """Build a request from loose input (a slash command's options); missing seed means a random one."""
+    """Build a request from loose input (a slash command's options); missing seed means a random one. A turbo
+    request takes the turbo recipe's steps, guidance and split whatever was given (members set none of them)."""
     fields = {k: v for k, v in fields.items() if v is not None}
     fields.setdefault("seed", random_seed())
+    if fields.get("mode") == "turbo":
+        fields |= {"steps": TURBO.steps, "guidance": TURBO.guidance, "split": TURBO.split}
     try:
         return DreamRequest(**fields)
     except ValidationError as err:
@@ -352,6 +383,10 @@ def make_request(**fields: Any) -> DreamRequest:
 
 def make_job(request: DreamRequest, origin: Origin, priority: str = "default", job_id: str | None = None,
              kind: str = "dream", source: JobSource | dict | None = None) -> DreamJob:
+    """The job of `kind` for `request`. A turbo request for a kind with no turbo path (dreamcore.modes) runs in
+    quality mode, at the quality defaults of the settings turbo fixed."""
+    if request.mode == "turbo" and kind not in TURBO_KINDS:
+        request = quality_of(request)
     try:
         return DreamJob(v=job_version(kind, request), job_id=job_id or new_job_id(),
                         request=request, origin=origin, priority=priority, kind=kind, source=source)
@@ -405,3 +440,10 @@ def origin_of(raw: Any) -> Origin | None:
         return Origin.model_validate(raw["origin"])
     except Exception:
         return None
+
+
+def quality_of(request: DreamRequest) -> DreamRequest:
+    """A turbo request as a quality one: the settings turbo fixed go back to /dream's defaults."""
+    defaults = DreamRequest.model_fields
+    return DreamRequest.model_validate({**request.model_dump(), "mode": "quality", "steps": defaults["steps"].default,
+                                        "guidance": defaults["guidance"].default, "split": defaults["split"].default})

@@ -27,6 +27,7 @@ from .limits import (
     limit_range,
 )
 from .limits_lua import ACQUIRE_LUA, RELEASE_LUA
+from .modes import fast
 from .servers import Priority
 
 log = logging.getLogger("dreamcore.limits")  # one logger for every part of the limits, as before the split
@@ -64,11 +65,12 @@ class Limiter:
     def acquire(self, guild_id: int | None, user_id: int, job_id: str, images: int, steps: int,
                 role_ids: Iterable[int] = (), instance: str = "", channel_id: int | None = None,
                 prompt: str = "", negative_prompt: str = "", now: float | None = None,
-                channel_nsfw: bool = False, units: float | None = None) -> Decision:
+                channel_nsfw: bool = False, units: float | None = None, mode: str = "quality") -> Decision:
         """Check every limit; if all pass, record the job (call `release` when it ends) and return ok.
 
         `images` is what the dream asks for (max_images); `units` what it costs (dreamcore.cost; by default
-        one per image), which the quotas count. Priority and exempt roles act inside the member's own server:
+        one per image), which the quotas count, except for a relax dream (`mode`), which draws from none of them.
+        Priority and exempt roles act inside the member's own server:
         exempt skips the member's own limits, never the server's; priority orders the server's own dreams.
         The server's queue and ceilings are the operator's (dreamcore.servers). Calling it again with an
         already accepted job id returns ok without consuming anything twice. `now` (seconds) is for tests;
@@ -109,6 +111,8 @@ class Limiter:
             return refuse("adult_word",
                           f"your {which} has a word this server keeps to age-restricted channels "
                           f"({mask(adult[1])}); try it in an age-restricted channel")
+        if not limits.allows(mode):
+            return refuse("mode", f"this server doesn't take {mode} dreams; try mode:quality")
         if not exempt and images > limits.max_images:
             return refuse("max_images", f"this server allows at most {limits.max_images} images per dream "
                                         f"(you asked for {images})")
@@ -120,7 +124,8 @@ class Limiter:
         keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
                 LimitKeys.guild_active(c), LimitKeys.job(g, job_id), LimitKeys.old_user_usage(g, u),
                 LimitKeys.old_guild_usage(g)]
-        args = ["" if now is None else repr(float(now)), job_id, repr(units), "1" if exempt else "0",
+        counted = units if fast(mode) else 0.0  # the script counts no quota for a job of 0 units
+        args = ["" if now is None else repr(float(now)), job_id, repr(counted), "1" if exempt else "0",
                 limits.cooldown_s, limits.user_max_active, limits.user_images_hour, limits.user_images_day,
                 _ceiling(limits.guild_images_hour, policy.units_hour),
                 _ceiling(limits.guild_images_day, policy.units_day),
@@ -147,13 +152,17 @@ class Limiter:
                           "try again when one finishes")
         return refuse(kind, quota_message(kind, float(used), int(limit), units, wait), wait)  # type: ignore[arg-type]
 
-    def release(self, guild_id: int | None, user_id: int, job_id: str, refund: bool = False) -> bool:
-        """The job ended: free its active slots; `refund=True` (cancelled or failed) also gives its images
-        back to the quotas. Idempotent: True the first time, False for a job already released or unknown."""
+    def release(self, guild_id: int | None, user_id: int, job_id: str, refund: bool = False,
+                settle: float | None = None) -> bool:
+        """The job ended: free its active slots; `refund=True` (cancelled or failed) also gives its units
+        back to the quotas; `settle` (a finished job's measured cost, dreamcore.cost.made) puts what it cost
+        in place of what was charged before it ran (a face pass redraws as many faces as it finds).
+        Idempotent: True the first time, False for a job already released or unknown."""
         g, u, c = guild_id, int(user_id), LimitKeys.counted(guild_id, user_id)
         keys = [LimitKeys.job(g, job_id), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
                 LimitKeys.guild_active(c), LimitKeys.old_user_usage(g, u), LimitKeys.old_guild_usage(g)]
-        res = int(self._release(keys=keys, args=[job_id, "1" if refund else "0", u]))
+        res = int(self._release(keys=keys, args=[job_id, "1" if refund else "0", u,
+                                                 "" if settle is None or refund else repr(float(settle))]))
         if res == -1:
             log.warning("release for a job that belongs to another member; ignored",
                         extra={"guild_id": guild_id, "user_id": u, "job_id": job_id})

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from .job import FaceChoice, clean_text
 from .limit_words import fold
+from .modes import Mode
 from .ranges import LIMITS
 from .settings import Settings, get_settings
 
@@ -39,7 +40,7 @@ InstanceName = Annotated[str, StringConstraints(pattern=INSTANCE_PATTERN)]
 
 Kind = Literal[
     "paused", "channel", "blocked_word", "adult_word", "max_images", "max_steps", "cooldown", "user_active",
-    "user_hour", "user_day", "guild_hour", "guild_day", "guild_queued",
+    "user_hour", "user_day", "guild_hour", "guild_day", "guild_queued", "mode",
 ]
 
 
@@ -106,6 +107,14 @@ class GuildLimits(BaseModel):
         default_factory=_default("faces"),
         description="the face pass where /dream leaves it out: auto (redraws the small faces it finds), on "
                     "(every face it finds) or off")
+    # The modes (dreamcore.modes): the one /dream takes where it leaves the mode out, and whether members may
+    # choose turbo and relax (quality, the product itself, always runs).
+    mode: Mode = Field(default_factory=_default("mode"), description="the mode where /dream leaves it out: "
+                       "quality, turbo (4 steps, about a tenth of the GPU time) or relax (unlimited, when idle)")
+    turbo: Literal["on", "off"] = Field(default_factory=_default("turbo"), description="whether members may "
+                                        "choose turbo")
+    relax: Literal["on", "off"] = Field(default_factory=_default("relax"), description="whether members may "
+                                        "choose relax (drawn from no quota)")
     adult_words: list[Word] = Field(
         default_factory=list, max_length=500,
         description="whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "
@@ -126,6 +135,16 @@ class GuildLimits(BaseModel):
                 seen.add(fold(w))
                 out.append(w)
         return out
+
+    @model_validator(mode="after")
+    def _default_mode_allowed(self) -> GuildLimits:
+        if self.mode != "quality" and getattr(self, self.mode) == "off":
+            raise ValueError(f"the default mode is {self.mode}, which is off here: turn {self.mode} on, or set "
+                             "mode to one that is on")
+        return self
+
+    def allows(self, mode: str) -> bool:
+        return mode == "quality" or getattr(self, mode) == "on"
 
     @field_validator("exempt_roles", "priority_roles")
     @classmethod

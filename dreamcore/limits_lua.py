@@ -29,7 +29,7 @@ def _widths(script: str) -> str:
 # KEYS: 1 cooldown, 2 user hour buckets, 3 user day buckets, 4 guild hour buckets, 5 guild day buckets,
 #       6 user active, 7 guild active, 8 job record, 9 user usage zset and 10 guild usage zset of an older
 #       release (folded into the buckets once, then deleted)
-# ARGV: 1 now ("" = server TIME), 2 job_id, 3 units, 4 exempt ("1"/"0": the member's own limits are
+# ARGV: 1 now ("" = server TIME), 2 job_id, 3 units (0: a relax dream, which no quota counts), 4 exempt ("1"/"0": the member's own limits are
 #       skipped, the guild's still hold), 5 cooldown_s,
 #       6 user_max_active, 7 user_images_hour, 8 user_images_day, 9 guild_images_hour,
 #       10 guild_images_day, 11 guild_max_queued, 12 active_ttl_s (an active job older than this is
@@ -134,7 +134,7 @@ if not exempt then
 end
 
 for _, w in ipairs(windows) do
-  if not (exempt and w[4]) then
+  if units > 0 and not (exempt and w[4]) then
     local retry, used = quota(w[2], w[3])
     if retry then consider(w[1], retry, used, w[3]) end
   end
@@ -151,10 +151,12 @@ end
 -- Everything passed: consume it all.
 local t = fmt(now)
 local hb, db = bucket(now, HW), bucket(now, DW)
-redis.call('HINCRBYFLOAT', KEYS[2], hb, units)
-redis.call('HINCRBYFLOAT', KEYS[3], db, units)
-redis.call('HINCRBYFLOAT', KEYS[4], hb, units)
-redis.call('HINCRBYFLOAT', KEYS[5], db, units)
+if units > 0 then
+  redis.call('HINCRBYFLOAT', KEYS[2], hb, units)
+  redis.call('HINCRBYFLOAT', KEYS[3], db, units)
+  redis.call('HINCRBYFLOAT', KEYS[4], hb, units)
+  redis.call('HINCRBYFLOAT', KEYS[5], db, units)
+end
 redis.call('ZADD', KEYS[6], t, job_id)
 redis.call('ZADD', KEYS[7], t, job_id)
 redis.call('HSET', KEYS[8], 'user', ARGV[14], 'images', ARGV[3], 'at', t, 'exempt', ARGV[4])  -- 'images': units
@@ -174,9 +176,11 @@ return {'ok', '', '', '', '', t}
 
 # KEYS: 1 job record, 2 user hour buckets, 3 user day buckets, 4 guild hour buckets, 5 guild day buckets,
 #       6 user active, 7 guild active, 8 / 9 an older release's user / guild usage zset
-# ARGV: 1 job_id, 2 refund ("1"/"0"), 3 user_id
+# ARGV: 1 job_id, 2 refund ("1"/"0"), 3 user_id, 4 settle ("" or the units the job really cost: the
+#       difference from what was charged goes to or comes back from the buckets it was charged in)
 # Returns 0: unknown job (never accepted, already released, or long expired): nothing done;
-# -1: the job belongs to another user: nothing done; 1: released; 2: released and its images refunded.
+# -1: the job belongs to another user: nothing done; 1: released; 2: released and its images refunded;
+# 3: released and its charge settled to what it cost.
 RELEASE_LUA = r"""
 local rec = redis.call('HMGET', KEYS[1], 'images', 'user', 'at')
 if not rec[1] then return 0 end
@@ -184,23 +188,32 @@ if rec[2] ~= ARGV[3] then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('ZREM', KEYS[7], ARGV[1])
+local units, at = tonumber(rec[1]), tonumber(rec[3]) or 0
+-- A bucket already gone (its window moved past it) has nothing left to refund or settle.
+local function adjust(key, width, delta)
+  local field = string.format('%d', math.floor(at / width))
+  local n = tonumber(redis.call('HGET', key, field) or '')
+  if not n then return end
+  if n + delta > 1e-6 then redis.call('HINCRBYFLOAT', key, field, delta) else redis.call('HDEL', key, field) end
+end
+local function adjust_all(delta)
+  adjust(KEYS[2], @HW@, delta)
+  adjust(KEYS[3], @DW@, delta)
+  adjust(KEYS[4], @HW@, delta)
+  adjust(KEYS[5], @DW@, delta)
+end
 if ARGV[2] == '1' then
-  local units, at = tonumber(rec[1]), tonumber(rec[3]) or 0
-  -- A bucket already gone (its window moved past it) has nothing left to refund.
-  local function refund(key, width)
-    local field = string.format('%d', math.floor(at / width))
-    local n = tonumber(redis.call('HGET', key, field) or '')
-    if not n then return end
-    if n > units + 1e-6 then redis.call('HINCRBYFLOAT', key, field, -units) else redis.call('HDEL', key, field) end
-  end
-  refund(KEYS[2], @HW@)
-  refund(KEYS[3], @DW@)
-  refund(KEYS[4], @HW@)
-  refund(KEYS[5], @DW@)
+  adjust_all(-units)
   local member = rec[1] .. ':' .. ARGV[1]
   redis.call('ZREM', KEYS[8], member)
   redis.call('ZREM', KEYS[9], member)
   return 2
+end
+local cost = tonumber(ARGV[4] or '')
+-- A job charged nothing (relax) is settled at nothing.
+if cost and units > 0 and math.abs(cost - units) > 1e-6 then
+  adjust_all(cost - units)
+  return 3
 end
 return 1
 """

@@ -10,6 +10,7 @@ import re
 
 from .cost import img2img_steps
 from .job import ASPECT_LABELS, DreamRequest
+from .modes import MODE_LABELS
 from .results import DreamResult
 from .styles import load_styles
 
@@ -17,9 +18,21 @@ from .styles import load_styles
 def settings_line(req: DreamRequest, size: tuple[int, int] | None = None) -> str:
     style = "no style" if req.style == "none" else load_styles()[req.style].label
     w, h = size or req.size
-    refiner = "base only" if req.split >= 1.0 else f"refiner from {req.split:.0%}"
     faces = "" if req.faces == "auto" else f" · faces {req.faces}"
-    return f"{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}{faces}"
+    if req.mode == "turbo":
+        return f"⚡ Turbo · {w}x{h} · {style} · {req.steps} fixed steps (base + Lightning, no guidance){faces}"
+    refiner = "base only" if req.split >= 1.0 else f"refiner from {req.split:.0%}"
+    mode = "🌙 Relax · " if req.mode == "relax" else ""
+    return f"{mode}{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}{faces}"
+
+
+def mode_note(req: DreamRequest) -> str | None:
+    """What a member should know about the mode their dream runs in, said once when it is queued."""
+    if req.mode == "turbo" and req.negative_prompt:
+        return "Turbo runs without guidance, so it can't use your negative prompt; use mode:quality for that."
+    if req.mode == "relax":
+        return "Relax runs when the GPUs have nothing faster to do, and counts against no quota."
+    return None
 
 
 # The stage times a worker reports, by name: nothing else a result carries is shown as a stage.
@@ -119,6 +132,7 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: lis
                  f"{len(p.images) or req.count} image{'s' * ((len(p.images) or req.count) > 1)}")
     seeds = ", ".join(str(i.seed) for i in p.images) or ", ".join(map(str, req.seeds))
     lines.append(f"seeds: {seeds}")
+    lines.append(f"mode: {MODE_LABELS[req.mode]}")
     if p.kind == "dream":
         split = "base only" if req.split >= 1.0 else f"split {req.split:g}"
         lines.append(f"steps: {req.steps} ({p.base_steps} base + {p.refiner_steps} refiner, {split}) · "

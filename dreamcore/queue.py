@@ -1,4 +1,4 @@
-"""The dream queue: RQ on Redis, three priorities, JSON payloads, fair order across members.
+"""The dream queue: RQ on Redis, three priorities and relax, JSON payloads, fair order across members.
 
 Bots call `DreamQueue.enqueue`; workers listen on `queue_names()` in priority order. Jobs name their
 function as a dotted string so a bot host never imports the worker (or torch). RQ keeps the job hashes,
@@ -18,9 +18,12 @@ from rq.serializers import JSONSerializer
 
 from . import cost, fairq, ledger, redisconn
 from .job import DreamJob
+from .modes import RELAX_QUEUE
 from .settings import Settings
 
-PRIORITIES = ("high", "default", "low")
+# The operator's three grants (dreamcore.servers), then relax dreams (dreamcore.modes), which a worker takes
+# only when every queue before it is empty.
+PRIORITIES = ("high", "default", "low", RELAX_QUEUE)
 TASK = "worker.tasks.run_dream"
 
 
@@ -37,11 +40,14 @@ def owner_of(guild_id: int | None, user_id: int) -> str:
     return f"{guild_id or 0}:{user_id}"
 
 
-def claim_companions(connection: redis.Redis, batch_key: str, budget: int, window: int) -> list[tuple[str, str]]:
+def claim_companions(connection: redis.Redis, batch_key: str, budget: int, window: int,
+                     relax: bool = False) -> list[tuple[str, str]]:
     """Take waiting dreams that can join a batch with key `batch_key`: (queue name, job id) pairs, at most
-    `budget` images in all, found among the first `window` waiting jobs (fairq_lua.CLAIM_BATCH)."""
+    `budget` images in all, found among the first `window` waiting jobs (fairq_lua.CLAIM_BATCH). Relax dreams
+    join only a relax batch (`relax`): riding along, they would make a fast batch slower."""
+    names = queue_names() if relax else queue_names()[:-1]
     return [(key.removeprefix(Queue.redis_queue_namespace_prefix), job_id)
-            for key, job_id in fairq.claim_batch(connection, batch_key, budget, window, queue_names())]
+            for key, job_id in fairq.claim_batch(connection, batch_key, budget, window, names)]
 
 
 class FairQueue(Queue):

@@ -27,7 +27,7 @@ from .ranges import LIMITS
 
 log = logging.getLogger("dreamcore.servers")
 
-Priority = Literal["high", "default", "low"]
+Priority = Literal["high", "default", "low"]  # an operator's grant; relax (dreamcore.modes) is a member's choice
 
 
 class ServerPolicy(BaseModel):

@@ -15,11 +15,14 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .job import FaceChoice
+from .modes import Mode
 from .problems import problems
 from .ranges import LIMITS
 
 SDXL_BASE_ID = "stabilityai/stable-diffusion-xl-base-1.0"
 SDXL_REFINER_ID = "stabilityai/stable-diffusion-xl-refiner-1.0"
+# SDXL-Lightning's 4-step LoRA (openrail++): one file of its repo.
+SDXL_LIGHTNING_4STEP = "ByteDance/SDXL-Lightning/sdxl_lightning_4step_lora.safetensors"
 DISCORD_API_V10 = "https://discord.com/api/v10"
 
 
@@ -73,6 +76,10 @@ class Settings(BaseSettings):
     # --- The worker -----------------------------------------------------------------------
     base_model: str = Field(SDXL_BASE_ID, min_length=1, **_env("DREAMBOT_BASE_MODEL"))
     refiner_model: str = Field(SDXL_REFINER_ID, min_length=1, **_env("DREAMBOT_REFINER_MODEL"))
+    # /dream mode:turbo's LoRA on the base (worker/adapters.py): a hub file "owner/repo/file.safetensors" (from
+    # the HF cache: fetch-models gets it), a local .safetensors file or a folder holding one; off: this pool
+    # runs no turbo (a turbo job fails with a message saying so).
+    turbo_adapter: str = Field(SDXL_LIGHTNING_4STEP, min_length=1, **_env("DREAMBOT_TURBO_ADAPTER"))
     device: Literal["auto", "cuda", "cpu"] = Field("auto", **_env("DREAMBOT_DEVICE"))
     # The weights' dtype; auto: bf16 on GPUs of compute capability 8.0+, fp16 on older ones, fp32 on a CPU
     # (bf16 there for full-size models). worker/weights.py choose_dtype.
@@ -171,6 +178,10 @@ class Settings(BaseSettings):
     limit_images_in: Literal["on", "off", "age_restricted"] = Field("on", **_env("DREAMBOT_LIMIT_IMAGES_IN"))
     # The face pass where a /dream leaves it out (worker/faces.py): auto, on or off.
     limit_faces: FaceChoice = Field("auto", **_env("DREAMBOT_LIMIT_FACES"))
+    # The mode where a /dream leaves it out, and whether members may choose turbo and relax (dreamcore.modes).
+    limit_mode: Mode = Field("quality", **_env("DREAMBOT_LIMIT_MODE"))
+    limit_turbo: Literal["on", "off"] = Field("on", **_env("DREAMBOT_LIMIT_TURBO"))
+    limit_relax: Literal["on", "off"] = Field("on", **_env("DREAMBOT_LIMIT_RELAX"))
     # --- end of guild limit defaults ---
 
     # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---
@@ -247,6 +258,12 @@ class Settings(BaseSettings):
         if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
             raise ValueError("set both DREAMBOT_S3_ACCESS_KEY_ID and DREAMBOT_S3_SECRET_ACCESS_KEY, or neither "
                              "(then boto3 finds credentials itself: AWS_* variables, an instance role)")
+        return self
+
+    @model_validator(mode="after")
+    def _default_mode_on(self):
+        if self.limit_mode != "quality" and getattr(self, f"limit_{self.limit_mode}") == "off":
+            raise ValueError(f"DREAMBOT_LIMIT_MODE={self.limit_mode} needs DREAMBOT_LIMIT_{self.limit_mode.upper()}=on")
         return self
 
     @field_validator("redis_url")

@@ -1,9 +1,10 @@
 """Measured throughput, kept in Redis, for queue ETAs and for refusing work the pool can't reach in time.
 
 Speed is kept as seconds per unit of cost (dreamcore.cost), a moving average per kind of job (a dream, a
-variation, an upscale: their units are estimates, and each kind's estimate errs its own way) and one over
-every job. The work ahead of a waiting job mixes kinds, so it is timed with the overall figure; the job's
-own part with its kind's.
+variation, an upscale: their units are estimates, and each kind's estimate errs its own way), per mode where
+the mode runs another path (a turbo dream's four steps leave its fixed costs weighing more: `speed_key`),
+and one over every job. The work ahead of a waiting job mixes kinds and modes, so it is timed with the
+overall figure; the job's own part with its own kind's and mode's.
 """
 
 from __future__ import annotations
@@ -13,10 +14,18 @@ from rq import Worker
 
 from .fairq import Place
 from .job import KINDS
+from .modes import TURBO_KINDS
 from .keys import STATS_KEY  # noqa: F401  (re-exported)
 
 EWMA_ALPHA = 0.2  # about the last ten jobs
-_FIELDS = ("s_per_unit", *(f"s_per_unit:{k}" for k in KINDS), "s_per_image")
+SPEED_KEYS = (*KINDS, *(f"turbo-{k}" for k in TURBO_KINDS))
+_FIELDS = ("s_per_unit", *(f"s_per_unit:{k}" for k in SPEED_KEYS), "s_per_image")
+
+
+def speed_key(job) -> str:
+    """The figure a job's (a dreamcore.job.DreamJob's) own time is measured and foretold by: its kind's, or
+    for a turbo job its kind's in turbo."""
+    return f"turbo-{job.kind}" if job.request.mode == "turbo" else job.kind
 
 
 def record_job(conn: redis.Redis, seconds: float, units: float, kind: str = "dream") -> None:
@@ -57,10 +66,11 @@ class Speed:
         # An older release measured seconds per image: for a standard dream that is seconds per unit.
         overall = got["s_per_unit"] or got["s_per_image"]
         self.overall = _speed(overall)
-        self.per_kind = {k: v for k in KINDS if (v := _speed(got[f"s_per_unit:{k}"])) is not None}
+        self.per_kind = {k: v for k in SPEED_KEYS if (v := _speed(got[f"s_per_unit:{k}"])) is not None}
         self.workers = Worker.count(connection=conn)
 
     def of(self, kind: str | None) -> float | None:
+        """Seconds per unit of a speed key (speed_key), the overall figure before that key was measured."""
         return self.per_kind.get(kind or "", self.overall)
 
     def eta_s(self, units_ahead: float, own_units: float, kind: str | None = None) -> float | None:

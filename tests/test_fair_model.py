@@ -96,7 +96,7 @@ class Ref:
         return [j for n in NAMES for j in self.order(n)]
 
 
-PRIORITY = {"dream-high": "high", "dream-default": "default", "dream-low": "low"}
+PRIORITY = {"dream-high": "high", "dream-default": "default", "dream-low": "low", "dream-relax": "relax"}
 ops = st.lists(st.one_of(
     st.tuples(st.just("enqueue"), st.integers(1, 6), st.sampled_from(NAMES), st.integers(1, 4),
               st.sampled_from([20, 30]), st.integers(0, 1)),

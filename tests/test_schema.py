@@ -78,8 +78,8 @@ def test_round_trip_and_versions():
     job = make_job(make_request(prompt="x", seed=5), _origin(interaction_token="abc.DEF-123_x"))
     raw = job.to_json()
     assert parse_job(raw) == job
-    newer = json.loads(raw) | {"v": 5}
-    with pytest.raises(JobError, match="schema version 5; this worker reads versions 1, 2, 3 and 4"):
+    newer = json.loads(raw) | {"v": 6}
+    with pytest.raises(JobError, match="schema version 6; this worker reads versions 1, 2, 3, 4 and 5"):
         parse_job(json.dumps(newer))
     older = {k: v for k, v in json.loads(raw).items() if k != "v"}
     with pytest.raises(JobError, match="schema version None"):

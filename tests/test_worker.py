@@ -87,7 +87,7 @@ def test_garbage_jobs_fail_alone_and_the_worker_goes_on(tiny_env, rconn, pipelin
     q = DreamQueue(rconn, get_settings())
     good = _job()
     # 1: a payload from a newer schema, 2: fields out of range, 3: not even a dict.
-    newer = good.to_dict() | {"v": 5, "job_id": "aaaaaaaaaaaaaaaa"}
+    newer = good.to_dict() | {"v": 6, "job_id": "aaaaaaaaaaaaaaaa"}
     broken = good.to_dict() | {"job_id": "bbbbbbbbbbbbbbbb"}
     broken["request"] = dict(broken["request"], count=99)
     rq_queue = q.queues["default"]
@@ -101,7 +101,7 @@ def test_garbage_jobs_fail_alone_and_the_worker_goes_on(tiny_env, rconn, pipelin
 
     got = _drain(rconn)
     assert got[good.job_id][0].status == "done"
-    assert "schema version 5" in got["aaaaaaaaaaaaaaaa"][0].error
+    assert "schema version 6" in got["aaaaaaaaaaaaaaaa"][0].error
     assert "count" in got["bbbbbbbbbbbbbbbb"][0].error and "allowed 1 to 4" in got["bbbbbbbbbbbbbbbb"][0].error
     assert got["bbbbbbbbbbbbbbbb"][0].origin.user_id == 5  # the member can still be told
     failed = set(rq_queue.failed_job_registry.get_job_ids())

@@ -166,7 +166,8 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outco
                             members[i].rq_job) for i, job, _ in live}
     images = sum(len(g.images) for g in gens)
     stats.record_job(rt.conn, time.perf_counter() - t0,
-                     sum(units_made(rt, job, g) for (_, job, _), g in zip(live, gens, strict=True)))
+                     sum(units_made(rt, job, g) for (_, job, _), g in zip(live, gens, strict=True)),
+                     stats.speed_key(live[0][1]))  # one batch key: one kind and mode
     metrics.batch_ran(len(live), images)
     out: dict[int, Outcome | Made] = {}
     for (i, job, _), gen in zip(live, gens, strict=True):

@@ -84,7 +84,7 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
     published = publish_patiently(rt, result, [e.data for e in encoded])
     faults.crash_here("worker-after-publish")
     if record:
-        stats.record_job(rt.conn, timings["total_s"], units_made(rt, job, gen), job.kind)
+        stats.record_job(rt.conn, timings["total_s"], units_made(rt, job, gen), stats.speed_key(job))
     shared = {k: v * share if k.endswith("_s") and k not in ("png_s",) else v for k, v in timings.items()}
     metrics.observe_stages(shared, len(encoded), refiner_ran=gen.refiner_steps > 0)
     metrics.job_done()
@@ -96,8 +96,8 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
 def units_made(rt: Runtime, job: DreamJob, gen: Generation) -> float:
     """What the job cost (dreamcore.cost), at the size it came out and with the faces its pass redrew: the
     measure of the pool's speed."""
-    return cost.of_job(job, rt.settings.upscale_tile, rt.settings.upscale_overlap, (gen.width, gen.height),
-                       faces=int(gen.timings.get("faces_redrawn", 0)))
+    return cost.made(job, rt.settings.upscale_tile, rt.settings.upscale_overlap, (gen.width, gen.height),
+                     gen.timings)
 
 
 STORE_PATIENCE_S = 30.0

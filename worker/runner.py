@@ -30,7 +30,8 @@ from rq.worker import SimpleWorker, WorkerStatus
 from dreamcore import fairq, keys, metrics, redisconn
 from dreamcore.images import ImageStoreError, S3Store, open_store
 from dreamcore.logs import setup_logging
-from dreamcore.queue import FairQueue, claim_companions, queue_names
+from dreamcore.modes import RELAX_QUEUE
+from dreamcore.queue import FairQueue, claim_companions, queue_name, queue_names
 from dreamcore.settings import Settings
 
 from . import batch, memory, rq_private, speed, tasks
@@ -211,7 +212,8 @@ class DreamWorker(SimpleWorker):
         if not key or budget < 1 or _is_retry(job):
             return []  # a retried job runs alone: if it kills workers, it kills no batch
         try:
-            claimed = claim_companions(self.connection, key, budget, self.batch_window)
+            claimed = claim_companions(self.connection, key, budget, self.batch_window,
+                                       relax=job.origin == queue_name(RELAX_QUEUE))
         except redis.RedisError as err:  # no companions this time; the job itself runs
             log.warning("batch claim failed", extra={"job_id": job.id, "error": type(err).__name__})
             return []

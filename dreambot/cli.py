@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None)
     d.add_argument("--guidance", type=float, default=None)
     d.add_argument("--split", type=float, default=None, help="fraction of steps on the base model (1.0 = no refiner)")
+    d.add_argument("--mode", choices=("quality", "turbo"), default=None,
+                   help="turbo: the 4-step LoRA on the base alone (steps, guidance and split are its own)")
     d.add_argument("--faces", choices=get_args(FaceChoice), default=None,
                    help="the face pass: small faces redrawn close up (default: DREAMBOT_LIMIT_FACES)")
     d.add_argument("--out", default=None, help="folder for the images (default: DREAMBOT_OUTPUT_DIR)")

@@ -293,7 +293,10 @@ class DreamJob(_Strict):
     def _kind_matches_version(cls, v: str, info: ValidationInfo) -> str:
         version, wanted = info.data.get("v"), job_version(v, info.data.get("request"))
         if version is not None and wanted != version:
-            what = f"a {v} job" + (" with its face pass or mode set" if wanted > VERSION_OF_KIND[v] else "")
+            request = info.data.get("request")
+            set_ = [name for name, on in (("face pass", request.faces != "auto"), ("mode", request.mode != "quality"))
+                    if on and wanted > VERSION_OF_KIND[v]]
+            what = f"a {v} job" + (f" with its {' and '.join(set_)} set" if set_ else "")
             raise ValueError(f"{what} is written as schema version {wanted}, this one says {version}")
         return v
 
@@ -443,7 +446,10 @@ def origin_of(raw: Any) -> Origin | None:
 
 
 def quality_of(request: DreamRequest) -> DreamRequest:
-    """A turbo request as a quality one: the settings turbo fixed go back to /dream's defaults."""
-    defaults = DreamRequest.model_fields
-    return DreamRequest.model_validate({**request.model_dump(), "mode": "quality", "steps": defaults["steps"].default,
-                                        "guidance": defaults["guidance"].default, "split": defaults["split"].default})
+    """A turbo request as a quality one: the settings turbo fixed go back to /dream's defaults (the operator's
+    DREAMBOT_DEFAULT_STEPS, _GUIDANCE and _SPLIT, as /dream itself fills them in)."""
+    from .settings import get_settings  # settings reads this module's types: imported when first needed
+
+    s = get_settings()
+    return DreamRequest.model_validate({**request.model_dump(), "mode": "quality", "steps": s.default_steps,
+                                        "guidance": s.default_guidance, "split": s.default_split})

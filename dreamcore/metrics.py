@@ -64,6 +64,9 @@ BATCH_IMAGES = Histogram("dreambot_batch_images", "Images in one denoising batch
                          buckets=(2, 3, 4, 6, 8, 12, 16, 24, 32))
 BATCH_JOBS = Histogram("dreambot_batch_jobs", "Dream jobs sharing one denoising batch",
                        buckets=(2, 3, 4, 6, 8, 12, 16, 24, 32))
+ADAPTER_SWITCHES = Counter("dreambot_adapter_switches_total",
+                           "Times a worker turned a LoRA adapter on or off on its base UNet (worker/adapters.py: "
+                           "two per turbo call)", ["adapter"])
 OUTCOMES = ("done", "failed", "cancelled")
 JOBS = Counter("dreambot_jobs_total", "Dream jobs a worker finished, by outcome", ["outcome"])
 FAIL_REASONS = ("bad_input", "prompt_too_long", "nan", "oom", "timeout", "cancelled", "crashed",

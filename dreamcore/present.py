@@ -133,7 +133,10 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: lis
     seeds = ", ".join(str(i.seed) for i in p.images) or ", ".join(map(str, req.seeds))
     lines.append(f"seeds: {seeds}")
     lines.append(f"mode: {MODE_LABELS[req.mode]}")
-    if p.kind == "dream":
+    if req.mode == "turbo":
+        lines.append(f"steps: {req.steps} fixed ({p.base_steps} run on the base with SDXL-Lightning's LoRA, Euler on "
+                     "trailing timesteps, no refiner) · no guidance, so no negative prompt")
+    elif p.kind == "dream":
         split = "base only" if req.split >= 1.0 else f"split {req.split:g}"
         lines.append(f"steps: {req.steps} ({p.base_steps} base + {p.refiner_steps} refiner, {split}) · "
                      f"guidance {req.guidance:g}")

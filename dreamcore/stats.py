@@ -14,8 +14,8 @@ from rq import Worker
 
 from .fairq import Place
 from .job import KINDS
-from .modes import TURBO_KINDS
 from .keys import STATS_KEY  # noqa: F401  (re-exported)
+from .modes import TURBO_KINDS
 
 EWMA_ALPHA = 0.2  # about the last ten jobs
 SPEED_KEYS = (*KINDS, *(f"turbo-{k}" for k in TURBO_KINDS))

@@ -62,6 +62,7 @@ def tiny_env(tiny_model_dir, redis_url, monkeypatch, tmp_path):
         "DREAMBOT_BASE_MODEL": str(tiny_model_dir / "base"),
         "DREAMBOT_REFINER_MODEL": str(tiny_model_dir / "refiner"),
         "DREAMBOT_SAFETY_MODEL": str(tiny_model_dir / "safety"),
+        "DREAMBOT_TURBO_ADAPTER": str(tiny_model_dir / "turbo"),
         "DREAMBOT_DEVICE": "cpu",
         "DREAMBOT_OUTPUT_DIR": str(tmp_path / "out"),
         "DREAMBOT_LOG_FORMAT": "json",

@@ -46,6 +46,7 @@ class Fleet:
             "DREAMBOT_BASE_MODEL": str(self.model_dir / "base"),
             "DREAMBOT_REFINER_MODEL": str(self.model_dir / "refiner"),
             "DREAMBOT_SAFETY_MODEL": str(self.model_dir / "safety"),
+            "DREAMBOT_TURBO_ADAPTER": str(self.model_dir / "turbo"),
             "DREAMBOT_DEVICE": "cpu",
             "DREAMBOT_DEFAULT_STEPS": "4",
             "DREAMBOT_LOG_LEVEL": "DEBUG",
@@ -191,3 +192,30 @@ def final_answer(standin: DiscordStandIn, inter, body: dict, timeout: float = 15
                 return m.content, m.ephemeral, m.allowed_mentions
         time.sleep(0.05)
     raise TimeoutError(f"deferred /dream {inter.id} never answered")
+
+
+# --- One member's side of a fleet with one bot: `e` holds .fleet, .standin and .bot ---------------------------
+
+
+def send(e, options: dict, user: int | None = None, command: str = "dream", **kw):
+    """A slash command from the fleet's member (or `user`): (the interaction, what they see, ephemeral)."""
+    f = e.fleet
+    inter = e.standin.send_slash(e.bot.app.id, f.guild_id, e.bot.channel_id, user or f.user_id, command, options, **kw)
+    text, ephemeral, _ = final_answer(e.standin, inter, inter.wait_ack(5))
+    return inter, text, ephemeral
+
+
+def click(e, msg, custom_id: str):
+    """A click on a button of `msg` by the fleet's member: (the interaction, what they see, ephemeral)."""
+    f = e.fleet
+    inter = e.standin.send_component(e.bot.app.id, f.guild_id, e.bot.channel_id, f.user_id, msg.id, custom_id)
+    text, ephemeral, _ = final_answer(e.standin, inter, inter.wait_ack(5))
+    return inter, text, ephemeral
+
+
+def result_message(e, inter, timeout: float = 120.0):
+    """The message with the images that answered `inter`, once posted."""
+    def done(m):
+        return (m.interaction_id == inter.id and m.components
+                and any(a.filename.startswith("dream-") for a in m.attachments))
+    return e.standin.wait_for_message(done, timeout=timeout)

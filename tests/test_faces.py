@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import redis
 import skimage.data
-from fleet import Fleet, final_answer, image_store
+from fleet import Fleet, click, image_store, result_message, send
 from PIL import Image
 from standin import DiscordStandIn
 
@@ -239,27 +239,6 @@ def e(redis_server, tiny_model_dir, tmp_path_factory):
     finally:
         fleet.stop()
         standin.stop()
-
-
-def send(e, options: dict, user: int | None = None, command: str = "dream", **kw):
-    f = e.fleet
-    inter = e.standin.send_slash(e.bot.app.id, f.guild_id, e.bot.channel_id, user or f.user_id, command, options, **kw)
-    text, ephemeral, _ = final_answer(e.standin, inter, inter.wait_ack(5))
-    return inter, text, ephemeral
-
-
-def click(e, msg, custom_id: str):
-    f = e.fleet
-    inter = e.standin.send_component(e.bot.app.id, f.guild_id, e.bot.channel_id, f.user_id, msg.id, custom_id)
-    text, ephemeral, _ = final_answer(e.standin, inter, inter.wait_ack(5))
-    return inter, text, ephemeral
-
-
-def result_message(e, inter, timeout: float = 120.0):
-    def done(m):
-        return (m.interaction_id == inter.id and m.components
-                and any(a.filename.startswith("dream-") for a in m.attachments))
-    return e.standin.wait_for_message(done, timeout=timeout)
 
 
 def info_of(e, msg) -> str:

@@ -2,7 +2,8 @@
 huggingface_hub client in a real `python -m dreambot` process: what it picks from repos laid out like SDXL
 1.0's (fp32 and fp16 weights, .bin copies, a single-file checkpoint, ONNX), the bytes it prints first, a run
 that breaks off and the next that finishes it, a gated repo, and the worker then loading from the cache
-alone (HF_HUB_OFFLINE=1) on the fp16 files."""
+alone (HF_HUB_OFFLINE=1) on the fp16 files. The turbo adapter is one file of a repo laid out like
+SDXL-Lightning's (LoRAs for other step counts and full UNets beside it): that file alone is fetched."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from worker.fetch import human, pick_files  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE, REFINER, SAFETY = "acme/sdxl-base", "acme/sdxl-refiner", "acme/nsfw"
+TURBO, TURBO_FILE = "acme/lightning", "sdxl_lightning_4step_lora.safetensors"
 
 
 def _publish_like_sdxl(src: Path, dst: Path, cls) -> None:
@@ -47,6 +49,11 @@ def hub_root(tiny_model_dir, tmp_path_factory) -> Path:
     _publish_like_sdxl(tiny_model_dir / "refiner", root / REFINER, StableDiffusionXLImg2ImgPipeline)
     shutil.copytree(tiny_model_dir / "safety", root / SAFETY)
     (root / SAFETY / "pytorch_model.bin").write_bytes(b"\0" * 2048)
+    (root / TURBO).mkdir(parents=True)
+    shutil.copy(tiny_model_dir / "turbo" / "pytorch_lora_weights.safetensors", root / TURBO / TURBO_FILE)
+    for other in ("sdxl_lightning_8step_lora.safetensors", "sdxl_lightning_4step_unet.safetensors"):
+        (root / TURBO / other).write_bytes(b"\0" * 4096)
+    (root / TURBO / "README.md").write_text("# a model card\n")
     return root
 
 
@@ -62,7 +69,8 @@ def _env(hub: HubStandIn, hf_home: Path, **extra) -> dict[str, str]:
            if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
     env.update(HF_ENDPOINT=hub.url, HF_HOME=str(hf_home), HF_HUB_DISABLE_TELEMETRY="1",
                DREAMBOT_BASE_MODEL=BASE, DREAMBOT_REFINER_MODEL=REFINER, DREAMBOT_SAFETY_MODEL=SAFETY,
-               DREAMBOT_LOG_FORMAT="json", DREAMBOT_METRICS_PORT="0")
+               DREAMBOT_TURBO_ADAPTER=f"{TURBO}/{TURBO_FILE}", DREAMBOT_LOG_FORMAT="json",
+               DREAMBOT_METRICS_PORT="0")
     env.update(extra)
     return env
 
@@ -82,7 +90,7 @@ def _expected(hub_root: Path) -> dict[str, set[str]]:
                      for f in os.listdir(hub_root / BASE / t))}
     refiner = fp16 | {f"tokenizer_2/{f}" for f in os.listdir(hub_root / REFINER / "tokenizer_2")}
     safety = {f for f in os.listdir(hub_root / SAFETY) if f.endswith(".json")} | {"model.safetensors"}
-    return {BASE: base, REFINER: refiner, SAFETY: safety}
+    return {BASE: base, REFINER: refiner, SAFETY: safety, TURBO: {TURBO_FILE}}
 
 
 def _snapshot(hf_home: Path, repo: str) -> Path:
@@ -145,8 +153,13 @@ def test_fetch_models_prints_the_bytes_then_downloads_exactly_what_the_worker_lo
         assert _files(_snapshot(hf_home, repo)) == files, repo
     # Nothing the worker doesn't read crossed the wire: no fp32 weights, .bin, single file or ONNX.
     # (The classifier publishes plain safetensors only, and those are what it loads.)
-    fetched = [p for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p and not p.startswith(f"/{SAFETY}/")]
+    fetched = [p for m, p, _ in hub.requests if m == "GET" and "/resolve/" in p
+               and not p.startswith((f"/{SAFETY}/", f"/{TURBO}/"))]
     assert not [p for p in fetched if re.search(r"(?<!fp16)\.safetensors$|\.bin$|\.onnx$", p)], fetched
+    # Of the adapter's repo, its one file.
+    assert {p.rsplit("/", 1)[-1] for m, p, _ in hub.requests
+            if m == "GET" and p.startswith(f"/{TURBO}/resolve/")} == {TURBO_FILE}
+    assert f"DREAMBOT_TURBO_ADAPTER={TURBO}/{TURBO_FILE}: 1 files" in out
 
     # Again: everything is cached, nothing to download.
     again = _fetch(_env(hub, hf_home), "--dry-run")
@@ -163,14 +176,18 @@ from worker.safety import load_checker
 settings = load_settings()
 pipe = load_pipeline(settings)
 checker = load_checker(settings, pipe.device)
-ps = [p for m in (pipe.base.unet, pipe.base.text_encoder, pipe.refiner.unet) for p in m.parameters()]
+ps = [p for m in (pipe.base.unet, pipe.base.text_encoder, pipe.refiner.unet) for n, p in m.named_parameters()
+      if ".lora_" not in n]  # the model's own weights (the turbo LoRA's file is fp32)
 gen = pipe.generate(make_request(prompt="a lighthouse", seed=5, steps=3))
-print(all(torch.equal(p, p.half().float()) for p in ps), gen.images[0].size, checker is not None)
+turbo = pipe.generate(make_request(prompt="a lighthouse", seed=5, mode="turbo"))
+print(all(torch.equal(p, p.half().float()) for p in ps), gen.images[0].size, checker is not None,
+      sorted(pipe.adapters), turbo.base_steps)
 """
     loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=180,
                             env=_env(hub, hf_home, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9",
                                      DREAMBOT_DEVICE="cpu"))
-    assert loaded.stdout.split() == ["True", "(1024,", "1024)", "True"], loaded.stdout + loaded.stderr[-2000:]
+    assert loaded.stdout.split() == ["True", "(1024,", "1024)", "True", "['turbo']", "4"], \
+        loaded.stdout + loaded.stderr[-2000:]
 
 
 def test_an_interrupted_fetch_is_finished_by_the_next_run_without_fetching_twice(hub, hub_root, tmp_path):
@@ -213,3 +230,9 @@ def test_bad_sources_are_named(hub, tmp_path):
     assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stdout
     odd = _fetch(_env(hub, tmp_path / "hf", DREAMBOT_REFINER_MODEL="./not/here"), "--dry-run")
     assert odd.returncode == 2 and "DREAMBOT_REFINER_MODEL=./not/here: no model found there" in odd.stdout
+    no_file = _fetch(_env(hub, tmp_path / "hf", DREAMBOT_TURBO_ADAPTER=f"{TURBO}/nope.safetensors"), "--dry-run")
+    assert no_file.returncode == 2
+    assert f"DREAMBOT_TURBO_ADAPTER={TURBO}/nope.safetensors: the repo {TURBO} has no file nope.safetensors" in \
+        no_file.stdout, no_file.stdout
+    off = _fetch(_env(hub, tmp_path / "hf", DREAMBOT_TURBO_ADAPTER="off"), "--dry-run")
+    assert off.returncode == 0 and "DREAMBOT_TURBO_ADAPTER" not in off.stdout, off.stdout

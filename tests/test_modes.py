@@ -5,9 +5,14 @@ the whole way through a bot, a worker and the Discord stand-in is at the end."""
 
 from __future__ import annotations
 
+import io
 import json
+from types import SimpleNamespace
 
 import pytest
+from fleet import Fleet, click, result_message, send
+from PIL import Image
+from standin import DiscordStandIn
 
 from dreamcore import cost, fairq, stats
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
@@ -178,3 +183,63 @@ def test_etas_use_each_modes_own_measured_speed(rconn):
     speed = stats.Speed(rconn)
     assert stats.speed_key(turbo) == "turbo-dream" and speed.of("turbo-dream") == 5.0 and speed.of("dream") == 10.0
     assert speed.eta_s(0.0, 0.1, "turbo-dream") == pytest.approx(0.5 / max(1, speed.workers))
+
+
+# --- Through a real bot, worker and the Discord stand-in ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e(redis_server, tiny_model_dir, tmp_path_factory):
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    standin = DiscordStandIn().start()
+    fleet = Fleet(standin, redis_server.url, tiny_model_dir, tmp_path_factory.mktemp("modes"))
+    try:
+        fleet.setup(1)
+        bot = fleet.bots[0]
+        admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
+        fleet.start_bot(bot)
+        fleet.start_worker()
+        fleet.wait_bots_ready()
+        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, admin=admin)
+    finally:
+        fleet.stop()
+        standin.stop()
+
+
+def admin_set(e, key: str, value: str) -> str:
+    _, text, _ = send(e, {"key": key, "value": value}, user=e.admin, command="dreamadmin", subcommand="set")
+    return text
+
+
+def test_a_turbo_dream_runs_the_fixed_recipe_says_so_and_its_buttons_keep_it(e):
+    inter, text, _ = send(e, {"prompt": "a fox in the snow", "negative": "blurry", "mode": "turbo", "steps": 30})
+    assert "⚡ Turbo · 1024x1024" in text and "4 fixed steps (base + Lightning, no guidance)" in text, text
+    assert "can't use your negative prompt" in text, text
+    job = text.split("`")[1]
+    msg = result_message(e, inter)
+    assert "⚡ Turbo" in msg.content, msg.content
+    (att,) = msg.attachments
+    assert Image.open(io.BytesIO(att.data)).size == (1024, 1024)
+    _, info, _ = click(e, msg, f"dream:i:{job}")
+    assert "mode: Turbo" in info and "steps: 4 fixed (4 run on the base with SDXL-Lightning's LoRA" in info, info
+    # Reroll keeps the mode; an upscale (the refiner's work, no turbo path) runs in quality mode.
+    _, said, _ = click(e, msg, f"dream:r:{job}")
+    assert "⚡ Turbo" in said, said
+    _, said, _ = click(e, msg, f"dream:u:{job}:0")
+    # (at the operator's default steps and guidance: the fleet's DREAMBOT_DEFAULT_STEPS is 4)
+    assert "Turbo" not in said and "2048x2048 · no style · 4 steps (refiner from 80%) · guidance 7" in said, said
+
+
+def test_the_server_chooses_the_default_mode_and_which_modes_it_takes(e):
+    assert "turbo" in admin_set(e, "turbo", "off")
+    try:
+        _, text, ephemeral = send(e, {"prompt": "a fox", "mode": "turbo"})
+        assert ephemeral and "this server doesn't take turbo dreams; try mode:quality" in text, text
+        assert "mode" in admin_set(e, "mode", "relax")
+        inter, text, _ = send(e, {"prompt": "a fox", "steps": 2})  # left out: the server's default
+        assert "🌙 Relax ·" in text and "counts against no quota" in text, text
+        assert "🌙 Relax" in result_message(e, inter).content
+    finally:
+        admin_set(e, "mode", "default")
+        admin_set(e, "turbo", "default")

@@ -36,7 +36,7 @@ def default_tiny_dir() -> Path:
 
 def _tiny(settings: Settings, where: str) -> Settings:
     from .runner import quiet_model_libraries
-    from .tiny import make_tiny_classifier, make_tiny_model
+    from .tiny import make_tiny_classifier, make_tiny_model, make_tiny_turbo
 
     quiet_model_libraries()
     folder = Path(where) if where else default_tiny_dir()
@@ -46,8 +46,11 @@ def _tiny(settings: Settings, where: str) -> Settings:
         print(f"built the tiny test model in {folder} ({time.perf_counter() - t0:.1f}s)")
     elif not (folder / "safety" / "config.json").exists():  # a folder an older release built
         make_tiny_classifier(folder / "safety")
+    if not (folder / "turbo").is_dir():  # a folder a release before mode:turbo built
+        make_tiny_turbo(folder / "turbo")
     return settings.model_copy(update={"base_model": str(folder / "base"), "refiner_model": str(folder / "refiner"),
-                                       "safety_model": str(folder / "safety"), "device": "cpu"})
+                                       "safety_model": str(folder / "safety"), "turbo_adapter": str(folder / "turbo"),
+                                       "device": "cpu"})
 
 
 def run_demo(settings: Settings, args) -> int:
@@ -62,6 +65,7 @@ def run_demo(settings: Settings, args) -> int:
             guidance=args.guidance if args.guidance is not None else settings.default_guidance,
             split=args.split if args.split is not None else settings.default_split,
             faces=args.faces or settings.limit_faces, max_upload_bytes=settings.max_upload_bytes,
+            mode=getattr(args, "mode", None),
         )
     except JobError as err:
         print(f"dreambot demo: {err}")

@@ -20,6 +20,13 @@ class SourceGone(ValueError):
     """A variation's or an upscale's source image has expired (or can't be read): the member is told why."""
 
 
+class TurboUnavailable(ValueError):
+    """A turbo job on a worker that loaded no turbo adapter (DREAMBOT_TURBO_ADAPTER=off): the member is told."""
+
+    def __init__(self) -> None:
+        super().__init__("Turbo isn't set up on this pool's GPUs; try mode:quality")
+
+
 def is_oom(err: Exception) -> bool:
     import torch
 

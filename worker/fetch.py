@@ -7,6 +7,8 @@ model_index.json names, each from its fp16 safetensors when the repo has them an
 otherwise (weights.py), and the refiner without its text_encoder_2 and VAE, which it takes from the base.
 This picks exactly those files from the repo's listing, prints how many bytes that is, and downloads them
 with huggingface_hub into the cache the worker reads (HF_HOME, HF_HUB_CACHE; a gated repo takes HF_TOKEN).
+The turbo adapter (DREAMBOT_TURBO_ADAPTER, "owner/repo/file.safetensors") is one file of its repo: that file
+alone (SDXL-Lightning's repo also holds full UNets and checkpoints, tens of GB).
 
 Resuming: huggingface_hub resumes a dropped connection inside a file (a ranged request, retried) and never
 fetches a file that is complete in the cache, so a run that is stopped and started again fetches only what
@@ -29,7 +31,7 @@ from typing import TextIO
 
 from dreamcore.settings import Settings
 
-from .sources import FP16_VARIANT, ModelLoadError, hub_id_or_folder
+from .sources import FP16_VARIANT, ModelLoadError, adapter_source, hub_id_or_folder
 
 log = logging.getLogger("dreambot.fetch")
 
@@ -53,6 +55,12 @@ class Fetch:
     setting: str  # the setting that names the repo, for messages
     repo: str
     files: list[RepoFile]
+    value: str = ""  # the setting's value where it is not the repo's id (an adapter's "owner/repo/file")
+
+    @property
+    def named(self) -> str:
+        """The setting as the operator wrote it: SETTING=value."""
+        return f"{self.setting}={self.value or self.repo}"
 
     @property
     def missing_bytes(self) -> int:
@@ -121,6 +129,26 @@ def _sources(settings: Settings) -> list[tuple[str, str, tuple[str, ...], bool]]
     return out
 
 
+def _adapter_fetch(setting: str, value: str, endpoint: str | None) -> Fetch | None:
+    """The one file of a hub repo an adapter setting names; None for off or a local file (nothing to fetch)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        kind, repo, name = adapter_source(setting, value)
+    except ModelLoadError as err:
+        raise FetchError(str(err)) from err
+    if kind != "hub":
+        log.info("off or a local file: nothing to fetch", extra={"setting": setting, "value": value})
+        return None
+    try:
+        listing = {f.filename: f for f in snapshot_download(repo, dry_run=True, endpoint=endpoint)}
+    except Exception as err:  # noqa: BLE001 - see survey
+        raise _hub_error(setting, value, err) from err
+    if name not in listing:
+        raise FetchError(f"{setting}={value}: the repo {repo} has no file {name}")
+    return Fetch(setting, repo, [RepoFile(name, int(listing[name].file_size or 0), listing[name].is_cached)], value)
+
+
 def _hub_error(setting: str, repo: str, err: Exception) -> FetchError:
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -172,6 +200,9 @@ def survey(settings: Settings, endpoint: str | None = None) -> list[Fetch]:
             cached = listing[name].is_cached or (name == "model_index.json" and index is not None)
             files.append(RepoFile(name, int(listing[name].file_size or 0), cached))
         fetches.append(Fetch(setting, value, files))
+    adapter = _adapter_fetch("DREAMBOT_TURBO_ADAPTER", settings.turbo_adapter, endpoint)
+    if adapter is not None:
+        fetches.append(adapter)
     return fetches
 
 
@@ -198,7 +229,7 @@ def run(settings: Settings, endpoint: str | None = None, out: TextIO = sys.stdou
         print(f"fetch-models: {err}", file=out, flush=True)
         return 2
     for f in fetches:
-        print(f"{f.setting}={f.repo}: {len(f.files)} files, {human(f.missing_bytes)} to download"
+        print(f"{f.named}: {len(f.files)} files, {human(f.missing_bytes)} to download"
               f"{f' ({human(f.cached_bytes)} already in the cache)' if f.cached_bytes else ''}", file=out)
     total = sum(f.missing_bytes for f in fetches)
     print(f"total to download: {human(total)} ({total} bytes) into {_cache_dir()}", file=out, flush=True)
@@ -209,9 +240,9 @@ def run(settings: Settings, endpoint: str | None = None, out: TextIO = sys.stdou
             # huggingface_hub draws one progress bar for the repo's files and one per file being fetched.
             path = snapshot_download(f.repo, allow_patterns=[x.name for x in f.files], endpoint=endpoint)
         except Exception as err:  # noqa: BLE001 - see survey
-            print(f"fetch-models: {_hub_error(f.setting, f.repo, err)}", file=out, flush=True)
+            print(f"fetch-models: {_hub_error(f.setting, f.value or f.repo, err)}", file=out, flush=True)
             return 1
-        print(f"{f.setting}={f.repo}: ready in {path}", file=out, flush=True)
+        print(f"{f.named}: ready in {path}", file=out, flush=True)
     print("fetch-models: done; the worker loads these from the cache", file=out, flush=True)
     return 0
 

@@ -17,6 +17,7 @@ from dreamcore.cost import img2img_steps, tile_spans  # noqa: F401  (tile_spans:
 from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
+from . import adapters
 from .pipeline import DECODED, DreamPipeline, Generation, LastStep, StepEvent, checked_images
 from .prompts import encode_prompts
 
@@ -32,7 +33,12 @@ def vary(
 ) -> Generation:
     """`req.count` variations of `source`: the base in img2img at `strength`, one seeded generator per
     image (image i is what seed req.seeds[i] gives alone). The source is brought to the request's size
-    (an upscaled source is scaled back down), so a variation costs what a dream of that size costs."""
+    (an upscaled source is scaled back down), so a variation costs what a dream of that size costs.
+
+    A turbo variation (req.adapter) runs the adapter and its scheduler on this call alone: img2img_steps(4, s)
+    asks for the 4-step schedule the adapter was distilled on and runs its last int(4 s) steps (two at 0.55:
+    timesteps 499 and 249), which is also what dreamcore.cost charges."""
+    adapters.check(pipe, req)
     t_start = time.perf_counter()
     width, height = size or req.size
     image = source.convert("RGB")
@@ -57,17 +63,19 @@ def vary(
         last_step.mark(counted[0] == run_steps)
         return {}
 
-    out = pipe.reused(StableDiffusionXLImg2ImgPipeline)(
-        **encoded.base.pipeline_kwargs(req.count),
-        image=[image] * req.count,
-        strength=strength,
-        num_inference_steps=n_steps,
-        guidance_scale=req.guidance,
-        generator=generators,
-        output_type=DECODED,
-        callback_on_step_end=on_step_end,
-        callback_on_step_end_tensor_inputs=["latents"],
-    ).images
+    stage = pipe.reused(StableDiffusionXLImg2ImgPipeline)
+    with adapters.running(pipe, stage, req.adapter):
+        out = stage(
+            **encoded.base.pipeline_kwargs(req.count),
+            image=[image] * req.count,
+            strength=strength,
+            num_inference_steps=n_steps,
+            guidance_scale=req.guidance,
+            generator=generators,
+            output_type=DECODED,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
     pipe.sync()
     t_end = time.perf_counter()
     t_base = last_step.at

@@ -29,7 +29,7 @@ from PIL import Image
 from dreamcore.job import DreamRequest
 from dreamcore.styles import load_styles
 
-from . import memory, speed
+from . import adapters, memory, speed
 from .prompts import EncodedPrompts, batch_kwargs, encode_prompts
 from .weights import dtype_for, load_pipelines, resolve_device
 
@@ -111,6 +111,8 @@ class DreamPipeline:
         self.speed = speed.SpeedReport()
         self.step_cache = None  # a stepcache.StepCache on the base UNet, with DREAMBOT_STEP_CACHE
         self.compiled: speed.Compiled | None = None  # with compile
+        # The LoRA adapters the base UNet holds, by name (worker/adapters.py): {"turbo": ...}, or none.
+        self.adapters: dict[str, adapters.Adapter] = {}
 
     @classmethod
     def load(
@@ -123,6 +125,7 @@ class DreamPipeline:
         dtype: torch.dtype | None = None,
         offload: str = "auto",
         batch_images: int = 32,
+        turbo_adapter: str = "off",
     ) -> DreamPipeline:
         """Load base and refiner (a hub id or a local folder each); the same arguments return the same instance.
 
@@ -133,8 +136,9 @@ class DreamPipeline:
         offload: DREAMBOT_OFFLOAD, auto|none|model (memory.plan); batch_images: the most images one
             denoising call may hold (DREAMBOT_BATCH_IMAGES); the plan keeps their working memory free, and
             may allow fewer (`.memory.batch_images`) on a device with less room.
+        turbo_adapter: DREAMBOT_TURBO_ADAPTER, the turbo LoRA put on the base UNet (worker/adapters.py); off: none.
         """
-        key = (base, refiner, device, levers, dtype, offload, batch_images)
+        key = (base, refiner, device, levers, dtype, offload, batch_images, turbo_adapter)
         with _load_lock:
             if key not in _loaded:
                 dev = resolve_device(device)
@@ -143,7 +147,8 @@ class DreamPipeline:
                     log.info("dtype chosen", extra={"dtype": str(dtype).removeprefix("torch."), "why": why})
                 base_pipe, refiner_pipe = load_pipelines(base, refiner, dtype)
                 _loaded[key] = cls.from_parts(base_pipe, refiner_pipe, dev, levers=levers, offload=offload,
-                                              batch_images=batch_images, sources=(base, refiner))
+                                              batch_images=batch_images, sources=(base, refiner),
+                                              turbo_adapter=turbo_adapter)
             return _loaded[key]
 
     @classmethod
@@ -157,6 +162,7 @@ class DreamPipeline:
         offload: str = "auto",
         batch_images: int = 32,
         sources: tuple[str, str] = ("", ""),
+        turbo_adapter: str = "off",
     ) -> DreamPipeline:
         """The worker's pipeline over two stock pipelines already built (load's from disk; bench/gpu_sdxl.py's
         from random weights made on the GPU): the numbered steps every worker's models go through."""
@@ -171,11 +177,16 @@ class DreamPipeline:
             stage.set_progress_bar_config(disable=True)  # the worker reports progress itself
         pipe = cls(base, refiner, device, sources)
         pipe.levers = levers
-        # 2. The levers that change what the weights are (fused projections, layout) ...
+        # 2. The turbo adapter, read as diffusers loads it on the plain base UNet ...
+        turbo = adapters.load_turbo(pipe, turbo_adapter, levers)
+        # 3. ... the levers that change what the weights are (fused projections, layout) ...
         speed.before_placing(pipe, levers)
-        # 3. ... so that the memory plan counts what is really placed on the device ...
+        # 4. ... the adapter put on the layers they left (worker/adapters.py), off until a turbo call ...
+        if turbo is not None:
+            adapters.attach(pipe, turbo_adapter, turbo)
+        # 5. ... so that the memory plan counts what is really placed on the device ...
         memory.place(pipe, offload, batch_images)
-        # 4. ... and those that work on the placed weights: fp8 quantizes where it runs, compile warms up.
+        # 6. ... and those that work on the placed weights: fp8 quantizes where it runs, compile warms up.
         speed.after_placing(pipe, levers, pipe.memory.batch_images)
         return pipe
 
@@ -261,6 +272,7 @@ class DreamPipeline:
         refiner). Raises PromptTooLong (a ValueError) for a prompt past the chunk limit: that request alone
         fails, before it is batched with others."""
         t_start = time.perf_counter()
+        adapters.check(self, req)  # a turbo dream on a worker without turbo: the member is told
         prompt, negative = load_styles()[req.style].apply(req.prompt, req.negative_prompt)
         base_steps, refiner_steps, fraction = self.split_steps(req.steps, req.base_steps)
         use_refiner = fraction is not None
@@ -282,8 +294,8 @@ class DreamPipeline:
     ) -> list[Generation]:
         """Denoise several prepared requests together; one Generation per item, in order.
 
-        All items must share size, steps, base steps and guidance (batch_geometry, i.e. DreamJob.batch_key),
-        else ValueError. Items whose prompts were encoded in the same number of chunks share one base (and
+        All items must share size, steps, base steps, guidance and adapter (batch_geometry, i.e.
+        DreamJob.batch_key), else ValueError: a turbo and a quality request never share a call. Items whose prompts were encoded in the same number of chunks share one base (and
         refiner) call; each other chunk count gets a call of its own, in the order the items come (their
         embeddings can't be stacked, and padding with empty chunks would change the image). In a call every
         image has its own generator seeded with its seed, and its own request's embeddings, so image i of
@@ -296,8 +308,8 @@ class DreamPipeline:
         geometries = {batch_geometry(it.req) for it in items}
         if len(geometries) > 1:
             raise ValueError(
-                "requests in one batch must share size, steps, base steps and guidance; got "
-                + ", ".join(f"{w}x{h}/{s}/{b}/{g:g}" for (w, h), s, b, g in sorted(geometries))
+                "requests in one batch must share size, steps, base steps and guidance, and one adapter; got "
+                + ", ".join(_geometry_text(g) for g in sorted(geometries))
             )
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
@@ -336,7 +348,9 @@ class DreamPipeline:
         # Compiled for this geometry: the batch runs at its bucket (speed.Compiled), the rows past `n` being
         # fillers (the first item's prompt, seed 0) that are dropped before the decode.
         tokens = first.encoded.base.prompt_embeds.shape[1]
-        padded = self.compiled.bucket(width, height, tokens, n) if self.compiled is not None else n
+        # A turbo call runs the base UNet uncompiled (adapters.running): no filler rows for it.
+        adapter = first.req.adapter
+        padded = self.compiled.bucket(width, height, tokens, n) if self.compiled is not None and not adapter else n
         self.sync()
         t_start = time.perf_counter()
 
@@ -347,7 +361,7 @@ class DreamPipeline:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds + [0] * (padded - n)]
         counted = {"base": 0, "refiner": 0}
         last_step = LastStep(self)
-        cache = self.step_cache
+        cache = self.step_cache if not adapter else None  # 4 distilled steps: none to reuse
         unguided_after = (speed.unguided_from(refiner_steps, self.levers.refiner_unguided_steps)
                           if use_refiner else None)
 
@@ -384,16 +398,18 @@ class DreamPipeline:
         if cache is not None:
             cache.start()
         try:
-            out = self.base(
-                **parts("base"),
-                width=width,
-                height=height,
-                denoising_end=fraction,
-                callback_on_step_end=callback("base", base_steps, 0, not use_refiner),
-                callback_on_step_end_tensor_inputs=["latents"],
-                output_type="latent" if use_refiner else DECODED,
-                **common,
-            ).images
+            # The adapter (and its scheduler) on for this call alone, or every adapter off.
+            with adapters.running(self, self.base, adapter):
+                out = self.base(
+                    **parts("base"),
+                    width=width,
+                    height=height,
+                    denoising_end=fraction,
+                    callback_on_step_end=callback("base", base_steps, 0, not use_refiner),
+                    callback_on_step_end_tensor_inputs=["latents"],
+                    output_type="latent" if use_refiner else DECODED,
+                    **common,
+                ).images
         finally:
             if cache is not None:
                 cache.stop()
@@ -450,6 +466,13 @@ class DreamPipeline:
         # CUDA runs asynchronously: wait for it so each stage's time is that stage's.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def _geometry_text(geometry: tuple) -> str:
+    """A batch_geometry as an error message shows it: 1024x1024/40/32/7, with "/turbo" for an adapter's."""
+    (w, h), steps, base_steps, guidance, *rest = geometry
+    adapter = rest[0] if rest else ""
+    return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}" + (f"/{adapter}" if adapter else "")
 
 
 # What the last pipeline call of a job returns: its images decoded by diffusers itself (the latents

@@ -297,7 +297,8 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
     dtype, why = dtype_for(settings.dtype, dev, settings.base_model)
     levers = speed.Levers.from_settings(settings, dev)
     pipe = DreamPipeline.load(settings.base_model, settings.refiner_model, settings.device, levers=levers,
-                              dtype=dtype, offload=settings.offload, batch_images=settings.batch_images)
+                              dtype=dtype, offload=settings.offload, batch_images=settings.batch_images,
+                              turbo_adapter=settings.turbo_adapter)
     plan = pipe.memory
     done = pipe.speed
     log.info("models loaded", extra={"seconds": round(time.perf_counter() - t0, 2),
@@ -305,6 +306,7 @@ def load_pipeline(settings: Settings) -> DreamPipeline:
                                      "offload": plan.offload, "offload_why": plan.why,
                                      "device_memory_gib": round(plan.resident_bytes / memory.GIB, 2),
                                      "base": settings.base_model, "refiner": settings.refiner_model,
+                                     "turbo_adapter": settings.turbo_adapter,
                                      "levers": {k: v for k, v in asdict(levers).items() if k != "compile_buckets"},
                                      "lossy_levers": levers.lossy,
                                      "freed_gib": round(done.freed_bytes / memory.GIB, 2),
@@ -317,7 +319,8 @@ def describe_models(pipe: DreamPipeline) -> dict[str, str]:
     """What /healthz shows under its verdict: the device, the weights' dtype and the memory tier with why."""
     dtype = str(next(pipe.base.unet.parameters()).dtype).removeprefix("torch.")
     return {"device": str(pipe.device), "dtype": dtype, "memory": pipe.memory.describe(),
-            "levers": speed.describe(pipe)}
+            "levers": speed.describe(pipe),
+            "adapters": "; ".join(a.describe() for a in pipe.adapters.values()) or "none (no turbo)"}
 
 
 def make_worker(settings: Settings, conn: redis.Redis, pipeline: DreamPipeline, name: str | None = None,

@@ -27,3 +27,33 @@ def hub_id_or_folder(setting: str, value: str) -> str:
     if _HUB_ID.match(value) and not value.startswith((".", "~")):
         return "hub"
     raise ModelLoadError(setting, value, "no model found there (not a folder, and not a hub id like org/name)")
+
+
+# A LoRA adapter (worker/adapters.py) is one file: these are the names looked for in a folder, diffusers' own
+# (save_lora_weights) first, then SDXL-Lightning's 4-step LoRA as the hub publishes it.
+ADAPTER_FILES = ("pytorch_lora_weights.safetensors", "sdxl_lightning_4step_lora.safetensors")
+ADAPTER_OFF = "off"
+_HUB_FILE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)/(?P<file>[\w.-]+(?:/[\w.-]+)*\.safetensors)$")
+
+
+def adapter_source(setting: str, value: str) -> tuple[str, str, str]:
+    """Where an adapter setting points: ("off", "", "") for off, ("file", path, "") for a local .safetensors
+    file or a folder holding one of ADAPTER_FILES, ("hub", repo, file) for "owner/repo/file.safetensors" (one
+    file of a hub repo, read from the HF cache); ModelLoadError for anything else."""
+    if value == ADAPTER_OFF:
+        return ADAPTER_OFF, "", ""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        for name in ADAPTER_FILES:
+            if (path / name).is_file():
+                return "file", str(path / name), ""
+        raise ModelLoadError(setting, value, f"a folder without {' or '.join(ADAPTER_FILES)}")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise ModelLoadError(setting, value, "not a .safetensors file")
+        return "file", str(path), ""
+    hub = _HUB_FILE.match(value)
+    if hub and not value.startswith((".", "~")):
+        return "hub", hub["repo"], hub["file"]
+    raise ModelLoadError(setting, value, "no adapter found there (not a .safetensors file or a folder holding one, "
+                         "and not a hub file like owner/repo/file.safetensors); off runs no turbo")

@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -352,6 +353,7 @@ class Compiled:
             if hasattr(dynamo_config, name):
                 setattr(dynamo_config, name, max(getattr(dynamo_config, name), per_module))
         self.eager: dict[str, object] = {}
+        self.bypassed: set[str] = set()  # modules running their own forward for now (`uncompiled`)
 
     def install(self) -> None:
         for name, module in self.modules.items():
@@ -364,6 +366,8 @@ class Compiled:
         seen = self.shapes.setdefault(name, set())
 
         def forward(*args, **kwargs):
+            if name in self.bypassed:
+                return eager(*args, **kwargs)
             key = _shape_key(args, kwargs)
             if self.warming:
                 seen.add(key)
@@ -371,6 +375,18 @@ class Compiled:
             return (compiled if key in seen else eager)(*args, **kwargs)
 
         module.forward = forward
+
+    @contextmanager
+    def uncompiled(self, *names: str):
+        """Calls of these modules (names of `self.modules`) run their own forward meanwhile, whatever their
+        shape: a turbo call's base UNet, whose adapter layers the compiled code was not traced with
+        (worker/adapters.py)."""
+        before = set(self.bypassed)
+        self.bypassed.update(names)
+        try:
+            yield
+        finally:
+            self.bypassed = before
 
     def uninstall(self) -> None:
         """Every module installed back to its own forward."""
@@ -479,5 +495,8 @@ def cache_file(pipe: DreamPipeline, levers: Levers) -> Path | None:
     dtype = next(pipe.base.unet.parameters()).dtype
     code = {k: v for k, v in asdict(levers).items() if k != "compile_cache"}
     identity = repr((torch.__version__, torch.version.cuda, device, pipe.sources, str(dtype), sorted(code.items())))
+    held = getattr(pipe, "adapters", None)
+    if held:  # the UNet traced holds the adapter's (disabled) layers: its own file
+        identity += repr(sorted((a.name, a.source) for a in held.values()))
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     return Path(levers.compile_cache).expanduser() / f"sdxl-{digest}.bin"

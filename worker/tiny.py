@@ -9,7 +9,8 @@ refiner), an 8x AutoencoderKL, and SDXL's Euler scheduler config. Both pipelines
 weights, and the code under test is the production code path. The images are noise-like, of course.
 
 `make_tiny_classifier` adds a tiny ViT with a real NSFW classifier's labels for the output check
-(worker/safety.py), written to `safety/` beside them.
+(worker/safety.py), written to `safety/` beside them; `make_tiny_turbo` a LoRA on the base UNet in diffusers'
+format, standing in for SDXL-Lightning's (mode:turbo, worker/adapters.py), written to `turbo/`.
 
 Nothing is downloaded: the tokenizer's vocabulary is the 256 byte characters of byte-level BPE (plain and
 end-of-word) plus CLIP's two specials, so any unicode prompt tokenizes, one token per UTF-8 byte.
@@ -163,7 +164,8 @@ def tiny_pipelines():
 
 
 def make_tiny_model(out_dir: str | Path) -> Path:
-    """Build the tiny base + refiner and save them to `out_dir/base` and `out_dir/refiner`; returns out_dir."""
+    """Build the tiny base + refiner and save them to `out_dir/base` and `out_dir/refiner` (with the output
+    classifier in `safety` and the turbo LoRA in `turbo`); returns out_dir."""
     from transformers.utils import logging as tlog
 
     tlog.disable_progress_bar()  # one "Writing model shards" bar per component otherwise
@@ -172,6 +174,45 @@ def make_tiny_model(out_dir: str | Path) -> Path:
     base.save_pretrained(out / "base")
     refiner.save_pretrained(out / "refiner")
     make_tiny_classifier(out / "safety")
+    make_tiny_turbo(out / "turbo")
+    return out
+
+
+# The layers SDXL-Lightning's LoRA adapts (kohya's default for an SDXL UNet: every linear layer of each
+# transformer, its projections in and out included), as peft's target module names.
+TURBO_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+TURBO_RANK = 4
+
+
+def random_lora(unet: torch.nn.Module, rank: int, seed: int, gain: float = 3.0,
+                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """A LoRA of `rank` over `unet`'s TURBO_TARGETS linears, as a state dict in peft's names (what
+    `get_peft_model_state_dict` gives and `save_lora_weights` takes), drawn from the layers' shapes alone: the
+    tiny UNet's here, the full-size one's in bench/gpu_sdxl.py (a stand-in for Lightning's, with its cost).
+    Seeded, with B non-zero (peft would start it at zero, a LoRA that changes nothing): `gain` times a
+    unit-variance layer's, so a turbo image visibly differs from the same settings without it."""
+    g = torch.Generator("cpu").manual_seed(seed)
+    state = {}
+    for name, module in unet.named_modules():
+        if not isinstance(module, torch.nn.Linear) or not name.endswith(TURBO_TARGETS):
+            continue
+        a = torch.randn(rank, module.in_features, generator=g) / module.in_features**0.5
+        b = torch.randn(module.out_features, rank, generator=g) * gain / rank**0.5
+        state[f"{name}.lora_A.weight"] = a.to(device, dtype)
+        state[f"{name}.lora_B.weight"] = b.to(device, dtype)
+    return state
+
+
+def tiny_turbo_lora() -> dict[str, torch.Tensor]:
+    """The tiny base UNet's turbo LoRA (random_lora over a UNet of its shapes)."""
+    return random_lora(_unet(cross_attention_dim=TE1_HIDDEN + TE2_HIDDEN, n_time_ids=6), TURBO_RANK, SEED + 1)
+
+
+def make_tiny_turbo(out_dir: str | Path) -> Path:
+    """The tiny turbo LoRA saved the way diffusers saves one (`pytorch_lora_weights.safetensors`, keys under
+    `unet.`), so `load_lora_weights(out_dir)` and DREAMBOT_TURBO_ADAPTER=out_dir read it."""
+    out = Path(out_dir)
+    StableDiffusionXLPipeline.save_lora_weights(out, unet_lora_layers=tiny_turbo_lora())
     return out
 
 

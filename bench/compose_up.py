@@ -101,7 +101,8 @@ class Fleet:
             "DISCORD_TOKEN_1": self.apps[0].token, "DISCORD_TOKEN_2": self.apps[1].token,
             "DISCORD_API_BASE": self.standin.api_base, "DISCORD_GUILD_IDS": str(self.guild),
             "DREAMBOT_BASE_MODEL": "/models/tiny/base", "DREAMBOT_REFINER_MODEL": "/models/tiny/refiner",
-            "DREAMBOT_SAFETY_MODEL": "/models/tiny/safety", "DREAMBOT_DEVICE": "cpu",
+            "DREAMBOT_SAFETY_MODEL": "/models/tiny/safety", "DREAMBOT_TURBO_ADAPTER": "/models/tiny/turbo",
+            "DREAMBOT_DEVICE": "cpu",
             "DREAMBOT_DEFAULT_STEPS": "4", "DREAMBOT_LIMIT_COOLDOWN_S": "0",
         }
         self.env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))

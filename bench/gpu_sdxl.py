@@ -10,7 +10,9 @@ row is printed and appended to OUT/rows.jsonl the moment it ends, and a table co
   4. vanilla diffusers, 1 image: the denominator (the documented ensemble-of-experts recipe, stock pipelines)
   5. the worker on a queue of 8 one-image jobs: a private Redis, DreamQueue.enqueue, make_worker in burst
      mode, the full-size-shaped classifier; timed from the first job's start to the last result published
-  6. the worker with one job alone, its peak GPU memory
+  6. the worker with one job alone, its peak GPU memory; then the queue of 8 in turbo (dreamcore.modes: 4 steps
+     on the base with the turbo LoRA, here a random one of rank 64 in Lightning's layers) on the same worker,
+     which holds the adapter from its load as a production worker does (its quality rows run with it off)
   7. vanilla diffusers, one batch of 8 prompts: batching on both sides
   8. compile, on the worker of rows 5-6 in place (cold: its warm-up timed), then the queue of 8 compiled
   9. a restarted worker (a new process, empty inductor and Triton caches, the compiled code saved in step 8):
@@ -289,14 +291,33 @@ def checker_for(setup: Setup):
 SOURCES = ("random full-size SDXL 1.0 base", "random full-size SDXL 1.0 refiner")
 
 
-def worker_pipeline(setup: Setup, **levers):
+def worker_pipeline(setup: Setup, turbo: bool = False, **levers):
     from worker import speed
     from worker.pipeline import DreamPipeline
 
     base, refiner = stock_pipelines(setup)
     lv = speed.Levers(fuse_qkv=True, channels_last=True, **levers)
     return DreamPipeline.from_parts(base, refiner, setup.dev, levers=lv, offload="none", batch_images=QUEUE,
-                                   sources=SOURCES)
+                                   sources=SOURCES, turbo_adapter=turbo_file(setup, base.unet) if turbo else "off")
+
+
+TURBO_RANK_FULL = 64
+
+
+def turbo_file(setup: Setup, unet) -> str:
+    """A random LoRA on the base UNet's layers that Lightning's adapts, saved as DREAMBOT_TURBO_ADAPTER reads
+    one: the full-size one at rank 64 in fp16 (what an unfused Lightning LoRA costs a step, about), the tiny
+    model's own in the rehearsal. Small B: random weights under a large LoRA overflow bf16."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from worker.tiny import TURBO_RANK, random_lora
+
+    rank = TURBO_RANK if setup.rehearse else TURBO_RANK_FULL
+    state = random_lora(unet, rank, seed=7, gain=0.2, dtype=torch.float32 if setup.rehearse else torch.float16)
+    # One folder for this process and the restarted one (row 9): the compiled code's file is named after it.
+    folder = Path(tempfile.gettempdir()) / f"dreambot-turbo-{'tiny' if setup.rehearse else 'full'}-r{rank}"
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=state)
+    return str(folder)
 
 
 def compile_levers(pipe, cache_dir: Path):
@@ -337,7 +358,7 @@ class QueueBench:
                                       max_wait_min=1440)
         self.serial = 0
 
-    def enqueue(self, counts: list[int], steps: int | None = None) -> list[tuple[str, int]]:
+    def enqueue(self, counts: list[int], steps: int | None = None, mode: str = "quality") -> list[tuple[str, int]]:
         """One job per entry (that many images); job i of any row has prompt i and seed 1000 + 10 i, so rows
         with the same counts make the same images and can be compared seed by seed."""
         from dreamcore.job import make_job, make_origin, make_request
@@ -350,6 +371,7 @@ class QueueBench:
             req = make_request(prompt=f"{PROMPT}, study {i}", seed=1000 + 10 * i, steps=steps or self.setup.steps,
                                guidance=self.setup.guidance, split=self.setup.split, count=n, aspect="1:1",
                                faces="off",  # base + refiner as measured before the face pass (bench/faces.py)
+                               mode=mode,  # turbo: its own steps, guidance and split whatever is given
                                max_upload_bytes=self.settings.max_upload_bytes)
             origin = make_origin(instance="bench", guild_id=4242, channel_id=77, user_id=10_000 + self.serial)
             job = make_job(req, origin)
@@ -357,10 +379,10 @@ class QueueBench:
             out.append((job.job_id, req.seed))
         return out
 
-    def run(self, pipe, checker, counts: list[int], steps: int | None = None) -> Run:
+    def run(self, pipe, checker, counts: list[int], steps: int | None = None, mode: str = "quality") -> Run:
         from worker.runner import make_worker
 
-        jobs = self.enqueue(counts, steps)
+        jobs = self.enqueue(counts, steps, mode)
         dev = self.setup.dev
         _free()
         _peak_reset(dev)
@@ -463,7 +485,7 @@ def restart_child(args) -> int:
     if setup.rehearse:
         speed.Compiled.BACKEND = "aot_eager"
     phases = {"imports_s": time.monotonic() - t0}
-    pipe = worker_pipeline(setup)
+    pipe = worker_pipeline(setup, turbo=True)  # as the worker that saved the code: the adapter's layers are in it
     checker = checker_for(setup)
     phases["models_s"] = time.monotonic() - t0
     speed.after_placing(pipe, compile_levers(pipe, Path(args.cache_dir)), QUEUE)
@@ -662,7 +684,7 @@ def rows(setup: Setup, report: Report) -> None:
     try:
         def worker_rows() -> Row:
             t = time.perf_counter()
-            pipe = state["pipe"] = worker_pipeline(setup)
+            pipe = state["pipe"] = worker_pipeline(setup, turbo=True)
             built = time.perf_counter() - t
             qb.run(pipe, checker, [1] * QUEUE, steps=3)  # warm-up: this batch's shapes, not timed
             run = state["eager"] = qb.run(pipe, checker, [1] * QUEUE)
@@ -679,6 +701,25 @@ def rows(setup: Setup, report: Report) -> None:
 
         if "pipe" in state:
             guarded("worker", "worker, 1 job alone", 2 * est + 10, alone)
+
+        def turbo_row() -> Row:
+            from dreamcore import cost
+            from dreamcore.modes import TURBO
+
+            pipe = state["pipe"]
+            qb.run(pipe, checker, [1] * QUEUE, mode="turbo")  # warm-up: the eager UNet at this batch's shapes
+            run = qb.run(pipe, checker, [1] * QUEUE, mode="turbo")
+            quality = state["eager"]
+            charged = cost.dream_units(setup.side, setup.side, TURBO.steps, 1, TURBO.guidance)
+            held = pipe.adapters["turbo"]
+            return report.add(Row("mode", f"worker, queue of {QUEUE}, turbo", run.images, run.seconds, extra={
+                "vs_quality": run.images / run.seconds / (quality.images / quality.seconds), "charged": charged},
+                note=f"{run.images / run.seconds / (quality.images / quality.seconds):.2f}x the uncompiled quality "
+                     f"worker's images/min, charged {charged:.3f} of a standard image; batches of {run.batches}; "
+                     f"{TURBO.steps} steps, LoRA unfused on {len(held.layers)} layers"))
+
+        if "eager" in state:
+            guarded("mode", f"worker, queue of {QUEUE}, turbo", QUEUE * est * 0.3 + 60, turbo_row)
 
         # 7. vanilla at batch 8.
         guarded("vanilla", f"vanilla diffusers, batch of {QUEUE}", QUEUE * est * 1.2 + 30, lambda: vanilla_row(QUEUE, 1))
@@ -753,7 +794,7 @@ def table(setup: Setup, report: Report) -> None:
             print(f"{r.name:<62} {'':>6} {'':>8} {'':>8} {'':>6} {'':>8}  {r.status if r.status != 'ok' else ''} {r.note}")
             continue
         # MFU of the work vanilla does: a lossy lever does less, so it has none.
-        mfu = f"{100 * flops / r.s_per_image / 1e12 / tflops:5.1f}%" if flops and tflops and r.section != "lossy" else "-"
+        mfu = f"{100 * flops / r.s_per_image / 1e12 / tflops:5.1f}%" if flops and tflops and r.section not in ("lossy", "mode") else "-"
         peak = f"{r.peak_gib:.2f}" if r.peak_gib is not None else "-"
         print(f"{r.name:<62} {r.images:>6} {r.s_per_image:>8.3f} {r.per_min:>8.2f} {mfu:>6} {peak:>8}  {r.note}")
     v1, v8 = report.find("vanilla diffusers, batch of 1"), report.find(f"vanilla diffusers, batch of {QUEUE}")

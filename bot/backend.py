@@ -17,11 +17,11 @@ from dreamcore import ledger, metrics, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.images import open_store
 from dreamcore.job import DreamJob, make_job, make_request
-from dreamcore.limits import GuildLimits
-from dreamcore.modes import RELAX_QUEUE
 from dreamcore.limit_messages import human_duration
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
+from dreamcore.limits import GuildLimits
+from dreamcore.modes import RELAX_QUEUE
 from dreamcore.queue import PRIORITIES, DreamQueue, owner_of
 from dreamcore.settings import Settings
 

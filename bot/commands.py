@@ -26,8 +26,8 @@ from dreamcore.job import (
     make_origin,
     make_request,
 )
-from dreamcore.modes import MODE_LABELS
 from dreamcore.limit_messages import human_duration
+from dreamcore.modes import MODE_LABELS
 from dreamcore.present import made_from, mode_note, settings_line, shown
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles

@@ -1,5 +1,5 @@
 # rq-dashboard (https://github.com/Parallels/rq-dashboard): a web view of the RQ queues dream-high,
-# dream-default and dream-low, the workers and the failed-job registry. Nothing of dreambot goes in: the
+# dream-default, dream-low and dream-relax, the workers and the failed-job registry. Nothing of dreambot goes in: the
 # image is rq-dashboard alone, pinned. Its Redis comes from RQ_DASHBOARD_REDIS_URL (docker-compose.yml).
 # It has no login and can delete and requeue jobs: compose publishes it on 127.0.0.1 only.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROWS = [
     "SDPA kernel", "smoke: tiny model through the worker", "matrix product", "device copy",
     "vanilla diffusers, batch of 1", "worker, queue of 8, uncompiled", "worker, 1 job alone",
-    "vanilla diffusers, batch of 8", "compile: cold warm-up", "worker, queue of 8, compiled",
+    "worker, queue of 8, turbo", "vanilla diffusers, batch of 8", "compile: cold warm-up", "worker, queue of 8, compiled",
     "restart with the compiled code on disk", "worker, queue of 8, uncompiled + step cache every 3 steps",
     "worker, queue of 8, uncompiled + fp8 dynamic", "worker, queue of 8, uncompiled + refiner's last 4 steps unguided",
 ]
@@ -57,7 +58,12 @@ def test_the_gpu_run_rehearsed_as_it_will_run(carried, tmp_path):
     assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"]
     assert next(r for r in rows if r["name"] == "worker, queue of 8, compiled")["extra"]["deviation"] < 1e-2
     assert next(r for r in rows if r["name"] == "worker, queue of 8, uncompiled")["images"] == 8
+    # Turbo on the same worker: its 4 steps against quality's, and the same adapter the worker loads.
+    assert next(r for r in rows if r["name"] == "worker, queue of 8, turbo")["extra"]["vs_quality"] > 1
     assert 0 < next(r for r in rows if "step cache" in r["name"])["extra"]["deviation"] < 0.1
+    # The restarted worker looks for the compiled code under the name the first one saved it by.
+    saved = re.search(r"sdxl-[0-9a-f]{16}\.bin", next(r for r in rows if r["name"] == "compile: cold warm-up")["note"])
+    assert saved and saved.group(0) in next(r for r in rows if r["name"].startswith("restart with"))["note"]
     assert "VERDICT (rehearsal: not a measurement):" in text and "vanilla batch 1" in text
 
 

@@ -291,9 +291,11 @@ class DreamJob(_Strict):
     @field_validator("kind")
     @classmethod
     def _kind_matches_version(cls, v: str, info: ValidationInfo) -> str:
-        version, wanted = info.data.get("v"), job_version(v, info.data.get("request"))
+        request = info.data.get("request")
+        if request is None:  # the request failed its own checks, which say why: its version can't be told
+            return v
+        version, wanted = info.data.get("v"), job_version(v, request)
         if version is not None and wanted != version:
-            request = info.data.get("request")
             set_ = [name for name, on in (("face pass", request.faces != "auto"), ("mode", request.mode != "quality"))
                     if on and wanted > VERSION_OF_KIND[v]]
             what = f"a {v} job" + (f" with its {' and '.join(set_)} set" if set_ else "")

@@ -53,7 +53,9 @@ def faces_text(timings: dict[str, float]) -> str | None:
 def stages_text(timings: dict[str, float]) -> str:
     """'encode 0.01s · base 2.87s · ...', and the batch it was made in when it shared one (a batch's stage
     times are the whole batch's)."""
-    text = " · ".join(f"{k.removesuffix('_s')} {timings[k]:.2f}s" for k in STAGES if k in timings)
+    # A refiner that ran no step (base only, or turbo) is no stage of this image.
+    text = " · ".join(f"{k.removesuffix('_s')} {timings[k]:.2f}s" for k in STAGES
+                      if k in timings and not (k == "refiner_s" and not timings[k]))
     jobs, images = int(timings.get("batch_jobs", 1)), int(timings.get("batch_images", 0))
     if jobs > 1:
         text += f" · in a batch of {images} images from {jobs} dreams"

@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from standin import DiscordStandIn
 
@@ -195,6 +197,30 @@ def final_answer(standin: DiscordStandIn, inter, body: dict, timeout: float = 15
 
 
 # --- One member's side of a fleet with one bot: `e` holds .fleet, .standin and .bot ---------------------------
+
+
+@contextmanager
+def one_bot(redis_server, model_dir: Path, tmp: Path, **env):
+    """One bot and one worker (with `env` over the fleet's) on a fresh stand-in and the session's Redis, and an
+    admin member: yields `e` with .fleet, .standin, .bot, .admin and .r (a Redis client)."""
+    import redis
+
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    standin = DiscordStandIn().start()
+    fleet = Fleet(standin, redis_server.url, model_dir, tmp)
+    try:
+        fleet.setup(1)
+        bot = fleet.bots[0]
+        admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
+        fleet.start_bot(bot, **env)
+        fleet.start_worker(**env)
+        fleet.wait_bots_ready()
+        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, admin=admin,
+                              r=redis.Redis.from_url(redis_server.url))
+    finally:
+        fleet.stop()
+        standin.stop()
 
 
 def send(e, options: dict, user: int | None = None, command: str = "dream", **kw):

@@ -9,15 +9,12 @@ size, within three pixels of one another."""
 from __future__ import annotations
 
 import io
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import redis
 import skimage.data
-from fleet import Fleet, click, image_store, result_message, send
+from fleet import click, image_store, one_bot, result_message, send
 from PIL import Image
-from standin import DiscordStandIn
 
 from dreamcore.images import image_key
 from dreamcore.job import FacePass, make_request
@@ -223,22 +220,8 @@ def test_a_worker_before_the_face_pass_refuses_what_needs_it_and_runs_the_rest(t
 
 @pytest.fixture(scope="module")
 def e(redis_server, tiny_model_dir, tmp_path_factory):
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    standin = DiscordStandIn().start()
-    fleet = Fleet(standin, redis_server.url, tiny_model_dir, tmp_path_factory.mktemp("faces"))
-    try:
-        fleet.setup(1)
-        bot = fleet.bots[0]
-        admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
-        fleet.start_bot(bot, DREAMBOT_LIMIT_FACES="auto")
-        fleet.start_worker(DREAMBOT_LIMIT_FACES="auto")
-        fleet.wait_bots_ready()
-        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, admin=admin,
-                              r=redis.Redis.from_url(redis_server.url))
-    finally:
-        fleet.stop()
-        standin.stop()
+    with one_bot(redis_server, tiny_model_dir, tmp_path_factory.mktemp("faces"), DREAMBOT_LIMIT_FACES="auto") as e:
+        yield e
 
 
 def info_of(e, msg) -> str:

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import io
 import json
-from types import SimpleNamespace
 
 import pytest
-from fleet import Fleet, click, result_message, send
+from fleet import click, one_bot, result_message, send
 from PIL import Image
-from standin import DiscordStandIn
 
 from dreamcore import cost, fairq, stats
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
@@ -190,21 +188,8 @@ def test_etas_use_each_modes_own_measured_speed(rconn):
 
 @pytest.fixture(scope="module")
 def e(redis_server, tiny_model_dir, tmp_path_factory):
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    standin = DiscordStandIn().start()
-    fleet = Fleet(standin, redis_server.url, tiny_model_dir, tmp_path_factory.mktemp("modes"))
-    try:
-        fleet.setup(1)
-        bot = fleet.bots[0]
-        admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
-        fleet.start_bot(bot)
-        fleet.start_worker()
-        fleet.wait_bots_ready()
-        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, admin=admin)
-    finally:
-        fleet.stop()
-        standin.stop()
+    with one_bot(redis_server, tiny_model_dir, tmp_path_factory.mktemp("modes")) as e:
+        yield e
 
 
 def admin_set(e, key: str, value: str) -> str:

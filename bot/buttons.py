@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import params, results, safety
+from dreamcore import params, results, safety, stats
 from dreamcore.canvas import CanvasError, plan, variation_size
 from dreamcore.images import ImageStoreError, image_key, input_key, source_key
 from dreamcore.images import params_key as images_params_key
@@ -411,7 +411,8 @@ class Buttons:
                 text = f"{first}\n{made}\n{rest}"
             text += self.commands._permission_note(interaction)
             if self.commands.progress is not None:
-                self.commands.progress.track(job.job_id, interaction, text.split("\n", 1)[1], outcome.position)
+                self.commands.progress.track(job.job_id, interaction, text.split("\n", 1)[1], outcome.position,
+                                             stats.speed_key(job))
             log.info("follow-up queued", extra={"job_id": job.job_id, "from_job": job_id, "action": action,
                                                 "user_id": interaction.user.id})
         else:

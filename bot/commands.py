@@ -15,7 +15,7 @@ import discord
 import redis
 from discord import app_commands
 
-from dreamcore import metrics, ranges
+from dreamcore import metrics, ranges, stats
 from dreamcore.job import (
     ASPECT_LABELS,
     FACE_LABELS,
@@ -231,7 +231,7 @@ class DreamCommands:
             text = outcome.message
         if outcome.ok and self.progress is not None:
             header = text.split("\n", 1)[1] if "\n" in text else ""
-            self.progress.track(job.job_id, interaction, header, outcome.position)
+            self.progress.track(job.job_id, interaction, header, outcome.position, stats.speed_key(job))
         await answer(interaction, text, public=outcome.ok, deferred=deferred, on_ack=lambda: self._note_ack(started))
 
     @staticmethod

@@ -70,6 +70,7 @@ class Waiting:
     header: str  # the prompt and settings lines under the status line
     position: int | None
     since: float
+    speed_key: str | None = None  # the measured speed its own part is timed by (dreamcore.stats.speed_key)
 
 
 class Progress:
@@ -81,8 +82,9 @@ class Progress:
         self.edits = 0
 
     # --- while waiting in the queue -----------------------------------------------------------------
-    def track(self, job_id: str, interaction: discord.Interaction, header: str, position: int | None) -> None:
-        self.waiting[job_id] = Waiting(interaction, header, position, time.monotonic())
+    def track(self, job_id: str, interaction: discord.Interaction, header: str, position: int | None,
+              speed_key: str | None = None) -> None:
+        self.waiting[job_id] = Waiting(interaction, header, position, time.monotonic(), speed_key)
 
     def forget(self, job_id: str) -> None:
         self.waiting.pop(job_id, None)
@@ -118,7 +120,8 @@ class Progress:
             self.edits += 1
 
     def _positions(self, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
-        return stats.eta_for(self.backend.queue, job_ids)
+        kinds = {jid: w.speed_key for jid in job_ids if (w := self.waiting.get(jid)) is not None and w.speed_key}
+        return stats.eta_for(self.backend.queue, job_ids, kinds)
 
     def _may_edit(self, job_id: str) -> bool:
         now = time.monotonic()

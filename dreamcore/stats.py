@@ -93,8 +93,8 @@ def etas(conn: redis.Redis, places: dict[str, Place], kinds: dict[str, str] | No
     return {jid: speed.eta_s(p.units_ahead, p.units, kinds.get(jid)) for jid, p in places.items()}
 
 
-def eta_for(queue, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
+def eta_for(queue, job_ids: list[str], kinds: dict[str, str] | None = None) -> dict[str, tuple[int, float | None]]:
     """(position, ETA) of each waiting job in `job_ids` (a dreamcore.queue.DreamQueue's): O(log n) each,
-    one round trip for all."""
+    one round trip for all; `kinds`: a job's speed key (speed_key) where it is known."""
     places = queue.places(job_ids)
-    return {jid: (places[jid].ahead, eta) for jid, eta in etas(queue.connection, places).items()}
+    return {jid: (places[jid].ahead, eta) for jid, eta in etas(queue.connection, places, kinds).items()}

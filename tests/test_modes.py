@@ -181,6 +181,15 @@ def test_etas_use_each_modes_own_measured_speed(rconn):
     speed = stats.Speed(rconn)
     assert stats.speed_key(turbo) == "turbo-dream" and speed.of("turbo-dream") == 5.0 and speed.of("dream") == 10.0
     assert speed.eta_s(0.0, 0.1, "turbo-dream") == pytest.approx(0.5 / max(1, speed.workers))
+    # The ETAs a waiting reply is refreshed with (bot/progress.py) time each job's own part by its mode too.
+    q = DreamQueue(rconn, load_settings())
+    q.enqueue(quality, 1.0)
+    q.enqueue(turbo, 0.1)
+    got = stats.eta_for(q, [quality.job_id, turbo.job_id], {turbo.job_id: "turbo-dream", quality.job_id: "dream"})
+    workers = max(1, stats.Speed(rconn).workers)
+    overall = stats.Speed(rconn).overall
+    assert got[turbo.job_id] == (1, pytest.approx((1.0 * overall + 0.1 * 5.0) / workers))
+    assert got[quality.job_id] == (0, pytest.approx(10.0 / workers))
 
 
 # --- Through a real bot, worker and the Discord stand-in ---------------------------------------------------------

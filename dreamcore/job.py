@@ -208,6 +208,13 @@ class DreamRequest(_Strict):
         return (self.size, self.steps, self.base_steps, float(self.guidance), self.adapter)
 
 
+def geometry_text(geometry: tuple) -> str:
+    """A batch_geometry as a batch key (and the pipeline's error) writes it: 1024x1024/40/32/7, "/turbo" after
+    it for an adapter's."""
+    (w, h), steps, base_steps, guidance, adapter = geometry
+    return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}" + (f"/{adapter}" if adapter else "")
+
+
 class Origin(_Strict):
     """Where the request came from, so the result goes back there under the same bot."""
 
@@ -335,8 +342,7 @@ class DreamJob(_Strict):
         None for the kinds that start from an image of their own (variations, upscales, pictures)."""
         if self.kind != "dream":
             return None
-        (w, h), steps, base_steps, guidance, adapter = self.request.batch_geometry
-        return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}" + (f"/{adapter}" if adapter else "")
+        return geometry_text(self.request.batch_geometry)
 
     def without_token(self) -> DreamJob:
         """The job as a worker gets it: the interaction token stays with the bot (dreamcore.ledger)."""

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from .job import FaceChoice, clean_text
 from .limit_words import fold
-from .modes import Mode
+from .modes import Mode, allowed
 from .ranges import LIMITS
 from .settings import Settings, get_settings
 
@@ -138,13 +138,13 @@ class GuildLimits(BaseModel):
 
     @model_validator(mode="after")
     def _default_mode_allowed(self) -> GuildLimits:
-        if self.mode != "quality" and getattr(self, self.mode) == "off":
+        if not self.allows(self.mode):
             raise ValueError(f"the default mode is {self.mode}, which is off here: turn {self.mode} on, or set "
                              "mode to one that is on")
         return self
 
     def allows(self, mode: str) -> bool:
-        return mode == "quality" or getattr(self, mode) == "on"
+        return allowed(mode, self.turbo, self.relax)
 
     @field_validator("exempt_roles", "priority_roles")
     @classmethod

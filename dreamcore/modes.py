@@ -23,17 +23,14 @@ inpainting path, which the adapter was not trained for: made from a turbo result
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 Mode = Literal["quality", "turbo", "relax"]
-MODES: tuple[str, ...] = get_args(Mode)
 MODE_LABELS = {
     "quality": "Quality: base + refiner, every setting yours",
     "turbo": "Turbo: 4 steps, about 10x cheaper, no negative prompt",
     "relax": "Relax: quality, unlimited, runs when the GPUs are free",
 }
-# What a member reads in a reply, in Info and in the caption.
-MODE_NAMES = {"quality": "Quality", "turbo": "Turbo", "relax": "Relax"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +49,12 @@ TURBO = Recipe(adapter="turbo", steps=4, guidance=0.0, split=1.0, scheduler="eul
 TURBO_KINDS = ("dream", "variation")
 # The queue relax dreams wait in: after every queue an operator grants (dreamcore.servers' priorities).
 RELAX_QUEUE = "relax"
+
+
+def allowed(mode: str, turbo: str, relax: str) -> bool:
+    """Whether `mode` runs where turbo and relax are switched "on" or "off" (a server's limits, or the
+    operator's defaults of them); quality always does."""
+    return mode == "quality" or {"turbo": turbo, "relax": relax}[mode] == "on"
 
 
 def fast(mode: str) -> bool:

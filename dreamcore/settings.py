@@ -15,7 +15,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .job import FaceChoice
-from .modes import Mode
+from .modes import Mode, allowed
 from .problems import problems
 from .ranges import LIMITS
 
@@ -262,7 +262,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_mode_on(self):
-        if self.limit_mode != "quality" and getattr(self, f"limit_{self.limit_mode}") == "off":
+        if not allowed(self.limit_mode, self.limit_turbo, self.limit_relax):
             raise ValueError(f"DREAMBOT_LIMIT_MODE={self.limit_mode} needs DREAMBOT_LIMIT_{self.limit_mode.upper()}=on")
         return self
 

@@ -26,7 +26,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from dreamcore.job import DreamRequest
+from dreamcore.job import DreamRequest, geometry_text
 from dreamcore.styles import load_styles
 
 from . import adapters, memory, speed
@@ -309,7 +309,7 @@ class DreamPipeline:
         if len(geometries) > 1:
             raise ValueError(
                 "requests in one batch must share size, steps, base steps and guidance, and one adapter; got "
-                + ", ".join(_geometry_text(g) for g in sorted(geometries))
+                + ", ".join(geometry_text(g) for g in sorted(geometries))
             )
         groups: dict[tuple, list[int]] = {}
         for i, it in enumerate(items):
@@ -466,13 +466,6 @@ class DreamPipeline:
         # CUDA runs asynchronously: wait for it so each stage's time is that stage's.
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-
-
-def _geometry_text(geometry: tuple) -> str:
-    """A batch_geometry as an error message shows it: 1024x1024/40/32/7, with "/turbo" for an adapter's."""
-    (w, h), steps, base_steps, guidance, *rest = geometry
-    adapter = rest[0] if rest else ""
-    return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}" + (f"/{adapter}" if adapter else "")
 
 
 # What the last pipeline call of a job returns: its images decoded by diffusers itself (the latents

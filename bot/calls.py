@@ -19,6 +19,7 @@ wait their turn in it (each Redis call gives up after redisconn.BOT_READ_TIMEOUT
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +37,10 @@ _picture = ThreadPoolExecutor(max_workers=PICTURE_THREADS, thread_name_prefix="p
 
 
 async def _run(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args, **kwargs))
+    # In a copy of the caller's context, as asyncio.to_thread runs it: a message made on the thread is in the
+    # language of the command that asked (dreamcore.i18n).
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 async def submit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -215,6 +215,12 @@ def geometry_text(geometry: tuple) -> str:
     return f"{w}x{h}/{steps}/{base_steps}/{guidance:g}" + (f"/{adapter}" if adapter else "")
 
 
+# A Discord locale code: en-US, ja, es-419.
+LOCALE_PATTERN = r"^[a-z]{2,3}(-[A-Za-z0-9]{2,4})?$"
+# What a worker never gets of an origin: the bot's own business (see Origin).
+BOT_ONLY = {"locale", "guild_locale", "private"}
+
+
 class Origin(_Strict):
     """Where the request came from, so the result goes back there under the same bot."""
 
@@ -230,6 +236,13 @@ class Origin(_Strict):
     created_at: float = Field(ge=1.5e9, le=5e9)
     # Discord marks the channel age-restricted (its `nsfw` flag), as the bot saw it when the dream came in.
     channel_nsfw: bool = False
+    # For the bot alone (kept in its record, never sent to a worker, like the token): the language the
+    # member reads (dreamcore.i18n: their /settings override, else their Discord client's), the server's, in
+    # which the bot posts to the channel on its own, and whether the result is the member's alone (private:
+    # delivered in their ephemeral reply, or by direct message once that has expired).
+    locale: str | None = Field(None, pattern=LOCALE_PATTERN)
+    guild_locale: str | None = Field(None, pattern=LOCALE_PATTERN)
+    private: bool = False
 
 
 class Edit(_Strict):
@@ -358,8 +371,7 @@ class DreamJob(_Strict):
             out["source"] = True
         elif self.source.nsfw_score is None:
             out["source"] = {"nsfw_score"}
-        if not self.origin.channel_nsfw:
-            out["origin"] = {"channel_nsfw"}
+        out["origin"] = BOT_ONLY | ({"channel_nsfw"} if not self.origin.channel_nsfw else set())
         return out
 
     def to_json(self) -> str:

@@ -20,6 +20,9 @@ RUN pip install ".[bot]" \
 RUN python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('torch') is not None)"
 # The console script is there and the bot side imports with just the `bot` extra.
 RUN dreambot --help >/dev/null && python -c "import bot.main, bot.client"
+# The translation catalogs compiled beside the installed .po files (dreamcore/i18n.py reads the .mo; a catalog
+# with an error fails the build).
+RUN dreambot catalogs compile
 
 # Non-root. Every path compose mounts a volume on exists here and belongs to that user: Docker creates a
 # missing mount point owned by root, and a fresh named volume takes the ownership of the path it is

@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     v.add_argument("--out", required=True, help="jsonl: a file, or - for standard output; parquet: a folder")
 
+    c = sub.add_parser("catalogs", help="the translation catalogs (Babel): extract the texts, update or start a "
+                                        "language's .po, compile them all, check them against the code")
+    c.add_argument("action", choices=("extract", "update", "init", "compile", "check"))
+    c.add_argument("locale", nargs="?", help="init: the new language's Discord locale code (e.g. pl)")
+
     t = sub.add_parser("make-tiny-model", help="build the tiny SDXL-architecture base+refiner (random weights)")
     t.add_argument("dir")
 
@@ -118,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         return _server(settings, args)
     if args.cmd == "adopt-jobs":
         return _adopt_jobs(settings)
+    if args.cmd == "catalogs":
+        from dreambot.catalogs import main as catalogs
+
+        return catalogs(args.action, args.locale)
     if args.cmd == "make-tiny-model":
         from worker.tiny import make_tiny_model
 

@@ -112,7 +112,7 @@ def speaking(locale: str | None) -> Iterator[str]:
         _current.reset(token)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def translations(locale: str) -> NullTranslations:
     """The compiled catalog of `locale` (a resolved Discord locale): its .mo when the build made one no older
     than the .po, else the .po compiled here; no catalog at all reads the source language."""

@@ -24,6 +24,7 @@ import redis
 from discord import app_commands
 
 from dreamcore import safety
+from dreamcore.i18n import N_, _
 from dreamcore.limit_store import LimitStore
 from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError
 
@@ -44,9 +45,9 @@ from .toolkit import answer_privately, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.admin")
 
-NO_PERMISSION = "You need the Manage Server permission to change dream limits."
-NOT_IN_GUILD = "Dream limits belong to a server: use /dreamadmin in the server whose limits you want."
-STORE_DOWN = "I can't reach the limits store right now. Please try again in a minute."
+NO_PERMISSION = N_("You need the Manage Server permission to change dream limits.")
+NOT_IN_GUILD = N_("Dream limits belong to a server: use /dreamadmin in the server whose limits you want.")
+STORE_DOWN = N_("I can't reach the limits store right now. Please try again in a minute.")
 STORE_TIMEOUT_S = 10.0
 AUDIT_SHOWN = 10
 
@@ -81,18 +82,18 @@ class DreamAdmin(app_commands.Group):
     async def _allowed(self, interaction: discord.Interaction, command: str) -> bool:
         """The server-side check every subcommand runs first; refuses with an ephemeral message."""
         if interaction.guild_id is None:
-            await self._reply(interaction, NOT_IN_GUILD)
+            await self._reply(interaction, _(NOT_IN_GUILD))
             return False
         if not is_guild_admin(interaction):
             log.info("dreamadmin refused: no Manage Server permission", extra={
                 "guild_id": interaction.guild_id, "actor_id": interaction.user.id, "command": command})
-            await self._reply(interaction, NO_PERMISSION)
+            await self._reply(interaction, _(NO_PERMISSION))
             return False
         return True
 
     async def _redis(self, interaction: discord.Interaction, fn: Callable[..., T], *args: Any) -> T:
         """Run a synchronous store call off the event loop; if Redis is slow, defer so Discord's 3 s hold."""
-        result, _ = await within_ack(interaction, calls.command(fn, *args), STORE_TIMEOUT_S, ephemeral=True)
+        result, _deferred = await within_ack(interaction, calls.command(fn, *args), STORE_TIMEOUT_S, ephemeral=True)
         return result
 
     async def _run(self, interaction: discord.Interaction, command: str, body: Callable[[], Awaitable[str]]) -> None:
@@ -104,7 +105,7 @@ class DreamAdmin(app_commands.Group):
             log.warning("dreamadmin: limits store unreachable", extra={
                 "guild_id": interaction.guild_id, "actor_id": interaction.user.id, "command": command,
                 "error": type(err).__name__})
-            text = STORE_DOWN
+            text = _(STORE_DOWN)
         await self._reply(interaction, text)
 
     def _changed(self, interaction: discord.Interaction, command: str, key: str, **extra: Any) -> None:
@@ -138,20 +139,23 @@ class DreamAdmin(app_commands.Group):
         async def body() -> str:
             name = key.strip()
             if name not in KNOWN_KEYS:
-                return (f"Unknown limit {code(name)}. Known limits: "
-                        + ", ".join(code(k) for k in KNOWN_KEYS) + ".")
+                return _("Unknown limit {key}. Known limits: {keys}.").format(
+                    key=code(name), keys=", ".join(code(k) for k in KNOWN_KEYS))
             try:
                 old, updated = await self._redis(interaction, self._set_key, interaction.guild_id, name, value,
                                                  interaction.user.id)
             except LimitError as err:
                 # Numbers, paused and channels: the error already says what is allowed.
-                shape = f" (allowed: {range_text(name)})" if name in LIST_KEYS else ""
-                return f"Can't set {code(name)}: {err}{shape}."
+                if name in LIST_KEYS:
+                    return _("Can't set {key}: {error} (allowed: {allowed}).").format(
+                        key=code(name), error=err, allowed=range_text(name))
+                return _("Can't set {key}: {error}.").format(key=code(name), error=err)
             new = getattr(updated, name)
             self._changed(interaction, "set", name)
+            shown = {"key": code(name), "new": render(name, new), "old": render(name, old)}
             if value.strip().lower() == "default":
-                return f"{code(name)} follows the default again: **{render(name, new)}** (was {render(name, old)})."
-            return f"{code(name)} is now **{render(name, new)}** (was {render(name, old)})."
+                return _("{key} follows the default again: **{new}** (was {old}).").format(**shown)
+            return _("{key} is now **{new}** (was {old}).").format(**shown)
 
         await self._run(interaction, "set", body)
 
@@ -184,8 +188,8 @@ class DreamAdmin(app_commands.Group):
             await self._redis(interaction, self.store.reset_user, interaction.guild_id, user.id,
                               interaction.user.id)
             self._changed(interaction, "reset-user", "reset_user", user_id=user.id)
-            return (f"Reset <@{user.id}> on this server: cooldown, images used this hour and today, and "
-                    "active dreams are forgotten (the server's totals keep their images).")
+            return _("Reset {member} on this server: cooldown, images used this hour and today, and active "
+                     "dreams are forgotten (the server's totals keep their images).").format(member=f"<@{user.id}>")
 
         await self._run(interaction, "reset-user", body)
 
@@ -201,12 +205,12 @@ class DreamAdmin(app_commands.Group):
         command = "pause" if paused else "resume"
 
         async def body() -> str:
-            _, updated = await self._redis(interaction, self._set_key, interaction.guild_id, "paused",
+            _old, updated = await self._redis(interaction, self._set_key, interaction.guild_id, "paused",
                                            "true" if paused else "false", interaction.user.id)
             self._changed(interaction, command, "paused")
             if updated.paused:
-                return "Dreams are **paused** on this server: every /dream is refused until /dreamadmin resume."
-            return "Dreams are **on** again on this server."
+                return _("Dreams are **paused** on this server: every /dream is refused until /dreamadmin resume.")
+            return _("Dreams are **on** again on this server.")
 
         await self._run(interaction, command, body)
 

@@ -8,43 +8,46 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 from rq.job import JobStatus
 
-from dreamcore import ledger, metrics, redisconn, stats, votes
+from dreamcore import ledger, metrics, preferences, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
+from dreamcore.i18n import N_, _, duration, ngettext
 from dreamcore.images import open_store
-from dreamcore.job import DreamJob, make_job, make_request
-from dreamcore.limit_messages import human_duration
+from dreamcore.job import DreamJob, make_job
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
-from dreamcore.limits import GuildLimits
 from dreamcore.modes import RELAX_QUEUE
+from dreamcore.preferences import Preferences
 from dreamcore.queue import PRIORITIES, DreamQueue, owner_of
 from dreamcore.settings import Settings
 
 log = logging.getLogger("dreambot.bot")
 
-UNAVAILABLE = "I can't queue dreams right now (the queue is unreachable). Please try again in a minute."
+# Marked here, translated where they are said (`_(UNAVAILABLE)`): an Outcome's message is in its member's
+# language already.
+UNAVAILABLE = N_("I can't queue dreams right now (the queue is unreachable). Please try again in a minute.")
 # Said when the queue took the dream but Redis failed before that could be confirmed and it could not be taken
 # back: it may well come, so never "can't queue".
-UNCONFIRMED = ("I couldn't confirm that your dream was queued (the queue stopped answering half-way). It may "
-               "still come: /dreamqueue shows it if it is waiting.")
-NO_DMS = "I don't dream in direct messages here; use /dream in a server I'm in."
+UNCONFIRMED = N_("I couldn't confirm that your dream was queued (the queue stopped answering half-way). It may "
+                 "still come: /dreamqueue shows it if it is waiting.")
+NO_DMS = N_("I don't dream in direct messages here; use /dream in a server I'm in.")
 
 
 @dataclass
 class Outcome:
     ok: bool
-    message: str = ""
+    message: str = ""  # what the member reads, already in their language
     job_id: str | None = None
     position: int | None = None
     eta_s: float | None = None
     kind: str | None = None  # which limit refused it, "busy", "dm", "unavailable" or "unconfirmed"
     vote: bool = False  # a vote round: job_id is the round, two candidates queued
-    job: DreamJob | None = None  # what was queued, with the server's defaults in it (submit_here)
+    job: DreamJob | None = None  # what was queued, with the member's and server's defaults in it (submit_here)
+    notes: list[str] = field(default_factory=list)  # the member's defaults the server lowered (submit_here)
 
 
 @dataclass
@@ -76,10 +79,10 @@ class Backend:
         (time.monotonic()) nothing more is queued: what was taken is given back and the member told so."""
         o, r = job.origin, job.request
         if o.guild_id is None and not self.settings.direct_messages:
-            return Outcome(False, NO_DMS, kind="dm")
+            return Outcome(False, _(NO_DMS), kind="dm")
         units = self.queue.units(job, size)
         every = [(job, units), *((c, self.queue.units(c)) for c in companions)]
-        total = sum(u for _, u in every)
+        total = sum(u for _job, u in every)
         images = r.count + sum(c.request.count for c in companions)
         queued = None
         try:
@@ -98,23 +101,23 @@ class Backend:
             if busy or late:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
                 metrics.refused("busy" if busy else "unavailable")
-                return Outcome(False, busy, kind="busy") if busy else Outcome(False, UNAVAILABLE, kind="unavailable")
+                return Outcome(False, busy, kind="busy") if busy else Outcome(False, _(UNAVAILABLE), kind="unavailable")
             for each, cost in every:
                 each = each.model_copy(update={"priority": priority})
                 got = self.queue.enqueue(each, cost, tier=decision.tier)
                 queued = queued or got
         except redis.RedisError as err:
             log.warning("enqueue failed", extra={"job_id": job.job_id, "error": type(err).__name__})
-            if not self._taken_back(err, [j for j, _ in every]):
+            if not self._taken_back(err, [j for j, _cost in every]):
                 # Queued before the error reached us, and a worker has it already: it will come.
                 metrics.refused("unconfirmed")
-                return Outcome(False, UNCONFIRMED, kind="unconfirmed")
+                return Outcome(False, _(UNCONFIRMED), kind="unconfirmed")
             try:
                 self.limiter.release(o.guild_id, o.user_id, job.job_id, refund=True)
             except redis.RedisError:
                 pass  # the active slot frees itself after its TTL
             metrics.refused("unavailable")
-            return Outcome(False, UNAVAILABLE, kind="unavailable")
+            return Outcome(False, _(UNAVAILABLE), kind="unavailable")
         speed = stats.Speed(self.conn)
         if companions:
             last = self.queue.place(companions[-1].job_id)
@@ -142,22 +145,30 @@ class Backend:
         return True
 
     def submit_here(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
-                    deadline: float | None = None, left_out: frozenset[str] = frozenset()) -> Outcome:
-        """/dream: a vote round in a vote channel, one job elsewhere. `left_out`: the options ("faces",
-        "mode") the member left out, which take the server's defaults (with_server_defaults)."""
+                    deadline: float | None = None, left_out: frozenset[str] = frozenset(),
+                    prefs: Preferences | None = None) -> Outcome:
+        """/dream: a vote round in a vote channel, one job elsewhere. `left_out`: the options the member left
+        out, which take their own defaults (`prefs`), else the server's (dreamcore.preferences.apply); the
+        notes of a default the server lowered come back in Outcome.notes."""
+        notes: list[str] = []
         try:
             vote = votes.is_vote_channel(self.conn, job.origin.guild_id, job.origin.channel_id)
             if left_out:
-                job = with_server_defaults(job, self.store.get(job.origin.guild_id), left_out)
+                job, notes = preferences.apply(job, self.store.get(job.origin.guild_id), prefs or Preferences(),
+                                               left_out)
         except redis.RedisError:
             metrics.refused("unavailable")
-            return Outcome(False, UNAVAILABLE, kind="unavailable")
+            return Outcome(False, _(UNAVAILABLE), kind="unavailable")
+        if vote and job.origin.private:  # a vote round is the channel's to judge: never private
+            job = job.model_copy(update={"origin": job.origin.model_copy(update={"private": False})})
+            notes.append(_("Vote rounds are public, so this one isn't private."))
         if vote:
             out = self.submit_vote(job, role_ids, deadline)
             out.vote = out.ok
         else:
             out = self.submit(job, role_ids, deadline=deadline)
         out.job = job
+        out.notes = notes
         return out
 
     def submit_vote(self, job: DreamJob, role_ids: list[int] | tuple[int, ...] = (),
@@ -172,7 +183,7 @@ class Backend:
                                job.origin.guild_id, job.origin.channel_id, job.origin.user_id)
         except redis.RedisError:
             metrics.refused("unavailable")
-            return Outcome(False, UNAVAILABLE, kind="unavailable")
+            return Outcome(False, _(UNAVAILABLE), kind="unavailable")
         outcome = self.submit(job_a, role_ids, companions=(job_b,), deadline=deadline)
         if not outcome.ok:
             try:
@@ -190,10 +201,16 @@ class Backend:
         outlook = self.queue.would_wait(guild_id, user_id, priority)
         wait = speed.eta_s(outlook.units_ahead, units, kind)
         if wait is not None and wait > self.settings.max_wait_min * 60:
-            mine = (f"this server has {outlook.server_waiting} dream{'s' * (outlook.server_waiting != 1)} waiting "
-                    "and " if outlook.server_waiting else "")
-            return (f"busy: {mine}a new one would wait about {human_duration(wait - units * (speed.of(kind) or 0))} "
-                    f"(the limit is {self.settings.max_wait_min} min). Please try again later.")
+            about, limit = duration(wait - units * (speed.of(kind) or 0)), self.settings.max_wait_min
+            n = outlook.server_waiting
+            if n:
+                return ngettext(
+                    "busy: this server has {n} dream waiting and a new one would wait about {wait} (the limit is "
+                    "{limit} min). Please try again later.",
+                    "busy: this server has {n} dreams waiting and a new one would wait about {wait} (the limit is "
+                    "{limit} min). Please try again later.", n).format(n=n, wait=about, limit=limit)
+            return _("busy: a new one would wait about {wait} (the limit is {limit} min). Please try again later."
+                     ).format(wait=about, limit=limit)
         return None
 
     def my_jobs(self, guild_id: int | None, user_id: int) -> list[QueuedView]:
@@ -215,13 +232,3 @@ class Backend:
         return cancel_job(self.conn, self.queue, self.limiter, job_id, actor_id, guild_id, is_admin,
                           self.settings.failure_ttl_s)
 
-
-def with_server_defaults(job: DreamJob, limits: GuildLimits, left_out: frozenset[str]) -> DreamJob:
-    """`job` with the server's defaults (GuildLimits.faces, .mode) for the options its member left out: a
-    turbo default brings the turbo recipe's settings with it (make_request)."""
-    update = {k: getattr(limits, k) for k in ("faces", "mode") if k in left_out and getattr(job.request, k) !=
-              getattr(limits, k)}
-    if not update:
-        return job
-    return make_job(make_request(**(job.request.model_dump() | update)), job.origin, job.priority, job.job_id,
-                    job.kind, job.source)

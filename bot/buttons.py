@@ -46,6 +46,7 @@ import redis
 
 from dreamcore import params, results, safety, stats
 from dreamcore.canvas import CanvasError, plan, variation_size
+from dreamcore.i18n import N_, _, ngettext
 from dreamcore.images import ImageStoreError, image_key, input_key, source_key
 from dreamcore.images import params_key as images_params_key
 from dreamcore.job import (
@@ -64,7 +65,7 @@ from dreamcore.present import info_text, made_from, settings_line
 from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
-from . import calls, remix
+from . import calls, members, remix
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
 from .safety import channel_is_nsfw
@@ -94,7 +95,7 @@ async def _answering(interaction: discord.Interaction, work) -> None:
         await work
     except Exception:
         log.exception("button failed", extra={"custom_id": (interaction.data or {}).get("custom_id")})
-        text = "Something went wrong on my side with that button. Please try again."
+        text = _("Something went wrong on my side with that button. Please try again.")
         try:
             await answer_privately(interaction, text)
         except discord.HTTPException:
@@ -107,32 +108,32 @@ class Action:
     which Buttons handler it calls."""
 
     code: str
-    label: str  # "{n}" is the image's number, for the per-image buttons
+    label: str  # "{n}" is the image's number, for the per-image buttons; marked with N_, translated when shown
     emoji: str
     per_image: bool
     style: discord.ButtonStyle = discord.ButtonStyle.secondary
 
 
 ACTIONS = {a.code: a for a in (
-    Action("r", "Reroll", "🎲", per_image=False),
-    Action("v", "V{n}", "🔀", per_image=True),
-    Action("u", "U{n}", "⬆️", per_image=True),
-    Action("i", "Info", "ℹ️", per_image=False),
-    Action("d", "Delete", "🗑️", per_image=False, style=discord.ButtonStyle.danger),
+    Action("r", N_("Reroll"), "🎲", per_image=False),
+    Action("v", N_("V{n}"), "🔀", per_image=True),
+    Action("u", N_("U{n}"), "⬆️", per_image=True),
+    Action("i", N_("Info"), "ℹ️", per_image=False),
+    Action("d", N_("Delete"), "🗑️", per_image=False, style=discord.ButtonStyle.danger),
     # Where one image is shown (a one-image result: a dream of one, an upscale, an edit), as Midjourney
     # places them: two strengths of variation, and the edits (dreamcore.canvas, worker/inpaint.py).
-    Action("m", "Remix", "🖌️", per_image=False),
-    Action("g", "Vary (Region)", "🎯", per_image=True),
-    Action("s", "Vary (Subtle)", "🔀", per_image=True),
-    Action("t", "Vary (Strong)", "🔀", per_image=True),
-    Action("z", "Zoom Out 2x", "🔭", per_image=True),
-    Action("y", "Zoom Out 1.5x", "🔭", per_image=True),
-    Action("q", "Make Square", "🔲", per_image=True),
+    Action("m", N_("Remix"), "🖌️", per_image=False),
+    Action("g", N_("Vary (Region)"), "🎯", per_image=True),
+    Action("s", N_("Vary (Subtle)"), "🔀", per_image=True),
+    Action("t", N_("Vary (Strong)"), "🔀", per_image=True),
+    Action("z", N_("Zoom Out 2x"), "🔭", per_image=True),
+    Action("y", N_("Zoom Out 1.5x"), "🔭", per_image=True),
+    Action("q", N_("Make Square"), "🔲", per_image=True),
     Action("h", "", "⬅️", per_image=True),
     Action("l", "", "➡️", per_image=True),
     Action("k", "", "⬆️", per_image=True),
     Action("j", "", "⬇️", per_image=True),
-    Action("f", "Fix faces", "🙂", per_image=True),
+    Action("f", N_("Fix faces"), "🙂", per_image=True),
 )}
 # What each edit button asks for (a dreamcore.job.Edit), by its code.
 EDITS = {"z": Edit(op="zoom", zoom=2.0), "y": Edit(op="zoom", zoom=1.5), "q": Edit(op="square"),
@@ -151,13 +152,16 @@ class ResultButton(discord.ui.DynamicItem[discord.ui.Button],
                  row: int | None = None):
         action = ACTIONS[code]
         suffix = f":{index}" if action.per_image else ""
+        # No _("") for the Pans' empty label: gettext's "" is the catalog's header.
+        text = label or (_(action.label).format(n=(index or 0) + 1) if action.label else None)
         super().__init__(discord.ui.Button(
-            label=label or action.label.format(n=(index or 0) + 1) or None, emoji=action.emoji, style=action.style,
+            label=text or None, emoji=action.emoji, style=action.style,
             custom_id=f"{PREFIX}{code}:{job_id}{suffix}", row=row))
         self.code, self.job_id, self.index = code, job_id, index
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        await members.meet(interaction, interaction.client.backend.conn)
         code = match["whole"] or match["each"]
         return cls(code, match["job"], int(match["i"]) if match["i"] is not None else None)
 
@@ -191,11 +195,12 @@ class UnknownButton(discord.ui.DynamicItem[discord.ui.Button], template=rf"(?s){
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        await members.meet(interaction, interaction.client.backend.conn)
         return cls(match.group(0))
 
     async def callback(self, interaction: discord.Interaction) -> None:
         log.info("unknown button", extra={"custom_id": self.custom_id[:100], "user_id": interaction.user.id})
-        await interaction.response.send_message("That button isn't one I know; try /dream.", ephemeral=True,
+        await interaction.response.send_message(_("That button isn't one I know; try /dream."), ephemeral=True,
                                                 allowed_mentions=NO_MENTIONS)
 
 
@@ -224,7 +229,7 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
             view.add_item(ResultButton("s", job, 0, row=0))
             view.add_item(ResultButton("t", job, 0, row=0))
             if can_upscale[0]:
-                view.add_item(ResultButton("u", job, 0, label="Upscale", row=0))
+                view.add_item(ResultButton("u", job, 0, label=_("Upscale"), row=0))
             image = result.images[0]
             for code in ("z", "y") + (("q",) if image.width != image.height else ()) + ("g",):
                 view.add_item(ResultButton(code, job, 0, row=1))
@@ -245,7 +250,7 @@ def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.
         view.add_item(ResultButton(code, job, row=2))
     if fix_faces:
         for i in sorted(shown_set):
-            view.add_item(ResultButton("f", job, i, label=f"F{i + 1}", row=3))
+            view.add_item(ResultButton("f", job, i, label=_("F{n}").format(n=i + 1), row=3))
     return view
 
 
@@ -273,15 +278,24 @@ class Buttons:
         p = params.load(self.conn, job_id, self.backend.images)
         if p is None:
             days = self.settings.image_retention_days
-            return Refusal(f"I don't know that result any more (I keep them {days} days), or it isn't one of mine.")
+            # English says "days" for any number (a retention of 1 too); the plural is the other languages'.
+            return Refusal(ngettext(
+                "I don't know that result any more (I keep them {days} days), or it isn't one of mine.",
+                "I don't know that result any more (I keep them {days} days), or it isn't one of mine.",
+                days).format(days=days))
         if p.guild_id != guild_id:
-            return Refusal("That result belongs to another server.")
+            return Refusal(_("That result belongs to another server."))
         return p
 
     def _too_old(self, what: str) -> Refusal:
-        days = self.settings.image_retention_days
-        return Refusal(f"That image is no longer kept, so {what} can't start from it (images are kept "
-                       f"{days} day{'s' * (days > 1)}); try 🎲 Reroll.")
+        """`what`: the follow-up that can't start, a text marked with N_ (translated here)."""
+        days = self.settings.image_retention_days  # at least 1 (dreamcore.settings)
+        return Refusal(ngettext(
+            "That image is no longer kept, so {what} can't start from it (images are kept {days} day); "
+            "try 🎲 Reroll.",
+            "That image is no longer kept, so {what} can't start from it (images are kept {days} days); "
+            "try 🎲 Reroll.",
+            days).format(what=_(what), days=days))
 
     def _has(self, job_id: str, index: int, fmt: str) -> bool:
         return results.has_image(self.backend.images, job_id, index, fmt)
@@ -297,7 +311,7 @@ class Buttons:
         if isinstance(p, Refusal):
             return p
         if index is not None and not 0 <= index < len(p.images):
-            return Refusal(f"That result has no image {index + 1}.")
+            return Refusal(_("That result has no image {n}.").format(n=index + 1))
         old = p.request
         seed = random_seed()
         while seed == old.seed:
@@ -309,10 +323,10 @@ class Buttons:
             kind, source = p.kind, p.source
             if source is not None and not self.backend.images.exists(source_key(kind, source)):
                 if kind == "picture":
-                    return Refusal("The picture that dream started from is no longer kept; send it again with "
-                                   "/dream.")
-                return self._too_old({"variation": "another variation", "upscale": "another upscale",
-                                      "faces": "Fix faces"}.get(kind, "another edit"))
+                    return Refusal(_("The picture that dream started from is no longer kept; send it again with "
+                                     "/dream."))
+                return self._too_old({"variation": N_("another variation"), "upscale": N_("another upscale"),
+                                      "faces": N_("Fix faces")}.get(kind, N_("another edit")))
             # Sized as the result it repeats (an upscale's, an edit's canvas, a variation's own shape, the
             # image whose faces were fixed).
             same = kind in ("upscale", "edit", "variation", "faces") and p.images
@@ -320,7 +334,7 @@ class Buttons:
         elif action in ("variation", "s", "t"):
             fmt = p.images[index].format
             if not self._has(job_id, index, fmt):
-                return self._too_old("Variations")
+                return self._too_old(N_("Variations"))
             strength = {"variation": self.settings.variation_strength, "s": self.settings.vary_subtle_strength,
                         "t": self.settings.vary_strong_strength}[action]
             kind, source = "variation", JobSource(job_id=job_id, index=index, format=fmt, strength=strength,
@@ -329,7 +343,7 @@ class Buttons:
         elif action == "f":
             image = p.images[index]
             if not self._has(job_id, index, image.format):
-                return self._too_old("Fix faces")
+                return self._too_old(N_("Fix faces"))
             # The image's own seed: the faces come out as /dream faces:on would have drawn them.
             seed, count = image.seed, 1
             kind, source = "faces", JobSource(job_id=job_id, index=index, format=image.format,
@@ -342,18 +356,20 @@ class Buttons:
             try:
                 size = plan(what, image.width, image.height).size
             except CanvasError as err:
-                return Refusal(f"That can't be done: {err}.")
+                return Refusal(_("That can't be done: {reason}.").format(reason=err))
             if not self._has(job_id, index, image.format):
-                return self._too_old((ACTIONS[action].label or "a Pan") if action in EDITS else "Vary (Region)")
+                return self._too_old((ACTIONS[action].label or N_("a Pan")) if action in EDITS
+                                     else N_("Vary (Region)"))
             kind, source, count = "edit", JobSource(job_id=job_id, index=index, format=image.format, strength=1.0,
                                                     nsfw_score=p.source_score(index), edit=what), 1
         else:
             if not p.can_upscale(index):
-                return Refusal(f"That image is {p.images[index].width}x{p.images[index].height} already; "
-                               f"upscales stop at {MAX_UPSCALED_SIDE} pixels a side.")
+                return Refusal(_("That image is {width}x{height} already; upscales stop at {max_side} pixels a "
+                                 "side.").format(width=p.images[index].width, height=p.images[index].height,
+                                                 max_side=MAX_UPSCALED_SIDE))
             fmt = p.images[index].format
             if not self._has(job_id, index, fmt):
-                return self._too_old("Upscale")
+                return self._too_old(N_("Upscale"))
             kind, source, count = "upscale", JobSource(job_id=job_id, index=index, format=fmt,
                                                        strength=self.settings.upscale_strength,
                                                        nsfw_score=p.source_score(index)), 1
@@ -365,7 +381,7 @@ class Buttons:
             request = make_request(**fields)
             job = make_job(request, make_origin(**origin_fields), kind=kind, source=source)
         except JobError as err:
-            return Refusal(f"That can't be dreamed again: {err}")
+            return Refusal(_("That can't be dreamed again: {reason}").format(reason=err))
         return job, size
 
     def _prepare_and_submit(self, job_id: str, action: str, index: int | None, origin_fields: dict,
@@ -384,7 +400,8 @@ class Buttons:
             instance=self.settings.instance, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
             user_id=interaction.user.id, application_id=interaction.application_id,
             interaction_id=interaction.id, interaction_token=interaction.token,
-            channel_nsfw=channel_is_nsfw(interaction.channel))
+            channel_nsfw=channel_is_nsfw(interaction.channel), **members.origin_fields(interaction))
+        private = origin_fields["private"]  # the clicking member's own /settings, whoever made the result
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
         note_ack = lambda: self.commands._note_ack(started)  # noqa: E731
         try:
@@ -392,24 +409,29 @@ class Buttons:
             (job, size, outcome), deferred = await within_ack(
                 interaction, calls.submit(self._prepare_and_submit, job_id, action, index, origin_fields, roles,
                                          time.monotonic() + SUBMIT_DEADLINE_S, extra),
-                SUBMIT_TIMEOUT_S, on_ack=note_ack)
+                SUBMIT_TIMEOUT_S, ephemeral=private, on_ack=note_ack)
         except asyncio.TimeoutError:  # the submit still runs: it may have queued the dream
-            job, size, outcome = None, None, Outcome(False, UNCONFIRMED, kind="unconfirmed")
+            job, size, outcome = None, None, Outcome(False, _(UNCONFIRMED), kind="unconfirmed")
             deferred = interaction.response.is_done()
         except (redis.RedisError, ImageStoreError):
-            job, size, outcome = None, None, Outcome(False, UNAVAILABLE, kind="unavailable")
+            job, size, outcome = None, None, Outcome(False, _(UNAVAILABLE), kind="unavailable")
             deferred = interaction.response.is_done()
 
         if outcome.ok and job is not None:
             req = job.request
             text = queued_text(job.job_id, outcome.position or 0, req.prompt, settings_line(req, size),
                                outcome.eta_s)
-            made = {"reroll": f"🎲 Reroll of `{job_id}`", "remix": f"🖌️ Remix of `{job_id}` (same seed)"}.get(
-                action) or made_from(job.kind, job.source)
+            if action == "reroll":
+                made = _("🎲 Reroll of `{job_id}`").format(job_id=job_id)
+            elif action == "remix":
+                made = _("🖌️ Remix of `{job_id}` (same seed)").format(job_id=job_id)
+            else:
+                made = made_from(job.kind, job.source)
             if made:
-                first, _, rest = text.partition("\n")
+                first, __, rest = text.partition("\n")
                 text = f"{first}\n{made}\n{rest}"
-            text += self.commands._permission_note(interaction)
+            if not private:
+                text += self.commands._permission_note(interaction)
             if self.commands.progress is not None:
                 self.commands.progress.track(job.job_id, interaction, text.split("\n", 1)[1], outcome.position,
                                              stats.speed_key(job))
@@ -417,7 +439,7 @@ class Buttons:
                                                 "user_id": interaction.user.id})
         else:
             text = outcome.message
-        await answer(interaction, text, public=outcome.ok, deferred=deferred, on_ack=note_ack)
+        await answer(interaction, text, public=outcome.ok and not private, deferred=deferred, on_ack=note_ack)
 
     # --- Info ---------------------------------------------------------------------------------------------
 
@@ -426,7 +448,7 @@ class Buttons:
             p, chain = await asyncio.wait_for(calls.command(self._record_and_chain, job_id, interaction.guild_id),
                                               READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-            p, chain = Refusal(UNAVAILABLE), []
+            p, chain = Refusal(_(UNAVAILABLE)), []
         text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400,
                                                                   chain=chain)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -454,19 +476,19 @@ class Buttons:
             p = await asyncio.wait_for(calls.command(params.load, self.conn, job_id, self.backend.images),
                                        READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-            await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         is_admin = is_guild_admin(interaction)
         refusal = None
         if p is not None and p.guild_id != interaction.guild_id:
-            refusal = "That result belongs to another server."
+            refusal = _("That result belongs to another server.")
         elif not _message_shows(interaction.message, job_id):
             # Only the job's own message carries its id; anything else is a crafted click.
-            refusal = "That button doesn't belong to this message."
+            refusal = _("That button doesn't belong to this message.")
         elif p is None and not is_admin:
-            refusal = ("I no longer know who asked for this one; a server admin (Manage Server) can delete it.")
+            refusal = _("I no longer know who asked for this one; a server admin (Manage Server) can delete it.")
         elif p is not None and p.user_id != interaction.user.id and not is_admin:
-            refusal = "Only the member who asked for it, or a server admin (Manage Server), can delete this."
+            refusal = _("Only the member who asked for it, or a server admin (Manage Server), can delete this.")
         if refusal:
             await interaction.response.send_message(refusal, ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
@@ -479,8 +501,9 @@ class Buttons:
             pass  # already gone (deleted by hand, or a second click)
         except discord.HTTPException as err:
             log.warning("delete failed", extra={"job_id": job_id, "status": err.status})
-            await interaction.followup.send(f"Discord wouldn't let me delete it ({err.status}).", ephemeral=True,
-                                            allowed_mentions=NO_MENTIONS)
+            await interaction.followup.send(
+                _("Discord wouldn't let me delete it ({status}).").format(status=err.status), ephemeral=True,
+                allowed_mentions=NO_MENTIONS)
             return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.

@@ -13,20 +13,22 @@ import discord
 import redis
 from discord import app_commands
 
+from dreamcore.i18n import _, duration
 from dreamcore.keys import CHANNEL_GONE_TTL_S, channel_gone_key
-from dreamcore.limit_messages import human_duration
 from dreamcore.settings import Settings
 
-from . import calls, remix
+from . import calls, members, remix
 from .admin import register_admin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
 from .commands import DreamCommands
 from .discord_api import prepare_client, use_api_base
 from .help import register_help
+from .member_settings import PanelButton, PanelSelect, register_settings
 from .progress import Progress
 from .relay import Relay
 from .toolkit import NO_MENTIONS, answer_privately
+from .translator import CatalogTranslator
 from .vote import VoteButton, register_vote
 
 log = logging.getLogger("dreambot.bot")
@@ -66,8 +68,10 @@ def mismatch(command, options: list[dict]) -> str | None:
 
 class DreamTree(app_commands.CommandTree):
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """Options of another type than the command declares are refused before the command runs (as
-        CommandSignatureMismatch, the sender's fault: on_error says so and logs one warning line)."""
+        """The member's settings and language for the whole command (bot/members.py). Options of another type
+        than the command declares are refused before the command runs (as CommandSignatureMismatch, the
+        sender's fault: on_error says so and logs one warning line)."""
+        await members.meet(interaction, self.client.backend.conn)
         data = interaction.data or {}
         if interaction.type is discord.InteractionType.application_command and data.get("type", 1) == 1:
             command = self.get_command(str(data.get("name")), guild=discord.Object(interaction.guild_id)
@@ -83,17 +87,17 @@ class DreamTree(app_commands.CommandTree):
         where = {"command": getattr(interaction.command, "name", None), "guild_id": interaction.guild_id,
                  "user_id": interaction.user.id if interaction.user else None}
         if isinstance(error, app_commands.CommandOnCooldown):
-            text = f"Please wait {human_duration(error.retry_after)} before asking again."
+            text = _("Please wait {duration} before asking again.").format(duration=duration(error.retry_after))
         elif isinstance(error, app_commands.NoPrivateMessage):
-            text = "That command works in a server only."
+            text = _("That command works in a server only.")
         elif isinstance(error, CLIENT_FAULTS):
             log.warning("malformed interaction refused", extra={**where, "error": type(error).__name__,
                                                                  "why": getattr(error, "why", str(error))[:200]})
-            text = ("I couldn't read that command as it was sent (an option of another type, or an older version "
-                    "of the command); please try again.")
+            text = _("I couldn't read that command as it was sent (an option of another type, or an older "
+                     "version of the command); please try again.")
         else:
             log.error("command failed", exc_info=error, extra=where)
-            text = "Something went wrong on my side; nothing was queued. Please try again."
+            text = _("Something went wrong on my side; nothing was queued. Please try again.")
         try:
             await answer_privately(interaction, text)
         except discord.HTTPException:
@@ -114,6 +118,7 @@ class DreamClient(discord.Client):
         register_admin(self.tree, self)
         register_help(self.tree, self)
         register_vote(self.tree, self)
+        register_settings(self.tree, self)
         self.relay = Relay(self, settings, self.backend.conn, self.backend.images)
         self.progress = Progress(self, self.backend)
         self.relay.progress = self.progress
@@ -125,7 +130,9 @@ class DreamClient(discord.Client):
         await prepare_client(self, self.settings.discord_api_base)
         # The result buttons are matched on their custom id alone: any process of this bot, started any time
         # after the result was posted, answers them (bot/buttons.py).
-        self.add_dynamic_items(*DYNAMIC_ITEMS, VoteButton, remix.RegionSelect)
+        self.add_dynamic_items(*DYNAMIC_ITEMS, VoteButton, remix.RegionSelect, PanelSelect, PanelButton)
+        # Every command, option and choice in each member's language (bot/translator.py), sent with the sync.
+        await self.tree.set_translator(CatalogTranslator())
         guilds = self.settings.guild_id_list
         if guilds:
             # Guild commands show up at once: the choice while setting a server up.
@@ -146,12 +153,13 @@ class DreamClient(discord.Client):
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         """Remix and Vary (Region) modals are answered by their custom id (bot/remix.py), on any process."""
         if interaction.type == discord.InteractionType.modal_submit:
+            await members.meet(interaction, self.backend.conn)
             try:
                 await remix.on_modal_submit(self.buttons, interaction)
             except Exception:
                 log.exception("modal submit failed")
                 try:
-                    await answer_privately(interaction, "Something went wrong on my side with that. Please try again.")
+                    await answer_privately(interaction, _("Something went wrong on my side with that. Please try again."))
                 except discord.HTTPException:
                     pass
 
@@ -166,3 +174,9 @@ class DreamClient(discord.Client):
         for task in self._tasks:
             task.cancel()
         await super().close()
+
+
+def command_tree() -> app_commands.CommandTree:
+    """The commands as every instance registers them, for the catalogs (dreambot/catalogs.py): from a client
+    that never connects, with the operator's defaults."""
+    return DreamClient(Settings()).tree

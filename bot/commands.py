@@ -15,7 +15,8 @@ import discord
 import redis
 from discord import app_commands
 
-from dreamcore import metrics, ranges, stats
+from dreamcore import metrics, preferences, ranges, stats
+from dreamcore.i18n import N_, _, duration, ngettext
 from dreamcore.job import (
     ASPECT_LABELS,
     FACE_LABELS,
@@ -26,17 +27,17 @@ from dreamcore.job import (
     make_origin,
     make_request,
 )
-from dreamcore.limit_messages import human_duration
 from dreamcore.modes import MODE_LABELS
 from dreamcore.present import made_from, mode_note, settings_line, shown
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
-from . import calls
+from . import calls, members
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .pictures import PictureIntake
 from .safety import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, is_guild_admin, within_ack
+from .translator import text as described
 
 log = logging.getLogger("dreambot.bot")
 # A submit queues nothing past SUBMIT_DEADLINE_S (what it took is given back and the member hears "can't
@@ -47,11 +48,22 @@ SUBMIT_TIMEOUT_S = 20.0
 READ_TIMEOUT_S = 2.0
 
 
-def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None) -> str:
-    where = "next in line" if position == 0 else f"position {position + 1} in the queue"
-    if eta_s is not None:
-        where += f", ready in about {human_duration(eta_s)}"
-    return f"Queued: job `{job_id}`, {where}.\n**{shown(prompt, 900)}**\n-# {settings}"
+def place_text(position: int, eta_s: float | None = None) -> str:
+    """Where a waiting dream stands: "next in line" or "position 3 in the queue", with its ETA when known."""
+    if position == 0:
+        return (_("next in line") if eta_s is None
+                else _("next in line, ready in about {eta}").format(eta=duration(eta_s)))
+    if eta_s is None:
+        return _("position {position} in the queue").format(position=position + 1)
+    return _("position {position} in the queue, ready in about {eta}").format(position=position + 1,
+                                                                               eta=duration(eta_s))
+
+
+def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None,
+                vote: bool = False) -> str:
+    head = _("Queued a vote round (two candidates to compare):") if vote else _("Queued:")
+    line = _("{head} job `{job_id}`, {where}.").format(head=head, job_id=job_id, where=place_text(position, eta_s))
+    return f"{line}\n**{shown(prompt, 900)}**\n-# {settings}"
 
 
 class DreamCommands:
@@ -75,16 +87,23 @@ class DreamCommands:
             negative="What to keep out of the picture",
             style="A style preset wrapped around your prompt",
             aspect="Picture shape (SDXL's native sizes, about one megapixel)",
-            seed="Seed, 0 to 4294967295: the same seed and settings make the same picture (random if left out)",
-            count="How many pictures, 1 to 4",
-            steps=f"Denoising steps, 1 to 100 (default {s.default_steps})",
-            guidance=f"How closely to follow the prompt, 0 to 30 (default {s.default_guidance:g})",
-            split=f"Share of steps on the base model, 0.5 to 1.0; the refiner does the rest (default {s.default_split:g}, 1.0 = no refiner)",
+            seed=described("Seed, {lo} to {hi}: the same seed and settings make the same picture (random if left "
+                           "out)", lo=ranges.SEED.lo, hi=ranges.SEED.hi),
+            count=described("How many pictures, {lo} to {hi}", lo=ranges.IMAGES.lo, hi=ranges.IMAGES.hi),
+            steps=described("Denoising steps, {lo} to {hi} (default {default})", lo=ranges.STEPS.lo,
+                            hi=ranges.STEPS.hi, default=s.default_steps),
+            guidance=described("How closely to follow the prompt, {lo} to {hi} (default {default})",
+                               lo=f"{ranges.GUIDANCE.lo:g}", hi=f"{ranges.GUIDANCE.hi:g}",
+                               default=f"{s.default_guidance:g}"),
+            split=described("Share of steps on the base, {lo} to {hi}; the refiner does the rest (default {default}; "
+                            "1 = no refiner)", lo=f"{ranges.SPLIT.lo:g}", hi=f"{ranges.SPLIT.hi:g}",
+                            default=f"{s.default_split:g}"),
             image="A picture of yours to start from (PNG, JPEG, WebP or GIF); the prompt says what to make of it",
-            change=f"With a picture: how much to change it, 0.05 (a touch) to 1.0 (all of it); default {PICTURE_STRENGTH:g}",
+            change=described("With a picture: how much to change it, {lo} (a touch) to {hi} (all of it); default "
+                             "{default}", lo=f"{ranges.STRENGTH.lo:g}", hi=f"{ranges.STRENGTH.hi:g}",
+                             default=f"{PICTURE_STRENGTH:g}"),
             faces="Redraw faces close up after the refiner: the small ones (auto), all, or none; default: the server's",
-            mode="Quality (base + refiner), Turbo (4 fixed steps, a tenth of the GPU time) or Relax (unlimited, "
-                 "when the GPUs are free); default: the server's",
+            mode="Quality (base + refiner), Turbo (4 steps, a tenth of the GPU) or Relax (unlimited, when idle)",
         )
         @app_commands.choices(
             aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
@@ -110,7 +129,7 @@ class DreamCommands:
         ):
             await self.handle_dream(
                 interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
-                count=count, steps=steps if steps is not None else s.default_steps,
+                count=count, steps=steps,
                 guidance=guidance if guidance is not None else s.default_guidance,
                 split=split if split is not None else s.default_split, faces=faces, mode=mode, picture=image,
                 change=change,
@@ -134,26 +153,27 @@ class DreamCommands:
             hay = f"{key} {st.label} {st.prompt}".lower()
             if not typed or typed in hay:
                 found.append((not st.label.lower().startswith(typed), st.label, key))
-        return [app_commands.Choice(name=label, value=key) for _, label, key in sorted(found)[:25]]
+        return [app_commands.Choice(name=label, value=key) for _rank, label, key in sorted(found)[:25]]
 
     async def handle_queue(self, interaction: discord.Interaction) -> None:
         try:
             jobs = await asyncio.wait_for(
                 calls.command(self.backend.my_jobs, interaction.guild_id, interaction.user.id), READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError):
-            await interaction.response.send_message(UNAVAILABLE, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
         if not jobs:
-            text = "You have no dreams waiting or being made."
+            text = _("You have no dreams waiting or being made.")
         else:
             lines = []
             for j in jobs:
                 if j.state == "running":
-                    lines.append(f"`{j.job_id}`: being made now ({j.images} image{'s' * (j.images > 1)})")
+                    lines.append(ngettext("`{job_id}`: being made now ({n} image)",
+                                          "`{job_id}`: being made now ({n} images)", j.images or 1).format(
+                        job_id=j.job_id, n=j.images or 1))
                 else:
-                    eta = f", ready in about {human_duration(j.eta_s)}" if j.eta_s is not None else ""
-                    lines.append(f"`{j.job_id}`: position {j.position + 1}{eta}")
-            text = "Your dreams:\n" + "\n".join(lines[:20])
+                    lines.append(f"`{j.job_id}`: {place_text(j.position or 0, j.eta_s)}")
+            text = _("Your dreams:") + "\n" + "\n".join(lines[:20])
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def handle_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
@@ -163,7 +183,7 @@ class DreamCommands:
                 self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), 2.0)
             text = outcome.message
         except (asyncio.TimeoutError, redis.RedisError):
-            text = UNAVAILABLE
+            text = _(UNAVAILABLE)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def handle_dream(self, interaction: discord.Interaction, picture: discord.Attachment | None = None,
@@ -172,59 +192,70 @@ class DreamCommands:
         served = self.settings.channel_id_list
         if served and interaction.channel_id not in served:
             where = ", ".join(f"<#{c}>" for c in served)
-            await self._reply(interaction, f"I dream only in {where}.", ephemeral=True, started=started)
+            await self._reply(interaction, _("I dream only in {channels}.").format(channels=where), ephemeral=True,
+                              started=started)
             return
         if change is not None and picture is None:
-            await self._reply(interaction, "`change` says how much to change a picture of yours: add one with "
-                              "`image`, or leave `change` out.", ephemeral=True, started=started)
+            await self._reply(interaction, _("`change` says how much to change a picture of yours: add one with "
+                                             "`image`, or leave `change` out."), ephemeral=True, started=started)
             return
+        # What the member left out takes their own default, else the server's, else the operator's
+        # (dreamcore.preferences.apply, with the server's limits, in the submit); until then, the operator's.
+        left_out = frozenset(k for k in (*preferences.DEFAULTABLE, "faces", "mode") if options.get(k) is None)
+        if options.get("steps") is None:
+            options["steps"] = self.settings.default_steps
+        prefs = members.current().prefs
         try:
-            request = make_request(max_upload_bytes=self.settings.max_upload_bytes, **options)
+            request = make_request(max_upload_bytes=self.settings.max_upload_bytes,
+                                   **{k: v for k, v in options.items() if v is not None or k == "steps"})
             origin = make_origin(
                 instance=self.settings.instance, guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id, user_id=interaction.user.id,
                 application_id=interaction.application_id, interaction_id=interaction.id,
                 interaction_token=interaction.token, channel_nsfw=channel_is_nsfw(interaction.channel),
+                **members.origin_fields(interaction),
             )
             job = make_job(request, origin) if picture is None else None
         except JobError as err:
-            await self._reply(interaction, f"That request can't be dreamed: {err}", ephemeral=True, started=started)
+            await self._reply(interaction, _("That request can't be dreamed: {reason}").format(reason=err),
+                              ephemeral=True, started=started)
             return
 
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
-        notes: list[str] = []
-        left_out = frozenset(k for k in ("faces", "mode") if options.get(k) is None)  # the server's defaults
+        picture_notes: list[str] = []
         try:
             if picture is None:
                 work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S,
-                                    left_out)
-                outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S,
+                                    left_out, prefs)
+                outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S, ephemeral=prefs.private,
                                                      on_ack=lambda: self._note_ack(started))
                 job = outcome.job or job
-                request = job.request
             else:
                 work = self.pictures.take(picture, request, origin, change, options.get("aspect") is not None,
-                                          left_out, roles, SUBMIT_DEADLINE_S)
+                                          left_out, roles, SUBMIT_DEADLINE_S, prefs)
                 taken, deferred = await within_ack(
                     interaction, work, SUBMIT_TIMEOUT_S + self.settings.input_download_timeout_s,
-                    on_ack=lambda: self._note_ack(started))
-                outcome, job, notes = taken.outcome, taken.job, taken.notes
-                request = job.request if job is not None else request
+                    ephemeral=prefs.private, on_ack=lambda: self._note_ack(started))
+                outcome, job, picture_notes = taken.outcome, taken.job or job, taken.notes
         except asyncio.TimeoutError:  # the submit still runs past its deadline: it may have queued the dream
-            outcome, deferred = Outcome(False, UNCONFIRMED, kind="unconfirmed"), interaction.response.is_done()
+            outcome, deferred = Outcome(False, _(UNCONFIRMED), kind="unconfirmed"), interaction.response.is_done()
             metrics.refused("unconfirmed")
 
+        private = outcome.ok and job.origin.private
         if outcome.ok:
+            request = job.request
             text = queued_text(job.job_id, outcome.position or 0, request.prompt, settings_line(request),
-                               outcome.eta_s) + self._permission_note(interaction)
-            if outcome.vote:
-                text = text.replace("Queued:", "Queued a vote round (two candidates to compare):", 1)
+                               outcome.eta_s, vote=outcome.vote)
+            if not private:  # a private result never goes to the channel: no channel permission matters
+                text += self._permission_note(interaction)
             made = made_from(job.kind, job.source)
             if made:
-                first, _, rest = text.partition("\n")
+                first, _nl, rest = text.partition("\n")
                 text = f"{first}\n{made}\n{rest}"
-            if notes:
-                text += "\n-# Your picture: " + "; ".join(notes) + "."
+            if picture_notes:
+                text += "\n-# " + _("Your picture: {notes}.").format(notes="; ".join(picture_notes))
+            for note in outcome.notes:
+                text += f"\n-# {note}"
             if mode_note(request):
                 text += f"\n-# {mode_note(request)}"
         else:
@@ -232,7 +263,8 @@ class DreamCommands:
         if outcome.ok and self.progress is not None:
             header = text.split("\n", 1)[1] if "\n" in text else ""
             self.progress.track(job.job_id, interaction, header, outcome.position, stats.speed_key(job))
-        await answer(interaction, text, public=outcome.ok, deferred=deferred, on_ack=lambda: self._note_ack(started))
+        await answer(interaction, text, public=outcome.ok and not private, deferred=deferred,
+                     on_ack=lambda: self._note_ack(started))
 
     @staticmethod
     def _permission_note(interaction: discord.Interaction) -> str:
@@ -241,12 +273,13 @@ class DreamCommands:
         if interaction.guild_id is None:
             return ""
         p = interaction.app_permissions
-        missing = [name for name, ok in (("View Channel", p.view_channel), ("Send Messages", p.send_messages),
-                                         ("Attach Files", p.attach_files)) if not ok]
+        missing = [_(name) for name, ok in ((N_("View Channel"), p.view_channel),
+                                            (N_("Send Messages"), p.send_messages),
+                                            (N_("Attach Files"), p.attach_files)) if not ok]
         if not missing:
             return ""
-        return (f"\n-# I lack {', '.join(missing)} here: if this takes over 15 minutes, "
-                "I won't be able to post the images in this channel.")
+        return "\n-# " + _("I lack {permissions} here: if this takes over 15 minutes, I won't be able to post the "
+                           "images in this channel.").format(permissions=", ".join(missing))
 
     async def _reply(self, interaction: discord.Interaction, text: str, *, ephemeral: bool, started: float) -> None:
         await interaction.response.send_message(text, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)

@@ -9,55 +9,97 @@ import redis
 from discord import app_commands
 
 from dreamcore.cost import left_text, turbo_image, units_text
+from dreamcore.i18n import _, duration, ngettext
 from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, PICTURE_STRENGTH
-from dreamcore.limit_messages import human_duration
+from dreamcore.preferences import Preferences
 from dreamcore.styles import load_styles
 
-from . import calls
+from . import calls, members
+from .member_settings import summary
 from .toolkit import NO_MENTIONS
 
+SPLIT = object()  # where the first message ends
 
-def help_text(settings, limits, usage: dict | None) -> str:
+
+def help_parts(settings, limits, usage: dict | None, prefs: Preferences | None = None) -> list[str]:
+    """The help in the language of the moment, as two messages: what /dream takes, then this server's limits
+    and the member's own (in German or Russian the two together pass Discord's 2,000 characters;
+    tests/test_catalogs.py holds each part of every language to it, with the longest values shown)."""
     styles = ", ".join(st.label for st in load_styles().values())
     aspects = ", ".join(ASPECT_LABELS.values())
+    if limits.images_in == "off":
+        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 "
+                  "(default {strength}) (not on this server)")
+    elif limits.images_in == "age_restricted":
+        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 "
+                  "(default {strength}) (in age-restricted channels here)")
+    else:
+        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 "
+                  "(default {strength})")
+    turbo_image_units = units_text(turbo_image())
+    turbo_mode = (_("turbo (4 fixed steps, no negative, {units} of a standard image)") if limits.allows("turbo")
+                  else _("turbo (4 fixed steps, no negative, {units} of a standard image; off here)"))
+    relax_mode = (_("relax (quality, unlimited, when the GPUs are free)") if limits.allows("relax")
+                  else _("relax (quality, unlimited, when the GPUs are free; off here)"))
     lines = [
-        "**/dream** makes pictures with SDXL: the base model sketches, the refiner finishes.",
-        f"- `prompt` what to dream (up to {MAX_PROMPT_CHARS} characters; long prompts are encoded in 75-token chunks)",
-        "- `negative` what to keep out",
+        _("**/dream** makes pictures with SDXL: the base model sketches, the refiner finishes."),
+        ngettext("- `prompt` what to dream (up to {n} characters; long prompts are encoded in 75-token chunks)",
+                 "- `prompt` what to dream (up to {n} characters; long prompts are encoded in 75-token chunks)",
+                 MAX_PROMPT_CHARS).format(n=MAX_PROMPT_CHARS),
+        _("- `negative` what to keep out"),
         f"- `style` {styles}",
         f"- `aspect` {aspects}",
-        "- `seed` the same seed and settings give the same picture; each picture's seed is shown",
-        f"- `count` 1 to {limits.max_images}, `steps` 1 to {limits.max_steps} (default {settings.default_steps}), "
-        f"`guidance` 0 to 30 (default {settings.default_guidance:g}), `split` 0.5 to 1.0: share of steps on the base "
-        f"(default {settings.default_split:g}; 1.0 skips the refiner)",
-        f"- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 (default "
-        f"{PICTURE_STRENGTH:g})" + {"off": " (not on this server)", "age_restricted": " (in age-restricted channels "
-                                    "here)"}.get(limits.images_in, ""),
-        f"- `faces` small faces redrawn close up after the refiner: auto (the small ones), on (every face), off "
-        f"(this server's default: {limits.faces}); 🙂 Fix faces does it afterwards",
-        f"- `mode` quality (base + refiner), turbo (4 fixed steps, no negative, {units_text(turbo_image())} of a "
-        f"standard image{'' if limits.allows('turbo') else '; off here'}), relax (quality, unlimited, when the GPUs "
-        f"are free{'' if limits.allows('relax') else '; off here'}); default here: {limits.mode}",
-        "Also: **/dreamqueue** your dreams and their ETA · **/cancel** a dream · buttons under each result.",
-        "",
-        "**This server's limits**" + (" (dreaming is paused here)" if limits.paused else ""),
-        f"- {limits.user_images_hour} standard images an hour and {limits.user_images_day} a day per member; "
-        f"{limits.guild_images_hour} an hour and {limits.guild_images_day} a day for the server (a standard image: "
-        "1024x1024, 40 steps; others count their GPU time)",
-        f"- {limits.cooldown_s} s between dreams, at most {limits.user_max_active} queued or running per member",
+        _("- `seed` the same seed and settings give the same picture; each picture's seed is shown"),
+        _("- `count` 1 to {max_images}, `steps` 1 to {max_steps} (default {steps}), `guidance` 0 to 30 (default "
+          "{guidance}), `split` 0.5 to 1.0: share of steps on the base (default {split}; 1.0 skips the refiner)"
+          ).format(max_images=limits.max_images, max_steps=limits.max_steps, steps=settings.default_steps,
+                   guidance=f"{settings.default_guidance:g}", split=f"{settings.default_split:g}"),
+        image.format(strength=f"{PICTURE_STRENGTH:g}"),
+        _("- `faces` small faces redrawn close up after the refiner: auto (the small ones), on (every face), off "
+          "(this server's default: {faces}); 🙂 Fix faces does it afterwards").format(faces=limits.faces),
+        _("- `mode` quality (base + refiner), {turbo}, {relax}; default here: {mode}").format(
+            turbo=turbo_mode.format(units=turbo_image_units), relax=relax_mode, mode=limits.mode),
+        _("Also: **/dreamqueue** your dreams and their ETA · **/cancel** a dream · buttons under each result."),
+        SPLIT,
+        _("**This server's limits** (dreaming is paused here)") if limits.paused else _("**This server's limits**"),
+        ngettext("- {user_hour} standard images an hour and {user_day} a day per member; {guild_hour} an hour and "
+                 "{guild_day} a day for the server (a standard image: 1024x1024, 40 steps; others count their GPU "
+                 "time)",
+                 "- {user_hour} standard images an hour and {user_day} a day per member; {guild_hour} an hour and "
+                 "{guild_day} a day for the server (a standard image: 1024x1024, 40 steps; others count their GPU "
+                 "time)", limits.user_images_hour).format(
+            user_hour=limits.user_images_hour, user_day=limits.user_images_day,
+            guild_hour=limits.guild_images_hour, guild_day=limits.guild_images_day),
+        _("- {cooldown} s between dreams, at most {active} queued or running per member").format(
+            cooldown=limits.cooldown_s, active=limits.user_max_active),
     ]
     if usage is not None:
         left_h = max(0, limits.user_images_hour - usage["user_images_hour"])
         left_d = max(0, limits.user_images_day - usage["user_images_day"])
         cooldown = usage["cooldown_remaining_s"]
         turbo = limits.allows("turbo")
-        lines += ["", "**You**",
-                  f"- this hour: {left_text(left_h, turbo)}; in 24 h: {left_text(left_d, turbo)}"
-                  + ("; relax dreams count against neither" if limits.allows("relax") else ""),
-                  f"- {units_text(left_h)} standard images left this hour, {units_text(left_d)} in the last 24 h; "
-                  f"{usage['user_active']} dream(s) queued or running"
-                  + (f"; next dream in {human_duration(cooldown)}" if cooldown > 0 else "")]
-    return "\n".join(lines)[:2000]
+        left = (_("- this hour: {hour}; in 24 h: {day}; relax dreams count against neither")
+                if limits.allows("relax") else _("- this hour: {hour}; in 24 h: {day}"))
+        active = usage["user_active"]
+        if cooldown > 0:
+            used = ngettext("- {hour} standard images left this hour, {day} in the last 24 h; {active} dream(s) "
+                            "queued or running; next dream in {wait}",
+                            "- {hour} standard images left this hour, {day} in the last 24 h; {active} dream(s) "
+                            "queued or running; next dream in {wait}", active)
+        else:
+            used = ngettext("- {hour} standard images left this hour, {day} in the last 24 h; {active} dream(s) "
+                            "queued or running",
+                            "- {hour} standard images left this hour, {day} in the last 24 h; {active} dream(s) "
+                            "queued or running", active)
+        lines += ["", _("**You**"),
+                  left.format(hour=left_text(left_h, turbo), day=left_text(left_d, turbo)),
+                  used.format(hour=units_text(left_h), day=units_text(left_d), active=active,
+                              wait=duration(cooldown) if cooldown > 0 else "")]
+    if prefs is not None:
+        lines += ["", _("**Your settings** (`/settings show`)"), "- " + summary(prefs)]
+    cut = lines.index(SPLIT)
+    return ["\n".join(lines[:cut]), "\n".join(lines[cut + 1:])]
+
 
 
 def register_help(tree: app_commands.CommandTree, client) -> None:
@@ -71,5 +113,6 @@ def register_help(tree: app_commands.CommandTree, client) -> None:
                 2.0)
         except (asyncio.TimeoutError, redis.RedisError):
             limits, usage = store.defaults(), None
-        await interaction.response.send_message(help_text(client.settings, limits, usage), ephemeral=True,
-                                                allowed_mentions=NO_MENTIONS)
+        first, second = help_parts(client.settings, limits, usage, members.current().prefs)
+        await interaction.response.send_message(first, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(second, ephemeral=True, allowed_mentions=NO_MENTIONS)

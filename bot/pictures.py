@@ -21,14 +21,16 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import image_in
+from dreamcore import image_in, preferences
+from dreamcore.i18n import _
 from dreamcore.images import ImageStoreError, input_key
 from dreamcore.job import PICTURE_STRENGTH, DreamJob, DreamRequest, JobSource, make_job, new_job_id
+from dreamcore.preferences import Preferences
 from dreamcore.present import code
 from dreamcore.settings import Settings
 
 from . import calls
-from .backend import UNAVAILABLE, Backend, Outcome, with_server_defaults
+from .backend import UNAVAILABLE, Backend, Outcome
 
 log = logging.getLogger("dreambot.bot")
 
@@ -51,9 +53,9 @@ def refused(text: str) -> Taken:
 def policy_refusal(images_in: str, channel_nsfw: bool) -> str | None:
     """The server's rule for members' pictures (GuildLimits.images_in), or None when this one may come in."""
     if images_in == "off":
-        return "This server doesn't take pictures with /dream: send the prompt alone."
+        return _("This server doesn't take pictures with /dream: send the prompt alone.")
     if images_in == "age_restricted" and not channel_nsfw:
-        return "This server takes pictures with /dream only in age-restricted channels."
+        return _("This server takes pictures with /dream only in age-restricted channels.")
     return None
 
 
@@ -65,16 +67,18 @@ class PictureIntake:
         self.hosts = {h for h in hosts if h}
 
     async def take(self, attachment: discord.Attachment, request: DreamRequest, origin, strength: float | None,
-                   aspect_given: bool, left_out: frozenset[str], roles: list[int], submit_within_s: float) -> Taken:
-        """The picture into a queued job, or the member's refusal. `left_out`: the options the member left out
-        ("faces", "mode": the server's defaults are the job's). `submit_within_s`: the submit's deadline, counted from when
+                   aspect_given: bool, left_out: frozenset[str], roles: list[int], submit_within_s: float,
+                   prefs: Preferences | None = None) -> Taken:
+        """The picture into a queued job, or the member's refusal. `left_out`: the options the member left out,
+        which take their defaults (`prefs`), else the server's (dreamcore.preferences.apply); the picture's own
+        shape is its aspect, whatever their default. `submit_within_s`: the submit's deadline, counted from when
         the picture is stored (the download has a timeout of its own)."""
         s = self.settings
         # 1. The server's rule.
         try:
             limits = await calls.command(self.backend.store.get, origin.guild_id)
         except redis.RedisError:
-            return Taken(Outcome(False, UNAVAILABLE, kind="unavailable"))
+            return Taken(Outcome(False, _(UNAVAILABLE), kind="unavailable"))
         why = policy_refusal(limits.images_in, origin.channel_nsfw)
         if why:
             return refused(why)
@@ -88,22 +92,25 @@ class PictureIntake:
         host = urlsplit(attachment.url).hostname
         if host not in self.hosts:
             log.warning("attachment link outside Discord refused", extra={"host": host})
-            return refused("That attachment's link doesn't lead to Discord, so I won't fetch it.")
+            return refused(_("That attachment's link doesn't lead to Discord, so I won't fetch it."))
         name = code(attachment.filename, 80)
         try:
             data = await asyncio.wait_for(attachment.read(), s.input_download_timeout_s)
         except asyncio.TimeoutError:
-            return refused(f"{name} took longer than {s.input_download_timeout_s:g} s to come from Discord; "
-                           "try again.")
+            return refused(_("{name} took longer than {seconds} s to come from Discord; try again.").format(
+                name=name, seconds=image_in.plain(s.input_download_timeout_s)))
         except discord.NotFound:
-            return refused(f"Discord no longer has {name} (its link answered 404); send it again.")
+            return refused(_("Discord no longer has {name} (its link answered 404); send it again.").format(name=name))
         except (discord.HTTPException, aiohttp.ClientError, OSError) as err:
             status = getattr(err, "status", None)
-            why = f"HTTP {status}" if status else "the connection failed"
-            return refused(f"{name} couldn't be fetched from Discord ({why}); try again.")
+            if status:
+                return refused(_("{name} couldn't be fetched from Discord (HTTP {status}); try again.").format(
+                    name=name, status=status))
+            return refused(_("{name} couldn't be fetched from Discord (the connection failed); try again.").format(
+                name=name))
         if len(data) > s.input_max_bytes:
-            return refused(f"{name} is {image_in.megabytes(len(data))}; pictures may be up to "
-                           f"{image_in.megabytes(s.input_max_bytes)}.")
+            return refused(_("{name} is {size}; pictures may be up to {max_size}.").format(
+                name=name, size=image_in.megabytes(len(data)), max_size=image_in.megabytes(s.input_max_bytes)))
         # 4. The safe decode, off the event loop.
         try:
             pic = await calls.picture(image_in.prepare, data, attachment.filename, s.input_max_pixels,
@@ -116,15 +123,17 @@ class PictureIntake:
                            strength=PICTURE_STRENGTH if strength is None else strength)
         job = make_job(request.model_copy(update={"aspect": pic.aspect}), origin, job_id=job_id, kind="picture",
                        source=source)
+        notes: list[str] = []
         if left_out:
-            job = with_server_defaults(job, limits, left_out)
+            job, notes = preferences.apply(job, limits, prefs or Preferences(), left_out - {"aspect"})
         key = input_key(job_id)
         try:
             await calls.command(self.backend.images.put, key, pic.png)
         except ImageStoreError as err:
             log.warning("picture not stored", extra={"job_id": job_id, "error": str(err)[:200]})
-            return Taken(Outcome(False, UNAVAILABLE, kind="unavailable"))
+            return Taken(Outcome(False, _(UNAVAILABLE), kind="unavailable"))
         outcome = await calls.submit(self.backend.submit, job, roles, deadline=time.monotonic() + submit_within_s)
+        outcome.notes = notes
         if not outcome.ok and outcome.kind != "unconfirmed":  # "unconfirmed" may still run: it needs the picture
             try:
                 await calls.command(self.backend.images.delete, [key])

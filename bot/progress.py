@@ -6,6 +6,7 @@ nothing here ever waits on the GPU: the worker only drops its latest state into 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -15,7 +16,7 @@ import discord
 import redis
 
 from dreamcore import ledger, results, safety, stats
-from dreamcore.limit_messages import human_duration
+from dreamcore.i18n import _, current, duration, speaking
 from dreamcore.present import shown
 
 from .safety import post_is_age_restricted
@@ -24,6 +25,11 @@ from .toolkit import NO_MENTIONS
 log = logging.getLogger("dreambot.progress")
 EDIT_EVERY_S = 2.0
 QUEUE_POLL_S = 5.0
+
+
+def _speaking(language: str | None):
+    """In the member's language where it is known (dreamcore.i18n); else in the language of the moment."""
+    return speaking(language) if language else contextlib.nullcontext()
 
 
 def bar(done: int, total: int, width: int = 12) -> str:
@@ -46,10 +52,14 @@ def progress_text(job_id: str, fields: dict, prompt: str) -> str:
     done = min(done, total)
     step, stage_total = _count(fields, "step"), _count(fields, "stage_total")
     stage = fields.get("stage") if fields.get("stage") in ("refiner", "faces") else "base"
-    verb = {"base": "Dreaming", "refiner": "Refining", "faces": "Fixing faces"}[stage]
-    where = "face by face on the refiner" if stage == "faces" else f"on the {stage}"
-    return (f"{verb}: job `{job_id}` {bar(done, total)} {100 * done // total}% "
-            f"(step {step}/{stage_total} {where}{part_text(fields)})\n**{shown(prompt, 900)}**")
+    status = {
+        "base": _("Dreaming: job `{job_id}` {bar} {percent}% (step {step}/{steps} on the base{part})"),
+        "refiner": _("Refining: job `{job_id}` {bar} {percent}% (step {step}/{steps} on the refiner{part})"),
+        "faces": _("Fixing faces: job `{job_id}` {bar} {percent}% (step {step}/{steps} face by face on the "
+                   "refiner{part})"),
+    }[stage]
+    return status.format(job_id=job_id, bar=bar(done, total), percent=100 * done // total, step=step,
+                         steps=stage_total, part=part_text(fields)) + f"\n**{shown(prompt, 900)}**"
 
 
 def part_text(fields: dict) -> str:
@@ -61,7 +71,7 @@ def part_text(fields: dict) -> str:
         return ""
     if not 1 <= part <= parts <= 16:
         return ""
-    return f", part {part} of {parts}" if parts > 1 else ""
+    return _(", part {part} of {parts}").format(part=part, parts=parts) if parts > 1 else ""
 
 
 @dataclass
@@ -71,6 +81,7 @@ class Waiting:
     position: int | None
     since: float
     speed_key: str | None = None  # the measured speed its own part is timed by (dreamcore.stats.speed_key)
+    language: str | None = None  # the member's (dreamcore.i18n), the command's when it was queued
 
 
 class Progress:
@@ -84,7 +95,8 @@ class Progress:
     # --- while waiting in the queue -----------------------------------------------------------------
     def track(self, job_id: str, interaction: discord.Interaction, header: str, position: int | None,
               speed_key: str | None = None) -> None:
-        self.waiting[job_id] = Waiting(interaction, header, position, time.monotonic(), speed_key)
+        # Called by the command that queued it: its language is the member's, which the edits keep.
+        self.waiting[job_id] = Waiting(interaction, header, position, time.monotonic(), speed_key, current())
 
     def forget(self, job_id: str) -> None:
         self.waiting.pop(job_id, None)
@@ -112,11 +124,13 @@ class Progress:
             if w is None or pos == w.position or not self._may_edit(job_id):
                 continue
             w.position = pos
-            where = "next in line" if pos == 0 else f"position {pos + 1} in the queue"
-            if eta is not None:
-                where += f", ready in about {human_duration(eta)}"
-            await w.interaction.edit_original_response(content=f"Queued: job `{job_id}`, {where}.\n{w.header}",
-                                                       allowed_mentions=NO_MENTIONS)
+            with _speaking(w.language):
+                where = _("next in line") if pos == 0 else _("position {position} in the queue").format(
+                    position=pos + 1)
+                if eta is not None:
+                    where = _("{where}, ready in about {eta}").format(where=where, eta=duration(eta))
+                text = _("Queued: job `{job_id}`, {where}.").format(job_id=job_id, where=where)
+            await w.interaction.edit_original_response(content=f"{text}\n{w.header}", allowed_mentions=NO_MENTIONS)
             self.edits += 1
 
     def _positions(self, job_ids: list[str]) -> dict[str, tuple[int, float | None]]:
@@ -145,7 +159,8 @@ class Progress:
         if job is None or job.origin.instance != relay.settings.instance or not relay.token_alive_for(job.origin):
             return
         try:
-            text = progress_text(job_id, fields, job.request.prompt)
+            with _speaking(job.origin.locale):  # an edit of the member's reply: in their language
+                text = progress_text(job_id, fields, job.request.prompt)
             score = float(fields["nsfw_score"]) if fields.get("nsfw_score") else None
         except ValueError:
             log.info("progress fields unreadable; no edit", extra={"job_id": job_id})
@@ -159,7 +174,8 @@ class Progress:
             verdict = safety.verdict(safety.effective_score(score, source), limits.nsfw_threshold,
                                      limits.nsfw_action, post_is_age_restricted(self.client, job.origin))
             if verdict == "withhold":
-                text += "\n-# 🛡️ Preview hidden by this server's content filter."
+                with _speaking(job.origin.locale):
+                    text += "\n" + _("-# 🛡️ Preview hidden by this server's content filter.")
             else:
                 files = [discord.File(io.BytesIO(preview), filename="preview.jpg", spoiler=verdict == "spoiler")]
         await relay.interaction_webhook(job.origin).edit_message(

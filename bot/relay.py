@@ -4,6 +4,10 @@ Where it posts: while the interaction token lives (15 minutes), the result repla
 "queued" reply (an edit, so doing it twice shows the same message once); after that, a new channel message
 sent with the bot token and a nonce that Discord enforces, so a retry after a lost response is not a
 second message. A delivery marker in Redis then makes the result done for good.
+
+A private result (the member's /settings) edits their reply, which was ephemeral; after 15 minutes it goes to
+them by direct message, never to the channel. In which language: the member's (recorded with the job) for
+their own reply and for what goes to them alone, the server's for what the bot posts to the channel.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import discord
 import redis
 
 from dreamcore import cost, delivery, faults, keys, ledger, metrics, params, safety, votes
+from dreamcore.i18n import _, speaking
 from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.job import JobError, make_job
 from dreamcore.limit_store import LimitStore
@@ -216,7 +221,10 @@ class Relay:
         if result.status != "done" or result.origin is None or not result.images:
             return None
         limits = self.limits.get(result.origin.guild_id)
-        return bot_safety.moderate(result, limits, bot_safety.post_is_age_restricted(self.client, result.origin))
+        # A direct message is no age-restricted channel, whatever channel the dream came from.
+        by_dm = result.origin.private and not self.token_alive(result)
+        return bot_safety.moderate(result, limits, not by_dm and bot_safety.post_is_age_restricted(self.client,
+                                                                                                 result.origin))
 
     async def _count_flags(self, result: DreamResult, mod: safety.Moderated | None) -> None:
         if mod is None or result.origin is None:
@@ -232,10 +240,11 @@ class Relay:
     async def _tell_privately(self, result: DreamResult, mod: safety.Moderated | None) -> None:
         """The member learns which images were held back and why: an ephemeral follow-up while the
         interaction token lives, else a direct message; if Discord takes neither, the public note stands."""
-        note = mod.private_note(result.job_id) if mod is not None else None
+        origin = result.origin
+        with speaking(origin.locale):
+            note = mod.private_note(result.job_id) if mod is not None else None
         if not note:
             return
-        origin = result.origin
         try:
             if self.token_alive(result):
                 await self._interaction_webhook(result).send(note, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -280,7 +289,7 @@ class Relay:
         pair = {side: (result, images), other: partner} if partner else {side: (result, images)}
         done = {k: v for k, v in pair.items() if v[0].status == "done"}
         try:
-            mods = {k: await asyncio.to_thread(self.moderate, r) for k, (r, _) in done.items()}
+            mods = {k: await asyncio.to_thread(self.moderate, r) for k, (r, _images) in done.items()}
         except redis.RedisError:
             return  # left pending
         try:
@@ -302,7 +311,7 @@ class Relay:
         if not where.startswith("undeliverable"):
             for k in posted:
                 await self._count_flags(done[k][0], mods[k])
-        for r, _ in pair.values():
+        for r, _images in pair.values():
             await asyncio.to_thread(self.outbox.mark_delivered, r.job_id, where)
             await asyncio.to_thread(ledger.forget, self.conn, r.job_id)
         await asyncio.to_thread(self.outbox.ack, entry)
@@ -325,11 +334,16 @@ class Relay:
     async def _post_vote(self, record: dict, a: DreamResult, a_images: list[bytes], b: DreamResult,
                          b_images: list[bytes], a_mod: safety.Moderated | None = None,
                          b_mod: safety.Moderated | None = None) -> str:
-        text = vote_text(record, a, b)
-        for m in (a_mod, b_mod):
-            text = bot_safety.with_note(text, m)
+        def words(locale: str | None) -> str:
+            with speaking(locale):
+                text = vote_text(record, a, b)
+                for m in (a_mod, b_mod):
+                    text = bot_safety.with_note(text, m)
+                return text
+
         async def attempt() -> str:
             if self.token_alive(a):
+                text = words(a.origin.locale)
                 try:
                     await self._interaction_webhook(a).edit_message(
                         "@original", content=text, attachments=vote_files(a, a_images, b, b_images, a_mod, b_mod),
@@ -338,6 +352,7 @@ class Relay:
                 except discord.HTTPException as err:
                     if err.status not in TOKEN_GONE:
                         raise
+            text = words(a.origin.guild_locale or a.origin.locale)
             channel = self.client.get_partial_messageable(a.origin.channel_id, guild_id=a.origin.guild_id)
             try:
                 await channel.send(content=f"<@{a.origin.user_id}> {text}"[:2000],
@@ -378,14 +393,18 @@ class Relay:
         origin = result.origin
         if origin is None:
             raise Undeliverable("no origin recorded")
-        text = result_text(result)
         if result.status != "done":
-            return await self._post_failure(result, text)
-        text = bot_safety.with_note(text, mod, result.job_id)
-        files = bot_safety.files(result, images, mod)
-        # Reroll, Variations, Upscale, Info, Delete; none that would start from a withheld image.
-        view = result_view(result, shown=mod.shown if mod is not None else None)
+            return await self._post_failure(result)
+
+        def message(locale: str | None) -> tuple[str, list[discord.File], discord.ui.View]:
+            with speaking(locale):
+                text = bot_safety.with_note(result_text(result), mod, result.job_id)
+                # Reroll, Variations, Upscale, Info, Delete; none that would start from a withheld image.
+                return text, bot_safety.files(result, images, mod), result_view(
+                    result, shown=mod.shown if mod is not None else None)
+
         if self.token_alive(result):
+            text, files, view = message(origin.locale)
             hook = self._interaction_webhook(result)
             try:
                 await hook.edit_message("@original", content=text, attachments=files, view=view,
@@ -397,7 +416,9 @@ class Relay:
                 # Token expired (Discord answers 401), or the member deleted the reply: use the channel.
                 log.info("interaction reply gone, posting to channel", extra={"job_id": result.job_id,
                                                                              "status": err.status})
-                files = bot_safety.files(result, images, mod)  # a File is spent once sent
+        if origin.private:
+            return await self._send_privately(result, images, mod)
+        text, files, view = message(origin.guild_locale or origin.locale)
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         mention = f"<@{origin.user_id}> " if origin.user_id else ""
         try:
@@ -407,9 +428,37 @@ class Relay:
             raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
         return "channel"
 
-    async def _post_failure(self, result: DreamResult, text: str) -> str:
+    async def _send_privately(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None) -> str:
+        """A private result whose interaction has expired: to the member by direct message, without the
+        buttons (they act in a server). Where Discord refuses (the member takes no direct messages from this
+        server's members), the channel learns only that a private dream of theirs is ready: no prompt, no
+        image."""
+        origin = result.origin
+        with speaking(origin.locale):
+            text = bot_safety.with_note(result_text(result), mod, result.job_id)
+            files = bot_safety.files(result, images, mod)
+        try:
+            user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
+            await user.send(content=text[:2000], files=files, allowed_mentions=NO_MENTIONS)
+            return "direct message"
+        except discord.Forbidden:
+            log.info("private result: the member takes no direct messages", extra={"job_id": result.job_id})
+        with speaking(origin.guild_locale or origin.locale):
+            note = _("<@{user_id}> your private dream `{job_id}` is ready, but I can't send you direct messages: "
+                     "allow them from this server's members, or turn private results off in /settings.").format(
+                user_id=origin.user_id, job_id=result.job_id)
+        channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
+        try:
+            await channel.send(content=note, allowed_mentions=NO_MENTIONS, nonce=nonce_for(result.job_id))
+        except (discord.NotFound, discord.Forbidden) as err:
+            raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
+        return "private: no direct messages"
+
+    async def _post_failure(self, result: DreamResult) -> str:
         origin = result.origin
         if self.token_alive(result):
+            with speaking(origin.locale):
+                text = result_text(result)
             hook = self._interaction_webhook(result)
             # Ephemeral where possible: the public "queued" reply goes, the reason is for the member.
             try:
@@ -422,6 +471,17 @@ class Relay:
             except discord.HTTPException as err:
                 if err.status not in TOKEN_GONE:
                     raise
+        if origin.private:
+            with speaking(origin.locale):
+                text = result_text(result)
+            try:
+                user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
+                await user.send(content=text[:2000], allowed_mentions=NO_MENTIONS)
+                return "direct message"
+            except discord.Forbidden:
+                pass  # the channel hears it, as for anyone: a failure shows no image
+        with speaking(origin.guild_locale or origin.locale):
+            text = result_text(result)
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         try:
             await channel.send(content=f"<@{origin.user_id}> {text}"[:2000], allowed_mentions=NO_MENTIONS,
@@ -435,8 +495,10 @@ class Relay:
         origin = result.origin
         if origin is None:
             return
-        note = (f"<@{origin.user_id}> your dream `{result.job_id}` is done, but Discord kept refusing the upload. "
-                f"It is kept for {self.settings.result_ttl_s // 60} min; ask an admin if it doesn't show up.")
+        with speaking(origin.guild_locale or origin.locale):
+            note = _("<@{user_id}> your dream `{job_id}` is done, but Discord kept refusing the upload. It is kept "
+                     "for {minutes} min; ask an admin if it doesn't show up.").format(
+                user_id=origin.user_id, job_id=result.job_id, minutes=self.settings.result_ttl_s // 60)
         try:
             await self.client.get_partial_messageable(origin.channel_id).send(
                 note, allowed_mentions=NO_MENTIONS, nonce=nonce_for("n" + result.job_id))

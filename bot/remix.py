@@ -22,10 +22,11 @@ import discord
 import redis
 
 from dreamcore.canvas import region_cells
+from dreamcore.i18n import N_, _
 from dreamcore.images import ImageStoreError
 from dreamcore.job import MAX_PROMPT_CHARS
 
-from . import calls
+from . import calls, members
 from .backend import UNAVAILABLE
 from .toolkit import NO_MENTIONS, answer_privately
 
@@ -33,23 +34,24 @@ log = logging.getLogger("dreambot.buttons")
 
 MODAL = re.compile(r"dreammodal:(?:m:(?P<job>[0-9a-f]{16})|g:(?P<gjob>[0-9a-f]{16}):(?P<i>[0-9]):(?P<cells>[0-9a-f]{1,9}))")
 READ_TIMEOUT_S = 2.0  # a modal must be the first answer: no deferring while the record is read
-REGION_CHOICES = [
-    ("c00", "↖️ top left"), ("c01", "⬆️ top"), ("c02", "↗️ top right"),
-    ("c10", "⬅️ left"), ("c11", "⏺️ centre"), ("c12", "➡️ right"),
-    ("c20", "↙️ bottom left"), ("c21", "⬇️ bottom"), ("c22", "↘️ bottom right"),
-    ("left", "◧ left half"), ("right", "◨ right half"), ("top", "⬒ top half"), ("bottom", "⬓ bottom half"),
+REGION_CHOICES = [  # (value, label): the labels are translated when the picker is shown
+    ("c00", N_("↖️ top left")), ("c01", N_("⬆️ top")), ("c02", N_("↗️ top right")),
+    ("c10", N_("⬅️ left")), ("c11", N_("⏺️ centre")), ("c12", N_("➡️ right")),
+    ("c20", N_("↙️ bottom left")), ("c21", N_("⬇️ bottom")), ("c22", N_("↘️ bottom right")),
+    ("left", N_("◧ left half")), ("right", N_("◨ right half")), ("top", N_("⬒ top half")),
+    ("bottom", N_("⬓ bottom half")),
 ]
 
 
 class PromptModal(discord.ui.Modal):
     """The prompt and negative prompt, filled in with the result's. Its submit is read by custom id
-    (on_modal_submit); the instance only lays the modal out."""
+    (on_modal_submit); the instance only lays the modal out. `title` and `prompt_label` come translated."""
 
     def __init__(self, custom_id: str, title: str, prompt: str, negative: str, prompt_label: str):
         super().__init__(title=title, custom_id=custom_id, timeout=900)
         self.add_item(discord.ui.TextInput(label=prompt_label, custom_id="prompt", default=prompt[:MAX_PROMPT_CHARS],
                                            style=discord.TextStyle.paragraph, max_length=MAX_PROMPT_CHARS))
-        self.add_item(discord.ui.TextInput(label="What to keep out (optional)", custom_id="negative",
+        self.add_item(discord.ui.TextInput(label=_("What to keep out (optional)"), custom_id="negative",
                                            default=negative[:MAX_PROMPT_CHARS] or None, required=False,
                                            style=discord.TextStyle.paragraph, max_length=MAX_PROMPT_CHARS))
 
@@ -60,13 +62,14 @@ class RegionSelect(discord.ui.DynamicItem[discord.ui.Select],
 
     def __init__(self, job_id: str, index: int):
         super().__init__(discord.ui.Select(
-            custom_id=f"dreamsel:g:{job_id}:{index}", placeholder="Pick the parts to redraw (several at once)",
+            custom_id=f"dreamsel:g:{job_id}:{index}", placeholder=_("Pick the parts to redraw (several at once)"),
             min_values=1, max_values=len(REGION_CHOICES),
-            options=[discord.SelectOption(label=label, value=value) for value, label in REGION_CHOICES]))
+            options=[discord.SelectOption(label=_(label), value=value) for value, label in REGION_CHOICES]))
         self.job_id, self.index = job_id, index
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        await members.meet(interaction, interaction.client.backend.conn)
         return cls(match["job"], int(match["i"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -75,7 +78,8 @@ class RegionSelect(discord.ui.DynamicItem[discord.ui.Select],
         except Exception:
             log.exception("region picker failed", extra={"job_id": self.job_id})
             try:
-                await answer_privately(interaction, "Something went wrong on my side with that. Please try again.")
+                await answer_privately(interaction,
+                                       _("Something went wrong on my side with that. Please try again."))
             except discord.HTTPException:
                 pass
 
@@ -85,14 +89,14 @@ class RegionSelect(discord.ui.DynamicItem[discord.ui.Select],
         try:
             cells = region_cells(values)
         except ValueError:
-            await _say(interaction, "That isn't a part of the picture I know; pick again.")
+            await _say(interaction, _("That isn't a part of the picture I know; pick again."))
             return
         p = await _record(h, interaction, self.job_id)
         if p is None:
             return
         await interaction.response.send_modal(PromptModal(
-            f"dreammodal:g:{self.job_id}:{self.index}:{cells:x}", "Vary (Region)", p.request.prompt,
-            p.request.negative_prompt, "What should be there"))
+            f"dreammodal:g:{self.job_id}:{self.index}:{cells:x}", _("Vary (Region)"), p.request.prompt,
+            p.request.negative_prompt, _("What should be there")))
 
 
 async def _say(interaction: discord.Interaction, text: str) -> None:
@@ -106,7 +110,7 @@ async def _record(h, interaction: discord.Interaction, job_id: str):
     try:
         p = await asyncio.wait_for(calls.command(h._record, job_id, interaction.guild_id), READ_TIMEOUT_S)
     except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-        p = Refusal(UNAVAILABLE)
+        p = Refusal(_(UNAVAILABLE))
     if isinstance(p, Refusal):
         await _say(interaction, p.message)
         return None
@@ -117,8 +121,8 @@ async def open_remix(h, interaction: discord.Interaction, job_id: str) -> None:
     p = await _record(h, interaction, job_id)
     if p is not None:
         await interaction.response.send_modal(PromptModal(
-            f"dreammodal:m:{job_id}", "Remix (same seed and settings)", p.request.prompt,
-            p.request.negative_prompt, "Prompt"))
+            f"dreammodal:m:{job_id}", _("Remix (same seed and settings)"), p.request.prompt,
+            p.request.negative_prompt, _("Prompt")))
 
 
 async def pick_region(h, interaction: discord.Interaction, job_id: str, index: int) -> None:
@@ -128,7 +132,8 @@ async def pick_region(h, interaction: discord.Interaction, job_id: str, index: i
     view = discord.ui.View(timeout=None)  # see buttons.result_view: a stopped view would unregister the picker
     view.add_item(RegionSelect(job_id, index))
     await interaction.response.send_message(
-        f"🎯 Which parts of image {index + 1} of `{job_id}` should be redrawn? Everything else stays as it is.",
+        _("🎯 Which parts of image {n} of `{job_id}` should be redrawn? Everything else stays as it is.").format(
+            n=index + 1, job_id=job_id),
         view=view, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 

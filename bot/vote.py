@@ -13,10 +13,11 @@ import redis
 from discord import app_commands
 
 from dreamcore import votes
+from dreamcore.i18n import _, ngettext
 from dreamcore.present import shown
 from dreamcore.results import DreamResult
 
-from . import calls
+from . import calls, members
 from .toolkit import NO_MENTIONS, is_guild_admin
 
 log = logging.getLogger("dreambot.vote")
@@ -27,12 +28,14 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<
     """Custom id "vote:<round>:<a|b>": any process of the instance can count a click, after any restart."""
 
     def __init__(self, round_id: str, side: str):
-        super().__init__(discord.ui.Button(label=f"{side.upper()} is better", style=discord.ButtonStyle.primary,
+        label = _("A is better") if side == "a" else _("B is better")
+        super().__init__(discord.ui.Button(label=label, style=discord.ButtonStyle.primary,
                                            custom_id=f"vote:{round_id}:{side}"))
         self.round_id, self.side = round_id, side
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        await members.meet(interaction, interaction.client.backend.conn)
         return cls(match["round"], match["side"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
@@ -40,13 +43,13 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<
         try:
             record = await calls.command(votes.load_round, conn, self.round_id)
             if record is None or record["guild_id"] != interaction.guild_id:
-                text = "That vote round is unknown here."
+                text = _("That vote round is unknown here.")
             else:
                 t = await calls.command(votes.cast, conn, record, interaction.user.id, self.side)
-                text = (f"Your vote for **{self.side.upper()}** is counted (A {t['a']} · B {t['b']}). "
-                        "Click the other button to change it.")
+                text = _("Your vote for **{side}** is counted (A {a} · B {b}). Click the other button to change "
+                         "it.").format(side=self.side.upper(), a=t["a"], b=t["b"])
         except redis.RedisError:
-            text = "I can't count votes right now; please try again in a minute."
+            text = _("I can't count votes right now; please try again in a minute.")
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
@@ -59,8 +62,9 @@ def vote_view(round_id: str) -> discord.ui.View:
 
 def vote_text(record: dict, a: DreamResult, b: DreamResult) -> str:
     seeds = ", ".join(str(i.seed) for i in a.images)
-    return (f"**{shown(record['prompt'], 900)}**\nTwo candidates from the same seed ({seeds}), different in one setting. "
-            f"Which is better? Pictures marked A- and B-; the settings are revealed in /dreamstats.")[:2000]
+    return _("**{prompt}**\nTwo candidates from the same seed ({seeds}), different in one setting. Which is "
+             "better? Pictures marked A- and B-; the settings are revealed in /dreamstats.").format(
+        prompt=shown(record["prompt"], 900), seeds=seeds)[:2000]
 
 
 def vote_files(a: DreamResult, a_images: list[bytes], b: DreamResult, b_images: list[bytes],
@@ -73,17 +77,24 @@ def vote_files(a: DreamResult, a_images: list[bytes], b: DreamResult, b_images: 
 
 
 def stats_text(rates: dict) -> str:
+    """The win rates of votes.win_rates. A row's label is a variant's, marked in dreamcore.votes and
+    translated here (one the catalogs don't know, from an older version, reads as it was recorded); a
+    comparison's kind ("refiner", "split", "style") is named as the setting it compares and stays as it is."""
     if not rates:
-        return "No votes yet in this server."
-    lines = ["**Vote win rates** (rounds with at least one vote)"]
+        return _("No votes yet in this server.")
+    lines = [_("**Vote win rates** (rounds with at least one vote)")]
     for kind, rows in sorted(rates.items()):
         parts = []
         for label, row in sorted(rows.items()):
             if row["rounds"]:
-                parts.append(f"{label}: won {row['wins']}/{row['rounds']} ({100 * row['wins'] // row['rounds']}%), "
-                             f"{row['votes']} votes")
+                # English says "votes" for any number (1 too); the plural is the other languages'.
+                parts.append(ngettext("{label}: won {wins}/{rounds} ({percent}%), {votes} votes",
+                                      "{label}: won {wins}/{rounds} ({percent}%), {votes} votes",
+                                      row["votes"]).format(
+                    label=_(label) if label else label, wins=row["wins"], rounds=row["rounds"],
+                    percent=100 * row["wins"] // row["rounds"], votes=row["votes"]))
         if parts:
-            lines.append(f"- {kind}: " + "; ".join(parts))
+            lines.append(_("- {kind}: {results}").format(kind=kind, results="; ".join(parts)))
     return "\n".join(lines)[:2000]
 
 
@@ -96,17 +107,20 @@ def register_vote(tree: app_commands.CommandTree, client) -> None:
     @app_commands.guild_only()
     async def dreamvote(interaction: discord.Interaction, mode: str):
         if not is_guild_admin(interaction):
-            text = "You need the Manage Server permission to change vote mode."
+            text = _("You need the Manage Server permission to change vote mode.")
         else:
             try:
                 await calls.command(votes.set_channel, client.backend.conn, interaction.guild_id,
                                         interaction.channel_id, mode == "on")
                 log.info("vote mode changed", extra={"guild_id": interaction.guild_id, "actor_id": interaction.user.id,
                                                      "channel_id": interaction.channel_id, "mode": mode})
-                text = (f"Vote mode is **{mode}** in <#{interaction.channel_id}>."
-                        + (" Each /dream here makes two candidates to vote on." if mode == "on" else ""))
+                if mode == "on":
+                    text = _("Vote mode is **on** in <#{channel_id}>. Each /dream here makes two candidates to "
+                             "vote on.").format(channel_id=interaction.channel_id)
+                else:
+                    text = _("Vote mode is **off** in <#{channel_id}>.").format(channel_id=interaction.channel_id)
             except redis.RedisError:
-                text = "I can't reach the settings store right now; please try again in a minute."
+                text = _("I can't reach the settings store right now; please try again in a minute.")
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @tree.command(name="dreamstats", description="Win rates of the settings compared in vote rounds here")
@@ -117,5 +131,5 @@ def register_vote(tree: app_commands.CommandTree, client) -> None:
             rates = await calls.command(votes.win_rates, client.backend.conn, interaction.guild_id)
             text = stats_text(rates)
         except redis.RedisError:
-            text = "I can't reach the vote store right now; please try again in a minute."
+            text = _("I can't reach the vote store right now; please try again in a minute.")
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)

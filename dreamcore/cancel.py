@@ -13,6 +13,7 @@ import redis
 from rq.job import JobStatus
 
 from . import results
+from .i18n import _
 from .job import JobError, parse_job
 from .keys import CANCEL_TTL_S, cancel_key  # noqa: F401  (re-exported)
 from .limiter import Limiter
@@ -32,18 +33,19 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
                actor_guild_id: int | None, actor_is_admin: bool, ttl_s: int) -> CancelOutcome:
     job_id = job_id.strip().strip("`")
     rq_job = queue.fetch(job_id) if job_id.isalnum() and len(job_id) <= 64 else None
-    unknown = CancelOutcome(False, f"I know no dream `{job_id[:20]}` in this server.")
+    unknown = CancelOutcome(False, _("I know no dream `{job_id}` in this server.").format(job_id=job_id[:20]))
     if rq_job is None:
         return unknown
-    guild, _, user = str(rq_job.meta.get("owner", "")).partition(":")
+    guild, _sep, user = str(rq_job.meta.get("owner", "")).partition(":")
     if guild != str(actor_guild_id or 0):
         return unknown
     if user != str(actor_id) and not actor_is_admin:
-        return CancelOutcome(False, "Only the member who asked for this dream, or a server admin, can cancel it.")
+        return CancelOutcome(False, _("Only the member who asked for this dream, or a server admin, can cancel it."))
 
     status = rq_job.get_status()
     if status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.STOPPED):
-        return CancelOutcome(False, f"Dream `{job_id}` has already ended ({status}).")
+        return CancelOutcome(False, _("Dream `{job_id}` has already ended ({status}).").format(job_id=job_id,
+                                                                                              status=status))
     running = status == JobStatus.STARTED
     if not running and not queue.remove(job_id):
         # A worker took it between the status read and now: stop it at its next step instead.
@@ -52,7 +54,8 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
         conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
         # The quota comes back now (the worker's notice, when it stops, finds it released already).
         limiter.release(int(guild) if guild != "0" else None, int(user), job_id, refund=True)
-        return CancelOutcome(True, f"Dream `{job_id}` is being made; it stops at its next step.")
+        return CancelOutcome(True, _("Dream `{job_id}` is being made; it stops at its next step.").format(
+            job_id=job_id))
     try:
         rq_job.cancel()
     except Exception as err:  # RQ refuses a job it already counts as cancelled; it is out of the queue
@@ -60,9 +63,12 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
     try:
         job = parse_job(rq_job.args[0])
     except (JobError, IndexError):
-        return CancelOutcome(True, f"Dream `{job_id}` cancelled.")
-    who = "you" if user == str(actor_id) else f"<@{actor_id}>"
+        return CancelOutcome(True, _("Dream `{job_id}` cancelled.").format(job_id=job_id))
+    # The reason its member reads in the failure notice (worded as a worker words its own, worker/failure.py).
+    why = (_("cancelled by you") if user == str(actor_id) else
+           _("cancelled by {member}").format(member=f"<@{actor_id}>"))
     results.publish(conn, DreamResult(job_id=job_id, status="failed", origin=job.origin, request=job.request,
-                                      error=f"cancelled by {who}"), ttl_s, queue.settings)
+                                      error=why), ttl_s, queue.settings)
     limiter.release(job.origin.guild_id, job.origin.user_id, job_id, refund=True)
-    return CancelOutcome(True, f"Dream `{job_id}` cancelled; its images went back to the quota.")
+    return CancelOutcome(True, _("Dream `{job_id}` cancelled; its images went back to the quota.").format(
+        job_id=job_id))

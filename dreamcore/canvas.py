@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .i18n import _, number
+
 TARGET_PIXELS = 1024 * 1024
 MULTIPLE = 64
 PAN = 0.5  # a Pan adds this share of the source's side
@@ -21,7 +23,8 @@ GRID = 6  # a Region's cells: a 6x6 grid (a 3x3 cell is 2x2 of them; a half is 3
 
 
 class CanvasError(ValueError):
-    """An edit that would make a canvas the models can't fill; `str()` is fit to show the member."""
+    """An edit that would make a canvas the models can't fill; `str()` is fit to show the member, in the
+    language of the moment."""
 
 
 @dataclass(frozen=True)
@@ -59,13 +62,13 @@ def plan(edit, width: int, height: int) -> Canvas:
         cw, ch = (w * (1 + PAN), h) if horizontal else (w, h * (1 + PAN))
     elif edit.op == "square":
         if width == height:
-            raise CanvasError("that image is square already")
+            raise CanvasError(_("that image is square already"))
         cw = ch = max(w, h)
     else:  # region
         cw, ch = w, h
     if max(cw, ch) / min(cw, ch) > MAX_RATIO:
-        raise CanvasError(f"that would make a canvas more than {MAX_RATIO:g} times longer than it is wide; "
-                          "try Make Square or a Pan the other way")
+        raise CanvasError(_("that would make a canvas more than {ratio} times longer than it is wide; try Make "
+                            "Square or a Pan the other way").format(ratio=number(MAX_RATIO)))
     W, H = native_size(cw, ch)
     if edit.op == "region":  # the whole picture, at the canvas's size
         return Canvas(W, H, (0, 0, W, H), edit.cells)

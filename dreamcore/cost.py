@@ -18,7 +18,11 @@ the worker measures its seconds per unit afterwards (dreamcore.stats) for the ET
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
+from babel.numbers import format_decimal
+
+from .i18n import babel_locale, ngettext
 from .modes import TURBO
 
 STANDARD_PIXELS = 1024 * 1024
@@ -87,8 +91,15 @@ def rounded(units: float) -> float:
 
 
 def units_text(units: float) -> str:
-    """12 / 12.5 / 0.25: what a member reads."""
-    return f"{units:.2f}".rstrip("0").rstrip(".")
+    """12 / 12.5 / 0.25: what a member reads, with the decimal sign of the language of the moment (12,5). Rounded
+    to two decimals as Python rounds it, and never grouped (1234.5), so English reads as it always did."""
+    return format_decimal(Decimal(f"{units:.2f}"), format="0.##", locale=babel_locale())
+
+
+def plural_n(units: float) -> int:
+    """The count a text about `units` takes its plural form by (ngettext's n): a whole number is itself, a
+    fraction reads as plural, as English reads it (0.5 standard images, 1.25 standard images)."""
+    return int(units) if float(units).is_integer() else 2
 
 
 def turbo_image() -> float:
@@ -99,8 +110,12 @@ def turbo_image() -> float:
 def left_text(units: float, turbo: bool = True) -> str:
     """`units` of quota left, in dreams a member pictures: "about 12 more standard dreams, or 126 turbo"."""
     standard, fast = int(units + 1e-9), int(units / turbo_image() + 1e-9)
-    text = f"about {standard} more standard dream{'s' * (standard != 1)}"
-    return text + (f", or {fast} turbo" if turbo else "")
+    if turbo:
+        return ngettext("about {standard} more standard dream, or {turbo} turbo",
+                        "about {standard} more standard dreams, or {turbo} turbo", standard).format(
+            standard=standard, turbo=fast)
+    return ngettext("about {standard} more standard dream", "about {standard} more standard dreams",
+                    standard).format(standard=standard)
 
 
 def of_job(job, tile: int, overlap: int, size: tuple[int, int] | None = None, faces: int | None = None) -> float:

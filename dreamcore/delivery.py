@@ -17,17 +17,20 @@ from dataclasses import dataclass
 import redis
 
 from . import ledger, params
+from .i18n import N_, _
 from .images import ImageStore, image_key
 from .present import TIMINGS
 from .results import DreamResult, ImageInfo, load_meta
 
 log = logging.getLogger("dreambot.delivery")
 _EXTENSION = {"png": "png", "webp": "webp", "jpeg": "jpg"}
-FOREIGN_IMAGES = ("its images came back in a form I no longer post (from a worker of an older release?), so "
-                  "nothing was posted. Please dream it again")
-FAILED = "something went wrong while it was made, and nothing was posted. Please dream it again"
-EXPIRED = ("its result is no longer kept (I was away longer than it is), so there is nothing to post. "
-           "Please dream it again")
+# The reasons of a failure notice (its member reads "Couldn't dream this one: <reason>"): translated when the
+# notice is made, in the language of the moment (the relay's, for the job's member).
+FOREIGN_IMAGES = N_("its images came back in a form I no longer post (from a worker of an older release?), so "
+                    "nothing was posted. Please dream it again")
+FAILED = N_("something went wrong while it was made, and nothing was posted. Please dream it again")
+EXPIRED = N_("its result is no longer kept (I was away longer than it is), so there is nothing to post. "
+             "Please dream it again")
 
 
 class Forgery(Exception):
@@ -54,9 +57,10 @@ def for_delivery(conn: redis.Redis, store: ImageStore, job_id: str, instance: st
     own = {"origin": job.origin, "request": job.request, "kind": job.kind, "source": job.source}
 
     def notice(error: str, why: str | None = None) -> Delivery:
+        """`error`: one of the reasons above, marked with N_ (translated here); `why`: for the log."""
         if why:
             log.warning(why, extra={"job_id": job_id, "instance": instance})
-        return Delivery(DreamResult(job_id=job_id, status="failed", error=error, **own), [])
+        return Delivery(DreamResult(job_id=job_id, status="failed", error=_(error), **own), [])
 
     result = load_meta(conn, job_id)
     if result is None:

@@ -14,9 +14,12 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass, field
+from decimal import Decimal
 
+from babel.numbers import format_decimal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .i18n import N_, _, babel_locale, number
 from .job import ASPECTS
 from .present import code
 
@@ -25,18 +28,20 @@ FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
 EXTENSIONS = {"png": "png", "jpg": "jpeg", "jpeg": "jpeg", "jfif": "jpeg", "webp": "webp", "gif": "gif"}
 CONTENT_TYPES = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/webp": "webp",
                  "image/gif": "gif"}
-NAMES = {"png": "a PNG", "jpeg": "a JPEG", "webp": "a WebP", "gif": "a GIF"}
-TAKEN = "PNG, JPEG, WebP or GIF"
+# The texts below are marked for the catalogs (N_) and translated where a reason is written (_).
+NAMES = {"png": N_("a PNG"), "jpeg": N_("a JPEG"), "webp": N_("a WebP"), "gif": N_("a GIF")}
+TAKEN = N_("PNG, JPEG, WebP or GIF")
 
 # Signatures of what people send by mistake (or on purpose) named as a picture.
 _SIGNATURES: list[tuple[bytes, int, str]] = [
     (b"\x89PNG\r\n\x1a\n", 0, "png"), (b"\xff\xd8\xff", 0, "jpeg"), (b"GIF87a", 0, "gif"), (b"GIF89a", 0, "gif"),
-    (b"PK\x03\x04", 0, "a ZIP archive"), (b"PK\x05\x06", 0, "a ZIP archive"), (b"%PDF", 0, "a PDF document"),
-    (b"\x1f\x8b", 0, "a gzip archive"), (b"Rar!", 0, "a RAR archive"), (b"7z\xbc\xaf", 0, "a 7-Zip archive"),
-    (b"\x7fELF", 0, "a program"), (b"MZ", 0, "a program"), (b"BM", 0, "a BMP image (not taken)"),
-    (b"II*\x00", 0, "a TIFF image (not taken)"), (b"MM\x00*", 0, "a TIFF image (not taken)"),
-    (b"ftypheic", 4, "a HEIC photo (not taken: export it as JPEG)"),
-    (b"ftypavif", 4, "an AVIF image (not taken)"),
+    (b"PK\x03\x04", 0, N_("a ZIP archive")), (b"PK\x05\x06", 0, N_("a ZIP archive")),
+    (b"%PDF", 0, N_("a PDF document")), (b"\x1f\x8b", 0, N_("a gzip archive")), (b"Rar!", 0, N_("a RAR archive")),
+    (b"7z\xbc\xaf", 0, N_("a 7-Zip archive")),
+    (b"\x7fELF", 0, N_("a program")), (b"MZ", 0, N_("a program")), (b"BM", 0, N_("a BMP image (not taken)")),
+    (b"II*\x00", 0, N_("a TIFF image (not taken)")), (b"MM\x00*", 0, N_("a TIFF image (not taken)")),
+    (b"ftypheic", 4, N_("a HEIC photo (not taken: export it as JPEG)")),
+    (b"ftypavif", 4, N_("an AVIF image (not taken)")),
 ]
 
 
@@ -62,7 +67,16 @@ class Prepared:
 
 
 def megabytes(n: int) -> str:
-    return f"{n / 1_000_000:.1f} MB" if n < 10_000_000 else f"{n / 1_000_000:.0f} MB"
+    """`n` bytes in MB, one decimal under 10 MB, none from there, written as the language of the moment writes
+    numbers (English: what f"{n / 1e6:.1f} MB" writes; Decimal of the float rounds it as that does)."""
+    value = format_decimal(Decimal(n / 1_000_000), format="0.0" if n < 10_000_000 else "0", locale=babel_locale())
+    return _("{size} MB").format(size=value)
+
+
+def plain(x: float) -> str:
+    """`x` as f"{x:g}" writes it (six significant digits, no trailing zeros), with the language of the
+    moment's decimal sign."""
+    return number(float(f"{x:.6g}"), digits=6)
 
 
 def format_of_name(filename: str) -> str | None:
@@ -76,25 +90,29 @@ def check_declared(filename: str, content_type: str | None, size: int, width: in
     says; PictureError names what is wrong."""
     fmt = format_of_name(filename)
     if fmt is None:
-        raise PictureError(f"{code(filename, 80)} is not a picture I take: send a {TAKEN} file.")
+        raise PictureError(_("{name} is not a picture I take: send a {taken} file.").format(
+            name=code(filename, 80), taken=_(TAKEN)))
     declared = (content_type or "").split(";", 1)[0].strip().lower()
     if declared and declared not in CONTENT_TYPES:
-        raise PictureError(f"{code(filename, 80)} was sent as {code(declared, 80)}, not as a picture: send a {TAKEN} "
-                           "file.")
+        raise PictureError(_("{name} was sent as {content_type}, not as a picture: send a {taken} file.").format(
+            name=code(filename, 80), content_type=code(declared, 80), taken=_(TAKEN)))
     if declared and CONTENT_TYPES[declared] != fmt:
-        raise PictureError(f"{code(filename, 80)} is named as {NAMES[fmt]} but was sent as "
-                           f"{NAMES[CONTENT_TYPES[declared]]}: save it again with the right extension.")
+        raise PictureError(_("{name} is named as {named} but was sent as {sent}: save it again with the right "
+                             "extension.").format(name=code(filename, 80), named=_(NAMES[fmt]),
+                                                  sent=_(NAMES[CONTENT_TYPES[declared]])))
     if size <= 0:
-        raise PictureError(f"{code(filename, 80)} is empty (0 bytes).")
+        raise PictureError(_("{name} is empty (0 bytes).").format(name=code(filename, 80)))
     if size > max_bytes:
-        raise PictureError(f"{code(filename, 80)} is {megabytes(size)}; pictures may be up to {megabytes(max_bytes)}.")
+        raise PictureError(_("{name} is {size}; pictures may be up to {max_size}.").format(
+            name=code(filename, 80), size=megabytes(size), max_size=megabytes(max_bytes)))
     if width and height and width * height > max_pixels:
         raise PictureError(_too_many_pixels(filename, width, height, max_pixels))
     return fmt
 
 
 def sniff(data: bytes) -> str:
-    """The format the bytes themselves say: png/jpeg/gif/webp, or a description of what else they are."""
+    """The format the bytes themselves say: png/jpeg/gif/webp, or a description of what else they are (in
+    English, marked for the catalogs: translate it with _() where it is shown)."""
     for sig, at, what in _SIGNATURES:
         if data[at:at + len(sig)] == sig:
             return what
@@ -102,12 +120,12 @@ def sniff(data: bytes) -> str:
         return "webp"
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
-        return "an HTML page"
+        return N_("an HTML page")
     if head.startswith((b"<?xml", b"<svg")) and b"<svg" in data[:4096].lower():
-        return "an SVG drawing (not taken)"
+        return N_("an SVG drawing (not taken)")
     if head.startswith((b"{", b"[")):
-        return "a JSON file"
-    return "not a picture"
+        return N_("a JSON file")
+    return N_("not a picture")
 
 
 def nearest_aspect(width: int, height: int) -> str:
@@ -121,15 +139,18 @@ def prepare(data: bytes, filename: str, max_pixels: int, aspect: str | None = No
     when None): cropped to that shape around its centre, then resized. PictureError names what is wrong."""
     name = code(filename, 80)
     if not data:
-        raise PictureError(f"{name} is empty (0 bytes).")
+        raise PictureError(_("{name} is empty (0 bytes).").format(name=name))
     fmt = format_of_name(filename)
     what = sniff(data)
     if what not in FORMATS:
-        said = f"named as {NAMES[fmt]}" if fmt else "sent as a picture"
-        raise PictureError(f"{name} is {said}, but it is {what}: send a {TAKEN} file.")
+        if fmt:
+            raise PictureError(_("{name} is named as {named}, but it is {what}: send a {taken} file.").format(
+                name=name, named=_(NAMES[fmt]), what=_(what), taken=_(TAKEN)))
+        raise PictureError(_("{name} is sent as a picture, but it is {what}: send a {taken} file.").format(
+            name=name, what=_(what), taken=_(TAKEN)))
     if fmt is not None and what != fmt:
-        raise PictureError(f"{name} is named as {NAMES[fmt]} but it is {NAMES[what]}: save it again with the "
-                           "right extension.")
+        raise PictureError(_("{name} is named as {named} but it is {actual}: save it again with the right "
+                             "extension.").format(name=name, named=_(NAMES[fmt]), actual=_(NAMES[what])))
     notes: list[str] = []
     try:
         # Only the decoder its signature names: a file can't steer Pillow to another one.
@@ -139,7 +160,7 @@ def prepare(data: bytes, filename: str, max_pixels: int, aspect: str | None = No
             raise PictureError(_too_many_pixels(filename, w, h, max_pixels))
         if getattr(im, "is_animated", False) and im.format != "MPO":  # MPO: a phone's photo with its preview
             im.seek(0)
-            notes.append("it is animated: I used its first frame")
+            notes.append(_("it is animated: I used its first frame"))
         if im.format in ("JPEG", "MPO"):
             # The decoder scales a large JPEG down by 2, 4 or 8 as it decodes, to no less than 2048 a side (more
             # than the longest side kept, 1536): a fraction of the memory, no loss after the resize below.
@@ -150,22 +171,24 @@ def prepare(data: bytes, filename: str, max_pixels: int, aspect: str | None = No
     except Image.DecompressionBombError:  # past twice Pillow's own cap: it refuses to read even the header
         raise PictureError(_too_many_pixels(filename, 0, 0, max_pixels)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as err:
-        reason = "it is cut short (truncated)" if "truncated" in str(err) or isinstance(err, EOFError) \
-            else "it can't be decoded"
-        raise PictureError(f"{name} is {NAMES[what]} file, but {reason}: send it again or export it anew.") from None
+        if "truncated" in str(err) or isinstance(err, EOFError):
+            raise PictureError(_("{name} is {format} file, but it is cut short (truncated): send it again or "
+                                 "export it anew.").format(name=name, format=_(NAMES[what]))) from None
+        raise PictureError(_("{name} is {format} file, but it can't be decoded: send it again or export it "
+                             "anew.").format(name=name, format=_(NAMES[what]))) from None
     try:
         upright = ImageOps.exif_transpose(im)
     except Exception:  # a broken EXIF block: the picture as it is stored
         upright = im
     if upright is not im and upright.size != im.size or _orientation(im) not in (None, 1):
-        notes.append("turned upright as its camera marked it")
+        notes.append(_("turned upright as its camera marked it"))
     rgb, converted = _to_rgb(upright)
     notes.extend(converted)
     original = rgb.size
     aspect = aspect or nearest_aspect(*original)
     size = ASPECTS[aspect]
     if abs(math.log((original[0] / original[1]) / (size[0] / size[1]))) > 0.05:  # more than 5% cut off
-        notes.append(f"cropped around its centre to {aspect}")
+        notes.append(_("cropped around its centre to {aspect}").format(aspect=aspect))
     out = ImageOps.fit(rgb, size, Image.Resampling.LANCZOS, centering=(0.5, 0.5))
     buf = io.BytesIO()
     out.save(buf, format="PNG", compress_level=6)
@@ -181,10 +204,10 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
         hi = 65535 if mode.startswith("I;16") or (im.getextrema() or (0, 0))[1] > 255 else 255
         im = im.point(lambda v: v * (255 / hi), mode="L") if mode != "I" else \
             im.point(lambda v: v * (255 / hi)).convert("L")
-        notes.append("16 bits a channel: brought to 8")
+        notes.append(_("16 bits a channel: brought to 8"))
         mode = im.mode
     if mode == "CMYK":
-        notes.append("CMYK colours converted to RGB")
+        notes.append(_("CMYK colours converted to RGB"))
         return im.convert("RGB"), notes
     has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info) \
         or (mode in ("RGB", "L") and "transparency" in im.info)
@@ -192,7 +215,7 @@ def _to_rgb(im: Image.Image) -> tuple[Image.Image, list[str]]:
         rgba = im.convert("RGBA")
         alpha = rgba.getchannel("A")
         if alpha.getextrema()[0] < 255:
-            notes.append("transparent parts filled with white")
+            notes.append(_("transparent parts filled with white"))
         out = Image.new("RGB", rgba.size, (255, 255, 255))
         out.paste(rgba, mask=alpha)
         return out, notes
@@ -207,6 +230,10 @@ def _orientation(im: Image.Image) -> int | None:
 
 
 def _too_many_pixels(filename: str, width: int, height: int, max_pixels: int) -> str:
-    size = f" is {width:,} x {height:,} pixels" if width and height else " has too many pixels"
-    return (f"{code(filename, 80)}{size}; pictures may have up to {max_pixels / 1e6:g} million pixels. "
-            "Scale it down and send it again.")
+    name, millions = code(filename, 80), plain(max_pixels / 1e6)
+    if width and height:
+        return _("{name} is {width} x {height} pixels; pictures may have up to {millions} million pixels. Scale it "
+                 "down and send it again.").format(name=name, width=number(width), height=number(height),
+                                                   millions=millions)
+    return _("{name} has too many pixels; pictures may have up to {millions} million pixels. Scale it down and "
+             "send it again.").format(name=name, millions=millions)

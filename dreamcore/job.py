@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from . import ranges
+from .i18n import _
 from .modes import TURBO, TURBO_KINDS, Mode
 from .problems import problems
 from .ranges import MAX_PROMPT_CHARS, MAX_SEED
@@ -157,9 +158,12 @@ class DreamRequest(_Strict):
     def _turbo_runs_its_recipe(self) -> DreamRequest:
         if self.mode == "turbo" and (self.steps, self.guidance, self.split) != (TURBO.steps, TURBO.guidance,
                                                                                 TURBO.split):
-            raise ValueError(f"a turbo dream runs {TURBO.steps} steps at guidance {TURBO.guidance:g} on the base "
-                             f"alone (steps {TURBO.steps}, guidance {TURBO.guidance:g}, split {TURBO.split:g}); "
-                             f"this one says steps {self.steps}, guidance {self.guidance:g}, split {self.split:g}")
+            raise ValueError(_(
+                "a turbo dream runs {steps} steps at guidance {guidance} on the base alone (steps {steps}, guidance "
+                "{guidance}, split {split}); this one says steps {got_steps}, guidance {got_guidance}, split "
+                "{got_split}").format(steps=TURBO.steps, guidance=f"{TURBO.guidance:g}", split=f"{TURBO.split:g}",
+                                      got_steps=self.steps, got_guidance=f"{self.guidance:g}",
+                                      got_split=f"{self.split:g}"))
         return self
 
     @field_validator("prompt", "negative_prompt", mode="before")
@@ -172,14 +176,14 @@ class DreamRequest(_Strict):
     def _known_style(cls, v: str) -> str:
         styles = load_styles()
         if v not in styles:
-            raise ValueError(f"unknown style; one of {', '.join(styles)}")
+            raise ValueError(_("unknown style; one of {styles}").format(styles=", ".join(styles)))
         return v
 
     @field_validator("aspect")
     @classmethod
     def _known_aspect(cls, v: str) -> str:
         if v not in ASPECTS:
-            raise ValueError(f"unknown aspect; one of {', '.join(ASPECTS)}")
+            raise ValueError(_("unknown aspect; one of {aspects}").format(aspects=", ".join(ASPECTS)))
         return v
 
     @property
@@ -386,7 +390,7 @@ def describe_validation(err: ValidationError, model: type[BaseModel]) -> JobErro
     a token is never echoed into a message or a log."""
     found = problems(err, model, name=lambda loc: ".".join(loc) or "job",
                      hidden=lambda loc: "token" in loc[-1])
-    return JobError("; ".join(text for _, text in found), field=next((f for f, _ in found if f), "job"))
+    return JobError("; ".join(text for _field, text in found), field=next((f for f, _text in found if f), "job"))
 
 
 def make_request(**fields: Any) -> DreamRequest:

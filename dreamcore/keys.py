@@ -63,6 +63,10 @@ counters, `dream:vote:stats-built` (string, kept) says rounds from before them h
 
 Pool speed (owner `dreamcore.stats`): `dream:stats` (hash of a few moving averages, overwritten, kept).
 
+Members' own settings (owner `dreamcore.preferences`, deleted by `/settings reset`): `dream:member:<user>` (string,
+JSON, MEMBER_TTL_S from its last change): a member's defaults for /dream, private results and language, the
+same in every server and for every bot instance.
+
 The operator's per-server policy (owner `dreamcore.servers`): `dream:operator:{<guild>}` (hash: priority and
 ceilings the operator set with `dreambot server`; configuration, kept).
 """
@@ -126,6 +130,10 @@ DELIVERED_TTL_S = 7 * 86400
 CHANNEL_GONE_TTL_S = 7 * 86400
 CANCEL_TTL_S = 3600
 VOTE_JOB_TTL_S = 7 * 86400
+
+
+def member_key(user_id: int) -> str:
+    return f"dream:member:{int(user_id)}"
 
 
 def outbox_key(instance: str) -> str:

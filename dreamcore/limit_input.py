@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .i18n import _, ngettext
 from .job import clean_text
 from .limit_words import fold
 from .limits import (
@@ -40,7 +41,8 @@ def _shown(raw: Any, limit: int = 80) -> str:
 
 def _range_error(key: str, got: Any) -> LimitError:
     lo, hi = limit_range(key) or ("?", "?")
-    return LimitError(f"{key} must be between {lo} and {hi}, got {got}", key=key)
+    return LimitError(_("{key} must be between {lo} and {hi}, got {got}").format(key=key, lo=lo, hi=hi, got=got),
+                      key=key)
 
 
 def _ids(key: str, raw: str) -> list[int]:
@@ -71,7 +73,8 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
     if key in INT_KEYS:
         if not re.fullmatch(r"[+-]?\d{1,18}", raw):
             lo, hi = limit_range(key) or ("?", "?")
-            raise LimitError(f"{key} must be a whole number between {lo} and {hi}, got {_shown(raw_value)}", key=key)
+            raise LimitError(_("{key} must be a whole number between {lo} and {hi}, got {got}").format(
+                key=key, lo=lo, hi=hi, got=_shown(raw_value)), key=key)
         value = int(raw)
         lo, hi = limit_range(key) or (None, None)
         if lo is not None and not lo <= value <= hi:
@@ -81,7 +84,8 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         lo, hi = limit_range(key) or ("?", "?")
         value = float(raw) if re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)", raw) else None  # no inf, nan, 1e9
         if value is None:
-            raise LimitError(f"{key} must be a number between {lo} and {hi}, got {_shown(raw_value)}", key=key)
+            raise LimitError(_("{key} must be a number between {lo} and {hi}, got {got}").format(
+                key=key, lo=lo, hi=hi, got=_shown(raw_value)), key=key)
         if not lo <= value <= hi:
             raise _range_error(key, raw)
         return value
@@ -89,8 +93,9 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         low = raw.lower().replace("-", "_").replace(" ", "_")
         allowed = CHOICE_KEYS[key]
         if low not in allowed:
-            said = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
-            raise LimitError(f"{key} must be {said}, got {_shown(raw_value)}", key=key)
+            said = _("{choices} or {last}").format(choices=", ".join(allowed[:-1]), last=allowed[-1])
+            raise LimitError(_("{key} must be {choices}, got {got}").format(key=key, choices=said,
+                                                                            got=_shown(raw_value)), key=key)
         return low
     if key == "paused":
         low = raw.lower()
@@ -98,7 +103,8 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
             return True
         if low in _FALSE:
             return False
-        raise LimitError(f"paused must be true/false (or on/off, yes/no), got {_shown(raw_value)}", key=key)
+        raise LimitError(_("paused must be true/false (or on/off, yes/no), got {got}").format(got=_shown(raw_value)),
+                         key=key)
     if key in ID_LIST_KEYS:
         return _edit_list(list(getattr(current, key)), raw, lambda s: _ids(key, s))
     if key in WORD_LIST_KEYS:
@@ -112,11 +118,12 @@ def parse_limit(key: str, raw_value: str, current: GuildLimits) -> Any:
         name = name.strip().lower()
         if not sep or not re.fullmatch(INSTANCE_PATTERN, name):
             raise LimitError(
-                "channels must be written instance:channel_id,channel_id (e.g. dreambot:123,456; "
-                "dreambot: alone lets that bot answer in every channel), or clear", key=key)
+                _("channels must be written instance:channel_id,channel_id (e.g. dreambot:123,456; "
+                  "dreambot: alone lets that bot answer in every channel), or clear"), key=key)
         channels[name] = _edit_list(channels.get(name, []), rest, lambda s: _ids(key, s))
         return channels
-    raise LimitError(f"unknown limit {key!r}; known limits: {', '.join(KNOWN_KEYS)}", key=key)
+    raise LimitError(_("unknown limit {key}; known limits: {keys}").format(key=repr(key), keys=", ".join(KNOWN_KEYS)),
+                     key=key)
 
 
 def validation_error(key: str, value: Any, err: ValidationError) -> LimitError:
@@ -124,6 +131,9 @@ def validation_error(key: str, value: Any, err: ValidationError) -> LimitError:
     if e["type"] in ("greater_than_equal", "less_than_equal") and len(e["loc"]) == 1:
         return _range_error(key, value)
     if e["type"] == "too_long" and len(e["loc"]) == 1:
-        return LimitError(f"{key} allows at most {e['ctx']['max_length']} entries, got {len(value)}", key=key)
-    (_, text), *_ = problems(err, GuildLimits, name=lambda loc: " ".join([key, *loc[1:]]))
+        most = e["ctx"]["max_length"]
+        return LimitError(ngettext("{key} allows at most {most} entries, got {got}",
+                                   "{key} allows at most {most} entries, got {got}", most).format(
+            key=key, most=most, got=len(value)), key=key)
+    (_field, text), *_others = problems(err, GuildLimits, name=lambda loc: " ".join([key, *loc[1:]]))
     return LimitError(text, key=key)

@@ -11,6 +11,7 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
+from .i18n import _
 from .keys import LimitKeys
 from .limit_input import parse_limit, validation_error
 from .limits import (
@@ -95,12 +96,12 @@ class LimitStore:
 
     def get(self, guild_id: int | None) -> GuildLimits:
         """The guild's limits: what its admins set over the defaults. Never raises on bad stored data."""
-        overrides, _ = self._read_overrides(self.r, guild_id)
+        overrides, _corrupt = self._read_overrides(self.r, guild_id)
         return self._merge(overrides, guild_id)
 
     def overrides(self, guild_id: int | None) -> dict[str, Any]:
         """Only what the guild's admins set (valid values), for showing "default" next to the rest."""
-        overrides, _ = self._read_overrides(self.r, guild_id)
+        overrides, _corrupt = self._read_overrides(self.r, guild_id)
         limits = self._merge(overrides, guild_id)
         return {k: getattr(limits, k) for k in overrides}
 
@@ -113,7 +114,8 @@ class LimitStore:
         Raises LimitError (unknown key, bad value, out of range) and changes nothing then.
         """
         if key not in GuildLimits.model_fields:
-            raise LimitError(f"unknown limit {key!r}; known limits: {', '.join(KNOWN_KEYS)}", key=key)
+            raise LimitError(_("unknown limit {key}; known limits: {keys}").format(
+                key=repr(key), keys=", ".join(KNOWN_KEYS)), key=key)
         cfg, audit = LimitKeys.config(guild_id), LimitKeys.audit(guild_id)
         with self.r.pipeline() as pipe:
             while True:
@@ -127,9 +129,10 @@ class LimitStore:
                     else:
                         value = parse_limit(key, raw_value, current)
                         if key in ID_LIST_KEYS and guild_id is not None and int(guild_id) in value:
-                            raise LimitError(
-                                f"{key}: <@&{guild_id}> is @everyone, which every member has; a role there would "
-                                "apply to the whole server. Pick the roles that should count.", key=key)
+                            raise LimitError(_(
+                                "{key}: {role} is @everyone, which every member has; a role there would apply to "
+                                "the whole server. Pick the roles that should count.").format(
+                                key=key, role=f"<@&{guild_id}>"), key=key)
                         try:
                             updated = GuildLimits(**{**current.model_dump(), key: value})
                         except ValidationError as err:

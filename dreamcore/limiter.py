@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import redis
 
 from . import servers
+from .i18n import _, duration, ngettext
 from .keys import LimitKeys
-from .limit_messages import dreams, human_duration, quota_message
+from .limit_messages import quota_message
 from .limit_store import LimitStore, decode
 from .limit_words import find_blocked_word, mask
 from .limits import (
@@ -95,30 +96,37 @@ class Limiter:
 
         # Static checks: nothing to count, so no need for the script.
         if limits.paused:
-            return refuse("paused", "dreams are paused on this server by its admins")
+            return refuse("paused", _("dreams are paused on this server by its admins"))
         allowed = limits.channels.get(instance)
         if allowed and channel_id not in allowed:
             where = ", ".join(f"<#{c}>" for c in allowed[:5]) + (", ..." if len(allowed) > 5 else "")
-            return refuse("channel", f"I don't take dreams in this channel here; try {where}")
+            return refuse("channel", _("I don't take dreams in this channel here; try {channels}").format(
+                channels=where))
         hit = find_blocked_word(limits.blocked_words, prompt, negative_prompt)
         if hit:
-            which = "prompt" if hit[0] == 0 else "negative prompt"
-            return refuse("blocked_word",
-                          f"your {which} contains a word this server has blocked ({mask(hit[1])})")
+            text = (_("your prompt contains a word this server has blocked ({word})") if hit[0] == 0 else
+                    _("your negative prompt contains a word this server has blocked ({word})"))
+            return refuse("blocked_word", text.format(word=mask(hit[1])))
         adult = None if channel_nsfw else find_blocked_word(limits.adult_words, prompt, negative_prompt)
         if adult:
-            which = "prompt" if adult[0] == 0 else "negative prompt"
-            return refuse("adult_word",
-                          f"your {which} has a word this server keeps to age-restricted channels "
-                          f"({mask(adult[1])}); try it in an age-restricted channel")
+            text = (_("your prompt has a word this server keeps to age-restricted channels ({word}); try it "
+                      "in an age-restricted channel") if adult[0] == 0 else
+                    _("your negative prompt has a word this server keeps to age-restricted channels ({word}); "
+                      "try it in an age-restricted channel"))
+            return refuse("adult_word", text.format(word=mask(adult[1])))
         if not limits.allows(mode):
-            return refuse("mode", f"this server doesn't take {mode} dreams; try mode:quality")
+            return refuse("mode", _("this server doesn't take {mode} dreams; try mode:quality").format(mode=mode))
+        # English says "images" and "steps" for any limit (1 too); the plural forms are the other languages'.
         if not exempt and images > limits.max_images:
-            return refuse("max_images", f"this server allows at most {limits.max_images} images per dream "
-                                        f"(you asked for {images})")
+            return refuse("max_images", ngettext(
+                "this server allows at most {limit} images per dream (you asked for {asked})",
+                "this server allows at most {limit} images per dream (you asked for {asked})",
+                limits.max_images).format(limit=limits.max_images, asked=images))
         if not exempt and steps > limits.max_steps:
-            return refuse("max_steps", f"this server allows at most {limits.max_steps} steps per dream "
-                                       f"(you asked for {steps})")
+            return refuse("max_steps", ngettext(
+                "this server allows at most {limit} steps per dream (you asked for {asked})",
+                "this server allows at most {limit} steps per dream (you asked for {asked})",
+                limits.max_steps).format(limit=limits.max_steps, asked=steps))
 
         g, u, c = guild_id, int(user_id), LimitKeys.counted(guild_id, user_id)
         keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
@@ -141,15 +149,19 @@ class Limiter:
         if wait is not None and math.isinf(wait):
             wait = None
         if kind == "cooldown":
-            return refuse("cooldown", f"cooldown: try again in {human_duration(wait or 0)}", wait)
+            return refuse("cooldown", _("cooldown: try again in {wait}").format(wait=duration(wait or 0)), wait)
         if kind == "user_active":
-            return refuse("user_active",
-                          f"you already have {dreams(int(used))} queued or running (limit {limit}); "
-                          "try again when one finishes")
+            return refuse("user_active", ngettext(
+                "you already have {n} dream queued or running (limit {limit}); try again when one finishes",
+                "you already have {n} dreams queued or running (limit {limit}); try again when one finishes",
+                int(used)).format(n=int(used), limit=limit))
         if kind == "guild_queued":
-            return refuse("guild_queued",
-                          f"this server already has {dreams(int(used))} queued or running (limit {limit}); "
-                          "try again when one finishes")
+            return refuse("guild_queued", ngettext(
+                "this server already has {n} dream queued or running (limit {limit}); try again when one "
+                "finishes",
+                "this server already has {n} dreams queued or running (limit {limit}); try again when one "
+                "finishes",
+                int(used)).format(n=int(used), limit=limit))
         return refuse(kind, quota_message(kind, float(used), int(limit), units, wait), wait)  # type: ignore[arg-type]
 
     def release(self, guild_id: int | None, user_id: int, job_id: str, refund: bool = False,

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
+from .i18n import N_
 from .job import FaceChoice, clean_text
 from .limit_words import fold
 from .modes import Mode, allowed
@@ -63,62 +64,62 @@ class GuildLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cooldown_s: int = LIMITS["cooldown_s"].field(default_factory=_default("cooldown_s"),
-                            description="seconds a member waits between accepted dreams (0 = none)")
+                            description=N_("seconds a member waits between accepted dreams (0 = none)"))
     user_max_active: int = LIMITS["user_max_active"].field(default_factory=_default("user_max_active"),
-                                 description="dreams one member may have queued or running")
+                                 description=N_("dreams one member may have queued or running"))
     user_images_hour: int = LIMITS["user_images_hour"].field(default_factory=_default("user_images_hour"),
-                                  description="images one member may get per rolling hour")
+                                  description=N_("images one member may get per rolling hour"))
     user_images_day: int = LIMITS["user_images_day"].field(default_factory=_default("user_images_day"),
-                                 description="images one member may get per rolling 24 h")
+                                 description=N_("images one member may get per rolling 24 h"))
     guild_images_hour: int = LIMITS["guild_images_hour"].field(default_factory=_default("guild_images_hour"),
-                                   description="images the whole server may get per rolling hour")
+                                   description=N_("images the whole server may get per rolling hour"))
     guild_images_day: int = LIMITS["guild_images_day"].field(default_factory=_default("guild_images_day"),
-                                  description="images the whole server may get per rolling 24 h")
+                                  description=N_("images the whole server may get per rolling 24 h"))
     max_images: int = LIMITS["max_images"].field(default_factory=_default("max_images"),
-                            description="images per dream")
+                            description=N_("images per dream"))
     max_steps: int = LIMITS["max_steps"].field(default_factory=_default("max_steps"),
-                           description="steps per dream")
+                           description=N_("steps per dream"))
     guild_max_queued: int = LIMITS["guild_max_queued"].field(default_factory=_default("guild_max_queued"),
-                                  description="dreams the whole server may have queued or running")
+                                  description=N_("dreams the whole server may have queued or running"))
     channels: dict[InstanceName, Annotated[list[Snowflake], Field(max_length=100)]] = Field(
         default_factory=dict, max_length=50,
-        description="bot instance -> the channel ids it serves here (absent or empty = every channel)")
+        description=N_("bot instance -> the channel ids it serves here (absent or empty = every channel)"))
     exempt_roles: list[Snowflake] = Field(
         default_factory=list, max_length=100,
-        description="roles that skip cooldown, quotas and caps (not paused, channels or blocked words)")
+        description=N_("roles that skip cooldown, quotas and caps (not paused, channels or blocked words)"))
     priority_roles: list[Snowflake] = Field(
-        default_factory=list, max_length=100, description="roles whose dreams go to the high-priority queue")
+        default_factory=list, max_length=100, description=N_("roles whose dreams go to the high-priority queue"))
     blocked_words: list[Word] = Field(
         default_factory=list, max_length=500,
-        description="whole words (or phrases) refused in prompts, any case")
-    paused: bool = Field(False, description="refuse every dream on this server")
+        description=N_("whole words (or phrases) refused in prompts, any case"))
+    paused: bool = Field(False, description=N_("refuse every dream on this server"))
     # Output safety (dreamcore/safety.py): what the bot does with an image the worker's classifier flagged.
     nsfw_threshold: float = LIMITS["nsfw_threshold"].field(default_factory=_default("nsfw_threshold"),
-                                  description="images scoring at least this are flagged (0 flags all, 1 none)")
+                                  description=N_("images scoring at least this are flagged (0 flags all, 1 none)"))
     nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(
         default_factory=_default("nsfw_action"),
-        description="a flagged image: withhold, spoiler, or age_restricted (shown only in age-restricted "
-                    "channels, withheld elsewhere)")
+        description=N_("a flagged image: withhold, spoiler, or age_restricted (shown only in age-restricted "
+                    "channels, withheld elsewhere)"))
     images_in: Literal["on", "off", "age_restricted"] = Field(
         default_factory=_default("images_in"),
-        description="members' own pictures in /dream: on, off, or age_restricted (only in age-restricted "
-                    "channels)")
+        description=N_("members' own pictures in /dream: on, off, or age_restricted (only in age-restricted "
+                    "channels)"))
     faces: FaceChoice = Field(
         default_factory=_default("faces"),
-        description="the face pass where /dream leaves it out: auto (redraws the small faces it finds), on "
-                    "(every face it finds) or off")
+        description=N_("the face pass where /dream leaves it out: auto (redraws the small faces it finds), on "
+                    "(every face it finds) or off"))
     # The modes (dreamcore.modes): the one /dream takes where it leaves the mode out, and whether members may
     # choose turbo and relax (quality, the product itself, always runs).
-    mode: Mode = Field(default_factory=_default("mode"), description="the mode where /dream leaves it out: "
-                       "quality, turbo (4 steps, about a tenth of the GPU time) or relax (unlimited, when idle)")
-    turbo: Literal["on", "off"] = Field(default_factory=_default("turbo"), description="whether members may "
-                                        "choose turbo")
-    relax: Literal["on", "off"] = Field(default_factory=_default("relax"), description="whether members may "
-                                        "choose relax (drawn from no quota)")
+    mode: Mode = Field(default_factory=_default("mode"), description=N_("the mode where /dream leaves it out: "
+                       "quality, turbo (4 steps, about a tenth of the GPU time) or relax (unlimited, when idle)"))
+    turbo: Literal["on", "off"] = Field(default_factory=_default("turbo"), description=N_("whether members may "
+                                        "choose turbo"))
+    relax: Literal["on", "off"] = Field(default_factory=_default("relax"), description=N_("whether members may "
+                                        "choose relax (drawn from no quota)"))
     adult_words: list[Word] = Field(
         default_factory=list, max_length=500,
-        description="whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "
-                    "channels")
+        description=N_("whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "
+                    "channels"))
 
     @field_validator("blocked_words", "adult_words", mode="before")
     @classmethod

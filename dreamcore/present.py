@@ -7,36 +7,73 @@ post also goes out with no mentions allowed: bot.toolkit.NO_MENTIONS)."""
 from __future__ import annotations
 
 import re
+from decimal import Decimal
+
+from babel.numbers import format_decimal
 
 from .cost import img2img_steps
+from .i18n import N_, _, babel_locale, ngettext
 from .job import ASPECT_LABELS, DreamRequest
 from .modes import MODE_LABELS
 from .results import DreamResult
 from .styles import load_styles
 
 
+def _fixed(value: float, digits: int) -> str:
+    """`value` with exactly `digits` decimals (2.87), with the decimal sign of the language of the moment
+    (2,87): rounded as Python rounds it, never grouped, so English reads as `f"{value:.2f}"` always did."""
+    return format_decimal(Decimal(f"{value:.{digits}f}"), format="0." + "0" * digits if digits else "0", locale=babel_locale())
+
+
+def _short(value: float) -> str:
+    """A setting as `f"{value:g}"` writes it (7.5, 0.35, 2), with the decimal sign of the language of the
+    moment (7,5)."""
+    text = f"{value:g}"
+    if not re.fullmatch(r"-?\d+(\.\d+)?", text):  # an exponent, inf or nan: as Python writes it
+        return text
+    return format_decimal(Decimal(text), format="0.##########", locale=babel_locale())
+
+
 def settings_line(req: DreamRequest, size: tuple[int, int] | None = None) -> str:
-    style = "no style" if req.style == "none" else load_styles()[req.style].label
+    """'1024x1024 · Cinematic · 40 steps (refiner from 80%) · guidance 7': facts, each translated alone,
+    joined by " · " (a list: no sentence runs across them)."""
+    style = _("no style") if req.style == "none" else load_styles()[req.style].label
     w, h = size or req.size
-    faces = "" if req.faces == "auto" else f" · faces {req.faces}"
+    parts = [f"{w}x{h}", style]
     if req.mode == "turbo":
-        return f"⚡ Turbo · {w}x{h} · {style} · {req.steps} fixed steps (base + Lightning, no guidance){faces}"
-    refiner = "base only" if req.split >= 1.0 else f"refiner from {req.split:.0%}"
-    mode = "🌙 Relax · " if req.mode == "relax" else ""
-    return f"{mode}{w}x{h} · {style} · {req.steps} steps ({refiner}) · guidance {req.guidance:g}{faces}"
+        parts = [_("⚡ Turbo"), *parts,
+                 # English says "steps" for any number; the plural forms are the other languages'.
+                 ngettext("{steps} fixed steps (base + Lightning, no guidance)",
+                          "{steps} fixed steps (base + Lightning, no guidance)", req.steps).format(steps=req.steps)]
+    else:
+        refiner = (_("base only") if req.split >= 1.0 else
+                   _("refiner from {percent}").format(percent=f"{req.split:.0%}"))
+        if req.mode == "relax":
+            parts.insert(0, _("🌙 Relax"))
+        parts += [ngettext("{steps} steps ({refiner})", "{steps} steps ({refiner})", req.steps).format(
+                      steps=req.steps, refiner=refiner),
+                  _("guidance {guidance}").format(guidance=_short(req.guidance))]
+    if req.faces != "auto":
+        parts.append(_("faces {faces}").format(faces=req.faces))
+    return " · ".join(parts)
 
 
 def mode_note(req: DreamRequest) -> str | None:
     """What a member should know about the mode their dream runs in, said once when it is queued."""
     if req.mode == "turbo" and req.negative_prompt:
-        return "Turbo runs without guidance, so it can't use your negative prompt; use mode:quality for that."
+        return _("Turbo runs without guidance, so it can't use your negative prompt; use mode:quality for that.")
     if req.mode == "relax":
-        return "Relax runs when the GPUs have nothing faster to do, and counts against no quota."
+        return _("Relax runs when the GPUs have nothing faster to do, and counts against no quota.")
     return None
 
 
 # The stage times a worker reports, by name: nothing else a result carries is shown as a stage.
 STAGES = ("encode_s", "base_s", "refiner_s", "decode_s", "faces_s", "safety_s", "png_s")
+# Each stage's name as a member reads it (the base and the refiner are the two models).
+STAGE_NAMES = {
+    "encode_s": N_("encode"), "base_s": N_("base"), "refiner_s": N_("refiner"), "decode_s": N_("decode"),
+    "faces_s": N_("faces"), "safety_s": N_("safety"), "png_s": N_("png"),
+}
 # Everything a result's timings may hold: the stages, and the counts of the call it shared and of its face pass
 # (kept here rather than as fields of their own, so a bot of an earlier release still reads the result).
 TIMINGS = (*STAGES, "total_s", "batch_images", "batch_jobs", "parts", "faces_found", "faces_redrawn")
@@ -47,70 +84,108 @@ def faces_text(timings: dict[str, float]) -> str | None:
     if "faces_found" not in timings:
         return None
     found, redrawn = int(timings["faces_found"]), int(timings.get("faces_redrawn", 0))
-    return f"{found} face{'s' * (found != 1)} found, {redrawn} redrawn"
+    return ngettext("{found} face found, {redrawn} redrawn", "{found} faces found, {redrawn} redrawn",
+                    found).format(found=found, redrawn=redrawn)
 
 
 def stages_text(timings: dict[str, float]) -> str:
     """'encode 0.01s · base 2.87s · ...', and the batch it was made in when it shared one (a batch's stage
     times are the whole batch's)."""
     # A refiner that ran no step (base only, or turbo) is no stage of this image.
-    text = " · ".join(f"{k.removesuffix('_s')} {timings[k]:.2f}s" for k in STAGES
-                      if k in timings and not (k == "refiner_s" and not timings[k]))
+    text = " · ".join(_("{stage} {seconds}s").format(stage=_(STAGE_NAMES[k]), seconds=_fixed(timings[k], 2))
+                      for k in STAGES if k in timings and not (k == "refiner_s" and not timings[k]))
     jobs, images = int(timings.get("batch_jobs", 1)), int(timings.get("batch_images", 0))
     if jobs > 1:
-        text += f" · in a batch of {images} images from {jobs} dreams"
+        # Two counts: the plural forms go by the dreams' (more than one here: English's are always plural).
+        text += " · " + ngettext("in a batch of {images} images from {jobs} dreams",
+                                 "in a batch of {images} images from {jobs} dreams", jobs).format(
+            images=images, jobs=jobs)
     return text
 
 
 def result_text(result: DreamResult, limit: int = 2000) -> str:
     if result.status == "failed" or result.request is None:
         # A worker's words: a mention in them is shown (and pings nobody), but no link can be made of them.
-        return f"Couldn't dream this one: {_no_links(result.error or 'unknown error')}"[:limit]
+        # A worker's reason is literal text; the ones it says in fixed words (marked N_ there) are in the catalogs.
+        why = _no_links(_(result.error) if result.error else _("unknown error"))
+        return _("Couldn't dream this one: {reason}").format(reason=why)[:limit]
     req = result.request
     seeds = ", ".join(str(i.seed) for i in result.images)
     t = result.timings
     size = (result.images[0].width, result.images[0].height) if result.images else None
     lines = [
         f"**{shown(req.prompt, 900)}**",
-        f"seed {seeds} · {settings_line(req, size)}",
+        _("seed {seeds}").format(seeds=seeds) + " · " + settings_line(req, size),
     ]
     if req.negative_prompt:
-        lines.insert(1, f"not: {shown(req.negative_prompt, 300)}")
+        lines.insert(1, _("not: {negative}").format(negative=shown(req.negative_prompt, 300)))
     made = made_from(result.kind, result.source)
     if made:
         lines.insert(0, made)
     if t:
-        lines.append(f"-# {t.get('total_s', 0):.1f}s ({stages_text(t)})")
+        lines.append(_("-# {seconds}s ({stages})").format(seconds=_fixed(t.get("total_s", 0), 1),
+                                                           stages=stages_text(t)))
     if t.get("faces_redrawn"):
-        lines.append(f"-# 🙂 {faces_text(t)} close up")
+        found, redrawn = int(t.get("faces_found", 0)), int(t["faces_redrawn"])
+        lines.append(ngettext("-# 🙂 {found} face found, {redrawn} redrawn close up",
+                              "-# 🙂 {found} faces found, {redrawn} redrawn close up", found).format(
+            found=found, redrawn=redrawn))
     if result.prompt_note:
         lines.append(f"-# {shown(result.prompt_note, 300)}")
     return "\n".join(lines)[:limit]
 
 
 PAN_ARROWS = {"left": "⬅️", "right": "➡️", "up": "⬆️", "down": "⬇️"}
+# An edit's line, by what it did; `{arrow}` is the pan's own (PAN_ARROWS).
+EDITS = {
+    "zoom": N_("🔭 Zoomed out {zoom}x from image {index} of `{job_id}`"),
+    "square": N_("🔲 Made square from image {index} of `{job_id}`"),
+    "region": N_("🖌️ A region of image {index} of `{job_id}` redrawn"),
+}
+PANNED = {
+    "left": N_("{arrow} Panned left from image {index} of `{job_id}`"),
+    "right": N_("{arrow} Panned right from image {index} of `{job_id}`"),
+    "up": N_("{arrow} Panned up from image {index} of `{job_id}`"),
+    "down": N_("{arrow} Panned down from image {index} of `{job_id}`"),
+}
 
 
 def made_from(kind: str, source) -> str | None:
     """The line that says what a variation, an upscale or a picture job started from; None for a plain dream."""
-    if kind == "variation" and source is not None:
-        return f"🔀 Variations of image {source.index + 1} of `{source.job_id}` (strength {source.strength:g})"
-    if kind == "upscale" and source is not None:
-        return f"⬆️ Image {source.index + 1} of `{source.job_id}` upscaled 2x (strength {source.strength:g})"
-    if kind == "edit" and source is not None and source.edit is not None:
-        e, which = source.edit, f"image {source.index + 1} of `{source.job_id}`"
+    if source is None:
+        return None
+    index, job_id, strength = source.index + 1, source.job_id, _short(source.strength)
+    if kind == "variation":
+        return _("🔀 Variations of image {index} of `{job_id}` (strength {strength})").format(
+            index=index, job_id=job_id, strength=strength)
+    if kind == "upscale":
+        return _("⬆️ Image {index} of `{job_id}` upscaled 2x (strength {strength})").format(
+            index=index, job_id=job_id, strength=strength)
+    if kind == "edit" and source.edit is not None:
+        e = source.edit
         if e.op == "zoom":
-            return f"🔭 Zoomed out {e.zoom:g}x from {which}"
+            return _(EDITS["zoom"]).format(zoom=_short(e.zoom), index=index, job_id=job_id)
         if e.op == "pan":
-            return f"{PAN_ARROWS[e.direction]} Panned {e.direction} from {which}"
-        if e.op == "square":
-            return f"🔲 Made square from {which}"
-        return f"🖌️ A region of {which} redrawn"
-    if kind == "picture" and source is not None:
-        return f"🖼️ From the picture sent with `{source.job_id}` (change {source.strength:g})"
-    if kind == "faces" and source is not None:
-        return f"🙂 Faces of image {source.index + 1} of `{source.job_id}` redrawn close up (strength {source.strength:g})"
+            return _(PANNED[e.direction]).format(arrow=PAN_ARROWS[e.direction], index=index, job_id=job_id)
+        return _(EDITS["square" if e.op == "square" else "region"]).format(index=index, job_id=job_id)
+    if kind == "picture":
+        return _("🖼️ From the picture sent with `{job_id}` (change {strength})").format(
+            job_id=job_id, strength=strength)
+    if kind == "faces":
+        return _("🙂 Faces of image {index} of `{job_id}` redrawn close up (strength {strength})").format(
+            index=index, job_id=job_id, strength=strength)
     return None
+
+
+# A job's kind (dreamcore.job.Kind) as a member reads it.
+KINDS = {
+    "dream": N_("dream"), "variation": N_("variation"), "upscale": N_("upscale"), "picture": N_("picture"),
+    "edit": N_("edit"), "faces": N_("faces"),
+}
+
+
+def kind_text(kind: str) -> str:
+    return _(KINDS[kind]) if kind in KINDS else kind
 
 
 def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: list | None = None) -> str:
@@ -119,58 +194,81 @@ def info_text(p, images_kept_s: int | None = None, limit: int = 2000, chain: lis
     req = p.request
     style = load_styles().get(req.style)
     size = f"{p.images[0].width}x{p.images[0].height}" if p.images else "{}x{}".format(*req.size)
-    where = f" in <#{p.channel_id}>" if p.channel_id else ""
-    lines = [f"**Job `{p.job_id}`** ({p.kind}) by <@{p.user_id}>{where}"]
+    if p.channel_id:
+        head = _("**Job `{job_id}`** ({kind}) by <@{user_id}> in <#{channel_id}>")
+    else:
+        head = _("**Job `{job_id}`** ({kind}) by <@{user_id}>")
+    lines = [head.format(job_id=p.job_id, kind=kind_text(p.kind), user_id=p.user_id, channel_id=p.channel_id)]
     made = made_from(p.kind, p.source)
     if made:
         lines.append(made)
     for earlier in chain or []:
-        lines.append(f"-# ↳ `{earlier.job_id}`: " + (made_from(earlier.kind, earlier.source)
-                                                     or f"{earlier.kind}: {shown(earlier.request.prompt, 80)}"))
-    lines.append(f"prompt: **{shown(req.prompt, 700)}**")
+        what = made_from(earlier.kind, earlier.source) or _("{kind}: {prompt}").format(
+            kind=kind_text(earlier.kind), prompt=shown(earlier.request.prompt, 80))
+        lines.append(_("-# ↳ `{job_id}`: {what}").format(job_id=earlier.job_id, what=what))
+    lines.append(_("prompt: **{prompt}**").format(prompt=shown(req.prompt, 700)))
     if req.negative_prompt:
-        lines.append(f"negative: {shown(req.negative_prompt, 300)}")
-    lines.append(f"style: {style.label if style else req.style} (`{req.style}`) · aspect {req.aspect} · {size} · "
-                 f"{len(p.images) or req.count} image{'s' * ((len(p.images) or req.count) > 1)}")
+        lines.append(_("negative: {negative}").format(negative=shown(req.negative_prompt, 300)))
+    n = len(p.images) or req.count
+    lines.append(ngettext("style: {style} (`{key}`) · aspect {aspect} · {size} · {n} image",
+                          "style: {style} (`{key}`) · aspect {aspect} · {size} · {n} images", n).format(
+        style=style.label if style else req.style, key=req.style, aspect=req.aspect, size=size, n=n))
     seeds = ", ".join(str(i.seed) for i in p.images) or ", ".join(map(str, req.seeds))
-    lines.append(f"seeds: {seeds}")
-    lines.append(f"mode: {MODE_LABELS[req.mode]}")
+    lines.append(_("seeds: {seeds}").format(seeds=seeds))
+    lines.append(_("mode: {mode}").format(mode=_(MODE_LABELS[req.mode])))
     if req.mode == "turbo":
-        lines.append(f"steps: {req.steps} fixed ({p.base_steps} run on the base with SDXL-Lightning's LoRA, Euler on "
-                     "trailing timesteps, no refiner) · no guidance, so no negative prompt")
+        lines.append(_("steps: {steps} fixed ({base} run on the base with SDXL-Lightning's LoRA, Euler on trailing "
+                       "timesteps, no refiner) · no guidance, so no negative prompt").format(
+            steps=req.steps, base=p.base_steps))
     elif p.kind == "dream":
-        split = "base only" if req.split >= 1.0 else f"split {req.split:g}"
-        lines.append(f"steps: {req.steps} ({p.base_steps} base + {p.refiner_steps} refiner, {split}) · "
-                     f"guidance {req.guidance:g}")
+        split = _("base only") if req.split >= 1.0 else _("split {split}").format(split=_short(req.split))
+        lines.append(_("steps: {steps} ({base} base + {refiner} refiner, {split}) · guidance {guidance}").format(
+            steps=req.steps, base=p.base_steps, refiner=p.refiner_steps, split=split,
+            guidance=_short(req.guidance)))
     elif p.kind == "faces" and p.source is not None:
         ran = img2img_steps(req.steps, p.source.strength)[1]
-        lines.append(f"steps: {req.steps} at strength {p.source.strength:g} ({ran} a face, on the refiner) · "
-                     f"guidance {req.guidance:g}")
+        lines.append(_("steps: {steps} at strength {strength} ({ran} a face, on the refiner) · "
+                       "guidance {guidance}").format(steps=req.steps, strength=_short(p.source.strength), ran=ran,
+                                                     guidance=_short(req.guidance)))
     else:
         ran = p.base_steps + p.refiner_steps
-        on = {"variation": "base", "upscale": "refiner, per tile"}.get(
-            p.kind, f"base {p.base_steps} + refiner {p.refiner_steps}")
-        if p.kind == "edit":
-            on += ", painting from noise where the edit adds or redraws; the rest is the source's own pixels"
-        strength = f"{p.source.strength:g}" if p.source is not None else "?"
-        lines.append(f"steps: {req.steps} at strength {strength} ({ran} run on the {on}) · "
-                     f"guidance {req.guidance:g}")
+        if p.kind == "variation":
+            text = _("steps: {steps} at strength {strength} ({ran} run on the base) · guidance {guidance}")
+        elif p.kind == "upscale":
+            text = _("steps: {steps} at strength {strength} ({ran} run on the refiner, per tile) · "
+                     "guidance {guidance}")
+        elif p.kind == "edit":
+            text = _("steps: {steps} at strength {strength} ({ran} run on the base {base} + refiner {refiner}, "
+                     "painting from noise where the edit adds or redraws; the rest is the source's own pixels) · "
+                     "guidance {guidance}")
+        else:
+            text = _("steps: {steps} at strength {strength} ({ran} run on the base {base} + refiner {refiner}) · "
+                     "guidance {guidance}")
+        strength = _short(p.source.strength) if p.source is not None else "?"
+        lines.append(text.format(steps=req.steps, strength=strength, ran=ran, base=p.base_steps,
+                                 refiner=p.refiner_steps, guidance=_short(req.guidance)))
     t = p.timings
     faces = faces_text(t)
     if faces:
-        lines.append(f"faces: {faces} ({'Fix faces' if p.kind == 'faces' else req.faces})")
-    elif req.faces == "off" or p.kind == "upscale":
-        lines.append("faces: no face pass" + (" (off)" if req.faces == "off" else " on an upscale"))
+        lines.append(_("faces: {faces} ({how})").format(
+            faces=faces, how=_("Fix faces") if p.kind == "faces" else req.faces))
+    elif req.faces == "off":
+        lines.append(_("faces: no face pass (off)"))
+    elif p.kind == "upscale":
+        lines.append(_("faces: no face pass on an upscale"))
     if t:
-        lines.append(f"timings: total {t.get('total_s', 0):.2f}s ({stages_text(t)})")
+        lines.append(_("timings: total {seconds}s ({stages})").format(seconds=_fixed(t.get("total_s", 0), 2),
+                                                                      stages=stages_text(t)))
     if p.prompt_note:
-        lines.append(f"note: {shown(p.prompt_note, 300)}")
+        lines.append(_("note: {note}").format(note=shown(p.prompt_note, 300)))
     if p.finished_at:
-        lines.append(f"made by {shown(p.worker or '?', 80)} <t:{int(p.finished_at)}:R>")
+        lines.append(_("made by {worker} <t:{time}:R>").format(worker=shown(p.worker or "?", 80),
+                                                               time=int(p.finished_at)))
     if images_kept_s:
         days = images_kept_s // 86400
-        kept = f"{days} day{'s' * (days > 1)}" if days else f"{images_kept_s // 60} min"
-        lines.append(f"-# Variations and Upscale work while the images are kept ({kept}).")
+        kept = (ngettext("{n} day", "{n} days", days).format(n=days) if days else
+                _("{n} min").format(n=images_kept_s // 60))
+        lines.append(_("-# Variations and Upscale work while the images are kept ({kept}).").format(kept=kept))
     return "\n".join(lines)[:limit]
 
 

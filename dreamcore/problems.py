@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ValidationError
 
+from .i18n import _, ngettext
+
 
 def allowed(model: type[BaseModel], name: str) -> str | None:
     """What `model.name` takes, from its Field bounds: "allowed 1 to 100", "allowed 0 to 1500 characters"."""
@@ -22,9 +24,10 @@ def allowed(model: type[BaseModel], name: str) -> str | None:
         minlen = m.min_length if getattr(m, "min_length", None) is not None else minlen
         maxlen = m.max_length if getattr(m, "max_length", None) is not None else maxlen
     if lo is not None and hi is not None:
-        return f"allowed {lo} to {hi}"
+        return _("allowed {lo} to {hi}").format(lo=lo, hi=hi)
     if maxlen is not None:
-        return f"allowed {minlen or 0} to {maxlen} characters"
+        return ngettext("allowed {lo} to {hi} characters", "allowed {lo} to {hi} characters", maxlen).format(
+            lo=minlen or 0, hi=maxlen)
     return None
 
 
@@ -54,17 +57,19 @@ def problems(err: ValidationError, model: type[BaseModel] | None = None, *,
              hidden: Callable[[list[str]], bool] = lambda loc: False) -> list[tuple[str, str]]:
     """(field path, sentence) for each of pydantic's errors. `name` turns a location into what the reader
     knows it by; `hidden` says which values must not be echoed (tokens, passwords). An error of the whole
-    model (a check across fields, at no location) is its message alone."""
+    model (a check across fields, at no location) is its message alone. Our words are in the language of the
+    moment (dreamcore.i18n); pydantic's own messages stay as pydantic writes them."""
     out = []
     for e in err.errors():
         loc = [str(x) for x in e["loc"]]
         msg = e["msg"].removeprefix("Value error, ")
         if not loc:
-            out.append(("", f"{name(loc)}: {msg}"))
+            out.append(("", _("{name}: {problem}").format(name=name(loc), problem=msg)))
             continue
         holder = _model_at(model, loc[:-1]) if model is not None else None
         note = allowed(holder, loc[-1]) if holder is not None else None
         got = e.get("input")
-        shown = "a value that is not shown" if hidden(loc) else "{...}" if isinstance(got, dict) else repr(got)[:60]
-        out.append((".".join(loc), f"{name(loc)}: {msg}" + (f" ({note})" if note else "") + f", got {shown}"))
+        shown = _("a value that is not shown") if hidden(loc) else "{...}" if isinstance(got, dict) else repr(got)[:60]
+        text = (_("{name}: {problem} ({allowed}), got {value}") if note else _("{name}: {problem}, got {value}"))
+        out.append((".".join(loc), text.format(name=name(loc), problem=msg, allowed=note, value=shown)))
     return out

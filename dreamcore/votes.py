@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import redis
 
+from .i18n import N_
 from .images import ImageStore, image_key
 from .job import DreamRequest
 from .keys import VOTE_JOB_TTL_S, VOTE_STATS_BUILT, vote_stats_key
@@ -33,7 +34,7 @@ from .keys import vote_round_key as round_key
 
 @dataclass(frozen=True)
 class Variant:
-    label: str
+    label: str  # in English, as it is recorded and counted; marked with N_, translated where shown (/dreamstats)
     overrides: dict
 
 
@@ -41,9 +42,10 @@ def comparisons(request: DreamRequest) -> dict[str, tuple[Variant, Variant]]:
     """The settings a round may compare, each as (variant, variant) of the member's request."""
     style = request.style if request.style != "none" else "cinematic"
     return {
-        "refiner": (Variant("refiner on (split 0.8)", {"split": 0.8}), Variant("base only", {"split": 1.0})),
-        "split": (Variant("refiner from 70%", {"split": 0.7}), Variant("refiner from 90%", {"split": 0.9})),
-        "style": (Variant("no style", {"style": "none"}), Variant(f"style {style}", {"style": style})),
+        "refiner": (Variant(N_("refiner on (split 0.8)"), {"split": 0.8}), Variant(N_("base only"), {"split": 1.0})),
+        "split": (Variant(N_("refiner from 70%"), {"split": 0.7}), Variant(N_("refiner from 90%"), {"split": 0.9})),
+        # "style <preset>" is counted as "styled" (stat_label): no member reads it.
+        "style": (Variant(N_("no style"), {"style": "none"}), Variant(f"style {style}", {"style": style})),
     }
 
 
@@ -151,7 +153,7 @@ return 1
 def stat_label(record: dict, side: str) -> str:
     """The row a side counts in: its variant's label, and every style preset as one row, "styled"."""
     if record["kind"] == "style" and record[side]["settings"].get("style") != "none":
-        return "styled"
+        return N_("styled")
     return record[side]["label"]
 
 

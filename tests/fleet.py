@@ -100,6 +100,14 @@ class Fleet:
                 time.sleep(0.1)
             self.standin.wait_for_gateway(bot.app.id, timeout=max(1.0, deadline - time.monotonic()))
 
+    def stop_bot(self, bot: BotProc) -> None:
+        bot.proc.send_signal(signal.SIGTERM)
+        try:
+            bot.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            bot.proc.kill()
+            bot.proc.wait(5)
+
     def start_worker(self, name: str = "w", **extra: str) -> subprocess.Popen:
         log = self.tmp / f"worker-{name}-{len(self.workers)}.log"
         env = self.base_env() | extra

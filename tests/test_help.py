@@ -27,13 +27,18 @@ def test_dreamhelp_shows_options_limits_and_what_is_left(one_bot, rconn):
     f, bot = one_bot, one_bot.bots[0]
     LimitStore(rconn).set(f.guild_id, "user_images_hour", "12", actor_id=1)
     f.dream(bot, count=3, steps=40, aspect="1:1").wait_ack(5)  # 3 standard images: 3 units (dreamcore.cost)
-    body = f.standin.send_slash(bot.app.id, f.guild_id, bot.channel_id, f.user_id, "dreamhelp", {}).wait_ack(5)
+    inter = f.standin.send_slash(bot.app.id, f.guild_id, bot.channel_id, f.user_id, "dreamhelp", {})
+    body = inter.wait_ack(5)
     text = body["data"]["content"]
     assert body["data"]["flags"] & 64
     assert "`prompt`" in text and "Cinematic" in text and "Square 1:1 (1024x1024)" in text
-    assert "12 standard images an hour" in text
-    assert "9 standard images left this hour" in text
     assert "`image` a picture of yours" in text and "`faces` small faces redrawn close up" in text
+    # The server's limits and the member's own come in a second private message (Discord's 2,000 characters).
+    second = f.standin.wait_for_message(lambda m: m.interaction_id == inter.id and m.ephemeral
+                                        and "**This server's limits**" in m.content, timeout=10).content
+    assert "12 standard images an hour" in second
+    assert "9 standard images left this hour" in second
+    assert "**Your settings** (`/settings show`)\n- none yet: the server's defaults apply" in second
     LimitStore(rconn).set(f.guild_id, "faces", "off", actor_id=1)
     text = f.standin.send_slash(bot.app.id, f.guild_id, bot.channel_id, f.user_id, "dreamhelp", {}).wait_ack(5)
     assert "(this server's default: off)" in text["data"]["content"]

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from dreamcore import limit_store
+from dreamcore.i18n import duration
 from dreamcore.keys import LimitKeys, operator_key
-from dreamcore.limit_messages import human_duration
 from dreamcore.limit_store import LimitStore
 from dreamcore.limit_words import find_blocked_word
 from dreamcore.limiter import Limiter
@@ -417,8 +417,8 @@ def test_longest_wait_is_reported(store, limiter):
     assert (d.kind, d.retry_after_s) == ("user_hour", 3630.0)
 
 
-def test_human_duration():
-    assert [human_duration(s) for s in (0.2, 23, 59.5, 60, 250, 3599, 3600, 18720, 18721)] == [
+def test_duration():
+    assert [duration(s) for s in (0.2, 23, 59.5, 60, 250, 3599, 3600, 18720, 18721)] == [
         "1 s", "23 s", "1 min", "1 min", "4 min 10 s", "59 min 59 s", "1 h", "5 h 12 min", "5 h 13 min"]
 
 

@@ -9,6 +9,7 @@ import torch
 
 from dreamcore import faults, results
 from dreamcore.cancel import cancel_key
+from dreamcore.i18n import N_
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
 
 from .errors import JobCancelled, JobRejected
@@ -56,7 +57,7 @@ def precheck(rt: Runtime, job: DreamJob, cancelled: bool, gone: bool) -> None:
     if cancelled:
         raise JobCancelled(job.job_id)
     if gone:
-        reason = "the channel it was asked in has been deleted"
+        reason = N_("the channel it was asked in has been deleted")
         fail_job(rt, job.job_id, job.origin, job.request, reason, kind="channel_gone")
         raise JobRejected(reason)
     if faults.once("worker-oom"):

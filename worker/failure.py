@@ -10,6 +10,7 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from dreamcore.cancel import cancel_key
+from dreamcore.i18n import N_
 from dreamcore.images import ImageStoreError
 from dreamcore.job import DreamJob
 
@@ -37,22 +38,23 @@ def settle(rt: Runtime, job: DreamJob, err: Exception, rq_job) -> dict:
         raise err
     if isinstance(err, JobCancelled):
         who = rt.conn.get(cancel_key(job.job_id))
-        by = "you" if who is None or who.decode() == str(job.origin.user_id) else f"<@{who.decode()}>"
-        fail_job(rt, job.job_id, job.origin, job.request, f"cancelled by {by}", kind="cancelled")
+        mine = who is None or who.decode() == str(job.origin.user_id)
+        reason = N_("cancelled by you") if mine else f"cancelled by <@{who.decode()}>"
+        fail_job(rt, job.job_id, job.origin, job.request, reason, kind="cancelled")
         no_retry(rq_job)
         return {"status": "cancelled"}
     if isinstance(err, JobTimeoutException):
         reason = f"it took longer than the {rt.settings.job_timeout_s} s limit for one dream"
         kind = "timeout"
     elif isinstance(err, ImageStoreError):
-        reason = "the image store could not be reached, so nothing was posted; please try again in a minute"
+        reason = N_("the image store could not be reached, so nothing was posted; please try again in a minute")
         kind = "store"
     elif is_oom(err):
         free_gpu_memory()
-        reason = "the GPU ran out of memory on this one; try fewer images or another size"
+        reason = N_("the GPU ran out of memory on this one; try fewer images or another size")
         kind = "oom"
     elif isinstance(err, SafetyCheckFailed):
-        reason = "the content filter could not check the images, so nothing was posted; please try again"
+        reason = N_("the content filter could not check the images, so nothing was posted; please try again")
         kind = "safety"
     else:
         reason = f"the worker hit an internal error ({type(err).__name__}); nothing was posted"

@@ -11,6 +11,7 @@ import time
 import redis
 
 from dreamcore import cost, faults, metrics, params, results, stats
+from dreamcore.i18n import N_
 from dreamcore.images import ImageStoreError
 from dreamcore.job import DreamJob
 from dreamcore.redisconn import NotReplicated
@@ -46,7 +47,7 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
         (scored,) = score_images(rt.checker, [gen])
     if gen.nan_detected:
         free_gpu_memory()
-        reason = "the model produced a blank (NaN) image; try another seed or fewer steps"
+        reason = N_("the model produced a blank (NaN) image; try another seed or fewer steps")
         fail_job(rt, job.job_id, job.origin, req, reason, kind="nan")
         raise JobRejected(reason)
 

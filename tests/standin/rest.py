@@ -101,6 +101,50 @@ def error_response(err: ApiError) -> web.Response:
     return json_response(body, err.status)
 
 
+# Discord's locales (https://discord.com/developers/docs/reference#locales): the keys a localizations dict takes.
+LOCALES = frozenset({"id", "da", "de", "en-GB", "en-US", "es-ES", "es-419", "fr", "hr", "it", "lt", "hu", "nl", "no",
+                     "pl", "pt-BR", "ro", "fi", "sv-SE", "vi", "tr", "cs", "el", "bg", "ru", "uk", "hi", "th",
+                     "zh-CN", "ja", "zh-TW", "ko"})
+# A CHAT_INPUT command's or option's name, in any language: Discord's documented pattern, lowercase where the
+# script has case.
+NAME_PATTERN = re.compile(r"^[-_'\w\u0900-\u097F\u0E00-\u0E7F]{1,32}$")
+
+
+def check_localized(field: str, spec: dict, *, names: bool, chat_input: bool) -> None:
+    """Discord's checks of a command's, option's or choice's `name_localizations` and
+    `description_localizations`: known locale keys, names of 1-32 characters (valid command names, lowercase,
+    for a chat-input command or option), descriptions of 1-100."""
+    for kind, limit in (("name_localizations", 32 if names else 100), ("description_localizations", 100)):
+        found = spec.get(kind)
+        if found is None:
+            continue
+        if not isinstance(found, dict):
+            raise form_error(f"{field}.{kind}", "DICT_TYPE_CONVERT", "Only dictionaries may be used in a DictType")
+        for loc, value in found.items():
+            where = f"{field}.{kind}.{loc}"
+            if loc not in LOCALES:
+                raise form_error(where, "LOCALE_INVALID", f"Invalid locale {loc!r}")
+            if not isinstance(value, str) or not (1 <= len(value) <= limit):
+                raise form_error(where, "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {limit} in length.")
+            if kind == "name_localizations" and names and chat_input and (
+                    value != value.lower() or not NAME_PATTERN.match(value)):
+                raise form_error(where, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+
+
+def check_options(field: str, options: list, *, chat_input: bool) -> None:
+    for i, opt in enumerate(options or []):
+        where = f"{field}.{i}"
+        check_localized(where, opt, names=True, chat_input=chat_input)
+        if not (1 <= len(opt.get("description") or "") <= 100):
+            raise form_error(f"{where}.description", "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length.")
+        for j, choice in enumerate(opt.get("choices") or []):
+            if not (1 <= len(str(choice.get("name") or "")) <= 100):
+                raise form_error(f"{where}.choices.{j}.name", "BASE_TYPE_BAD_LENGTH",
+                                 "Must be between 1 and 100 in length.")
+            check_localized(f"{where}.choices.{j}", choice, names=False, chat_input=False)
+        check_options(f"{where}.options", opt.get("options") or [], chat_input=chat_input)
+
+
 def form_error(field: str, code: str, message: str) -> ApiError:
     return ApiError(400, 50035, "Invalid Form Body", {field: {"_errors": [{"code": code, "message": message}]}})
 
@@ -422,6 +466,7 @@ class RestApi:
             nonce=payload.get("nonce"),
             message_reference=ref,
         )
+        msg.contents.append(msg.content)
         self.store.messages[msg.id] = msg
         return msg
 
@@ -436,6 +481,7 @@ class RestApi:
     def _apply_fields(self, msg: Message, payload: dict, attachments: list[Attachment]) -> None:
         if "content" in payload:
             msg.content = str(payload["content"] or "")
+            msg.contents.append(msg.content)
         if "embeds" in payload:
             msg.embeds = list(payload["embeds"] or [])
         if "components" in payload:
@@ -527,6 +573,8 @@ class RestApi:
         options = spec.get("options") or []
         if len(options) > 25:
             raise form_error("options", "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length.")
+        check_localized("", spec, names=True, chat_input=ctype == 1)
+        check_options("options", options, chat_input=ctype == 1)
         names = [o.get("name") for o in options]
         if len(set(names)) != len(names):
             raise form_error("options", "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS",

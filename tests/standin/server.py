@@ -31,7 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from .gateway import OP_INVALID_SESSION, OP_RECONNECT, GatewayHub
-from .rest import API_PREFIX, Faults, RequestRecord, RestApi, _Fault
+from .rest import API_PREFIX, LOCALES, Faults, RequestRecord, RestApi, _Fault
 from .store import (
     BOT_ROLE_PERMISSIONS,
     EVERYONE_PERMISSIONS,
@@ -224,13 +224,16 @@ class DiscordStandIn:
         guild.roles[role.id] = role
         guild.members[app.user_id] = Member(user_id=app.user_id, guild_id=guild.id, roles=[role.id])
 
-    def add_guild(self, name: str) -> int:
+    def add_guild(self, name: str, locale: str = "en-US") -> int:
+        """A server whose language (its `preferred_locale`, every interaction's `guild_locale`) is `locale`."""
+        if locale not in LOCALES:
+            raise ValueError(f"{locale!r} is not a Discord locale")
         st = self.store
         with st.lock:
             gid = st.snowflakes.next()
             owner = User(id=st.snowflakes.next(), username=f"{name.lower().replace(' ', '-')}-owner")
             st.users[owner.id] = owner
-            guild = Guild(id=gid, name=name, owner_id=owner.id)
+            guild = Guild(id=gid, name=name, owner_id=owner.id, preferred_locale=locale)
             guild.roles[gid] = Role(id=gid, guild_id=gid, name="@everyone", permissions=EVERYONE_PERMISSIONS)
             guild.members[owner.id] = Member(user_id=owner.id, guild_id=gid, roles=[])
             st.guilds[gid] = guild
@@ -533,6 +536,8 @@ class DiscordStandIn:
     def _send_interaction(self, app_id: int, itype: int, guild_id: int, channel_id: int, user_id: int,
                           data: dict, *, locale: str, message: dict | None = None,
                           message_id: int | None = None) -> Interaction:
+        if locale not in LOCALES:
+            raise ValueError(f"{locale!r} is not a Discord locale")
         st = self.store
         with st.lock:
             guild = st.guilds[guild_id]
@@ -550,7 +555,7 @@ class DiscordStandIn:
                 "type": itype,
                 "data": data,
                 "guild_id": str(guild_id),
-                "guild": {"id": str(guild_id), "locale": "en-US", "features": []},
+                "guild": {"id": str(guild_id), "locale": guild.preferred_locale, "features": []},
                 "channel_id": str(channel_id),
                 "channel": st.channel_payload(ch, with_permissions_for=user_id),
                 "member": st.member_payload(guild_id, user_id, with_permissions=True),
@@ -558,7 +563,7 @@ class DiscordStandIn:
                 "version": 1,
                 "app_permissions": str(st.member_permissions(guild_id, app.user_id)),
                 "locale": locale,
-                "guild_locale": "en-US",
+                "guild_locale": guild.preferred_locale,
                 "entitlements": [],
                 "entitlement_sku_ids": [],
                 "authorizing_integration_owners": {"0": str(guild_id)},

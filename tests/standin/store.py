@@ -153,6 +153,7 @@ class Guild:
     roles: dict[int, Role] = field(default_factory=dict)
     channels: dict[int, Channel] = field(default_factory=dict)
     members: dict[int, Member] = field(default_factory=dict)
+    preferred_locale: str = "en-US"  # the server's language (Community settings): interactions' guild_locale
 
 
 CHANNEL_DM = 1
@@ -252,6 +253,7 @@ class Message:
     message_reference: dict | None = None
     edits: int = 0
     edit_times: list[float] = field(default_factory=list)
+    contents: list[str] = field(default_factory=list)  # every content it has shown, in order (the member's view)
     created_at: float = field(default_factory=time.time)
     deleted: bool = False
     deleted_at: float | None = None
@@ -513,7 +515,7 @@ class Store:
             "nsfw_level": 0,
             "premium_tier": 0,
             "premium_subscription_count": 0,
-            "preferred_locale": "en-US",
+            "preferred_locale": guild.preferred_locale,
             "features": [],
             "system_channel_id": None,
             "system_channel_flags": 0,

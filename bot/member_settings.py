@@ -1,0 +1,286 @@
+"""/settings: a member's own defaults for /dream, private results and their language (dreamcore.preferences),
+shown in one ephemeral panel with select menus and buttons, changed there or by the command's options.
+
+`/settings show [options]` changes what its options name and shows the panel; `/settings reset` forgets
+everything. The panel's components are matched on their custom id alone (like the result buttons), so any
+bot instance, started any time, answers a click; a click changes the clicking member's own settings, which
+is the only member who can see the ephemeral panel anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import discord
+import redis
+from discord import app_commands
+from discord.app_commands import locale_str
+from pydantic import ValidationError
+
+from dreamcore import i18n, preferences, ranges
+from dreamcore.i18n import N_, _, ngettext
+from dreamcore.job import ASPECT_LABELS, FACE_LABELS
+from dreamcore.modes import MODE_LABELS
+from dreamcore.preferences import Preferences
+from dreamcore.styles import load_styles
+
+from . import calls, members
+from .backend import UNAVAILABLE
+from .toolkit import NO_MENTIONS
+from .translator import text
+
+log = logging.getLogger("dreambot.bot")
+
+WRITE_TIMEOUT_S = 2.0
+DEFAULT = "default"  # a select's "no default of mine" option
+AUTO_LANGUAGE = "auto"  # the language select's "my Discord client's" option
+# The buttons that step through a setting's values: None is "no default of mine" (the server's applies).
+CYCLES: dict[str, list] = {
+    "count": [None, *range(ranges.IMAGES.lo, ranges.IMAGES.hi + 1)],
+    "faces": [None, "auto", "on", "off"],
+}
+LANGUAGE_NAMES = {i18n.SOURCE: "English", **i18n.LANGUAGES}
+
+
+def panel_text(prefs: Preferences, unreadable: bool = False) -> str:
+    """What the panel says, in the language of the moment."""
+    server = _("the server's default")
+    styles = load_styles()
+
+    def shown(value, label=None) -> str:
+        return server if value is None else (label or str(value))
+
+    lines = [_("**Your settings** (only you see this; they apply in every server, and a server's limits still win)")]
+    if unreadable:
+        lines.append(_("-# Your saved settings could not be read; they are kept until you change one."))
+    lines += [
+        _("- Language: {value}").format(value=LANGUAGE_NAMES[prefs.language] if prefs.language
+                                        else _("your Discord language")),
+        _("- Style: {value}").format(value=shown(prefs.style, styles[prefs.style].label
+                                                 if prefs.style in styles else prefs.style)),
+        _("- Aspect: {value}").format(value=shown(prefs.aspect, prefs.aspect and _(ASPECT_LABELS[prefs.aspect]))),
+        _("- Images per dream: {value}").format(value=shown(prefs.count)),
+        _("- Steps: {value}").format(value=shown(prefs.steps)),
+        _("- Mode: {value}").format(value=shown(prefs.mode, prefs.mode and _(MODE_LABELS[prefs.mode]))),
+        _("- Faces: {value}").format(value=shown(prefs.faces, prefs.faces and _(FACE_LABELS[prefs.faces]))),
+        _("- Private results: {value}").format(value=_("on: only you see your results; after 15 minutes they "
+                                                       "come by direct message") if prefs.private else _("off")),
+        _("-# Change them below or with `/settings show`; `/settings reset` forgets them all."),
+    ]
+    return "\n".join(lines)
+
+
+def summary(prefs: Preferences) -> str:
+    """A member's settings on one line, for /dreamhelp: only what they set."""
+    styles = load_styles()
+    parts = []
+    if prefs.style:
+        parts.append(styles[prefs.style].label if prefs.style in styles else prefs.style)
+    if prefs.aspect:
+        parts.append(prefs.aspect)
+    if prefs.count:
+        parts.append(ngettext("{n} image", "{n} images", prefs.count).format(n=prefs.count))
+    if prefs.steps:
+        parts.append(ngettext("{n} step", "{n} steps", prefs.steps).format(n=prefs.steps))
+    if prefs.mode:
+        parts.append(prefs.mode)
+    if prefs.faces:
+        parts.append(_("faces {faces}").format(faces=prefs.faces))
+    if prefs.private:
+        parts.append(_("private results"))
+    if prefs.language:
+        parts.append(LANGUAGE_NAMES[prefs.language])
+    return " · ".join(parts) if parts else _("none yet: the server's defaults apply")
+
+
+def _select(field: str, placeholder: str, options: list[tuple[str, str]], chosen: str) -> discord.ui.Select:
+    return discord.ui.Select(custom_id=f"settings:{field}", placeholder=placeholder, min_values=1, max_values=1,
+                             options=[discord.SelectOption(label=label[:100], value=value, default=value == chosen)
+                                      for value, label in options[:25]])
+
+
+def panel_view(prefs: Preferences) -> discord.ui.View:
+    """Four selects and a row of buttons: Discord's five rows, one setting or one action each."""
+    view = discord.ui.View(timeout=None)
+    default = (DEFAULT, _("The server's default"))
+    view.add_item(_select("language", _("Language"),
+                          [(AUTO_LANGUAGE, _("My Discord language"))] + list(LANGUAGE_NAMES.items()),
+                          prefs.language or AUTO_LANGUAGE))
+    view.add_item(_select("mode", _("Mode"), [default] + [(k, _(v)) for k, v in MODE_LABELS.items()],
+                          prefs.mode or DEFAULT))
+    view.add_item(_select("aspect", _("Aspect"), [default] + [(k, _(v)) for k, v in ASPECT_LABELS.items()],
+                          prefs.aspect or DEFAULT))
+    view.add_item(_select("style", _("Style"), [default] + [(k, s.label) for k, s in load_styles().items()],
+                          prefs.style or DEFAULT))
+    count = _("Images: {n}").format(n=prefs.count) if prefs.count else _("Images: server's")
+    faces = _("Faces: {value}").format(value=prefs.faces) if prefs.faces else _("Faces: server's")
+    private = _("Private: on") if prefs.private else _("Private: off")
+    for field, label, style in (("count", count, discord.ButtonStyle.secondary),
+                                ("faces", faces, discord.ButtonStyle.secondary),
+                                ("private", private, discord.ButtonStyle.primary if prefs.private
+                                 else discord.ButtonStyle.secondary),
+                                ("reset", _("Reset all"), discord.ButtonStyle.danger)):
+        view.add_item(discord.ui.Button(custom_id=f"settings:{field}", label=label[:80], style=style, row=4))
+    return view
+
+
+async def _write(fn, *args, **kwargs):
+    return await asyncio.wait_for(calls.command(fn, *args, **kwargs), WRITE_TIMEOUT_S)
+
+
+class SettingsCommands(app_commands.Group):
+    def __init__(self, client: discord.Client):
+        super().__init__(name="settings", description="Your own defaults for /dream, private results and language")
+        self.client = client
+
+    @property
+    def conn(self) -> redis.Redis:
+        return self.client.backend.conn
+
+    @app_commands.command(name="show", description="Show your settings and change them; options set them directly")
+    @app_commands.describe(
+        style="Your default style preset",
+        aspect="Your default picture shape",
+        count=text("Your default number of pictures, {lo} to {hi}", lo=ranges.IMAGES.lo, hi=ranges.IMAGES.hi),
+        steps=text("Your default steps, {lo} to {hi} (0: the server's default)", lo=ranges.STEPS.lo,
+                   hi=ranges.STEPS.hi),
+        mode="Your default mode",
+        faces="Your default face pass",
+        private="Results only you see (ephemeral; by direct message after 15 minutes)",
+        language="The language I answer you in",
+    )
+    @app_commands.choices(
+        aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
+        mode=[app_commands.Choice(name=label, value=k) for k, label in MODE_LABELS.items()],
+        faces=[app_commands.Choice(name=label, value=k) for k, label in FACE_LABELS.items()],
+        language=[app_commands.Choice(name=N_("My Discord language"), value=AUTO_LANGUAGE)]
+        + [app_commands.Choice(name=locale_str(label, literal=True), value=code)  # each in itself
+                   for code, label in LANGUAGE_NAMES.items()],
+    )
+    async def show(self, interaction: discord.Interaction, style: str | None = None, aspect: str | None = None,
+                   count: app_commands.Range[int, ranges.IMAGES.lo, ranges.IMAGES.hi] | None = None,
+                   steps: app_commands.Range[int, 0, ranges.STEPS.hi] | None = None, mode: str | None = None,
+                   faces: str | None = None, private: bool | None = None, language: str | None = None):
+        given = {k: v for k, v in (("style", style), ("aspect", aspect), ("count", count), ("steps", steps),
+                                   ("mode", mode), ("faces", faces), ("private", private),
+                                   ("language", language)) if v is not None}
+        if given.get("steps") == 0:
+            given["steps"] = None
+        if given.get("language") == AUTO_LANGUAGE:
+            given["language"] = None
+        if "style" in given and given["style"] not in load_styles():
+            await self._private(interaction, _("There is no style `{style}`; pick one from the list.").format(
+                style=given["style"]))
+            return
+        loaded = members.current()
+        prefs = loaded.prefs
+        if given:
+            try:
+                prefs = await _write(preferences.change, self.conn, interaction.user.id, **given)
+            except ValidationError:
+                await self._private(interaction, _("That setting can't be saved: a value is out of range."))
+                return
+            except (asyncio.TimeoutError, redis.RedisError):
+                await self._private(interaction, _(UNAVAILABLE))
+                return
+            members.remember(prefs, interaction)
+            loaded = preferences.Loaded(prefs=prefs)
+        await interaction.response.send_message(panel_text(prefs, loaded.unreadable), view=panel_view(prefs),
+                                                ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @show.autocomplete("style")
+    async def _style_choices(self, interaction: discord.Interaction, current: str):
+        return self.client.dream.style_autocomplete(current)
+
+    @app_commands.command(name="reset", description="Forget all your settings")
+    async def reset(self, interaction: discord.Interaction):
+        try:
+            had = await _write(preferences.reset, self.conn, interaction.user.id)
+        except (asyncio.TimeoutError, redis.RedisError):
+            await self._private(interaction, _(UNAVAILABLE))
+            return
+        members.remember(Preferences(), interaction)
+        await self._private(interaction, _("Your settings are forgotten: /dream uses the server's defaults again.")
+                            if had else _("You had no settings saved."))
+
+    @staticmethod
+    async def _private(interaction: discord.Interaction, message: str) -> None:
+        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def _panel_click(interaction: discord.Interaction, field: str, values: list[str]) -> None:
+    """A select picked or a button pressed on a panel: change the clicker's own setting, redraw the panel."""
+    conn = interaction.client.backend.conn
+    prefs = members.current().prefs
+    try:
+        if field == "reset":
+            await _write(preferences.reset, conn, interaction.user.id)
+            prefs = Preferences()
+        else:
+            value = _panel_value(field, values, prefs)
+            prefs = await _write(preferences.change, conn, interaction.user.id, **{field: value})
+    except (ValidationError, Stale):  # a stale panel offered something this release no longer takes
+        await interaction.response.send_message(_("That choice isn't offered any more; run /settings show again."),
+                                                ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return
+    except (asyncio.TimeoutError, redis.RedisError):
+        await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        return
+    members.remember(prefs, interaction)
+    await interaction.response.edit_message(content=panel_text(prefs), view=panel_view(prefs),
+                                            allowed_mentions=NO_MENTIONS)
+
+
+def _panel_value(field: str, values: list[str], prefs: Preferences):
+    if field == "private":
+        return not prefs.private
+    if field in CYCLES:
+        cycle = CYCLES[field]
+        now = getattr(prefs, field)
+        return cycle[(cycle.index(now) + 1) % len(cycle)] if now in cycle else cycle[0]
+    value = values[0] if values else DEFAULT
+    if value in (DEFAULT, AUTO_LANGUAGE):
+        return None
+    if field == "style" and value not in load_styles():
+        raise Stale(value)
+    return value
+
+
+class Stale(Exception):
+    """A panel made by an earlier release offered a value this one no longer has."""
+
+
+class PanelSelect(discord.ui.DynamicItem[discord.ui.Select],
+                  template=r"settings:(?P<field>language|mode|aspect|style)"):
+    def __init__(self, field: str):
+        super().__init__(discord.ui.Select(custom_id=f"settings:{field}", options=[discord.SelectOption(label="-")]))
+        self.field = field
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        await members.meet(interaction, interaction.client.backend.conn)
+        return cls(match["field"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _panel_click(interaction, self.field, list((interaction.data or {}).get("values") or []))
+
+
+class PanelButton(discord.ui.DynamicItem[discord.ui.Button],
+                  template=r"settings:(?P<field>count|faces|private|reset)"):
+    def __init__(self, field: str):
+        super().__init__(discord.ui.Button(custom_id=f"settings:{field}", label="-"))
+        self.field = field
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
+        await members.meet(interaction, interaction.client.backend.conn)
+        return cls(match["field"])
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await _panel_click(interaction, self.field, [])
+
+
+def register_settings(tree: app_commands.CommandTree, client: discord.Client) -> None:
+    tree.add_command(SettingsCommands(client))

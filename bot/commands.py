@@ -36,7 +36,7 @@ from . import calls, members
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .pictures import PictureIntake
 from .safety import channel_is_nsfw
-from .toolkit import NO_MENTIONS, answer, is_guild_admin, within_ack
+from .toolkit import NO_MENTIONS, answer, choices, is_guild_admin, within_ack
 from .translator import text as described
 
 log = logging.getLogger("dreambot.bot")
@@ -105,11 +105,7 @@ class DreamCommands:
             faces="Redraw faces close up after the refiner: the small ones (auto), all, or none; default: the server's",
             mode="Quality (base + refiner), Turbo (4 steps, a tenth of the GPU) or Relax (unlimited, when idle)",
         )
-        @app_commands.choices(
-            aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
-            faces=[app_commands.Choice(name=label, value=k) for k, label in FACE_LABELS.items()],
-            mode=[app_commands.Choice(name=label, value=k) for k, label in MODE_LABELS.items()],
-        )
+        @app_commands.choices(aspect=choices(ASPECT_LABELS), faces=choices(FACE_LABELS), mode=choices(MODE_LABELS))
         @app_commands.autocomplete(style=style_choices)
         async def dream(
             interaction: discord.Interaction,

@@ -28,7 +28,7 @@ from dreamcore.styles import load_styles
 
 from . import calls, members
 from .backend import UNAVAILABLE
-from .toolkit import NO_MENTIONS
+from .toolkit import NO_MENTIONS, choices
 from .translator import text
 
 log = logging.getLogger("dreambot.bot")
@@ -152,9 +152,7 @@ class SettingsCommands(app_commands.Group):
         language="The language I answer you in",
     )
     @app_commands.choices(
-        aspect=[app_commands.Choice(name=label, value=k) for k, label in ASPECT_LABELS.items()],
-        mode=[app_commands.Choice(name=label, value=k) for k, label in MODE_LABELS.items()],
-        faces=[app_commands.Choice(name=label, value=k) for k, label in FACE_LABELS.items()],
+        aspect=choices(ASPECT_LABELS), mode=choices(MODE_LABELS), faces=choices(FACE_LABELS),
         language=[app_commands.Choice(name=N_("My Discord language"), value=AUTO_LANGUAGE)]
         + [app_commands.Choice(name=locale_str(label, literal=True), value=code)  # each in itself
                    for code, label in LANGUAGE_NAMES.items()],
@@ -252,11 +250,10 @@ class Stale(Exception):
     """A panel made by an earlier release offered a value this one no longer has."""
 
 
-class PanelSelect(discord.ui.DynamicItem[discord.ui.Select],
-                  template=r"settings:(?P<field>language|mode|aspect|style)"):
-    def __init__(self, field: str):
-        super().__init__(discord.ui.Select(custom_id=f"settings:{field}", options=[discord.SelectOption(label="-")]))
-        self.field = field
+class _PanelItem:
+    """What every component of a panel does when used: a button steps its setting, a select sets it."""
+
+    field: str
 
     @classmethod
     async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
@@ -267,19 +264,18 @@ class PanelSelect(discord.ui.DynamicItem[discord.ui.Select],
         await _panel_click(interaction, self.field, list((interaction.data or {}).get("values") or []))
 
 
-class PanelButton(discord.ui.DynamicItem[discord.ui.Button],
+class PanelSelect(_PanelItem, discord.ui.DynamicItem[discord.ui.Select],
+                  template=r"settings:(?P<field>language|mode|aspect|style)"):
+    def __init__(self, field: str):
+        super().__init__(discord.ui.Select(custom_id=f"settings:{field}", options=[discord.SelectOption(label="-")]))
+        self.field = field
+
+
+class PanelButton(_PanelItem, discord.ui.DynamicItem[discord.ui.Button],
                   template=r"settings:(?P<field>count|faces|private|reset)"):
     def __init__(self, field: str):
         super().__init__(discord.ui.Button(custom_id=f"settings:{field}", label="-"))
         self.field = field
-
-    @classmethod
-    async def from_custom_id(cls, interaction, item, match: re.Match[str], /):
-        await members.meet(interaction, interaction.client.backend.conn)
-        return cls(match["field"])
-
-    async def callback(self, interaction: discord.Interaction) -> None:
-        await _panel_click(interaction, self.field, [])
 
 
 def register_settings(tree: app_commands.CommandTree, client: discord.Client) -> None:

@@ -26,6 +26,11 @@ async def answer_privately(interaction: discord.Interaction, text: str) -> None:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
+def choices(labels: dict[str, str]) -> list[discord.app_commands.Choice[str]]:
+    """An option's choices from a table of value -> English label (each label is translated at sync)."""
+    return [discord.app_commands.Choice(name=label, value=value) for value, label in labels.items()]
+
+
 def is_guild_admin(interaction: discord.Interaction) -> bool:
     """Manage Server or Administrator in the server the interaction came from (never in a DM). Checked on
     every call: `default_permissions` only hides a command, and a server can hand it to anyone."""

@@ -150,12 +150,10 @@ class Backend:
         """/dream: a vote round in a vote channel, one job elsewhere. `left_out`: the options the member left
         out, which take their own defaults (`prefs`), else the server's (dreamcore.preferences.apply); the
         notes of a default the server lowered come back in Outcome.notes."""
-        notes: list[str] = []
         try:
             vote = votes.is_vote_channel(self.conn, job.origin.guild_id, job.origin.channel_id)
-            if left_out:
-                job, notes = preferences.apply(job, self.store.get(job.origin.guild_id), prefs or Preferences(),
-                                               left_out)
+            job, notes = preferences.apply(job, self.store.get(job.origin.guild_id), prefs or Preferences(),
+                                           left_out)
         except redis.RedisError:
             metrics.refused("unavailable")
             return Outcome(False, _(UNAVAILABLE), kind="unavailable")

@@ -123,9 +123,7 @@ class PictureIntake:
                            strength=PICTURE_STRENGTH if strength is None else strength)
         job = make_job(request.model_copy(update={"aspect": pic.aspect}), origin, job_id=job_id, kind="picture",
                        source=source)
-        notes: list[str] = []
-        if left_out:
-            job, notes = preferences.apply(job, limits, prefs or Preferences(), left_out - {"aspect"})
+        job, notes = preferences.apply(job, limits, prefs or Preferences(), left_out - {"aspect"})
         key = input_key(job_id)
         try:
             await calls.command(self.backend.images.put, key, pic.png)

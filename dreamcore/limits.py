@@ -116,6 +116,8 @@ class GuildLimits(BaseModel):
                                         "choose turbo"))
     relax: Literal["on", "off"] = Field(default_factory=_default("relax"), description=N_("whether members may "
                                         "choose relax (drawn from no quota)"))
+    private: Literal["on", "off"] = Field(default_factory=_default("private"), description=N_(
+        "whether members' private results (their /settings) stay private here; off: every result is posted"))
     adult_words: list[Word] = Field(
         default_factory=list, max_length=500,
         description=N_("whole words (or phrases) that make a prompt adult-only: refused outside age-restricted "

@@ -88,7 +88,8 @@ def reset(conn: redis.Redis, user_id: int) -> bool:
 
 def apply(job: DreamJob, limits: GuildLimits, prefs: Preferences, left_out: frozenset[str]) -> tuple[DreamJob, list[str]]:
     """`job` with the member's defaults and then the server's (faces, mode) for the options they left out,
-    and a note (in the language of the moment) for each default of theirs the server lowered or can't take."""
+    public where the server keeps no result private, and a note (in the language of the moment) for each
+    setting of theirs the server lowered or can't take."""
     update: dict[str, object] = {}
     notes: list[str] = []
     mine = {k: getattr(prefs, k) for k in DEFAULTABLE if k in left_out and getattr(prefs, k) is not None}
@@ -106,6 +107,9 @@ def apply(job: DreamJob, limits: GuildLimits, prefs: Preferences, left_out: froz
     if "mode" in mine and not allowed(mine["mode"], limits.turbo, limits.relax):
         notes.append(_("This server doesn't take {mode} dreams, so your default mode gave way to the "
                        "server's ({server}).").format(mode=mine.pop("mode"), server=limits.mode))
+    if prefs.private and limits.private == "off":
+        notes.append(_("This server posts every result in its channel, so this one isn't private."))
+        job = job.model_copy(update={"origin": job.origin.model_copy(update={"private": False})})
     update.update(mine)
     for k in ("faces", "mode"):  # the server's defaults, for what neither the member nor their settings chose
         if k in left_out and k not in update:

@@ -182,6 +182,8 @@ class Settings(BaseSettings):
     limit_mode: Mode = Field("quality", **_env("DREAMBOT_LIMIT_MODE"))
     limit_turbo: Literal["on", "off"] = Field("on", **_env("DREAMBOT_LIMIT_TURBO"))
     limit_relax: Literal["on", "off"] = Field("on", **_env("DREAMBOT_LIMIT_RELAX"))
+    # Whether members' private results (their /settings) are private here; off: every result is posted.
+    limit_private: Literal["on", "off"] = Field("on", **_env("DREAMBOT_LIMIT_PRIVATE"))
     # --- end of guild limit defaults ---
 
     # --- The image store (dreamcore/images.py): image bytes never pass through Redis ---

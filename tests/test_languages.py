@@ -181,3 +181,17 @@ def test_a_private_result_past_its_interaction_goes_by_direct_message_in_the_mem
     assert german != "no style" and german in dm.content, dm.content
     public = [m for m in e.standin.messages(e.bot.channel_id) if m.id not in before and not m.ephemeral]
     assert not public, [m.content for m in public]
+
+
+def test_a_server_that_keeps_no_result_private_posts_it_and_says_so(e):
+    user = e.standin.add_member(e.fleet.guild_id, "ola")
+    send(e, {"private": True}, user=user, command="settings", subcommand="show")
+    e.standin.send_slash(e.bot.app.id, e.fleet.guild_id, e.bot.channel_id, e.admin, "dreamadmin",
+                         {"key": "private", "value": "off"}, subcommand="set").wait_ack(5)
+    try:
+        inter, text, ephemeral = send(e, {"prompt": "a lantern", "seed": 12}, user=user)
+        assert not ephemeral and "This server posts every result in its channel, so this one isn't private." in text
+        assert not result_message(e, inter).ephemeral
+    finally:
+        e.standin.send_slash(e.bot.app.id, e.fleet.guild_id, e.bot.channel_id, e.admin, "dreamadmin",
+                             {"key": "private", "value": "default"}, subcommand="set").wait_ack(5)

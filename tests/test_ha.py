@@ -144,8 +144,10 @@ def test_quick_failover_chaos_run_loses_nothing_and_posts_nothing_twice():
     assert m, proc.stdout[-3000:] + proc.stderr[-3000:]
     n, d, f, lost, dup = map(int, m.groups())
     assert d + f == n and lost == 0 and dup == 0
-    # Refused only while a promotion is under way (~2.3 s of each kill, ~4 of the 24 dreams each): a run where
-    # most were refused would prove nothing about queued dreams surviving a failover.
+    # Refused only while a promotion is under way: every dream sent in the clear of both outages was queued.
+    clear = re.search(r"sent in the clear (\d+), queued of them (\d+)", proc.stdout)
+    assert clear and clear.group(1) == clear.group(2) and int(clear.group(1)) >= 4, proc.stdout[-1500:]
+    # And a run where most were refused would prove nothing about queued dreams surviving a failover.
     assert d >= n // 2
     assert "2 primary SIGKILLs" in proc.stdout
     assert proc.returncode == 0

@@ -40,7 +40,7 @@ def test_the_core_never_reaches_up_into_the_rooms_that_use_it():
 
     outer = {"bot", "worker", "dreambot"}
     found = []
-    for path in sorted((Path(__file__).resolve().parent.parent / "dreamcore").glob("*.py")):
+    for path in sorted((Path(__file__).resolve().parent.parent / "dreamcore").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
@@ -80,7 +80,7 @@ def test_the_bot_needs_nothing_its_install_leaves_out():
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 todo.append(name(req.name))
     imported: dict[str, str] = {}
-    for path in [*(root / "bot").glob("*.py"), *(root / "dreamcore").glob("*.py")]:
+    for path in [*(root / "bot").rglob("*.py"), *(root / "dreamcore").rglob("*.py")]:  # subpackages too
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

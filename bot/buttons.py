@@ -77,8 +77,7 @@ log = logging.getLogger("dreambot.buttons")
 PREFIX = "dream:"
 JOB = r"(?P<job>[0-9a-f]{16})"
 INDEX = r"(?P<i>[0-9])"
-READ_TIMEOUT_S = 2.0
-CHAIN_S = 0.8  # of Info's READ_TIMEOUT_S, what walking back a chain of edits may take
+CHAIN_S = 0.8  # of Info's calls.READ_TIMEOUT_S, what walking back a chain of edits may take
 
 
 def _handler(interaction: discord.Interaction) -> Buttons | None:
@@ -446,7 +445,7 @@ class Buttons:
     async def info(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
             p, chain = await asyncio.wait_for(calls.command(self._record_and_chain, job_id, interaction.guild_id),
-                                              READ_TIMEOUT_S)
+                                              calls.READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             p, chain = Refusal(_(UNAVAILABLE)), []
         text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400,
@@ -474,7 +473,7 @@ class Buttons:
     async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
             p = await asyncio.wait_for(calls.command(params.load, self.conn, job_id, self.backend.images),
-                                       READ_TIMEOUT_S)
+                                       calls.READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return

@@ -27,6 +27,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# How long a command's or a button's reads and writes may hold up its answer (each Redis call gives up
+# sooner, after redisconn.BOT_READ_TIMEOUT_S): past it, the member hears that the queue is unreachable.
+READ_TIMEOUT_S = 2.0
+
 SUBMIT_THREADS = 16
 COMMAND_THREADS = 8
 

@@ -45,7 +45,6 @@ log = logging.getLogger("dreambot.bot")
 # (each Redis call gives up after redisconn.BOT_READ_TIMEOUT_S, a replica wait after REDIS_WAIT_MS).
 SUBMIT_DEADLINE_S = 8.0
 SUBMIT_TIMEOUT_S = 20.0
-READ_TIMEOUT_S = 2.0
 
 
 def place_text(position: int, eta_s: float | None = None) -> str:
@@ -154,7 +153,7 @@ class DreamCommands:
     async def handle_queue(self, interaction: discord.Interaction) -> None:
         try:
             jobs = await asyncio.wait_for(
-                calls.command(self.backend.my_jobs, interaction.guild_id, interaction.user.id), READ_TIMEOUT_S)
+                calls.command(self.backend.my_jobs, interaction.guild_id, interaction.user.id), calls.READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError):
             await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
@@ -176,7 +175,7 @@ class DreamCommands:
         is_admin = is_guild_admin(interaction)
         try:
             outcome = await asyncio.wait_for(calls.command(
-                self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), 2.0)
+                self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), calls.READ_TIMEOUT_S)
             text = outcome.message
         except (asyncio.TimeoutError, redis.RedisError):
             text = _(UNAVAILABLE)

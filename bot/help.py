@@ -110,7 +110,7 @@ def register_help(tree: app_commands.CommandTree, client) -> None:
             limits, usage = await asyncio.wait_for(calls.command(
                 lambda: (store.get(interaction.guild_id),
                          store.usage(interaction.guild_id, interaction.user.id) if interaction.guild_id else None)),
-                2.0)
+                calls.READ_TIMEOUT_S)
         except (asyncio.TimeoutError, redis.RedisError):
             limits, usage = store.defaults(), None
         first, second = help_parts(client.settings, limits, usage, members.current().prefs)

@@ -33,7 +33,6 @@ from .translator import text
 
 log = logging.getLogger("dreambot.bot")
 
-WRITE_TIMEOUT_S = 2.0
 DEFAULT = "default"  # a select's "no default of mine" option
 AUTO_LANGUAGE = "auto"  # the language select's "my Discord client's" option
 # The buttons that step through a setting's values: None is "no default of mine" (the server's applies).
@@ -127,7 +126,7 @@ def panel_view(prefs: Preferences) -> discord.ui.View:
 
 
 async def _write(fn, *args, **kwargs):
-    return await asyncio.wait_for(calls.command(fn, *args, **kwargs), WRITE_TIMEOUT_S)
+    return await asyncio.wait_for(calls.command(fn, *args, **kwargs), calls.READ_TIMEOUT_S)
 
 
 class SettingsCommands(app_commands.Group):

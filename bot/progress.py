@@ -20,7 +20,7 @@ from dreamcore.i18n import _, current, duration, speaking
 from dreamcore.present import shown
 
 from .safety import post_is_age_restricted
-from .toolkit import NO_MENTIONS
+from .toolkit import INTERACTION_TOKEN_S, NO_MENTIONS
 
 log = logging.getLogger("dreambot.progress")
 EDIT_EVERY_S = 2.0
@@ -116,7 +116,7 @@ class Progress:
     async def _update_positions(self) -> None:
         now = time.monotonic()
         for job_id, w in list(self.waiting.items()):
-            if now - w.since > 14 * 60:  # the interaction token is about to die: stop editing it
+            if now - w.since > INTERACTION_TOKEN_S - 60:  # the token is about to die: stop editing with it
                 self.forget(job_id)
         views = await asyncio.to_thread(self._positions, list(self.waiting))
         for job_id, (pos, eta) in views.items():

@@ -36,12 +36,11 @@ from dreamcore.settings import Settings
 
 from . import safety as bot_safety
 from .buttons import result_view
-from .toolkit import NO_MENTIONS
+from .toolkit import INTERACTION_TOKEN_S, NO_MENTIONS
 from .vote import vote_files, vote_text, vote_view
 
 log = logging.getLogger("dreambot.relay")
-TOKEN_LIFETIME_S = 15 * 60
-TOKEN_MARGIN_S = 30
+TOKEN_MARGIN_S = 30  # a post under way when the token dies is a lost post: the channel takes it a bit before
 RETRY_DELAYS_S = (1, 2, 4, 8, 16)
 T = TypeVar("T")
 MAX_ATTEMPTS = 8
@@ -60,7 +59,7 @@ def nonce_for(job_id: str) -> str:
 
 class Relay:
     def __init__(self, client: discord.Client, settings: Settings, conn: redis.Redis, store: ImageStore,
-                 token_lifetime_s: float = TOKEN_LIFETIME_S):
+                 token_lifetime_s: float = INTERACTION_TOKEN_S):
         self.client = client
         self.settings = settings
         self.conn = conn

@@ -33,7 +33,6 @@ from .toolkit import NO_MENTIONS, answer_privately
 log = logging.getLogger("dreambot.buttons")
 
 MODAL = re.compile(r"dreammodal:(?:m:(?P<job>[0-9a-f]{16})|g:(?P<gjob>[0-9a-f]{16}):(?P<i>[0-9]):(?P<cells>[0-9a-f]{1,9}))")
-READ_TIMEOUT_S = 2.0  # a modal must be the first answer: no deferring while the record is read
 REGION_CHOICES = [  # (value, label): the labels are translated when the picker is shown
     ("c00", N_("↖️ top left")), ("c01", N_("⬆️ top")), ("c02", N_("↗️ top right")),
     ("c10", N_("⬅️ left")), ("c11", N_("⏺️ centre")), ("c12", N_("➡️ right")),
@@ -108,7 +107,7 @@ async def _record(h, interaction: discord.Interaction, job_id: str):
     from .buttons import Refusal
 
     try:
-        p = await asyncio.wait_for(calls.command(h._record, job_id, interaction.guild_id), READ_TIMEOUT_S)
+        p = await asyncio.wait_for(calls.command(h._record, job_id, interaction.guild_id), calls.READ_TIMEOUT_S)  # a modal must be the first answer: no deferring
     except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
         p = Refusal(_(UNAVAILABLE))
     if isinstance(p, Refusal):

@@ -11,6 +11,9 @@ import discord
 
 T = TypeVar("T")
 
+# Discord's rule: an interaction's token (its reply's edits, its follow-ups) lives this long.
+INTERACTION_TOKEN_S = 15 * 60
+
 # Redis normally answers in a millisecond; past this, a command defers so Discord's 3-second window holds.
 ACK_BUDGET_S = 1.0
 

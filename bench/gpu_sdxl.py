@@ -276,7 +276,7 @@ def stock_pipelines(setup: Setup):
 
 
 def checker_for(setup: Setup):
-    from worker.safety import SafetyChecker
+    from worker.classifier import SafetyChecker
 
     if setup.rehearse:
         from worker.tiny import tiny_classifier
@@ -549,8 +549,8 @@ def _budget_spent(signum, frame):
 
 def smoke(setup: Setup, report: Report) -> None:
     """The tiny model, from disk, through the real worker on this device: two jobs (1 and 2 images)."""
+    from worker.classifier import SafetyChecker
     from worker.pipeline import DreamPipeline
-    from worker.safety import SafetyChecker
     from worker.tiny import make_tiny_model
 
     folder = make_tiny_model(Path(tempfile.mkdtemp(prefix="dreambot-tiny-")))

@@ -1,4 +1,4 @@
-"""What the output classifier costs per image (worker/safety.py), side by side with what making the image costs.
+"""What the output classifier costs per image (worker/classifier.py), side by side with what making the image costs.
 
 Two classifiers, both built offline and loaded back through `SafetyChecker.load` (the worker's own path):
 the tiny ViT the tests use, and one with the default's architecture (`Falconsai/nsfw_image_detection` is a
@@ -82,8 +82,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args()
+    from worker.classifier import SafetyChecker
     from worker.runner import quiet_model_libraries
-    from worker.safety import SafetyChecker
     from worker.tiny import make_tiny_model
 
     quiet_model_libraries()

@@ -166,7 +166,7 @@ def full_classifier(device: torch.device):
     SafetyChecker.load places it: the worker's scoring costs what it costs with the real one."""
     from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
 
-    from worker.safety import SafetyChecker
+    from worker.classifier import SafetyChecker
 
     torch.manual_seed(0)
     with torch.device(device):

@@ -23,7 +23,7 @@ import discord
 import redis
 from discord import app_commands
 
-from dreamcore import safety
+from dreamcore import moderation
 from dreamcore.i18n import N_, _
 from dreamcore.limit_store import LimitStore
 from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError
@@ -173,7 +173,7 @@ class DreamAdmin(app_commands.Group):
             gid = interaction.guild_id
 
             def read() -> tuple[dict[str, Any], GuildLimits, dict]:
-                return self.store.usage(gid, user.id), self.store.get(gid), safety.flag_counts(self.store.r, gid)
+                return self.store.usage(gid, user.id), self.store.get(gid), moderation.flag_counts(self.store.r, gid)
 
             usage, limits, flags = await self._redis(interaction, read)
             roles = {r.id for r in getattr(user, "roles", ())}

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import params, results, safety, stats
+from dreamcore import moderation, params, results, stats
 from dreamcore.canvas import CanvasError, plan, variation_size
 from dreamcore.i18n import N_, _, ngettext
 from dreamcore.images import ImageStoreError, image_key, input_key, source_key
@@ -68,7 +68,7 @@ from dreamcore.settings import Settings
 from . import calls, members, remix
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
-from .safety import channel_is_nsfw
+from .moderated import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, answer_privately, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.buttons")
@@ -208,7 +208,7 @@ DYNAMIC_ITEMS = (ResultButton, UnknownButton)
 
 def result_view(result: DreamResult, shown: list[int] | None = None) -> discord.ui.View | None:
     """The buttons for a finished result (None for a failure). `shown`: the images the post carries (the
-    content filter may hold some back, dreamcore.safety); no Variations or Upscale starts from another.
+    content filter may hold some back, dreamcore.moderation); no Variations or Upscale starts from another.
 
     timeout=None matters: discord.py stores a sent view, and when a stored view times out or stops it
     unregisters the templates of its dynamic items, which would silence every button of every result in
@@ -518,9 +518,9 @@ class Buttons:
 
 def _message_shows(message: discord.Message | None, job_id: str) -> bool:
     """The message is job_id's own post: it carries the job's images (behind a spoiler or not), or, when the
-    content filter held all of them back, the note that names the job (dreamcore.safety)."""
+    content filter held all of them back, the note that names the job (dreamcore.moderation)."""
     if message is None:
         return False
     if any(a.filename.removeprefix("SPOILER_").startswith(f"dream-{job_id}-") for a in message.attachments):
         return True
-    return safety.withheld_marker(job_id) in (message.content or "")
+    return moderation.withheld_marker(job_id) in (message.content or "")

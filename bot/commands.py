@@ -34,8 +34,8 @@ from dreamcore.styles import load_styles
 
 from . import calls, members
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
+from .moderated import channel_is_nsfw
 from .pictures import PictureIntake
-from .safety import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, choices, is_guild_admin, within_ack
 from .translator import text as described
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import ledger, results, safety, stats
+from dreamcore import ledger, moderation, results, stats
 from dreamcore.i18n import _, current, duration, speaking
 from dreamcore.present import shown
 
-from .safety import post_is_age_restricted
+from .moderated import post_is_age_restricted
 from .toolkit import INTERACTION_TOKEN_S, NO_MENTIONS
 
 log = logging.getLogger("dreambot.progress")
@@ -171,7 +171,7 @@ class Progress:
             # variation or upscale): what a guild holds back is not shown half-denoised either.
             limits = await asyncio.to_thread(self.backend.store.get, job.origin.guild_id)
             source = job.source.nsfw_score if job.source is not None else None
-            verdict = safety.verdict(safety.effective_score(score, source), limits.nsfw_threshold,
+            verdict = moderation.verdict(moderation.effective_score(score, source), limits.nsfw_threshold,
                                      limits.nsfw_action, post_is_age_restricted(self.client, job.origin))
             if verdict == "withhold":
                 with _speaking(job.origin.locale):

@@ -24,7 +24,7 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import cost, delivery, faults, keys, ledger, metrics, params, safety, votes
+from dreamcore import cost, delivery, faults, keys, ledger, metrics, moderation, params, votes
 from dreamcore.i18n import _, speaking
 from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.job import JobError, make_job
@@ -34,7 +34,7 @@ from dreamcore.present import result_text
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
 
-from . import safety as bot_safety
+from . import moderated
 from .buttons import result_view
 from .toolkit import INTERACTION_TOKEN_S, NO_MENTIONS
 from .vote import vote_files, vote_text, vote_view
@@ -215,28 +215,28 @@ class Relay:
         return cost.made(job, self.settings.upscale_tile, self.settings.upscale_overlap, (first.width, first.height),
                          result.timings)
 
-    def moderate(self, result: DreamResult) -> safety.Moderated | None:
+    def moderate(self, result: DreamResult) -> moderation.Moderated | None:
         """The guild's verdict on each image of a finished result (reads the guild's policy: Redis)."""
         if result.status != "done" or result.origin is None or not result.images:
             return None
         limits = self.limits.get(result.origin.guild_id)
         # A direct message is no age-restricted channel, whatever channel the dream came from.
         by_dm = result.origin.private and not self.token_alive(result)
-        return bot_safety.moderate(result, limits, not by_dm and bot_safety.post_is_age_restricted(self.client,
+        return moderated.moderate(result, limits, not by_dm and moderated.post_is_age_restricted(self.client,
                                                                                                  result.origin))
 
-    async def _count_flags(self, result: DreamResult, mod: safety.Moderated | None) -> None:
+    async def _count_flags(self, result: DreamResult, mod: moderation.Moderated | None) -> None:
         if mod is None or result.origin is None:
             return
-        counts = bot_safety.count(result.origin.guild_id, mod)
+        counts = moderated.count(result.origin.guild_id, mod)
         if counts:
             log.info("images flagged", extra={"job_id": result.job_id, "guild_id": result.origin.guild_id, **counts})
             try:
-                await asyncio.to_thread(safety.record, self.conn, result.origin.guild_id, counts)
+                await asyncio.to_thread(moderation.record, self.conn, result.origin.guild_id, counts)
             except redis.RedisError:
                 pass  # a count for /dreamadmin usage; the metrics have it too
 
-    async def _tell_privately(self, result: DreamResult, mod: safety.Moderated | None) -> None:
+    async def _tell_privately(self, result: DreamResult, mod: moderation.Moderated | None) -> None:
         """The member learns which images were held back and why: an ephemeral follow-up while the
         interaction token lives, else a direct message; if Discord takes neither, the public note stands."""
         origin = result.origin
@@ -331,13 +331,13 @@ class Relay:
         return where is not None and where.decode().startswith("vote ") and where.decode().endswith(": held")
 
     async def _post_vote(self, record: dict, a: DreamResult, a_images: list[bytes], b: DreamResult,
-                         b_images: list[bytes], a_mod: safety.Moderated | None = None,
-                         b_mod: safety.Moderated | None = None) -> str:
+                         b_images: list[bytes], a_mod: moderation.Moderated | None = None,
+                         b_mod: moderation.Moderated | None = None) -> str:
         def words(locale: str | None) -> str:
             with speaking(locale):
                 text = vote_text(record, a, b)
                 for m in (a_mod, b_mod):
-                    text = bot_safety.with_note(text, m)
+                    text = moderated.with_note(text, m)
                 return text
 
         async def attempt() -> str:
@@ -380,7 +380,7 @@ class Relay:
     def token_alive(self, result: DreamResult) -> bool:
         return self.token_alive_for(result.origin)
 
-    async def post(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None = None) -> str:
+    async def post(self, result: DreamResult, images: list[bytes], mod: moderation.Moderated | None = None) -> str:
         async def attempt() -> str:
             where = await self._post_once(result, images, mod)
             await self._tell_privately(result, mod)
@@ -388,7 +388,7 @@ class Relay:
 
         return await _retrying(attempt)
 
-    async def _post_once(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None) -> str:
+    async def _post_once(self, result: DreamResult, images: list[bytes], mod: moderation.Moderated | None) -> str:
         origin = result.origin
         if origin is None:
             raise Undeliverable("no origin recorded")
@@ -397,9 +397,9 @@ class Relay:
 
         def message(locale: str | None) -> tuple[str, list[discord.File], discord.ui.View]:
             with speaking(locale):
-                text = bot_safety.with_note(result_text(result), mod, result.job_id)
+                text = moderated.with_note(result_text(result), mod, result.job_id)
                 # Reroll, Variations, Upscale, Info, Delete; none that would start from a withheld image.
-                return text, bot_safety.files(result, images, mod), result_view(
+                return text, moderated.files(result, images, mod), result_view(
                     result, shown=mod.shown if mod is not None else None)
 
         if self.token_alive(result):
@@ -427,15 +427,15 @@ class Relay:
             raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
         return "channel"
 
-    async def _send_privately(self, result: DreamResult, images: list[bytes], mod: safety.Moderated | None) -> str:
+    async def _send_privately(self, result: DreamResult, images: list[bytes], mod: moderation.Moderated | None) -> str:
         """A private result whose interaction has expired: to the member by direct message, without the
         buttons (they act in a server). Where Discord refuses (the member takes no direct messages from this
         server's members), the channel learns only that a private dream of theirs is ready: no prompt, no
         image."""
         origin = result.origin
         with speaking(origin.locale):
-            text = bot_safety.with_note(result_text(result), mod, result.job_id)
-            files = bot_safety.files(result, images, mod)
+            text = moderated.with_note(result_text(result), mod, result.job_id)
+            files = moderated.files(result, images, mod)
         try:
             user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
             await user.send(content=text[:2000], files=files, allowed_mentions=NO_MENTIONS)

@@ -278,7 +278,7 @@ class JobSource(_Strict):
     # How the source was encoded: with the job and index, its key in the image store.
     format: Literal["png", "webp", "jpeg"] = "png"
     # The output classifier's score of the source image: what is made from it is judged by the higher of
-    # this and its own score, so a button never shows a flagged image unmarked (dreamcore.safety).
+    # this and its own score, so a button never shows a flagged image unmarked (dreamcore.moderation).
     nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
     # An edit's (kind "edit"): what it does to the image. Left out when None, as a worker and bot of the
     # release before edits write and read a source.

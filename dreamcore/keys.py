@@ -45,7 +45,7 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 Replication (owner `dreamcore.redisconn`): `dream:replicated` (string, REPLICATED_MARK_TTL_S) is written after
 each member-facing transaction so WAIT, on that one connection, says whether a replica has it.
 
-Output safety (owner `dreamcore.safety`): `dream:safety:{<guild>}:<yyyymmdd>` (hash, SAFETY_FLAGS_TTL_S) counts a
+Output safety (owner `dreamcore.moderation`): `dream:safety:{<guild>}:<yyyymmdd>` (hash, SAFETY_FLAGS_TTL_S) counts a
 guild's flagged images per UTC day by what became of them (withheld, spoilered, shown_age_restricted), for
 /dreamadmin usage. The policy itself (threshold, action, adult words) is kept with the limits' config.
 

@@ -93,7 +93,7 @@ class GuildLimits(BaseModel):
         default_factory=list, max_length=500,
         description=N_("whole words (or phrases) refused in prompts, any case"))
     paused: bool = Field(False, description=N_("refuse every dream on this server"))
-    # Output safety (dreamcore/safety.py): what the bot does with an image the worker's classifier flagged.
+    # Output safety (dreamcore/moderation.py): what the bot does with an image the worker's classifier flagged.
     nsfw_threshold: float = LIMITS["nsfw_threshold"].field(default_factory=_default("nsfw_threshold"),
                                   description=N_("images scoring at least this are flagged (0 flags all, 1 none)"))
     nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(

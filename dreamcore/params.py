@@ -34,7 +34,7 @@ class ImageParams(BaseModel):
     height: int = Field(ge=1, le=16384)
     seed: int = Field(ge=0, le=2**32 - 1)
     format: str = Field(max_length=8)
-    nsfw_score: float | None = Field(None, ge=0.0, le=1.0)  # the output classifier's (dreamcore.safety)
+    nsfw_score: float | None = Field(None, ge=0.0, le=1.0)  # the output classifier's (dreamcore.moderation)
 
 
 class JobParams(BaseModel):
@@ -60,7 +60,7 @@ class JobParams(BaseModel):
     def source_score(self, index: int) -> float | None:
         """What a variation or upscale of image `index` carries as its source's score: the image's own, or
         its own source's when higher (a variation of a variation of a flagged image stays flagged)."""
-        from .safety import effective_score
+        from .moderation import effective_score
 
         return effective_score(self.images[index].nsfw_score, self.source.nsfw_score if self.source else None)
 

@@ -43,7 +43,7 @@ class ImageInfo(BaseModel):
     size_bytes: int
     # Where the bytes are in the image store: always the job's own key (image_key), which the bot checks.
     key: str | None = Field(None, max_length=200)
-    # The output classifier's score (worker/safety.py); None when the worker runs without it.
+    # The output classifier's score (worker/classifier.py); None when the worker runs without it.
     nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
 
 

@@ -115,8 +115,8 @@ class Settings(BaseSettings):
     step_cache: int = Field(0, ge=0, le=10, **_env("DREAMBOT_STEP_CACHE"))
     # The refiner's last N steps without classifier-free guidance (one UNet pass each instead of two). 0: off.
     refiner_unguided_steps: int = Field(0, ge=0, le=100, **_env("DREAMBOT_REFINER_UNGUIDED_STEPS"))
-    # The output classifier (worker/safety.py) scores every image before it is published; each guild's
-    # policy decides what a flagged one becomes (dreamcore/safety.py). false: images are posted unscored.
+    # The output classifier (worker/classifier.py) scores every image before it is published; each guild's
+    # policy decides what a flagged one becomes (dreamcore/moderation.py). false: images are posted unscored.
     safety_check: bool = Field(True, **_env("DREAMBOT_SAFETY_CHECK"))
     # A transformers image classifier: a hub id (from the HF cache) or a local folder.
     safety_model: str = Field("Falconsai/nsfw_image_detection", min_length=1, **_env("DREAMBOT_SAFETY_MODEL"))
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
     limit_max_images: int = LIMITS["max_images"].field(4, **_env("DREAMBOT_LIMIT_MAX_IMAGES"))
     limit_max_steps: int = LIMITS["max_steps"].field(60, **_env("DREAMBOT_LIMIT_MAX_STEPS"))
     limit_guild_max_queued: int = LIMITS["guild_max_queued"].field(50, **_env("DREAMBOT_LIMIT_GUILD_MAX_QUEUED"))
-    # Output safety (dreamcore/safety.py): an image scoring at least this is flagged (1: none is), and
+    # Output safety (dreamcore/moderation.py): an image scoring at least this is flagged (1: none is), and
     # what becomes of it: withhold, spoiler, or age_restricted (shown only in age-restricted channels).
     limit_nsfw_threshold: float = LIMITS["nsfw_threshold"].field(0.5, **_env("DREAMBOT_LIMIT_NSFW_THRESHOLD"))
     limit_nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(

@@ -122,7 +122,7 @@ def test_pick_files_takes_the_fp16_weights_and_only_the_components_the_worker_lo
                "unet/diffusion_pytorch_model-00001-of-00002.safetensors"]
     assert pick_files(sharded, {"unet": ["diffusers", "UNet2DConditionModel"]}) == sorted(sharded[:5])
     assert pick_files(["config.json", "pytorch_model.bin"], None) == ["config.json", "pytorch_model.bin"]
-    # The classifier loads with no variant (worker/safety.py): its plain weights even beside fp16 ones.
+    # The classifier loads with no variant (worker/classifier.py): its plain weights even beside fp16 ones.
     assert pick_files(["config.json", "model.fp16.safetensors", "model.safetensors"], None) == [
         "config.json", "model.safetensors"]
 
@@ -172,7 +172,7 @@ import torch
 from dreamcore.job import make_request
 from dreamcore.settings import load_settings
 from worker.runner import load_pipeline
-from worker.safety import load_checker
+from worker.classifier import load_checker
 settings = load_settings()
 pipe = load_pipeline(settings)
 checker = load_checker(settings, pipe.device)

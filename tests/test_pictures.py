@@ -21,7 +21,7 @@ from fleet import Fleet, final_answer, image_messages, image_store
 from PIL import Image, ImageOps
 from standin import DiscordStandIn
 
-from dreamcore import image_in, results, safety
+from dreamcore import image_in, moderation, results
 from dreamcore.images import input_key
 from dreamcore.job import make_request
 
@@ -181,7 +181,7 @@ def test_the_size_cap_is_checked_on_what_discord_reports():
 
 
 def test_a_flagged_picture_holds_back_what_was_made_from_it_and_says_why():
-    m = safety.moderate([0.1, 0.2], source_score=0.91, threshold=0.5, action="withhold", channel_nsfw=False)
+    m = moderation.moderate([0.1, 0.2], source_score=0.91, threshold=0.5, action="withhold", channel_nsfw=False)
     assert m.withheld == [0, 1]
     note = m.private_note("0123456789abcdef")
     assert note.startswith("🛡️ The image your dream `0123456789abcdef` started from scores 0.91") and "0.50" in note

@@ -12,7 +12,7 @@ import pytest
 from fleet import wait_until
 from PIL import Image
 
-from dreamcore import params, results, safety
+from dreamcore import moderation, params, results
 from dreamcore.limit_store import LimitStore
 from dreamcore.limits import LimitError
 from dreamcore.settings import load_settings
@@ -36,26 +36,26 @@ pytestmark = pytest.mark.timeout(300)
     (None, 0.0, "withhold", False, "show"),  # unscored (classifier off): nothing to go on
 ])
 def test_verdicts(score, threshold, action, nsfw_channel, expect):
-    assert safety.verdict(score, threshold, action, nsfw_channel) == expect
+    assert moderation.verdict(score, threshold, action, nsfw_channel) == expect
 
 
 def test_a_variation_is_judged_by_the_higher_of_its_own_and_its_sources_score():
-    mod = safety.moderate([0.01, 0.02], source_score=0.8, threshold=0.5, action="spoiler", channel_nsfw=False)
+    mod = moderation.moderate([0.01, 0.02], source_score=0.8, threshold=0.5, action="spoiler", channel_nsfw=False)
     assert mod.verdicts == ["spoiler", "spoiler"] and mod.scores == [0.8, 0.8]
-    assert safety.moderate([0.01], None, 0.5, "spoiler", False).verdicts == ["show"]
+    assert moderation.moderate([0.01], None, 0.5, "spoiler", False).verdicts == ["show"]
 
 
 def test_notes_say_what_happened_without_scores_in_public():
-    mod = safety.moderate([0.9, 0.1, 0.7], None, 0.5, "withhold", False)
+    mod = moderation.moderate([0.9, 0.1, 0.7], None, 0.5, "withhold", False)
     assert mod.withheld == [0, 2] and mod.shown == [1]
     assert mod.public_note() == "-# 🛡️ 2 of 3 images were held back by this server's content filter."
     private = mod.private_note("0123456789abcdef")
     assert "image 1 (score 0.90), image 3 (score 0.70) were held back" in private and "0.50 or more" in private
     assert mod.counts() == {"withheld": 2}
-    spoiler = safety.moderate([0.9], None, 0.5, "spoiler", False)
+    spoiler = moderation.moderate([0.9], None, 0.5, "spoiler", False)
     assert "Content note: the image is behind a spoiler" in spoiler.public_note()
     assert spoiler.private_note("0123456789abcdef") is None and spoiler.counts() == {"spoilered": 1}
-    shown = safety.moderate([0.9], None, 0.5, "age_restricted", True)
+    shown = moderation.moderate([0.9], None, 0.5, "age_restricted", True)
     assert shown.public_note() is None and shown.counts() == {"shown_age_restricted": 1}
 
 
@@ -79,7 +79,7 @@ def test_the_policy_is_a_guild_setting_with_clear_errors(rconn):
 
 
 def test_the_classifier_loads_like_a_hub_model_and_scores_a_batch(tiny_model_dir, tmp_path):
-    from worker.safety import SafetyChecker
+    from worker.classifier import SafetyChecker
     from worker.weights import ModelLoadError
 
     checker = SafetyChecker.load(str(tiny_model_dir / "safety"), ["nsfw"], "cpu")
@@ -213,7 +213,7 @@ def test_withhold_holds_every_flagged_image_back_and_tells_the_member_privately(
     private = wait_until(lambda: _private(fleet.standin, bot.channel_id, inter), 20, "private note")
     assert "image 1 (score 0.00), image 2 (score 0.00) were held back" in private[0]
     # Counted for the admins.
-    wait_until(lambda: safety.flag_counts(rconn, fleet.guild_id)["today"] == {"withheld": 2}, 10, "flag counts")
+    wait_until(lambda: moderation.flag_counts(rconn, fleet.guild_id)["today"] == {"withheld": 2}, 10, "flag counts")
     usage = fleet.standin.send_slash(bot.app.id, fleet.guild_id, bot.channel_id, fleet.admin, "dreamadmin",
                                      {"user": fleet.user_id}, subcommand="usage").wait_ack(5)["data"]["content"]
     assert "**Content filter** (threshold 0, withhold)" in usage and "today (UTC): 2 flagged: 2 withheld" in usage
@@ -287,5 +287,5 @@ def test_age_restricted_shows_in_nsfw_channels_only_and_adult_words_stay_there(r
     later.wait_ack(5)
     assert _dream_images(_final(standin, later)) == []
     # Counted once each post is made (right after it).
-    wait_until(lambda: safety.flag_counts(rconn, fleet.guild_id)["today"] == {"shown_age_restricted": 1,
+    wait_until(lambda: moderation.flag_counts(rconn, fleet.guild_id)["today"] == {"shown_age_restricted": 1,
                                                                               "withheld": 2}, 10, "flag counts")

@@ -21,13 +21,13 @@ from dreamcore import metrics, stats
 from dreamcore.job import DreamJob
 
 from . import admit
+from .classifier import Scored, score_images
 from .errors import JobCancelled, free_gpu_memory, is_oom
 from .failure import input_error, settle
 from .make import make_images, with_faces
 from .pipeline import Generation
 from .publish import publish_generation, units_made
 from .runtime import Runtime, runtime
-from .safety import Scored, score_images
 from .steps import StepHook
 
 log = logging.getLogger("dreambot.worker")

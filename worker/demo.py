@@ -18,13 +18,13 @@ from dreamcore.images import open_store
 from dreamcore.job import JobError, make_job, make_origin, make_request
 from dreamcore.localredis import LocalRedis
 from dreamcore.logs import setup_logging
+from dreamcore.moderation import is_flagged
 from dreamcore.present import result_text
 from dreamcore.queue import DreamQueue
-from dreamcore.safety import is_flagged
 from dreamcore.settings import Settings
 
+from .classifier import load_checker
 from .runner import load_pipeline, make_worker
-from .safety import load_checker
 from .weights import ModelLoadError
 
 DEMO_INSTANCE = "demo"

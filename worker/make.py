@@ -15,10 +15,10 @@ from dreamcore.job import DreamJob, DreamRequest
 from dreamcore.ranges import MAX_SEED
 
 from . import faces, img2img, inpaint
+from .classifier import checked_scores
 from .errors import SourceGone
 from .pipeline import Generation, StepEvent
 from .runtime import Runtime
-from .safety import checked_scores
 from .steps import StepHook
 
 log = logging.getLogger("dreambot.worker")

@@ -68,7 +68,7 @@ class Generation:
     prompt_note: str | None = None  # e.g. "prompt is 131 tokens: encoded in 2 chunks of 75"
     nan_detected: bool = False  # any image's latents or pixels non-finite, or the image all black
     # The output classifier's score of the picture a picture job started from (None: other kinds, or no
-    # classifier); what it made is judged by the higher of this and each image's own (dreamcore.safety).
+    # classifier); what it made is judged by the higher of this and each image's own (dreamcore.moderation).
     source_score: float | None = None
 
 

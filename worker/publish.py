@@ -17,11 +17,11 @@ from dreamcore.job import DreamJob
 from dreamcore.redisconn import NotReplicated
 from dreamcore.results import DreamResult, ImageInfo
 
+from .classifier import Scored, score_images
 from .encode import TooLargeError, encode_images
 from .errors import JobRejected, free_gpu_memory
 from .pipeline import Generation
 from .runtime import Runtime
-from .safety import Scored, score_images
 
 log = logging.getLogger("dreambot.worker")
 

@@ -35,9 +35,9 @@ from dreamcore.queue import FairQueue, claim_companions, queue_name, queue_names
 from dreamcore.settings import Settings
 
 from . import batch, memory, rq_private, speed, tasks
+from .classifier import load_checker
 from .pipeline import DreamPipeline
 from .runtime import LOAD, Runtime, install, runtime
-from .safety import load_checker
 from .weights import ModelLoadError, dtype_for, resolve_device
 
 log = logging.getLogger("dreambot.worker")

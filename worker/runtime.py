@@ -13,8 +13,8 @@ import redis
 from dreamcore.images import ImageStore, open_store
 from dreamcore.settings import Settings
 
+from .classifier import load_checker
 from .pipeline import DreamPipeline
-from .safety import load_checker
 
 LOAD = object()  # Runtime.checker's default: load the classifier the settings name
 

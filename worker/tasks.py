@@ -19,12 +19,12 @@ from dreamcore import results
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
 
 from . import admit
+from .classifier import score_images
 from .failure import input_error, settle
 from .make import make_images
 from .pipeline import Generation
 from .publish import fail_job, publish_generation
 from .runtime import Runtime, runtime
-from .safety import score_images
 
 log = logging.getLogger("dreambot.worker")
 

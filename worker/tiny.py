@@ -9,7 +9,7 @@ refiner), an 8x AutoencoderKL, and SDXL's Euler scheduler config. Both pipelines
 weights, and the code under test is the production code path. The images are noise-like, of course.
 
 `make_tiny_classifier` adds a tiny ViT with a real NSFW classifier's labels for the output check
-(worker/safety.py), written to `safety/` beside them; `make_tiny_turbo` a LoRA on the base UNet in diffusers'
+(worker/classifier.py), written to `safety/` beside them; `make_tiny_turbo` a LoRA on the base UNet in diffusers'
 format, standing in for SDXL-Lightning's (mode:turbo, worker/adapters.py), written to `turbo/`.
 
 Nothing is downloaded: the tokenizer's vocabulary is the 256 byte characters of byte-level BPE (plain and

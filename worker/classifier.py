@@ -5,7 +5,7 @@ It is an ordinary `AutoModelForImageClassification` with its `AutoImageProcessor
 DREAMBOT_SAFETY_MODEL and loaded like the SDXL models (a local folder, or a hub id through the HF cache).
 The score of an image is the probability the model gives to the labels named in DREAMBOT_SAFETY_LABELS
 (summed, for models that split "porn", "hentai", "sexy"); what a guild does with a score is its policy
-(dreamcore.safety), applied by the bot when it posts, so an admin's change takes effect at once.
+(dreamcore.moderation), applied by the bot when it posts, so an admin's change takes effect at once.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dreamcore.settings import Settings
 from .errors import SafetyCheckFailed, is_oom
 from .weights import ModelLoadError, resolve_device
 
-log = logging.getLogger("dreambot.safety")
+log = logging.getLogger("dreambot.moderated")
 
 SETTING = "DREAMBOT_SAFETY_MODEL"
 

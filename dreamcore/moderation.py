@@ -1,4 +1,4 @@
-"""What a guild does with an image the output classifier flagged (the worker scores, worker/safety.py; the
+"""What a guild does with an image the output classifier flagged (the worker scores, worker/classifier.py; the
 bot applies this when it posts, so an admin's change applies to the next post).
 
 Per guild (`/dreamadmin set`, stored with the limits): `nsfw_threshold` (an image whose score is at least

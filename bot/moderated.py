@@ -1,6 +1,6 @@
 """The bot's half of output safety: where a post goes (is the channel age-restricted?), and the files and
-notes a moderated post carries. The verdicts themselves are dreamcore.safety's; the scores come from the
-worker's classifier (worker/safety.py)."""
+notes a moderated post carries. The verdicts themselves are dreamcore.moderation's; the scores come from the
+worker's classifier (worker/classifier.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import io
 
 import discord
 
-from dreamcore import metrics, safety
+from dreamcore import metrics, moderation
 from dreamcore.limits import GuildLimits
 from dreamcore.results import DreamResult
 
@@ -31,13 +31,13 @@ def post_is_age_restricted(client: discord.Client, origin) -> bool:
     return channel is None or channel_is_nsfw(channel)
 
 
-def moderate(result: DreamResult, limits: GuildLimits, age_restricted: bool) -> safety.Moderated:
+def moderate(result: DreamResult, limits: GuildLimits, age_restricted: bool) -> moderation.Moderated:
     source = result.source.nsfw_score if result.source is not None else None
-    return safety.moderate([i.nsfw_score for i in result.images], source, limits.nsfw_threshold,
+    return moderation.moderate([i.nsfw_score for i in result.images], source, limits.nsfw_threshold,
                            limits.nsfw_action, age_restricted)
 
 
-def files(result: DreamResult, images: list[bytes], mod: safety.Moderated | None, prefix: str = "") -> list[discord.File]:
+def files(result: DreamResult, images: list[bytes], mod: moderation.Moderated | None, prefix: str = "") -> list[discord.File]:
     """The attachments of a post: withheld images left out, spoilered ones behind Discord's spoiler cover
     (discord.py names them SPOILER_..., which is how Discord marks an attachment a spoiler)."""
     out = []
@@ -49,14 +49,14 @@ def files(result: DreamResult, images: list[bytes], mod: safety.Moderated | None
     return out
 
 
-def with_note(text: str, mod: safety.Moderated | None, job_id: str | None = None, limit: int = 2000) -> str:
+def with_note(text: str, mod: moderation.Moderated | None, job_id: str | None = None, limit: int = 2000) -> str:
     note = mod.public_note(job_id) if mod is not None else None
     if not note:
         return text[:limit]
     return text[: max(0, limit - len(note) - 1)] + "\n" + note
 
 
-def count(guild_id: int | None, mod: safety.Moderated) -> dict[str, int]:
+def count(guild_id: int | None, mod: moderation.Moderated) -> dict[str, int]:
     counts = mod.counts()
     for name, n in counts.items():
         metrics.image_flagged(guild_id, name, n)

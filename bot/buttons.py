@@ -68,7 +68,6 @@ from dreamcore.settings import Settings
 from . import calls, members, remix
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
-from .moderated import channel_is_nsfw
 from .toolkit import NO_MENTIONS, answer, answer_privately, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.buttons")
@@ -395,11 +394,7 @@ class Buttons:
     async def follow_up(self, interaction: discord.Interaction, job_id: str, action: str,
                         index: int | None = None, extra: dict | None = None) -> None:
         started = time.perf_counter()
-        origin_fields = dict(
-            instance=self.settings.instance, guild_id=interaction.guild_id, channel_id=interaction.channel_id,
-            user_id=interaction.user.id, application_id=interaction.application_id,
-            interaction_id=interaction.id, interaction_token=interaction.token,
-            channel_nsfw=channel_is_nsfw(interaction.channel), **members.origin_fields(interaction))
+        origin_fields = members.origin_fields(interaction, self.settings.instance)
         private = origin_fields["private"]  # the clicking member's own /settings, whoever made the result
         roles = [r.id for r in getattr(interaction.user, "roles", [])]
         note_ack = lambda: self.commands._note_ack(started)  # noqa: E731

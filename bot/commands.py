@@ -34,7 +34,6 @@ from dreamcore.styles import load_styles
 
 from . import calls, members
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
-from .moderated import channel_is_nsfw
 from .pictures import PictureIntake
 from .toolkit import NO_MENTIONS, answer, choices, is_guild_admin, within_ack
 from .translator import text as described
@@ -58,11 +57,15 @@ def place_text(position: int, eta_s: float | None = None) -> str:
                                                                                eta=duration(eta_s))
 
 
+def queued_line(job_id: str, position: int, eta_s: float | None = None, vote: bool = False) -> str:
+    """A waiting dream's status line: what it is, and where it stands."""
+    head = _("Queued a vote round (two candidates to compare):") if vote else _("Queued:")
+    return _("{head} job `{job_id}`, {where}.").format(head=head, job_id=job_id, where=place_text(position, eta_s))
+
+
 def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: float | None = None,
                 vote: bool = False) -> str:
-    head = _("Queued a vote round (two candidates to compare):") if vote else _("Queued:")
-    line = _("{head} job `{job_id}`, {where}.").format(head=head, job_id=job_id, where=place_text(position, eta_s))
-    return f"{line}\n**{shown(prompt, 900)}**\n-# {settings}"
+    return f"{queued_line(job_id, position, eta_s, vote)}\n**{shown(prompt, 900)}**\n-# {settings}"
 
 
 class DreamCommands:
@@ -196,20 +199,13 @@ class DreamCommands:
             return
         # What the member left out takes their own default, else the server's, else the operator's
         # (dreamcore.preferences.apply, with the server's limits, in the submit); until then, the operator's.
-        left_out = frozenset(k for k in (*preferences.DEFAULTABLE, "faces", "mode") if options.get(k) is None)
+        left_out = frozenset(k for k in preferences.DEFAULTABLE if options.get(k) is None)
         if options.get("steps") is None:
             options["steps"] = self.settings.default_steps
         prefs = members.current().prefs
         try:
-            request = make_request(max_upload_bytes=self.settings.max_upload_bytes,
-                                   **{k: v for k, v in options.items() if v is not None or k == "steps"})
-            origin = make_origin(
-                instance=self.settings.instance, guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id, user_id=interaction.user.id,
-                application_id=interaction.application_id, interaction_id=interaction.id,
-                interaction_token=interaction.token, channel_nsfw=channel_is_nsfw(interaction.channel),
-                **members.origin_fields(interaction),
-            )
+            request = make_request(max_upload_bytes=self.settings.max_upload_bytes, **options)
+            origin = make_origin(**members.origin_fields(interaction, self.settings.instance))
             job = make_job(request, origin) if picture is None else None
         except JobError as err:
             await self._reply(interaction, _("That request can't be dreamed: {reason}").format(reason=err),

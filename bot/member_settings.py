@@ -46,7 +46,6 @@ LANGUAGE_NAMES = {i18n.SOURCE: "English", **i18n.LANGUAGES}
 def panel_text(prefs: Preferences, unreadable: bool = False) -> str:
     """What the panel says, in the language of the moment."""
     server = _("the server's default")
-    styles = load_styles()
 
     def shown(value, label=None) -> str:
         return server if value is None else (label or str(value))
@@ -57,8 +56,7 @@ def panel_text(prefs: Preferences, unreadable: bool = False) -> str:
     lines += [
         _("- Language: {value}").format(value=LANGUAGE_NAMES[prefs.language] if prefs.language
                                         else _("your Discord language")),
-        _("- Style: {value}").format(value=shown(prefs.style, styles[prefs.style].label
-                                                 if prefs.style in styles else prefs.style)),
+        _("- Style: {value}").format(value=shown(prefs.style, prefs.style and _style_label(prefs.style))),
         _("- Aspect: {value}").format(value=shown(prefs.aspect, prefs.aspect and _(ASPECT_LABELS[prefs.aspect]))),
         _("- Images per dream: {value}").format(value=shown(prefs.count)),
         _("- Steps: {value}").format(value=shown(prefs.steps)),
@@ -73,10 +71,9 @@ def panel_text(prefs: Preferences, unreadable: bool = False) -> str:
 
 def summary(prefs: Preferences) -> str:
     """A member's settings on one line, for /dreamhelp: only what they set."""
-    styles = load_styles()
     parts = []
     if prefs.style:
-        parts.append(styles[prefs.style].label if prefs.style in styles else prefs.style)
+        parts.append(_style_label(prefs.style))
     if prefs.aspect:
         parts.append(prefs.aspect)
     if prefs.count:
@@ -92,6 +89,12 @@ def summary(prefs: Preferences) -> str:
     if prefs.language:
         parts.append(LANGUAGE_NAMES[prefs.language])
     return " · ".join(parts) if parts else _("none yet: the server's defaults apply")
+
+
+def _style_label(key: str) -> str:
+    """A preset's name; a saved one that is no longer offered (preferences.apply drops it) by its key."""
+    styles = load_styles()
+    return styles[key].label if key in styles else key
 
 
 def _select(field: str, placeholder: str, options: list[tuple[str, str]], chosen: str) -> discord.ui.Select:

@@ -19,6 +19,7 @@ from dreamcore import i18n, preferences
 from dreamcore.preferences import Loaded
 
 from . import calls
+from .moderated import channel_is_nsfw
 
 log = logging.getLogger("dreambot.bot")
 
@@ -54,11 +55,15 @@ def remember(prefs: preferences.Preferences, interaction: discord.Interaction) -
     i18n.use(prefs.language or _client_locale(interaction))
 
 
-def origin_fields(interaction: discord.Interaction) -> dict:
-    """What a job's origin records of its member for the bot alone: their language, the server's, and
-    whether they want the result to themselves."""
-    return {"locale": i18n.current(), "guild_locale": server_locale(interaction),
-            "private": current().prefs.private}
+def origin_fields(interaction: discord.Interaction, instance: str) -> dict:
+    """Where a job asked for by `interaction` comes from (dreamcore.job.Origin's fields, for make_origin), with
+    what the bot alone keeps of its member: their language, the server's, and whether they want the result to
+    themselves."""
+    return {"instance": instance, "guild_id": interaction.guild_id, "channel_id": interaction.channel_id,
+            "user_id": interaction.user.id, "application_id": interaction.application_id,
+            "interaction_id": interaction.id, "interaction_token": interaction.token,
+            "channel_nsfw": channel_is_nsfw(interaction.channel),
+            "locale": i18n.current(), "guild_locale": server_locale(interaction), "private": current().prefs.private}
 
 
 def server_locale(interaction: discord.Interaction) -> str | None:

@@ -16,9 +16,10 @@ import discord
 import redis
 
 from dreamcore import ledger, moderation, results, stats
-from dreamcore.i18n import _, current, duration, speaking
+from dreamcore.i18n import _, current, speaking
 from dreamcore.present import shown
 
+from .commands import queued_line
 from .moderated import post_is_age_restricted
 from .toolkit import INTERACTION_TOKEN_S, NO_MENTIONS
 
@@ -125,11 +126,7 @@ class Progress:
                 continue
             w.position = pos
             with _speaking(w.language):
-                where = _("next in line") if pos == 0 else _("position {position} in the queue").format(
-                    position=pos + 1)
-                if eta is not None:
-                    where = _("{where}, ready in about {eta}").format(where=where, eta=duration(eta))
-                text = _("Queued: job `{job_id}`, {where}.").format(job_id=job_id, where=where)
+                text = queued_line(job_id, pos, eta)
             await w.interaction.edit_original_response(content=f"{text}\n{w.header}", allowed_mentions=NO_MENTIONS)
             self.edits += 1
 

@@ -53,6 +53,11 @@ class Undeliverable(Exception):
     """Discord will never take this post (channel gone, no permission): stop trying."""
 
 
+def in_channel(origin) -> str | None:
+    """The language of what the bot posts to a channel on its own: the server's, else its member's."""
+    return origin.guild_locale or origin.locale
+
+
 def nonce_for(job_id: str) -> str:
     return f"dream{job_id}"[:25]
 
@@ -248,8 +253,7 @@ class Relay:
             if self.token_alive(result):
                 await self._interaction_webhook(result).send(note, ephemeral=True, allowed_mentions=NO_MENTIONS)
                 return
-            user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
-            await user.send(note, allowed_mentions=NO_MENTIONS)
+            await self._direct_message(origin.user_id, content=note)
         except (discord.HTTPException, aiohttp.ClientError, asyncio.TimeoutError) as err:
             log.info("could not tell the member privately about held-back images",
                      extra={"job_id": result.job_id, "error": type(err).__name__})
@@ -351,7 +355,7 @@ class Relay:
                 except discord.HTTPException as err:
                     if err.status not in TOKEN_GONE:
                         raise
-            text = words(a.origin.guild_locale or a.origin.locale)
+            text = words(in_channel(a.origin))
             channel = self.client.get_partial_messageable(a.origin.channel_id, guild_id=a.origin.guild_id)
             try:
                 await channel.send(content=f"<@{a.origin.user_id}> {text}"[:2000],
@@ -417,7 +421,7 @@ class Relay:
                                                                              "status": err.status})
         if origin.private:
             return await self._send_privately(result, images, mod)
-        text, files, view = message(origin.guild_locale or origin.locale)
+        text, files, view = message(in_channel(origin))
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         mention = f"<@{origin.user_id}> " if origin.user_id else ""
         try:
@@ -426,6 +430,10 @@ class Relay:
         except (discord.NotFound, discord.Forbidden) as err:
             raise Undeliverable(f"channel {origin.channel_id}: {err.text or err.status}") from None
         return "channel"
+
+    async def _direct_message(self, user_id: int, **message) -> None:
+        user = self.client.get_user(user_id) or await self.client.fetch_user(user_id)
+        await user.send(allowed_mentions=NO_MENTIONS, **message)
 
     async def _send_privately(self, result: DreamResult, images: list[bytes], mod: moderation.Moderated | None) -> str:
         """A private result whose interaction has expired: to the member by direct message, without the
@@ -437,12 +445,11 @@ class Relay:
             text = moderated.with_note(result_text(result), mod, result.job_id)
             files = moderated.files(result, images, mod)
         try:
-            user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
-            await user.send(content=text[:2000], files=files, allowed_mentions=NO_MENTIONS)
+            await self._direct_message(origin.user_id, content=text[:2000], files=files)
             return "direct message"
         except discord.Forbidden:
             log.info("private result: the member takes no direct messages", extra={"job_id": result.job_id})
-        with speaking(origin.guild_locale or origin.locale):
+        with speaking(in_channel(origin)):
             note = _("<@{user_id}> your private dream `{job_id}` is ready, but I can't send you direct messages: "
                      "allow them from this server's members, or turn private results off in /settings.").format(
                 user_id=origin.user_id, job_id=result.job_id)
@@ -474,12 +481,11 @@ class Relay:
             with speaking(origin.locale):
                 text = result_text(result)
             try:
-                user = self.client.get_user(origin.user_id) or await self.client.fetch_user(origin.user_id)
-                await user.send(content=text[:2000], allowed_mentions=NO_MENTIONS)
+                await self._direct_message(origin.user_id, content=text[:2000])
                 return "direct message"
             except discord.Forbidden:
                 pass  # the channel hears it, as for anyone: a failure shows no image
-        with speaking(origin.guild_locale or origin.locale):
+        with speaking(in_channel(origin)):
             text = result_text(result)
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
         try:
@@ -494,7 +500,7 @@ class Relay:
         origin = result.origin
         if origin is None:
             return
-        with speaking(origin.guild_locale or origin.locale):
+        with speaking(in_channel(origin)):
             note = _("<@{user_id}> your dream `{job_id}` is done, but Discord kept refusing the upload. It is kept "
                      "for {minutes} min; ask an admin if it doesn't show up.").format(
                 user_id=origin.user_id, job_id=result.job_id, minutes=self.settings.result_ttl_s // 60)

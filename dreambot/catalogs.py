@@ -13,6 +13,7 @@ its update (merge) and its .mo compiler.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,8 +168,6 @@ def problems(locale: str, tmpl: Catalog | None = None) -> list[str]:
 
 
 def _valid_name(name: str) -> bool:
-    import re
-
     return re.fullmatch(r"[-_'\w\u0900-\u097F\u0E00-\u0E7F]{1,32}", name) is not None
 
 

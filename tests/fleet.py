@@ -208,9 +208,10 @@ def final_answer(standin: DiscordStandIn, inter, body: dict, timeout: float = 15
 
 
 @contextmanager
-def one_bot(redis_server, model_dir: Path, tmp: Path, **env):
-    """One bot and one worker (with `env` over the fleet's) on a fresh stand-in and the session's Redis, and an
-    admin member: yields `e` with .fleet, .standin, .bot, .admin and .r (a Redis client)."""
+def one_bot(redis_server, model_dir: Path, tmp: Path, bot_env: dict | None = None, **env):
+    """One bot and one worker (with `env` over the fleet's, and `bot_env` over that for the bot alone) on a fresh
+    stand-in and the session's Redis, and an admin member: yields `e` with .fleet, .standin, .bot, .admin and
+    .r (a Redis client)."""
     import redis
 
     if redis_server.proc is None or redis_server.proc.poll() is not None:
@@ -221,7 +222,7 @@ def one_bot(redis_server, model_dir: Path, tmp: Path, **env):
         fleet.setup(1)
         bot = fleet.bots[0]
         admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
-        fleet.start_bot(bot, **env)
+        fleet.start_bot(bot, **env, **(bot_env or {}))
         fleet.start_worker(**env)
         fleet.wait_bots_ready()
         yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, admin=admin,

@@ -11,15 +11,12 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import redis
 import skimage.data
-from fleet import Fleet, final_answer, image_messages, image_store
+from fleet import final_answer, image_messages, image_store, one_bot
 from PIL import Image, ImageOps
-from standin import DiscordStandIn
 
 from dreamcore import image_in, moderation, results
 from dreamcore.images import input_key
@@ -204,25 +201,11 @@ def _header_size(data: bytes) -> tuple[int | None, int | None]:
 
 @pytest.fixture(scope="module")
 def pics(redis_server, tiny_model_dir, tmp_path_factory):
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
-    conn = redis.Redis.from_url(redis_server.url)
-    tmp = tmp_path_factory.mktemp("pictures")
-    standin = DiscordStandIn().start()
-    fleet = Fleet(standin, redis_server.url, tiny_model_dir, tmp)
-    try:
-        fleet.setup(1)
-        bot = fleet.bots[0]
-        adult = standin.add_channel(fleet.guild_id, "dreams-after-dark", nsfw=True)
-        admin = standin.add_member(fleet.guild_id, "admin", manage_guild=True)
-        # Small caps, so that "too big" and "too slow" are quick to show.
-        fleet.start_bot(bot, DREAMBOT_INPUT_MAX_MB="2", DREAMBOT_INPUT_DOWNLOAD_TIMEOUT="1")
-        fleet.start_worker()
-        fleet.wait_bots_ready()
-        yield SimpleNamespace(fleet=fleet, standin=standin, bot=bot, r=conn, adult=adult, admin=admin)
-    finally:
-        fleet.stop()
-        standin.stop()
+    # Small caps, so that "too big" and "too slow" are quick to show.
+    with one_bot(redis_server, tiny_model_dir, tmp_path_factory.mktemp("pictures"),
+                 bot_env={"DREAMBOT_INPUT_MAX_MB": "2", "DREAMBOT_INPUT_DOWNLOAD_TIMEOUT": "1"}) as e:
+        e.adult = e.standin.add_channel(e.fleet.guild_id, "dreams-after-dark", nsfw=True)
+        yield e
 
 
 def send(e, options: dict, channel: int | None = None, user: int | None = None):

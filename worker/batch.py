@@ -1,7 +1,8 @@
-"""A batch of claimed jobs through the worker in two halves: `denoise` (the GPU half: several dreams that
+"""The one way a job goes through the worker, in two halves: `denoise` (the GPU half: several dreams that
 share a batch key as one denoising call, or one job of any kind alone) and `finish` (encode and publish, in
-a finisher thread while the GPU takes the next batch). Every member ends as an Outcome RQ records, or as a
-Made waiting for `finish`; the helpers return those, one per member, rather than fill lists passed in."""
+a finisher thread while the GPU takes the next batch). A job run by a plain RQ worker (tasks.run_dream) is a
+batch of one. Every member ends as an Outcome RQ records, or as a Made waiting for `finish`; the helpers
+return those, one per member, rather than fill lists passed in."""
 
 from __future__ import annotations
 

@@ -1,59 +1,40 @@
 """RQ's entry points for dream jobs: `run_dream`, named by string in every queued job
-("worker.tasks.run_dream") and running one job start to finish as any RQ worker would call it, and
-`on_abandoned`, RQ's exception handler, which tells the member of a job whose workers kept dying.
+("worker.tasks.run_dream"), and `on_abandoned`, RQ's exception handler, which tells the member of a job whose
+workers kept dying.
 
-`dreambot worker` (runner.DreamWorker) runs the same work in two halves instead (batch.py: `denoise` on the
-GPU, `finish` in a finisher thread). The pieces both paths share have their own rooms: runtime.py (the
-process's models and connections), admit.py (before the GPU), steps.py (each denoising step), make.py (a
-job's images), publish.py (the result out), failure.py (what an exception becomes).
+A job has one way through the worker, whoever runs it: batch.py's `denoise` (the GPU half) then `finish`
+(encode and publish). `dreambot worker` (runner.DreamWorker) runs batches of claimed jobs that way, with
+`finish` in a finisher thread; `run_dream`, for any plain RQ worker, runs its job as a batch of one.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 from rq import get_current_job
 
 from dreamcore import results
-from dreamcore.job import DreamJob, JobError, origin_of, parse_job
+from dreamcore.job import JobError, origin_of, parse_job
 
-from . import admit
-from .classifier import score_images
-from .failure import input_error, settle
-from .make import make_images
-from .pipeline import Generation
-from .publish import fail_job, publish_generation
-from .runtime import Runtime, runtime
+from .batch import Claimed, denoise, finish
+from .publish import fail_job
+from .runtime import runtime
 
 log = logging.getLogger("dreambot.worker")
 
 
 def run_dream(payload) -> dict:
-    """RQ's entry point for one job run alone (a variation, an upscale, or a dream with no companions)."""
-    rt = runtime()
+    """RQ's entry point for one job: a batch of one through `denoise` and `finish`. Returns RQ's return value,
+    or raises what the job ended with (its member told already), as RQ expects of a failed job."""
     current = get_current_job()
     # Failures are filed under RQ's own id, never under an id read from a payload that may be corrupt
     # (a made-up id could mark another member's job as done).
-    job = admit.parse(rt, current.id if current is not None else "unknown", payload, current)
-    ((published, cancelled, gone),) = admit.flags(rt, [job])
-    if published:
-        return admit.already_published(job)
-    try:
-        admit.precheck(rt, job, cancelled, gone)
-        return _generate_and_publish(rt, job)
-    except Exception as err:
-        return settle(rt, job, err, current)
-
-
-def _generate_and_publish(rt: Runtime, job: DreamJob) -> dict:
-    t0 = time.perf_counter()
-    try:
-        gen: Generation = make_images(rt, job)
-    except ValueError as err:
-        raise input_error(rt, job, err) from None
-    (scored,) = score_images(rt.checker, [gen])
-    return publish_generation(rt, job, gen, t0, scored=scored)
+    member = Claimed(current.id if current is not None else "unknown", payload, current)
+    outcomes, made = denoise([member])
+    (outcome,) = finish(made, outcomes)
+    if outcome.failed:
+        raise outcome.exc_info[1].with_traceback(outcome.exc_info[2])
+    return outcome.value
 
 
 def on_abandoned(job, exc_type, exc_value, tb) -> bool:

@@ -44,11 +44,10 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import moderation, params, results, stats
+from dreamcore import keys, moderation, params, results, stats
 from dreamcore.canvas import CanvasError, plan, variation_size
 from dreamcore.i18n import N_, _, ngettext
-from dreamcore.images import ImageStoreError, image_key, input_key, source_key
-from dreamcore.images import params_key as images_params_key
+from dreamcore.images import ImageStoreError, image_key, input_key, params_copy_key, source_key
 from dreamcore.job import (
     FACE_STRENGTH,
     DreamJob,
@@ -501,11 +500,11 @@ class Buttons:
             return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.
-            await calls.command(self.conn.delete, results.result_key(job_id), params.params_key(job_id))
-            keys = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
+            await calls.command(self.conn.delete, results.result_key(job_id), keys.params_key(job_id))
+            stored = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
             if p is not None and p.kind == "picture" and p.source is not None and p.source.job_id == job_id:
-                keys.append(input_key(job_id))  # the member's own photo goes with what was made of it
-            await calls.command(self.backend.images.delete, [*keys, images_params_key(job_id)])
+                stored.append(input_key(job_id))  # the member's own photo goes with what was made of it
+            await calls.command(self.backend.images.delete, [*stored, params_copy_key(job_id)])
         except (redis.RedisError, ImageStoreError) as err:  # they expire on their own
             log.warning("deleted result's images left to expire", extra={"job_id": job_id, "error": str(err)})
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id, "admin": is_admin})

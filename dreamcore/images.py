@@ -52,7 +52,8 @@ def source_key(kind: str, source) -> str:
     return image_key(source.job_id, source.index, source.format)
 
 
-def params_key(job_id: str) -> str:
+def params_copy_key(job_id: str) -> str:
+    """The copy of a job's button record (dreamcore.params) kept beside its images."""
     return f"{job_id}/params.json"
 
 

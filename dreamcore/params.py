@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import images
 from .images import ImageStore
 from .job import DreamRequest, JobSource, Kind
-from .keys import params_key  # noqa: F401  (re-exported)
+from .keys import params_key
 from .results import DreamResult
 
 log = logging.getLogger("dreambot.params")
@@ -92,7 +92,7 @@ def save(conn: redis.Redis, params: JobParams, ttl_s: int) -> None:
 def save_to_store(store: ImageStore, params: JobParams) -> None:
     """The same record beside the job's images, kept as long as they are (DREAMBOT_IMAGE_RETENTION_DAYS),
     so the buttons outlive the Redis copy and any Redis restart or loss."""
-    store.put(images.params_key(params.job_id), params.model_dump_json().encode())
+    store.put(images.params_copy_key(params.job_id), params.model_dump_json().encode())
 
 
 def _parse(raw: bytes, job_id: str, where: str) -> JobParams | None:
@@ -111,5 +111,5 @@ def load(conn: redis.Redis, job_id: str, store: ImageStore | None = None) -> Job
         return _parse(raw, job_id, "redis")
     if store is None:
         return None
-    raw = store.get(images.params_key(job_id))
+    raw = store.get(images.params_copy_key(job_id))
     return None if raw is None else _parse(raw, job_id, "store")

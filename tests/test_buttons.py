@@ -20,7 +20,7 @@ from history import release_reading, run_old_worker
 from PIL import Image
 from standin import DiscordStandIn
 
-from dreamcore import delivery, image_in, params, results
+from dreamcore import delivery, image_in, keys, params, results
 from dreamcore.images import input_key
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.queue import DreamQueue
@@ -369,7 +369,7 @@ def test_buttons_outlive_the_result_ttl(fleet, rconn):
 
     # Past retention, the member is told, not left waiting.
     _age_images(job, days=get_settings().image_retention_days + 1)
-    rconn.delete(params.params_key(job))
+    rconn.delete(keys.params_key(job))
     _, body = _click(fleet, bot, first, f"dream:u:{job}:0", fleet.user_id)
     assert "don't know that result any more" in _ephemeral(body), body
 

@@ -12,7 +12,7 @@ import pytest
 from fleet import wait_until
 from PIL import Image
 
-from dreamcore import moderation, params, results
+from dreamcore import keys, moderation, params, results
 from dreamcore.limit_store import LimitStore
 from dreamcore.limits import LimitError
 from dreamcore.settings import load_settings
@@ -240,9 +240,9 @@ def test_spoiler_posts_behind_a_spoiler_and_a_button_never_unmarks_it(running, r
 
     # The source scored high (as a real classifier would on an adult image; the tiny one cannot), and the
     # admin raises the threshold: the upscale's own score is low, its source's is not, so it stays covered.
-    record = json.loads(rconn.get(params.params_key(job)))
+    record = json.loads(rconn.get(keys.params_key(job)))
     record["images"][0]["nsfw_score"] = 0.97
-    rconn.set(params.params_key(job), json.dumps(record), keepttl=True)
+    rconn.set(keys.params_key(job), json.dumps(record), keepttl=True)
     _admin(fleet, fleet.admin, "nsfw_threshold", "0.5")
     up = standin.send_component(bot.app.id, fleet.guild_id, bot.channel_id, fleet.user_id, msg.id, f"dream:u:{job}:0")
     up.wait_ack(5)

@@ -1,7 +1,7 @@
 """The one way a job goes through the worker, in two halves: `denoise` (the GPU half: several dreams that
 share a batch key as one denoising call, or one job of any kind alone) and `finish` (encode and publish, in
 a finisher thread while the GPU takes the next batch). A job run by a plain RQ worker (tasks.run_dream) is a
-batch of one. Every member ends as an Outcome RQ records, or as a Made waiting for `finish`; the helpers
+batch of one. Every member ends as an Ended (what RQ records), or as a Made waiting for `finish`; the helpers
 return those, one per member, rather than fill lists passed in."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Claimed:
 
 
 @dataclass
-class Outcome:
+class Ended:
     """How one job of a batch ended, for RQ: a return value, or the exception with its traceback."""
 
     value: dict | None = None
@@ -55,11 +55,11 @@ class Outcome:
         return self.exc_info is not None
 
 
-def _capture(fn, *args) -> Outcome:
+def _capture(fn, *args) -> Ended:
     try:
-        return Outcome(value=fn(*args))
+        return Ended(value=fn(*args))
     except Exception:
-        return Outcome(exc_info=sys.exc_info())
+        return Ended(exc_info=sys.exc_info())
 
 
 @dataclass
@@ -74,8 +74,8 @@ class Made:
     record: bool  # fold its time into the seconds-per-image average (a batch does that once for all)
     rq_job: Any = None
     scored: Scored | None = None  # the output classifier's verdict, from one call for the whole batch
-def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
-    """The GPU half of running `members`. Returns an Outcome for every member that ended here (failed,
+def denoise(members: list[Claimed]) -> tuple[list[Ended | None], list[Made]]:
+    """The GPU half of running `members`. Returns an Ended for every member that ended here (failed,
     cancelled, skipped; None for the others) and a Made for every member whose images wait for `finish`.
 
     Each job is admitted, checked and has its prompts encoded on its own (a bad one fails alone); the rest
@@ -84,7 +84,7 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
     call, fails every job in it, each member told.
     """
     rt = runtime()
-    ended: dict[int, Outcome | Made] = {}
+    ended: dict[int, Ended | Made] = {}
     admitted: dict[int, DreamJob] = {}  # whom a timeout must tell
     try:
         parsed: list[tuple[int, DreamJob]] = []
@@ -98,7 +98,7 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
         for (i, job), (published, cancelled, gone) in zip(parsed, admit.flags(rt, [j for _, j in parsed]),
                                                           strict=True):
             if published:
-                ended[i] = Outcome(value=admit.already_published(job))
+                ended[i] = Ended(value=admit.already_published(job))
                 continue
             admitted[i] = job
             rq_job = members[i].rq_job
@@ -121,11 +121,11 @@ def denoise(members: list[Claimed]) -> tuple[list[Outcome | None], list[Made]]:
         for i, job in admitted.items():
             if i not in ended:
                 ended[i] = _capture(settle, rt, job, err, members[i].rq_job)
-    outcomes = [e if isinstance(e := ended.get(i), Outcome) else None for i in range(len(members))]
+    outcomes = [e if isinstance(e := ended.get(i), Ended) else None for i in range(len(members))]
     return outcomes, [e for e in ended.values() if isinstance(e, Made)]
 
 
-def _make_alone(rt: Runtime, i: int, job: DreamJob, rq_job) -> Outcome | Made:
+def _make_alone(rt: Runtime, i: int, job: DreamJob, rq_job) -> Ended | Made:
     t0 = time.perf_counter()
     try:
         try:
@@ -139,7 +139,7 @@ def _make_alone(rt: Runtime, i: int, job: DreamJob, rq_job) -> Outcome | Made:
     return Made(i, job, gen, t0, 1.0, True, rq_job)
 
 
-def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outcome | Made]:
+def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Ended | Made]:
     """One generate_prepared call for the live members, and one face pass over what it made; how each of
     them ended, by index."""
     jobs = [job for _, job, _ in live]
@@ -155,7 +155,7 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outco
             free_gpu_memory()
             log.warning("batch ran out of GPU memory; running its jobs one at a time",
                         extra={"jobs": [j.job_id for j in jobs]})
-            alone: dict[int, Outcome | Made] = {}
+            alone: dict[int, Ended | Made] = {}
             try:
                 for i, job, _ in live:
                     alone[i] = _make_alone(rt, i, job, members[i].rq_job)
@@ -170,7 +170,7 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outco
                      sum(units_made(rt, job, g) for (_, job, _), g in zip(live, gens, strict=True)),
                      stats.speed_key(live[0][1]))  # one batch key: one kind and mode
     metrics.batch_ran(len(live), images)
-    out: dict[int, Outcome | Made] = {}
+    out: dict[int, Ended | Made] = {}
     for (i, job, _), gen in zip(live, gens, strict=True):
         if job.job_id in hook.cancelled:
             out[i] = _capture(settle, rt, job, JobCancelled(job.job_id), members[i].rq_job)
@@ -179,7 +179,7 @@ def _denoise_batch(rt: Runtime, members: list[Claimed], live) -> dict[int, Outco
     return out
 
 
-def _scored(rt: Runtime, members: list[Claimed], made: list[Made]) -> dict[int, Outcome | Made]:
+def _scored(rt: Runtime, members: list[Claimed], made: list[Made]) -> dict[int, Ended | Made]:
     """Every image made in this call through the classifier at once, while the GPU half still runs: each
     Made with its verdict, or, when the classifier fails, each job failed (its member told) rather than
     posted unscored."""
@@ -194,9 +194,9 @@ def _scored(rt: Runtime, members: list[Claimed], made: list[Made]) -> dict[int, 
     return {m.index: dataclasses.replace(m, scored=s) for m, s in zip(made, verdicts, strict=True)}
 
 
-def finish(made: list[Made], outcomes: list[Outcome | None]) -> list[Outcome]:
+def finish(made: list[Made], outcomes: list[Ended | None]) -> list[Ended]:
     """The CPU half: encode each made job's images and publish them to its bot, jobs side by side (Pillow's
-    encoders release the GIL). Returns every member's Outcome: `outcomes`' own, the made jobs' filled in."""
+    encoders release the GIL). Returns every member's Ended: `outcomes`' own, the made jobs' filled in."""
     rt = runtime()
     outcomes = list(outcomes)
     if len(made) == 1:
@@ -208,7 +208,7 @@ def finish(made: list[Made], outcomes: list[Outcome | None]) -> list[Outcome]:
                 outcomes[m.index] = outcome
     for i, o in enumerate(outcomes):  # a member with no outcome would be a bug here: fail it loudly
         if o is None:
-            outcomes[i] = Outcome(exc_info=(RuntimeError, RuntimeError("this job was left unsettled"), None))
+            outcomes[i] = Ended(exc_info=(RuntimeError, RuntimeError("this job was left unsettled"), None))
     return outcomes  # type: ignore[return-value]
 
 

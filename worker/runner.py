@@ -133,7 +133,7 @@ class DreamWorker(SimpleWorker):
                 job.started_at = now()
                 ready.append(i)
             except Exception:
-                outcomes[i] = batch.Outcome(exc_info=sys.exc_info())
+                outcomes[i] = batch.Ended(exc_info=sys.exc_info())
         if not ready:
             return outcomes, []
         jobs = [members[i][0] for i in ready]
@@ -144,7 +144,7 @@ class DreamWorker(SimpleWorker):
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=jobs[0].id):
                 got, made = batch.denoise(claimed)
         except Exception:  # denoise settles every job itself; this is a last resort so RQ still records them
-            got, made = [batch.Outcome(exc_info=sys.exc_info())] * len(ready), []
+            got, made = [batch.Ended(exc_info=sys.exc_info())] * len(ready), []
         for k, i in enumerate(ready):
             outcomes[i] = got[k]
         for m in made:
@@ -182,7 +182,7 @@ class DreamWorker(SimpleWorker):
         try:
             outcomes = pending.future.result()
         except Exception:  # finish settles every job itself; this is a last resort so RQ still records them
-            outcomes = [batch.Outcome(exc_info=sys.exc_info())] * len(pending.members)
+            outcomes = [batch.Ended(exc_info=sys.exc_info())] * len(pending.members)
         try:
             for (job, queue, execution), outcome in zip(pending.members, outcomes, strict=True):
                 try:

@@ -83,7 +83,7 @@ def publish_generation(rt: Runtime, job: DreamJob, gen: Generation, t0: float, s
                 if job.source is not None and gen.source_score is not None else job.source),
     )
     published = publish_patiently(rt, result, [e.data for e in encoded])
-    faults.crash_here("worker-after-publish")
+    faults.hit("worker-after-publish")
     if record:
         stats.record_job(rt.conn, timings["total_s"], units_made(rt, job, gen), stats.speed_key(job))
     shared = {k: v * share if k.endswith("_s") and k not in ("png_s",) else v for k, v in timings.items()}
@@ -130,10 +130,10 @@ def store_patiently(rt: Runtime, result: DreamResult, images: list[bytes], patie
     the result is published only after every image is stored)."""
     def store():
         results.store_images(rt.store, result, images)
-        faults.break_connection("publish-after-images", ImageStoreError)
+        faults.hit("publish-after-images")
         if result.origin is not None and result.request is not None:
             params.save_to_store(rt.store, params.from_result(result))
-        faults.break_connection("publish-after-params", ImageStoreError)
+        faults.hit("publish-after-params")
 
     patiently(store, (ImageStoreError,), STORE_PATIENCE_S if patience_s is None else patience_s,
                result.job_id, "image store write")
@@ -150,7 +150,7 @@ def publish_patiently(rt: Runtime, result: DreamResult, images: list[bytes], ttl
         while True:
             try:
                 done = results.publish(rt.conn, result, ttl_s or rt.settings.result_ttl_s, rt.settings)
-                faults.break_connection("publish-after-result")  # as if the reply to the script never came
+                faults.hit("publish-after-result")
                 return done
             except NotReplicated as err:
                 # On the primary, not yet on a replica. Returning now would let RQ record the job as finished,

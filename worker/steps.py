@@ -44,14 +44,14 @@ class StepHook:
         self.jobs = jobs
         self.keys = [cancel_key(j.job_id) for j in jobs]
         self.cancelled: set[str] = set()
-        self.poison = faults.once("worker-nan")
+        self.poison = faults.hit("worker-nan")
         self.last = time.monotonic()  # of the last progress published; the first comes PROGRESS_INTERVAL_S in
         self.checked: float | None = None  # when Redis was last asked about cancels
         # A picture job's input score (worker/make.py): a preview is judged by the higher of it and its own.
         self.source_score: float | None = None
 
     def __call__(self, event: StepEvent) -> None:
-        faults.crash_here("worker-mid-job")
+        faults.hit("worker-mid-job")
         if self.poison:  # tests only: what a broken fp16 VAE or a bad driver produces, to the first job here
             event.latents[(getattr(event, "rows", None) or {}).get(0, slice(None))].mul_(float("nan"))
         now = time.monotonic()

@@ -234,7 +234,7 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                                else "Redis's main thread on SCHED_FIFO priority 1 (reset on fork)"), flush=True)
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
-    conn.hset(stats.STATS_KEY, "s_per_image", "0.001")  # a measured speed, so backpressure and ETA run
+    conn.hset(stats.STATS_KEY, "s_per_unit", "0.001")  # a measured speed, so backpressure and ETA run
     os.environ.update(GENEROUS_LIMITS, **DEPTH_ENV, REDIS_URL=server.url)
     backend = Backend(load_settings(), redis.Redis.from_url(server.url))  # the bench's own: the fill
     shas = script_names()
@@ -568,7 +568,7 @@ def status_alone(args, depth: int) -> None:
                                  args.rt_redis)
         if args.rt_redis:
             print(f"real-time Redis: {why_not or 'yes'}")
-        conn.hset(stats.STATS_KEY, "s_per_image", "0.001")
+        conn.hset(stats.STATS_KEY, "s_per_unit", "0.001")
         conn.config_set("slowlog-log-slower-than", args.slowlog_us)
         conn.config_set("slowlog-max-len", 1024)
         backend = Backend(load_settings(), redis.Redis.from_url(server.url))
@@ -602,7 +602,7 @@ def inprocess_bench(args, depths: list[int]) -> None:
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
     backend = Backend(load_settings(), redis.Redis.from_url(server.url))
-    conn.hset(stats.STATS_KEY, "s_per_image", "0.001")
+    conn.hset(stats.STATS_KEY, "s_per_unit", "0.001")
     shas = script_names()
     rng = random.Random(7)
     rows = []

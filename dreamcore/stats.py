@@ -19,7 +19,7 @@ from .modes import TURBO_KINDS
 
 EWMA_ALPHA = 0.2  # about the last ten jobs
 SPEED_KEYS = (*KINDS, *(f"turbo-{k}" for k in TURBO_KINDS))
-_FIELDS = ("s_per_unit", *(f"s_per_unit:{k}" for k in SPEED_KEYS), "s_per_image")
+_FIELDS = ("s_per_unit", *(f"s_per_unit:{k}" for k in SPEED_KEYS))
 
 
 def speed_key(job) -> str:
@@ -63,9 +63,7 @@ class Speed:
 
     def __init__(self, conn: redis.Redis):
         got = dict(zip(_FIELDS, conn.hmget(STATS_KEY, list(_FIELDS)), strict=True))
-        # An older release measured seconds per image: for a standard dream that is seconds per unit.
-        overall = got["s_per_unit"] or got["s_per_image"]
-        self.overall = _speed(overall)
+        self.overall = _speed(got["s_per_unit"])
         self.per_kind = {k: v for k in SPEED_KEYS if (v := _speed(got[f"s_per_unit:{k}"])) is not None}
         self.workers = Worker.count(connection=conn)
 

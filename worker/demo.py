@@ -1,7 +1,8 @@
 """`dreambot demo`: the whole dream path on one machine, with no Discord and no GPU needed.
 
-It enqueues through the same queue code the bots use, runs a worker on it, and takes the result from the
-same outbox a bot reads, writing files where a bot would post to a channel.
+It queues the job as a bot's submit ends (the queue's `enqueue`, with the bot's own record of the job), but
+without a bot's limits (the demo has no server and no members); then it runs a worker on the queue and takes
+the result from the outbox a bot reads, checked as a bot checks it, writing files where a bot would post.
 """
 
 from __future__ import annotations
@@ -36,18 +37,15 @@ def default_tiny_dir() -> Path:
 
 def _tiny(settings: Settings, where: str) -> Settings:
     from .runner import quiet_model_libraries
-    from .tiny import make_tiny_classifier, make_tiny_model, make_tiny_turbo
+    from .tiny import make_tiny_model
 
     quiet_model_libraries()
     folder = Path(where) if where else default_tiny_dir()
-    if not (folder / "base" / "model_index.json").exists() or not (folder / "refiner" / "model_index.json").exists():
+    parts = ("base/model_index.json", "refiner/model_index.json", "safety/config.json", "turbo")
+    if not all((folder / part).exists() for part in parts):  # built by hand, cut short, or by an older release
         t0 = time.perf_counter()
         make_tiny_model(folder)
         print(f"built the tiny test model in {folder} ({time.perf_counter() - t0:.1f}s)")
-    elif not (folder / "safety" / "config.json").exists():  # a folder an older release built
-        make_tiny_classifier(folder / "safety")
-    if not (folder / "turbo").is_dir():  # a folder a release before mode:turbo built
-        make_tiny_turbo(folder / "turbo")
     return settings.model_copy(update={"base_model": str(folder / "base"), "refiner_model": str(folder / "refiner"),
                                        "safety_model": str(folder / "safety"), "turbo_adapter": str(folder / "turbo"),
                                        "device": "cpu"})

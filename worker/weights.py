@@ -15,15 +15,6 @@ from .sources import FP16_VARIANT, ModelLoadError, hub_id_or_folder
 
 log = logging.getLogger("dreambot.worker")
 
-# diffusers renamed from_pretrained's `torch_dtype` to `dtype` (0.42 warns on the old name, older releases
-# know only the old one); use whichever this diffusers has.
-try:
-    from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (exists where `dtype` is accepted)
-
-    _DTYPE_KW = "dtype"
-except ImportError:
-    _DTYPE_KW = "torch_dtype"
-
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
@@ -120,7 +111,7 @@ def load_pipelines(base: str, refiner: str, dtype: torch.dtype):
     them). The refiner reuses the base's text_encoder_2 and VAE."""
     from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 
-    base_pipe = _from_pretrained(StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, **{_DTYPE_KW: dtype})
+    base_pipe = _from_pretrained(StableDiffusionXLPipeline, "DREAMBOT_BASE_MODEL", base, dtype=dtype)
     if base_pipe.text_encoder is None or base_pipe.text_encoder_2 is None:
         raise ModelLoadError(
             "DREAMBOT_BASE_MODEL", base, "that is not an SDXL base model (it lacks text_encoder; a refiner?)"
@@ -132,7 +123,7 @@ def load_pipelines(base: str, refiner: str, dtype: torch.dtype):
         StableDiffusionXLImg2ImgPipeline,
         "DREAMBOT_REFINER_MODEL",
         refiner,
-        **{_DTYPE_KW: dtype},
+        dtype=dtype,
         text_encoder_2=base_pipe.text_encoder_2,
         vae=base_pipe.vae,
     )

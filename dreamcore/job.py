@@ -33,7 +33,8 @@ from .problems import problems
 from .ranges import MAX_PROMPT_CHARS, MAX_SEED
 from .styles import load_styles
 
-# A job carries the oldest schema version that can express it: a plain dream is still version 1, which
+# Compatibility (goes when every worker reads version 5: then write SCHEMA_VERSION always): a job carries
+# the oldest schema version that can express it: a plain dream is still version 1, which
 # workers of the previous release run; variations and upscales (a `source` image) are version 2, a dream
 # from a member's own picture version 3; a Fix faces job, or any job that sets its face pass on or off,
 # version 4; a turbo or relax dream (dreamcore.modes) version 5. An older worker refuses a version it doesn't
@@ -144,8 +145,9 @@ class DreamRequest(_Strict):
 
     @model_serializer(mode="wrap")
     def _without_defaults_of_new_fields(self, handler):
-        # "auto" faces and "quality" mode are what a request of the releases before them meant, and those
-        # releases forbid unknown keys: left out, a job, result or record that doesn't set them still reads there.
+        # Compatibility (goes when no bot or worker of a release before faces and modes runs): "auto" faces and
+        # "quality" mode are what a request of the releases before them meant, and those releases forbid
+        # unknown keys: left out, a job, result or record that doesn't set them still reads there.
         out = handler(self)
         if isinstance(out, dict):
             if out.get("faces") == "auto":
@@ -280,8 +282,8 @@ class JobSource(_Strict):
     # The output classifier's score of the source image: what is made from it is judged by the higher of
     # this and its own score, so a button never shows a flagged image unmarked (dreamcore.moderation).
     nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
-    # An edit's (kind "edit"): what it does to the image. Left out when None, as a worker and bot of the
-    # release before edits write and read a source.
+    # An edit's (kind "edit"): what it does to the image. Compatibility (goes when no bot or worker of the
+    # release before edits runs): left out when None, as that release writes and reads a source.
     edit: Edit | None = None
 
     @model_serializer(mode="wrap")
@@ -368,7 +370,8 @@ class DreamJob(_Strict):
         return self.model_copy(update={"origin": self.origin.model_copy(update={"interaction_token": None})})
 
     def _dump_exclude(self) -> dict:
-        # Jobs go out exactly as the previous release wrote them (it forbids unknown keys): no source for a
+        # Compatibility (goes with the schema versions above): jobs go out exactly as the previous release
+        # wrote them (it forbids unknown keys): no source for a
         # version 1 job, and the content filter's fields only when they say something.
         out: dict = {}
         if self.source is None:

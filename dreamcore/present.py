@@ -75,7 +75,8 @@ STAGE_NAMES = {
     "faces_s": N_("faces"), "safety_s": N_("safety"), "png_s": N_("png"),
 }
 # Everything a result's timings may hold: the stages, and the counts of the call it shared and of its face pass
-# (kept here rather than as fields of their own, so a bot of an earlier release still reads the result).
+# (compatibility, goes when no bot of a release before them runs: kept here rather than as fields of their own,
+# so a bot of an earlier release still reads the result).
 TIMINGS = (*STAGES, "total_s", "batch_images", "batch_jobs", "parts", "faces_found", "faces_redrawn")
 
 

@@ -171,7 +171,7 @@ class Relay:
                 return  # left pending: the outbox hands it out again after its idle time
             where = "gave up"
             await self._tell_undelivered(result)
-        faults.crash_here("bot-after-post")
+        faults.hit("bot-after-post")
         await self._count_flags(result, mod)
         try:
             await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)

@@ -153,7 +153,8 @@ class Progress:
         # The bot's own record of the job: where it came from, and the interaction token to edit its reply
         # with (the job a worker runs carries none; a job of another instance has no record of ours).
         job = await asyncio.to_thread(ledger.load, conn, job_id)
-        if job is None or job.origin.instance != relay.settings.instance or not relay.token_alive_for(job.origin):
+        if (job is None or job.origin.instance != relay.settings.instance
+                or not relay.poster.token_alive_for(job.origin)):
             return
         try:
             with _speaking(job.origin.locale):  # an edit of the member's reply: in their language
@@ -175,6 +176,6 @@ class Progress:
                     text += "\n" + _("-# 🛡️ Preview hidden by this server's content filter.")
             else:
                 files = [discord.File(io.BytesIO(preview), filename="preview.jpg", spoiler=verdict == "spoiler")]
-        await relay.interaction_webhook(job.origin).edit_message(
+        await relay.poster.interaction_webhook(job.origin).edit_message(
             "@original", content=text, attachments=files, allowed_mentions=NO_MENTIONS)
         self.edits += 1

@@ -9,7 +9,8 @@
 
 Every answer is ephemeral and pings nobody. `default_permissions` (Manage Server) only hides the command:
 a server's admins can hand it to anyone in their integration settings, so EVERY call checks the caller's
-own permissions again here. Changes go through LimitStore.set / reset_user, which audit and log them.
+own permissions again, in DreamAdmin.interaction_check (discord.py runs it before each subcommand). Changes
+go through LimitStore.set / reset_user, which audit and log them.
 """
 
 from __future__ import annotations
@@ -41,13 +42,12 @@ from .admin_text import (
     show_text,
     usage_text,
 )
-from .toolkit import answer_privately, is_guild_admin, within_ack
+from .toolkit import STORE_DOWN, Refused, answer_privately, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.admin")
 
 NO_PERMISSION = N_("You need the Manage Server permission to change dream limits.")
 NOT_IN_GUILD = N_("Dream limits belong to a server: use /dreamadmin in the server whose limits you want.")
-STORE_DOWN = N_("I can't reach the limits store right now. Please try again in a minute.")
 STORE_TIMEOUT_S = 10.0
 AUDIT_SHOWN = 10
 
@@ -56,49 +56,37 @@ T = TypeVar("T")
 
 class DreamAdmin(app_commands.Group):
     """The /dreamadmin group, built the way discord.py's examples build groups: each subcommand a method.
-    Every one runs `_run`, which checks the caller's permissions again and answers privately."""
+    Every one runs `_run`, which answers privately."""
 
-    def __init__(self, client: Any):
+    def __init__(self):
         super().__init__(name="dreamadmin", description="See and change this server's dream limits (Manage Server)",
                          default_permissions=discord.Permissions(manage_guild=True), guild_only=True)
-        self.client = client
-        self._own_store: LimitStore | None = None
 
-    @property
-    def store(self) -> LimitStore:
-        """The backend's LimitStore when it has one; until then one of our own on the backend's Redis."""
-        store = getattr(self.client.backend, "store", None)
-        if store is not None:
-            return store
-        if self._own_store is None:
-            self._own_store = LimitStore(self.client.backend.conn, self.client.settings)
-        return self._own_store
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """In a server, by its admins only; anyone else is refused (tree.on_error says why) before any
+        subcommand reads a thing."""
+        if interaction.guild_id is None:
+            raise Refused(NOT_IN_GUILD)
+        if not is_guild_admin(interaction):
+            log.info("dreamadmin refused: no Manage Server permission", extra={
+                "guild_id": interaction.guild_id, "actor_id": interaction.user.id,
+                "command": interaction.command.name if interaction.command else None})
+            raise Refused(NO_PERMISSION)
+        return True
 
     # --- plumbing ------------------------------------------------------------------------------------------
 
     async def _reply(self, interaction: discord.Interaction, text: str) -> None:
         await answer_privately(interaction, clip(text, MAX_MESSAGE))  # past 2000 characters Discord refuses it
 
-    async def _allowed(self, interaction: discord.Interaction, command: str) -> bool:
-        """The server-side check every subcommand runs first; refuses with an ephemeral message."""
-        if interaction.guild_id is None:
-            await self._reply(interaction, _(NOT_IN_GUILD))
-            return False
-        if not is_guild_admin(interaction):
-            log.info("dreamadmin refused: no Manage Server permission", extra={
-                "guild_id": interaction.guild_id, "actor_id": interaction.user.id, "command": command})
-            await self._reply(interaction, _(NO_PERMISSION))
-            return False
-        return True
-
     async def _redis(self, interaction: discord.Interaction, fn: Callable[..., T], *args: Any) -> T:
-        """Run a synchronous store call off the event loop; if Redis is slow, defer so Discord's 3 s hold."""
-        result, _deferred = await within_ack(interaction, calls.command(fn, *args), STORE_TIMEOUT_S, ephemeral=True)
+        """`fn(store, *args)` on the client's LimitStore, off the event loop; if Redis is slow, defer so
+        Discord's 3 s hold."""
+        work = calls.command(fn, interaction.client.backend.store, *args)
+        result, _deferred = await within_ack(interaction, work, STORE_TIMEOUT_S, ephemeral=True)
         return result
 
     async def _run(self, interaction: discord.Interaction, command: str, body: Callable[[], Awaitable[str]]) -> None:
-        if not await self._allowed(interaction, command):
-            return
         try:
             text = await body()
         except (redis.RedisError, asyncio.TimeoutError) as err:
@@ -113,9 +101,10 @@ class DreamAdmin(app_commands.Group):
             "guild_id": interaction.guild_id, "actor_id": interaction.user.id, "key": key,
             "command": command, **extra})
 
-    def _set_key(self, guild_id: int, key: str, value: str, actor_id: int) -> tuple[Any, GuildLimits]:
-        old = getattr(self.store.get(guild_id), key)  # for the reply only; the audit has the exact old value
-        return old, self.store.set(guild_id, key, value, actor_id)
+    @staticmethod
+    def _set_key(store: LimitStore, guild_id: int, key: str, value: str, actor_id: int) -> tuple[Any, GuildLimits]:
+        old = getattr(store.get(guild_id), key)  # for the reply only; the audit has the exact old value
+        return old, store.set(guild_id, key, value, actor_id)
 
     # --- the subcommands -----------------------------------------------------------------------------------
 
@@ -124,8 +113,8 @@ class DreamAdmin(app_commands.Group):
         async def body() -> str:
             gid = interaction.guild_id
 
-            def read() -> tuple[GuildLimits, dict[str, Any]]:
-                return self.store.get(gid), self.store.overrides(gid)
+            def read(store: LimitStore) -> tuple[GuildLimits, dict[str, Any]]:
+                return store.get(gid), store.overrides(gid)
 
             limits, overrides = await self._redis(interaction, read)
             return show_text(limits, overrides)
@@ -160,10 +149,9 @@ class DreamAdmin(app_commands.Group):
         await self._run(interaction, "set", body)
 
     @set_limit.autocomplete("key")
+    @app_commands.check(is_guild_admin)  # discord.py answers anyone else with no choices
     async def _autocomplete_key(self, interaction: discord.Interaction,
                                 current: str) -> list[app_commands.Choice[str]]:
-        if interaction.guild_id is None or not is_guild_admin(interaction):
-            return []
         return key_choices(current)
 
     @app_commands.command(name="usage", description="What a member and this server have used")
@@ -172,8 +160,8 @@ class DreamAdmin(app_commands.Group):
         async def body() -> str:
             gid = interaction.guild_id
 
-            def read() -> tuple[dict[str, Any], GuildLimits, dict]:
-                return self.store.usage(gid, user.id), self.store.get(gid), moderation.flag_counts(self.store.r, gid)
+            def read(store: LimitStore) -> tuple[dict[str, Any], GuildLimits, dict]:
+                return store.usage(gid, user.id), store.get(gid), moderation.flag_counts(store.r, gid)
 
             usage, limits, flags = await self._redis(interaction, read)
             roles = {r.id for r in getattr(user, "roles", ())}
@@ -185,8 +173,7 @@ class DreamAdmin(app_commands.Group):
     @app_commands.describe(user="The member")
     async def reset_user(self, interaction: discord.Interaction, user: discord.User) -> None:
         async def body() -> str:
-            await self._redis(interaction, self.store.reset_user, interaction.guild_id, user.id,
-                              interaction.user.id)
+            await self._redis(interaction, LimitStore.reset_user, interaction.guild_id, user.id, interaction.user.id)
             self._changed(interaction, "reset-user", "reset_user", user_id=user.id)
             return _("Reset {member} on this server: cooldown, images used this hour and today, and active "
                      "dreams are forgotten (the server's totals keep their images).").format(member=f"<@{user.id}>")
@@ -206,7 +193,7 @@ class DreamAdmin(app_commands.Group):
 
         async def body() -> str:
             _old, updated = await self._redis(interaction, self._set_key, interaction.guild_id, "paused",
-                                           "true" if paused else "false", interaction.user.id)
+                                              "true" if paused else "false", interaction.user.id)
             self._changed(interaction, command, "paused")
             if updated.paused:
                 return _("Dreams are **paused** on this server: every /dream is refused until /dreamadmin resume.")
@@ -217,12 +204,7 @@ class DreamAdmin(app_commands.Group):
     @app_commands.command(name="audit", description=f"The last {AUDIT_SHOWN} changes to this server's dream limits")
     async def audit(self, interaction: discord.Interaction) -> None:
         async def body() -> str:
-            entries = await self._redis(interaction, self.store.audit, interaction.guild_id, AUDIT_SHOWN)
+            entries = await self._redis(interaction, LimitStore.audit, interaction.guild_id, AUDIT_SHOWN)
             return audit_text(entries)
 
         await self._run(interaction, "audit", body)
-
-
-def register_admin(tree: app_commands.CommandTree, client: Any) -> None:
-    """Add /dreamadmin to the client's command tree (call once, from DreamClient.__init__)."""
-    tree.add_command(DreamAdmin(client))

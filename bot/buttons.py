@@ -67,7 +67,7 @@ from dreamcore.settings import Settings
 from . import calls, members, remix
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
-from .toolkit import NO_MENTIONS, answer, answer_privately, is_guild_admin, within_ack
+from .toolkit import NO_MENTIONS, STORE_DOWN, answer, answer_privately, is_guild_admin, within_ack
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -438,10 +438,9 @@ class Buttons:
 
     async def info(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p, chain = await asyncio.wait_for(calls.command(self._record_and_chain, job_id, interaction.guild_id),
-                                              calls.READ_TIMEOUT_S)
+            p, chain = await calls.in_time(self._record_and_chain, job_id, interaction.guild_id)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-            p, chain = Refusal(_(UNAVAILABLE)), []
+            p, chain = Refusal(_(STORE_DOWN)), []
         text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400,
                                                                   chain=chain)
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -466,10 +465,9 @@ class Buttons:
 
     async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p = await asyncio.wait_for(calls.command(params.load, self.conn, job_id, self.backend.images),
-                                       calls.READ_TIMEOUT_S)
+            p = await calls.in_time(params.load, self.conn, job_id, self.backend.images)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-            await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
+            await answer_privately(interaction, _(STORE_DOWN))
             return
         is_admin = is_guild_admin(interaction)
         refusal = None

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 # How long a command's or a button's reads and writes may hold up its answer (each Redis call gives up
-# sooner, after redisconn.BOT_READ_TIMEOUT_S): past it, the member hears that the queue is unreachable.
+# sooner, after redisconn.BOT_READ_TIMEOUT_S): past it, the member hears that the store is unreachable.
 READ_TIMEOUT_S = 2.0
 
 SUBMIT_THREADS = 16
@@ -55,6 +55,11 @@ async def submit(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 async def command(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Any other call a command or a button makes."""
     return await _run(_command, fn, *args, **kwargs)
+
+
+async def in_time(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A command's or a button's call that must answer within READ_TIMEOUT_S (asyncio.TimeoutError past it)."""
+    return await asyncio.wait_for(command(fn, *args, **kwargs), READ_TIMEOUT_S)
 
 
 async def picture(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -18,18 +18,18 @@ from dreamcore.keys import CHANNEL_GONE_TTL_S, channel_gone_key
 from dreamcore.settings import Settings
 
 from . import calls, members, remix
-from .admin import register_admin
+from .admin import DreamAdmin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
-from .commands import DreamCommands
+from .commands import DreamCommands, cancel, dream_command, dreamqueue
 from .discord_api import prepare_client, use_api_base
-from .help import register_help
-from .member_settings import PanelButton, PanelSelect, register_settings
+from .help import dreamhelp
+from .member_settings import PanelButton, PanelSelect, SettingsCommands
 from .progress import Progress
 from .relay import Relay
-from .toolkit import NO_MENTIONS, answer_privately
+from .toolkit import NO_MENTIONS, Refused, answer_privately
 from .translator import CatalogTranslator
-from .vote import VoteButton, register_vote
+from .vote import VoteButton, dreamstats, dreamvote
 
 log = logging.getLogger("dreambot.bot")
 
@@ -86,7 +86,9 @@ class DreamTree(app_commands.CommandTree):
         warning line; a traceback is kept for this project's own faults, so they are not buried."""
         where = {"command": getattr(interaction.command, "name", None), "guild_id": interaction.guild_id,
                  "user_id": interaction.user.id if interaction.user else None}
-        if isinstance(error, app_commands.CommandOnCooldown):
+        if isinstance(error, Refused):  # a check's refusal (toolkit.admin_only, DreamAdmin.interaction_check)
+            text = _(error.message)
+        elif isinstance(error, app_commands.CommandOnCooldown):
             text = _("Please wait {duration} before asking again.").format(duration=duration(error.retry_after))
         elif isinstance(error, app_commands.NoPrivateMessage):
             text = _("That command works in a server only.")
@@ -113,12 +115,12 @@ class DreamClient(discord.Client):
         self.settings = settings
         self.tree = DreamTree(self)
         self.backend = Backend(settings, conn)
-        self.dream = DreamCommands(self, settings, self.backend)
-        self.dream.register(self.tree)
-        register_admin(self.tree, self)
-        register_help(self.tree, self)
-        register_vote(self.tree, self)
-        register_settings(self.tree, self)
+        self.dream = DreamCommands(settings, self.backend)
+        # Every slash command, in the order Discord lists them: discord.py's @app_commands.command functions and
+        # app_commands.Group subclasses, each reaching this client as interaction.client.
+        for command in (dream_command(settings), dreamqueue, cancel, DreamAdmin(), dreamhelp, dreamvote, dreamstats,
+                        SettingsCommands()):
+            self.tree.add_command(command)
         self.relay = Relay(self, settings, self.backend.conn, self.backend.images)
         self.progress = Progress(self, self.backend)
         self.relay.progress = self.progress

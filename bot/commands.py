@@ -14,6 +14,7 @@ import time
 import discord
 import redis
 from discord import app_commands
+from discord.app_commands import locale_str
 
 from dreamcore import metrics, preferences, ranges, stats
 from dreamcore.i18n import N_, _, duration, ngettext
@@ -33,9 +34,9 @@ from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
 from . import calls, members
-from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
+from .backend import UNCONFIRMED, Backend, Outcome
 from .pictures import PictureIntake
-from .toolkit import NO_MENTIONS, answer, choices, is_guild_admin, within_ack
+from .toolkit import NO_MENTIONS, STORE_DOWN, answer, answer_privately, choices, is_guild_admin, within_ack
 from .translator import text as described
 
 log = logging.getLogger("dreambot.bot")
@@ -68,121 +69,123 @@ def queued_text(job_id: str, position: int, prompt: str, settings: str, eta_s: f
     return f"{queued_line(job_id, position, eta_s, vote)}\n**{shown(prompt, 900)}**\n-# {settings}"
 
 
+async def complete_style(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    """Style presets matching what the member typed, by name or by words of their template (/dream's and
+    /settings show's `style`)."""
+    typed = current.strip().lower()
+    found = []
+    for key, st in load_styles().items():
+        hay = f"{key} {st.label} {st.prompt}".lower()
+        if not typed or typed in hay:
+            found.append((not st.label.lower().startswith(typed), st.label, key))
+    return [app_commands.Choice(name=label, value=key) for _rank, label, key in sorted(found)[:25]]
+
+
+@app_commands.choices(aspect=choices(ASPECT_LABELS), faces=choices(FACE_LABELS), mode=choices(MODE_LABELS))
+@app_commands.autocomplete(style=complete_style)
+async def dream(
+    interaction: discord.Interaction,
+    prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
+    negative: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
+    style: str | None = None,
+    aspect: str | None = None,
+    seed: app_commands.Range[int, ranges.SEED.lo, ranges.SEED.hi] | None = None,
+    count: app_commands.Range[int, ranges.IMAGES.lo, ranges.IMAGES.hi] | None = None,
+    steps: app_commands.Range[int, ranges.STEPS.lo, ranges.STEPS.hi] | None = None,
+    guidance: app_commands.Range[float, ranges.GUIDANCE.lo, ranges.GUIDANCE.hi] | None = None,
+    split: app_commands.Range[float, ranges.SPLIT.lo, ranges.SPLIT.hi] | None = None,
+    image: discord.Attachment | None = None,
+    change: app_commands.Range[float, ranges.STRENGTH.lo, ranges.STRENGTH.hi] | None = None,
+    faces: str | None = None,
+    mode: str | None = None,
+):
+    work = interaction.client.dream
+    s = work.settings
+    await work.handle_dream(
+        interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
+        count=count, steps=steps,
+        guidance=guidance if guidance is not None else s.default_guidance,
+        split=split if split is not None else s.default_split, faces=faces, mode=mode, picture=image,
+        change=change,
+    )
+
+
+def dream_command(settings: Settings) -> app_commands.Command:
+    """/dream. Its options' descriptions name the operator's defaults, so each client makes it from its own
+    settings; every other command is declared once, at the top level of its module."""
+    command = app_commands.command(name="dream", description="Dream up images with SDXL (base + refiner)")(dream)
+    texts = dict(
+        prompt="What to dream: describe the picture",
+        negative="What to keep out of the picture",
+        style="A style preset wrapped around your prompt",
+        aspect="Picture shape (SDXL's native sizes, about one megapixel)",
+        seed=described("Seed, {lo} to {hi}: the same seed and settings make the same picture (random if left out)",
+                       **ranges.SEED.shown()),
+        count=described("How many pictures, {lo} to {hi}", **ranges.IMAGES.shown()),
+        steps=described("Denoising steps, {lo} to {hi} (default {default})", **ranges.STEPS.shown(),
+                        default=settings.default_steps),
+        guidance=described("How closely to follow the prompt, {lo} to {hi} (default {default})",
+                           **ranges.GUIDANCE.shown(), default=f"{settings.default_guidance:g}"),
+        split=described("Share of steps on the base, {lo} to {hi}; the refiner does the rest (default {default}; "
+                        "1 = no refiner)", **ranges.SPLIT.shown(), default=f"{settings.default_split:g}"),
+        image="A picture of yours to start from (PNG, JPEG, WebP or GIF); the prompt says what to make of it",
+        change=described("With a picture: how much to change it, {lo} (a touch) to {hi} (all of it); default "
+                         "{default}", **ranges.STRENGTH.shown(), default=f"{PICTURE_STRENGTH:g}"),
+        faces="Redraw faces close up after the refiner: the small ones (auto), all, or none; default: the server's",
+        mode="Quality (base + refiner), Turbo (4 steps, a tenth of the GPU) or Relax (unlimited, when idle)",
+    )
+    # Each a locale_str, so the translator is asked for it at sync: discord.py makes them of the texts it is
+    # given as it builds a command, and these come after.
+    return app_commands.describe(**{k: v if isinstance(v, locale_str) else locale_str(v)
+                                    for k, v in texts.items()})(command)
+
+
+@app_commands.command(name="dreamqueue", description="Your dreams waiting or being made, with position and ETA")
+async def dreamqueue(interaction: discord.Interaction):
+    backend = interaction.client.backend
+    try:
+        jobs = await calls.in_time(backend.my_jobs, interaction.guild_id, interaction.user.id)
+    except (asyncio.TimeoutError, redis.RedisError):
+        await answer_privately(interaction, _(STORE_DOWN))
+        return
+    if not jobs:
+        text = _("You have no dreams waiting or being made.")
+    else:
+        lines = []
+        for j in jobs:
+            if j.state == "running":
+                lines.append(ngettext("`{job_id}`: being made now ({n} image)",
+                                      "`{job_id}`: being made now ({n} images)", j.images or 1).format(
+                    job_id=j.job_id, n=j.images or 1))
+            else:
+                lines.append(f"`{j.job_id}`: {place_text(j.position or 0, j.eta_s)}")
+        text = _("Your dreams:") + "\n" + "\n".join(lines[:20])
+    await answer_privately(interaction, text)
+
+
+@app_commands.command(name="cancel", description="Cancel one of your dreams (admins: anyone's in this server)")
+@app_commands.describe(job="The job id shown when the dream was queued")
+async def cancel(interaction: discord.Interaction, job: app_commands.Range[str, 1, 64]):
+    backend = interaction.client.backend
+    try:
+        outcome = await calls.in_time(backend.cancel, job, interaction.user.id, interaction.guild_id,
+                                      is_guild_admin(interaction))
+        text = outcome.message
+    except (asyncio.TimeoutError, redis.RedisError):
+        text = _(STORE_DOWN)
+    await answer_privately(interaction, text)
+
+
 class DreamCommands:
-    def __init__(self, client: discord.Client, settings: Settings, backend: Backend):
-        self.client = client
+    """What /dream does, from its options to the member's answer; the buttons that queue share its pieces
+    (bot/buttons.py). The client keeps one, reached as interaction.client.dream."""
+
+    def __init__(self, settings: Settings, backend: Backend):
         self.settings = settings
         self.backend = backend
         self.ack_latencies: list[float] = []
         self.progress = None  # set by the client: keeps the queued reply's position current
         self.pictures = PictureIntake(settings, backend)
-
-    def register(self, tree: app_commands.CommandTree) -> None:
-        s = self.settings
-
-        async def style_choices(interaction: discord.Interaction, current: str):
-            return self.style_autocomplete(current)
-
-        @tree.command(name="dream", description="Dream up images with SDXL (base + refiner)")
-        @app_commands.describe(
-            prompt="What to dream: describe the picture",
-            negative="What to keep out of the picture",
-            style="A style preset wrapped around your prompt",
-            aspect="Picture shape (SDXL's native sizes, about one megapixel)",
-            seed=described("Seed, {lo} to {hi}: the same seed and settings make the same picture (random if left "
-                           "out)", lo=ranges.SEED.lo, hi=ranges.SEED.hi),
-            count=described("How many pictures, {lo} to {hi}", lo=ranges.IMAGES.lo, hi=ranges.IMAGES.hi),
-            steps=described("Denoising steps, {lo} to {hi} (default {default})", lo=ranges.STEPS.lo,
-                            hi=ranges.STEPS.hi, default=s.default_steps),
-            guidance=described("How closely to follow the prompt, {lo} to {hi} (default {default})",
-                               lo=f"{ranges.GUIDANCE.lo:g}", hi=f"{ranges.GUIDANCE.hi:g}",
-                               default=f"{s.default_guidance:g}"),
-            split=described("Share of steps on the base, {lo} to {hi}; the refiner does the rest (default {default}; "
-                            "1 = no refiner)", lo=f"{ranges.SPLIT.lo:g}", hi=f"{ranges.SPLIT.hi:g}",
-                            default=f"{s.default_split:g}"),
-            image="A picture of yours to start from (PNG, JPEG, WebP or GIF); the prompt says what to make of it",
-            change=described("With a picture: how much to change it, {lo} (a touch) to {hi} (all of it); default "
-                             "{default}", lo=f"{ranges.STRENGTH.lo:g}", hi=f"{ranges.STRENGTH.hi:g}",
-                             default=f"{PICTURE_STRENGTH:g}"),
-            faces="Redraw faces close up after the refiner: the small ones (auto), all, or none; default: the server's",
-            mode="Quality (base + refiner), Turbo (4 steps, a tenth of the GPU) or Relax (unlimited, when idle)",
-        )
-        @app_commands.choices(aspect=choices(ASPECT_LABELS), faces=choices(FACE_LABELS), mode=choices(MODE_LABELS))
-        @app_commands.autocomplete(style=style_choices)
-        async def dream(
-            interaction: discord.Interaction,
-            prompt: app_commands.Range[str, 1, MAX_PROMPT_CHARS],
-            negative: app_commands.Range[str, 0, MAX_PROMPT_CHARS] | None = None,
-            style: str | None = None,
-            aspect: str | None = None,
-            seed: app_commands.Range[int, ranges.SEED.lo, ranges.SEED.hi] | None = None,
-            count: app_commands.Range[int, ranges.IMAGES.lo, ranges.IMAGES.hi] | None = None,
-            steps: app_commands.Range[int, ranges.STEPS.lo, ranges.STEPS.hi] | None = None,
-            guidance: app_commands.Range[float, ranges.GUIDANCE.lo, ranges.GUIDANCE.hi] | None = None,
-            split: app_commands.Range[float, ranges.SPLIT.lo, ranges.SPLIT.hi] | None = None,
-            image: discord.Attachment | None = None,
-            change: app_commands.Range[float, ranges.STRENGTH.lo, ranges.STRENGTH.hi] | None = None,
-            faces: str | None = None,
-            mode: str | None = None,
-        ):
-            await self.handle_dream(
-                interaction, prompt=prompt, negative_prompt=negative, style=style, aspect=aspect, seed=seed,
-                count=count, steps=steps,
-                guidance=guidance if guidance is not None else s.default_guidance,
-                split=split if split is not None else s.default_split, faces=faces, mode=mode, picture=image,
-                change=change,
-            )
-
-        @tree.command(name="dreamqueue", description="Your dreams waiting or being made, with position and ETA")
-        async def dreamqueue(interaction: discord.Interaction):
-            await self.handle_queue(interaction)
-
-        @tree.command(name="cancel", description="Cancel one of your dreams (admins: anyone's in this server)")
-        @app_commands.describe(job="The job id shown when the dream was queued")
-        async def cancel(interaction: discord.Interaction, job: app_commands.Range[str, 1, 64]):
-            await self.handle_cancel(interaction, job)
-
-    @staticmethod
-    def style_autocomplete(current: str) -> list[app_commands.Choice[str]]:
-        """Style presets matching what the member typed, by name or by words of their template."""
-        typed = current.strip().lower()
-        found = []
-        for key, st in load_styles().items():
-            hay = f"{key} {st.label} {st.prompt}".lower()
-            if not typed or typed in hay:
-                found.append((not st.label.lower().startswith(typed), st.label, key))
-        return [app_commands.Choice(name=label, value=key) for _rank, label, key in sorted(found)[:25]]
-
-    async def handle_queue(self, interaction: discord.Interaction) -> None:
-        try:
-            jobs = await asyncio.wait_for(
-                calls.command(self.backend.my_jobs, interaction.guild_id, interaction.user.id), calls.READ_TIMEOUT_S)
-        except (asyncio.TimeoutError, redis.RedisError):
-            await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
-            return
-        if not jobs:
-            text = _("You have no dreams waiting or being made.")
-        else:
-            lines = []
-            for j in jobs:
-                if j.state == "running":
-                    lines.append(ngettext("`{job_id}`: being made now ({n} image)",
-                                          "`{job_id}`: being made now ({n} images)", j.images or 1).format(
-                        job_id=j.job_id, n=j.images or 1))
-                else:
-                    lines.append(f"`{j.job_id}`: {place_text(j.position or 0, j.eta_s)}")
-            text = _("Your dreams:") + "\n" + "\n".join(lines[:20])
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
-
-    async def handle_cancel(self, interaction: discord.Interaction, job_id: str) -> None:
-        is_admin = is_guild_admin(interaction)
-        try:
-            outcome = await asyncio.wait_for(calls.command(
-                self.backend.cancel, job_id, interaction.user.id, interaction.guild_id, is_admin), calls.READ_TIMEOUT_S)
-            text = outcome.message
-        except (asyncio.TimeoutError, redis.RedisError):
-            text = _(UNAVAILABLE)
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     async def handle_dream(self, interaction: discord.Interaction, picture: discord.Attachment | None = None,
                            change: float | None = None, **options) -> None:

@@ -8,6 +8,7 @@ import discord
 import redis
 from discord import app_commands
 
+from dreamcore import ranges
 from dreamcore.cost import left_text, turbo_image, units_text
 from dreamcore.i18n import _, duration, ngettext
 from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, PICTURE_STRENGTH
@@ -16,7 +17,7 @@ from dreamcore.styles import load_styles
 
 from . import calls, members
 from .member_settings import summary
-from .toolkit import NO_MENTIONS
+from .toolkit import answer_privately
 
 SPLIT = object()  # where the first message ends
 
@@ -28,13 +29,13 @@ def help_parts(settings, limits, usage: dict | None, prefs: Preferences | None =
     styles = ", ".join(st.label for st in load_styles().values())
     aspects = ", ".join(ASPECT_LABELS.values())
     if limits.images_in == "off":
-        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 "
+        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, {lo} to {hi} "
                   "(default {strength}) (not on this server)")
     elif limits.images_in == "age_restricted":
-        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 "
+        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, {lo} to {hi} "
                   "(default {strength}) (in age-restricted channels here)")
     else:
-        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, 0.05 to 1.0 "
+        image = _("- `image` a picture of yours to start from, `change` how much of it to redraw, {lo} to {hi} "
                   "(default {strength})")
     turbo_image_units = units_text(turbo_image())
     turbo_mode = (_("turbo (4 fixed steps, no negative, {units} of a standard image)") if limits.allows("turbo")
@@ -50,11 +51,15 @@ def help_parts(settings, limits, usage: dict | None, prefs: Preferences | None =
         f"- `style` {styles}",
         f"- `aspect` {aspects}",
         _("- `seed` the same seed and settings give the same picture; each picture's seed is shown"),
-        _("- `count` 1 to {max_images}, `steps` 1 to {max_steps} (default {steps}), `guidance` 0 to 30 (default "
-          "{guidance}), `split` 0.5 to 1.0: share of steps on the base (default {split}; 1.0 skips the refiner)"
-          ).format(max_images=limits.max_images, max_steps=limits.max_steps, steps=settings.default_steps,
-                   guidance=f"{settings.default_guidance:g}", split=f"{settings.default_split:g}"),
-        image.format(strength=f"{PICTURE_STRENGTH:g}"),
+        # A server's own maximum (limits.max_*) tops the count and the steps; the rest are dreamcore.ranges'.
+        _("- `count` {count_lo} to {max_images}, `steps` {steps_lo} to {max_steps} (default {steps}), `guidance` "
+          "{guidance_lo} to {guidance_hi} (default {guidance}), `split` {split_lo} to {split_hi}: share of steps on "
+          "the base (default {split}; {split_hi} skips the refiner)"
+          ).format(**ranges.IMAGES.shown("count_"), **ranges.STEPS.shown("steps_"), **ranges.GUIDANCE.shown("guidance_"),
+                   **ranges.SPLIT.shown("split_"), max_images=limits.max_images, max_steps=limits.max_steps,
+                   steps=settings.default_steps, guidance=f"{settings.default_guidance:g}",
+                   split=f"{settings.default_split:g}"),
+        image.format(**ranges.STRENGTH.shown(), strength=f"{PICTURE_STRENGTH:g}"),
         _("- `faces` small faces redrawn close up after the refiner: auto (the small ones), on (every face), off "
           "(this server's default: {faces}); 🙂 Fix faces does it afterwards").format(faces=limits.faces),
         _("- `mode` quality (base + refiner), {turbo}, {relax}; default here: {mode}").format(
@@ -101,18 +106,15 @@ def help_parts(settings, limits, usage: dict | None, prefs: Preferences | None =
     return ["\n".join(lines[:cut]), "\n".join(lines[cut + 1:])]
 
 
-
-def register_help(tree: app_commands.CommandTree, client) -> None:
-    @tree.command(name="dreamhelp", description="How to dream, this server's limits, and your remaining quota")
-    async def dreamhelp(interaction: discord.Interaction):
-        store = client.backend.store
-        try:
-            limits, usage = await asyncio.wait_for(calls.command(
-                lambda: (store.get(interaction.guild_id),
-                         store.usage(interaction.guild_id, interaction.user.id) if interaction.guild_id else None)),
-                calls.READ_TIMEOUT_S)
-        except (asyncio.TimeoutError, redis.RedisError):
-            limits, usage = store.defaults(), None
-        first, second = help_parts(client.settings, limits, usage, members.current().prefs)
-        await interaction.response.send_message(first, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        await interaction.followup.send(second, ephemeral=True, allowed_mentions=NO_MENTIONS)
+@app_commands.command(name="dreamhelp", description="How to dream, this server's limits, and your remaining quota")
+async def dreamhelp(interaction: discord.Interaction):
+    store = interaction.client.backend.store
+    try:
+        limits, usage = await calls.in_time(
+            lambda: (store.get(interaction.guild_id),
+                     store.usage(interaction.guild_id, interaction.user.id) if interaction.guild_id else None))
+    except (asyncio.TimeoutError, redis.RedisError):
+        limits, usage = store.defaults(), None
+    first, second = help_parts(interaction.client.settings, limits, usage, members.current().prefs)
+    await answer_privately(interaction, first)
+    await answer_privately(interaction, second)

@@ -27,8 +27,8 @@ from dreamcore.preferences import Preferences
 from dreamcore.styles import load_styles
 
 from . import calls, members
-from .backend import UNAVAILABLE
-from .toolkit import NO_MENTIONS, choices
+from .commands import complete_style
+from .toolkit import NO_MENTIONS, STORE_DOWN, answer_privately, choices
 from .translator import text
 
 log = logging.getLogger("dreambot.bot")
@@ -128,31 +128,22 @@ def panel_view(prefs: Preferences) -> discord.ui.View:
     return view
 
 
-async def _write(fn, *args, **kwargs):
-    return await asyncio.wait_for(calls.command(fn, *args, **kwargs), calls.READ_TIMEOUT_S)
-
-
 class SettingsCommands(app_commands.Group):
-    def __init__(self, client: discord.Client):
+    def __init__(self):
         super().__init__(name="settings", description="Your own defaults for /dream, private results and language")
-        self.client = client
-
-    @property
-    def conn(self) -> redis.Redis:
-        return self.client.backend.conn
 
     @app_commands.command(name="show", description="Show your settings and change them; options set them directly")
     @app_commands.describe(
         style="Your default style preset",
         aspect="Your default picture shape",
-        count=text("Your default number of pictures, {lo} to {hi}", lo=ranges.IMAGES.lo, hi=ranges.IMAGES.hi),
-        steps=text("Your default steps, {lo} to {hi} (0: the server's default)", lo=ranges.STEPS.lo,
-                   hi=ranges.STEPS.hi),
+        count=text("Your default number of pictures, {lo} to {hi}", **ranges.IMAGES.shown()),
+        steps=text("Your default steps, {lo} to {hi} (0: the server's default)", **ranges.STEPS.shown()),
         mode="Your default mode",
         faces="Your default face pass",
         private="Results only you see (ephemeral; by direct message after 15 minutes)",
         language="The language I answer you in",
     )
+    @app_commands.autocomplete(style=complete_style)
     @app_commands.choices(
         aspect=choices(ASPECT_LABELS), mode=choices(MODE_LABELS), faces=choices(FACE_LABELS),
         language=[app_commands.Choice(name=N_("My Discord language"), value=AUTO_LANGUAGE)]
@@ -171,43 +162,36 @@ class SettingsCommands(app_commands.Group):
         if given.get("language") == AUTO_LANGUAGE:
             given["language"] = None
         if "style" in given and given["style"] not in load_styles():
-            await self._private(interaction, _("There is no style `{style}`; pick one from the list.").format(
+            await answer_privately(interaction, _("There is no style `{style}`; pick one from the list.").format(
                 style=given["style"]))
             return
         loaded = members.current()
         prefs = loaded.prefs
         if given:
             try:
-                prefs = await _write(preferences.change, self.conn, interaction.user.id, **given)
+                prefs = await calls.in_time(preferences.change, interaction.client.backend.conn, interaction.user.id,
+                                            **given)
             except ValidationError:
-                await self._private(interaction, _("That setting can't be saved: a value is out of range."))
+                await answer_privately(interaction, _("That setting can't be saved: a value is out of range."))
                 return
             except (asyncio.TimeoutError, redis.RedisError):
-                await self._private(interaction, _(UNAVAILABLE))
+                await answer_privately(interaction, _(STORE_DOWN))
                 return
             members.remember(prefs, interaction)
             loaded = preferences.Loaded(prefs=prefs)
         await interaction.response.send_message(panel_text(prefs, loaded.unreadable), view=panel_view(prefs),
                                                 ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    @show.autocomplete("style")
-    async def _style_choices(self, interaction: discord.Interaction, current: str):
-        return self.client.dream.style_autocomplete(current)
-
     @app_commands.command(name="reset", description="Forget all your settings")
     async def reset(self, interaction: discord.Interaction):
         try:
-            had = await _write(preferences.reset, self.conn, interaction.user.id)
+            had = await calls.in_time(preferences.reset, interaction.client.backend.conn, interaction.user.id)
         except (asyncio.TimeoutError, redis.RedisError):
-            await self._private(interaction, _(UNAVAILABLE))
+            await answer_privately(interaction, _(STORE_DOWN))
             return
         members.remember(Preferences(), interaction)
-        await self._private(interaction, _("Your settings are forgotten: /dream uses the server's defaults again.")
-                            if had else _("You had no settings saved."))
-
-    @staticmethod
-    async def _private(interaction: discord.Interaction, message: str) -> None:
-        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await answer_privately(interaction, _("Your settings are forgotten: /dream uses the server's defaults again.")
+                               if had else _("You had no settings saved."))
 
 
 async def _panel_click(interaction: discord.Interaction, field: str, values: list[str]) -> None:
@@ -216,17 +200,16 @@ async def _panel_click(interaction: discord.Interaction, field: str, values: lis
     prefs = members.current().prefs
     try:
         if field == "reset":
-            await _write(preferences.reset, conn, interaction.user.id)
+            await calls.in_time(preferences.reset, conn, interaction.user.id)
             prefs = Preferences()
         else:
             value = _panel_value(field, values, prefs)
-            prefs = await _write(preferences.change, conn, interaction.user.id, **{field: value})
+            prefs = await calls.in_time(preferences.change, conn, interaction.user.id, **{field: value})
     except (ValidationError, Stale):  # a stale panel offered something this release no longer takes
-        await interaction.response.send_message(_("That choice isn't offered any more; run /settings show again."),
-                                                ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await answer_privately(interaction, _("That choice isn't offered any more; run /settings show again."))
         return
     except (asyncio.TimeoutError, redis.RedisError):
-        await interaction.response.send_message(_(UNAVAILABLE), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        await answer_privately(interaction, _(STORE_DOWN))
         return
     members.remember(prefs, interaction)
     await interaction.response.edit_message(content=panel_text(prefs), view=panel_view(prefs),
@@ -278,7 +261,3 @@ class PanelButton(_PanelItem, discord.ui.DynamicItem[discord.ui.Button],
     def __init__(self, field: str):
         super().__init__(discord.ui.Button(custom_id=f"settings:{field}", label="-"))
         self.field = field
-
-
-def register_settings(tree: app_commands.CommandTree, client: discord.Client) -> None:
-    tree.add_command(SettingsCommands(client))

@@ -27,8 +27,7 @@ from dreamcore.images import ImageStoreError
 from dreamcore.job import MAX_PROMPT_CHARS
 
 from . import calls, members
-from .backend import UNAVAILABLE
-from .toolkit import NO_MENTIONS, answer_privately
+from .toolkit import NO_MENTIONS, STORE_DOWN, answer_privately
 
 log = logging.getLogger("dreambot.buttons")
 
@@ -107,9 +106,9 @@ async def _record(h, interaction: discord.Interaction, job_id: str):
     from .buttons import Refusal
 
     try:
-        p = await asyncio.wait_for(calls.command(h._record, job_id, interaction.guild_id), calls.READ_TIMEOUT_S)  # a modal must be the first answer: no deferring
+        p = await calls.in_time(h._record, job_id, interaction.guild_id)  # a modal must be the first answer: no deferring
     except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
-        p = Refusal(_(UNAVAILABLE))
+        p = Refusal(_(STORE_DOWN))
     if isinstance(p, Refusal):
         await _say(interaction, p.message)
         return None

@@ -1,5 +1,5 @@
 """Small pieces every command module shares: no pings, the 3-second ack, a private answer, who counts as a
-server admin."""
+server admin (and the check that refuses anyone else), what a member reads when a store is unreachable."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import discord
+from discord import app_commands
+
+from dreamcore.i18n import N_
 
 T = TypeVar("T")
 
@@ -19,6 +22,10 @@ ACK_BUDGET_S = 1.0
 
 # Every message the bot sends pings nobody: a prompt or a name typed by a member never turns into a mention.
 NO_MENTIONS = discord.AllowedMentions.none()
+
+# What a command or a button answers when Redis or the image store doesn't (within calls.READ_TIMEOUT_S). A
+# refused dream says more: backend.UNAVAILABLE promises that nothing was queued.
+STORE_DOWN = N_("I can't reach my storage right now. Please try again in a minute.")
 
 
 async def answer_privately(interaction: discord.Interaction, text: str) -> None:
@@ -39,6 +46,25 @@ def is_guild_admin(interaction: discord.Interaction) -> bool:
     every call: `default_permissions` only hides a command, and a server can hand it to anyone."""
     perms = interaction.permissions
     return bool(interaction.guild_id and (perms.manage_guild or perms.administrator))
+
+
+class Refused(app_commands.CheckFailure):
+    """A check's refusal, with what the member reads (a msgid): the tree's on_error says it, privately."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+def admin_only(refusal: str):
+    """discord.py's check (app_commands.check) for a command only a server's admins may run; anyone else
+    reads `refusal`."""
+    def predicate(interaction: discord.Interaction) -> bool:
+        if not is_guild_admin(interaction):
+            raise Refused(refusal)
+        return True
+
+    return app_commands.check(predicate)
 
 
 async def within_ack(interaction: discord.Interaction, work: Awaitable[T], timeout_s: float, *,

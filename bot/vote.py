@@ -5,6 +5,7 @@ win rates. Votes are one per member and changeable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -13,15 +14,16 @@ import redis
 from discord import app_commands
 
 from dreamcore import votes
-from dreamcore.i18n import _, ngettext
+from dreamcore.i18n import N_, _, ngettext
 from dreamcore.present import shown
 from dreamcore.results import DreamResult
 
 from . import calls, members
-from .toolkit import NO_MENTIONS, is_guild_admin
+from .toolkit import STORE_DOWN, admin_only, answer_privately
 
 log = logging.getLogger("dreambot.vote")
 STATS_COOLDOWN_S = 10  # per member and server: the counters change with votes, not by the second
+NO_PERMISSION = N_("You need the Manage Server permission to change vote mode.")
 
 
 class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<round>[0-9a-f]{16}):(?P<side>[ab])"):
@@ -39,18 +41,25 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<
         return cls(match["round"], match["side"])
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        conn = interaction.client.backend.conn
         try:
-            record = await calls.command(votes.load_round, conn, self.round_id)
-            if record is None or record["guild_id"] != interaction.guild_id:
+            t = await calls.in_time(self._cast, interaction.client.backend.conn, interaction.guild_id,
+                                    interaction.user.id)
+            if t is None:
                 text = _("That vote round is unknown here.")
             else:
-                t = await calls.command(votes.cast, conn, record, interaction.user.id, self.side)
                 text = _("Your vote for **{side}** is counted (A {a} · B {b}). Click the other button to change "
                          "it.").format(side=self.side.upper(), a=t["a"], b=t["b"])
-        except redis.RedisError:
-            text = _("I can't count votes right now; please try again in a minute.")
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        except (asyncio.TimeoutError, redis.RedisError):
+            text = _(STORE_DOWN)
+        await answer_privately(interaction, text)
+
+    def _cast(self, conn: redis.Redis, guild_id: int | None, user_id: int) -> dict | None:
+        """The round's tallies with this vote in, or None for a round this server doesn't have: one call, so
+        the click's answer waits calls.READ_TIMEOUT_S at most."""
+        record = votes.load_round(conn, self.round_id)
+        if record is None or record["guild_id"] != guild_id:
+            return None
+        return votes.cast(conn, record, user_id, self.side)
 
 
 def vote_view(round_id: str) -> discord.ui.View:
@@ -98,38 +107,36 @@ def stats_text(rates: dict) -> str:
     return "\n".join(lines)[:2000]
 
 
-def register_vote(tree: app_commands.CommandTree, client) -> None:
-    @tree.command(name="dreamvote", description="Admins: turn pairwise vote mode on or off in this channel")
-    @app_commands.describe(mode="on: /dream here makes two candidates to vote on; off: back to normal")
-    @app_commands.choices(mode=[app_commands.Choice(name="on", value="on"),
-                                app_commands.Choice(name="off", value="off")])
-    @app_commands.default_permissions(manage_guild=True)
-    @app_commands.guild_only()
-    async def dreamvote(interaction: discord.Interaction, mode: str):
-        if not is_guild_admin(interaction):
-            text = _("You need the Manage Server permission to change vote mode.")
+@app_commands.command(name="dreamvote", description="Admins: turn pairwise vote mode on or off in this channel")
+@app_commands.describe(mode="on: /dream here makes two candidates to vote on; off: back to normal")
+@app_commands.choices(mode=[app_commands.Choice(name="on", value="on"),
+                            app_commands.Choice(name="off", value="off")])
+@app_commands.default_permissions(manage_guild=True)
+@app_commands.guild_only()
+@admin_only(NO_PERMISSION)
+async def dreamvote(interaction: discord.Interaction, mode: str):
+    try:
+        await calls.in_time(votes.set_channel, interaction.client.backend.conn, interaction.guild_id,
+                            interaction.channel_id, mode == "on")
+        log.info("vote mode changed", extra={"guild_id": interaction.guild_id, "actor_id": interaction.user.id,
+                                             "channel_id": interaction.channel_id, "mode": mode})
+        if mode == "on":
+            text = _("Vote mode is **on** in <#{channel_id}>. Each /dream here makes two candidates to "
+                     "vote on.").format(channel_id=interaction.channel_id)
         else:
-            try:
-                await calls.command(votes.set_channel, client.backend.conn, interaction.guild_id,
-                                        interaction.channel_id, mode == "on")
-                log.info("vote mode changed", extra={"guild_id": interaction.guild_id, "actor_id": interaction.user.id,
-                                                     "channel_id": interaction.channel_id, "mode": mode})
-                if mode == "on":
-                    text = _("Vote mode is **on** in <#{channel_id}>. Each /dream here makes two candidates to "
-                             "vote on.").format(channel_id=interaction.channel_id)
-                else:
-                    text = _("Vote mode is **off** in <#{channel_id}>.").format(channel_id=interaction.channel_id)
-            except redis.RedisError:
-                text = _("I can't reach the settings store right now; please try again in a minute.")
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+            text = _("Vote mode is **off** in <#{channel_id}>.").format(channel_id=interaction.channel_id)
+    except (asyncio.TimeoutError, redis.RedisError):
+        text = _(STORE_DOWN)
+    await answer_privately(interaction, text)
 
-    @tree.command(name="dreamstats", description="Win rates of the settings compared in vote rounds here")
-    @app_commands.guild_only()
-    @app_commands.checks.cooldown(1, STATS_COOLDOWN_S, key=lambda i: (i.guild_id, i.user.id))
-    async def dreamstats(interaction: discord.Interaction):
-        try:
-            rates = await calls.command(votes.win_rates, client.backend.conn, interaction.guild_id)
-            text = stats_text(rates)
-        except redis.RedisError:
-            text = _("I can't reach the vote store right now; please try again in a minute.")
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+@app_commands.command(name="dreamstats", description="Win rates of the settings compared in vote rounds here")
+@app_commands.guild_only()
+@app_commands.checks.cooldown(1, STATS_COOLDOWN_S, key=lambda i: (i.guild_id, i.user.id))
+async def dreamstats(interaction: discord.Interaction):
+    try:
+        rates = await calls.in_time(votes.win_rates, interaction.client.backend.conn, interaction.guild_id)
+        text = stats_text(rates)
+    except (asyncio.TimeoutError, redis.RedisError):
+        text = _(STORE_DOWN)
+    await answer_privately(interaction, text)

@@ -22,6 +22,16 @@ class Bounds:
         """A pydantic Field with these bounds (ge=lo, le=hi); other arguments as Field takes them."""
         return Field(*args, ge=self.lo, le=self.hi, **kwargs)
 
+    def shown(self, prefix: str = "") -> dict[str, str]:
+        """The bounds as a member reads them, for a text's `{lo}` and `{hi}` (`{<prefix>lo}`, `{<prefix>hi}`
+        where one text names several ranges): a float in its shortest form (30, 0.05), so a text that shows a
+        range never writes its numbers itself (tests/test_ranges.py)."""
+        return {f"{prefix}lo": _shown(self.lo), f"{prefix}hi": _shown(self.hi)}
+
+
+def _shown(bound: int | float) -> str:
+    return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 1500

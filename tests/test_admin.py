@@ -18,7 +18,7 @@ from standin import DiscordStandIn
 
 from bot.admin import NO_PERMISSION, NOT_IN_GUILD, DreamAdmin
 from bot.admin_text import audit_text, key_choices, show_text
-from bot.toolkit import is_guild_admin
+from bot.toolkit import Refused, is_guild_admin
 from dreamcore.keys import LimitKeys
 from dreamcore.limit_store import LimitStore
 from dreamcore.limiter import Limiter
@@ -278,30 +278,34 @@ def test_user_max_active_set_by_command_is_enforced_on_dream(env):
 # --- Without Discord -------------------------------------------------------------------------------------
 
 
-def _fake_interaction(guild_id, perms: discord.Permissions):
+def _fake_interaction(guild_id, perms: discord.Permissions, store=None, command=None):
     response = MagicMock()
     response.is_done.return_value = False
     response.send_message = AsyncMock()
-    return SimpleNamespace(guild_id=guild_id, permissions=perms, user=SimpleNamespace(id=7), response=response)
+    return SimpleNamespace(guild_id=guild_id, permissions=perms, user=SimpleNamespace(id=7), response=response,
+                           client=SimpleNamespace(backend=SimpleNamespace(store=store)), command=command)
 
 
 def test_outside_a_guild_every_subcommand_is_refused():
     store = MagicMock()
-    admin = DreamAdmin(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
-    # Each subcommand's own callback, as discord.py calls it (bound to the group).
-    calls = [lambda i, name=name, args=args: getattr(admin, name).callback(admin, i, *args) for name, args in (
-        ("show", ()), ("audit", ()), ("set_limit", ("cooldown_s", "5")), ("pause", ()), ("resume", ()),
-        ("usage", (SimpleNamespace(id=8),)), ("reset_user", (SimpleNamespace(id=8),)))]
+    admin = DreamAdmin()
     assert sorted(c.name for c in admin.commands) == ["audit", "pause", "reset-user", "resume", "set", "show",
                                                       "usage"]
-    for call in calls:
-        inter = _fake_interaction(None, discord.Permissions.all())
-        asyncio.run(call(inter))
-        inter.response.send_message.assert_awaited_once()
-        args, kwargs = inter.response.send_message.call_args
-        assert args[0] == NOT_IN_GUILD and kwargs["ephemeral"] is True
-        assert kwargs["allowed_mentions"].to_dict()["parse"] == []
+    # discord.py runs the group's interaction_check before each subcommand bound to it (Command._check_can_run);
+    # a refusal is the tree's on_error's to say, privately.
+    for command in admin.commands:
+        assert command.parent is admin
+        inter = _fake_interaction(None, discord.Permissions.all(), store, command)
+        with pytest.raises(Refused) as refused:
+            asyncio.run(admin.interaction_check(inter))
+        assert refused.value.message == NOT_IN_GUILD
+        inter = _fake_interaction(1, discord.Permissions(manage_messages=True), store, command)
+        with pytest.raises(Refused) as refused:
+            asyncio.run(admin.interaction_check(inter))
+        assert refused.value.message == NO_PERMISSION
+        assert asyncio.run(admin.interaction_check(_fake_interaction(1, discord.Permissions(manage_guild=True))))
     assert not store.mock_calls
+    assert not inter.response.send_message.await_count
 
 
 def test_permission_rule():

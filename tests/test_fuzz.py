@@ -368,19 +368,20 @@ def test_limit_store_set_fuzz_gives_valid_limits_or_a_limit_error(rconn):
     assert counts["accepted"] and counts["rejected"]
 
 
-def _admin_interaction(guild_id: int) -> SimpleNamespace:
+def _admin_interaction(guild_id: int, store: LimitStore) -> SimpleNamespace:
     response = MagicMock()
     response.is_done.return_value = False
     response.send_message = AsyncMock()
     return SimpleNamespace(guild_id=guild_id, permissions=discord.Permissions(manage_guild=True),
-                           user=SimpleNamespace(id=77), response=response, followup=MagicMock())
+                           user=SimpleNamespace(id=77), response=response, followup=MagicMock(),
+                           client=SimpleNamespace(backend=SimpleNamespace(store=store)))
 
 
 def test_dreamadmin_set_replies_fit_one_message(rconn):
     """The admin's reply, whatever they typed (Discord lets a value be 1500 characters): one ephemeral message
     under Discord's 2000-character limit, or Discord refuses it and the admin sees "something went wrong"."""
     store = LimitStore(rconn)
-    admin = DreamAdmin(SimpleNamespace(backend=SimpleNamespace(store=store), settings=None))
+    admin = DreamAdmin()
     counts: Counter[str] = Counter()
 
     @settings(FUZZ, max_examples=100)
@@ -389,7 +390,7 @@ def test_dreamadmin_set_replies_fit_one_message(rconn):
            .map(lambda t: t[:1500] or "x"))
     def check(key, value):
         counts["examples"] += 1
-        inter = _admin_interaction(5151)
+        inter = _admin_interaction(5151, store)
         asyncio.run(admin.set_limit.callback(admin, inter, key[:64], value))
         inter.response.send_message.assert_awaited_once()
         (text,), kwargs = inter.response.send_message.call_args

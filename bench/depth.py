@@ -100,9 +100,10 @@ def script_names() -> dict[str, str]:
     """sha1 and opening text of every product Lua script -> its name, to name SLOWLOG entries."""
     import hashlib
 
-    from dreamcore import fairq_lua, limits_lua
+    from dreamcore import fairq_lua
+    from dreamcore.limits import scripts
     out = {}
-    for mod, prefix in ((fairq_lua, "fairq"), (limits_lua, "limits")):
+    for mod, prefix in ((fairq_lua, "fairq"), (scripts, "limits")):
         for name in dir(mod):
             if name.isupper() and not name.startswith("_"):
                 text = getattr(mod, name)

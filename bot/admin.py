@@ -26,8 +26,8 @@ from discord import app_commands
 
 from dreamcore import moderation
 from dreamcore.i18n import N_, _
-from dreamcore.limit_store import LimitStore
-from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError
+from dreamcore.limits.model import KNOWN_KEYS, GuildLimits, LimitError
+from dreamcore.limits.stored import LimitStore
 
 from . import calls
 from .admin_text import (

@@ -11,7 +11,7 @@ from discord.utils import escape_markdown
 
 from dreamcore.cost import left_text, units_text
 from dreamcore.i18n import N_, _, duration, ngettext
-from dreamcore.limits import CHOICE_KEYS, KNOWN_KEYS, GuildLimits, limit_range
+from dreamcore.limits.model import CHOICE_KEYS, KNOWN_KEYS, GuildLimits, limit_range
 from dreamcore.present import clip, code
 
 MAX_MESSAGE = 2000

@@ -18,8 +18,8 @@ from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.i18n import N_, _, duration, ngettext
 from dreamcore.images import open_store
 from dreamcore.job import DreamJob, make_job
-from dreamcore.limit_store import LimitStore
-from dreamcore.limiter import Limiter
+from dreamcore.limits.limiter import Limiter
+from dreamcore.limits.stored import LimitStore
 from dreamcore.modes import RELAX_QUEUE
 from dreamcore.preferences import Preferences
 from dreamcore.queue import PRIORITIES, DreamQueue, owner_of

@@ -9,7 +9,7 @@ import io
 import discord
 
 from dreamcore import metrics, moderation
-from dreamcore.limits import GuildLimits
+from dreamcore.limits.model import GuildLimits
 from dreamcore.results import DreamResult
 
 

@@ -20,8 +20,8 @@ import redis
 from dreamcore import cost, delivery, faults, keys, ledger, metrics, moderation, params, votes
 from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.job import JobError, make_job
-from dreamcore.limit_store import LimitStore
-from dreamcore.limiter import Limiter
+from dreamcore.limits.limiter import Limiter
+from dreamcore.limits.stored import LimitStore
 from dreamcore.results import DreamResult, Outbox, OutboxEntry
 from dreamcore.settings import Settings
 

@@ -16,7 +16,7 @@ from . import results
 from .i18n import _
 from .job import JobError, parse_job
 from .keys import CANCEL_TTL_S, cancel_key  # noqa: F401  (re-exported)
-from .limiter import Limiter
+from .limits.limiter import Limiter
 from .queue import DreamQueue
 from .results import DreamResult
 

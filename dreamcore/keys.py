@@ -51,7 +51,7 @@ guild's flagged images per UTC day by what became of them (withheld, spoilered, 
 
 Image bytes are never in Redis: they live in the image store (`dreamcore.images`); results carry keys.
 
-Limits (owners `dreamcore.limiter` and `dreamcore.limit_store`, and the scripts; see `LimitKeys`): `dream:limits:{<guild>}:*`. Admin
+Limits (owners `dreamcore.limits.limiter` with its scripts and `dreamcore.limits.stored`; see `LimitKeys`): `dream:limits:{<guild>}:*`. Admin
 configuration (`:config`) is kept until an admin changes it; the audit trail expires AUDIT_TTL_S after its
 last entry; every counter expires once no window can see it.
 

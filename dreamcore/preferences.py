@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import keys, ranges
 from .i18n import LANGUAGES, SOURCE, _
 from .job import ASPECTS, DreamJob, FaceChoice, make_job, make_request
-from .limits import GuildLimits
+from .limits.model import GuildLimits
 from .modes import Mode, allowed
 from .styles import load_styles
 

@@ -1,7 +1,7 @@
 """What the operator grants or caps per server, above anything a server's own admins set.
 
 A fleet serves many servers; priority between them is the operator's to grant, never a server's own: an
-admin's priority and exempt roles act inside their server only (dreamcore.limiter). Per server the
+admin's priority and exempt roles act inside their server only (dreamcore.limits.limiter). Per server the
 operator may set:
 
     priority      high / default / low: the queue its dreams wait in (high is served first; default for all)

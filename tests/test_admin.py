@@ -20,9 +20,9 @@ from bot.admin import NO_PERMISSION, NOT_IN_GUILD, DreamAdmin
 from bot.admin_text import audit_text, key_choices, show_text
 from bot.toolkit import Refused, is_guild_admin
 from dreamcore.keys import LimitKeys
-from dreamcore.limit_store import LimitStore
-from dreamcore.limiter import Limiter
-from dreamcore.limits import KNOWN_KEYS, GuildLimits, default_limits
+from dreamcore.limits.limiter import Limiter
+from dreamcore.limits.model import KNOWN_KEYS, GuildLimits, default_limits
+from dreamcore.limits.stored import LimitStore
 from dreamcore.settings import load_settings
 
 pytestmark = pytest.mark.timeout(120)

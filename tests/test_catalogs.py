@@ -68,7 +68,7 @@ def test_translated_texts_are_literals_and_no_module_hides_the_translation_funct
     for path in _modules():
         tree = ast.parse(path.read_text(), str(path))
         imports_ = any(isinstance(n, ast.ImportFrom) and n.module == "dreamcore.i18n" or
-                       isinstance(n, ast.ImportFrom) and n.module == "i18n" and n.level == 1
+                       isinstance(n, ast.ImportFrom) and n.module == "i18n" and n.level >= 1  # subpackages too
                        for n in ast.walk(tree)) and any(
             a.name == "_" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names)
         for node in ast.walk(tree):
@@ -110,7 +110,7 @@ def test_durations_and_numbers_are_written_per_language():
 @pytest.mark.parametrize("locale", [i18n.SOURCE, *i18n.LANGUAGES])
 def test_dreamhelp_is_one_message_in_every_language_with_its_longest_parts(locale):
     from bot.help import help_parts
-    from dreamcore.limits import GuildLimits
+    from dreamcore.limits.model import GuildLimits
     from dreamcore.preferences import Preferences
     from dreamcore.settings import Settings
 

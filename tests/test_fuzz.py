@@ -315,8 +315,8 @@ def test_cleaning_is_stable():
 from bot.admin import DreamAdmin  # noqa: E402
 from bot.admin_text import MAX_MESSAGE, render, show_text  # noqa: E402
 from dreamcore.keys import LimitKeys  # noqa: E402
-from dreamcore.limit_store import LimitStore  # noqa: E402
-from dreamcore.limits import KNOWN_KEYS, GuildLimits, LimitError, limit_range  # noqa: E402
+from dreamcore.limits.model import KNOWN_KEYS, GuildLimits, LimitError, limit_range  # noqa: E402
+from dreamcore.limits.stored import LimitStore  # noqa: E402
 
 
 def _admin_value(key: str) -> st.SearchStrategy[str]:

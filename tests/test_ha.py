@@ -93,7 +93,7 @@ def test_no_replica_means_not_queued_and_the_quota_back(ha):
 def test_clients_and_scripts_follow_a_failover_without_a_restart(ha):
     """The promoted replica never saw an EVALSHA's script load (Redis replicates a script's effects, not the
     script), so the first call there answers NOSCRIPT: redis-py's Script loads it and runs it again."""
-    from dreamcore.limiter import Limiter
+    from dreamcore.limits.limiter import Limiter
 
     # The longest wait for the replica the settings allow: what is tested is that the scripts and clients
     # follow the failover; on a loaded 2-core CI machine a just-synced replica once took over 500 ms to ack.

@@ -6,7 +6,7 @@ import pytest
 from fleet import Fleet
 from standin import DiscordStandIn
 
-from dreamcore.limit_store import LimitStore
+from dreamcore.limits.stored import LimitStore
 
 pytestmark = pytest.mark.timeout(120)
 

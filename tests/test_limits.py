@@ -14,14 +14,14 @@ import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from dreamcore import limit_store
 from dreamcore.i18n import duration
 from dreamcore.keys import LimitKeys, operator_key
-from dreamcore.limit_store import LimitStore
-from dreamcore.limit_words import find_blocked_word
-from dreamcore.limiter import Limiter
-from dreamcore.limits import DAY, HOUR, KNOWN_KEYS, GuildLimits, LimitError, default_limits, limit_range
-from dreamcore.limits_lua import DAY_BUCKET_S, HOUR_BUCKET_S
+from dreamcore.limits import stored
+from dreamcore.limits.limiter import Limiter
+from dreamcore.limits.model import DAY, HOUR, KNOWN_KEYS, GuildLimits, LimitError, default_limits, limit_range
+from dreamcore.limits.scripts import DAY_BUCKET_S, HOUR_BUCKET_S
+from dreamcore.limits.stored import LimitStore
+from dreamcore.limits.words import find_blocked_word
 from dreamcore.settings import Settings, SettingsError, load_settings
 
 T0 = 1_700_000_000.0
@@ -759,7 +759,7 @@ def test_audit_trail_and_logs(store, caplog, monkeypatch):
     with pytest.raises(LimitError):  # a refused change is not audited
         store.set(g, "cooldown_s", "-1", 11)
     assert len(store.audit(g, 10)) == 3
-    monkeypatch.setattr(limit_store, "AUDIT_KEEP", 5)
+    monkeypatch.setattr(stored, "AUDIT_KEEP", 5)
     for i in range(8):
         store.set(g, "max_steps", str(10 + i), 11)
     entries = store.audit(g, 100)

@@ -8,7 +8,7 @@ from fleet import Fleet
 from standin import DiscordStandIn
 
 from dreamcore import fairq
-from dreamcore.limit_store import LimitStore
+from dreamcore.limits.stored import LimitStore
 from dreamcore.queue import queue_names
 
 pytestmark = pytest.mark.timeout(300)

@@ -14,8 +14,8 @@ from PIL import Image
 
 from dreamcore import cost, fairq, stats
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
-from dreamcore.limit_store import LimitStore
-from dreamcore.limiter import Limiter
+from dreamcore.limits.limiter import Limiter
+from dreamcore.limits.stored import LimitStore
 from dreamcore.modes import TURBO
 from dreamcore.queue import DreamQueue, claim_companions, queue_names
 from dreamcore.settings import load_settings
@@ -118,7 +118,7 @@ def test_a_mode_the_server_turned_off_is_refused_with_a_way_on(limiter):
     assert not got.ok and got.kind == "mode" and "doesn't take turbo dreams; try mode:quality" in got.message
     assert _acquire(limiter, "b" * 16, 1.0, "quality").ok
     # The server's default mode must be one it allows.
-    from dreamcore.limits import LimitError
+    from dreamcore.limits.model import LimitError
     with pytest.raises(LimitError, match="the default mode is turbo, which is off here"):
         limiter.store.set(42, "mode", "turbo", 99)
 

@@ -11,7 +11,7 @@ from discord import app_commands
 
 from dreamcore import ranges
 from dreamcore.job import DreamRequest
-from dreamcore.limits import GuildLimits, limit_range
+from dreamcore.limits.model import GuildLimits, limit_range
 from dreamcore.settings import Settings, SettingsError, load_settings
 
 

@@ -13,8 +13,8 @@ from fleet import wait_until
 from PIL import Image
 
 from dreamcore import keys, moderation, params, results
-from dreamcore.limit_store import LimitStore
-from dreamcore.limits import LimitError
+from dreamcore.limits.model import LimitError
+from dreamcore.limits.stored import LimitStore
 from dreamcore.settings import load_settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -25,7 +25,7 @@ from standin import DiscordStandIn
 
 from dreamcore import fairq, ledger
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
-from dreamcore.limit_store import LimitStore
+from dreamcore.limits.stored import LimitStore
 from dreamcore.queue import queue_names
 
 pytestmark = pytest.mark.timeout(300)

@@ -2,7 +2,7 @@
 
 The static checks (paused, channel, blocked words, images and steps per dream) run here in Python;
 everything that counts (cooldown, active jobs, hourly/daily image quotas, the guild's queue) is checked AND
-consumed by one Lua script (limits_lua.py), so a member firing through ten bots at once gets exactly what
+consumed by one Lua script (scripts.py), so a member firing through ten bots at once gets exactly what
 the limits allow. `release()` hands the job's slot back when it ends (and its images too, for a cancelled
 or failed job)."""
 
@@ -15,23 +15,18 @@ from dataclasses import dataclass
 
 import redis
 
-from . import servers
-from .i18n import _, duration, ngettext
-from .keys import LimitKeys
-from .limit_messages import quota_message
-from .limit_store import LimitStore, decode
-from .limit_words import find_blocked_word, mask
-from .limits import (
-    HOUR,
-    KEY_SLACK_S,
-    Kind,
-    limit_range,
-)
-from .limits_lua import ACQUIRE_LUA, RELEASE_LUA
-from .modes import fast
-from .servers import Priority
+from .. import servers
+from ..i18n import _, duration, ngettext
+from ..keys import LimitKeys
+from ..modes import fast
+from ..servers import Priority
+from .model import HOUR, KEY_SLACK_S, Kind, limit_range
+from .refusals import quota_message
+from .scripts import ACQUIRE_LUA, RELEASE_LUA
+from .stored import LimitStore, decode
+from .words import find_blocked_word, mask
 
-log = logging.getLogger("dreamcore.limits")  # one logger for every part of the limits, as before the split
+log = logging.getLogger("dreamcore.limits")  # the package's name: one logger for every part of the limits
 
 
 # The cooldown key outlives the longest cooldown an admin may set, so lowering or raising it applies at once.

@@ -1,4 +1,4 @@
-"""The two Lua scripts behind dreamcore.limiter: every counting limit is checked and consumed in one step.
+"""The two Lua scripts behind limiter.py: every counting limit is checked and consumed in one step.
 
 Redis runs a script alone, start to end, so ten bot processes (or one process's threads) asking at once
 see each other's effects in some order and never both squeeze through the last free slot.

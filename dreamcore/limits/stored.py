@@ -11,10 +11,11 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from .i18n import _
-from .keys import LimitKeys
-from .limit_input import parse_limit, validation_error
-from .limits import (
+from ..i18n import _
+from ..keys import LimitKeys
+from ..settings import Settings, get_settings
+from .admin_input import parse_limit, validation_error
+from .model import (
     DAY,
     HOUR,
     ID_LIST_KEYS,
@@ -23,10 +24,9 @@ from .limits import (
     LimitError,
     default_limits,
 )
-from .limits_lua import DAY_BUCKET_S, HOUR_BUCKET_S
-from .settings import Settings, get_settings
+from .scripts import DAY_BUCKET_S, HOUR_BUCKET_S
 
-log = logging.getLogger("dreamcore.limits")  # one logger for every part of the limits, as before the split
+log = logging.getLogger("dreamcore.limits")  # the package's name: one logger for every part of the limits
 
 AUDIT_KEEP = 500  # newest audit entries kept per guild
 AUDIT_TTL_S = 400 * DAY  # an audit trail nobody has added to for this long goes
@@ -207,7 +207,7 @@ class LimitStore:
             uh, ud, gh, gd, old_u, old_g, ua, ga, cd = pipe.execute()
 
         def images(buckets: dict, width: int, span: int, old: list) -> float:
-            # The script's rule (limits_lua): bucket b counts until (b + 1) * width + span. An older
+            # The script's rule (scripts.py): bucket b counts until (b + 1) * width + span. An older
             # release's entries not folded in yet count as the script will count them once it has.
             # Units of cost (dreamcore.cost), two decimals.
             live = sum(float(n) for b, n in buckets.items() if (int(b) + 1) * width + span > now)

@@ -3,10 +3,10 @@ quotas with when they free up."""
 
 from __future__ import annotations
 
-from .cost import plural_n, units_text
-from .i18n import N_, _, duration, ngettext
+from ..cost import plural_n, units_text
+from ..i18n import N_, _, duration, ngettext
 
-# Which quota refused, by the limit's kind (dreamcore.limits.Kind): the start of the member's sentence.
+# Which quota refused, by the limit's kind (dreamcore.limits.model.Kind): the start of the member's sentence.
 QUOTAS = {
     "user_hour": N_("hourly quota"),
     "user_day": N_("daily quota"),

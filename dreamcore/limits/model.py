@@ -1,21 +1,8 @@
-"""Per-guild limits that server admins set, stored in Redis and enforced atomically across every bot process.
+"""`GuildLimits`: one guild's limits, the model the rest of dreamcore.limits reads and changes.
 
-This module is the model: `GuildLimits`, one guild's limits, every value range-checked (the one place the
-ranges are declared); a limit the admins never set follows the defaults from the settings
-(DREAMBOT_LIMIT_*), so changing a default reaches every guild that kept it. Around it:
-
-* limit_input.py: what an admin types (`/dreamadmin set cooldown_s 30`) parsed into a value.
-* limit_store.py: `LimitStore` reads and changes a guild's limits, keeps an audit trail, reports usage.
-* limit_words.py: blocked-word matching; limit_messages.py: what a refused member reads.
-* limiter.py: `Limiter.acquire()` decides whether a dream may be queued. The static checks (paused, channel,
-  blocked words, images and steps per dream) run here in Python; everything that counts (cooldown, active
-  jobs, hourly/daily image quotas, the guild's queue) is checked AND consumed by one Lua script, so a
-  member firing through ten bots at once gets exactly what the limits allow. `release()` hands the job's
-  slot back when it ends (and its images too, for a cancelled or failed job).
-
-Every key lives under ``dream:limits:{<guild>}:`` (the braces make a Redis Cluster keep a guild's keys
-together); everything that counts expires on its own. See `LimitKeys`.
-"""
+Every value is range-checked here (the one place the ranges are declared); a limit the admins never set
+follows the defaults from the settings (DREAMBOT_LIMIT_*), so changing a default reaches every guild that
+kept it."""
 
 from __future__ import annotations
 
@@ -23,12 +10,12 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
-from .i18n import N_
-from .job import FaceChoice, clean_text
-from .limit_words import fold
-from .modes import Mode, allowed
-from .ranges import LIMITS
-from .settings import Settings, get_settings
+from ..i18n import N_
+from ..job import FaceChoice, clean_text
+from ..modes import Mode, allowed
+from ..ranges import LIMITS
+from ..settings import Settings, get_settings
+from .words import fold
 
 HOUR = 3600
 DAY = 86400
@@ -59,7 +46,7 @@ def _default(name: str):
 
 class GuildLimits(BaseModel):
     """One guild's limits. Quotas count images, not requests; windows roll (the last hour, the last 24 h, in
-    1-minute / 10-minute buckets: see limits_lua)."""
+    1-minute / 10-minute buckets: see scripts.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

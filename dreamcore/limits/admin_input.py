@@ -8,10 +8,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .i18n import _, ngettext
-from .job import clean_text
-from .limit_words import fold
-from .limits import (
+from ..i18n import _, ngettext
+from ..job import clean_text
+from ..problems import problems
+from ..settings import parse_id_list
+from .model import (
     CHOICE_KEYS,
     FLOAT_KEYS,
     ID_LIST_KEYS,
@@ -23,8 +24,7 @@ from .limits import (
     LimitError,
     limit_range,
 )
-from .problems import problems
-from .settings import parse_id_list
+from .words import fold
 
 _TRUE = {"true", "on", "yes", "1", "enable", "enabled"}
 _FALSE = {"false", "off", "no", "0", "disable", "disabled"}

@@ -7,7 +7,7 @@ import unicodedata
 from collections.abc import Iterable
 from functools import lru_cache
 
-from .job import clean_text
+from ..job import clean_text
 
 
 def fold(text: str) -> str:

@@ -101,13 +101,15 @@ def script_names() -> dict[str, str]:
     import hashlib
 
     from dreamcore import fairq_lua
-    from dreamcore.limits import scripts
+    from dreamcore.limits import limiter
+    from dreamcore.lua import LuaScript
     out = {}
-    for mod, prefix in ((fairq_lua, "fairq"), (scripts, "limits")):
+    for mod, prefix in ((fairq_lua, "fairq"), (limiter, "limits")):
         for name in dir(mod):
             if name.isupper() and not name.startswith("_"):
-                text = getattr(mod, name)
-                if isinstance(text, str):  # the modules' constants (bucket widths) are numbers
+                value = getattr(mod, name)
+                text = value.source if isinstance(value, LuaScript) else value  # a .lua file, or inline text
+                if isinstance(text, str) and "redis.call" in text:  # not the modules' other constants
                     out[hashlib.sha1(text.encode()).hexdigest()] = f"{prefix}.{name}"
     return out
 

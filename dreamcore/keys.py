@@ -276,8 +276,10 @@ class LimitKeys:
     def guild_day(g: int | str | None) -> str:  # as user_day, for the whole guild
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:gd"
 
+    # Compatibility: an older release's usage zsets ("<images>:<job>" scored by time, 24 h), folded into the
+    # buckets and deleted; goes when every deployment is over 24 h past its upgrade to bucket counters (74a9068).
     @staticmethod
-    def old_user_usage(g: int | None, u: int) -> str:  # an older release's zset; folded into buckets, deleted
+    def old_user_usage(g: int | None, u: int) -> str:
         return f"{LIMITS_PREFIX}:{{{_g(g)}}}:usage:{int(u)}"
 
     @staticmethod
@@ -286,7 +288,7 @@ class LimitKeys:
 
     @staticmethod
     def usage_keys(g: int | None, u: int, counted: int | str | None = None) -> list[str]:
-        """The four bucket hashes, in the scripts' KEYS order (the server's under `counted`, see counted())."""
+        """The four bucket hashes: the member's hour and day, then the server's (under `counted`, see counted())."""
         c = LimitKeys.counted(g, u) if counted is None else counted
         return [LimitKeys.user_hour(g, u), LimitKeys.user_day(g, u), LimitKeys.guild_hour(c), LimitKeys.guild_day(c)]
 

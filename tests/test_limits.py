@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from dreamcore.i18n import duration
 from dreamcore.keys import LimitKeys, operator_key
 from dreamcore.limits import stored
+from dreamcore.limits.buckets import DAY_BUCKET_S, HOUR_BUCKET_S
 from dreamcore.limits.limiter import Limiter
 from dreamcore.limits.model import DAY, HOUR, KNOWN_KEYS, GuildLimits, LimitError, default_limits, limit_range
-from dreamcore.limits.scripts import DAY_BUCKET_S, HOUR_BUCKET_S
 from dreamcore.limits.stored import LimitStore
 from dreamcore.limits.words import find_blocked_word
 from dreamcore.settings import Settings, SettingsError, load_settings

@@ -9,8 +9,10 @@
 * limiter.py: `Limiter.acquire()` decides whether a dream may be queued. The static checks (paused, channel,
   blocked words, images and steps per dream) run there in Python; everything that counts (cooldown, active
   jobs, hourly/daily image quotas, the guild's queue) is checked AND consumed by one Lua script
-  (scripts.py), so a member firing through ten bots at once gets exactly what the limits allow. `release()`
-  hands the job's slot back when it ends (and its images too, for a cancelled or failed job).
+  (acquire.lua), so a member firing through ten bots at once gets exactly what the limits allow. `release()`
+  (release.lua) hands the job's slot back when it ends (and its images too, for a cancelled or failed job).
+* buckets.py: how the quotas count (bucket widths, how a bucket is written and how long it counts), declared
+  once for the scripts and the usage report.
 
 Every key lives under ``dream:limits:{<guild>}:`` (the braces make a Redis Cluster keep a guild's keys
 together); everything that counts expires on its own. See `dreamcore.keys.LimitKeys`.

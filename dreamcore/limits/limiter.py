@@ -2,9 +2,9 @@
 
 The static checks (paused, channel, blocked words, images and steps per dream) run here in Python;
 everything that counts (cooldown, active jobs, hourly/daily image quotas, the guild's queue) is checked AND
-consumed by one Lua script (scripts.py), so a member firing through ten bots at once gets exactly what
-the limits allow. `release()` hands the job's slot back when it ends (and its images too, for a cancelled
-or failed job)."""
+consumed by one Lua script (acquire.lua), so a member firing through ten bots at once gets exactly what
+the limits allow. `release()` (release.lua) hands the job's slot back when it ends (and its images too, for
+a cancelled or failed job)."""
 
 from __future__ import annotations
 
@@ -12,25 +12,45 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
 from .. import servers
 from ..i18n import _, duration, ngettext
 from ..keys import LimitKeys
+from ..lua import LuaScript
 from ..modes import fast
 from ..servers import Priority
-from .model import HOUR, KEY_SLACK_S, Kind, limit_range
+from .buckets import BUCKET_FIELD, DAY_BUCKET_S, HOUR_BUCKET_S, OLD_USAGE_SEP, UNITS_EPS
+from .model import DAY, HOUR, KEY_SLACK_S, Kind, limit_range
 from .refusals import quota_message
-from .scripts import ACQUIRE_LUA, RELEASE_LUA
 from .stored import LimitStore, decode
 from .words import find_blocked_word, mask
 
 log = logging.getLogger("dreamcore.limits")  # the package's name: one logger for every part of the limits
 
+_CONSTS = {
+    "HOUR": HOUR, "DAY": DAY, "HOUR_BUCKET_S": HOUR_BUCKET_S, "DAY_BUCKET_S": DAY_BUCKET_S,
+    "BUCKET_FIELD": BUCKET_FIELD, "UNITS_EPS": UNITS_EPS, "OLD_USAGE_SEP": OLD_USAGE_SEP,
+    "KEY_SLACK_S": KEY_SLACK_S,
+    # The cooldown key outlives the longest cooldown an admin may set, so lowering or raising it applies at once.
+    "COOLDOWN_KEY_TTL_S": (limit_range("cooldown_s") or (0, HOUR))[1] + KEY_SLACK_S,
+}
+_COUNTED = ("user_hour", "user_day", "guild_hour", "guild_day", "user_active", "guild_active", "job",
+            "old_user_usage", "old_guild_usage")
+ACQUIRE = LuaScript(Path(__file__).with_name("acquire.lua"), keys=("cooldown", *_COUNTED), consts=_CONSTS)
+RELEASE = LuaScript(Path(__file__).with_name("release.lua"), keys=_COUNTED, consts=_CONSTS)
 
-# The cooldown key outlives the longest cooldown an admin may set, so lowering or raising it applies at once.
-_COOLDOWN_KEY_TTL_S = (limit_range("cooldown_s") or (0, HOUR))[1] + KEY_SLACK_S
+
+def _keys(g: int | None, u: int, job_id: str) -> dict[str, str]:
+    """The keys both scripts use, by the names they use them under (the server's under LimitKeys.counted)."""
+    c = LimitKeys.counted(g, u)
+    return {"user_hour": LimitKeys.user_hour(g, u), "user_day": LimitKeys.user_day(g, u),
+            "guild_hour": LimitKeys.guild_hour(c), "guild_day": LimitKeys.guild_day(c),
+            "user_active": LimitKeys.user_active(g, u), "guild_active": LimitKeys.guild_active(c),
+            "job": LimitKeys.job(g, job_id), "old_user_usage": LimitKeys.old_user_usage(g, u),
+            "old_guild_usage": LimitKeys.old_guild_usage(g)}
 
 
 @dataclass(frozen=True)
@@ -55,8 +75,6 @@ class Limiter:
     def __init__(self, redis_client: redis.Redis, store: LimitStore | None = None):
         self.r = redis_client
         self.store = store or LimitStore(redis_client)
-        self._acquire = redis_client.register_script(ACQUIRE_LUA)
-        self._release = redis_client.register_script(RELEASE_LUA)
 
     def acquire(self, guild_id: int | None, user_id: int, job_id: str, images: int, steps: int,
                 role_ids: Iterable[int] = (), instance: str = "", channel_id: int | None = None,
@@ -123,18 +141,21 @@ class Limiter:
                 "this server allows at most {limit} steps per dream (you asked for {asked})",
                 limits.max_steps).format(limit=limits.max_steps, asked=steps))
 
-        g, u, c = guild_id, int(user_id), LimitKeys.counted(guild_id, user_id)
-        keys = [LimitKeys.cooldown(g, u), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
-                LimitKeys.guild_active(c), LimitKeys.job(g, job_id), LimitKeys.old_user_usage(g, u),
-                LimitKeys.old_guild_usage(g)]
-        counted = units if fast(mode) else 0.0  # the script counts no quota for a job of 0 units
-        args = ["" if now is None else repr(float(now)), job_id, repr(counted), "1" if exempt else "0",
-                limits.cooldown_s, limits.user_max_active, limits.user_images_hour, limits.user_images_day,
-                _ceiling(limits.guild_images_hour, policy.units_hour),
-                _ceiling(limits.guild_images_day, policy.units_day),
-                _ceiling(limits.guild_max_queued, policy.max_queued),
-                repr(self.store.active_ttl_s), KEY_SLACK_S, u, _COOLDOWN_KEY_TTL_S]
-        status, kind, used, limit, retry, _at = (decode(x) for x in self._acquire(keys=keys, args=args))
+        u = int(user_id)
+        args = {
+            "job_id": job_id, "user_id": str(u), "exempt": exempt,
+            "units": units if fast(mode) else 0.0,  # the script counts no quota for a job of 0 units
+            "cooldown_s": limits.cooldown_s, "user_max_active": limits.user_max_active,
+            "user_images_hour": limits.user_images_hour, "user_images_day": limits.user_images_day,
+            "guild_images_hour": _ceiling(limits.guild_images_hour, policy.units_hour),
+            "guild_images_day": _ceiling(limits.guild_images_day, policy.units_day),
+            "guild_max_queued": _ceiling(limits.guild_max_queued, policy.max_queued),
+            "active_ttl_s": self.store.active_ttl_s,
+        }
+        if now is not None:
+            args["now"] = float(now)
+        keys = {**_keys(guild_id, u, job_id), "cooldown": LimitKeys.cooldown(guild_id, u)}
+        status, kind, used, limit, retry, _at = (decode(x) for x in ACQUIRE(self.r, keys=keys, args=args))
         if status in ("ok", "dup"):
             log.debug("dream accepted by the guild limits",
                       extra={"guild_id": guild_id, "user_id": u, "job_id": job_id, "units": units,
@@ -165,11 +186,11 @@ class Limiter:
         back to the quotas; `settle` (a finished job's measured cost, dreamcore.cost.made) puts what it cost
         in place of what was charged before it ran (a face pass redraws as many faces as it finds).
         Idempotent: True the first time, False for a job already released or unknown."""
-        g, u, c = guild_id, int(user_id), LimitKeys.counted(guild_id, user_id)
-        keys = [LimitKeys.job(g, job_id), *LimitKeys.usage_keys(g, u, c), LimitKeys.user_active(g, u),
-                LimitKeys.guild_active(c), LimitKeys.old_user_usage(g, u), LimitKeys.old_guild_usage(g)]
-        res = int(self._release(keys=keys, args=[job_id, "1" if refund else "0", u,
-                                                 "" if settle is None or refund else repr(float(settle))]))
+        u = int(user_id)
+        args = {"job_id": job_id, "user_id": str(u), "refund": refund}
+        if settle is not None and not refund:
+            args["settle"] = float(settle)
+        res = int(RELEASE(self.r, keys=_keys(guild_id, u, job_id), args=args))
         if res == -1:
             log.warning("release for a job that belongs to another member; ignored",
                         extra={"guild_id": guild_id, "user_id": u, "job_id": job_id})

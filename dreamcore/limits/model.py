@@ -46,7 +46,7 @@ def _default(name: str):
 
 class GuildLimits(BaseModel):
     """One guild's limits. Quotas count images, not requests; windows roll (the last hour, the last 24 h, in
-    1-minute / 10-minute buckets: see scripts.py)."""
+    1-minute / 10-minute buckets: see buckets.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

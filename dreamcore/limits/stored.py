@@ -15,6 +15,7 @@ from ..i18n import _
 from ..keys import LimitKeys
 from ..settings import Settings, get_settings
 from .admin_input import parse_limit, validation_error
+from .buckets import DAY_BUCKET_S, HOUR_BUCKET_S, OLD_USAGE_SEP, counts_until
 from .model import (
     DAY,
     HOUR,
@@ -24,7 +25,6 @@ from .model import (
     LimitError,
     default_limits,
 )
-from .scripts import DAY_BUCKET_S, HOUR_BUCKET_S
 
 log = logging.getLogger("dreamcore.limits")  # the package's name: one logger for every part of the limits
 
@@ -174,6 +174,8 @@ class LimitStore:
     def reset_user(self, guild_id: int | None, user_id: int, actor_id: int | None = None) -> None:
         """Forget a member's cooldown, hourly/daily usage and active jobs here (the server's totals keep
         their images: they were really made). A job reset away can still be released later."""
+        # Compatibility: an older release's usage zset of the member goes too; goes when every deployment is
+        # over 24 h past its upgrade to bucket counters (74a9068).
         self.r.delete(LimitKeys.cooldown(guild_id, user_id), LimitKeys.user_hour(guild_id, user_id),
                       LimitKeys.user_day(guild_id, user_id), LimitKeys.old_user_usage(guild_id, user_id),
                       LimitKeys.user_active(guild_id, user_id))
@@ -198,6 +200,8 @@ class LimitStore:
         with self.r.pipeline(transaction=True) as pipe:
             for key in LimitKeys.usage_keys(guild_id, user_id):
                 pipe.hgetall(key)
+            # Compatibility: an older release's usage zsets, the entries not folded into the buckets yet;
+            # goes when every deployment is over 24 h past its upgrade to bucket counters (74a9068).
             pipe.zrangebyscore(LimitKeys.old_user_usage(guild_id, user_id), f"({now - DAY!r}", "+inf",
                                withscores=True)
             pipe.zrangebyscore(LimitKeys.old_guild_usage(guild_id), f"({now - DAY!r}", "+inf", withscores=True)
@@ -207,12 +211,11 @@ class LimitStore:
             uh, ud, gh, gd, old_u, old_g, ua, ga, cd = pipe.execute()
 
         def images(buckets: dict, width: int, span: int, old: list) -> float:
-            # The script's rule (scripts.py): bucket b counts until (b + 1) * width + span. An older
-            # release's entries not folded in yet count as the script will count them once it has.
-            # Units of cost (dreamcore.cost), two decimals.
-            live = sum(float(n) for b, n in buckets.items() if (int(b) + 1) * width + span > now)
-            return round(live + sum(int(decode(m).split(":", 1)[0]) for m, t in old
-                                    if (t // width + 1) * width + span > now), 2)
+            # The scripts' rule (buckets.counts_until); an older release's entries not folded in yet count
+            # as acquire.lua will count them once it has. Units of cost (dreamcore.cost), two decimals.
+            live = sum(float(n) for b, n in buckets.items() if counts_until(int(b), width, span) > now)
+            return round(live + sum(int(decode(m).split(OLD_USAGE_SEP, 1)[0]) for m, t in old
+                                    if counts_until(int(t // width), width, span) > now), 2)
         cooldown_left = 0.0
         if cd is not None and limits.cooldown_s > 0:
             cooldown_left = max(0.0, float(cd) + limits.cooldown_s - now)

@@ -8,9 +8,10 @@ A script's keys, arguments and shared formats are declared once, in Python, wher
     CLAIM(conn, keys={"index": ..., "queues": [...]}, args={"now": now, "job_id": job_id})  # A.now, A.job_id
 
 The loader puts a short prelude in front of the file's text that binds `K` (the keys by name, from KEYS in
-the declared order), `C` (the constants, as Lua literals) and `A` (the arguments: one JSON object in ARGV[1],
-decoded with Redis' own cjson). So a script never counts positions, and a format both languages use is
-written in Python only. cjson reads numbers as doubles: pass an integer past 2**53 (a Discord id) as a string.
+the declared order), `C` (the constants, as Lua literals; a tuple becomes a Lua array) and `A` (the arguments:
+one JSON object in ARGV[1], decoded with Redis' own cjson). So a script never counts positions, and a format
+both languages use is written in Python only. cjson reads numbers as doubles: pass an integer past 2**53 (a
+Discord id) as a string.
 """
 
 from __future__ import annotations
@@ -39,14 +40,27 @@ def _literal(value: Any) -> str:
         if not value.isascii():
             raise ValueError(f"{value!r}: declare ASCII text (a JSON escape is no Lua escape)")
         return json.dumps(value)  # an ASCII JSON string is a valid Lua string literal
-    raise TypeError(f"a Lua constant must be a bool, a number or a string, not {type(value).__name__}")
+    if isinstance(value, tuple):
+        return "{" + ", ".join(_literal(v) for v in value) + "}"
+    raise TypeError(f"a Lua constant must be a bool, a number, a string or a tuple of them, "
+                    f"not {type(value).__name__}")
+
+
+def _code(path: Path) -> str:
+    """A file's text less its whole-line comments: EVAL (a script run inside a MULTI) sends and hashes the
+    whole text on every call, and the comments are for whoever reads the file."""
+    return "".join(line for line in Path(path).read_text().splitlines(keepends=True)
+                   if not line.lstrip().startswith("--") or line.lstrip().startswith("--["))
 
 
 class LuaScript:
     """One script file with its declared keys (a trailing "*name" takes every key after it, as a list)
     and constants. Registered per connection on first use (redis-py's EVALSHA, EVAL on a cache miss)."""
 
-    def __init__(self, path: Path, keys: Sequence[str] = (), consts: Mapping[str, Any] | None = None):
+    def __init__(self, path: Path, keys: Sequence[str] = (), consts: Mapping[str, Any] | None = None,
+                 include: Sequence[Path] = ()):
+        """`include`: files whose text goes between the bindings and the script's own (Lua shared by several
+        scripts: Redis runs one text, it has no `require`)."""
         self.path = Path(path)
         self.keys = tuple(keys)
         if any(k.startswith("*") for k in self.keys[:-1]):
@@ -60,7 +74,8 @@ class LuaScript:
             lines.append(f"for i = {len(self.named) + 1}, #KEYS do K.{self.rest}[#K.{self.rest} + 1] = KEYS[i] end")
         lines.append("local C = {" + ", ".join(f"{n} = {_literal(v)}" for n, v in consts.items()) + "}")
         lines.append("local A = ARGV[1] and cjson.decode(ARGV[1]) or {}")
-        self.source = "\n".join(lines) + "\n" + self.path.read_text()
+        shared = "".join(_code(p) + "\n" for p in include)
+        self.source = "\n".join(lines) + "\n" + shared + _code(self.path)
         self._attr = f"_dream_lua_{self.path.stem}_{id(self)}"
 
     def _registered(self, conn: redis.Redis):
@@ -82,5 +97,15 @@ class LuaScript:
     def __call__(self, conn: redis.Redis, keys: Mapping[str, Any] | None = None,
                  args: Mapping[str, Any] | None = None, client=None):
         """Run it on `conn` (or inside `client`, a pipeline of that connection)."""
-        return self._registered(conn)(keys=self.key_list(keys or {}), args=[json.dumps(dict(args or {}))],
-                                      client=client)
+        return self._registered(conn)(keys=self.key_list(keys or {}), args=self._argv(args), client=client)
+
+    def eval_in(self, pipe, keys: Mapping[str, Any] | None = None, args: Mapping[str, Any] | None = None):
+        """Queue it in `pipe` as EVAL with its whole text. A registered script in a redis-py pipeline makes
+        every execute() send SCRIPT EXISTS first, a round trip and a command more: a transaction whose
+        commands are counted (a /dream's enqueue) sends the text instead."""
+        key_list = self.key_list(keys or {})
+        return pipe.eval(self.source, len(key_list), *key_list, *self._argv(args))
+
+    @staticmethod
+    def _argv(args: Mapping[str, Any] | None) -> list[str]:
+        return [json.dumps(dict(args or {}))]

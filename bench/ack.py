@@ -45,9 +45,9 @@ def reset_queue(conn: redis.Redis) -> None:
 
 def waiting(conn: redis.Redis) -> int:
     """Dreams waiting in the fair queue (and in RQ's own lists, where an older release left any)."""
-    from dreamcore import fairq
-    from dreamcore.queue import queue_names
-    return fairq.totals(conn, queue_names()).jobs
+    from dreamcore.queue import fair_order
+    from dreamcore.queue.rq_queues import queue_names
+    return fair_order.totals(conn, queue_names()).jobs
 
 
 def start_bots(fleet: Fleet, env: dict[str, str], timeout: float = 180) -> None:

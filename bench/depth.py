@@ -100,11 +100,11 @@ def script_names() -> dict[str, str]:
     """sha1 and opening text of every product Lua script -> its name, to name SLOWLOG entries."""
     import hashlib
 
-    from dreamcore import fairq_lua
     from dreamcore.limits import limiter
     from dreamcore.lua import LuaScript
+    from dreamcore.queue import fair_order
     out = {}
-    for mod, prefix in ((fairq_lua, "fairq"), (limiter, "limits")):
+    for mod, prefix in ((fair_order, "fairq"), (limiter, "limits")):
         for name in dir(mod):
             if name.isupper() and not name.startswith("_"):
                 value = getattr(mod, name)
@@ -136,9 +136,10 @@ def slow_entries(conn: redis.Redis, shas: dict[str, str]) -> list[tuple[float, s
 def status_pass(conn: redis.Redis, backend, shas: dict[str, str], every_s: float, on_cpu: int | None = None) -> dict:
     """One refresh of every waiting dream's position and ETA, as ten bots' bot/progress.py would run it
     (`stats.eta_for` over each bot's share in one pipelined round trip), measured alone."""
-    from dreamcore import fairq, stats
-    from dreamcore.queue import queue_names
-    ids = [j for name in queue_names() for j in fairq.waiting_ids(conn, name)]
+    from dreamcore import stats
+    from dreamcore.queue import fair_order
+    from dreamcore.queue.rq_queues import queue_names
+    ids = [j for name in queue_names() for j in fair_order.waiting_ids(conn, name)]
     shares = [ids[k::N_BOTS] for k in range(N_BOTS)]
     conn.slowlog_reset()
     s0, cpu0, t0, steal0 = commandstats(conn), redis_cpu_s(conn), time.perf_counter(), stalls.steal_ms(on_cpu)

@@ -130,7 +130,7 @@ def run_jobs(folder: Path, pipe) -> list[dict]:
     from dreamcore import results
     from dreamcore.job import JobSource, make_job, make_origin, make_request
     from dreamcore.localredis import LocalRedis
-    from dreamcore.queue import DreamQueue
+    from dreamcore.queue.rq_queues import DreamQueue
     from dreamcore.settings import load_settings
     from worker.runner import make_worker
 

@@ -362,7 +362,7 @@ class QueueBench:
         """One job per entry (that many images); job i of any row has prompt i and seed 1000 + 10 i, so rows
         with the same counts make the same images and can be compared seed by seed."""
         from dreamcore.job import make_job, make_origin, make_request
-        from dreamcore.queue import DreamQueue
+        from dreamcore.queue.rq_queues import DreamQueue
 
         q = DreamQueue(self.conn, self.settings)
         out = []

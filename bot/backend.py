@@ -22,7 +22,8 @@ from dreamcore.limits.limiter import Limiter
 from dreamcore.limits.stored import LimitStore
 from dreamcore.modes import RELAX_QUEUE
 from dreamcore.preferences import Preferences
-from dreamcore.queue import PRIORITIES, DreamQueue, owner_of
+from dreamcore.queue.fair_order import owner_of
+from dreamcore.queue.rq_queues import PRIORITIES, DreamQueue
 from dreamcore.settings import Settings
 
 log = logging.getLogger("dreambot.bot")
@@ -192,7 +193,7 @@ class Backend:
 
     def _too_busy(self, guild_id: int | None, user_id: int, priority: str, units: float, kind: str) -> str | None:
         """Backpressure per server: a server whose next dream would wait past DREAMBOT_MAX_WAIT_MIN is told
-        "busy", while the others, whose dreams stand ahead of its backlog (dreamcore.fairq), are served."""
+        "busy", while the others, whose dreams stand ahead of its backlog (dreamcore.queue.fair_order), are served."""
         speed = stats.Speed(self.conn)
         if speed.overall is None:
             return None  # nothing measured yet: no basis to refuse

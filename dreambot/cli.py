@@ -140,7 +140,7 @@ def _adopt_jobs(settings) -> int:
     import redis
 
     from dreamcore.ledger import adopt
-    from dreamcore.queue import queue_names
+    from dreamcore.queue.rq_queues import queue_names
     from dreamcore.redisconn import connect
 
     try:

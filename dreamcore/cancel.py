@@ -17,7 +17,8 @@ from .i18n import _
 from .job import JobError, parse_job
 from .keys import CANCEL_TTL_S, cancel_key  # noqa: F401  (re-exported)
 from .limits.limiter import Limiter
-from .queue import DreamQueue
+from .queue.fair_order import DM_GUILD, parse_owner
+from .queue.rq_queues import DreamQueue
 from .results import DreamResult
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,8 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
     unknown = CancelOutcome(False, _("I know no dream `{job_id}` in this server.").format(job_id=job_id[:20]))
     if rq_job is None:
         return unknown
-    guild, _sep, user = str(rq_job.meta.get("owner", "")).partition(":")
-    if guild != str(actor_guild_id or 0):
+    guild, user = parse_owner(str(rq_job.meta.get("owner", "")))
+    if guild != str(actor_guild_id or DM_GUILD):
         return unknown
     if user != str(actor_id) and not actor_is_admin:
         return CancelOutcome(False, _("Only the member who asked for this dream, or a server admin, can cancel it."))
@@ -53,7 +54,7 @@ def cancel_job(conn: redis.Redis, queue: DreamQueue, limiter: Limiter, job_id: s
     if running:
         conn.set(cancel_key(job_id), str(actor_id), ex=CANCEL_TTL_S)
         # The quota comes back now (the worker's notice, when it stops, finds it released already).
-        limiter.release(int(guild) if guild != "0" else None, int(user), job_id, refund=True)
+        limiter.release(int(guild) if guild != DM_GUILD else None, int(user), job_id, refund=True)
         return CancelOutcome(True, _("Dream `{job_id}` is being made; it stops at its next step.").format(
             job_id=job_id))
     try:

@@ -5,7 +5,7 @@ RQ's own keys (job hashes, queue lists, registries) are always named through RQ 
 own (TTL) or has an owner that deletes it; the few kept on purpose (admin configuration, the vote
 dataset, the pool's speed) say so.
 
-Fair queue (owner `dreamcore.fairq`'s scripts: each key empties itself as its jobs are claimed or
+Fair queue (owner `dreamcore.queue.fair_order`'s scripts: each key empties itself as its jobs are claimed or
 cancelled, a sorted set or hash with no members is gone in Redis, so none carries a TTL; "g" is a guild id,
 0 for direct messages, "tier" 1 for a server's priority roles, 0 for everyone else):
 
@@ -84,35 +84,40 @@ KEPT = (
     "dream:operator:{*}",  # what the operator set per server
 )
 
-FQ = "dream:fq:"  # the prefix the scripts build every fair-queue key from
+# The fair queue's keys and its counters' fields (above). Every FQ_* shape goes to its scripts as a constant
+# (dreamcore.queue.fair_order.LUA_CONSTS), which fill a template as Python does with str.format. Its fields, in
+# this order where it has several: {q} a queue name, {server} fair_order.server_of, {tier}
+# fair_order.PRIORITY_TIER or PLAIN_TIER, {owner} fair_order.owner_of.
+FQ = "dream:fq:"
 FQ_JOBS = FQ + "jobs"
 FQ_COUNT = FQ + "count"
+FQ_SEQ = FQ + "seq"
 FQ_BELL = FQ + "bell"
 FQ_RECOUNT = FQ + "recount"
 FQ_RECOUNT_LOCK = FQ + "recount:lock"
+FQ_SLOTS = FQ + "{q}:r"
+FQ_SERVER_SLOTS = FQ + "{q}:gs:{server}"
+FQ_SERVER_JOBS = FQ + "{q}:g:{server}:{tier}"
+FQ_MEMBER_JOBS = FQ + "{q}:u:{tier}:{owner}"
+FQ_ALL = FQ + "{q}:all"
+# Compatibility: the one-level layout an older release wrote (a queue's jobs, a member's, the queue's image
+# count); goes when no deployment can still hold it: each upgraded past d105bc6 with its old bots gone and a
+# worker's maintenance run since (fair_order.migrate moves it over).
+FQ_FLAT = FQ + "{q}"
+FQ_FLAT_OWNER = FQ + "{q}:o:{owner}"
+FQ_FLAT_IMAGES = "images:{q}"
+# Fields of FQ_COUNT, and of a reconcile's tally in FQ_RECOUNT (with where its walk is)
+FQ_UNITS = "units:{q}"  # a queue's waiting cost (hundredths)
+FQ_SERVER_WAITING = "guild:{server}"  # a server's waiting dreams
+FQ_SERVER_UNITS = "gunits:{server}"  # and their cost
+FQ_RECOUNT_DONE = "done:{q}"
+FQ_RECOUNT_AT = "at"
+FQ_RECOUNT_CURSOR = "cursor"
 RECONCILE_LOCK_S = 120
 ATTEMPTS_TTL_S = 86400
 SAFETY_FLAGS_TTL_S = 8 * 86400  # /dreamadmin usage shows the last 7 days
 REPLICATED_MARK = "dream:replicated"
 REPLICATED_MARK_TTL_S = 60
-
-
-def fair(queue_name: str) -> str:
-    """The previous release's one-level queue: drained first, then moved over by the reconcile."""
-    return f"{FQ}{queue_name}"
-
-
-def fair_owner(queue_name: str, owner: str) -> str:
-    """The previous release's per-member set (one-level layout), read until its jobs are moved over."""
-    return f"{FQ}{queue_name}:o:{owner}"
-
-
-def fair_all(queue_name: str) -> str:
-    return f"{FQ}{queue_name}:all"
-
-
-def fair_member(queue_name: str, tier: str, owner: str) -> str:
-    return f"{FQ}{queue_name}:u:{tier}:{owner}"
 
 
 def safety_flags(guild_id: int | None, day: str) -> str:

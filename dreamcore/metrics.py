@@ -40,8 +40,8 @@ from prometheus_client.registry import Collector
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import fairq
-from .queue import queue_names
+from .queue import fair_order
+from .queue.rq_queues import queue_names
 
 log = logging.getLogger("dreambot.metrics")
 
@@ -183,7 +183,7 @@ class QueueDepthCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         up = GaugeMetricFamily("dreambot_redis_up", "1 when this process reached Redis while being scraped")
         try:
-            per_queue = fairq.totals(self.conn, self.queues).per_queue
+            per_queue = fair_order.totals(self.conn, self.queues).per_queue
             lengths = [per_queue[n] for n in self.queues]
         except redis.RedisError:
             up.add_metric([], 0)

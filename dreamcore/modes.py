@@ -5,7 +5,7 @@ turbo    SDXL-Lightning's 4-step LoRA on the base alone: its own scheduler (Eule
          4 steps, no classifier-free guidance (so no negative prompt) and no refiner, all fixed: the
          distilled model gives garbage at any other setting (AI Horde's finding), so members set none of it.
          About a tenth of a standard image's GPU time, and charged that (dreamcore.cost).
-relax    the quality path, queued behind every fast queue (dreamcore.queue: `dream-relax`, which workers
+relax    the quality path, queued behind every fast queue (dreamcore.queue.rq_queues: `dream-relax`, which workers
          serve only when the others are empty, fairly between servers like any queue) and drawn from no
          quota: unlimited, slow when the pool is busy.
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import redis
 from rq import Worker
 
-from .fairq import Place
 from .job import KINDS
 from .keys import STATS_KEY  # noqa: F401  (re-exported)
 from .modes import TURBO_KINDS
+from .queue.fair_order import Place
 
 EWMA_ALPHA = 0.2  # about the last ten jobs
 SPEED_KEYS = (*KINDS, *(f"turbo-{k}" for k in TURBO_KINDS))
@@ -92,7 +92,7 @@ def etas(conn: redis.Redis, places: dict[str, Place], kinds: dict[str, str] | No
 
 
 def eta_for(queue, job_ids: list[str], kinds: dict[str, str] | None = None) -> dict[str, tuple[int, float | None]]:
-    """(position, ETA) of each waiting job in `job_ids` (a dreamcore.queue.DreamQueue's): O(log n) each,
+    """(position, ETA) of each waiting job in `job_ids` (a dreamcore.queue.rq_queues.DreamQueue's): O(log n) each,
     one round trip for all; `kinds`: a job's speed key (speed_key) where it is known."""
     places = queue.places(job_ids)
     return {jid: (places[jid].ahead, eta) for jid, eta in etas(queue.connection, places, kinds).items()}

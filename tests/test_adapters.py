@@ -187,7 +187,7 @@ def test_a_worker_without_turbo_fails_a_turbo_job_telling_its_member(tiny_env, r
     from fleet import image_store
 
     from dreamcore import results
-    from dreamcore.queue import DreamQueue
+    from dreamcore.queue.rq_queues import DreamQueue
     from dreamcore.settings import get_settings, load_settings
     from worker.runner import load_pipeline, make_worker
 

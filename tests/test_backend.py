@@ -182,17 +182,17 @@ def test_a_dream_a_worker_took_before_the_error_reached_the_bot_is_not_called_un
     """Redis fails after the enqueue went through (the reply lost): a dream still waiting is taken back and
     the member hears "can't queue"; one a worker already holds will come, so the member is told that."""
     from bot.backend import UNCONFIRMED
-    from dreamcore import fairq, queue
+    from dreamcore.queue import fair_order, rq_queues
 
-    real = queue.DreamQueue.enqueue
+    real = rq_queues.DreamQueue.enqueue
 
     def enqueued_then_lost(self, job, *args, **kw):
         real(self, job, *args, **kw)
         if job.request.prompt == "taken":
-            fairq.claim_next(rconn, queue.queue_names())  # a worker was quicker than the reply
+            fair_order.claim_next(rconn, rq_queues.queue_names())  # a worker was quicker than the reply
         raise redis.ConnectionError("the reply never came")
 
-    monkeypatch.setattr(queue.DreamQueue, "enqueue", enqueued_then_lost)
+    monkeypatch.setattr(rq_queues.DreamQueue, "enqueue", enqueued_then_lost)
     gone = backend.submit(_job(user=6, prompt="still waiting"))
     assert not gone.ok and gone.kind == "unavailable" and backend.queue.waiting() == 0
     taken = backend.submit(_job(user=7, prompt="taken"))
@@ -228,10 +228,10 @@ def test_an_upscale_is_charged_by_its_tiles(backend, rconn):
 
 
 def fairq_units(rconn) -> float:
-    from dreamcore import fairq
-    from dreamcore.queue import queue_names
+    from dreamcore.queue import fair_order
+    from dreamcore.queue.rq_queues import queue_names
 
-    return fairq.totals(rconn, queue_names()).units
+    return fair_order.totals(rconn, queue_names()).units
 
 
 def test_in_direct_messages_each_member_is_a_server_of_their_own(backend):

@@ -9,9 +9,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
-from dreamcore import fairq
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue, FairQueue, claim_companions, queue_name
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue, FairQueue, claim_companions, queue_name
 from dreamcore.settings import load_settings
 
 
@@ -47,7 +47,7 @@ def test_claim_takes_matching_jobs_within_budget_and_window(rconn):
     # Budget 3 images: a (1) fits, b has another key, c (4) does not fit, d (2) fits -> budget 0, stop.
     got = claim_companions(rconn, key, budget=3, window=32)
     assert got == [(queue_name("default"), a.job_id), (queue_name("default"), d.job_id)]
-    waiting = fairq.waiting_ids(rconn, queue_name("default"))
+    waiting = fair_order.waiting_ids(rconn, queue_name("default"))
     assert waiting == [b.job_id, c.job_id, e.job_id]  # the others keep their order
     inter = rconn.lrange(FairQueue(queue_name("default"), connection=rconn).intermediate_queue_key, 0, -1)
     assert [x.decode() for x in inter] == [a.job_id, d.job_id]
@@ -109,7 +109,7 @@ def test_a_claim_whose_worker_died_is_requeued_by_rq_maintenance(rconn):
     first_seen = q.intermediate_queue.get_first_seen_key(a.job_id)
     rconn.set(first_seen, float(rconn.get(first_seen)) - 120)  # two minutes later
     q.intermediate_queue.cleanup(worker, q)
-    assert fairq.waiting_ids(rconn, queue_name("default")) == [a.job_id], "job back in its queue"
+    assert fair_order.waiting_ids(rconn, queue_name("default")) == [a.job_id], "job back in its queue"
     assert rconn.llen(q.intermediate_queue_key) == 0
     assert Job.fetch(a.job_id, connection=rconn, serializer=JSONSerializer).get_status() == "queued"
 

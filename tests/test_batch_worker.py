@@ -18,7 +18,7 @@ from rq.serializers import JSONSerializer
 from dreamcore import results
 from dreamcore.cancel import cancel_key
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import load_settings
 
 pytestmark = pytest.mark.timeout(300)

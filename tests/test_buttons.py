@@ -23,7 +23,7 @@ from standin import DiscordStandIn
 from dreamcore import delivery, image_in, keys, params, results
 from dreamcore.images import input_key
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
-from dreamcore.queue import DreamQueue
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.results import DreamResult, ImageInfo
 from dreamcore.settings import get_settings
 

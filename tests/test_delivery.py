@@ -15,7 +15,7 @@ from PIL import Image
 from dreamcore import delivery, faults, keys, ledger, redisconn, results
 from dreamcore.images import image_key
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.results import DreamResult, ImageInfo
 from dreamcore.settings import get_settings, load_settings
 

@@ -190,7 +190,7 @@ def test_a_worker_before_the_face_pass_refuses_what_needs_it_and_runs_the_rest(t
 
     from dreamcore import results
     from dreamcore.job import make_job, make_origin
-    from dreamcore.queue import DreamQueue
+    from dreamcore.queue.rq_queues import DreamQueue
     from dreamcore.settings import get_settings
 
     old = release_reading(tmp_path, 3, ["dreamcore", "worker", "dreambot"])

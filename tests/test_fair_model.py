@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dreamcore import cost, fairq, keys
+from dreamcore import cost, keys
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue, claim_companions, queue_names
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue, claim_companions, queue_names
 from dreamcore.settings import load_settings
 
 NAMES = queue_names()
@@ -135,7 +136,7 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
                 ahead = order[:[j["id"] for j in ref.order(name)].index(job.job_id)]
                 assert all(ahead.count(g) <= 1 for g in set(ahead)), (op, ahead)
         elif op[0] == "claim":
-            got = fairq.claim_next(rconn, NAMES)
+            got = fair_order.claim_next(rconn, NAMES)
             assert (got[1] if got else None) == ref.next()
         elif op[0] == "batch":
             _, steps, budget, window, relax = op
@@ -149,7 +150,7 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
                 assert q.remove(victim)
                 ref.take(victim)
         for name in NAMES:
-            assert fairq.waiting_ids(rconn, name) == [j["id"] for j in ref.order(name)], op
+            assert fair_order.waiting_ids(rconn, name) == [j["id"] for j in ref.order(name)], op
             # Whatever was claimed, batched or cancelled: each server's slots stand in consecutive rounds,
             # one a round, so two servers with dreams waiting are served in turn.
             for guild in {j["guild"] for j in ref.jobs[name]}:
@@ -157,12 +158,12 @@ def test_order_counters_and_positions_match_the_reference(rconn, seq):
                 assert rounds == list(range(rounds[0], rounds[0] + len(rounds))), (op, guild, rounds)
     # Counters and positions, read in O(1) / O(log n), agree with the walk the reference makes.
     everything = ref.all()
-    t = fairq.totals(rconn, NAMES)
+    t = fair_order.totals(rconn, NAMES)
     assert t.jobs == len(everything) and round(t.units, 2) == round(sum(j["units"] for j in everything), 2)
     for guild in (1, 2, 3):
         mine = [j for j in everything if j["guild"] == guild]
-        assert fairq.guild_waiting(rconn, guild) == len(mine)
-        assert round(fairq.guild_units(rconn, guild), 2) == round(sum(j["units"] for j in mine), 2)
+        assert fair_order.guild_waiting(rconn, guild) == len(mine)
+        assert round(fair_order.guild_units(rconn, guild), 2) == round(sum(j["units"] for j in mine), 2)
     places = q.places([j["id"] for j in everything])
     for k, j in enumerate(everything):
         assert places[j["id"]].ahead == k
@@ -196,7 +197,7 @@ def test_a_new_dream_goes_ahead_of_every_later_round_of_servers_and_of_members(r
             job = _job(user, "default", 1, 20, guild=guild)
             q.enqueue(job, 1.0)
             who[job.job_id] = (guild, user)
-            order = fairq.waiting_ids(rconn, "dream-default")
+            order = fair_order.waiting_ids(rconn, "dream-default")
             for level in (0, 1):
                 index, counts = {}, {}
                 for jid in order:
@@ -212,24 +213,24 @@ def test_a_new_dream_goes_ahead_of_every_later_round_of_servers_and_of_members(r
                 assert all(index[jid] >= index[job.job_id] for jid in others if order.index(jid) > me)
 
 
-def test_reconcile_repairs_drifted_counters_and_keeps_counting_through_a_busy_queue(rconn):
+def test_reconcile_repairs_drifted_counters_and_keeps_counting_through_a_busy_queue(rconn, monkeypatch):
     q = DreamQueue(rconn, load_settings())
     jobs = [_job(u, "default", 1 + u % 4, 20) for u in range(1, 450)]
     for job in jobs:
         q.enqueue(job, _units(job))
-    want = fairq.totals(rconn, NAMES)
+    want = fair_order.totals(rconn, NAMES)
     # Drift, as a crash between two steps of an older release or a hand edit would leave it.
     rconn.hset(keys.FQ_COUNT, mapping={"units:dream-default": 5, "guild:1": 99999, "guild:77": 3,
                                        "gunits:2": 7})
-    assert fairq.totals(rconn, NAMES).units != want.units
+    assert fair_order.totals(rconn, NAMES).units != want.units
 
     # A worker and a cancel keep working while the reconcile walks the queue, in every phase of the walk.
-    real = fairq._scripts(rconn)["RECOUNT_STEP"]
+    real = fair_order.RECOUNT_STEP
     taken = []
 
-    def busy_step(args):
-        out = real(args=args)
-        taken.append(fairq.claim_next(rconn, NAMES)[1])
+    def busy_step(conn, **call):
+        out = real(conn, **call)
+        taken.append(fair_order.claim_next(rconn, NAMES)[1])
         late = _job(1000 + len(taken), "default", 2, 20)
         q.enqueue(late, _units(late))
         jobs.append(late)
@@ -238,18 +239,16 @@ def test_reconcile_repairs_drifted_counters_and_keeps_counting_through_a_busy_qu
         taken.append(victim.job_id)
         return out
 
-    fairq._scripts(rconn)["RECOUNT_STEP"] = busy_step
-    try:
-        changed = fairq.reconcile(rconn, NAMES, chunk=50)
-    finally:
-        fairq._scripts(rconn)["RECOUNT_STEP"] = real
+    monkeypatch.setattr(fair_order, "RECOUNT_STEP", busy_step)
+    changed = fair_order.reconcile(rconn, NAMES, chunk=50)
+    monkeypatch.undo()
     assert changed["guild:77"] == (3, 0) and changed["guild:1"][0] > 99_000 and "gunits:2" in changed
     left = [j for j in jobs if j.job_id not in set(taken)]
-    t = fairq.totals(rconn, NAMES)
+    t = fair_order.totals(rconn, NAMES)
     assert t.jobs == len(left) and round(t.units, 2) == round(sum(_units(j) for j in left), 2)
     for guild in (1, 2, 3):
         mine = [j for j in left if j.origin.guild_id == guild]
-        assert fairq.guild_waiting(rconn, guild) == len(mine)
-        assert round(fairq.guild_units(rconn, guild), 2) == round(sum(_units(j) for j in mine), 2)
+        assert fair_order.guild_waiting(rconn, guild) == len(mine)
+        assert round(fair_order.guild_units(rconn, guild), 2) == round(sum(_units(j) for j in mine), 2)
     assert not rconn.exists(keys.FQ_RECOUNT) and not rconn.exists(keys.FQ_RECOUNT_LOCK)
-    assert fairq.reconcile(rconn, NAMES) == {}  # nothing left to repair
+    assert fair_order.reconcile(rconn, NAMES) == {}  # nothing left to repair

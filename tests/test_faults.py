@@ -12,10 +12,11 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
 
-from dreamcore import fairq, faults, results
+from dreamcore import faults, results
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.localredis import LocalRedis
-from dreamcore.queue import DreamQueue
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import get_settings
 
 pytestmark = pytest.mark.timeout(300)
@@ -132,7 +133,7 @@ def test_redis_restart_loses_no_queued_job_and_everyone_reconnects(tiny_model_di
         assert not down.late
         own.start()
         conn = redis.Redis.from_url(own.url)
-        assert fairq.waiting_ids(conn, "dream-default")[:1] == [queued]
+        assert fair_order.waiting_ids(conn, "dream-default")[:1] == [queued]
         worker = fleet.start_worker("after-restart")
         wait_until(lambda: image_messages(standin, bot.channel_id), 90, "queued job lost in the restart")
         own.kill()

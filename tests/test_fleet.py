@@ -12,7 +12,8 @@ import redis
 from fleet import image_messages, redis_blobs
 from PIL import Image
 
-from dreamcore import fairq, keys, results
+from dreamcore import keys, results
+from dreamcore.queue import fair_order
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -187,7 +188,7 @@ def test_results_survive_a_bot_down_through_a_flood_of_progress(fleet, standin, 
         inter.wait_ack(5)
     bot.proc.kill()
     bot.proc.wait(10)
-    jobs = fairq.waiting_ids(rconn, "dream-default")
+    jobs = fair_order.waiting_ids(rconn, "dream-default")
     assert len(jobs) == 3
     fleet.start_worker(**env)
 

@@ -406,7 +406,7 @@ def test_dreamadmin_set_replies_fit_one_message(rconn):
 # --- Corrupt jobs through a real worker -------------------------------------------------------------------------
 
 from dreamcore import results  # noqa: E402
-from dreamcore.queue import DreamQueue  # noqa: E402
+from dreamcore.queue.rq_queues import DreamQueue  # noqa: E402
 from dreamcore.settings import get_settings  # noqa: E402
 
 PLACEHOLDER_ID = "0000000000000000"

@@ -16,7 +16,7 @@ from dreamcore import results
 from dreamcore.images import FolderStore, ImageStoreError, S3Store, open_store
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.localredis import free_port
-from dreamcore.queue import DreamQueue
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import SettingsError, get_settings, load_settings
 
 BUCKET = "dreams"

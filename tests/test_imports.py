@@ -15,7 +15,7 @@ def _modules_after(imports: str) -> set[str]:
 
 
 @pytest.mark.parametrize("imports", [
-    "import dreamcore, dreamcore.job, dreamcore.queue, dreamcore.results, dreamcore.settings, dreamcore.limits.limiter, dreamcore.limits.stored",
+    "import dreamcore, dreamcore.job, dreamcore.queue.rq_queues, dreamcore.results, dreamcore.settings, dreamcore.limits.limiter, dreamcore.limits.stored",
     "import dreambot.cli, dreamcore.present, dreamcore.logs, dreamcore.localredis",
     "import bot.main, bot.client, bot.commands, bot.relay, bot.backend",
     "import worker.fetch, worker.sources",  # `dreambot fetch-models` starts without loading torch

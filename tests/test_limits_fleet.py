@@ -7,9 +7,9 @@ import pytest
 from fleet import Fleet
 from standin import DiscordStandIn
 
-from dreamcore import fairq
 from dreamcore.limits.stored import LimitStore
-from dreamcore.queue import queue_names
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import queue_names
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,5 +77,5 @@ def test_ten_instances_cannot_be_raced_past_a_limit(ten_bots, rconn, limit, valu
     assert accepted == expect
     assert len(refused) == 10 - expect
     assert all(says in text for text in refused), refused
-    queued = fairq.totals(rconn, queue_names()).jobs
+    queued = fair_order.totals(rconn, queue_names()).jobs
     assert queued == expect

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dreamcore import metrics
 from dreamcore.localredis import LocalRedis, free_port
-from dreamcore.queue import queue_names
+from dreamcore.queue.rq_queues import queue_names
 
 pytestmark = pytest.mark.timeout(180)
 

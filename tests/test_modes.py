@@ -12,12 +12,13 @@ import pytest
 from fleet import click, one_bot, result_message, send
 from PIL import Image
 
-from dreamcore import cost, fairq, stats
+from dreamcore import cost, stats
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.limits.limiter import Limiter
 from dreamcore.limits.stored import LimitStore
 from dreamcore.modes import TURBO
-from dreamcore.queue import DreamQueue, claim_companions, queue_names
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue, claim_companions, queue_names
 from dreamcore.settings import load_settings
 
 T0 = 1_700_000_000.0
@@ -150,9 +151,9 @@ def test_relax_waits_while_fast_work_is_queued_and_runs_when_it_is_not(rconn):
         q.enqueue(job, 1.0)
     # Behind every fast dream, though it came first; its place and ETA say so.
     assert q.place(relax.job_id).ahead == 2
-    order = [fairq.claim_next(rconn, queue_names())[1] for _ in range(3)]
+    order = [fair_order.claim_next(rconn, queue_names())[1] for _ in range(3)]
     assert order == [fast[0].job_id, fast[1].job_id, relax.job_id]
-    assert fairq.claim_next(rconn, queue_names()) is None
+    assert fair_order.claim_next(rconn, queue_names()) is None
 
 
 def test_a_turbo_batch_and_a_quality_batch_never_mix(rconn):

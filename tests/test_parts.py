@@ -16,7 +16,7 @@ from test_batch_pipeline import assert_different, assert_same_image  # noqa: E40
 from test_worker import _drain, _job, _outbox, _work  # noqa: E402
 
 from dreamcore.job import make_job, make_origin, make_request  # noqa: E402
-from dreamcore.queue import DreamQueue  # noqa: E402
+from dreamcore.queue.rq_queues import DreamQueue  # noqa: E402
 from dreamcore.ranges import MAX_SEED  # noqa: E402
 from dreamcore.settings import get_settings  # noqa: E402
 from worker import img2img  # noqa: E402

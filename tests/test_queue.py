@@ -7,9 +7,9 @@ import zlib
 
 from rq.serializers import JSONSerializer
 
-from dreamcore import fairq
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import load_settings
 
 
@@ -48,14 +48,14 @@ def test_fair_order_interleaves_members(rconn):
     a_jobs = [q.enqueue(_job(100)).job_id for _ in range(20)]
     b = q.enqueue(_job(200)).job_id
     c = q.enqueue(_job(300)).job_id
-    order = fairq.waiting_ids(rconn, "dream-default")
+    order = fair_order.waiting_ids(rconn, "dream-default")
     # B's first job waits behind A's first job only; C's lands right behind it.
     assert order.index(b) == 1
     assert order.index(c) == 2
     # A's own jobs keep their order.
     assert [j for j in order if j in a_jobs] == a_jobs
     b2 = q.enqueue(_job(200)).job_id
-    order = fairq.waiting_ids(rconn, "dream-default")
+    order = fair_order.waiting_ids(rconn, "dream-default")
     # B's second job is in round 1: behind A's second job, ahead of A's third.
     assert order.index(b2) == order.index(a_jobs[1]) + 1 < order.index(a_jobs[2])
 
@@ -69,3 +69,19 @@ def test_a_waiting_dream_never_expires_unrun(rconn, monkeypatch):
     q.enqueue(job)
     assert rconn.ttl(f"rq:job:{job.job_id}") == -1
     assert q.position(job.job_id) == 0
+
+
+def test_python_reads_what_the_scripts_write_in_the_formats_it_declares(rconn):
+    """A member (owner_of), the server a dream counts in (server_of) and a job's entry (entry_job) are declared
+    once in Python and handed to the scripts: what the scripts wrote, Python finds by its own formats."""
+    q = DreamQueue(rconn, load_settings())
+    direct = make_job(make_request(prompt="in a direct message", seed=1),
+                      make_origin(instance="bot1", guild_id=None, channel_id=10, user_id=42))
+    in_guild = _job(42, guild=9)
+    q.enqueue(direct)
+    q.enqueue(in_guild)
+    assert q.mine(fair_order.owner_of(None, 42)) == [direct.job_id]
+    assert q.mine(fair_order.owner_of(9, 42)) == [in_guild.job_id]
+    assert fair_order.guild_waiting(rconn, fair_order.server_of(None, 42)) == 1
+    assert fair_order.guild_waiting(rconn, fair_order.server_of(9, 42)) == 1
+    assert fair_order.parse_owner(fair_order.owner_of(None, 42)) == (fair_order.DM_GUILD, "42")

@@ -18,10 +18,11 @@ import redis
 from fleet import Fleet, image_messages, wait_until
 from standin import DiscordStandIn
 
-from dreamcore import fairq, ledger, redisconn
+from dreamcore import ledger, redisconn
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.localredis import free_port
-from dreamcore.queue import DreamQueue, queue_names
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue, queue_names
 from dreamcore.settings import load_settings
 
 pytestmark = pytest.mark.timeout(300)
@@ -221,5 +222,5 @@ def test_the_worker_cannot_queue_a_job_a_bot_would_post(acl_redis):
                                                                       user_id=3))
     with pytest.raises(redis.exceptions.NoPermissionError):
         DreamQueue(conn, settings).enqueue(job)  # the transaction writes the record: refused as a whole
-    assert fairq.totals(_as(s, "bot"), queue_names()).jobs == 0
+    assert fair_order.totals(_as(s, "bot"), queue_names()).jobs == 0
     assert ledger.load(_as(s, "bot"), job.job_id) is None

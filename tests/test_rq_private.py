@@ -1,6 +1,6 @@
-"""worker/rq_private.py against the installed RQ: every private member it calls exists with the shape it
-assumes, and each wrapper does on a real Redis what the worker relies on. A new RQ release that breaks one
-fails here, by name (pyproject.toml bounds rq to the release these run against)."""
+"""dreamcore/queue/rq_private.py against the installed RQ: every private member it calls exists with the shape
+it assumes, and each wrapper does on a real Redis what the worker and FairQueue rely on. A new RQ release that
+breaks one fails here, by name (pyproject.toml bounds rq to the release these run against)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from rq.job import JobStatus
 from rq.serializers import JSONSerializer
 from rq.worker import Worker
 
-from worker import rq_private
+from dreamcore.queue import rq_private
 
 
 def test_the_private_members_exist_with_the_shapes_the_adapter_calls():
@@ -24,6 +24,20 @@ def test_the_private_members_exist_with_the_shapes_the_adapter_calls():
         assert list(inspect.signature(getattr(Worker, name)).parameters) == params, name
     source = inspect.getsource(rq.worker.base)  # set in BaseWorker, read by the adapter
     assert "self._stop_requested" in source and "self._shutdown_requested_date" in source
+
+
+def test_fetch_dequeued_job_gives_the_job_and_its_queue_or_none_once_its_hash_is_gone(rconn):
+    from dreamcore.queue.rq_queues import FairQueue
+
+    assert list(inspect.signature(Queue._fetch_dequeued_job).parameters) == [
+        "connection", "queue_key", "job_id", "job_class", "serializer", "death_penalty_class"]
+    q = Queue("adapter-fetch", connection=rconn, serializer=JSONSerializer)
+    job = q.enqueue("builtins.len", [1, 2, 3])
+    got, queue = rq_private.fetch_dequeued_job(FairQueue, rconn, q.key, job.id, serializer=JSONSerializer)
+    assert got.id == job.id and got.args == [[1, 2, 3]]
+    assert isinstance(queue, FairQueue) and queue.name == "adapter-fetch"
+    job.delete()
+    assert rq_private.fetch_dequeued_job(FairQueue, rconn, q.key, job.id, serializer=JSONSerializer) is None
 
 
 def _started(rconn, name: str):
@@ -73,7 +87,7 @@ def test_unsubscribe_stops_the_pubsub_thread_within_its_bound(rconn):
     shutdown. The adapter's keeps RQ's intended one-second bound, and the thread still ends."""
     import time
 
-    from dreamcore.queue import FairQueue
+    from dreamcore.queue.rq_queues import FairQueue
     from worker.runner import DreamWorker
 
     source = inspect.getsource(rq.worker.base.BaseWorker.subscribe)

@@ -111,7 +111,7 @@ def worker_run(tiny_env, rconn):
 
 def _queue(rconn, **req):
     from dreamcore.job import make_job, make_origin, make_request
-    from dreamcore.queue import DreamQueue
+    from dreamcore.queue.rq_queues import DreamQueue
 
     origin = make_origin(instance="bot1", guild_id=10, channel_id=20, user_id=30)
     job = make_job(make_request(prompt="a lighthouse", aspect="1:1", steps=2, seed=3, **req), origin)

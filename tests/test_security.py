@@ -23,10 +23,11 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 from standin import DiscordStandIn
 
-from dreamcore import fairq, ledger
+from dreamcore import ledger
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.limits.stored import LimitStore
-from dreamcore.queue import queue_names
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import queue_names
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -411,7 +412,7 @@ class TestWithWorker:
         # bob's in alice's guild.
         carol_inter, _ = dream(e, p.carol, guild=e.g2, prompt="a lighthouse elsewhere", seed=10)
         bob_inter, _ = dream(e, p.bob, prompt="a lighthouse of bob's", seed=11)
-        waiting_before = fairq.totals(e.r, queue_names()).jobs
+        waiting_before = fair_order.totals(e.r, queue_names()).jobs
 
         def click(who, guild, channel, inter_of_message, custom_id):
             """A modified client's click: the custom_id of its choice on a message it can see. The message as
@@ -450,7 +451,7 @@ class TestWithWorker:
         text, eph = answer(real)
         assert eph and text.startswith("Only the member who asked for it, or a server admin"), text
         assert not e.standin.message(result.id).deleted
-        waiting_after = fairq.totals(e.r, queue_names()).jobs
+        waiting_after = fair_order.totals(e.r, queue_names()).jobs
         assert waiting_after <= waiting_before, "a crafted click queued a job"
 
         # An admin of the job's guild can delete it: the message goes, and its images with it.

@@ -14,9 +14,10 @@ from fleet import image_store
 from history import NoHistory, unpack_newest
 from PIL import Image
 
-from dreamcore import fairq, results
+from dreamcore import results
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue, queue_names
+from dreamcore.queue import fair_order
+from dreamcore.queue.rq_queues import DreamQueue, queue_names
 from dreamcore.settings import get_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +73,7 @@ def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     old_ids = json.loads(run.stdout)
-    assert rconn.llen("rq:queue:dream-default") == 5 and fairq.totals(rconn, queue_names()).jobs == 5
+    assert rconn.llen("rq:queue:dream-default") == 5 and fair_order.totals(rconn, queue_names()).jobs == 5
     # ... and a new bot queues one more after the upgrade.
     new = make_job(make_request(prompt="new release", seed=9, steps=2, aspect="1:1"),
                    make_origin(instance="bot1", guild_id=7, channel_id=10, user_id=4))
@@ -86,7 +87,7 @@ def test_dreams_queued_by_the_previous_release_are_all_served_by_the_new_worker(
         result, images = results.load(rconn, image_store(), jid)
         assert result is not None and result.status == "done", (jid, result)
         assert Image.open(io.BytesIO(images[0])).size[0] > 0
-    assert fairq.totals(rconn, queue_names()).jobs == 0
+    assert fair_order.totals(rconn, queue_names()).jobs == 0
     # The old release's fair order held: members 2 and 3 before member 1's second and third dreams.
     order = [e.job_id for e in box.read(count=200, block_ms=100) if e.status in ("done", "failed")]
     assert order.index(old_ids[3]) < order.index(old_ids[1]) and order.index(old_ids[4]) < order.index(old_ids[1])
@@ -113,7 +114,7 @@ def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upg
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     old_ids = json.loads(run.stdout)
-    assert rconn.zcard("dream:fq:dream-default") == 5 and fairq.totals(rconn, queue_names()).jobs == 5
+    assert rconn.zcard("dream:fq:dream-default") == 5 and fair_order.totals(rconn, queue_names()).jobs == 5
     new = make_job(make_request(prompt="new release", seed=9, steps=2, aspect="1:1"),
                    make_origin(instance="bot1", guild_id=7, channel_id=10, user_id=4))
     DreamQueue(rconn, get_settings()).enqueue(new)
@@ -125,7 +126,7 @@ def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upg
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()
     make_worker(get_settings(), rconn, pipeline, name="upgraded").work(burst=True, logging_level="WARNING")
-    assert rconn.zcard("dream:fq:dream-default") == 0 and fairq.totals(rconn, queue_names()).jobs == 0
+    assert rconn.zcard("dream:fq:dream-default") == 0 and fair_order.totals(rconn, queue_names()).jobs == 0
     for jid in [*old_ids, new.job_id]:
         got = delivery.for_delivery(rconn, image_store(), jid, "bot1")
         assert got is not None and got.result.status == "done", (jid, got)

@@ -13,7 +13,7 @@ from rq.serializers import JSONSerializer
 
 from dreamcore import results
 from dreamcore.job import make_job, make_origin, make_request
-from dreamcore.queue import DreamQueue
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import get_settings
 
 
@@ -156,10 +156,10 @@ def test_json_serializer_everywhere(rconn):
 def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn, pipeline):
     """`worker.tasks.run_dream`, the function each job names, works under any RQ worker, not only under
     DreamWorker (which splits it into denoise and finish): what an operator's
-    `rq worker --queue-class dreamcore.queue.FairQueue` would run (the class that takes jobs in fair order)."""
+    `rq worker --queue-class dreamcore.queue.rq_queues.FairQueue` would run (the class that takes jobs in fair order)."""
     from rq import SimpleWorker
 
-    from worker import rq_private
+    from dreamcore.queue import rq_private
     from worker import runtime as tasks
 
     tasks.install(tasks.Runtime(settings=get_settings(), conn=rconn, pipeline=pipeline, name="plain-rq"))
@@ -167,10 +167,10 @@ def test_a_plain_rq_worker_runs_the_job_function_start_to_finish(tiny_env, rconn
     q = DreamQueue(rconn, get_settings())
     job = _job(seed=99)
     q.enqueue(job)
-    from dreamcore.queue import FairQueue
+    from dreamcore.queue.rq_queues import FairQueue
 
     plain = SimpleWorker(list(q.queues.values()), connection=rconn, serializer=JSONSerializer, queue_class=FairQueue)
-    # RQ's own unsubscribe waits out its pubsub thread's 60 s sleep on this redis-py (worker/rq_private.py):
+    # RQ's own unsubscribe waits out its pubsub thread's 60 s sleep on this redis-py (dreamcore/queue/rq_private.py):
     # the adapter's bounded one, so the test takes the seconds the job takes, not a minute more.
     plain.unsubscribe = lambda: rq_private.unsubscribe(plain)
     plain.work(burst=True, logging_level="WARNING")
@@ -189,7 +189,7 @@ def test_a_stop_asked_while_a_job_is_recorded_waits_for_that_and_then_stops(tiny
 
     from rq.job import Job
 
-    from worker import rq_private
+    from dreamcore.queue import rq_private
     from worker.runner import make_worker
 
     _outbox(rconn)

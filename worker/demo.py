@@ -21,7 +21,7 @@ from dreamcore.localredis import LocalRedis
 from dreamcore.logs import setup_logging
 from dreamcore.moderation import is_flagged
 from dreamcore.present import result_text
-from dreamcore.queue import DreamQueue
+from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import Settings
 
 from .classifier import load_checker

@@ -27,14 +27,15 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from dreamcore import fairq, keys, metrics, redisconn
+from dreamcore import keys, metrics, redisconn
 from dreamcore.images import ImageStoreError, S3Store, open_store
 from dreamcore.logs import setup_logging
 from dreamcore.modes import RELAX_QUEUE
-from dreamcore.queue import FairQueue, claim_companions, queue_name, queue_names
+from dreamcore.queue import fair_order, rq_private
+from dreamcore.queue.rq_queues import FairQueue, claim_companions, queue_name, queue_names
 from dreamcore.settings import Settings
 
-from . import batch, memory, rq_private, speed, tasks
+from . import batch, memory, speed, tasks
 from .classifier import load_checker
 from .pipeline import DreamPipeline
 from .runtime import LOAD, Runtime, install, runtime
@@ -68,7 +69,7 @@ class DreamWorker(SimpleWorker):
         # The fair queue's counters are kept in step by its scripts; this repairs any that drifted (a hand
         # edit, an older release's leftovers). One worker at a time does it (a lock), in short steps.
         try:
-            fairq.reconcile(self.connection, queue_names())
+            fair_order.reconcile(self.connection, queue_names())
         except redis.RedisError as err:
             log.warning("fair-queue reconcile failed", extra={"error": type(err).__name__})
         self.sweep_images()
@@ -128,7 +129,7 @@ class DreamWorker(SimpleWorker):
         ready = []
         for i, (job, _queue, _execution) in enumerate(members):
             try:
-                # Every claim (fairq's CLAIM_NEXT and CLAIM_BATCH) parks the id in RQ's intermediate list.
+                # Every claim (claim_next.lua and claim_batch.lua) parks the id in RQ's intermediate list.
                 self.prepare_job_execution(job, remove_from_intermediate_queue=True)
                 job.started_at = now()
                 ready.append(i)
@@ -206,7 +207,7 @@ class DreamWorker(SimpleWorker):
 
     def _claim_companions(self, job) -> list[tuple[Job, FairQueue, object]]:
         """Waiting dreams that can share this job's denoising batch, taken off their queues and registered as
-        started here, exactly as RQ registers the job it dequeued itself (see dreamcore.fairq_lua.CLAIM_BATCH)."""
+        started here, exactly as RQ registers the job it dequeued itself (see dreamcore/queue/claim_batch.lua)."""
         key = job.meta.get("batch") if isinstance(job.meta, dict) else None
         budget = self.batch_images - int(job.meta.get("images") or 1) if key else 0
         if not key or budget < 1 or _is_retry(job):

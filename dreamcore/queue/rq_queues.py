@@ -2,7 +2,7 @@
 
 Bots call `DreamQueue.enqueue`; workers listen on `queue_names()` in priority order. Jobs name their
 function as a dotted string so a bot host never imports the worker (or torch). RQ keeps the job hashes,
-registries, retries and leases; the order in which waiting jobs run is kept by dreamcore.fairq.
+registries, retries and leases; the order in which waiting jobs run is kept by dreamcore.queue.fair_order.
 """
 
 from __future__ import annotations
@@ -13,13 +13,15 @@ from dataclasses import dataclass
 import redis
 from rq import Queue, Retry
 from rq.exceptions import DequeueTimeout
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from . import cost, fairq, ledger, redisconn
-from .job import DreamJob
-from .modes import RELAX_QUEUE
-from .settings import Settings
+from .. import cost, ledger, redisconn
+from ..job import DreamJob
+from ..modes import RELAX_QUEUE
+from ..settings import Settings
+from . import fair_order, rq_private
 
 # The operator's three grants (dreamcore.servers), then relax dreams (dreamcore.modes), which a worker takes
 # only when every queue before it is empty.
@@ -35,42 +37,37 @@ def queue_names() -> list[str]:
     return [queue_name(p) for p in PRIORITIES]
 
 
-def owner_of(guild_id: int | None, user_id: int) -> str:
-    """A member as the fair queue and RQ's meta name them: "<guild>:<user>", guild 0 in direct messages."""
-    return f"{guild_id or 0}:{user_id}"
-
-
 def claim_companions(connection: redis.Redis, batch_key: str, budget: int, window: int,
                      relax: bool = False) -> list[tuple[str, str]]:
     """Take waiting dreams that can join a batch with key `batch_key`: (queue name, job id) pairs, at most
-    `budget` images in all, found among the first `window` waiting jobs (fairq_lua.CLAIM_BATCH). Relax dreams
+    `budget` images in all, found among the first `window` waiting jobs (claim_batch.lua). Relax dreams
     join only a relax batch (`relax`): riding along, they would make a fast batch slower."""
     names = queue_names() if relax else queue_names()[:-1]
     return [(key.removeprefix(Queue.redis_queue_namespace_prefix), job_id)
-            for key, job_id in fairq.claim_batch(connection, batch_key, budget, window, names)]
+            for key, job_id in fair_order.claim_batch(connection, batch_key, budget, window, names)]
 
 
 class FairQueue(Queue):
-    """An RQ queue whose jobs wait in the fair queue (dreamcore.fairq) instead of RQ's plain list.
+    """An RQ queue whose jobs wait in the fair queue (fair_order) instead of RQ's plain list.
 
-    Every push RQ makes (an enqueue, a retry, a requeue) lands there; workers take jobs through
-    `dequeue_any`, which also drains RQ's own list first (jobs an older release queued)."""
+    Every push RQ makes through it (an enqueue, a retry, a requeue) lands there; workers take jobs through
+    `dequeue_any`, which also drains RQ's own list first (claim_next.lua says when that goes)."""
 
     def push_job_id(self, job_id, pipeline=None, at_front=False):
-        fairq.push(pipeline if pipeline is not None else self.connection, job_id, self.name, at_front)
+        fair_order.push(pipeline if pipeline is not None else self.connection, job_id, self.name, at_front)
 
     @classmethod
     def dequeue_any(cls, queues, timeout, connection, job_class=None, serializer=None, death_penalty_class=None):
         names = [q.name for q in queues]
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            got = fairq.claim_next(connection, names)
+            got = fair_order.claim_next(connection, names)
             if got is not None:
                 queue_key, job_id = got
-                result = cls._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
-                                                 serializer=serializer, death_penalty_class=death_penalty_class)
+                result = rq_private.fetch_dequeued_job(cls, connection, queue_key, job_id, job_class,
+                                                       serializer, death_penalty_class)
                 if result is None:  # its hash expired while it waited: nothing to run
-                    connection.lrem(f"{queue_key}:intermediate", 1, job_id)
+                    connection.lrem(IntermediateQueue.get_intermediate_queue_key(queue_key), 1, job_id)
                     continue
                 return result
             if deadline is None:
@@ -78,7 +75,7 @@ class FairQueue(Queue):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DequeueTimeout(timeout, [q.key for q in queues])
-            fairq.wait_for_push(connection, min(left, 5.0))
+            fair_order.wait_for_push(connection, min(left, 5.0))
 
 
 @dataclass
@@ -86,7 +83,7 @@ class Enqueued:
     job_id: str
     priority: str
     position: int  # 0 = next to run
-    place: fairq.Place | None = None  # None: taken by a worker already
+    place: fair_order.Place | None = None  # None: taken by a worker already
 
 
 class DreamQueue:
@@ -99,7 +96,7 @@ class DreamQueue:
 
     def _rq_job(self, job: DreamJob, units: float, tier: int) -> Job:
         q = self.queues[job.priority]
-        owner = owner_of(job.origin.guild_id, job.origin.user_id)
+        owner = fair_order.owner_of(job.origin.guild_id, job.origin.user_id)
         rq_job = q.create_job(
             TASK,
             # The worker gets no interaction token: only the bot's own record (dreamcore.ledger) has it.
@@ -114,7 +111,7 @@ class DreamQueue:
             ttl=None,
             description=f"dream {job.job_id} for {owner} via {job.origin.instance}",
             meta={"owner": owner, "instance": job.origin.instance, "images": job.request.count,
-                  "cost": fairq.cents(units), "tier": int(bool(tier)), "tries": self.settings.job_retries + 1,
+                  "cost": fair_order.cents(units), "tier": int(bool(tier)), "tries": self.settings.job_retries + 1,
                   **({"batch": job.batch_key} if job.batch_key else {})},
             # Retries here are for abandoned jobs (a worker that died mid-job); a job that fails on
             # its own sets retries_left to 0 before raising, so bad input is never run twice.
@@ -166,13 +163,13 @@ class DreamQueue:
             self.connection.delete(Job.key_for(job_id), ledger.key(job_id))
         return removed
 
-    def place(self, job_id: str) -> fairq.Place | None:
+    def place(self, job_id: str) -> fair_order.Place | None:
         """Jobs and images ahead of this one; None when it is no longer waiting. O(log n)."""
-        return fairq.place(self.connection, job_id, queue_names())
+        return fair_order.place(self.connection, job_id, queue_names())
 
-    def places(self, job_ids: list[str]) -> dict[str, fairq.Place]:
+    def places(self, job_ids: list[str]) -> dict[str, fair_order.Place]:
         """`place` for many jobs in one pipelined round trip."""
-        return fairq.places(self.connection, job_ids, queue_names())
+        return fair_order.places(self.connection, job_ids, queue_names())
 
     def position(self, job_id: str, priority: str | None = None) -> int | None:
         """Jobs ahead of this one across all priorities; None when it is no longer waiting."""
@@ -180,24 +177,25 @@ class DreamQueue:
         return None if p is None else p.ahead
 
     def waiting(self) -> int:
-        return fairq.totals(self.connection, queue_names()).jobs
+        return fair_order.totals(self.connection, queue_names()).jobs
 
     def remove(self, job_id: str) -> bool:
         """Take a waiting job out of the queue (a cancel); False when it was not waiting."""
-        removed = fairq.remove(self.connection, job_id)
-        for q in self.queues.values():  # an older release's job waits in RQ's own list
+        removed = fair_order.remove(self.connection, job_id)
+        # Compatibility: a job waiting in RQ's own list; goes when claim_next.lua's draining of it goes.
+        for q in self.queues.values():
             removed = bool(self.connection.lrem(q.key, 1, job_id)) or removed
         return removed
 
-    def would_wait(self, guild_id: int | None, user_id: int, priority: str) -> fairq.Outlook:
+    def would_wait(self, guild_id: int | None, user_id: int, priority: str) -> fair_order.Outlook:
         """Where this server's next dream in `priority` would stand if queued now (in direct messages the
-        member's own: fairq.server): O(log n)."""
-        return fairq.would_wait(self.connection, fairq.server(guild_id, user_id), queue_name(priority),
-                                queue_names())
+        member's own: fair_order.server_of): O(log n)."""
+        return fair_order.would_wait(self.connection, fair_order.server_of(guild_id, user_id),
+                                     queue_name(priority), queue_names())
 
     def mine(self, owner: str) -> list[str]:
         """An owner's waiting job ids, in the order they will run within each priority."""
-        return fairq.owner_jobs(self.connection, owner, queue_names())
+        return fair_order.owner_jobs(self.connection, owner, queue_names())
 
     def fetch(self, job_id: str) -> Job | None:
         try:

@@ -2,8 +2,9 @@
 
 DreamWorker runs RQ's job bookkeeping itself, after the fact, so the GPU can start the next job while the
 last one's images are still being encoded (worker/runner.py): RQ's public API has no way to say "this job
-finished, record it" from outside `perform_job`. These wrappers are the only places that reach past it, and
-each has a test that fails on an RQ release that renamed or reshaped what it calls.
+finished, record it" from outside `perform_job`. FairQueue (rq_queues.py) claims a job in its own script and
+then fetches it as RQ's own dequeue does. These wrappers are the only places that reach past RQ's public API,
+and each has a test that fails on an RQ release that renamed or reshaped what it calls.
 """
 
 from __future__ import annotations
@@ -12,6 +13,14 @@ import inspect
 from typing import Any
 
 UNSUBSCRIBE_WAIT_S = 1.0
+
+
+def fetch_dequeued_job(queue_class, connection, queue_key: str, job_id: str, job_class=None, serializer=None,
+                       death_penalty_class=None):
+    """What RQ's dequeue does with a job id it took off a queue: (job, queue), or None when the job's hash is
+    gone."""
+    return queue_class._fetch_dequeued_job(connection, queue_key, job_id, job_class=job_class,
+                                           serializer=serializer, death_penalty_class=death_penalty_class)
 
 
 def finalize_success(worker, job, queue, execution, return_value: Any) -> None:

@@ -33,9 +33,9 @@ from .problems import problems
 from .ranges import MAX_PROMPT_CHARS, MAX_SEED
 from .styles import load_styles
 
-# Compatibility (goes when every worker reads version 5: then write SCHEMA_VERSION always): a job carries
-# the oldest schema version that can express it: a plain dream is still version 1, which
-# workers of the previous release run; variations and upscales (a `source` image) are version 2, a dream
+# Compatibility: a job carries the oldest schema version that can express it (goes when every worker reads
+# version 5: then every job is written as SCHEMA_VERSION). A plain dream is still version 1, which workers of
+# the previous release run; variations and upscales (a `source` image) are version 2, a dream
 # from a member's own picture version 3; a Fix faces job, or any job that sets its face pass on or off,
 # version 4; a turbo or relax dream (dreamcore.modes) version 5. An older worker refuses a version it doesn't
 # read with "written with schema version N" (its member is told) instead of misreading.
@@ -145,9 +145,9 @@ class DreamRequest(_Strict):
 
     @model_serializer(mode="wrap")
     def _without_defaults_of_new_fields(self, handler):
-        # Compatibility (goes when no bot or worker of a release before faces and modes runs): "auto" faces and
-        # "quality" mode are what a request of the releases before them meant, and those releases forbid
-        # unknown keys: left out, a job, result or record that doesn't set them still reads there.
+        # Compatibility: "auto" faces and "quality" mode are what a request of the releases before them meant,
+        # and those releases forbid unknown keys: left out, a job, result or record that doesn't set them still
+        # reads there; goes when no bot or worker of a release before faces and modes runs.
         out = handler(self)
         if isinstance(out, dict):
             if out.get("faces") == "auto":
@@ -282,8 +282,8 @@ class JobSource(_Strict):
     # The output classifier's score of the source image: what is made from it is judged by the higher of
     # this and its own score, so a button never shows a flagged image unmarked (dreamcore.moderation).
     nsfw_score: float | None = Field(None, ge=0.0, le=1.0)
-    # An edit's (kind "edit"): what it does to the image. Compatibility (goes when no bot or worker of the
-    # release before edits runs): left out when None, as that release writes and reads a source.
+    # An edit's (kind "edit"): what it does to the image. Compatibility: left out when None, as the release
+    # before edits writes and reads a source; goes when no bot or worker of that release runs.
     edit: Edit | None = None
 
     @model_serializer(mode="wrap")
@@ -370,9 +370,9 @@ class DreamJob(_Strict):
         return self.model_copy(update={"origin": self.origin.model_copy(update={"interaction_token": None})})
 
     def _dump_exclude(self) -> dict:
-        # Compatibility (goes with the schema versions above): jobs go out exactly as the previous release
-        # wrote them (it forbids unknown keys): no source for a
-        # version 1 job, and the content filter's fields only when they say something.
+        # Compatibility: jobs go out exactly as the previous release wrote them (it forbids unknown keys): no
+        # source for a version 1 job, and the content filter's fields only when they say something; goes with
+        # the schema versions (SCHEMA_VERSION).
         out: dict = {}
         if self.source is None:
             out["source"] = True

@@ -74,9 +74,9 @@ STAGE_NAMES = {
     "encode_s": N_("encode"), "base_s": N_("base"), "refiner_s": N_("refiner"), "decode_s": N_("decode"),
     "faces_s": N_("faces"), "safety_s": N_("safety"), "png_s": N_("png"),
 }
-# Everything a result's timings may hold: the stages, and the counts of the call it shared and of its face pass
-# (compatibility, goes when no bot of a release before them runs: kept here rather than as fields of their own,
-# so a bot of an earlier release still reads the result).
+# Everything a result's timings may hold: the stages, and the counts of the call it shared and of its face pass.
+# Compatibility: the counts are kept here rather than as fields of their own, so a bot of a release before
+# them still reads the result; goes when no bot of such a release runs.
 TIMINGS = (*STAGES, "total_s", "batch_images", "batch_jobs", "parts", "faces_found", "faces_redrawn")
 
 

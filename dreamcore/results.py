@@ -64,9 +64,9 @@ class DreamResult(BaseModel):
     prompt_note: str | None = None
     worker: str = ""
     finished_at: float = Field(default_factory=time.time)
-    # What made it (a variation or an upscale names its source image). Compatibility (goes when no bot of the
-    # release before variations runs): left out of the stored JSON for a plain dream, so a bot of that release
-    # (which forbids unknown keys) still reads its results.
+    # What made it (a variation or an upscale names its source image). Compatibility: left out of the stored
+    # JSON for a plain dream, so a bot of the release before variations (which forbids unknown keys) still
+    # reads its results; goes when no bot of that release runs.
     kind: Kind = "dream"
     source: JobSource | None = None
 

@@ -216,7 +216,7 @@ def wait_disconnected(standin: DiscordStandIn, fleet: Fleet, timeout: float = 10
 def fleet_bench(args, depths: list[int]) -> list[dict]:
     from bot.backend import Backend
     from bot.progress import QUEUE_POLL_S
-    from dreamcore import stats
+    from dreamcore import keys
     from dreamcore.settings import load_settings
 
     t_start = time.monotonic()
@@ -238,7 +238,7 @@ def fleet_bench(args, depths: list[int]) -> list[dict]:
                                else "Redis's main thread on SCHED_FIFO priority 1 (reset on fork)"), flush=True)
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
-    conn.hset(stats.STATS_KEY, "s_per_unit", "0.001")  # a measured speed, so backpressure and ETA run
+    conn.hset(keys.STATS_KEY, "s_per_unit", "0.001")  # a measured speed, so backpressure and ETA run
     os.environ.update(GENEROUS_LIMITS, **DEPTH_ENV, REDIS_URL=server.url)
     backend = Backend(load_settings(), redis.Redis.from_url(server.url))  # the bench's own: the fill
     shas = script_names()
@@ -562,7 +562,7 @@ def status_alone(args, depth: int) -> None:
     """The live-status refresh of every waiting dream with nothing else running: no bots, no stand-in. Is a
     SLOWLOG entry in the fleet's windows the code, or the machine under load?"""
     from bot.backend import Backend
-    from dreamcore import stats
+    from dreamcore import keys
     from dreamcore.settings import load_settings
 
     server = start_redis()
@@ -572,7 +572,7 @@ def status_alone(args, depth: int) -> None:
                                  args.rt_redis)
         if args.rt_redis:
             print(f"real-time Redis: {why_not or 'yes'}")
-        conn.hset(stats.STATS_KEY, "s_per_unit", "0.001")
+        conn.hset(keys.STATS_KEY, "s_per_unit", "0.001")
         conn.config_set("slowlog-log-slower-than", args.slowlog_us)
         conn.config_set("slowlog-max-len", 1024)
         backend = Backend(load_settings(), redis.Redis.from_url(server.url))
@@ -595,7 +595,7 @@ def inprocess_bench(args, depths: list[int]) -> None:
     discord.py or the stand-in."""
     from bot.backend import Backend
     from bot.progress import QUEUE_POLL_S
-    from dreamcore import stats
+    from dreamcore import keys
     from dreamcore.job import make_job, make_origin, make_request
     from dreamcore.settings import load_settings
 
@@ -606,7 +606,7 @@ def inprocess_bench(args, depths: list[int]) -> None:
     conn.config_set("slowlog-log-slower-than", args.slowlog_us)
     conn.config_set("slowlog-max-len", 1024)
     backend = Backend(load_settings(), redis.Redis.from_url(server.url))
-    conn.hset(stats.STATS_KEY, "s_per_unit", "0.001")
+    conn.hset(keys.STATS_KEY, "s_per_unit", "0.001")
     shas = script_names()
     rng = random.Random(7)
     rows = []

@@ -51,7 +51,7 @@ def settings_for(url: str, model: Path, batch: int):
 def run_burst(conn, settings, pipe, modes: list[str], tag: str) -> dict:
     """Queue one dream per entry of `modes` (the bot's submit), then one worker runs them all."""
     from bot.backend import Backend
-    from dreamcore import results
+    from dreamcore import keys
     from dreamcore.job import make_job, make_origin, make_request
     from worker.runner import make_worker
 
@@ -72,7 +72,7 @@ def run_burst(conn, settings, pipe, modes: list[str], tag: str) -> dict:
     seconds = time.perf_counter() - t0
     batches, steps = [], {}
     for job in jobs:
-        meta = json.loads(conn.hget(results.result_key(job.job_id), "meta"))
+        meta = json.loads(conn.hget(keys.result_key(job.job_id), "meta"))
         if meta["status"] != "done":
             raise RuntimeError(f"{job.job_id}: {meta.get('error')}")
         batches.append(int(meta["timings"].get("batch_images", 1)))

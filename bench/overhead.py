@@ -237,14 +237,14 @@ def bare_throughput(conn: redis.Redis, n_tp: int) -> dict:
 
 def dream_worker(conn: redis.Redis, settings, n_lat: int, n_tp: int, steps: int, size, log_stream) -> dict:
     from bot.backend import Backend
-    from dreamcore import results
+    from dreamcore import keys
     from dreamcore.logs import setup_logging
     from worker.runner import make_worker
 
     setup_logging(settings.log_level, settings.log_format, stream=log_stream)
     backend = Backend(settings)
     pipe = NoopPipeline(size)
-    outbox = results.outbox_key("bench")
+    outbox = keys.outbox_key("bench")
     rows, errors = [], []
 
     def driver():
@@ -293,7 +293,7 @@ def dream_throughput(conn: redis.Redis, settings, n_tp: int, steps: int, size, b
     first-to-last pipeline entry over the jobs in between. `batch` is DREAMBOT_BATCH_IMAGES (these jobs all
     share a batch key, so with batching the worker takes them eight at a time)."""
     from bot.backend import Backend
-    from dreamcore import results
+    from dreamcore import keys
     from worker.runner import make_worker
 
     backend = Backend(settings)
@@ -316,7 +316,7 @@ def dream_throughput(conn: redis.Redis, settings, n_tp: int, steps: int, size, b
     per_job = (starts[-1] - starts[0]) / max(1, len(marks) - last_call_jobs)
     png_ms = []
     for j, _ in prompts:  # the worker records its own PNG encode time in each result
-        meta = conn.hget(results.result_key(j), "meta")
+        meta = conn.hget(keys.result_key(j), "meta")
         if meta:
             png_ms.append(json.loads(meta)["timings"].get("png_s", 0) * 1000)
     return {"per_job_ms": per_job * 1000, "gen_ms": gen_per_job * 1000, "png_ms": pct(png_ms, 50),
@@ -350,7 +350,7 @@ def delivery(server_url: str, conn: redis.Redis, settings, n: int, steps: int, s
     from fleet import Fleet
     from standin import DiscordStandIn
 
-    from dreamcore import results
+    from dreamcore import keys, results
     from worker.runner import make_worker
 
     standin = DiscordStandIn().start()
@@ -363,7 +363,7 @@ def delivery(server_url: str, conn: redis.Redis, settings, n: int, steps: int, s
         members = [standin.add_member(fleet.guild_id, f"m{i}") for i in range(20)]
         fleet.start_bot(bot, **GENEROUS_LIMITS, DREAMBOT_DEFAULT_STEPS=str(steps))
         fleet.wait_bots_ready(timeout=120)
-        outbox = results.outbox_key(bot.instance)
+        outbox = keys.outbox_key(bot.instance)
 
         def driver():
             try:
@@ -380,7 +380,7 @@ def delivery(server_url: str, conn: redis.Redis, settings, n: int, steps: int, s
                     msg = standin.wait_for_message(lambda mm, _id=inter.id: mm.interaction_id == _id and _has_result(mm),
                                                    timeout=10)
                     posted = msg.edit_times[-1] if msg.edit_times else msg.created_at
-                    delivered = results.delivered_key(job_id)
+                    delivered = keys.delivered_key(job_id)
                     wait_until(lambda _k=delivered: conn.exists(_k), 5, 0.002)
                     t_marked = time.time()
                     wait_until(lambda: conn.xpending(outbox, results.GROUP)["pending"] == 0, 5, 0.002)

@@ -71,7 +71,7 @@ def end_to_end(server_url: str, conn: redis.Redis, settings, n: int, idle_s: flo
     from fleet import Fleet
     from standin import DiscordStandIn
 
-    from dreamcore import results
+    from dreamcore import keys, results
     from worker.runner import make_worker
 
     standin = DiscordStandIn().start()
@@ -119,8 +119,8 @@ def end_to_end(server_url: str, conn: redis.Redis, settings, n: int, idle_s: flo
                     job_ids.append(one_job(i))
                 out["slow"] = diff(snap(conn), s4)
                 out["progress_edits"] = len(standin.requests(r"^PATCH /webhooks/")) - edits0 - n_slow
-                out["delivered"] = sum(bool(conn.exists(results.delivered_key(j))) for j in job_ids)
-                out["pending"] = conn.xpending(results.outbox_key(bot.instance), results.GROUP)["pending"]
+                out["delivered"] = sum(bool(conn.exists(keys.delivered_key(j))) for j in job_ids)
+                out["pending"] = conn.xpending(keys.outbox_key(bot.instance), results.GROUP)["pending"]
             except Exception as err:  # noqa: BLE001
                 errors.append(err)
 

@@ -498,7 +498,7 @@ class Buttons:
             return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.
-            await calls.command(self.conn.delete, results.result_key(job_id), keys.params_key(job_id))
+            await calls.command(self.conn.delete, keys.result_key(job_id), keys.params_key(job_id))
             stored = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
             if p is not None and p.kind == "picture" and p.source is not None and p.source.job_id == job_id:
                 stored.append(input_key(job_id))  # the member's own photo goes with what was made of it

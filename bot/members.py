@@ -25,7 +25,7 @@ log = logging.getLogger("dreambot.bot")
 
 # One GET: Redis answers in a millisecond, and past this the member is answered in their client's language
 # with the operator's defaults rather than late.
-READ_TIMEOUT_S = 0.5
+SETTINGS_WAIT_S = 0.5
 
 _loaded: contextvars.ContextVar[Loaded | None] = contextvars.ContextVar("dreambot_member", default=None)
 
@@ -34,7 +34,7 @@ async def meet(interaction: discord.Interaction, conn: redis.Redis) -> Loaded:
     """Read the member's settings and speak their language (their override, else their client's) for the
     rest of this interaction's task."""
     try:
-        loaded = await asyncio.wait_for(calls.command(preferences.load, conn, interaction.user.id), READ_TIMEOUT_S)
+        loaded = await asyncio.wait_for(calls.command(preferences.load, conn, interaction.user.id), SETTINGS_WAIT_S)
     except (asyncio.TimeoutError, redis.RedisError) as err:
         log.warning("member settings unread: defaults used", extra={"user_id": interaction.user.id,
                                                                    "error": type(err).__name__})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import ledger, moderation, results, stats
+from dreamcore import keys, ledger, moderation, results, stats
 from dreamcore.i18n import _, current, speaking
 from dreamcore.present import shown
 
@@ -148,7 +148,7 @@ class Progress:
             return
         conn = self.backend.conn
         fields, preview = await asyncio.to_thread(results.load_progress, conn, job_id)
-        if not fields or await asyncio.to_thread(conn.exists, results.done_key(job_id)):
+        if not fields or await asyncio.to_thread(conn.exists, keys.done_key(job_id)):
             return  # finished meanwhile: the result edit is on its way
         # The bot's own record of the job: where it came from, and the interaction token to edit its reply
         # with (the job a worker runs carries none; a job of another instance has no record of ours).

@@ -79,7 +79,7 @@ def vote_text(record: dict, a: DreamResult, b: DreamResult) -> str:
 def vote_files(a: DreamResult, a_images: list[bytes], b: DreamResult, b_images: list[bytes],
                a_mod=None, b_mod=None) -> list[discord.File]:
     """Both candidates' pictures, marked A- and B-; spoilered where the content filter says so (a round
-    with a withheld picture is not posted as a vote: bot.relay)."""
+    with a withheld picture is not posted as a vote: bot.vote_rounds)."""
     from .moderated import files
 
     return [*files(a, a_images, a_mod, prefix="A-"), *files(b, b_images, b_mod, prefix="B-")]

@@ -15,7 +15,7 @@ from rq.job import JobStatus
 from . import results
 from .i18n import _
 from .job import JobError, parse_job
-from .keys import CANCEL_TTL_S, cancel_key  # noqa: F401  (re-exported)
+from .keys import CANCEL_TTL_S, cancel_key
 from .limits.limiter import Limiter
 from .queue.fair_order import DM_GUILD, parse_owner
 from .queue.rq_queues import DreamQueue

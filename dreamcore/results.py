@@ -18,10 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import redisconn
 from .images import ImageStore, image_key
 from .job import DreamRequest, JobSource, Kind, Origin
-from .keys import (  # noqa: F401  (re-exported: callers name keys through results)
+from .keys import (
     DELIVERED_TTL_S,
     PROGRESS_TTL_S,
-    channel_gone_key,
     delivered_key,
     done_key,
     outbox_key,

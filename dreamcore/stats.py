@@ -13,7 +13,7 @@ import redis
 from rq import Worker
 
 from .job import KINDS
-from .keys import STATS_KEY  # noqa: F401  (re-exported)
+from .keys import STATS_KEY
 from .modes import TURBO_KINDS
 from .queue.fair_order import Place
 

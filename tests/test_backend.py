@@ -10,7 +10,7 @@ import pytest
 import redis
 from fleet import image_store
 
-from dreamcore import results, stats
+from dreamcore import keys, results, stats
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.settings import get_settings, load_settings
 
@@ -42,10 +42,10 @@ def _units(backend, job) -> float:
 
 def test_refused_or_failed_enqueue_gives_quota_back(backend, rconn):
     backend.store.set(10, "user_images_hour", "4", actor_id=99)
-    rconn.hset(stats.STATS_KEY, "s_per_unit", "600")  # the most believed: a 3.75-unit dream is 37 min of work
+    rconn.hset(keys.STATS_KEY, "s_per_unit", "600")  # the most believed: a 3.75-unit dream is 37 min of work
     busy = backend.submit(_job(count=4, steps=40))
     assert not busy.ok and busy.kind == "busy"
-    rconn.hdel(stats.STATS_KEY, "s_per_unit")
+    rconn.hdel(keys.STATS_KEY, "s_per_unit")
     assert backend.submit(_job(count=4, steps=40)).ok  # the busy refusal did not eat the quota
 
 
@@ -53,7 +53,7 @@ def test_backpressure_is_per_server_and_states_the_wait(backend, rconn):
     """A server whose next dream would wait past DREAMBOT_MAX_WAIT_MIN (10 min here) is told "busy"; another
     server's first dream stands ahead of that backlog and is taken."""
     unit = _units(backend, _job(user=1, count=4, steps=40))
-    rconn.hset(stats.STATS_KEY, "s_per_unit", f"{120 / unit:.4f}")  # a 4-image dream takes 2 min
+    rconn.hset(keys.STATS_KEY, "s_per_unit", f"{120 / unit:.4f}")  # a 4-image dream takes 2 min
     accepted = 0
     while True:
         out = backend.submit(_job(user=100 + accepted, count=4, steps=40))
@@ -70,7 +70,7 @@ def test_backpressure_is_per_server_and_states_the_wait(backend, rconn):
 
 
 def test_eta_and_queue_view(backend, rconn):
-    rconn.hset(stats.STATS_KEY, "s_per_unit", "2")
+    rconn.hset(keys.STATS_KEY, "s_per_unit", "2")
     ja, jb = _job(user=1, count=2), _job(user=2, count=3)
     ua, ub = _units(backend, ja), _units(backend, jb)
     a = backend.submit(ja)
@@ -83,7 +83,7 @@ def test_eta_and_queue_view(backend, rconn):
 
 
 def test_eta_times_the_jobs_own_part_at_its_kinds_speed(backend, rconn):
-    rconn.hset(stats.STATS_KEY, mapping={"s_per_unit": "2", "s_per_unit:dream": "3"})
+    rconn.hset(keys.STATS_KEY, mapping={"s_per_unit": "2", "s_per_unit:dream": "3"})
     ja = _job(user=1, count=2)
     a = backend.submit(ja)
     assert a.eta_s == pytest.approx(3 * _units(backend, ja))
@@ -126,7 +126,7 @@ def pipeline(tiny_model_dir):
 
 
 def _finished_order(rconn):
-    return [e[1][b"job_id"].decode() for e in rconn.xrange(results.outbox_key("bot1"))]
+    return [e[1][b"job_id"].decode() for e in rconn.xrange(keys.outbox_key("bot1"))]
 
 
 def test_fairness_one_members_pile_does_not_starve_another(backend, rconn, tiny_env, pipeline):
@@ -215,7 +215,7 @@ def test_an_upscale_is_charged_by_its_tiles(backend, rconn):
     from dreamcore import cost
     from dreamcore.job import JobSource
 
-    rconn.hset(stats.STATS_KEY, mapping={"s_per_unit": "1", "s_per_unit:upscale": "2"})
+    rconn.hset(keys.STATS_KEY, mapping={"s_per_unit": "1", "s_per_unit:upscale": "2"})
     up = make_job(make_request(prompt="big", seed=1, steps=40), make_origin(instance="bot1", guild_id=10,
                                                                             channel_id=20, user_id=8),
                   kind="upscale", source=JobSource(job_id="0123456789abcdef", index=0, strength=0.3))
@@ -247,6 +247,6 @@ def test_in_direct_messages_each_member_is_a_server_of_their_own(backend):
 def test_a_speed_past_belief_is_not_believed(rconn):
     """Per-server backpressure reads the pool's speed: a figure no GPU reaches (a worker's bug, or anyone with
     a worker's Redis rights) is capped, so it can't tell every server "busy" for hours."""
-    rconn.hset(stats.STATS_KEY, mapping={"s_per_unit": "1e9", "s_per_unit:dream": "nonsense"})
+    rconn.hset(keys.STATS_KEY, mapping={"s_per_unit": "1e9", "s_per_unit:dream": "nonsense"})
     speed = stats.Speed(rconn)
     assert speed.overall == stats.MAX_S_PER_UNIT and "dream" not in speed.per_kind

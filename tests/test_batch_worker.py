@@ -16,8 +16,8 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from dreamcore import results
-from dreamcore.cancel import cancel_key
 from dreamcore.job import make_job, make_origin, make_request
+from dreamcore.keys import cancel_key
 from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import load_settings
 

@@ -124,7 +124,7 @@ def test_a_worker_of_the_previous_release_fails_follow_ups_clearly_and_still_run
     env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
     # The old release's own entry point, started as docker-compose starts it.
     printed = run_old_worker(old, "dreamcore.cli", env, lambda: all(
-        rconn.exists(results.result_key(j.job_id)) for j in (follow_up, dream)))
+        rconn.exists(keys.result_key(j.job_id)) for j in (follow_up, dream)))
     failed, _ = results.load(rconn, image_store(), follow_up.job_id)
     assert failed.status == "failed" and failed.origin.user_id == 5  # its member is told
     assert "schema version 2; this worker reads version 1" in failed.error
@@ -151,7 +151,7 @@ def test_a_worker_that_reads_no_pictures_tells_the_member(tiny_env, rconn, tmp_p
     image_store().put(input_key("0123456789abcdef"), pic.png)
     DreamQueue(rconn, get_settings()).enqueue(job)
     env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
-    run_old_worker(old, "dreambot", env, lambda: rconn.exists(results.result_key(job.job_id)))
+    run_old_worker(old, "dreambot", env, lambda: rconn.exists(keys.result_key(job.job_id)))
     failed, _ = results.load(rconn, image_store(), job.job_id)
     assert failed.status == "failed" and failed.origin.user_id == 5
     assert "written with schema version 3; this worker reads versions 1 and 2" in failed.error
@@ -349,11 +349,11 @@ def test_buttons_outlive_the_result_ttl(fleet, rconn):
     inter.wait_ack(5)
     first = _result_of(standin, inter)
     job = _job_of(first)
-    assert 0 < rconn.ttl(results.result_key(job)) <= get_settings().result_ttl_s
+    assert 0 < rconn.ttl(keys.result_key(job)) <= get_settings().result_ttl_s
     # No image byte in Redis: the result names its store key, the bytes are in the store.
     meta = results.load_meta(rconn, job)
     assert [i.key for i in meta.images] == [f"{job}/0.png"]
-    assert rconn.hkeys(results.result_key(job)) == [b"meta"]
+    assert rconn.hkeys(keys.result_key(job)) == [b"meta"]
     assert image_store().get(f"{job}/0.png") == first.attachments[0].data
 
     for pattern in ("dream:result:*", "dream:params:*", "dream:done:*", "dream:delivered:*", "dream:progress:*"):
@@ -484,11 +484,11 @@ def test_every_button_after_a_restart_within_the_limits(fleet, rconn):
     assert body["type"] == 6
     deadline = time.monotonic() + 5
     # The bot deletes the message, then its records: wait for both.
-    while (not standin.message(first.id).deleted or rconn.exists(results.result_key(job))) \
+    while (not standin.message(first.id).deleted or rconn.exists(keys.result_key(job))) \
             and time.monotonic() < deadline:
         time.sleep(0.05)
     assert standin.message(first.id).deleted
-    assert not rconn.exists(results.result_key(job))  # its images go too
+    assert not rconn.exists(keys.result_key(job))  # its images go too
     for msg in (varied, upscaled):  # an interaction's reply and a channel message alike
         _click(fleet, bot, msg, f"dream:d:{_job_of(msg)}", carol)
         deadline = time.monotonic() + 5

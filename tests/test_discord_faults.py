@@ -8,7 +8,7 @@ import time
 import pytest
 from fleet import image_messages, image_store, wait_until
 
-from dreamcore import results
+from dreamcore import keys, results
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -21,7 +21,7 @@ def test_bot_restart_between_generation_and_delivery(fleet, rconn):
     bot.proc.send_signal(signal.SIGTERM)
     bot.proc.wait(30)
     fleet.start_worker()
-    wait_until(lambda: rconn.xlen(results.outbox_key(bot.instance)), 90, "worker never published")
+    wait_until(lambda: rconn.xlen(keys.outbox_key(bot.instance)), 90, "worker never published")
     assert not image_messages(fleet.standin, bot.channel_id)  # nobody to post it yet
     fleet.start_bot(bot)
     msg = wait_until(lambda: image_messages(fleet.standin, bot.channel_id), 60, "restarted bot never delivered")[0]
@@ -58,7 +58,7 @@ def test_deleted_channel_is_not_retried_forever(fleet, rconn):
         fleet.standin.store.channels.pop(bot.channel_id)
     time.sleep(1.2)
     fleet.start_worker()
-    where = wait_until(lambda: rconn.get(results.delivered_key(job_id)), 90, "delivery never settled")
+    where = wait_until(lambda: rconn.get(keys.delivered_key(job_id)), 90, "delivery never settled")
     assert where.startswith(b"undeliverable")
     time.sleep(2.0)
     assert len(fleet.standin.requests(r"POST /channels/\d+/messages")) == 1  # asked once, then stopped
@@ -71,7 +71,7 @@ def test_worker_skips_jobs_for_a_deleted_channel(fleet, rconn):
     fleet.wait_bots_ready()
     fleet.dream(bot, aspect="12:5").wait_ack(5)
     job_id = next(m.content for m in fleet.standin.messages(bot.channel_id)).split("`")[1]
-    rconn.set(results.channel_gone_key(bot.channel_id), 1)  # what on_guild_channel_delete records
+    rconn.set(keys.channel_gone_key(bot.channel_id), 1)  # what on_guild_channel_delete records
     fleet.start_worker()
     wait_until(lambda: results.load(rconn, image_store(), job_id), 90, "job never settled")
     result, images = results.load(rconn, image_store(), job_id)

@@ -188,7 +188,7 @@ def test_a_worker_before_the_face_pass_refuses_what_needs_it_and_runs_the_rest(t
     the module's bot and worker start below: that worker would take these jobs first.)"""
     from history import release_reading, run_old_worker
 
-    from dreamcore import results
+    from dreamcore import keys, results
     from dreamcore.job import make_job, make_origin
     from dreamcore.queue.rq_queues import DreamQueue
     from dreamcore.settings import get_settings
@@ -205,7 +205,7 @@ def test_a_worker_before_the_face_pass_refuses_what_needs_it_and_runs_the_rest(t
     for job in (fix, off, auto):
         q.enqueue(job)
     env = dict(tiny_env, PYTHONPATH=old, DREAMBOT_METRICS_PORT="0")
-    run_old_worker(old, "dreambot", env, lambda: all(rconn.exists(results.result_key(j.job_id))
+    run_old_worker(old, "dreambot", env, lambda: all(rconn.exists(keys.result_key(j.job_id))
                                                      for j in (fix, off, auto)))
     for job in (fix, off):
         failed, _ = results.load(rconn, image_store(), job.job_id)

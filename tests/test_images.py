@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from dreamcore import images as images_mod
-from dreamcore import results
+from dreamcore import keys, results
 from dreamcore.images import FolderStore, ImageStoreError, S3Store, open_store
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.localredis import free_port
@@ -214,8 +214,8 @@ def test_s3_store_gone_mid_job_fails_that_job_alone_and_tells_its_member(tiny_en
         assert result.status == "done" and [i.key for i in result.images] == [f"{ok.job_id}/0.png",
                                                                                f"{ok.job_id}/1.png"]
         assert [Image.open(io.BytesIO(d)).size for d in data] == [(1024, 1024)] * 2
-        assert rconn.hkeys(results.result_key(ok.job_id)) == [b"meta"]  # no image byte in Redis
-        assert store.get(images_mod.params_key(ok.job_id)) is not None  # the buttons' record, beside them
+        assert rconn.hkeys(keys.result_key(ok.job_id)) == [b"meta"]  # no image byte in Redis
+        assert store.get(images_mod.params_copy_key(ok.job_id)) is not None  # the buttons' record, beside them
     finally:
         server.stop()
         get_settings.cache_clear()

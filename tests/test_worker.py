@@ -11,7 +11,7 @@ from fleet import image_store
 from PIL import Image
 from rq.serializers import JSONSerializer
 
-from dreamcore import results
+from dreamcore import keys, results
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.settings import get_settings
@@ -128,7 +128,7 @@ def test_retried_job_is_not_generated_twice(tiny_env, rconn, pipeline):
     # As if the worker died after publishing but before RQ recorded success: the job runs again.
     q.queues["default"].enqueue("worker.tasks.run_dream", job.to_dict(), job_id=job.job_id)
     _work(rconn, pipeline)
-    entries = rconn.xrange(results.outbox_key("bot1"))
+    entries = rconn.xrange(keys.outbox_key("bot1"))
     finished = [e[1][b"job_id"].decode() for e in entries if e[1][b"status"] != b"progress"]
     assert finished.count(job.job_id) == 1
 

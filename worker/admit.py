@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from dreamcore import faults, results
-from dreamcore.cancel import cancel_key
+from dreamcore import faults, keys
 from dreamcore.i18n import N_
 from dreamcore.job import DreamJob, JobError, origin_of, parse_job
+from dreamcore.keys import cancel_key
 
 from .errors import JobCancelled, JobRejected
 from .failure import no_retry
@@ -44,8 +44,8 @@ def flags(rt: Runtime, jobs: list[DreamJob]) -> list[tuple[bool, bool, bool]]:
         return []
     # One MGET for every job of a batch (three EXISTS per job was the worker's second-largest item).
     got = [x is not None for x in rt.conn.mget(
-        [k for job in jobs for k in (results.done_key(job.job_id), cancel_key(job.job_id),
-                                     results.channel_gone_key(job.origin.channel_id))])]
+        [k for job in jobs for k in (keys.done_key(job.job_id), cancel_key(job.job_id),
+                                     keys.channel_gone_key(job.origin.channel_id))])]
     return [tuple(got[k:k + 3]) for k in range(0, len(got), 3)]  # type: ignore[misc]
 
 

@@ -9,10 +9,10 @@ import logging
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from dreamcore.cancel import cancel_key
 from dreamcore.i18n import N_
 from dreamcore.images import ImageStoreError
 from dreamcore.job import DreamJob
+from dreamcore.keys import cancel_key
 
 from .errors import JobCancelled, JobRejected, SafetyCheckFailed, free_gpu_memory, is_oom
 from .prompts import PromptTooLong

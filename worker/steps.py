@@ -9,8 +9,8 @@ import time
 import redis
 
 from dreamcore import faults, results
-from dreamcore.cancel import cancel_key
 from dreamcore.job import DreamJob
+from dreamcore.keys import cancel_key
 
 from .errors import JobCancelled
 from .pipeline import StepEvent

@@ -13,7 +13,7 @@ import logging
 
 from rq import get_current_job
 
-from dreamcore import results
+from dreamcore import keys
 from dreamcore.job import JobError, origin_of, parse_job
 
 from .batch import Claimed, denoise, finish
@@ -47,7 +47,7 @@ def on_abandoned(job, exc_type, exc_value, tb) -> bool:
     if not ours or (job.retries_left or 0) > 0:
         return True
     rt = runtime()
-    if rt.conn.exists(results.done_key(job.id)):
+    if rt.conn.exists(keys.done_key(job.id)):
         return True  # already told (a failure the job published itself, or a result that went out)
     try:
         payload = job.args[0]

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for p in (ROOT, ROOT / "tests"):
+for p in (ROOT,):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# One image store for the bench's own worker and the bots it starts (tests/fleet.py passes this on).
+# One image store for the bench's own worker and the bots it starts (tests/support/fleet.py passes this on).
 os.environ.setdefault("DREAMBOT_IMAGE_DIR", tempfile.mkdtemp(prefix="dreambot-bench-images-"))
 
 import redis  # noqa: E402

@@ -1,7 +1,7 @@
 """How fast do ten bot instances acknowledge /dream under a rising rate? (Discord drops an interaction whose
 callback comes after 3 s.)
 
-Ten real `python -m dreambot bot` processes (started the way tests/fleet.py starts them) on the local
+Ten real `python -m dreambot bot` processes (started the way tests/support/fleet.py starts them) on the local
 Discord stand-in, one real Redis (AOF, fsync every second, as docker-compose runs it), no worker: jobs only
 queue. A sender thread dispatches /dream interactions round-robin over the ten bots and over many members
 at a fixed rate per step; the stand-in timestamps the INTERACTION_CREATE frame as it goes out on the
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import redis
 from _common import GENEROUS_LIMITS, fmt_ms, machine, pct, proc_cpu_s, start_redis, wait_until
-from fleet import Fleet
-from standin import DiscordStandIn
+
+from tests.support.fleet import Fleet
+from tests.support.standin import DiscordStandIn
 
 TARGET_RATE = 20.0
 TARGET_P99_MS = 100.0

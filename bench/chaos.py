@@ -34,15 +34,13 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
-
-from fleet import Fleet  # noqa: E402
-from standin import DiscordStandIn  # noqa: E402
 
 from dreamcore import redisconn  # noqa: E402
 from dreamcore.localredis import LocalRedis  # noqa: E402
 from dreamcore.settings import load_settings  # noqa: E402
+from tests.support.fleet import Fleet  # noqa: E402
+from tests.support.standin import DiscordStandIn  # noqa: E402
 
 JOB_IN_NAME = re.compile(r"^dream-([0-9a-f]{16})-")
 
@@ -244,7 +242,7 @@ def main() -> int:
     model = make_tiny_model(tmp / "tiny")
     ha_env: dict[str, str] = {}
     if args.failover:
-        from ha import HaRedis
+        from tests.support.ha import HaRedis
 
         redis = HaRedis(replicas=args.replicas).start()
         ha_env = redis.env

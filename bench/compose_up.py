@@ -27,10 +27,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-from fleet import wait_until  # noqa: E402
-from standin import DiscordStandIn  # noqa: E402
+from tests.support.fleet import wait_until  # noqa: E402
+from tests.support.standin import DiscordStandIn  # noqa: E402
 
 PYTHON_IMAGE = "dreambot-local/python:3.11-bookworm"
 SERVICES = ["redis", "fetch-models", "worker", "bot1", "bot2"]

@@ -52,8 +52,9 @@ import redis
 import stalls
 from _common import GENEROUS_LIMITS, commandstats, fmt_ms, machine, pct, proc_cpu_s, start_redis, stats_delta
 from ack import LATE_S, N_BOTS, TARGET_P99_MS, is_queued, send_dreams, start_bots, tally, waiting, warm_up
-from fleet import Fleet
-from standin import DiscordStandIn
+
+from tests.support.fleet import Fleet
+from tests.support.standin import DiscordStandIn
 
 EXCLUDE = ("info", "slowlog|get", "slowlog|reset", "slowlog|len", "config|set", "config|get", "ping")
 DEPTH_ENV = {"DREAMBOT_LIMIT_GUILD_MAX_QUEUED": "100000"}

@@ -3,7 +3,7 @@
 #
 # On the GPU machine (the device tool's `run`, carry [".whl/cp312", ".device"], timeout_s 600):
 #     bash bench/device_check.sh
-# Here, on the CPU with the tiny model (tests/test_device_check.py runs exactly this):
+# Here, on the CPU with the tiny model (tests/e2e/test_device_check.py runs exactly this):
 #     bash bench/device_fetch.sh && bash bench/device_check.sh --rehearse
 #
 # Steps: (1) the carried wheels (bench/device_wheels.txt, fetched here by bench/device_fetch.sh) installed with

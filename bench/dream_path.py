@@ -19,8 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-import _common  # noqa: E402,F401  (sys.path: the project and tests/)
-from fleet import one_bot, result_message, send  # noqa: E402
+import _common  # noqa: E402,F401  (sys.path: the project root, for tests.support)
+
+from tests.support.fleet import one_bot, result_message, send  # noqa: E402
 
 PACKAGES = ("bot", "dreamcore", "worker", "dreambot")
 

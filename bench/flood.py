@@ -23,12 +23,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from fleet import Fleet, wait_until  # noqa: E402
-from standin import DiscordStandIn  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
 from dreamcore.localredis import LocalRedis  # noqa: E402
+from tests.support.fleet import Fleet, wait_until  # noqa: E402
+from tests.support.standin import DiscordStandIn  # noqa: E402
 
 OPEN = {  # server A's limits out of the way: what stops its flood must be the fleet's rules, not its quotas
     "DREAMBOT_LIMIT_COOLDOWN_S": "0", "DREAMBOT_LIMIT_USER_MAX_ACTIVE": "50",
@@ -87,7 +86,7 @@ def main() -> int:
         admin = standin.add_member(a_guild, "a-admin", manage_guild=True)
         a_members = [standin.add_member(a_guild, f"a{i}") for i in range(args.members)]
         b_members = [standin.add_member(b_guild, f"b{i}") for i in range(args.b_members)]
-        from fleet import BotProc
+        from tests.support.fleet import BotProc
 
         bot = BotProc(1, app, a_channel, "bot1")
         fleet.bots.append(bot)

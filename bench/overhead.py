@@ -347,10 +347,9 @@ def throughput_rounds(conn: redis.Redis, settings, n_tp: int, steps: int, size, 
 
 
 def delivery(server_url: str, conn: redis.Redis, settings, n: int, steps: int, size, tmp: Path) -> dict:
-    from fleet import Fleet
-    from standin import DiscordStandIn
-
     from dreamcore import keys, results
+    from tests.support.fleet import Fleet
+    from tests.support.standin import DiscordStandIn
     from worker.runner import make_worker
 
     standin = DiscordStandIn().start()

@@ -68,10 +68,9 @@ def diff(after: tuple, before: tuple, exclude=EXCLUDE) -> tuple[dict, float, flo
 
 def end_to_end(server_url: str, conn: redis.Redis, settings, n: int, idle_s: float, tmp: Path,
                n_slow: int, step_s: float) -> dict:
-    from fleet import Fleet
-    from standin import DiscordStandIn
-
     from dreamcore import keys, results
+    from tests.support.fleet import Fleet
+    from tests.support.standin import DiscordStandIn
     from worker.runner import make_worker
 
     standin = DiscordStandIn().start()

@@ -63,11 +63,10 @@ def main() -> int:
     server = start_redis()
     settings = settings_for(server.url)
     conn = redis.Redis.from_url(server.url)
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from fleet import Fleet
-    from standin import DiscordStandIn
-
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from dreamcore import results
+    from tests.support.fleet import Fleet
+    from tests.support.standin import DiscordStandIn
     from worker.runner import make_worker
 
     standin = DiscordStandIn().start()

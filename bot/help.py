@@ -25,7 +25,7 @@ SPLIT = object()  # where the first message ends
 def help_parts(settings, limits, usage: dict | None, prefs: Preferences | None = None) -> list[str]:
     """The help in the language of the moment, as two messages: what /dream takes, then this server's limits
     and the member's own (in German or Russian the two together pass Discord's 2,000 characters;
-    tests/test_catalogs.py holds each part of every language to it, with the longest values shown)."""
+    tests/unit/test_catalogs.py holds each part of every language to it, with the longest values shown)."""
     styles = ", ".join(st.label for st in load_styles().values())
     aspects = ", ".join(ASPECT_LABELS.values())
     if limits.images_in == "off":

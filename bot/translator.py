@@ -4,7 +4,7 @@
 Discord shows a command's, option's and choice's localized name and description to a member whose client is
 in that language (`name_localizations`, `description_localizations`); discord.py asks a Translator for each
 one at sync. Names are translated in their own gettext context (i18n.NAME) and must stay valid command names
-(tests/test_catalogs.py checks every catalog against Discord's rules). A text whose English depends on a value
+(tests/unit/test_catalogs.py checks every catalog against Discord's rules). A text whose English depends on a value
 (a range declared in dreamcore.ranges) is registered as `text(template, **values)`: the catalog holds the
 template, and the values are put into its translation.
 """

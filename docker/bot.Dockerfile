@@ -26,7 +26,7 @@ RUN dreambot catalogs compile
 
 # Non-root. Every path compose mounts a volume on exists here and belongs to that user: Docker creates a
 # missing mount point owned by root, and a fresh named volume takes the ownership of the path it is
-# mounted on (tests/test_deploy.py checks each mount against this list).
+# mounted on (tests/e2e/test_deploy.py checks each mount against this list).
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dreambot \
  && mkdir -p /images \
  && chown dreambot:dreambot /images

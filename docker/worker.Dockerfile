@@ -39,7 +39,7 @@ RUN python -c "from worker.faces import _detector; _detector()"
 
 # Non-root. Every path compose mounts a volume on exists here and belongs to that user: Docker creates a
 # missing mount point owned by root, and a fresh named volume takes the ownership of the path it is
-# mounted on (tests/test_deploy.py checks each mount against this list).
+# mounted on (tests/e2e/test_deploy.py checks each mount against this list).
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin dreambot \
  && mkdir -p /models /images \
  && chown dreambot:dreambot /models /images

@@ -8,7 +8,7 @@ its update (merge) and its .mo compiler.
     dreambot catalogs update        # after changing texts: the template, and every .po merged with it
     dreambot catalogs init pl       # a new language (a Discord locale code), then translate its .po
     dreambot catalogs compile       # every .po to .mo (the images run this at build)
-    dreambot catalogs check         # what tests/test_catalogs.py checks: complete, placeholders, lengths
+    dreambot catalogs check         # what tests/unit/test_catalogs.py checks: complete, placeholders, lengths
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("dreamcore", "bot", "worker", "dreambot")
 KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2)}
 TEMPLATE = i18n.LOCALE_DIR / f"{i18n.DOMAIN}.pot"
-# Discord's limits (tests/test_catalogs.py holds every language to them).
+# Discord's limits (tests/unit/test_catalogs.py holds every language to them).
 NAME_LIMIT, DESCRIPTION_LIMIT, MESSAGE_LIMIT = 32, 100, 2000
 
 

@@ -25,7 +25,7 @@ class Bounds:
     def shown(self, prefix: str = "") -> dict[str, str]:
         """The bounds as a member reads them, for a text's `{lo}` and `{hi}` (`{<prefix>lo}`, `{<prefix>hi}`
         where one text names several ranges): a float in its shortest form (30, 0.05), so a text that shows a
-        range never writes its numbers itself (tests/test_ranges.py)."""
+        range never writes its numbers itself (tests/unit/test_ranges.py)."""
         return {f"{prefix}lo": _shown(self.lo), f"{prefix}hi": _shown(self.hi)}
 
 

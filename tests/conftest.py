@@ -1,20 +1,21 @@
-"""Shared fixtures: a real redis-server per test session, and the tiny SDXL model built once."""
+"""Shared fixtures: a real redis-server per test session, and the tiny SDXL model built once.
+
+The layout: tests/unit (in this process, on the session's Redis and the tiny model), tests/e2e (each test
+starts real processes: bots, workers, Redis replicas and sentinels, containers, an earlier release, a CLI;
+marked `e2e`: `pytest -m "not e2e"` runs the rest, about 7 minutes on two cores), tests/support (what both
+import)."""
 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import redis
 
 from dreamcore.localredis import LocalRedis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-# One image store folder per test process, shared with the bots and workers it starts (tests/fleet.py), so
+# One image store folder per test process, shared with the bots and workers it starts (tests/support/fleet.py), so
 # nothing lands in the checkout; keys are job ids, so tests never see each other's images.
 os.environ["DREAMBOT_IMAGE_DIR"] = tempfile.mkdtemp(prefix="dreambot-images-")
 
@@ -81,7 +82,7 @@ def tiny_env(tiny_model_dir, redis_url, monkeypatch, tmp_path):
 @pytest.fixture
 def standin():
     """The local Discord stand-in (REST + gateway) for one test."""
-    from standin import DiscordStandIn
+    from tests.support.standin import DiscordStandIn
 
     s = DiscordStandIn().start()
     yield s
@@ -91,7 +92,7 @@ def standin():
 @pytest.fixture
 def bare_fleet(standin, redis_url, tiny_model_dir, tmp_path):
     """A fleet on the stand-in and the test Redis with nothing set up yet (the test calls setup(n))."""
-    from fleet import Fleet
+    from tests.support.fleet import Fleet
 
     f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
     yield f
@@ -102,8 +103,8 @@ def bare_fleet(standin, redis_url, tiny_model_dir, tmp_path):
 def fleet(redis_url, tiny_model_dir, tmp_path):
     """The Discord stand-in and one bot instance's setup (not yet started) on the test Redis.
     Test modules that need more define their own `fleet`."""
-    from fleet import Fleet
-    from standin import DiscordStandIn
+    from tests.support.fleet import Fleet
+    from tests.support.standin import DiscordStandIn
 
     standin = DiscordStandIn().start()
     f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)

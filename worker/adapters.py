@@ -9,7 +9,7 @@ included. Outside a `running(..., "turbo")` the adapter is off, so no step of a 
 
 Why the adapter stays unfused. A disabled peft LoRA layer returns exactly its base layer's output (it calls
 `base_layer(x)` and adds nothing), so a quality call on a UNet that holds the adapter is bit-for-bit the call
-on one that never loaded it (tests/test_adapters.py checks this with torch.equal). Fusing it into the
+on one that never loaded it (tests/unit/test_adapters.py checks this with torch.equal). Fusing it into the
 weights (`fuse_lora`: W + s·B·A) would save a turbo call the LoRA's small matmuls, but switching back to
 quality would then need peft's unmerge, W + s·B·A − s·B·A, which in bf16 is not W: every quality image would
 drift a little with each switch. So the adapter is never merged, and a turbo call pays the unfused LoRA's

@@ -81,7 +81,7 @@ class Box:
 
 
 # One classifier per thread: a CascadeClassifier keeps its working buffers in the object, and two threads
-# detecting with one object at once get each other's faces (tests/test_faces.py caught it).
+# detecting with one object at once get each other's faces (tests/e2e/test_faces.py caught it).
 _local = threading.local()
 
 

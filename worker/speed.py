@@ -1,6 +1,6 @@
 """The worker's speed levers, applied in place to a DreamPipeline when it is built (DreamPipeline.from_parts).
 
-Lossless (on by default; each keeps a seed's image within bf16 tolerance, tests/test_speed_levers.py):
+Lossless (on by default; each keeps a seed's image within bf16 tolerance, tests/unit/test_speed_levers.py):
   fuse_qkv       one q/k/v (self-attention) or k/v (cross-attention) matmul instead of three or two, in both
                  UNets and the VAE; the unfused copies diffusers keeps for unfusing are freed (1.84 GiB for
                  SDXL's pair in bf16), since the worker never unfuses.

@@ -1,4 +1,4 @@
-"""Every use of RQ's private API, in one place (rq is pinned to the release tests/test_rq_private.py checks).
+"""Every use of RQ's private API, in one place (rq is pinned to the release tests/unit/test_rq_private.py checks).
 
 DreamWorker runs RQ's job bookkeeping itself, after the fact, so the GPU can start the next job while the
 last one's images are still being encoded (worker/runner.py): RQ's public API has no way to say "this job

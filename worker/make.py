@@ -74,8 +74,9 @@ def _made(rt: Runtime, job: DreamJob, hook: StepHook) -> Generation:
     if data is None and job.kind == "picture":
         raise SourceGone("the picture you sent is no longer kept; send it again with /dream")
     if data is None:
+        days = rt.settings.image_retention_days
         raise SourceGone(f"that image is no longer kept (job {src.job_id}, image {src.index + 1}): images are kept "
-                         f"{_human_s(rt.settings.image_retention_days * 86400)}. Try Reroll instead")
+                         f"{days} day{'s' * (days != 1)}. Try Reroll instead")
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -150,11 +151,3 @@ def in_parts(rt: Runtime, job: DreamJob, run: Callable[[DreamRequest, Callable],
     timings["parts"] = len(parts)
     return dataclasses.replace(first, images=[im for g in gens for im in g.images], seeds=job.request.seeds,
                                timings=timings, nan_detected=any(g.nan_detected for g in gens))
-
-
-def _human_s(seconds: int) -> str:
-    if seconds % 86400 == 0:
-        return f"{seconds // 86400} day{'s' * (seconds > 86400)}"
-    if seconds % 3600 == 0:
-        return f"{seconds // 3600} hour{'s' * (seconds > 3600)}"
-    return f"{seconds // 60} minutes"

@@ -41,7 +41,14 @@ class LimitError(ValueError):
 
 
 def _default(name: str):
+    """The operator's DREAMBOT_LIMIT_<NAME>, read when a guild's limits are: a changed default reaches every
+    guild that kept it."""
     return lambda: getattr(get_settings(), f"limit_{name}")
+
+
+def _limit(name: str, description: str):
+    """A counted limit's field: its range (dreamcore.ranges) and its default, by its one name."""
+    return LIMITS[name].field(default_factory=_default(name), description=description)
 
 
 class GuildLimits(BaseModel):
@@ -50,24 +57,15 @@ class GuildLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cooldown_s: int = LIMITS["cooldown_s"].field(default_factory=_default("cooldown_s"),
-                            description=N_("seconds a member waits between accepted dreams (0 = none)"))
-    user_max_active: int = LIMITS["user_max_active"].field(default_factory=_default("user_max_active"),
-                                 description=N_("dreams one member may have queued or running"))
-    user_images_hour: int = LIMITS["user_images_hour"].field(default_factory=_default("user_images_hour"),
-                                  description=N_("images one member may get per rolling hour"))
-    user_images_day: int = LIMITS["user_images_day"].field(default_factory=_default("user_images_day"),
-                                 description=N_("images one member may get per rolling 24 h"))
-    guild_images_hour: int = LIMITS["guild_images_hour"].field(default_factory=_default("guild_images_hour"),
-                                   description=N_("images the whole server may get per rolling hour"))
-    guild_images_day: int = LIMITS["guild_images_day"].field(default_factory=_default("guild_images_day"),
-                                  description=N_("images the whole server may get per rolling 24 h"))
-    max_images: int = LIMITS["max_images"].field(default_factory=_default("max_images"),
-                            description=N_("images per dream"))
-    max_steps: int = LIMITS["max_steps"].field(default_factory=_default("max_steps"),
-                           description=N_("steps per dream"))
-    guild_max_queued: int = LIMITS["guild_max_queued"].field(default_factory=_default("guild_max_queued"),
-                                  description=N_("dreams the whole server may have queued or running"))
+    cooldown_s: int = _limit("cooldown_s", N_("seconds a member waits between accepted dreams (0 = none)"))
+    user_max_active: int = _limit("user_max_active", N_("dreams one member may have queued or running"))
+    user_images_hour: int = _limit("user_images_hour", N_("images one member may get per rolling hour"))
+    user_images_day: int = _limit("user_images_day", N_("images one member may get per rolling 24 h"))
+    guild_images_hour: int = _limit("guild_images_hour", N_("images the whole server may get per rolling hour"))
+    guild_images_day: int = _limit("guild_images_day", N_("images the whole server may get per rolling 24 h"))
+    max_images: int = _limit("max_images", N_("images per dream"))
+    max_steps: int = _limit("max_steps", N_("steps per dream"))
+    guild_max_queued: int = _limit("guild_max_queued", N_("dreams the whole server may have queued or running"))
     channels: dict[InstanceName, Annotated[list[Snowflake], Field(max_length=100)]] = Field(
         default_factory=dict, max_length=50,
         description=N_("bot instance -> the channel ids it serves here (absent or empty = every channel)"))
@@ -81,8 +79,8 @@ class GuildLimits(BaseModel):
         description=N_("whole words (or phrases) refused in prompts, any case"))
     paused: bool = Field(False, description=N_("refuse every dream on this server"))
     # Output safety (dreamcore/moderation.py): what the bot does with an image the worker's classifier flagged.
-    nsfw_threshold: float = LIMITS["nsfw_threshold"].field(default_factory=_default("nsfw_threshold"),
-                                  description=N_("images scoring at least this are flagged (0 flags all, 1 none)"))
+    nsfw_threshold: float = _limit("nsfw_threshold",
+                                   N_("images scoring at least this are flagged (0 flags all, 1 none)"))
     nsfw_action: Literal["withhold", "spoiler", "age_restricted"] = Field(
         default_factory=_default("nsfw_action"),
         description=N_("a flagged image: withhold, spoiler, or age_restricted (shown only in age-restricted "

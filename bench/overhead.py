@@ -163,7 +163,7 @@ def wait_result_entry(conn: redis.Redis, outbox: str, last_id, job_id: str, time
 
 def realistic_png_ms(n: int = 3) -> tuple[float, int]:
     """Encode a photo-like 1024x1024 frame (smooth gradients + noise, ~1.5-1.8 MB as PNG) the way the worker does."""
-    from worker.encode import encode_images
+    from worker.publish import encode_images
 
     rng = np.random.default_rng(0)
     y, x = np.mgrid[0:1024, 0:1024]

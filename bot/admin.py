@@ -29,7 +29,7 @@ from dreamcore.i18n import N_, _
 from dreamcore.limits.model import KNOWN_KEYS, GuildLimits, LimitError
 from dreamcore.limits.stored import LimitStore
 
-from . import calls
+from . import toolkit
 from .admin_text import (
     LIST_KEYS,
     MAX_MESSAGE,
@@ -82,7 +82,7 @@ class DreamAdmin(app_commands.Group):
     async def _redis(self, interaction: discord.Interaction, fn: Callable[..., T], *args: Any) -> T:
         """`fn(store, *args)` on the client's LimitStore, off the event loop; if Redis is slow, defer so
         Discord's 3 s hold."""
-        work = calls.command(fn, interaction.client.backend.store, *args)
+        work = toolkit.command(fn, interaction.client.backend.store, *args)
         result, _deferred = await within_ack(interaction, work, STORE_TIMEOUT_S, ephemeral=True)
         return result
 

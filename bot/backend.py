@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import redis
 from rq.job import JobStatus
 
-from dreamcore import ledger, metrics, preferences, redisconn, stats, votes
+from dreamcore import delivery, metrics, preferences, redisconn, stats, votes
 from dreamcore.cancel import CancelOutcome, cancel_job
 from dreamcore.i18n import N_, _, duration, ngettext
 from dreamcore.images import open_store
@@ -139,7 +139,7 @@ class Backend:
             return False
         try:
             for job in jobs:
-                if self.conn.exists(ledger.key(job.job_id)) and not self.queue.take_back(job.job_id):
+                if self.conn.exists(delivery.record_key(job.job_id)) and not self.queue.take_back(job.job_id):
                     return False
         except redis.RedisError:
             return not isinstance(err, redis.TimeoutError)

@@ -64,7 +64,7 @@ from dreamcore.present import info_text, made_from, settings_line
 from dreamcore.results import DreamResult
 from dreamcore.settings import Settings
 
-from . import calls, members, remix
+from . import members, remix, toolkit
 from .backend import UNAVAILABLE, UNCONFIRMED, Backend, Outcome
 from .commands import SUBMIT_DEADLINE_S, SUBMIT_TIMEOUT_S, DreamCommands, queued_text
 from .toolkit import NO_MENTIONS, STORE_DOWN, answer, answer_privately, is_guild_admin, within_ack
@@ -75,7 +75,7 @@ log = logging.getLogger("dreambot.buttons")
 PREFIX = "dream:"
 JOB = r"(?P<job>[0-9a-f]{16})"
 INDEX = r"(?P<i>[0-9])"
-CHAIN_S = 0.8  # of Info's calls.READ_TIMEOUT_S, what walking back a chain of edits may take
+CHAIN_S = 0.8  # of Info's toolkit.READ_TIMEOUT_S, what walking back a chain of edits may take
 
 
 def _handler(interaction: discord.Interaction) -> Buttons | None:
@@ -400,7 +400,7 @@ class Buttons:
         try:
             # Past the budget, a "thinking..." message of this click: its @original is what the result replaces.
             (job, size, outcome), deferred = await within_ack(
-                interaction, calls.submit(self._prepare_and_submit, job_id, action, index, origin_fields, roles,
+                interaction, toolkit.submit(self._prepare_and_submit, job_id, action, index, origin_fields, roles,
                                          time.monotonic() + SUBMIT_DEADLINE_S, extra),
                 SUBMIT_TIMEOUT_S, ephemeral=private, on_ack=note_ack)
         except asyncio.TimeoutError:  # the submit still runs: it may have queued the dream
@@ -438,7 +438,7 @@ class Buttons:
 
     async def info(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p, chain = await calls.in_time(self._record_and_chain, job_id, interaction.guild_id)
+            p, chain = await toolkit.in_time(self._record_and_chain, job_id, interaction.guild_id)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             p, chain = Refusal(_(STORE_DOWN)), []
         text = p.message if isinstance(p, Refusal) else info_text(p, self.settings.image_retention_days * 86400,
@@ -465,7 +465,7 @@ class Buttons:
 
     async def delete(self, interaction: discord.Interaction, job_id: str) -> None:
         try:
-            p = await calls.in_time(params.load, self.conn, job_id, self.backend.images)
+            p = await toolkit.in_time(params.load, self.conn, job_id, self.backend.images)
         except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
             await answer_privately(interaction, _(STORE_DOWN))
             return
@@ -498,11 +498,11 @@ class Buttons:
             return
         try:
             # The images go with the message: nobody can make variations of a deleted picture.
-            await calls.command(self.conn.delete, keys.result_key(job_id), keys.params_key(job_id))
+            await toolkit.command(self.conn.delete, keys.result_key(job_id), keys.params_key(job_id))
             stored = [image_key(job_id, i, im.format) for i, im in enumerate(p.images)] if p else []
             if p is not None and p.kind == "picture" and p.source is not None and p.source.job_id == job_id:
                 stored.append(input_key(job_id))  # the member's own photo goes with what was made of it
-            await calls.command(self.backend.images.delete, [*stored, params_copy_key(job_id)])
+            await toolkit.command(self.backend.images.delete, [*stored, params_copy_key(job_id)])
         except (redis.RedisError, ImageStoreError) as err:  # they expire on their own
             log.warning("deleted result's images left to expire", extra={"job_id": job_id, "error": str(err)})
         log.info("result deleted", extra={"job_id": job_id, "by": interaction.user.id, "admin": is_admin})

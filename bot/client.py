@@ -17,7 +17,7 @@ from dreamcore.i18n import _, duration
 from dreamcore.keys import CHANNEL_GONE_TTL_S, channel_gone_key
 from dreamcore.settings import Settings
 
-from . import calls, members, remix
+from . import members, remix, toolkit
 from .admin import DreamAdmin
 from .backend import Backend
 from .buttons import DYNAMIC_ITEMS, Buttons
@@ -168,7 +168,7 @@ class DreamClient(discord.Client):
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         """Workers check this before generating, so a deleted channel's queued dreams cost no GPU time."""
         try:
-            await calls.command(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=CHANNEL_GONE_TTL_S)
+            await toolkit.command(self.backend.conn.set, channel_gone_key(channel.id), 1, ex=CHANNEL_GONE_TTL_S)
         except redis.RedisError:
             log.warning("could not record a deleted channel", extra={"channel_id": channel.id})
 

@@ -33,7 +33,7 @@ from dreamcore.present import made_from, mode_note, settings_line, shown
 from dreamcore.settings import Settings
 from dreamcore.styles import load_styles
 
-from . import calls, members
+from . import members, toolkit
 from .backend import UNCONFIRMED, Backend, Outcome
 from .pictures import PictureIntake
 from .toolkit import NO_MENTIONS, STORE_DOWN, answer, answer_privately, choices, is_guild_admin, within_ack
@@ -144,7 +144,7 @@ def dream_command(settings: Settings) -> app_commands.Command:
 async def dreamqueue(interaction: discord.Interaction):
     backend = interaction.client.backend
     try:
-        jobs = await calls.in_time(backend.my_jobs, interaction.guild_id, interaction.user.id)
+        jobs = await toolkit.in_time(backend.my_jobs, interaction.guild_id, interaction.user.id)
     except (asyncio.TimeoutError, redis.RedisError):
         await answer_privately(interaction, _(STORE_DOWN))
         return
@@ -168,7 +168,7 @@ async def dreamqueue(interaction: discord.Interaction):
 async def cancel(interaction: discord.Interaction, job: app_commands.Range[str, 1, 64]):
     backend = interaction.client.backend
     try:
-        outcome = await calls.in_time(backend.cancel, job, interaction.user.id, interaction.guild_id,
+        outcome = await toolkit.in_time(backend.cancel, job, interaction.user.id, interaction.guild_id,
                                       is_guild_admin(interaction))
         text = outcome.message
     except (asyncio.TimeoutError, redis.RedisError):
@@ -219,7 +219,7 @@ class DreamCommands:
         picture_notes: list[str] = []
         try:
             if picture is None:
-                work = calls.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S,
+                work = toolkit.submit(self.backend.submit_here, job, roles, time.monotonic() + SUBMIT_DEADLINE_S,
                                     left_out, prefs)
                 outcome, deferred = await within_ack(interaction, work, SUBMIT_TIMEOUT_S, ephemeral=prefs.private,
                                                      on_ack=lambda: self._note_ack(started))

@@ -15,7 +15,7 @@ from dreamcore.job import ASPECT_LABELS, MAX_PROMPT_CHARS, PICTURE_STRENGTH
 from dreamcore.preferences import Preferences
 from dreamcore.styles import load_styles
 
-from . import calls, members
+from . import members, toolkit
 from .member_settings import summary
 from .toolkit import answer_privately
 
@@ -110,7 +110,7 @@ def help_parts(settings, limits, usage: dict | None, prefs: Preferences | None =
 async def dreamhelp(interaction: discord.Interaction):
     store = interaction.client.backend.store
     try:
-        limits, usage = await calls.in_time(
+        limits, usage = await toolkit.in_time(
             lambda: (store.get(interaction.guild_id),
                      store.usage(interaction.guild_id, interaction.user.id) if interaction.guild_id else None))
     except (asyncio.TimeoutError, redis.RedisError):

@@ -26,7 +26,7 @@ from dreamcore.modes import MODE_LABELS
 from dreamcore.preferences import Preferences
 from dreamcore.styles import load_styles
 
-from . import calls, members
+from . import members, toolkit
 from .commands import complete_style
 from .toolkit import NO_MENTIONS, STORE_DOWN, answer_privately, choices
 from .translator import text
@@ -169,7 +169,7 @@ class SettingsCommands(app_commands.Group):
         prefs = loaded.prefs
         if given:
             try:
-                prefs = await calls.in_time(preferences.change, interaction.client.backend.conn, interaction.user.id,
+                prefs = await toolkit.in_time(preferences.change, interaction.client.backend.conn, interaction.user.id,
                                             **given)
             except ValidationError:
                 await answer_privately(interaction, _("That setting can't be saved: a value is out of range."))
@@ -185,7 +185,7 @@ class SettingsCommands(app_commands.Group):
     @app_commands.command(name="reset", description="Forget all your settings")
     async def reset(self, interaction: discord.Interaction):
         try:
-            had = await calls.in_time(preferences.reset, interaction.client.backend.conn, interaction.user.id)
+            had = await toolkit.in_time(preferences.reset, interaction.client.backend.conn, interaction.user.id)
         except (asyncio.TimeoutError, redis.RedisError):
             await answer_privately(interaction, _(STORE_DOWN))
             return
@@ -200,11 +200,11 @@ async def _panel_click(interaction: discord.Interaction, field: str, values: lis
     prefs = members.current().prefs
     try:
         if field == "reset":
-            await calls.in_time(preferences.reset, conn, interaction.user.id)
+            await toolkit.in_time(preferences.reset, conn, interaction.user.id)
             prefs = Preferences()
         else:
             value = _panel_value(field, values, prefs)
-            prefs = await calls.in_time(preferences.change, conn, interaction.user.id, **{field: value})
+            prefs = await toolkit.in_time(preferences.change, conn, interaction.user.id, **{field: value})
     except (ValidationError, Stale):  # a stale panel offered something this release no longer takes
         await answer_privately(interaction, _("That choice isn't offered any more; run /settings show again."))
         return

@@ -2,7 +2,7 @@
 looked up once at the start of every interaction (a command, a click, a modal) and kept for its task.
 
 Every way in calls `meet` first (bot/client.py's tree check, each dynamic item's from_custom_id, the modal
-handler), so any message made after it, on the loop or on a thread the bot hands work to (bot/calls.py), is
+handler), so any message made after it, on the loop or on a thread the bot hands work to (bot/toolkit.py), is
 in the member's language.
 """
 
@@ -18,7 +18,7 @@ import redis
 from dreamcore import i18n, preferences
 from dreamcore.preferences import Loaded
 
-from . import calls
+from . import toolkit
 from .moderated import channel_is_nsfw
 
 log = logging.getLogger("dreambot.bot")
@@ -34,7 +34,7 @@ async def meet(interaction: discord.Interaction, conn: redis.Redis) -> Loaded:
     """Read the member's settings and speak their language (their override, else their client's) for the
     rest of this interaction's task."""
     try:
-        loaded = await asyncio.wait_for(calls.command(preferences.load, conn, interaction.user.id), SETTINGS_WAIT_S)
+        loaded = await asyncio.wait_for(toolkit.command(preferences.load, conn, interaction.user.id), SETTINGS_WAIT_S)
     except (asyncio.TimeoutError, redis.RedisError) as err:
         log.warning("member settings unread: defaults used", extra={"user_id": interaction.user.id,
                                                                    "error": type(err).__name__})

@@ -29,7 +29,7 @@ from dreamcore.preferences import Preferences
 from dreamcore.present import code
 from dreamcore.settings import Settings
 
-from . import calls
+from . import toolkit
 from .backend import UNAVAILABLE, Backend, Outcome
 
 log = logging.getLogger("dreambot.bot")
@@ -76,7 +76,7 @@ class PictureIntake:
         s = self.settings
         # 1. The server's rule.
         try:
-            limits = await calls.command(self.backend.store.get, origin.guild_id)
+            limits = await toolkit.command(self.backend.store.get, origin.guild_id)
         except redis.RedisError:
             return Taken(Outcome(False, _(UNAVAILABLE), kind="unavailable"))
         why = policy_refusal(limits.images_in, origin.channel_nsfw)
@@ -113,7 +113,7 @@ class PictureIntake:
                 name=name, size=image_in.megabytes(len(data)), max_size=image_in.megabytes(s.input_max_bytes)))
         # 4. The safe decode, off the event loop.
         try:
-            pic = await calls.picture(image_in.prepare, data, attachment.filename, s.input_max_pixels,
+            pic = await toolkit.picture(image_in.prepare, data, attachment.filename, s.input_max_pixels,
                                       request.aspect if aspect_given else None)
         except image_in.PictureError as err:
             return refused(str(err))
@@ -126,15 +126,15 @@ class PictureIntake:
         job, notes = preferences.apply(job, limits, prefs or Preferences(), left_out - {"aspect"})
         key = input_key(job_id)
         try:
-            await calls.command(self.backend.images.put, key, pic.png)
+            await toolkit.command(self.backend.images.put, key, pic.png)
         except ImageStoreError as err:
             log.warning("picture not stored", extra={"job_id": job_id, "error": str(err)[:200]})
             return Taken(Outcome(False, _(UNAVAILABLE), kind="unavailable"))
-        outcome = await calls.submit(self.backend.submit, job, roles, deadline=time.monotonic() + submit_within_s)
+        outcome = await toolkit.submit(self.backend.submit, job, roles, deadline=time.monotonic() + submit_within_s)
         outcome.notes = notes
         if not outcome.ok and outcome.kind != "unconfirmed":  # "unconfirmed" may still run: it needs the picture
             try:
-                await calls.command(self.backend.images.delete, [key])
+                await toolkit.command(self.backend.images.delete, [key])
             except ImageStoreError:
                 pass  # swept with the images it would have made, after the retention
         log.info("picture taken", extra={"job_id": job_id, "bytes": len(data), "original": list(pic.original),

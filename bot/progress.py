@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import discord
 import redis
 
-from dreamcore import keys, ledger, moderation, results, stats
+from dreamcore import delivery, keys, moderation, results, stats
 from dreamcore.i18n import _, current, speaking
 from dreamcore.present import shown
 
@@ -152,7 +152,7 @@ class Progress:
             return  # finished meanwhile: the result edit is on its way
         # The bot's own record of the job: where it came from, and the interaction token to edit its reply
         # with (the job a worker runs carries none; a job of another instance has no record of ours).
-        job = await asyncio.to_thread(ledger.load, conn, job_id)
+        job = await asyncio.to_thread(delivery.load_record, conn, job_id)
         if (job is None or job.origin.instance != relay.settings.instance
                 or not relay.poster.token_alive_for(job.origin)):
             return

@@ -17,7 +17,7 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import cost, delivery, faults, keys, ledger, metrics, moderation, params, votes
+from dreamcore import cost, delivery, faults, keys, metrics, moderation, params, votes
 from dreamcore.images import ImageStore, ImageStoreError
 from dreamcore.job import JobError, make_job
 from dreamcore.limits.limiter import Limiter
@@ -147,7 +147,7 @@ class Relay:
         try:
             await asyncio.to_thread(self.outbox.mark_delivered, job_id, where)
             await asyncio.to_thread(self.outbox.ack, entry)
-            await asyncio.to_thread(ledger.forget, self.conn, job_id)
+            await asyncio.to_thread(delivery.forget_record, self.conn, job_id)
         except redis.RedisError:
             log.warning("could not record delivery; a retry will find the post already made",
                         extra={"job_id": job_id})

@@ -26,7 +26,7 @@ from dreamcore.i18n import N_, _
 from dreamcore.images import ImageStoreError
 from dreamcore.job import MAX_PROMPT_CHARS
 
-from . import calls, members
+from . import members, toolkit
 from .toolkit import NO_MENTIONS, STORE_DOWN, answer_privately
 
 log = logging.getLogger("dreambot.buttons")
@@ -106,7 +106,7 @@ async def _record(h, interaction: discord.Interaction, job_id: str):
     from .buttons import Refusal
 
     try:
-        p = await calls.in_time(h._record, job_id, interaction.guild_id)  # a modal must be the first answer: no deferring
+        p = await toolkit.in_time(h._record, job_id, interaction.guild_id)  # a modal must be the first answer: no deferring
     except (asyncio.TimeoutError, redis.RedisError, ImageStoreError):
         p = Refusal(_(STORE_DOWN))
     if isinstance(p, Refusal):

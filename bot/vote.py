@@ -18,7 +18,7 @@ from dreamcore.i18n import N_, _, ngettext
 from dreamcore.present import shown
 from dreamcore.results import DreamResult
 
-from . import calls, members
+from . import members, toolkit
 from .toolkit import STORE_DOWN, admin_only, answer_privately
 
 log = logging.getLogger("dreambot.vote")
@@ -42,7 +42,7 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<
 
     async def callback(self, interaction: discord.Interaction) -> None:
         try:
-            t = await calls.in_time(self._cast, interaction.client.backend.conn, interaction.guild_id,
+            t = await toolkit.in_time(self._cast, interaction.client.backend.conn, interaction.guild_id,
                                     interaction.user.id)
             if t is None:
                 text = _("That vote round is unknown here.")
@@ -55,7 +55,7 @@ class VoteButton(discord.ui.DynamicItem[discord.ui.Button], template=r"vote:(?P<
 
     def _cast(self, conn: redis.Redis, guild_id: int | None, user_id: int) -> dict | None:
         """The round's tallies with this vote in, or None for a round this server doesn't have: one call, so
-        the click's answer waits calls.READ_TIMEOUT_S at most."""
+        the click's answer waits toolkit.READ_TIMEOUT_S at most."""
         record = votes.load_round(conn, self.round_id)
         if record is None or record["guild_id"] != guild_id:
             return None
@@ -116,7 +116,7 @@ def stats_text(rates: dict) -> str:
 @admin_only(NO_PERMISSION)
 async def dreamvote(interaction: discord.Interaction, mode: str):
     try:
-        await calls.in_time(votes.set_channel, interaction.client.backend.conn, interaction.guild_id,
+        await toolkit.in_time(votes.set_channel, interaction.client.backend.conn, interaction.guild_id,
                             interaction.channel_id, mode == "on")
         log.info("vote mode changed", extra={"guild_id": interaction.guild_id, "actor_id": interaction.user.id,
                                              "channel_id": interaction.channel_id, "mode": mode})
@@ -135,7 +135,7 @@ async def dreamvote(interaction: discord.Interaction, mode: str):
 @app_commands.checks.cooldown(1, STATS_COOLDOWN_S, key=lambda i: (i.guild_id, i.user.id))
 async def dreamstats(interaction: discord.Interaction):
     try:
-        rates = await calls.in_time(votes.win_rates, interaction.client.backend.conn, interaction.guild_id)
+        rates = await toolkit.in_time(votes.win_rates, interaction.client.backend.conn, interaction.guild_id)
         text = stats_text(rates)
     except (asyncio.TimeoutError, redis.RedisError):
         text = _(STORE_DOWN)

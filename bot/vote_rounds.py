@@ -12,7 +12,7 @@ import aiohttp
 import discord
 import redis
 
-from dreamcore import keys, ledger, metrics, moderation, votes
+from dreamcore import delivery, keys, metrics, moderation, votes
 from dreamcore.i18n import current, speaking
 from dreamcore.images import ImageStoreError
 from dreamcore.results import DreamResult, OutboxEntry
@@ -73,7 +73,7 @@ async def handle_vote(relay: Relay, entry: OutboxEntry, in_round: tuple[str, str
             await relay.count_flags(done[k][0], mods[k])
     for r, _images in pair.values():
         await asyncio.to_thread(relay.outbox.mark_delivered, r.job_id, where)
-        await asyncio.to_thread(ledger.forget, relay.conn, r.job_id)
+        await asyncio.to_thread(delivery.forget_record, relay.conn, r.job_id)
     await asyncio.to_thread(relay.outbox.ack, entry)
     relay.delivered += 1
     metrics.delivered(where.split(":")[0])

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 def _adopt_jobs(settings) -> int:
     import redis
 
-    from dreamcore.ledger import adopt
+    from dreamcore.delivery import adopt_records as adopt
     from dreamcore.queue.rq_queues import queue_names
     from dreamcore.redisconn import connect
 

@@ -12,7 +12,7 @@ member's (their `/settings` override, else their Discord client's `interaction.l
 to a channel on its own (a result after the interaction expired, a vote's close) is in the server's
 (`interaction.guild_locale`, recorded with the job). The language is a context variable: a command's task
 sets it once (bot/client.py), and code that speaks for a job later says whose it is (`speaking(locale)`).
-Threads the bot hands work to run in a copy of the caller's context (bot/calls.py), so a message made there
+Threads the bot hands work to run in a copy of the caller's context (bot/toolkit.py), so a message made there
 is in the same language.
 """
 

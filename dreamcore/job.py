@@ -364,7 +364,7 @@ class DreamJob(_Strict):
         return geometry_text(self.request.batch_geometry)
 
     def without_token(self) -> DreamJob:
-        """The job as a worker gets it: the interaction token stays with the bot (dreamcore.ledger)."""
+        """The job as a worker gets it: the interaction token stays with the bot (dreamcore.delivery)."""
         if self.origin.interaction_token is None:
             return self
         return self.model_copy(update={"origin": self.origin.model_copy(update={"interaction_token": None})})

@@ -31,7 +31,7 @@ Results and delivery (owner `dreamcore.results`, the relay in `bot.relay`):
 | `dream:outbox:<instance>` | stream | none: an entry is deleted once handled | finished results for one bot instance |
 | `dream:outbox:<instance>:progress` | stream | capped at DREAMBOT_PROGRESS_STREAM_LEN | progress nudges (lossy) |
 | `dream:published:<instance>` | zset | as the result | published, not yet delivered (the bot's start-up sweep) |
-| `dream:job:<job>` | string | image retention, deleted once delivered | the job as its bot queued it (`dreamcore.ledger`; bots only) |
+| `dream:job:<job>` | string | image retention, deleted once delivered | the job as its bot queued it (`dreamcore.delivery`; bots only) |
 | `dream:result:<job>` | hash | DREAMBOT_RESULT_TTL (failures: DREAMBOT_FAILURE_TTL) | result meta; image store keys, no bytes |
 | `dream:done:<job>` | string | as the result | a job's result was published: a retry does not run it again |
 | `dream:delivered:<job>` | string | DELIVERED_TTL_S | where the relay posted it (exactly-once delivery) |
@@ -155,7 +155,7 @@ def published_key(instance: str) -> str:
 
 
 def job_record(job_id: str) -> str:
-    """The bot's own record of a job it queued (dreamcore.ledger): where its result may go."""
+    """The bot's own record of a job it queued (dreamcore.delivery): where its result may go."""
     return f"dream:job:{job_id}"
 
 

@@ -17,7 +17,7 @@ from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from .. import cost, ledger, redisconn
+from .. import cost, delivery, redisconn
 from ..job import DreamJob
 from ..modes import RELAX_QUEUE
 from ..settings import Settings
@@ -99,7 +99,7 @@ class DreamQueue:
         owner = fair_order.owner_of(job.origin.guild_id, job.origin.user_id)
         rq_job = q.create_job(
             TASK,
-            # The worker gets no interaction token: only the bot's own record (dreamcore.ledger) has it.
+            # The worker gets no interaction token: only the bot's own record (dreamcore.delivery) has it.
             args=[job.without_token().to_dict()],
             job_id=job.job_id,
             timeout=self.settings.job_timeout_s,
@@ -125,7 +125,7 @@ class DreamQueue:
 
     def enqueue(self, job: DreamJob, units: float | None = None, tier: int = 0) -> Enqueued:
         """Queue one job costing `units` (dreamcore.cost; by default its estimate at the request's size), in
-        its server's priority `tier` (1: a priority role), with the bot's own record of it (dreamcore.ledger) in the same transaction. With replicas
+        its server's priority `tier` (1: a priority role), with the bot's own record of it (dreamcore.delivery) in the same transaction. With replicas
         (dreamcore.redisconn), only once a replica has it too: raises NotReplicated (the job taken back
         out, as far as the primary still answers) when none has it in time, so the member is never told
         "queued" about a dream a failover could lose."""
@@ -134,7 +134,7 @@ class DreamQueue:
 
         def write(pipe):
             q.enqueue_job(rq_job, pipeline=pipe)  # first: RQ starts the MULTI itself
-            ledger.write(pipe, job, self.settings)
+            delivery.record(pipe, job, self.settings)
 
         try:
             redisconn.transaction(self.connection, self.settings, write)
@@ -152,7 +152,7 @@ class DreamQueue:
         with self.connection.pipeline() as pipe:
             for job in jobs:
                 self.queues[job.priority].enqueue_job(self._rq_job(job, self.units(job), 0), pipeline=pipe)
-                ledger.write(pipe, job, self.settings)
+                delivery.record(pipe, job, self.settings)
             pipe.execute()
 
     def take_back(self, job_id: str) -> bool:
@@ -160,7 +160,7 @@ class DreamQueue:
         now), False when a worker already took it. Raises redis.RedisError when Redis can't be reached."""
         removed = self.remove(job_id)
         if removed:
-            self.connection.delete(Job.key_for(job_id), ledger.key(job_id))
+            self.connection.delete(Job.key_for(job_id), delivery.record_key(job_id))
         return removed
 
     def place(self, job_id: str) -> fair_order.Place | None:

@@ -11,7 +11,7 @@ import time
 import pytest
 from PIL import Image
 
-from dreamcore import delivery, faults, keys, ledger, redisconn, results
+from dreamcore import delivery, faults, keys, redisconn, results
 from dreamcore.images import image_key
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.queue.rq_queues import DreamQueue
@@ -61,7 +61,7 @@ def test_a_forged_result_is_not_posted_and_a_real_one_goes_only_where_its_bot_re
     inter = fleet.dream(bot, prompt="a real dream", seed=3)
     inter.wait_ack(5)
     real_id = next(m.content for m in standin.messages(bot.channel_id) if m.interaction_id == inter.id).split("`")[1]
-    job = ledger.load(rconn, real_id)
+    job = delivery.load_record(rconn, real_id)
     assert job is not None and job.origin.channel_id == bot.channel_id
     assert DreamQueue(rconn, settings).remove(real_id)  # no worker: what comes back is the forger's
     elsewhere = job.origin.model_copy(update={"channel_id": other_channel, "guild_id": other_guild,
@@ -76,7 +76,7 @@ def test_a_forged_result_is_not_posted_and_a_real_one_goes_only_where_its_bot_re
     third = next(m.content for m in standin.messages(bot.channel_id) if m.interaction_id == inter3.id).split("`")[1]
     assert DreamQueue(rconn, settings).remove(third)
     image_store().put(image_key("0123456789abcdef", 0, "png"), b"\x89PNG not theirs")
-    its_own = ledger.load(rconn, third).origin.model_copy(update={"interaction_token": None})
+    its_own = delivery.load_record(rconn, third).origin.model_copy(update={"interaction_token": None})
     borrowed = DreamResult(job_id=third, status="done", origin=its_own, images=[ImageInfo(
         filename="dream-x.png", format="png", width=8, height=8, seed=1, size_bytes=16,
         key=image_key("0123456789abcdef", 0, "png"))])
@@ -175,7 +175,7 @@ def test_a_bot_down_past_the_result_ttl_still_posts_or_tells(fleet, standin, rco
     notice = wait_until(lambda: [m for m in standin.messages(bot.channel_id) if "no longer kept" in (m.content or "")],
                         30, "the member of the lost result was never told")
     assert f"<@{fleet.user_id}>" in notice[0].content or notice[0].interaction_id == lost.id
-    wait_until(lambda: not rconn.exists(ledger.key(ids[0]), ledger.key(ids[1])), 10,
+    wait_until(lambda: not rconn.exists(delivery.record_key(ids[0]), delivery.record_key(ids[1])), 10,
                "the records of delivered jobs were kept")
 
 
@@ -206,7 +206,7 @@ def test_results_carry_no_interaction_token_and_workers_get_none(rconn):
     q.enqueue(job)
     rq_job = q.fetch(job.job_id)
     assert rq_job.args[0]["origin"]["interaction_token"] is None
-    assert ledger.load(rconn, job.job_id).origin.interaction_token == "aW50ZXJhY3Rpb246c2VjcmV0"
+    assert delivery.load_record(rconn, job.job_id).origin.interaction_token == "aW50ZXJhY3Rpb246c2VjcmV0"
 
 
 @pytest.mark.parametrize("lost_reply", [1, 2])

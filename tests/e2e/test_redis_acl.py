@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 
-from dreamcore import ledger, redisconn
+from dreamcore import delivery, redisconn
 from dreamcore.job import make_job, make_origin, make_request
 from dreamcore.localredis import free_port
 from dreamcore.queue import fair_order
@@ -214,7 +214,7 @@ def test_a_worker_on_another_host_over_tls(tmp_path, tiny_model_dir):
 
 def test_the_worker_cannot_queue_a_job_a_bot_would_post(acl_redis):
     """Even with the queue's own code, a worker can put a job in the fair queue only without the bot's record
-    of it (dreamcore.ledger), and a result for such a job is never posted (tests/test_forgery.py)."""
+    of it (dreamcore.delivery), and a result for such a job is never posted (tests/test_forgery.py)."""
     s = acl_redis
     settings = load_settings(redis_url=s.url, redis_username="dreambot-worker", redis_password=s.REDIS_WORKER_PASSWORD)
     conn = redisconn.connect(settings)
@@ -223,4 +223,4 @@ def test_the_worker_cannot_queue_a_job_a_bot_would_post(acl_redis):
     with pytest.raises(redis.exceptions.NoPermissionError):
         DreamQueue(conn, settings).enqueue(job)  # the transaction writes the record: refused as a whole
     assert fair_order.totals(_as(s, "bot"), queue_names()).jobs == 0
-    assert ledger.load(_as(s, "bot"), job.job_id) is None
+    assert delivery.load_record(_as(s, "bot"), job.job_id) is None

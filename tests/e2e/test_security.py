@@ -21,7 +21,7 @@ import redis
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from dreamcore import ledger
+from dreamcore import delivery
 from dreamcore.job import JobError, make_job, make_origin, make_request, parse_job
 from dreamcore.limits.stored import LimitStore
 from dreamcore.queue import fair_order
@@ -191,7 +191,7 @@ def test_crafted_job_ids_get_a_clear_refusal(sec):
     _, job = dream(e, p.alice, prompt="a lighthouse behind crafted ids", seed=3)
     # The relay forgets an earlier (cancelled) job's record just after posting its notice: wait for that, or
     # the scan below would see the record go and blame the crafted ids.
-    wait_for(lambda: not any(e.r.exists(ledger.key(j)) for j in e.jobs if j != job), 30,
+    wait_for(lambda: not any(e.r.exists(delivery.record_key(j)) for j in e.jobs if j != job), 30,
              "the relay never forgot the earlier jobs' records")
     before = _keys(e.r)
     asked = 0
@@ -358,7 +358,7 @@ class TestWithWorker:
         assert len(set(interaction_tokens)) == len(interaction_tokens) >= 6
 
         # Redis: every key and value of every type (RQ's compressed job data decompressed).
-        # Only the bot's own record of each job (dreamcore.ledger), which no worker can read: neither the job a
+        # Only the bot's own record of each job (dreamcore.delivery), which no worker can read: neither the job a
         # worker takes nor the result it writes carries one.
         allowed_homes = {f"dream:job:{job}" for job in e.jobs}
         homes: dict[str, set[str]] = {}

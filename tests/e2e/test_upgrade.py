@@ -102,7 +102,7 @@ def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upg
     own; after the upgrade a new bot queues one more. The new worker moves them into the two-level queue and
     serves every one, fairly (member 1's second dream after members 2 and 3's first); the operator's one-time
     `dreambot adopt-jobs` records the old jobs, so their results are posted, not refused as forgeries."""
-    from dreamcore import delivery, ledger
+    from dreamcore import delivery
     from worker.runner import make_worker
 
     old = _release_before_the_two_level_queue(tmp_path)
@@ -117,8 +117,8 @@ def test_dreams_the_one_level_release_queued_are_served_and_posted_after_the_upg
     DreamQueue(rconn, get_settings()).enqueue(new)
     assert DreamQueue(rconn, get_settings()).position(new.job_id) == 5  # behind the old queue, until moved
     # The operator's step of the upgrade, workers stopped (`dreambot adopt-jobs`): the old jobs get records.
-    assert ledger.adopt(rconn, get_settings(), queue_names()) == {"bot1": 5}
-    assert ledger.adopt(rconn, get_settings(), queue_names()) == {}  # nothing twice
+    assert delivery.adopt_records(rconn, get_settings(), queue_names()) == {"bot1": 5}
+    assert delivery.adopt_records(rconn, get_settings(), queue_names()) == {}  # nothing twice
 
     box = results.Outbox(rconn, "bot1", "test")
     box.ensure_group()

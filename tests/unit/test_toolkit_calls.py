@@ -1,4 +1,4 @@
-"""The bot's blocking calls run on bounded executors of their own (bot/calls.py): slow reads of commands can't
+"""The bot's blocking calls run on bounded executors of their own (bot/toolkit.py): slow reads of commands can't
 take the threads a /dream needs to be queued inside Discord's 3 seconds."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 
-from bot import calls
+from bot import toolkit
 
 
 def test_slow_command_calls_leave_a_dream_its_thread():
@@ -15,10 +15,10 @@ def test_slow_command_calls_leave_a_dream_its_thread():
 
     async def main():
         # Every command thread, and as many again waiting for one, held by a slow read.
-        slow = [asyncio.ensure_future(calls.command(release.wait, 30)) for _ in range(2 * calls.COMMAND_THREADS)]
+        slow = [asyncio.ensure_future(toolkit.command(release.wait, 30)) for _ in range(2 * toolkit.COMMAND_THREADS)]
         await asyncio.sleep(0.1)
         t0 = time.perf_counter()
-        got = await asyncio.wait_for(calls.submit(lambda: "queued"), 2.0)
+        got = await asyncio.wait_for(toolkit.submit(lambda: "queued"), 2.0)
         took = time.perf_counter() - t0
         # The default executor (asyncio.to_thread: the relay, the live status) is not theirs either.
         await asyncio.wait_for(asyncio.to_thread(lambda: None), 2.0)

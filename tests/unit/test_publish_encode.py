@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.encode import EncodedImage, TooLargeError, encode_images
+from worker.publish import EncodedImage, TooLargeError, encode_images
 
 
 def _noise(width=256, height=192, seed=0) -> Image.Image:

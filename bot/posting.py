@@ -123,7 +123,7 @@ class Poster:
         with speaking(in_channel(origin)):
             msg = message(CHANNEL)
         channel = self.client.get_partial_messageable(origin.channel_id, guild_id=origin.guild_id)
-        mention = f"<@{origin.user_id}> " if msg.mention else ""
+        mention = f"<@{origin.user_id}> " if msg.mention and origin.user_id else ""
         try:
             await channel.send(content=(mention + msg.content)[:2000], **msg.attached(),
                                allowed_mentions=NO_MENTIONS, nonce=nonce_for(key))

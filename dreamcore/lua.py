@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,13 @@ def _literal(value: Any) -> str:
 
 def _code(path: Path) -> str:
     """A file's text less its whole-line comments: EVAL (a script run inside a MULTI) sends and hashes the
-    whole text on every call, and the comments are for whoever reads the file."""
-    return "".join(line for line in Path(path).read_text().splitlines(keepends=True)
-                   if not line.lstrip().startswith("--") or line.lstrip().startswith("--["))
+    whole text on every call, and the comments are for whoever reads the file. Lua's long brackets (`[[`, a
+    block comment `--[[`) are refused: a line inside one that starts with `--` is no comment to drop."""
+    text = Path(path).read_text()
+    if re.search(r"\[=*\[", text):
+        raise ValueError(f"{Path(path).name}: long brackets ([[ or [=[) are not supported here; use '--' comments "
+                         "and quoted strings")
+    return "".join(line for line in text.splitlines(keepends=True) if not line.lstrip().startswith("--"))
 
 
 class LuaScript:

@@ -29,9 +29,10 @@ local function with_tail(entry, tail) return string.sub(entry, 1, C.ENTRY_HEAD) 
 -- The server an owner counts in (fair_order.server_of): its guild, or in direct messages the member alone, so
 -- one member's direct messages never queue ahead of another's. Split as fair_order.parse_owner splits it.
 local function server_of(owner)
-  local guild, user = owner, ''
   local at = string.find(owner, C.OWNER_SEP, 1, true)
-  if at then guild, user = string.sub(owner, 1, at - 1), string.sub(owner, at + #C.OWNER_SEP) end
+  -- An owner without a separator (only a hand edit writes one) counts as a direct message's, as it always has.
+  if not at then return fill(C.DM_SERVER, string.sub(owner, #C.DM_GUILD + #C.OWNER_SEP + 1)) end
+  local guild, user = string.sub(owner, 1, at - 1), string.sub(owner, at + #C.OWNER_SEP)
   if guild == C.DM_GUILD then return fill(C.DM_SERVER, user) end
   return guild
 end

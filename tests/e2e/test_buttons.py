@@ -24,9 +24,8 @@ from dreamcore.queue.rq_queues import DreamQueue
 from dreamcore.results import DreamResult, ImageInfo
 from dreamcore.settings import get_settings
 from tests.support import ROOT as _ROOT
-from tests.support.fleet import Fleet, image_store
+from tests.support.fleet import image_store
 from tests.support.history import release_reading, run_old_worker
-from tests.support.standin import DiscordStandIn
 
 ROOT = str(_ROOT)
 
@@ -275,16 +274,6 @@ def test_one_button_per_image_for_variations_and_upscales():
 
 
 # --- end to end: the bot process, the stand-in, a worker ----------------------------------------------------
-
-
-@pytest.fixture
-def fleet(redis_url, tiny_model_dir, tmp_path):
-    standin = DiscordStandIn().start()
-    f = Fleet(standin, redis_url, tiny_model_dir, tmp_path)
-    f.setup(1)
-    yield f
-    f.stop()
-    standin.stop()
 
 
 def _result_of(standin, inter, timeout=120.0):

@@ -89,30 +89,23 @@ KEPT = (
 # this order where it has several: {q} a queue name, {server} fair_order.server_of, {tier}
 # fair_order.PRIORITY_TIER or PLAIN_TIER, {owner} fair_order.owner_of.
 FQ = "dream:fq:"
-FQ_JOBS = FQ + "jobs"
-FQ_COUNT = FQ + "count"
-FQ_SEQ = FQ + "seq"
-FQ_BELL = FQ + "bell"
-FQ_RECOUNT = FQ + "recount"
-FQ_RECOUNT_LOCK = FQ + "recount:lock"
-FQ_SLOTS = FQ + "{q}:r"
-FQ_SERVER_SLOTS = FQ + "{q}:gs:{server}"
-FQ_SERVER_JOBS = FQ + "{q}:g:{server}:{tier}"
+# One of each: the jobs' hash, the counters (their fields below), the arrival sequence, the workers' bell, and a
+# reconcile's tally with its lock.
+FQ_JOBS, FQ_COUNT, FQ_SEQ, FQ_BELL = FQ + "jobs", FQ + "count", FQ + "seq", FQ + "bell"
+FQ_RECOUNT, FQ_RECOUNT_LOCK = FQ + "recount", FQ + "recount:lock"
+# One per queue: its servers' slots and every job by arrival; per server: its slots, and its jobs of a tier; per
+# member and tier: their jobs.
+FQ_SLOTS, FQ_ALL = FQ + "{q}:r", FQ + "{q}:all"
+FQ_SERVER_SLOTS, FQ_SERVER_JOBS = FQ + "{q}:gs:{server}", FQ + "{q}:g:{server}:{tier}"
 FQ_MEMBER_JOBS = FQ + "{q}:u:{tier}:{owner}"
-FQ_ALL = FQ + "{q}:all"
 # Compatibility: the one-level layout an older release wrote (a queue's jobs, a member's, the queue's image
 # count); goes when no deployment can still hold it: each upgraded past d105bc6 with its old bots gone and a
 # worker's maintenance run since (fair_order.migrate moves it over).
-FQ_FLAT = FQ + "{q}"
-FQ_FLAT_OWNER = FQ + "{q}:o:{owner}"
-FQ_FLAT_IMAGES = "images:{q}"
-# Fields of FQ_COUNT, and of a reconcile's tally in FQ_RECOUNT (with where its walk is)
-FQ_UNITS = "units:{q}"  # a queue's waiting cost (hundredths)
-FQ_SERVER_WAITING = "guild:{server}"  # a server's waiting dreams
-FQ_SERVER_UNITS = "gunits:{server}"  # and their cost
-FQ_RECOUNT_DONE = "done:{q}"
-FQ_RECOUNT_AT = "at"
-FQ_RECOUNT_CURSOR = "cursor"
+FQ_FLAT, FQ_FLAT_OWNER, FQ_FLAT_IMAGES = FQ + "{q}", FQ + "{q}:o:{owner}", "images:{q}"
+# Fields of FQ_COUNT: a queue's waiting cost, a server's waiting dreams and their cost (costs in hundredths);
+# FQ_RECOUNT holds the same tallies, the queues its walk has done, the queue it is at and its cursor there.
+FQ_UNITS, FQ_SERVER_WAITING, FQ_SERVER_UNITS = "units:{q}", "guild:{server}", "gunits:{server}"
+FQ_RECOUNT_DONE, FQ_RECOUNT_AT, FQ_RECOUNT_CURSOR = "done:{q}", "at", "cursor"
 RECONCILE_LOCK_S = 120
 ATTEMPTS_TTL_S = 86400
 SAFETY_FLAGS_TTL_S = 8 * 86400  # /dreamadmin usage shows the last 7 days

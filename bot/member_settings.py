@@ -168,14 +168,9 @@ class SettingsCommands(app_commands.Group):
         loaded = members.current()
         prefs = loaded.prefs
         if given:
-            try:
-                prefs = await toolkit.in_time(preferences.change, interaction.client.backend.conn, interaction.user.id,
-                                            **given)
-            except ValidationError:
-                await answer_privately(interaction, _("That setting can't be saved: a value is out of range."))
-                return
-            except (asyncio.TimeoutError, redis.RedisError):
-                await answer_privately(interaction, _(STORE_DOWN))
+            prefs = await _in_store(interaction, preferences.change,
+                                    _("That setting can't be saved: a value is out of range."), **given)
+            if prefs is TOLD:
                 return
             members.remember(prefs, interaction)
             loaded = preferences.Loaded(prefs=prefs)
@@ -184,33 +179,47 @@ class SettingsCommands(app_commands.Group):
 
     @app_commands.command(name="reset", description="Forget all your settings")
     async def reset(self, interaction: discord.Interaction):
-        try:
-            had = await toolkit.in_time(preferences.reset, interaction.client.backend.conn, interaction.user.id)
-        except (asyncio.TimeoutError, redis.RedisError):
-            await answer_privately(interaction, _(STORE_DOWN))
+        had = await _in_store(interaction, preferences.reset)
+        if had is TOLD:
             return
         members.remember(Preferences(), interaction)
         await answer_privately(interaction, _("Your settings are forgotten: /dream uses the server's defaults again.")
                                if had else _("You had no settings saved."))
 
 
-async def _panel_click(interaction: discord.Interaction, field: str, values: list[str]) -> None:
-    """A select picked or a button pressed on a panel: change the clicker's own setting, redraw the panel."""
-    conn = interaction.client.backend.conn
-    prefs = members.current().prefs
+TOLD = object()  # what _in_store returns once the member has read why their settings were not saved
+
+
+async def _in_store(interaction: discord.Interaction, change, refusal: str = "", **fields):
+    """`change` (preferences.change or .reset) for the member, within toolkit.in_time; TOLD once they have read
+    `refusal` (a value the settings refuse) or STORE_DOWN (the store didn't answer in time)."""
     try:
-        if field == "reset":
-            await toolkit.in_time(preferences.reset, conn, interaction.user.id)
-            prefs = Preferences()
-        else:
-            value = _panel_value(field, values, prefs)
-            prefs = await toolkit.in_time(preferences.change, conn, interaction.user.id, **{field: value})
-    except (ValidationError, Stale):  # a stale panel offered something this release no longer takes
-        await answer_privately(interaction, _("That choice isn't offered any more; run /settings show again."))
-        return
+        return await toolkit.in_time(change, interaction.client.backend.conn, interaction.user.id, **fields)
+    except ValidationError:
+        await answer_privately(interaction, refusal)
     except (asyncio.TimeoutError, redis.RedisError):
         await answer_privately(interaction, _(STORE_DOWN))
-        return
+    return TOLD
+
+
+async def _panel_click(interaction: discord.Interaction, field: str, values: list[str]) -> None:
+    """A select picked or a button pressed on a panel: change the clicker's own setting, redraw the panel."""
+    prefs = members.current().prefs
+    # A stale panel offers something this release no longer takes.
+    stale = _("That choice isn't offered any more; run /settings show again.")
+    if field == "reset":
+        if await _in_store(interaction, preferences.reset) is TOLD:
+            return
+        prefs = Preferences()
+    else:
+        try:
+            value = _panel_value(field, values, prefs)
+        except Stale:
+            await answer_privately(interaction, stale)
+            return
+        prefs = await _in_store(interaction, preferences.change, stale, **{field: value})
+        if prefs is TOLD:
+            return
     members.remember(prefs, interaction)
     await interaction.response.edit_message(content=panel_text(prefs), view=panel_view(prefs),
                                             allowed_mentions=NO_MENTIONS)

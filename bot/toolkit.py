@@ -32,15 +32,16 @@ from typing import Any, TypeVar
 import discord
 from discord import app_commands
 
+from dreamcore import redisconn
 from dreamcore.i18n import N_
 
 T = TypeVar("T")
 
 # --- Where the blocking calls run (see above) ----------------------------------------------------------------
 
-# How long a command's or a button's reads and writes may hold up its answer (each Redis call gives up
-# sooner, after redisconn.BOT_READ_TIMEOUT_S): past it, the member hears that the store is unreachable.
-READ_TIMEOUT_S = 2.0
+# How long a command's or a button's reads and writes may hold up its answer: as long as one Redis call may
+# take before it gives up; past it, the member hears that the store is unreachable.
+READ_TIMEOUT_S = redisconn.BOT_READ_TIMEOUT_S
 
 SUBMIT_THREADS = 16
 COMMAND_THREADS = 8

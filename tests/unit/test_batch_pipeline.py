@@ -157,13 +157,14 @@ def test_fuse_qkv_and_channels_last_keep_the_image(pipe, solo, tiny_model_dir, c
     assert fast.base.unet is not pipe.base.unet and fast.base.vae is not pipe.base.vae
     assert fast.refiner.vae is fast.base.vae  # still one VAE, fused once
     assert list(speed.denoisers(fast)) == ["base UNet", "refiner UNet", "VAE"]
-    for module in (fast.base.unet, fast.refiner.unet, fast.base.vae):
+    # The tiny VAE has no attention (worker/tiny.py): the VAE with one is fused below.
+    for module in (fast.base.unet, fast.refiner.unet):
         assert _attn_processors(module) == {"FusedAttnProcessor2_0"}
-        assert _channels_last(module)
-    for module in (pipe.base.unet, pipe.refiner.unet, pipe.base.vae):
+    for module in (pipe.base.unet, pipe.refiner.unet):
         assert _attn_processors(module) == {"AttnProcessor2_0"}
         assert not any(hasattr(m, "to_qkv") or hasattr(m, "to_kv") for m in module.modules())
-        assert not _channels_last(module)
+    assert all(map(_channels_last, (fast.base.unet, fast.refiner.unet, fast.base.vae)))
+    assert not any(map(_channels_last, (pipe.base.unet, pipe.refiner.unet, pipe.base.vae)))
 
     got = fast.generate(C)
     # Measured on the CPU: fuse_qkv alone gives the identical image; channels_last (other convolution
@@ -173,6 +174,26 @@ def test_fuse_qkv_and_channels_last_keep_the_image(pipe, solo, tiny_model_dir, c
     assert diff.max() <= 2, diff.max()
     assert (diff > 0).mean() <= 0.01, (diff > 0).mean()
     assert not got.nan_detected
+
+
+def test_fuse_qkv_fuses_a_vaes_attention_and_frees_its_projections():
+    """SDXL's VAE has self-attention in its middle blocks (the tiny model's has none, for time): speed.fuse_qkv
+    fuses it as it does the UNets' and frees the three projections it replaces, with the same output."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(8, 8), norm_num_groups=4, sample_size=32).eval()
+    assert _attn_processors(vae) == {"AttnProcessor2_0"}
+    latents = torch.randn(1, 4, 16, 16)
+    with torch.no_grad():
+        want = vae.decode(latents).sample
+        projections = sum(p.numel() * p.element_size() for name, p in vae.named_parameters()
+                          if ".to_q." in name or ".to_k." in name or ".to_v." in name)
+        assert speed.fuse_qkv("VAE", vae) == projections > 0
+        assert _attn_processors(vae) == {"FusedAttnProcessor2_0"}
+        assert not any(hasattr(m, "to_q") for m in vae.modules() if hasattr(m, "to_qkv"))
+        assert torch.allclose(vae.decode(latents).sample, want, atol=1e-5)
 
 
 @pytest.mark.skipif(

@@ -29,8 +29,8 @@ from worker.img2img import vary  # noqa: E402
 from worker.pipeline import DreamPipeline  # noqa: E402
 from worker.weights import ModelLoadError  # noqa: E402
 
-# 20 steps: 16 on the base, 4 on the refiner; guided (CFG 7); two images, so batches are exercised.
-REQ = make_request(prompt="a lighthouse at dusk, oil painting", seed=11, steps=20, guidance=7.0, count=2)
+# 10 steps: 6 on the base, 4 on the refiner; guided (CFG 7); two images, so batches are exercised.
+REQ = make_request(prompt="a lighthouse at dusk, oil painting", seed=11, steps=10, split=0.6, guidance=7.0, count=2)
 
 
 def _load(tiny_model_dir, **levers) -> DreamPipeline:
@@ -121,7 +121,7 @@ def test_compile_runs_the_warmed_shapes_compiled_pads_to_their_bucket_and_the_re
     assert {b for n, b in compiled_calls if n == "Decoder"} == {1}
     compiled_calls.clear()
 
-    three = make_request(prompt=REQ.prompt, seed=REQ.seed, steps=REQ.steps, guidance=7.0, count=3)
+    three = make_request(prompt=REQ.prompt, seed=REQ.seed, steps=REQ.steps, split=REQ.split, guidance=7.0, count=3)
     got = pipe.generate(three)
     assert len(got.images) == 3  # the filler row is dropped before the decode
     unet_batches = {b for n, b in compiled_calls if n == "UNet2DConditionModel"}
@@ -245,9 +245,9 @@ def test_step_cache_runs_the_deep_blocks_every_nth_step_only(tiny_model_dir, pla
     outer = _calls(pipe.base.unet.down_blocks[0].resnets[0])
     refiner_deep = _calls(pipe.refiner.unet.down_blocks[1].resnets[0])
     got = pipe.generate(REQ)
-    # 16 base steps: whole at steps 0, 3, 6, 9, 12, 15; the outermost blocks at every step. The refiner whole.
-    assert (len(deep), len(outer), len(refiner_deep)) == (6, 16, 4)
-    assert (pipe.step_cache.full_steps, pipe.step_cache.cached_steps) == (6, 10)
+    # 6 base steps: whole at steps 0 and 3; the outermost blocks at every step. The refiner whole.
+    assert (len(deep), len(outer), len(refiner_deep)) == (2, 6, 4)
+    assert (pipe.step_cache.full_steps, pipe.step_cache.cached_steps) == (2, 4)
     errors = [rel_error(g, w) for g, w in zip(got.images, want.images, strict=True)]
     print(f"step cache every 3 steps, tiny model: image error {errors}")  # measured: ~0.0076
     assert 0 < max(errors) < 0.1
@@ -256,7 +256,7 @@ def test_step_cache_runs_the_deep_blocks_every_nth_step_only(tiny_model_dir, pla
     # Another use of the base UNet (a variation, through the img2img pipeline) runs whole at every step.
     deep.clear()
     vary(pipe, REQ, got.images[0], strength=0.5)
-    assert len(deep) == len(outer) - 16 - 16 > 0
+    assert len(deep) == len(outer) - 6 - 6 > 0
 
 
 def test_refiner_unguided_steps_halve_the_refiners_last_passes(tiny_model_dir, plain):
@@ -264,14 +264,14 @@ def test_refiner_unguided_steps_halve_the_refiners_last_passes(tiny_model_dir, p
     pipe = _load(tiny_model_dir, refiner_unguided_steps=2)
     base, refiner = _calls(pipe.base.unet), _calls(pipe.refiner.unet)
     got = pipe.generate(REQ)
-    assert base == [4] * 16  # two images, guided
+    assert base == [4] * 6  # two images, guided
     assert refiner == [4, 4, 2, 2]  # the last two steps: the prompt's rows alone
     errors = [rel_error(g, w) for g, w in zip(got.images, want.images, strict=True)]
     print(f"refiner's last 2 of 4 steps unguided, tiny model: image error {errors}")  # measured: ~0.0007
     assert 0 < max(errors) < 0.05
     # A dream without guidance has nothing to drop.
     refiner.clear()
-    pipe.generate(make_request(prompt="x", seed=1, steps=20, guidance=1.0))
+    pipe.generate(make_request(prompt="x", seed=1, steps=10, split=0.6, guidance=1.0))
     assert refiner == [1, 1, 1, 1]
     # More unguided steps than the refiner runs: its first still guides (the switch comes after a step).
     most = _load(tiny_model_dir, refiner_unguided_steps=50)

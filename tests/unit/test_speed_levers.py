@@ -249,7 +249,7 @@ def test_step_cache_runs_the_deep_blocks_every_nth_step_only(tiny_model_dir, pla
     assert (len(deep), len(outer), len(refiner_deep)) == (2, 6, 4)
     assert (pipe.step_cache.full_steps, pipe.step_cache.cached_steps) == (2, 4)
     errors = [rel_error(g, w) for g, w in zip(got.images, want.images, strict=True)]
-    print(f"step cache every 3 steps, tiny model: image error {errors}")  # measured: ~0.0076
+    print(f"step cache every 3 steps, tiny model: image error {errors}")  # measured: ~0.0089
     assert 0 < max(errors) < 0.1
     # The same dream again: the same image (nothing kept from the last call).
     assert np.array_equal(_px(pipe.generate(REQ).images[0]), _px(got.images[0]))
@@ -267,7 +267,7 @@ def test_refiner_unguided_steps_halve_the_refiners_last_passes(tiny_model_dir, p
     assert base == [4] * 6  # two images, guided
     assert refiner == [4, 4, 2, 2]  # the last two steps: the prompt's rows alone
     errors = [rel_error(g, w) for g, w in zip(got.images, want.images, strict=True)]
-    print(f"refiner's last 2 of 4 steps unguided, tiny model: image error {errors}")  # measured: ~0.0007
+    print(f"refiner's last 2 of 4 steps unguided, tiny model: image error {errors}")  # measured: ~0.0012
     assert 0 < max(errors) < 0.05
     # A dream without guidance has nothing to drop.
     refiner.clear()
@@ -302,7 +302,7 @@ def test_fp8_weights_quantizes_the_transformer_linears_and_reports_the_error(tin
         assert any(n.endswith("to_qkv") for n in quantized) and any(n.endswith("ff.net.2") for n in quantized)
         assert not any(n.startswith(("time_embedding", "add_embedding")) for n in quantized)
     errors = pipe.speed.fp8_error
-    print(f"fp8 weights, tiny model: UNet output error {errors}")  # measured: ~0.015 and ~0.019
+    print(f"fp8 weights, tiny model: UNet output error {errors}")  # measured: ~0.018 and ~0.018
     assert set(errors) == {"base UNet", "refiner UNet"} and all(0 < e < 0.1 for e in errors.values())
     assert "fp8 applied" in caplog.text
     got = pipe.generate(REQ)

@@ -15,6 +15,14 @@ import redis
 
 from dreamcore.localredis import LocalRedis
 
+# OpenMP threads that sleep when they have no work, set before torch loads here or in a process started from here
+# (they inherit it). torch's pool takes every core and by default spins between parallel regions; with pytest -n 2
+# on two cores there are always two pools (two test processes, or a test and the worker it started) on the same
+# cores, each spinning in the other's time. Measured on this 2-core machine, pytest -n 2 over
+# tests/unit/test_speed_levers.py and test_adapters.py: 162 s spinning, 90 s passive (one thread each: 90 s too,
+# but a process alone then leaves a core idle). DREAMBOT's own settings do not touch threads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # One image store folder per test process, shared with the bots and workers it starts (tests/support/fleet.py), so
 # nothing lands in the checkout; keys are job ids, so tests never see each other's images.
 os.environ["DREAMBOT_IMAGE_DIR"] = tempfile.mkdtemp(prefix="dreambot-images-")

@@ -2,7 +2,7 @@
 
 The layout: tests/unit (in this process, on the session's Redis and the tiny model), tests/e2e (each test
 starts real processes: bots, workers, Redis replicas and sentinels, containers, an earlier release, a CLI;
-marked `e2e`: `pytest -m "not e2e"` runs the rest, about 5 minutes on two cores), tests/support (what both
+marked `e2e`: `pytest -m "not e2e"` runs the rest, about 3.5 minutes on two cores), tests/support (what both
 import)."""
 
 from __future__ import annotations

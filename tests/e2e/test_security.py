@@ -26,7 +26,7 @@ from dreamcore.job import JobError, make_job, make_origin, make_request, parse_j
 from dreamcore.limits.stored import LimitStore
 from dreamcore.queue import fair_order
 from dreamcore.queue.rq_queues import queue_names
-from tests.support.fleet import Fleet, redis_blobs
+from tests.support.fleet import Fleet, redis_blobs, wait_until
 from tests.support.standin import DiscordStandIn
 
 pytestmark = pytest.mark.timeout(300)
@@ -191,7 +191,7 @@ def test_crafted_job_ids_get_a_clear_refusal(sec):
     _, job = dream(e, p.alice, prompt="a lighthouse behind crafted ids", seed=3)
     # The relay forgets an earlier (cancelled) job's record just after posting its notice: wait for that, or
     # the scan below would see the record go and blame the crafted ids.
-    wait_for(lambda: not any(e.r.exists(delivery.record_key(j)) for j in e.jobs if j != job), 30,
+    wait_until(lambda: not any(e.r.exists(delivery.record_key(j)) for j in e.jobs if j != job), 30,
              "the relay never forgot the earlier jobs' records")
     before = _keys(e.r)
     asked = 0
@@ -296,16 +296,6 @@ def test_every_crafted_dream_button_id_has_exactly_one_handler(custom_id):
     assert len(matches) == 1, (custom_id, matches)
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise TimeoutError(what)
-
-
 def _finished(e, inter, job: str) -> object:
     """The member's reply once the relay has replaced it with the images (not a progress preview)."""
     def done():
@@ -314,7 +304,7 @@ def _finished(e, inter, job: str) -> object:
         if msg is not None and any(a.filename.startswith(f"dream-{job}-") for a in msg.attachments):
             return msg
         return None
-    return wait_for(done, 120, f"no images for interaction {inter.id}")
+    return wait_until(done, 120, f"no images for interaction {inter.id}")
 
 
 class TestWithWorker:
@@ -358,7 +348,7 @@ class TestWithWorker:
         assert len(set(interaction_tokens)) == len(interaction_tokens) >= 6
 
         # The relay forgets a delivered job's record just after its post (which `flow` waited for): give it that.
-        wait_for(lambda: not e.r.exists(delivery.record_key(flow.ok_job)), 10, "the delivered job's record stays")
+        wait_until(lambda: not e.r.exists(delivery.record_key(flow.ok_job)), 10, "the delivered job's record stays")
         # Redis: every key and value of every type (RQ's compressed job data decompressed).
         # Only the bot's own record of each job (dreamcore.delivery), which no worker can read: neither the job a
         # worker takes nor the result it writes carries one.
@@ -459,8 +449,8 @@ class TestWithWorker:
         # An admin of the job's guild can delete it: the message goes, and its images with it.
         real = e.standin.send_component(e.bot.app.id, e.g1, e.ch1, p.admin1, result.id, f"dream:d:{job}")
         real.wait_ack(5)
-        wait_for(lambda: e.standin.message(result.id).deleted, 10, "the admin's Delete did not delete")
+        wait_until(lambda: e.standin.message(result.id).deleted, 10, "the admin's Delete did not delete")
         # The message goes first (so a refused delete keeps the images), then the result and its images.
-        wait_for(lambda: not e.r.exists(f"dream:result:{job}"), 10, "the deleted result stayed in Redis")
+        wait_until(lambda: not e.r.exists(f"dream:result:{job}"), 10, "the deleted result stayed in Redis")
         problems = log_problems(e.bot.log.read_text(errors="replace"))
         assert not problems, "\n".join(problems[:5])

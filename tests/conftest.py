@@ -28,12 +28,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ["DREAMBOT_IMAGE_DIR"] = tempfile.mkdtemp(prefix="dreambot-images-")
 
 
+@pytest.hookimpl(trylast=True)  # after tests/e2e/conftest.py has marked its tests `e2e`
 def pytest_collection_modifyitems(config, items):
     """Modules that run the model or start processes first, the rest last, each in its own order: pytest-xdist
-    hands tests out in this order, so the quick ones (Redis and pure logic, about 70 s in all) fill in at the end
+    hands tests out in this order, so the quick ones (Redis and pure logic, about 55 s in all) fill in at the end
     and the two workers finish together. In file order the compile tests came last on one worker, which ran
     58 s after the other had finished (measured on this 2-core machine)."""
-    heavy = {i.path for i in items if i.path.parent.name == "e2e" or "tiny_model_dir" in i.fixturenames}
+    heavy = {i.path for i in items if i.get_closest_marker("e2e") or "tiny_model_dir" in i.fixturenames}
     items.sort(key=lambda i: i.path not in heavy)  # a stable sort: the order within each part is kept
 
 
